@@ -1,0 +1,3 @@
+from edgecrab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Configuration: YAML -> ``${ENV}`` references -> JSON Schema validation -> frozen dataclasses.
+
+Nothing downstream reads raw dicts: the gateway is assembled from :class:`Config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+
+def _frozen_map(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(data or {}))
+
+
+@dataclass(frozen=True)
+class DingTalkConfig:
+    app_key: str
+    app_secret: str = field(repr=False)
+    robot_code: str = ""
+    """Empty in YAML means: use ``app_key`` (resolved by the loader, so never empty here)."""
+    api_base: str = "https://api.dingtalk.com"
+    allowed_users: tuple[str, ...] = ()
+    """Empty: members of the robot's own organisation. ``("*",)``: everyone."""
+    allowed_groups: tuple[str, ...] = ()
+    """Empty: every group. Otherwise only these conversation ids."""
+    require_mention: bool = True
+    max_message_length: int = 6000
+    max_message_bytes: int = 20000
+    reply_format: str = "markdown"
+    chunk_interval_ms: int = 300
+    chunk_markers: bool = False
+    openapi_qps: float = 20.0
+    webhook_qps: float = 20.0
+    webhook_expiry_margin_s: float = 300.0
+    send_timeout_s: float = 10.0
+    send_retries: int = 5
+    idle_timeout_s: float = 90.0
+    reconnect_initial_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    healthy_after_s: float = 30.0
+    """A connection that stayed up this long resets the backoff."""
+    max_message_age_s: float = 300.0
+    backlog_policy: str = "process"
+    """``process`` | ``drop`` | ``notify`` for messages older than ``max_message_age_s`` on arrival."""
+    denied_notice_interval_s: float = 3600.0
+    extra_allowed_hosts: tuple[str, ...] = ()
+    """Hosts besides api.dingtalk.com, oapi.dingtalk.com and the api_base host that replies may go to."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    type: str = "echo"
+    base_url: str = "https://api.openai.com/v1"
+    model: str = ""
+    api_key: str = field(default="", repr=False)
+    system_prompt: str = "You are a helpful assistant."
+    temperature: float | None = None
+    timeout_s: float = 120.0
+    max_retries: int = 2
+    command: tuple[str, ...] = ()
+    """argv for ``type: command``."""
+    callable: str = ""
+    """``package.module:function`` for ``type: python``."""
+    env: Mapping[str, str] = field(default_factory=_frozen_map)
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    group_scope: str = "shared"
+    busy_policy: str = "queue"
+    queue_limit: int = 10
+    history_limit: int = 40
+    idle_expiry_s: float = 0.0
+    """0 = never expire."""
+    max_concurrent_runs: int = 256
+
+
+@dataclass(frozen=True)
+class CommandsConfig:
+    aliases: Mapping[str, str] = field(default_factory=_frozen_map)
+    forward_unknown: bool = False
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    paths: tuple[Path, ...] = ()
+    """Absolute folders (resolved relative to the config file by the loader)."""
+    modules: tuple[str, ...] = ()
+    enabled: tuple[str, ...] = ()
+    """Empty: all. Otherwise only hooks with these names."""
+    disabled: tuple[str, ...] = ()
+    config: Mapping[str, Mapping[str, Any]] = field(default_factory=_frozen_map)
+    on_error: str = "fail"
+    """``fail`` (stop start-up) | ``skip`` (log and go on) for hook files that cannot be loaded."""
+    timeout_s: float = 5.0
+    entry_points: bool = True
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    url: str = "sqlite:///~/.edgecrab/state.db"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """Filesystem path for ``sqlite:///`` URLs (``~`` and ``$EDGECRAB_HOME`` expanded)."""
+        if not self.url.startswith("sqlite:///"):
+            return None
+        raw = self.url[len("sqlite:///") :]
+        if raw == ":memory:":
+            return Path(":memory:")
+        return Path(raw).expanduser()
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    dingtalk: DingTalkConfig
+    agent: AgentConfig = AgentConfig()
+    sessions: SessionsConfig = SessionsConfig()
+    commands: CommandsConfig = CommandsConfig()
+    hooks: HooksConfig = HooksConfig()
+    storage: StorageConfig = StorageConfig()
+    http: HttpConfig = HttpConfig()
+    source: Path | None = None
+    """The YAML file it came from; None for the built-in env-only default."""

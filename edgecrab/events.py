@@ -1,0 +1,167 @@
+"""Platform-neutral events: what the core of the gateway works on.
+
+Only ``edgecrab.dingtalk`` knows DingTalk payloads; it converts a robot callback into a :class:`Message`
+and turns reply text into API calls. Everything else (router, runs, hooks, delivery) sees these
+small frozen dataclasses. Hook authors may rely on these attribute names:
+``message.text``, ``message.sender.id``, ``message.sender.name``, ``message.conversation.id``,
+``message.conversation.is_group``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    id: str
+    """Staff id (``senderStaffId``); empty for people outside the robot's organisation."""
+    name: str = ""
+    dingtalk_id: str = ""
+    """DingTalk's encrypted ``senderId``: always present, stable per person."""
+    corp_id: str = ""
+    is_admin: bool = False
+
+    @property
+    def key(self) -> str:
+        """The id used for session keys: staff id when known, else the encrypted DingTalk id."""
+        return self.id or self.dingtalk_id
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: str
+    is_group: bool
+    title: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Mention:
+    dingtalk_id: str
+    staff_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    kind: str
+    """``picture``, ``audio``, ``video`` or ``file``."""
+    download_code: str
+    file_name: str = ""
+    extra: tuple[tuple[str, str], ...] = ()
+    """Other string facts (duration, videoType, ...), as sorted pairs so the dataclass stays hashable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """A message the user quoted when writing this one (DingTalk's ``repliedMsg``)."""
+
+    text: str
+    sender_name: str = ""
+    msgtype: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRoute:
+    """Everything needed to answer in the conversation, persisted with the message."""
+
+    robot_code: str
+    conversation_id: str
+    is_group: bool
+    sender_staff_id: str = ""
+    sender_name: str = ""
+    session_webhook: str = ""
+    session_webhook_expires_at: float = 0.0
+    """Epoch seconds; 0 when unknown."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReplyRoute:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    """DingTalk ``msgId``: the primary dedup key."""
+    robot: str
+    """Robot code of the bot that received it; part of every session key."""
+    conversation: Conversation
+    sender: Sender
+    text: str
+    msgtype: str = "text"
+    bot_mentioned: bool = False
+    mentions: tuple[Mention, ...] = ()
+    """Other people @-mentioned in the message (not the bot)."""
+    created_at: float = 0.0
+    """Epoch seconds (DingTalk ``createAt``)."""
+    route: ReplyRoute | None = None
+    attachments: tuple[Attachment, ...] = ()
+    quote: Quote | None = None
+    unsupported: bool = False
+    """True for ``unknownMsgType`` and other kinds the gateway cannot read."""
+    bot_corp_id: str = ""
+    """``chatbotCorpId``: the robot's own organisation."""
+    stream_message_id: str = ""
+    """``headers.messageId`` of the frame that carried it (secondary dedup key)."""
+
+    def replace(self, **changes: Any) -> Message:
+        """A copy with some fields changed (what ``prepare_message`` hooks return)."""
+        return dataclasses.replace(self, **changes)
+
+    def agent_text(self) -> str:
+        """The text given to the agent: the quote (as context) followed by the message text."""
+        parts: list[str] = []
+        if self.quote is not None and self.quote.text:
+            who = f" from {self.quote.sender_name}" if self.quote.sender_name else ""
+            quoted = "\n".join("> " + line for line in self.quote.text[:2000].splitlines())
+            parts.append(f"(quoting a message{who})\n{quoted}")
+        for att in self.attachments:
+            label = att.file_name or att.kind
+            parts.append(f"[{att.kind}: {label}]")
+        if self.text:
+            parts.append(self.text)
+        return "\n\n".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A slash command after @mention stripping: ``/retry@bot now`` -> name ``/retry``, args ``now``."""
+
+    name: str
+    args: str = ""
+    raw: str = ""
+
+
+@dataclass(slots=True)
+class AgentRequest:
+    """What a backend receives. Mutable: ``prepare_agent_request`` hooks may edit it in place."""
+
+    messages: list[dict[str, str]]
+    """OpenAI-style turns, oldest first, ending with the new user message; no system turn."""
+    system_prompt: str = ""
+    session_key: str = ""
+    message_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResult:
+    text: str
+    usage: Usage = Usage()
+    duration_s: float = 0.0
+    stopped: bool = False
+    """Cancelled by /stop, /new or the interrupt policy."""
+    failed: bool = False
+    error: str = ""
+    """A short, user-presentable reason when ``failed``."""
