@@ -165,3 +165,11 @@ class AgentResult:
     failed: bool = False
     error: str = ""
     """A short, user-presentable reason when ``failed``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What ``session_reset`` hooks receive: the session that was cleared and the message that asked."""
+
+    key: str
+    message: Message | None = None

@@ -30,6 +30,8 @@ PENDING = "pending"
 SENDING = "sending"
 SENT = "sent"
 UNDELIVERABLE = "undeliverable"
+CANCELLED = "cancelled"
+"""Set by :meth:`Store.outbox_cancel` (/stop, /new): never sent."""
 
 
 @dataclass(frozen=True, slots=True)

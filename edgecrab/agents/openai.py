@@ -1,0 +1,375 @@
+"""The OpenAI-compatible agent: ``POST {base_url}/chat/completions`` with streaming.
+
+Works with anything that speaks the OpenAI chat API (OpenAI, DeepSeek, Qwen/DashScope, Ollama, vLLM, ...).
+It asks for a Server-Sent Events stream with usage in the last chunk, and also accepts a plain JSON answer
+from servers that ignore ``stream: true``.
+
+Failure policy, in the words the user sees (the technical detail goes to ``AgentError.cause`` for the log,
+with the api key redacted):
+
+- 429, 5xx, 408 and connection failures are retried with exponential backoff and jitter, but only before the
+  first token arrived (after that the user has seen nothing yet, but a retry would bill twice for a long
+  answer, and a mid-answer failure is better reported than hidden);
+- 401/403 -> check agent.api_key; 404 -> check agent.base_url and agent.model; other 4xx -> the server's reason;
+- a body that is neither SSE nor JSON, or does not parse -> "could not read";
+- the whole call (retries included) is bounded by ``agent.timeout_s``.
+
+Cancellation (``/stop``) exits the ``client.stream(...)`` context, which closes the HTTP connection at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+
+from edgecrab.agents.base import Agent, AgentError
+from edgecrab.config import AgentConfig
+from edgecrab.events import AgentRequest, AgentResult, Usage
+
+log = logging.getLogger("edgecrab.agents.openai")
+
+_ERROR_BODY_LIMIT = 4096
+_NOT_READABLE = "the agent sent a response edgecrab could not read"
+
+
+class _Retry(Exception):
+    """A failure worth another attempt; ``error`` is raised when the attempts run out."""
+
+    def __init__(self, error: AgentError, retry_after: float | None = None, *, free: bool = False) -> None:
+        super().__init__(error.cause)
+        self.error = error
+        self.retry_after = retry_after
+        self.free = free
+        """Retry at once without counting it (the request itself was adjusted)."""
+
+
+@dataclass
+class _Answer:
+    """What has arrived so far for one attempt."""
+
+    parts: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    done: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class OpenAIAgent(Agent):
+    name = "openai"
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry_base_s: float = 0.5,
+        retry_max_s: float = 8.0,
+    ) -> None:
+        base_url = config.base_url.rstrip("/")
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"agent.base_url must be an http(s) URL, got {config.base_url!r}")
+        self._url = base_url + "/chat/completions"
+        self._host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        self._config = config
+        self._api_key = config.api_key
+        self._timeout_s = config.timeout_s
+        self._max_retries = max(config.max_retries, 0)
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._stream_options = True
+        """Turned off for good if the server rejects ``stream_options`` (some older proxies do)."""
+        headers = {"Accept": "text/event-stream, application/json", "User-Agent": "edgecrab"}
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        # No read timeout of its own: the whole call is bounded by fail_after(timeout_s).
+        self._client = httpx.AsyncClient(
+            headers=headers, timeout=httpx.Timeout(None, connect=10.0), transport=transport
+        )
+        if not config.model:
+            log.warning("[agent] agent.model is empty: requests to %s will carry no model", self._url)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def build_body(self, request: AgentRequest) -> dict[str, Any]:
+        """The JSON body for ``request``: the system prompt first, then the conversation."""
+        system_prompt = request.system_prompt or self._config.system_prompt
+        messages: list[dict[str, Any]] = []
+        if system_prompt:
+            messages.append({"role": "system", "content": system_prompt})
+        messages.extend(dict(m) for m in request.messages)
+        body: dict[str, Any] = {"messages": messages, "stream": True}
+        if self._config.model:
+            body["model"] = self._config.model
+        if self._stream_options:
+            body["stream_options"] = {"include_usage": True}
+        if self._config.temperature is not None:
+            body["temperature"] = self._config.temperature
+        return body
+
+    async def run(self, request: AgentRequest) -> AgentResult:
+        started = time.monotonic()
+        answer = _Answer()
+        try:
+            with anyio.fail_after(self._timeout_s):
+                answer = await self._call(request, started + self._timeout_s)
+        except TimeoutError:
+            raise AgentError(
+                f"the agent timed out after {self._timeout_s:g} s — /retry to try again",
+                cause=f"no complete answer from {self._url} within {self._timeout_s:g} s",
+            ) from None
+        duration = time.monotonic() - started
+        usage = answer.usage or Usage()
+        log.debug(
+            "[agent] %s answered %d chars in %.2fs (tokens %d+%d, message %s)",
+            self._host,
+            len(answer.text),
+            duration,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            request.message_id,
+        )
+        return AgentResult(text=answer.text, usage=usage, duration_s=duration)
+
+    async def _call(self, request: AgentRequest, deadline: float) -> _Answer:
+        attempt = 0
+        while True:
+            try:
+                return await self._attempt(self.build_body(request))
+            except _Retry as retry:
+                if retry.free:
+                    continue
+                delay = self._backoff(attempt, retry.retry_after)
+                if attempt >= self._max_retries or time.monotonic() + delay >= deadline:
+                    raise retry.error from None
+                attempt += 1
+                log.warning(
+                    "[agent] %s; retry %d/%d in %.2fs (message %s)",
+                    retry.error.cause,
+                    attempt,
+                    self._max_retries,
+                    delay,
+                    request.message_id,
+                )
+                await anyio.sleep(delay)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        delay = min(self._retry_max_s, self._retry_base_s * 2**attempt) * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+    async def _attempt(self, body: dict[str, Any]) -> _Answer:
+        answer = _Answer()
+        try:
+            async with self._client.stream("POST", self._url, json=body) as response:
+                if response.status_code >= 300:
+                    raw = await _read_some(response)
+                    if response.status_code == 400 and b"stream_options" in raw and self._stream_options:
+                        self._stream_options = False
+                        log.info("[agent] %s rejects stream_options; asking again without it", self._host)
+                        raise _Retry(AgentError("stream_options rejected"), free=True)
+                    raise self._status_error(response.status_code, raw, response.headers)
+                content_type = response.headers.get("content-type", "").lower()
+                if "text/event-stream" in content_type:
+                    await self._read_stream(response, answer)
+                elif "json" in content_type:
+                    self._read_json(await response.aread(), answer)
+                else:
+                    raw = await _read_some(response)
+                    raise AgentError(
+                        _NOT_READABLE,
+                        cause=self._redact(
+                            f"{self._url} answered {content_type or 'no content-type'}: {raw[:200]!r}"
+                        ),
+                    )
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise self._transport_error(exc, answer) from None
+        return self._finish(answer)
+
+    def _transport_error(self, exc: Exception, answer: _Answer) -> Exception:
+        cause = self._redact(f"{type(exc).__name__} on POST {self._url}: {exc}")
+        if isinstance(exc, httpx.DecodingError):
+            return AgentError(_NOT_READABLE, cause=cause)
+        if answer.parts:
+            return AgentError("the agent's answer was cut off — /retry to try again", cause=cause)
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.ProxyError):
+            error = AgentError(
+                f"could not reach the agent at {self._host} — is it running? /retry to try again", cause=cause
+            )
+        elif isinstance(exc, httpx.UnsupportedProtocol):
+            return AgentError(
+                f"could not reach the agent at {self._host} — check agent.base_url", cause=cause
+            )
+        else:
+            error = AgentError(
+                "the agent closed the connection unexpectedly — /retry to try again", cause=cause
+            )
+        return _Retry(error)
+
+    def _status_error(self, status: int, raw: bytes, headers: httpx.Headers) -> Exception:
+        cause = self._redact(f"POST {self._url} -> HTTP {status}: {raw[:500].decode('utf-8', 'replace')}")
+        if status in (401, 403):
+            return AgentError(f"the agent returned {status}: check agent.api_key", cause=cause)
+        if status == 404:
+            return AgentError("the agent returned 404: check agent.base_url and agent.model", cause=cause)
+        if status == 429:
+            error = AgentError("the agent is rate-limited (HTTP 429) — /retry in a moment", cause=cause)
+            return _Retry(error, _retry_after(headers.get("retry-after")))
+        if status >= 500 or status == 408:
+            error = AgentError(f"the agent service failed (HTTP {status}) — /retry to try again", cause=cause)
+            return _Retry(error, _retry_after(headers.get("retry-after")))
+        if status < 400:
+            return AgentError(
+                f"the agent answered with a redirect (HTTP {status}): check agent.base_url", cause=cause
+            )
+        detail = self._redact(_error_detail(raw))
+        reason = f": {detail}" if detail else ""
+        return AgentError(f"the agent rejected the request (HTTP {status}){reason}", cause=cause)
+
+    async def _read_stream(self, response: httpx.Response, answer: _Answer) -> None:
+        pending: list[str] = []
+        async for line in response.aiter_lines():
+            if not line:
+                if pending:  # an event whose data never parsed
+                    self._on_data("\n".join(pending), answer, final=True)
+                    pending.clear()
+                continue
+            if line.startswith(":"):  # SSE comment: a keep-alive
+                continue
+            name, _, value = line.partition(":")
+            if name != "data":  # event:, id:, retry: carry nothing we use
+                continue
+            pending.append(value[1:] if value.startswith(" ") else value)
+            # Lenient framing: a data line that parses on its own is an event, blank line or not.
+            if self._on_data("\n".join(pending), answer, final=False):
+                pending.clear()
+            if answer.done:
+                return
+        if pending:
+            self._on_data("\n".join(pending), answer, final=True)
+
+    def _on_data(self, data: str, answer: _Answer, *, final: bool) -> bool:
+        """Apply one SSE ``data`` payload; ``False`` if it is incomplete (and not ``final``)."""
+        if data.strip() == "[DONE]":
+            answer.done = True
+            return True
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            if not final:
+                return False
+            raise AgentError(
+                _NOT_READABLE, cause=self._redact(f"unparseable stream data from {self._url}: {data[:200]!r}")
+            ) from None
+        self._apply(chunk, answer, key="delta")
+        return True
+
+    def _read_json(self, raw: bytes, answer: _Answer) -> None:
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise AgentError(
+                _NOT_READABLE, cause=self._redact(f"unparseable JSON from {self._url}: {raw[:200]!r}")
+            ) from None
+        self._apply(payload, answer, key="message")
+        answer.done = True
+
+    def _apply(self, chunk: Any, answer: _Answer, *, key: str) -> None:
+        if not isinstance(chunk, dict):
+            raise AgentError(
+                _NOT_READABLE, cause=self._redact(f"unexpected payload from {self._url}: {chunk!r:.200}")
+            )
+        if chunk.get("error"):
+            detail = self._redact(_error_detail(json.dumps(chunk).encode()))
+            raise AgentError(f"the agent reported an error: {detail}", cause=self._redact(f"{chunk!r:.500}"))
+        usage = _parse_usage(chunk.get("usage"))
+        if usage is not None:
+            answer.usage = usage
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return
+        choice = choices[0]
+        message = choice.get(key) or choice.get("delta") or choice.get("message") or {}
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str) and content:
+            answer.parts.append(content)
+        if choice.get("finish_reason"):
+            answer.finish_reason = str(choice["finish_reason"])
+
+    def _finish(self, answer: _Answer) -> _Answer:
+        if answer.text.strip():
+            if not answer.done and answer.finish_reason is None:
+                log.warning("[agent] %s ended the stream without [DONE] or finish_reason", self._host)
+            return answer
+        if answer.finish_reason == "content_filter":
+            raise AgentError(
+                "the agent's content filter withheld the answer", cause="finish_reason=content_filter"
+            )
+        if answer.done or answer.finish_reason:
+            raise AgentError(
+                "the agent sent an empty reply — /retry to try again",
+                cause=f"no content from {self._url} (finish_reason={answer.finish_reason})",
+            )
+        raise AgentError(_NOT_READABLE, cause=f"the stream from {self._url} ended without any answer")
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+
+async def _read_some(response: httpx.Response, limit: int = _ERROR_BODY_LIMIT) -> bytes:
+    """At most ``limit`` bytes of the body (error pages can be large; only the start is useful)."""
+    data = b""
+    async for piece in response.aiter_bytes():
+        data += piece
+        if len(data) >= limit:
+            break
+    return data[:limit]
+
+
+def _error_detail(raw: bytes) -> str:
+    """The server's own reason: ``{"error": {"message": ...}}``, ``{"message": ...}`` or the text."""
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return text[:200] if text and not text.lstrip().startswith("<") else ""
+    if isinstance(payload, dict):
+        error = payload.get("error", payload)
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("msg") or error.get("detail")
+            if message:
+                return str(message)[:200]
+        elif isinstance(error, str):
+            return error[:200]
+    return text[:200]
+
+
+def _parse_usage(value: Any) -> Usage | None:
+    if not isinstance(value, dict):
+        return None
+    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
+    return Usage(
+        prompt_tokens=prompt if isinstance(prompt, int) else 0,
+        completion_tokens=completion if isinstance(completion, int) else 0,
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (the HTTP-date form is rare on these APIs and ignored)."""
+    try:
+        return max(float(value), 0.0) if value is not None else None
+    except ValueError:
+        return None

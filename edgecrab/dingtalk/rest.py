@@ -1,0 +1,500 @@
+"""Sending one reply chunk to DingTalk: the sessionWebhook first, the OpenAPI robot sends as fallback.
+
+:class:`DingTalkSender` owns everything one robot needs to talk REST to DingTalk: its access-token cache
+(:mod:`edgecrab.dingtalk.tokens`), its rate limiters (:mod:`edgecrab.dingtalk.ratelimit`), the memory of
+dead webhooks and of an exhausted monthly quota. The delivery module calls :meth:`DingTalkSender.send`
+once per chunk and decides what to do with a failed :class:`SendResult`.
+
+Route choice for one chunk:
+
+1. the message's ``sessionWebhook``, while it is further than ``webhook_expiry_margin_s`` from its expiry,
+   not known to be dead, and its host passes the SSRF allow-list;
+2. otherwise, or when the webhook fails (``300001`` "session gone" or any error that retrying will not
+   fix), ``oToMessages/batchSend`` for a DM or ``groupMessages/send`` for a group.
+
+A ``460101`` (message too long) is returned as a permanent failure without fallback: the caller must
+split the chunk again. Nothing logged here contains a token, a secret or a webhook's session value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+
+from edgecrab.config import DingTalkConfig
+from edgecrab.dingtalk.ratelimit import Clock, RateLimiter, Sleep
+from edgecrab.dingtalk.tokens import (
+    PERMISSION_CODE,
+    SESSION_GONE,
+    TOKEN_PATH,
+    TOO_LONG,
+    DingTalkError,
+    TokenCache,
+    error_from_response,
+    transport_error,
+)
+from edgecrab.events import ReplyRoute
+
+__all__ = [
+    "DingTalkError",
+    "DingTalkSender",
+    "RateLimiter",
+    "SendResult",
+    "TokenCache",
+    "openapi_body",
+    "redact_url",
+    "webhook_body",
+]
+
+log = logging.getLogger(__name__)
+
+DINGTALK_HOSTS = ("api.dingtalk.com", "oapi.dingtalk.com")
+BATCH_SEND_PATH = "/v1.0/robot/oToMessages/batchSend"
+GROUP_SEND_PATH = "/v1.0/robot/groupMessages/send"
+QUOTA_CODE = "Forbidden.AccessDenied.ApiCountLimitForOrg"
+UNDELIVERABLE = "undeliverable"
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 8.0
+QUOTA_PAUSE_S = 3600.0
+"""After ApiCountLimitForOrg, OpenAPI sends are not even tried for this long."""
+DEAD_WEBHOOKS_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The outcome of sending one chunk."""
+
+    ok: bool
+    via: str
+    """``webhook``, ``batchSend``, ``groupSend``, or ``""`` when nothing was sent."""
+    permanent: bool
+    """True when sending the same chunk again cannot succeed (``460101`` means: split it smaller)."""
+    code: str
+    message: str
+    request_id: str
+    process_query_key: str = ""
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line: scheme, host, port and path; every query value replaced by ``***``."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "<invalid url>"
+    port = f":{parsed.port}" if parsed.port else ""
+    query = "&".join(f"{key}=***" for key in parsed.params)
+    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path}" + (f"?{query}" if query else "")
+
+
+def _with_mention(text: str, who: str, separator: str) -> str:
+    return f"{text}{separator}@{who}" if text else f"@{who}"
+
+
+def webhook_body(text: str, title: str, fmt: str, at_staff_id: str = "") -> dict[str, Any]:
+    """The sessionWebhook JSON; with ``at_staff_id`` the mention is real (``at``) and visible (``@id``)."""
+    if at_staff_id:
+        # A single newline does not break a markdown line on DingTalk, so markdown needs a blank line.
+        text = _with_mention(text, at_staff_id, "\n\n" if fmt == "markdown" else "\n")
+    body: dict[str, Any]
+    if fmt == "markdown":
+        body = {"msgtype": "markdown", "markdown": {"title": title, "text": text}}
+    else:
+        body = {"msgtype": "text", "text": {"content": text}}
+    if at_staff_id:
+        body["at"] = {"atUserIds": [at_staff_id], "isAtAll": False}
+    return body
+
+
+def openapi_body(
+    route: ReplyRoute, robot_code: str, text: str, title: str, fmt: str, mention_name: str = ""
+) -> dict[str, Any]:
+    """The batchSend (DM) or groupMessages/send (group) JSON. ``msgParam`` is a JSON *string*."""
+    if mention_name:
+        # groupMessages/send cannot @ anyone: name the asker in plain text instead.
+        text = _with_mention(text, mention_name, "\n\n" if fmt == "markdown" else "\n")
+    if fmt == "markdown":
+        msg_key, param = "sampleMarkdown", {"title": title, "text": text}
+    else:
+        msg_key, param = "sampleText", {"content": text}
+    body: dict[str, Any] = {"robotCode": robot_code}
+    if route.is_group:
+        body["openConversationId"] = route.conversation_id
+    else:
+        body["userIds"] = [route.sender_staff_id]
+    body["msgKey"] = msg_key
+    body["msgParam"] = json.dumps(param, ensure_ascii=False)
+    return body
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_port(entry: str) -> tuple[str, int | None]:
+    url = httpx.URL(entry if "://" in entry else f"https://{entry}")
+    return url.host.rstrip(".").lower(), url.port
+
+
+class DingTalkSender:
+    """One robot's outbound REST side: tokens, limiters, route choice, retries. Safe to share across tasks."""
+
+    def __init__(
+        self,
+        config: DingTalkConfig,
+        *,
+        client: httpx.AsyncClient | None = None,
+        clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        """``clock`` is the wall clock (webhook expiry is epoch time); ``monotonic`` paces tokens and limiters;
+        ``sleep`` waits for limiters and backoff; ``rand`` (0..1) jitters the backoff."""
+        self._config = config
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(timeout=config.send_timeout_s, follow_redirects=False)
+        self._clock = clock
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._random = rand
+        self._api_base = config.api_base.rstrip("/")
+        self._timeout = config.send_timeout_s
+        self._limiters: dict[str, RateLimiter] = {}
+        self._webhook_limiter = RateLimiter(config.webhook_qps, clock=monotonic, sleep=sleep)
+        self._dead_webhooks: OrderedDict[str, None] = OrderedDict()
+        self._quota_paused_until = 0.0
+        self._allowed = {(host, None) for host in DINGTALK_HOSTS}
+        self._allowed.add(_host_port(config.api_base))
+        self._allowed.update(_host_port(entry) for entry in config.extra_allowed_hosts)
+        self.tokens = TokenCache(
+            self._client,
+            config.api_base,
+            config.app_key,
+            config.app_secret,
+            clock=monotonic,
+            timeout_s=config.send_timeout_s,
+            limiter=self.limiter(TOKEN_PATH),
+        )
+
+    @property
+    def robot_code(self) -> str:
+        return self._config.robot_code or self._config.app_key
+
+    def limiter(self, path: str) -> RateLimiter:
+        """The shared limiter for one OpenAPI path (DingTalk counts QPS per app per API)."""
+        if path not in self._limiters:
+            self._limiters[path] = RateLimiter(
+                self._config.openapi_qps, clock=self._monotonic, sleep=self._sleep
+            )
+        return self._limiters[path]
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> DingTalkSender:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- route choice ------------------------------------------------------------------------------
+
+    def webhook_refusal(self, url: str) -> str:
+        """Why ``url`` may not be contacted (SSRF guard), or ``""`` when it may."""
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError):
+            return "not a valid URL"
+        host = parsed.host.rstrip(".").lower()
+        if parsed.scheme == "http":
+            if not _is_loopback(host):
+                return "plain http is only allowed for loopback hosts"
+        elif parsed.scheme != "https":
+            return f"scheme {parsed.scheme or '(none)'} not allowed"
+        if (host, parsed.port) not in self._allowed:
+            return "not in allow-list"
+        return ""
+
+    def _webhook_usable(self, route: ReplyRoute) -> bool:
+        url = route.session_webhook
+        if not url:
+            return False
+        if url in self._dead_webhooks:
+            log.debug("[dingtalk] sessionWebhook of conversation %s is known dead", route.conversation_id)
+            return False
+        expires_at = route.session_webhook_expires_at
+        if expires_at > 1e11:
+            expires_at /= 1000.0  # DingTalk's own field is in ms; tolerate a route that kept them
+        # 0 means unknown: try it; a dead webhook answers 300001 and we fall back.
+        if expires_at and self._clock() >= expires_at - self._config.webhook_expiry_margin_s:
+            log.debug(
+                "[dingtalk] sessionWebhook of conversation %s expires within %.0fs; using OpenAPI",
+                route.conversation_id,
+                self._config.webhook_expiry_margin_s,
+            )
+            return False
+        reason = self.webhook_refusal(url)
+        if reason:
+            try:
+                host = httpx.URL(url).host or "?"
+            except (httpx.InvalidURL, TypeError):
+                host = "?"
+            log.warning("[dingtalk] refusing sessionWebhook to host %s (%s)", host, reason)
+            return False
+        return True
+
+    def _mark_dead(self, url: str) -> None:
+        self._dead_webhooks[url] = None
+        while len(self._dead_webhooks) > DEAD_WEBHOOKS_MAX:
+            self._dead_webhooks.popitem(last=False)
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    async def send(
+        self, route: ReplyRoute, *, text: str, title: str, mention: bool, fmt: str = "markdown"
+    ) -> SendResult:
+        """Send one chunk, choosing the route and retrying transient failures; never raises DingTalkError."""
+        if fmt not in ("markdown", "text"):
+            raise ValueError(f"unknown reply format {fmt!r}")
+        webhook_failure: SendResult | None = None
+        if self._webhook_usable(route):
+            at = route.sender_staff_id if mention and route.is_group else ""
+            result = await self._send_webhook(route, webhook_body(text, title, fmt, at))
+            if result.ok or result.code == TOO_LONG:
+                return result
+            webhook_failure = result
+            log.info("[dingtalk] falling back to OpenAPI for conversation %s", route.conversation_id)
+        result = await self._send_openapi(route, text, title, mention, fmt)
+        if (
+            webhook_failure is not None
+            and not webhook_failure.permanent
+            and not result.ok
+            and result.code in (UNDELIVERABLE, QUOTA_CODE)
+        ):
+            # OpenAPI was never an option; the webhook's transient failure is the useful answer.
+            return webhook_failure
+        return result
+
+    async def _post(
+        self, url: str, body: dict[str, Any], headers: dict[str, str], what: str
+    ) -> httpx.Response:
+        try:
+            with anyio.fail_after(self._timeout):
+                return await self._client.post(
+                    url,
+                    content=_encode(body),
+                    headers={"Content-Type": "application/json", **headers},
+                    timeout=self._timeout,
+                    follow_redirects=False,
+                )
+        except (TimeoutError, httpx.TransportError) as exc:
+            raise transport_error(exc, what) from None
+
+    async def _send_webhook(self, route: ReplyRoute, body: dict[str, Any]) -> SendResult:
+        url = route.session_webhook
+
+        async def attempt() -> SendResult:
+            await self._webhook_limiter.acquire()
+            response = await self._post(url, body, {}, "sessionWebhook")
+            err = error_from_response(response, "sessionWebhook")
+            if response.is_success and err.code == "0":
+                return SendResult(True, "webhook", False, "", "", err.request_id)
+            if response.is_success and not err.code:
+                err.code = "bad_response"
+                err.message = "sessionWebhook answered without an errcode"
+            if err.code == SESSION_GONE:
+                self._mark_dead(url)
+            raise err
+
+        return await self._retrying("webhook", route, attempt)
+
+    async def _send_openapi(
+        self, route: ReplyRoute, text: str, title: str, mention: bool, fmt: str
+    ) -> SendResult:
+        via = "groupSend" if route.is_group else "batchSend"
+        cid = route.conversation_id
+        if not route.is_group and not route.sender_staff_id:
+            log.error(
+                "[dingtalk] reply to conversation %s is undeliverable: no usable sessionWebhook and the sender "
+                "has no staff id (outside the organisation?), which the OpenAPI fallback needs",
+                cid,
+            )
+            return SendResult(
+                False, via, True, UNDELIVERABLE, "undeliverable: no staff id for OpenAPI fallback", ""
+            )
+        if self._monotonic() < self._quota_paused_until:
+            log.warning(
+                "[dingtalk] not sending to conversation %s via %s: monthly OpenAPI quota used up", cid, via
+            )
+            return SendResult(
+                False, via, True, QUOTA_CODE, "monthly OpenAPI quota of the organisation used up", ""
+            )
+        mention_name = (route.sender_name or route.sender_staff_id) if mention and route.is_group else ""
+        robot_code = route.robot_code or self.robot_code
+        body = openapi_body(route, robot_code, text, title, fmt, mention_name)
+        path = GROUP_SEND_PATH if route.is_group else BATCH_SEND_PATH
+        url = self._api_base + path
+        limiter = self.limiter(path)
+
+        async def attempt() -> SendResult:
+            token = await self.tokens.get()
+            await limiter.acquire()
+            response = await self._post(url, body, {"x-acs-dingtalk-access-token": token}, via)
+            request_id = response.headers.get("x-acs-request-id", "")
+            if not response.is_success:
+                err = error_from_response(response, via)
+                if err.needs_new_token:
+                    self.tokens.invalidate(token)
+                raise err
+            try:
+                data = json.loads(response.content)
+            except ValueError:
+                data = None
+            if not isinstance(data, dict):
+                raise DingTalkError(
+                    f"{via}: response is not a JSON object",
+                    status=response.status_code,
+                    code="bad_response",
+                    request_id=request_id,
+                )
+            request_id = str(data.get("requestid") or request_id)
+            if data.get("invalidStaffIdList"):
+                raise DingTalkError(
+                    f"{via}: DingTalk says staff id {route.sender_staff_id} is invalid",
+                    status=response.status_code,
+                    code="invalidStaffIdList",
+                    request_id=request_id,
+                )
+            if data.get("flowControlledStaffIdList"):
+                raise DingTalkError(
+                    f"{via}: recipient is flow-controlled (too many messages)",
+                    status=response.status_code,
+                    code="flowControlledStaffIdList",
+                    request_id=request_id,
+                )
+            return SendResult(True, via, False, "", "", request_id, str(data.get("processQueryKey") or ""))
+
+        return await self._retrying(via, route, attempt)
+
+    # -- retries and outcomes ----------------------------------------------------------------------
+
+    def backoff(self, retry: int, floor: float = 0.0) -> float:
+        """Pause before retry number ``retry + 1``: exponential, capped, with jitter, never below ``floor``."""
+        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**retry)
+        # "Equal jitter": at least half the exponential step, so retries still spread out under load.
+        return max(floor, ceiling / 2 + self._random() * ceiling / 2)
+
+    async def _retrying(
+        self, via: str, route: ReplyRoute, attempt: Callable[[], Awaitable[SendResult]]
+    ) -> SendResult:
+        retries = 0
+        refreshed = False
+        while True:
+            try:
+                result = await attempt()
+            except DingTalkError as err:
+                if err.needs_new_token and not refreshed and via != "webhook":
+                    refreshed = True
+                    log.info(
+                        "[dingtalk] %s for conversation %s: access token rejected (code=%s requestid=%s); "
+                        "refreshing it and retrying once",
+                        via,
+                        route.conversation_id,
+                        err.code or err.status,
+                        err.request_id or "-",
+                    )
+                    continue
+                if err.retryable and retries < self._config.send_retries:
+                    delay = self.backoff(retries, err.min_wait)
+                    retries += 1
+                    log.warning(
+                        "[dingtalk] %s to conversation %s failed: %s; retry %d/%d in %.1fs",
+                        via,
+                        route.conversation_id,
+                        err,
+                        retries,
+                        self._config.send_retries,
+                        delay,
+                    )
+                    await self._sleep(delay)
+                    continue
+                return self._failed(via, route, err)
+            log.debug(
+                "[dingtalk] sent via %s to conversation %s (requestid=%s processQueryKey=%s)",
+                via,
+                route.conversation_id,
+                result.request_id or "-",
+                result.process_query_key or "-",
+            )
+            return result
+
+    def _failed(self, via: str, route: ReplyRoute, err: DingTalkError) -> SendResult:
+        cid = route.conversation_id
+        rid = err.request_id or "-"
+        if err.quota_exhausted and via != "webhook":
+            self._quota_paused_until = self._monotonic() + QUOTA_PAUSE_S
+            log.error(
+                "[dingtalk] %s to conversation %s refused with %s (requestid=%s): the organisation's monthly "
+                "OpenAPI call quota is used up. Until it resets next month (or the plan is upgraded in the "
+                "DingTalk developer console), replies can only go through the sessionWebhook of a recent "
+                "message. OpenAPI sends are paused for %.0f minutes.",
+                via,
+                cid,
+                err.code,
+                rid,
+                QUOTA_PAUSE_S / 60,
+            )
+        elif err.code == PERMISSION_CODE:
+            scopes = ", ".join(err.required_scopes) or "unknown"
+            log.error(
+                "[dingtalk] %s to conversation %s refused: the app lacks permission (code=%s "
+                "requiredScopes=%s requestid=%s message=%s); grant it in the DingTalk developer console",
+                via,
+                cid,
+                err.code,
+                scopes,
+                rid,
+                err.message,
+            )
+        elif via == "webhook" and err.code != TOO_LONG:
+            log.warning("[dingtalk] sessionWebhook send to conversation %s failed: %s", cid, err)
+        elif err.retryable:
+            log.warning(
+                "[dingtalk] %s to conversation %s still failing after %d retries: %s",
+                via,
+                cid,
+                self._config.send_retries,
+                err,
+            )
+        else:
+            log.error(
+                "[dingtalk] %s to conversation %s failed permanently: code=%s message=%s requestid=%s",
+                via,
+                cid,
+                err.code or err.status,
+                err.message,
+                rid,
+            )
+        return SendResult(
+            False, via, not err.retryable, err.code or str(err.status), err.message, err.request_id
+        )

@@ -1,0 +1,295 @@
+"""The gateway: assembles store, hooks, agent, DingTalk adapter, runner and delivery from a Config,
+and owns the task group they all live in.
+
+Message flow::
+
+    Stream frame --(record in inbox, ack 200: milliseconds)--> ingest queue
+    ingest: convert -> access rules -> hooks (received / allow / prepare) -> command or runner
+    runner: agent run per session (busy policy) -> reply text
+    delivery: format + chunk -> outbox ledger -> ordered, paced sends (sessionWebhook, OpenAPI fallback)
+
+Cancelling :meth:`Gateway.run` stops every task; nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections import deque
+from dataclasses import replace
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+
+from edgecrab.agents import build_agent
+from edgecrab.agents.base import Agent
+from edgecrab.commands import Commands, ConnectionInfo
+from edgecrab.config import Config
+from edgecrab.delivery import Delivery, Format
+from edgecrab.dingtalk.access import AccessPolicy
+from edgecrab.dingtalk.convert import Frame, FrameError, decode_data, to_message
+from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
+from edgecrab.dingtalk.rest import DingTalkSender
+from edgecrab.dingtalk.stream import AckDecision, StreamClient
+from edgecrab.events import Message
+from edgecrab.plugins import HookManager
+from edgecrab.router import parse_command
+from edgecrab.runs import Runner
+from edgecrab.store import open_store
+from edgecrab.store.base import DONE, FAILED, Store
+
+log = logging.getLogger("edgecrab.gateway")
+
+_Item = tuple[str, str, str]  # (msg_id, stream message id, payload JSON)
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        agent: Agent | None = None,
+        hooks: HookManager | None = None,
+    ) -> None:
+        self.config = config
+        dt = config.dingtalk
+        self.robot = dt.robot_code or dt.app_key
+        self.store = store or open_store(config.storage)
+        self.agent = agent or build_agent(config.agent)
+        self.hooks = hooks
+        self.access = AccessPolicy(dt)
+        self.stream: StreamClient | None = None
+        self.started = anyio.Event()
+        self._send, self._receive = anyio.create_memory_object_stream[_Item](max_buffer_size=4096)
+        self._overflow: deque[_Item] = deque()
+        self.received = 0
+        self.duplicates = 0
+
+    # -- the ack path --------------------------------------------------------------------------------
+    async def on_callback(self, frame: Frame) -> AckDecision:
+        """Record the callback durably, then let the stream ack it. Must stay in the millisecond range."""
+        try:
+            data = decode_data(frame)
+        except FrameError as exc:
+            log.warning("[dingtalk] rejected callback %s: %s", frame.headers.get("messageId"), exc.reason)
+            return AckDecision(400, f"bad request: {exc.reason}")
+        msg_id = data.get("msgId")
+        if not isinstance(msg_id, str) or not msg_id:
+            log.warning("[dingtalk] rejected callback %s: no msgId", frame.headers.get("messageId"))
+            return AckDecision(400, "bad request: no msgId")
+        stream_mid = frame.headers.get("messageId", "")
+        is_new = await self.store.inbox_claim(self.robot, msg_id, stream_mid, frame.data_text, time.time())
+        if not is_new:
+            self.duplicates += 1
+            log.info("[dingtalk] duplicate delivery of %s (frame %s): acked, not processed again", msg_id, stream_mid)
+            return AckDecision()
+        self.received += 1
+        item = (msg_id, stream_mid, frame.data_text)
+        try:
+            self._send.send_nowait(item)
+        except anyio.WouldBlock:
+            self._overflow.append(item)  # already durable; ingest drains this when it catches up
+        return AckDecision()
+
+    # -- ingest --------------------------------------------------------------------------------------
+    async def _ingest(self) -> None:
+        async with self._receive:
+            while True:
+                if self._overflow and self._receive.statistics().current_buffer_used == 0:
+                    item = self._overflow.popleft()
+                else:
+                    item = await self._receive.receive()
+                await self._process(*item)
+
+    async def _process(self, msg_id: str, stream_mid: str, payload: str) -> None:
+        message: Message | None = None
+        try:
+            try:
+                message = to_message(json.loads(payload), stream_message_id=stream_mid,
+                                     robot_code_fallback=self.robot)
+            except (FrameError, ValueError) as exc:
+                log.warning("[dingtalk] message %s cannot be read: %s", msg_id, exc)
+                await self.store.inbox_set_state(self.robot, msg_id, FAILED, str(exc))
+                return
+            message = message.replace(robot=self.robot)
+            await self._route(message)
+        except Exception as exc:
+            log.exception("[gateway] handling message %s failed", msg_id)
+            await self.store.inbox_set_state(self.robot, msg_id, FAILED, f"{type(exc).__name__}: {exc}")
+            if message is not None:
+                text = None
+                if self.hooks is not None:
+                    text = await self.hooks.first("handle_error", error=exc, message=message)
+                await self.reply(message, text or "Sorry — something went wrong while handling your message. "
+                                 "Please try again.", self.runner.key(message))
+
+    async def _route(self, message: Message) -> None:
+        decision = self.access.decide(message, time.time())
+        if not decision.allowed:
+            log.info("[dingtalk] message %s from %s dropped: %s", message.id, message.sender.key, decision.reason)
+            if decision.notice:
+                await self.reply(message, decision.notice, self.runner.key(message))
+            await self.store.inbox_set_state(self.robot, message.id, DONE, decision.reason)
+            return
+        hooks = self.hooks
+        if hooks is not None:
+            await hooks.notify("message_received", message=message)
+            if not await hooks.allow("allow_message", message=message):
+                log.info("[hooks] message %s vetoed by allow_message", message.id)
+                await self.store.inbox_set_state(self.robot, message.id, DONE, "vetoed by hook")
+                return
+            message = await hooks.pipeline("prepare_message", "message", message)
+        key = self.runner.key(message)
+        if message.unsupported:
+            await self.reply(message, f"Sorry, I can't read this kind of message yet ({message.msgtype}). "
+                             "Please send it as text.", key)
+            await self.store.inbox_set_state(self.robot, message.id, DONE, "unsupported")
+            return
+        command = parse_command(message.text) if not message.attachments else None
+        if command is not None:
+            if command.name in ("/retry",) or self.commands.is_known(command) or not self.config.commands.forward_unknown:
+                handled = await self.commands.handle(command, message)
+                if handled:
+                    if command.name != "/retry":
+                        await self.store.inbox_set_state(self.robot, message.id, DONE)
+                    return
+        if not message.text.strip() and not message.attachments and message.quote is None:
+            await self.reply(message, "👋 Hi! Ask me anything — or send /help to see what I can do.", key)
+            await self.store.inbox_set_state(self.robot, message.id, DONE, "empty")
+            return
+        await self.runner.submit(message)
+
+    async def reply(self, message: Message, text: str, session_key: str) -> None:
+        if message.route is None:
+            log.error("[gateway] no reply route for message %s; reply dropped", message.id)
+            return
+        await self.delivery.enqueue(message.route, text, session_key=session_key, message=message)
+
+    async def _delivery_event(self, kind: str, reply: str, error: Any, message: Message | None) -> None:
+        if self.hooks is None:
+            return
+        if kind == "reply_sent":
+            await self.hooks.notify("reply_sent", reply=reply, message=message)
+        else:
+            await self.hooks.notify("send_failed", error=error, reply=reply, message=message)
+
+    async def _on_state(self, state: str, detail: str) -> None:
+        if self.hooks is not None:
+            await self.hooks.notify("connection_changed", robot=self.robot, state=state, detail=detail)
+
+    def connection_state(self) -> str:
+        s = self.stream
+        if s is None:
+            return "not started"
+        since = time.monotonic() - s.state_since
+        detail = f" ({s.state_detail})" if s.state_detail and s.state != "connected" else ""
+        return f"{s.state}{detail} for {int(since)} s, {s.connections_opened} connection(s) opened"
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def _build(self, http: httpx.AsyncClient) -> None:
+        dt = self.config.dingtalk
+        markdown = dt.reply_format == "markdown"
+        fmt = Format(
+            fmt=dt.reply_format,
+            render=to_dingtalk_markdown if markdown else to_plain_text,
+            title=title_preview,
+            max_chars=dt.max_message_length,
+            max_bytes=dt.max_message_bytes,
+            markers=dt.chunk_markers,
+        )
+        self.sender = DingTalkSender(dt, client=http)
+        self.delivery = Delivery(self.store, self.sender, fmt, chunk_interval_s=dt.chunk_interval_ms / 1000,
+                                 notify=self._delivery_event)
+        self.runner = Runner(self.config.sessions, self.store, self.agent, self.reply,
+                             system_prompt=self.config.agent.system_prompt,
+                             agent_timeout_s=self.config.agent.timeout_s, hooks=self.hooks)
+        self.commands = Commands(self.config.commands, self.runner, self.reply, hooks=self.hooks,
+                                 connection=ConnectionInfo(self.connection_state),
+                                 cancel_outbox=lambda m: self.delivery.cancel(m.route) if m.route else _zero())
+        self.stream = StreamClient(dt, self.on_callback, on_state=self._on_state, http=http)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        if self.hooks is None:
+            self.hooks = HookManager.load(self.config.hooks)
+        await self.store.open()
+        http = httpx.AsyncClient(timeout=self.config.dingtalk.send_timeout_s)
+        self._build(http)
+        assert self.stream is not None
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.delivery.run)
+                await tg.start(self.runner.run)
+                self.commands.hook_commands = dict(await self.hooks.register_commands())
+                unfinished = await self.store.inbox_unfinished(self.robot)
+                if unfinished:
+                    log.info("[gateway] picking up %d message(s) left unfinished by the last run", len(unfinished))
+                self._overflow.extend((e.msg_id, e.stream_message_id, e.payload) for e in unfinished)
+                tg.start_soon(self._ingest)
+                tg.start_soon(self._housekeeping)
+                await tg.start(self.stream.run)
+                log.info("%s", self.access.posture())
+                log.info("[gateway] started: robot %s, agent %s, busy policy %s, group scope %s", self.robot,
+                         self.config.agent.type, self.config.sessions.busy_policy, self.config.sessions.group_scope)
+                await self.hooks.notify("gateway_started", gateway=self)
+                self.started.set()
+                task_status.started()
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    with anyio.move_on_after(1, shield=True):
+                        await self.hooks.notify("gateway_stopping", gateway=self)
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.move_on_after(1, shield=True):
+                await self.agent.aclose()
+                await http.aclose()
+                await self.store.close()
+            log.info("[gateway] stopped")
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await anyio.sleep(60)
+            now = time.time()
+            try:
+                await self.store.inbox_prune(now - 86400)
+                if self.config.sessions.idle_expiry_s > 0:
+                    await self.store.sessions_expire(now - self.config.sessions.idle_expiry_s)
+            except Exception:
+                log.exception("[gateway] housekeeping failed")
+
+
+async def _zero() -> int:
+    return 0
+
+
+async def serve(config: Config, *, ready: Any = None) -> None:
+    """Run the gateway until SIGINT/SIGTERM."""
+    gateway = Gateway(config)
+    async with anyio.create_task_group() as tg:
+        await tg.start(gateway.run)
+        if ready is not None:
+            ready(gateway)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("[gateway] %s received; stopping", signal.Signals(signum).name)
+                break
+        tg.cancel_scope.cancel()
+
+
+def run_gateway(config: Config, *, sandbox: bool = False, port: int | None = None) -> int:
+    """Entry point of ``edgecrab gateway start``; returns the process exit code."""
+    if sandbox:
+        from edgecrab.sandbox import serve_with_sandbox
+
+        anyio.run(serve_with_sandbox, config, port)
+        return 0
+    anyio.run(serve, config)
+    return 0
+
+
+__all__ = ["Gateway", "run_gateway", "serve", "replace"]

@@ -1,0 +1,366 @@
+"""The SQLite implementation of :class:`~edgecrab.store.base.Store` (stdlib ``sqlite3``, WAL mode).
+
+One connection per gateway process, opened in :meth:`SQLiteStore.open`. Every operation is a few
+microseconds of synchronous work done inline in the ``async`` method: the ack path calls
+:meth:`~SQLiteStore.inbox_claim` and must stay in the millisecond range, which a thread hop per call
+would not help. Multi-statement operations run in one ``BEGIN IMMEDIATE`` transaction, so they are
+all-or-nothing even if the process is killed half-way.
+
+The tables and their migrations live in :mod:`edgecrab.store.sqlite_schema`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from edgecrab.store.base import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    PENDING,
+    PROCESSING,
+    RECEIVED,
+    SENDING,
+    InboxEntry,
+    OutboxChunk,
+    SessionStats,
+    Store,
+    Turn,
+    UsageDelta,
+)
+from edgecrab.store.sqlite_schema import migrate
+
+MEMORY = ":memory:"
+
+_COUNTERS = (
+    "turns",
+    "messages_in",
+    "messages_out",
+    "prompt_tokens",
+    "completion_tokens",
+    "agent_seconds",
+    "chunks_sent",
+)
+_SESSION_COLUMNS = ("key", "created_at", "last_active_at", *_COUNTERS, "last_user_text", "last_user_msg_id")
+_SESSION_SELECT = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE key = ?"
+_INBOX_SELECT = "SELECT robot, msg_id, stream_message_id, payload, received_at, state, attempts FROM inbox"
+_OUTBOX_SELECT = (
+    "SELECT reply_id, idx, total, conversation_key, route, text, mention, title, state, created_at,"
+    " attempts, session_key FROM outbox WHERE state IN (?, ?)"
+)
+_RESET_SESSION = ", ".join(
+    [f"{c} = 0" for c in _COUNTERS] + ["last_user_text = ''", "last_user_msg_id = ''", "extra = '{}'"]
+)
+
+
+class SQLiteStore(Store):
+    """Everything the gateway persists, in one SQLite file (or ``":memory:"`` for tests)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path: Path | None = None if str(path) == MEMORY else Path(path)
+        self._conn: sqlite3.Connection | None = None
+        # Calls normally all come from one event loop, where this lock is never contended; it guards the
+        # connection should anyone call from a worker thread (check_same_thread=False allows that).
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._conn is None:
+            self._conn = self._connect()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with self._lock:
+                conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        target = MEMORY if self.path is None else str(self.path)
+        # isolation_level=None: the sqlite3 module never opens transactions behind our back; we say
+        # BEGIN/COMMIT ourselves where several statements must be atomic.
+        conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode syncs at checkpoints, not at every commit: a committed transaction
+            # survives the process being killed (SIGKILL, OOM, crash), since the WAL is in the OS page
+            # cache, but the last commits may be lost on power failure or a kernel crash. That is the
+            # requirement (a process crash neither loses nor repeats messages) at a fraction of FULL's cost.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("[store] the store is not open: await store.open() first")
+        return self._conn
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """One statement, atomic by itself (autocommit)."""
+        conn = self._connection()
+        with self._lock:
+            return conn.execute(sql, params)
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = self._connection()
+        with self._lock:
+            return conn.execute(sql, params).fetchall()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """Several statements as one transaction: committed together or not at all."""
+        conn = self._connection()
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    # -- inbox -------------------------------------------------------------------------------------
+    async def inbox_claim(
+        self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
+    ) -> bool:
+        # One statement: the uniqueness check and the insert cannot be separated by another claim.
+        # DO NOTHING without a target covers both the primary key and the stream-id index.
+        cursor = self._run(
+            "INSERT INTO inbox (robot, msg_id, stream_message_id, payload, received_at, state, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (robot, msg_id, stream_message_id, payload, received_at, RECEIVED, time.time()),
+        )
+        return cursor.rowcount == 1
+
+    async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None:
+        # attempts counts how often processing started, so a message that keeps crashing the
+        # process on start can be recognised and given up on.
+        self._run(
+            "UPDATE inbox SET state = ?, error = ?, updated_at = ?, attempts = attempts + ?"
+            " WHERE robot = ? AND msg_id = ?",
+            (state, error, time.time(), int(state == PROCESSING), robot, msg_id),
+        )
+
+    async def inbox_unfinished(self, robot: str) -> list[InboxEntry]:
+        rows = self._all(
+            f"{_INBOX_SELECT} WHERE robot = ? AND state IN (?, ?) ORDER BY received_at, rowid",
+            (robot, RECEIVED, PROCESSING),
+        )
+        return [InboxEntry(*row) for row in rows]
+
+    async def inbox_prune(self, older_than: float) -> int:
+        cursor = self._run(
+            "DELETE FROM inbox WHERE state IN (?, ?) AND received_at < ?", (DONE, FAILED, older_than)
+        )
+        return cursor.rowcount
+
+    # -- sessions ----------------------------------------------------------------------------------
+    async def session_stats(self, key: str) -> SessionStats | None:
+        rows = self._all(_SESSION_SELECT, (key,))
+        return SessionStats(*rows[0]) if rows else None
+
+    async def session_ensure(self, key: str, now: float) -> SessionStats:
+        with self._tx() as conn:
+            _ensure_session(conn, key, now)
+            row = conn.execute(_SESSION_SELECT, (key,)).fetchone()
+        return SessionStats(*row)
+
+    async def history(self, key: str, limit: int) -> list[Turn]:
+        if limit <= 0:
+            return []
+        rows = self._all(
+            "SELECT role, content, msg_id, at FROM history WHERE session_key = ? ORDER BY id DESC LIMIT ?",
+            (key, limit),
+        )
+        return [Turn(*row) for row in reversed(rows)]
+
+    async def history_append(self, key: str, turns: list[Turn]) -> None:
+        if not turns:
+            return
+        with self._tx() as conn:
+            # History never exists without its session, so /new and idle expiry always find it.
+            _ensure_session(conn, key, max(t.at for t in turns) or time.time())
+            conn.executemany(
+                "INSERT INTO history (session_key, role, content, msg_id, at) VALUES (?, ?, ?, ?, ?)",
+                [(key, t.role, t.content, t.msg_id, t.at) for t in turns],
+            )
+
+    async def history_pop_last_exchange(self, key: str) -> Turn | None:
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT id, role, content, msg_id, at FROM history WHERE session_key = ? ORDER BY id DESC",
+                (key,),
+            )
+            # Walk back over the answer (whatever is not the user's) to the user turn that asked it.
+            found = next((row for row in rows if row[1] == "user"), None)
+            rows.close()
+            if found is None:
+                return None
+            conn.execute("DELETE FROM history WHERE session_key = ? AND id >= ?", (key, found[0]))
+        return Turn(*found[1:])
+
+    async def session_reset(self, key: str, now: float) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM history WHERE session_key = ?", (key,))
+            conn.execute(
+                "INSERT INTO sessions (key, created_at, last_active_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at,"
+                f" last_active_at = excluded.last_active_at, {_RESET_SESSION}",
+                (key, now, now),
+            )
+
+    async def usage_add(self, key: str, delta: UsageDelta, now: float, last_user: Turn | None = None) -> None:
+        with self._tx() as conn:
+            _ensure_session(conn, key, now)
+            conn.execute(
+                f"UPDATE sessions SET {', '.join(f'{c} = {c} + ?' for c in _COUNTERS)},"
+                " last_active_at = max(last_active_at, ?) WHERE key = ?",
+                (*(getattr(delta, c) for c in _COUNTERS), now, key),
+            )
+            if last_user is not None:
+                conn.execute(
+                    "UPDATE sessions SET last_user_text = ?, last_user_msg_id = ? WHERE key = ?",
+                    (last_user.content, last_user.msg_id, key),
+                )
+            if delta.extra:
+                (raw,) = conn.execute("SELECT extra FROM sessions WHERE key = ?", (key,)).fetchone()
+                merged = _merge_extra(json.loads(raw), delta.extra)
+                conn.execute("UPDATE sessions SET extra = ? WHERE key = ?", (json.dumps(merged), key))
+
+    async def sessions_expire(self, idle_before: float) -> int:
+        with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM history WHERE session_key IN"
+                " (SELECT key FROM sessions WHERE last_active_at < ?)",
+                (idle_before,),
+            )
+            return conn.execute("DELETE FROM sessions WHERE last_active_at < ?", (idle_before,)).rowcount
+
+    async def session_count(self) -> int:
+        ((count,),) = self._all("SELECT count(*) FROM sessions")
+        return int(count)
+
+    # -- outbox (delivery ledger) ------------------------------------------------------------------
+    async def outbox_add(self, chunks: list[OutboxChunk]) -> None:
+        # seq, assigned in insertion order, is the send order: insert each reply's chunks by index even
+        # if the caller listed them otherwise (replies keep the order in which they were given).
+        first_seen = {c.reply_id: i for i, c in reversed(list(enumerate(chunks)))}
+        ordered = sorted(chunks, key=lambda c: (first_seen[c.reply_id], c.index))
+        now = time.time()
+        with self._tx() as conn:
+            # DO NOTHING makes a repeated add of the same reply (a retry after an error) harmless
+            # instead of duplicating chunks the user would then receive twice.
+            conn.executemany(
+                "INSERT INTO outbox (reply_id, idx, total, conversation_key, session_key, route, text,"
+                " mention, title, state, created_at, attempts, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(*_chunk_columns(c), now) for c in ordered],
+            )
+
+    async def outbox_pending(self, conversation_key: str | None = None) -> list[OutboxChunk]:
+        if conversation_key is None:
+            rows = self._all(f"{_OUTBOX_SELECT} ORDER BY seq", (PENDING, SENDING))
+        else:
+            sql = f"{_OUTBOX_SELECT} AND conversation_key = ? ORDER BY seq"
+            rows = self._all(sql, (PENDING, SENDING, conversation_key))
+        return [_chunk_from_row(row) for row in rows]
+
+    async def outbox_mark(self, reply_id: str, index: int, state: str, error: str = "") -> None:
+        # attempts counts send attempts: the sender marks a chunk SENDING before each try.
+        self._run(
+            "UPDATE outbox SET state = ?, error = ?, updated_at = ?, attempts = attempts + ?"
+            " WHERE reply_id = ? AND idx = ?",
+            (state, error, time.time(), int(state == SENDING), reply_id, index),
+        )
+
+    async def outbox_cancel(self, conversation_key: str, reply_id: str | None = None) -> int:
+        sql = "UPDATE outbox SET state = ?, updated_at = ? WHERE conversation_key = ? AND state IN (?, ?)"
+        params: list[Any] = [CANCELLED, time.time(), conversation_key, PENDING, SENDING]
+        if reply_id is not None:
+            sql += " AND reply_id = ?"
+            params.append(reply_id)
+        return self._run(sql, params).rowcount
+
+    # -- small facts -------------------------------------------------------------------------------
+    async def kv_get(self, key: str) -> str | None:
+        rows = self._all("SELECT value FROM kv WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    async def kv_set(self, key: str, value: str) -> None:
+        self._run(
+            "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            (key, value, time.time()),
+        )
+
+
+def _ensure_session(conn: sqlite3.Connection, key: str, now: float) -> None:
+    conn.execute(
+        "INSERT INTO sessions (key, created_at, last_active_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        (key, now, now),
+    )
+
+
+def _chunk_columns(c: OutboxChunk) -> tuple[Any, ...]:
+    # A new chunk is always PENDING, whatever state the caller's object says.
+    return (
+        c.reply_id,
+        c.index,
+        c.total,
+        c.conversation_key,
+        c.session_key,
+        json.dumps(c.route),
+        c.text,
+        int(c.mention),
+        c.title,
+        PENDING,
+        c.created_at,
+        c.attempts,
+    )
+
+
+def _chunk_from_row(r: Sequence[Any]) -> OutboxChunk:
+    return OutboxChunk(
+        reply_id=r[0],
+        index=r[1],
+        total=r[2],
+        conversation_key=r[3],
+        route=json.loads(r[4]),
+        text=r[5],
+        mention=bool(r[6]),
+        title=r[7],
+        state=r[8],
+        created_at=r[9],
+        attempts=r[10],
+        session_key=r[11],
+    )
+
+
+def _merge_extra(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Numbers accumulate like the other counters; anything else is replaced by the newer value."""
+    merged = dict(old)
+    for name, value in new.items():
+        current = merged.get(name)
+        if _is_number(value) and _is_number(current):
+            merged[name] = current + value
+        else:
+            merged[name] = value
+    return merged
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
