@@ -1,15 +1,29 @@
 """Configuration: YAML -> ``${ENV}`` references -> JSON Schema validation -> frozen dataclasses.
 
-Nothing downstream reads raw dicts: the gateway is assembled from :class:`Config`.
+Nothing downstream reads raw dicts: the gateway is assembled from :class:`Config`. This module owns the
+dataclasses (the contract other modules read), :func:`load_config` (the one way to make them) and
+:func:`redacted_dict` (what ``edgecrab config show`` prints). Parsing and ``${VAR}`` expansion live in
+:mod:`edgecrab._configsource`, schema checks and readable problems in :mod:`edgecrab._configcheck`; the schema
+is ``schemas/config.schema.json``.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+from edgecrab import _configcheck as check
+from edgecrab import _configsource as reader
+from edgecrab.errors import ConfigError, Problem
+
+log = logging.getLogger(__name__)
 
 
 def _frozen_map(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
@@ -132,3 +146,233 @@ class Config:
     http: HttpConfig = HttpConfig()
     source: Path | None = None
     """The YAML file it came from; None for the built-in env-only default."""
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+
+BUILTIN_COMMANDS = check.BUILTIN_COMMANDS
+"""The gateway's own chat commands: the only targets ``commands.aliases`` may name."""
+
+SANDBOX_APP_KEY = "sandbox-app-key"
+SANDBOX_APP_SECRET = "sandbox-app-secret"
+"""Filled in by ``load_config(..., sandbox=True)`` when no credentials are configured."""
+
+load_schema = check.load_schema
+
+BUILTIN_SOURCE = "built-in defaults from environment variables, no config file"
+
+_DINGTALK = ("platforms", "dingtalk")
+_SANDBOX_CREDENTIALS = {
+    (*_DINGTALK, "app_key"): SANDBOX_APP_KEY,
+    (*_DINGTALK, "app_secret"): SANDBOX_APP_SECRET,
+}
+_SECTIONS = ("platforms", "agent", "sessions", "commands", "hooks", "storage", "http")
+
+# The configuration used without a file: the product page's environment variables, and the echo agent.
+_BUILTIN_DEFAULT: dict[str, Any] = {
+    "platforms": {
+        "dingtalk": {
+            "app_key": "${DINGTALK_APP_KEY}",
+            "app_secret": "${DINGTALK_APP_SECRET}",
+            "robot_code": "${DINGTALK_ROBOT_CODE:-}",
+            "api_base": "${DINGTALK_API_BASE:-https://api.dingtalk.com}",
+            "allowed_users": "${DINGTALK_ALLOWED_USERS:-}",
+        }
+    },
+    "agent": {"type": "echo"},
+    "http": {"port": "${DINGTALK_WEBHOOK_PORT:-0}"},
+}
+
+
+def load_config(
+    path: Path | str | None = None, env: Mapping[str, str] | None = None, *, sandbox: bool = False
+) -> Config:
+    """Read, check and freeze the configuration; raise :class:`ConfigError` listing every problem found.
+
+    ``path`` None means ``$EDGECRAB_CONFIG`` if set, else the built-in default that reads the ``DINGTALK_*``
+    variables. ``env`` is the environment for ``${VAR}`` references (default ``os.environ``). ``sandbox``
+    fills in dummy DingTalk credentials where none are configured, for the local emulator.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    if path is None and environ.get("EDGECRAB_CONFIG"):
+        path = environ["EDGECRAB_CONFIG"]
+    source: Path | None = None
+    if path is None:
+        label = BUILTIN_SOURCE
+        parsed = reader.ParsedYaml(data=_copy_plain(_BUILTIN_DEFAULT))
+    else:
+        label, source = str(path), Path(path).expanduser()
+        parsed = _read(source, label)
+    config = _check(parsed, environ, sandbox=sandbox, source=source, label=label)
+    log.debug("[config] loaded %s: agent %s, %d hook folder(s)", label, config.agent.type,
+              len(config.hooks.paths))
+    return config
+
+
+def _read(path: Path, label: str) -> reader.ParsedYaml:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        hint = "check the path given with --config or $EDGECRAB_CONFIG"
+        raise ConfigError(Problem("", "file not found", hint=hint), source=label) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the file: {exc}", source=label) from None
+    parsed = reader.parse_yaml(text)
+    if parsed.fatal:
+        raise ConfigError(parsed.problems, source=label)
+    return parsed
+
+
+def _check(
+    parsed: reader.ParsedYaml, env: Mapping[str, str], *, sandbox: bool, source: Path | None, label: str
+) -> Config:
+    problems = list(parsed.problems)
+    expanded = reader.expand_env(parsed.data, env, parsed.lines)
+    data: dict[str, Any] = expanded.data
+    missing = dict(expanded.missing)
+    for section in _SECTIONS:
+        if data.get(section) is None and (section in data or section == "platforms"):
+            data[section] = {}  # an empty section (`agent:` with nothing under it) means all defaults
+    platforms = data["platforms"]
+    if isinstance(platforms, dict) and platforms.get("dingtalk") is None:
+        platforms["dingtalk"] = {}
+    if sandbox and isinstance(platforms, dict) and isinstance(platforms["dingtalk"], dict):
+        for key_path, dummy in _SANDBOX_CREDENTIALS.items():
+            missing.pop(key_path, None)
+            if not platforms["dingtalk"].get(key_path[-1]):
+                platforms["dingtalk"][key_path[-1]] = dummy
+    problems += missing.values()
+    check.coerce_env_strings(data, expanded.origins)
+    problems += check.schema_problems(data, parsed.lines, expanded.origins, skip=set(missing))
+    problems += check.semantic_problems(data, parsed.lines)
+    if problems:
+        raise ConfigError(problems, source=label)
+    return _build(data, env, source)
+
+
+def _build(data: dict[str, Any], env: Mapping[str, str], source: Path | None) -> Config:
+    dingtalk = dict(data["platforms"]["dingtalk"])
+    for key in ("allowed_users", "allowed_groups", "extra_allowed_hosts"):
+        if isinstance(dingtalk.get(key), str):
+            dingtalk[key] = [item.strip() for item in dingtalk[key].split(",") if item.strip()]
+    dingtalk["robot_code"] = dingtalk.get("robot_code") or dingtalk["app_key"]
+    agent = dict(data.get("agent", {}))
+    if isinstance(agent.get("command"), str):
+        agent["command"] = shlex.split(agent["command"])
+    hooks = dict(data.get("hooks", {}))
+    hooks["paths"] = _hook_paths(hooks.get("paths"), source)
+    storage = dict(data.get("storage", {}))
+    storage.setdefault("url", f"sqlite:///{(env.get('EDGECRAB_HOME') or '~/.edgecrab').rstrip('/')}/state.db")
+    return Config(
+        dingtalk=_make(DingTalkConfig, dingtalk),
+        agent=_make(AgentConfig, agent),
+        sessions=_make(SessionsConfig, data.get("sessions", {})),
+        commands=_make(CommandsConfig, data.get("commands", {})),
+        hooks=_make(HooksConfig, hooks),
+        storage=_make(StorageConfig, storage),
+        http=_make(HttpConfig, data.get("http", {})),
+        source=source.resolve() if source else None,
+    )
+
+
+def _hook_paths(value: list[str] | None, source: Path | None) -> tuple[Path, ...]:
+    base = source.resolve().parent if source else Path.cwd()
+    if value is None:
+        # The default folder is optional: only used when it is there, so a bare config needs no hooks/.
+        default = base / "hooks"
+        return (default,) if default.is_dir() else ()
+    return tuple((base / Path(p).expanduser()).resolve() for p in value)
+
+
+def _make(cls: Any, values: Mapping[str, Any]) -> Any:
+    kwargs = {f.name: _convert(str(f.type), values[f.name]) for f in fields(cls) if f.name in values}
+    return cls(**kwargs)
+
+
+def _convert(annotation: str, value: Any) -> Any:
+    if annotation.startswith("tuple["):
+        return tuple(value)
+    if annotation.startswith("Mapping[str, Mapping"):
+        return _frozen_map({k: _frozen_map(v) for k, v in value.items()})
+    if annotation.startswith("Mapping["):
+        return _frozen_map(value)
+    if annotation in ("float", "float | None"):
+        return None if value is None else float(value)
+    if annotation == "int":
+        return int(value)
+    return value
+
+
+def _copy_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy_plain(v) for k, v in value.items()}
+    return value
+
+
+# --- showing ---------------------------------------------------------------------------------------------
+
+REDACTED = "***"
+_SECRET_NAME = re.compile(
+    r"secret|token|passw|credential|private|api_?key|access_?key|(^|_)key$", re.IGNORECASE
+)
+
+
+def is_secret_key(name: str) -> bool:
+    """True for key names whose string values must never be shown (``app_key`` is an id, not a secret)."""
+    return name != "app_key" and bool(_SECRET_NAME.search(name))
+
+
+def secret_values(config: Config) -> list[str]:
+    """Every secret string in ``config``, longest first, for redacting logs and ``config show``."""
+    found = [config.dingtalk.app_secret, config.agent.api_key]
+
+    def walk(value: Any, name: str) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(item, str(key))
+        elif isinstance(value, str) and is_secret_key(name):
+            found.append(value)
+
+    walk(config.agent.env, "")
+    walk(config.hooks.config, "")
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The effective configuration in the YAML layout, as plain data (secrets included)."""
+    return {
+        "platforms": {"dingtalk": _plain(config.dingtalk)},
+        **{name: _plain(getattr(config, name)) for name in _SECTIONS if name != "platforms"},
+    }
+
+
+def redacted_dict(config: Config) -> dict[str, Any]:
+    """:func:`config_to_dict` with every secret shown as ``***``, by key name and by value."""
+    secrets = [s for s in secret_values(config) if len(s) >= 4]
+
+    def scrub(value: Any, name: str) -> Any:
+        if isinstance(value, dict):
+            return {key: scrub(item, key) for key, item in value.items()}
+        if isinstance(value, list):
+            return [scrub(item, name) for item in value]
+        if isinstance(value, str) and value and is_secret_key(name):
+            return REDACTED
+        if isinstance(value, str):
+            for secret in secrets:
+                value = value.replace(secret, REDACTED)
+        return value
+
+    result: dict[str, Any] = scrub(config_to_dict(config), "")
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -79,6 +79,8 @@ class Delivery:
         self._notify = notify
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers: dict[str, anyio.Event] = {}
+        self._epochs: dict[str, int] = {}
+        """Bumped by cancel(): a worker holding an older epoch re-reads the ledger before sending."""
         self._replies: dict[str, tuple[str, Message | None]] = {}
         self.sent_chunks = 0
         self.failed_replies = 0
@@ -133,7 +135,9 @@ class Delivery:
 
     async def cancel(self, route: ReplyRoute) -> int:
         """Drop the unsent chunks of a conversation (``/stop``: nothing more of that answer is sent)."""
-        return await self.store.outbox_cancel(conversation_key(route))
+        ckey = conversation_key(route)
+        self._epochs[ckey] = self._epochs.get(ckey, 0) + 1
+        return await self.store.outbox_cancel(ckey)
 
     # -- workers -----------------------------------------------------------------------------------
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -164,10 +168,13 @@ class Delivery:
                 pending = await self.store.outbox_pending(ckey)
                 if not pending:
                     return
+                epoch = self._epochs.get(ckey, 0)
                 for chunk in pending:
                     wait = self.chunk_interval_s - (time.monotonic() - last_sent)
                     if last_sent and wait > 0:
                         await anyio.sleep(wait)
+                    if self._epochs.get(ckey, 0) != epoch:
+                        break  # /stop cancelled chunks we had read: re-read the ledger
                     if not await self._deliver(chunk):
                         break  # the rest of this reply was marked undeliverable; re-read the ledger
                     last_sent = time.monotonic()

@@ -5,7 +5,7 @@
     EdgecrabError                 base of everything below; ``exit_code`` 1
      ├── ConfigError              the configuration cannot be used; a list of Problems; ``exit_code`` 2
      │    └── HookLoadError       a hook file or module cannot be loaded (import error, unknown hook name)
-     ├── StartupError             the gateway cannot start (port in use, store cannot be opened, bad credentials)
+     ├── StartupError             the gateway cannot start (port in use, store unusable, bad credentials)
      └── DingTalkError            DingTalk refused or failed a call (``errcode`` and HTTP status kept)
 
 Agent backends raise :class:`edgecrab.agents.base.AgentError`, which carries a message meant for the chat user
@@ -41,10 +41,11 @@ class Problem:
     column: int | None = None
 
     def render(self) -> str:
-        where = self.path or "(file)"
+        place = ""
         if self.line is not None:
-            where += f" (line {self.line}" + (f", column {self.column})" if self.column is not None else ")")
-        text = f"  - {where}: {self.message}"
+            place = f"line {self.line}" + (f", column {self.column}" if self.column is not None else "")
+        where = f"{self.path} ({place})" if self.path and place else self.path or place
+        text = f"  - {where}: {self.message}" if where else f"  - {self.message}"
         if self.hint:
             text += f"\n    hint: {self.hint}"
         return text
@@ -55,7 +56,7 @@ class Problem:
 
 
 class ConfigError(EdgecrabError):
-    """The configuration (or something it names) cannot be used. Holds every problem found, not just the first."""
+    """The configuration (or something it names) cannot be used; holds every problem found, not just one."""
 
     exit_code = 2
     title = "invalid configuration"

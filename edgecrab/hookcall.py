@@ -189,7 +189,9 @@ class HookRunner:
                 if not open_:
                     problem = f"register({name!r}) called after start-up; ignored"
                 elif not _COMMAND_NAME.match(command):
-                    problem = f"invalid command name {name!r} (one word, e.g. 'ping' or '/ping'); not registered"
+                    problem = (
+                        f"invalid command name {name!r} (one word, like 'ping' or '/ping'); not registered"
+                    )
                 elif not callable(handler):
                     problem = f"handler for {command} is not callable; not registered"
                 elif command in builtin:

@@ -68,7 +68,7 @@ def allow_message(message: Any) -> bool | None:
 
 @hookspec
 def prepare_message(message: Any) -> Any:
-    """Pipeline: return a replacement :class:`~edgecrab.events.Message` (``message.replace(...)``) or ``None``."""
+    """Pipeline: return a replacement :class:`~edgecrab.events.Message` (``message.replace(...)``) or None."""
 
 
 @hookspec
@@ -108,12 +108,15 @@ def prepare_reply(reply: str, message: Any) -> str | None:
 
 @hookspec
 def reply_sent(reply: str, message: Any) -> None:
-    """Notify: the reply text was delivered to DingTalk (all chunks)."""
+    """Notify: the reply text was delivered to DingTalk (all chunks); ``message`` may be ``None``."""
 
 
 @hookspec
 def send_failed(error: Any, reply: str, message: Any) -> None:
-    """Notify: delivering ``reply`` failed for good; ``error`` is the exception or a short reason."""
+    """Notify: delivering ``reply`` failed for good; ``error`` is the exception or a short reason.
+
+    ``message`` is the message the reply answers, or ``None`` for a notice not tied to one.
+    """
 
 
 @hookspec(firstresult=True)

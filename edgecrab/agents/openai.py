@@ -10,7 +10,8 @@ with the api key redacted):
 - 429, 5xx, 408 and connection failures are retried with exponential backoff and jitter, but only before the
   first token arrived (after that the user has seen nothing yet, but a retry would bill twice for a long
   answer, and a mid-answer failure is better reported than hidden);
-- 401/403 -> check agent.api_key; 404 -> check agent.base_url and agent.model; other 4xx -> the server's reason;
+- 401/403 -> check agent.api_key; 404 -> check agent.base_url and agent.model; other 4xx -> the server's
+  own reason;
 - a body that is neither SSE nor JSON, or does not parse -> "could not read";
 - the whole call (retries included) is bounded by ``agent.timeout_s``.
 
@@ -19,6 +20,7 @@ Cancellation (``/stop``) exits the ``client.stream(...)`` context, which closes 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -37,6 +39,7 @@ from edgecrab.events import AgentRequest, AgentResult, Usage
 log = logging.getLogger("edgecrab.agents.openai")
 
 _ERROR_BODY_LIMIT = 4096
+_DRAIN_AFTER_DONE_S = 0.25
 _NOT_READABLE = "the agent sent a response edgecrab could not read"
 
 
@@ -241,25 +244,32 @@ class OpenAIAgent(Agent):
 
     async def _read_stream(self, response: httpx.Response, answer: _Answer) -> None:
         pending: list[str] = []
-        async for line in response.aiter_lines():
-            if not line:
-                if pending:  # an event whose data never parsed
-                    self._on_data("\n".join(pending), answer, final=True)
+        async with contextlib.aclosing(response.aiter_lines()) as lines:
+            async for line in lines:
+                if not line:
+                    if pending:  # an event whose data never parsed
+                        self._on_data("\n".join(pending), answer, final=True)
+                        pending.clear()
+                    continue
+                if line.startswith(":"):  # SSE comment: a keep-alive
+                    continue
+                name, _, value = line.partition(":")
+                if name != "data":  # event:, id:, retry: carry nothing we use
+                    continue
+                pending.append(value[1:] if value.startswith(" ") else value)
+                # Lenient framing: a data line that parses on its own is an event, blank line or not.
+                if self._on_data("\n".join(pending), answer, final=False):
                     pending.clear()
-                continue
-            if line.startswith(":"):  # SSE comment: a keep-alive
-                continue
-            name, _, value = line.partition(":")
-            if name != "data":  # event:, id:, retry: carry nothing we use
-                continue
-            pending.append(value[1:] if value.startswith(" ") else value)
-            # Lenient framing: a data line that parses on its own is an event, blank line or not.
-            if self._on_data("\n".join(pending), answer, final=False):
-                pending.clear()
+                if answer.done:
+                    break
             if answer.done:
-                return
-        if pending:
-            self._on_data("\n".join(pending), answer, final=True)
+                # Read the (normally empty) rest so the connection can be reused; a server that keeps the
+                # stream open after [DONE] is not waited for.
+                with anyio.move_on_after(_DRAIN_AFTER_DONE_S):
+                    async for _ in lines:
+                        pass
+            elif pending:
+                self._on_data("\n".join(pending), answer, final=True)
 
     def _on_data(self, data: str, answer: _Answer, *, final: bool) -> bool:
         """Apply one SSE ``data`` payload; ``False`` if it is incomplete (and not ``final``)."""

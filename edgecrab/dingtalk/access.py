@@ -136,7 +136,7 @@ class AccessPolicy:
     @staticmethod
     def _outsider_notice(dingtalk_id: str) -> str:
         return (
-            "Sorry, this bot only answers its own organisation, and you're from another one. "
+            "Sorry, you're from another organisation, so this bot doesn't answer you by default. "
             f"Your DingTalk id is `{dingtalk_id}` — ask the bot's admin to add it to {ALLOWED_USERS_ENV}."
         )
 

@@ -58,7 +58,7 @@ class RateLimiter:
             return 0.0
         self._refill()
         self._tokens -= 1.0
-        if self._tokens >= 0:
+        if self._tokens > -1e-9:  # float residue of a refill that was exactly enough
             return 0.0
         return -self._tokens / self.rate
 

@@ -9,8 +9,9 @@ Route choice for one chunk:
 
 1. the message's ``sessionWebhook``, while it is further than ``webhook_expiry_margin_s`` from its expiry,
    not known to be dead, and its host passes the SSRF allow-list;
-2. otherwise, or when the webhook fails (``300001`` "session gone" or any error that retrying will not
-   fix), ``oToMessages/batchSend`` for a DM or ``groupMessages/send`` for a group.
+2. otherwise, or when the webhook fails (``300001`` "session gone", an error retrying cannot fix, or a
+   transient one that outlasted the retries), ``oToMessages/batchSend`` for a DM or
+   ``groupMessages/send`` for a group. A ``300001`` webhook is remembered as dead.
 
 A ``460101`` (message too long) is returned as a permanent failure without fallback: the caller must
 split the chunk again. Nothing logged here contains a token, a secret or a webhook's session value.
@@ -18,7 +19,6 @@ split the chunk again. Nothing logged here contains a token, a secret or a webho
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import random
@@ -43,6 +43,15 @@ from edgecrab.dingtalk.tokens import (
     error_from_response,
     transport_error,
 )
+from edgecrab.dingtalk.webhook import (
+    WebhookGuard,
+    append_mention,
+    expiry_seconds,
+    install_httpx_redaction,
+    redact_url,
+    url_host,
+    webhook_body,
+)
 from edgecrab.events import ReplyRoute
 
 __all__ = [
@@ -58,7 +67,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DINGTALK_HOSTS = ("api.dingtalk.com", "oapi.dingtalk.com")
 BATCH_SEND_PATH = "/v1.0/robot/oToMessages/batchSend"
 GROUP_SEND_PATH = "/v1.0/robot/groupMessages/send"
 QUOTA_CODE = "Forbidden.AccessDenied.ApiCountLimitForOrg"
@@ -85,43 +93,13 @@ class SendResult:
     process_query_key: str = ""
 
 
-def redact_url(url: str) -> str:
-    """``url`` fit for a log line: scheme, host, port and path; every query value replaced by ``***``."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
-        return "<invalid url>"
-    port = f":{parsed.port}" if parsed.port else ""
-    query = "&".join(f"{key}=***" for key in parsed.params)
-    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path}" + (f"?{query}" if query else "")
-
-
-def _with_mention(text: str, who: str, separator: str) -> str:
-    return f"{text}{separator}@{who}" if text else f"@{who}"
-
-
-def webhook_body(text: str, title: str, fmt: str, at_staff_id: str = "") -> dict[str, Any]:
-    """The sessionWebhook JSON; with ``at_staff_id`` the mention is real (``at``) and visible (``@id``)."""
-    if at_staff_id:
-        # A single newline does not break a markdown line on DingTalk, so markdown needs a blank line.
-        text = _with_mention(text, at_staff_id, "\n\n" if fmt == "markdown" else "\n")
-    body: dict[str, Any]
-    if fmt == "markdown":
-        body = {"msgtype": "markdown", "markdown": {"title": title, "text": text}}
-    else:
-        body = {"msgtype": "text", "text": {"content": text}}
-    if at_staff_id:
-        body["at"] = {"atUserIds": [at_staff_id], "isAtAll": False}
-    return body
-
-
 def openapi_body(
     route: ReplyRoute, robot_code: str, text: str, title: str, fmt: str, mention_name: str = ""
 ) -> dict[str, Any]:
     """The batchSend (DM) or groupMessages/send (group) JSON. ``msgParam`` is a JSON *string*."""
     if mention_name:
         # groupMessages/send cannot @ anyone: name the asker in plain text instead.
-        text = _with_mention(text, mention_name, "\n\n" if fmt == "markdown" else "\n")
+        text = append_mention(text, mention_name, fmt)
     if fmt == "markdown":
         msg_key, param = "sampleMarkdown", {"title": title, "text": text}
     else:
@@ -132,26 +110,12 @@ def openapi_body(
     else:
         body["userIds"] = [route.sender_staff_id]
     body["msgKey"] = msg_key
-    body["msgParam"] = json.dumps(param, ensure_ascii=False)
+    body["msgParam"] = json.dumps(param, ensure_ascii=False, separators=(",", ":"))
     return body
 
 
 def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _host_port(entry: str) -> tuple[str, int | None]:
-    url = httpx.URL(entry if "://" in entry else f"https://{entry}")
-    return url.host.rstrip(".").lower(), url.port
 
 
 class DingTalkSender:
@@ -167,8 +131,8 @@ class DingTalkSender:
         sleep: Sleep = anyio.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        """``clock`` is the wall clock (webhook expiry is epoch time); ``monotonic`` paces tokens and limiters;
-        ``sleep`` waits for limiters and backoff; ``rand`` (0..1) jitters the backoff."""
+        """``clock``: wall clock (webhook expiry is epoch time); ``monotonic``: tokens and limiters;
+        ``sleep``: limiter and backoff waits; ``rand`` (0..1): backoff jitter."""
         self._config = config
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(timeout=config.send_timeout_s, follow_redirects=False)
@@ -182,9 +146,8 @@ class DingTalkSender:
         self._webhook_limiter = RateLimiter(config.webhook_qps, clock=monotonic, sleep=sleep)
         self._dead_webhooks: OrderedDict[str, None] = OrderedDict()
         self._quota_paused_until = 0.0
-        self._allowed = {(host, None) for host in DINGTALK_HOSTS}
-        self._allowed.add(_host_port(config.api_base))
-        self._allowed.update(_host_port(entry) for entry in config.extra_allowed_hosts)
+        self.guard = WebhookGuard(config.api_base, config.extra_allowed_hosts)
+        install_httpx_redaction()
         self.tokens = TokenCache(
             self._client,
             config.api_base,
@@ -219,22 +182,6 @@ class DingTalkSender:
 
     # -- route choice ------------------------------------------------------------------------------
 
-    def webhook_refusal(self, url: str) -> str:
-        """Why ``url`` may not be contacted (SSRF guard), or ``""`` when it may."""
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError):
-            return "not a valid URL"
-        host = parsed.host.rstrip(".").lower()
-        if parsed.scheme == "http":
-            if not _is_loopback(host):
-                return "plain http is only allowed for loopback hosts"
-        elif parsed.scheme != "https":
-            return f"scheme {parsed.scheme or '(none)'} not allowed"
-        if (host, parsed.port) not in self._allowed:
-            return "not in allow-list"
-        return ""
-
     def _webhook_usable(self, route: ReplyRoute) -> bool:
         url = route.session_webhook
         if not url:
@@ -242,9 +189,7 @@ class DingTalkSender:
         if url in self._dead_webhooks:
             log.debug("[dingtalk] sessionWebhook of conversation %s is known dead", route.conversation_id)
             return False
-        expires_at = route.session_webhook_expires_at
-        if expires_at > 1e11:
-            expires_at /= 1000.0  # DingTalk's own field is in ms; tolerate a route that kept them
+        expires_at = expiry_seconds(route.session_webhook_expires_at)
         # 0 means unknown: try it; a dead webhook answers 300001 and we fall back.
         if expires_at and self._clock() >= expires_at - self._config.webhook_expiry_margin_s:
             log.debug(
@@ -253,13 +198,9 @@ class DingTalkSender:
                 self._config.webhook_expiry_margin_s,
             )
             return False
-        reason = self.webhook_refusal(url)
+        reason = self.guard.refusal(url)
         if reason:
-            try:
-                host = httpx.URL(url).host or "?"
-            except (httpx.InvalidURL, TypeError):
-                host = "?"
-            log.warning("[dingtalk] refusing sessionWebhook to host %s (%s)", host, reason)
+            log.warning("[dingtalk] refusing sessionWebhook to host %s (%s)", url_host(url), reason)
             return False
         return True
 
@@ -307,7 +248,7 @@ class DingTalkSender:
                     timeout=self._timeout,
                     follow_redirects=False,
                 )
-        except (TimeoutError, httpx.TransportError) as exc:
+        except (TimeoutError, httpx.RequestError) as exc:
             raise transport_error(exc, what) from None
 
     async def _send_webhook(self, route: ReplyRoute, body: dict[str, Any]) -> SendResult:
@@ -320,8 +261,11 @@ class DingTalkSender:
             if response.is_success and err.code == "0":
                 return SendResult(True, "webhook", False, "", "", err.request_id)
             if response.is_success and not err.code:
-                err.code = "bad_response"
-                err.message = "sessionWebhook answered without an errcode"
+                err = DingTalkError(
+                    "sessionWebhook answered without an errcode",
+                    status=response.status_code,
+                    code="bad_response",
+                )
             if err.code == SESSION_GONE:
                 self._mark_dead(url)
             raise err
@@ -335,8 +279,8 @@ class DingTalkSender:
         cid = route.conversation_id
         if not route.is_group and not route.sender_staff_id:
             log.error(
-                "[dingtalk] reply to conversation %s is undeliverable: no usable sessionWebhook and the sender "
-                "has no staff id (outside the organisation?), which the OpenAPI fallback needs",
+                "[dingtalk] reply to conversation %s is undeliverable: no usable sessionWebhook, and the "
+                "sender has no staff id (outside the organisation?), which the OpenAPI fallback needs",
                 cid,
             )
             return SendResult(
@@ -399,7 +343,7 @@ class DingTalkSender:
     # -- retries and outcomes ----------------------------------------------------------------------
 
     def backoff(self, retry: int, floor: float = 0.0) -> float:
-        """Pause before retry number ``retry + 1``: exponential, capped, with jitter, never below ``floor``."""
+        """Pause before retry ``retry + 1``: exponential, capped, jittered, never below ``floor``."""
         ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**retry)
         # "Equal jitter": at least half the exponential step, so retries still spread out under load.
         return max(floor, ceiling / 2 + self._random() * ceiling / 2)
@@ -476,6 +420,9 @@ class DingTalkSender:
                 rid,
                 err.message,
             )
+        elif via == "webhook" and err.code == SESSION_GONE:
+            # Routine: webhooks die early and often (field notes 1.3); the fallback takes over.
+            log.info("[dingtalk] sessionWebhook of conversation %s is gone: %s", cid, err)
         elif via == "webhook" and err.code != TOO_LONG:
             log.warning("[dingtalk] sessionWebhook send to conversation %s failed: %s", cid, err)
         elif err.retryable:

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import httpx
 
+from edgecrab import errors
 from edgecrab.dingtalk.ratelimit import Clock, RateLimiter
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ TOO_LONG = "460101"
 NEVER_RETRY_CODES = frozenset({SESSION_GONE, TOO_LONG, "invalidStaffIdList", "authFailed"})
 
 
-class DingTalkError(Exception):
-    """A DingTalk call that did not succeed.
+class DingTalkError(errors.DingTalkError):
+    """A DingTalk call that did not succeed (the REST side's branch of :mod:`edgecrab.errors`).
 
     ``status`` is the HTTP status (0 when no response arrived), ``code`` DingTalk's code as a string
     (``errcode`` numbers included), ``request_id`` the ``requestid`` to quote to DingTalk support.
@@ -67,8 +68,8 @@ class DingTalkError(Exception):
         required_scopes: tuple[str, ...] = (),
         retry_after: float = 0.0,
     ) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, errcode=code or None, status=status)
+        self.status: int = status
         self.code = code
         self.message = message
         self.request_id = request_id
@@ -248,7 +249,7 @@ class TokenCache:
                 response = await self._client.post(
                     self._url, json=body, timeout=self._timeout_s, follow_redirects=False
                 )
-        except (TimeoutError, httpx.TransportError) as exc:
+        except (TimeoutError, httpx.RequestError) as exc:
             err = transport_error(exc, "access token request")
             log.warning("[dingtalk] access token request for app %s failed: %s", self._app_key, err)
             raise err from None

@@ -280,11 +280,24 @@ class SQLiteStore(Store):
         return [_chunk_from_row(row) for row in rows]
 
     async def outbox_mark(self, reply_id: str, index: int, state: str, error: str = "") -> None:
-        # attempts counts send attempts: the sender marks a chunk SENDING before each try.
+        # attempts counts send attempts: the sender marks a chunk SENDING before each try. A cancelled
+        # chunk never goes back to PENDING/SENDING (a sender working from an older list must not revive
+        # what /stop cancelled); SENT or UNDELIVERABLE may still record what really happened to it.
         self._run(
             "UPDATE outbox SET state = ?, error = ?, updated_at = ?, attempts = attempts + ?"
-            " WHERE reply_id = ? AND idx = ?",
-            (state, error, time.time(), int(state == SENDING), reply_id, index),
+            " WHERE reply_id = ? AND idx = ? AND NOT (state = ? AND ? IN (?, ?))",
+            (
+                state,
+                error,
+                time.time(),
+                int(state == SENDING),
+                reply_id,
+                index,
+                CANCELLED,
+                state,
+                PENDING,
+                SENDING,
+            ),
         )
 
     async def outbox_cancel(self, conversation_key: str, reply_id: str | None = None) -> int:

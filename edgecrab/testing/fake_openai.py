@@ -104,12 +104,16 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         """Bodies received on ``/chat/completions``, in order (also those answered with an error)."""
         self.request_headers: list[dict[str, str]] = []
+        self.peers: list[str] = []
+        """``host:port`` of the client of each request (equal entries: a reused keep-alive connection)."""
         self.usages: list[dict[str, int]] = []
         """The ``usage`` object of every answer that carried one."""
         self.disconnects = 0
         """Requests whose client went away before the answer was complete."""
         self.completed = 0
         """Answers sent in full."""
+        self.tokens_sent = 0
+        """Content chunks written, over all streamed answers."""
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._stopping = False
@@ -140,9 +144,11 @@ class FakeOpenAI:
         """Forget received requests, usage and counters (settings stay)."""
         self.requests.clear()
         self.request_headers.clear()
+        self.peers.clear()
         self.usages.clear()
         self.disconnects = 0
         self.completed = 0
+        self.tokens_sent = 0
         self._notify()
 
     def state(self) -> dict[str, Any]:
@@ -155,6 +161,7 @@ class FakeOpenAI:
             "requests": len(self.requests),
             "completed": self.completed,
             "disconnects": self.disconnects,
+            "tokens_sent": self.tokens_sent,
             "usage": {
                 "prompt_tokens": sum(u["prompt_tokens"] for u in self.usages),
                 "completion_tokens": sum(u["completion_tokens"] for u in self.usages),
@@ -197,15 +204,18 @@ class FakeOpenAI:
         if "mode" in changes:
             self.mode = str(changes["mode"])
 
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; it is checked after every change (wrap it in a timeout)."""
+        while not predicate():
+            await self._changed.wait()
+
     async def wait_requests(self, count: int = 1) -> None:
         """Return once ``count`` requests have arrived (wrap it in a timeout)."""
-        while len(self.requests) < count:
-            await self._changed.wait()
+        await self.wait_for(lambda: len(self.requests) >= count)
 
     async def wait_disconnects(self, count: int = 1) -> None:
         """Return once ``count`` clients have gone away mid-answer (wrap it in a timeout)."""
-        while self.disconnects < count:
-            await self._changed.wait()
+        await self.wait_for(lambda: self.disconnects >= count)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -261,6 +271,8 @@ class FakeOpenAI:
             return _error(400, "invalid JSON body", "invalid_request_error")
         self.requests.append(body)
         self.request_headers.append(dict(request.headers))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.peers.append(f"{peer[0]}:{peer[1]}" if peer else "?")
         self._notify()
         try:
             return await self._answer(request, body)
@@ -311,6 +323,8 @@ class FakeOpenAI:
             if i:
                 await self._sleep(request, self.token_delay_s)
             await self._send(response, self._chunk({"content": token}))
+            self.tokens_sent += 1
+            self._notify()
         await self._send(response, self._chunk({}, finish_reason="stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
             final = self._chunk({}, finish_reason=None)

@@ -71,8 +71,13 @@ class EventBus:
         self.version = 0  # bumped on every event; wait_for uses it to avoid busy work
 
     def emit(self, kind: str, **fields: Any) -> EventDict:
-        event: EventDict = {"kind": kind, "seq": next(self._seq), "t": time.monotonic(),
-                            "ts": int(time.time() * 1000), **fields}
+        event: EventDict = {
+            "kind": kind,
+            "seq": next(self._seq),
+            "t": time.monotonic(),
+            "ts": int(time.time() * 1000),
+            **fields,
+        }
         self.recent.append(event)
         self.version += 1
         for sub in list(self._subscribers):

@@ -80,7 +80,9 @@ class Group:
 class FakeState:
     """Registries and records. Mutated only from the fake's event loop (builders excepted: plain dict writes)."""
 
-    def __init__(self, apps: list[FakeApp], users: list[FakeUser], settings: Settings, seed: int | None) -> None:
+    def __init__(
+        self, apps: list[FakeApp], users: list[FakeUser], settings: Settings, seed: int | None
+    ) -> None:
         if not apps:
             raise ValueError("at least one FakeApp is required")
         self.apps: dict[str, FakeApp] = {a.client_id: a for a in apps}
@@ -189,3 +191,9 @@ class FakeState:
         if session.invalidated or self.wall_ms() >= session.expires_ms:
             return False
         return dies_after_s is None or self.now() - session.created_t < dies_after_s
+
+    # records ---------------------------------------------------------------------------------------------
+    def record_outbound(self, record: OutboundRecord) -> None:
+        self.outbound.append(record)
+        self.counters["outbound"] += 1
+        self.bus.emit("outbound", **record.as_dict())

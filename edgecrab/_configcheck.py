@@ -1,0 +1,302 @@
+"""Checking a configuration against the JSON Schema and the rules the schema cannot say.
+
+This module owns finding and loading ``config.schema.json``, turning strings that came from the environment
+into the numbers and booleans the schema asks for, and translating every JSON Schema error into a
+:class:`~edgecrab.errors.Problem` a person can act on (key path, line, hint such as "did you mean").
+Reading the YAML and expanding ``${VAR}`` is :mod:`edgecrab._configsource`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import importlib.resources
+import json
+import re
+import shlex
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from edgecrab._configsource import ENV_HINTS, KeyPath, format_path, line_of, type_word_of
+from edgecrab.errors import Problem
+
+PATH_HINTS: dict[KeyPath, str] = {
+    ("platforms", "dingtalk", "app_key"): ENV_HINTS["DINGTALK_APP_KEY"],
+    ("platforms", "dingtalk", "app_secret"): ENV_HINTS["DINGTALK_APP_SECRET"],
+}
+_ALIASES: KeyPath = ("commands", "aliases")
+
+# --- schema ---------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    # In a wheel the schema sits inside the package (pyproject force-include); in an editable install or a
+    # source checkout it is only in the repository's schemas/ folder.
+    packaged = importlib.resources.files("edgecrab") / "schemas" / "config.schema.json"
+    if packaged.is_file():
+        text = packaged.read_text(encoding="utf-8")
+    else:
+        text = (Path(__file__).resolve().parent.parent / "schemas" / "config.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def load_schema() -> dict[str, Any]:
+    """The configuration JSON Schema (a fresh copy: callers may change it)."""
+    return copy.deepcopy(_schema())
+
+
+def subschema(path: KeyPath, schema: Mapping[str, Any] | None = None) -> Mapping[str, Any] | None:
+    """The schema that applies at ``path``, or None where the schema says nothing (unknown keys)."""
+    node: Any = _schema() if schema is None else schema
+    for part in path:
+        if isinstance(part, int):
+            node = node.get("items")
+        elif part in node.get("properties", {}):
+            node = node["properties"][part]
+        else:
+            node = node.get("additionalProperties")
+        if not isinstance(node, Mapping):
+            return None
+    return node
+
+
+@functools.cache
+def _key_homes() -> dict[str, str]:
+    """Each key name -> the first section that defines it, for "belongs under" hints."""
+    homes: dict[str, str] = {}
+
+    def visit(node: Mapping[str, Any], path: KeyPath) -> None:
+        for name, sub in node.get("properties", {}).items():
+            homes.setdefault(name, format_path(path) or "the top level")
+            visit(sub, (*path, name))
+
+    visit(_schema(), ())
+    return homes
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True}
+_BOOLS.update({"false": False, "no": False, "off": False, "0": False})
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def coerce_env_strings(data: Any, origins: Mapping[KeyPath, str]) -> None:
+    """Turn strings that came from ``${...}`` into the integer/number/boolean the schema wants, in place.
+
+    Only substituted values are coerced: environment variables are always strings, while a literal
+    YAML value already has the type the author wrote (``port: "8080"`` is reported, not guessed at).
+    """
+    for path in origins:
+        sub = subschema(path)
+        if sub is None or not path:
+            continue
+        types = sub.get("type", [])
+        types = [types] if isinstance(types, str) else list(types)
+        if "string" in types:
+            continue
+        parent = data
+        for part in path[:-1]:
+            parent = parent[part]
+        value = parent[path[-1]]
+        if isinstance(value, str):
+            parent[path[-1]] = _coerce(value, types)
+
+
+def _coerce(text: str, types: list[str]) -> Any:
+    stripped = text.strip()
+    if "boolean" in types and stripped.lower() in _BOOLS:
+        return _BOOLS[stripped.lower()]
+    if "integer" in types and _INT.match(stripped):
+        return int(stripped)
+    if "number" in types and _FLOAT.match(stripped):
+        return float(stripped)
+    if "null" in types and stripped == "":
+        return None
+    return text
+
+# --- rules beyond the schema ----------------------------------------------------------------------------
+
+BUILTIN_COMMANDS = ("/help", "/new", "/reset", "/stop", "/retry", "/status", "/usage", "/hooks")
+
+
+def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> list[Problem]:
+    """Rules JSON Schema cannot say clearly. Each guards its own types: the schema reports those."""
+    found: list[Problem] = []
+
+    def add(path: KeyPath, message: str, hint: str) -> None:
+        found.append(Problem(format_path(path), message, line=line_of(path, lines), hint=hint))
+
+    commands = data.get("commands")
+    aliases = commands.get("aliases") if isinstance(commands, dict) else None
+    for alias, target in (aliases or {}).items() if isinstance(aliases, dict) else ():
+        if not isinstance(target, str) or not target.startswith("/"):
+            continue
+        at = ("commands", "aliases", alias)
+        if alias in BUILTIN_COMMANDS:
+            add(at, f"`{alias}` is a built-in command and cannot be redefined", "choose another name")
+        elif target not in BUILTIN_COMMANDS:
+            close = difflib.get_close_matches(target, BUILTIN_COMMANDS, n=1, cutoff=0.6)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            hint += f"aliases can point at {' '.join(BUILTIN_COMMANDS)}"
+            hint += " (commands added by hooks cannot be aliased yet)"
+            add(at, f"alias target `{target}` is not a built-in command", hint)
+
+    agent = data.get("agent")
+    if isinstance(agent, dict):
+        kind = agent.get("type", "echo")
+        needs = {
+            "command": ("command", "command: [python, -m, mybot]"),
+            "python": ("callable", "callable: mybot:answer"),
+            "openai": ("model", "model: deepseek-chat"),
+        }
+        if kind in needs and not agent.get(needs[kind][0]):
+            key, example = needs[kind]
+            add(("agent", key), f"required when agent.type is `{kind}`", f"for example `{example}`")
+        if isinstance(agent.get("command"), str):
+            try:
+                shlex.split(agent["command"])
+            except ValueError as exc:
+                add(("agent", "command"), f"cannot split into arguments: {exc}",
+                    "balance the quotes, or write a list")
+
+    platforms = data.get("platforms")
+    dingtalk = platforms.get("dingtalk") if isinstance(platforms, dict) else None
+    if isinstance(dingtalk, dict):
+        first, most = dingtalk.get("reconnect_initial_s", 1.0), dingtalk.get("reconnect_max_s", 60.0)
+        if _is_number(first) and _is_number(most) and most < first:
+            add(("platforms", "dingtalk", "reconnect_max_s"),
+                f"must be at least reconnect_initial_s ({first}), got {most}",
+                "the longest delay cannot be shorter than the first one")
+    return found
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+# --- schema errors -> problems --------------------------------------------------------------------------
+
+_TYPE_WORDS = {
+    "integer": "a whole number", "number": "a number", "boolean": "true or false", "string": "a string",
+    "array": "a list", "object": "a mapping (key: value lines)", "null": "nothing",
+}
+
+def schema_problems(
+    data: Any, lines: Mapping[KeyPath, int], origins: Mapping[KeyPath, str], skip: set[KeyPath]
+) -> list[Problem]:
+    """Every schema violation in ``data`` as a Problem, except under ``skip`` (already reported)."""
+    problems: dict[tuple[str, str], Problem] = {}
+    for error in Draft202012Validator(_schema()).iter_errors(data):
+        for path, problem in _translate(error, lines, origins):
+            if any(path[: len(s)] == s for s in skip):
+                continue
+            problems.setdefault((problem.path, problem.message), problem)
+    return list(problems.values())
+
+
+def _translate(
+    error: ValidationError, lines: Mapping[KeyPath, int], origins: Mapping[KeyPath, str]
+) -> Iterator[tuple[KeyPath, Problem]]:
+    path: KeyPath = tuple(error.absolute_path)
+    schema: Mapping[str, Any] = error.schema if isinstance(error.schema, Mapping) else {}
+    kind, value, instance = error.validator, error.validator_value, error.instance
+
+    def problem(at: KeyPath, message: str, hint: str = "") -> tuple[KeyPath, Problem]:
+        if at in origins:
+            message += f" (from `{origins[at]}`)"
+        return at, Problem(format_path(at), message, line=line_of(at, lines), hint=hint)
+
+    if "propertyNames" in error.schema_path:
+        # jsonschema reports a bad key at the mapping's path, with the key itself as the instance.
+        key_path = (*path, str(instance))
+        if path == _ALIASES:
+            yield problem(key_path, f"alias `{instance}` must start with / and contain no spaces",
+                          f"write `{_as_command(instance)}`")
+        else:
+            yield problem(key_path, f"key `{instance}` is not in the expected form",
+                          (subschema(path) or {}).get("description", ""))
+        return
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = list(schema.get("properties", {}))
+        for key in instance:
+            if key not in allowed:
+                yield problem((*path, key), f"unknown key `{key}`", _unknown_key_hint(key, allowed))
+        return
+    if kind == "required" and isinstance(instance, dict):
+        for key in value:
+            if key not in instance:
+                at = (*path, key)
+                yield problem(at, f"missing required key `{key}`", PATH_HINTS.get(at, ""))
+        return
+
+    own = subschema(path) or {}
+    name = path[-1] if path else ""
+    default = own.get("default")
+    if kind == "type":
+        expected = [value] if isinstance(value, str) else list(value)
+        words = " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
+        hint = ""
+        if expected == ["object"]:
+            hint = f"write the keys of `{name}` on the lines below it, indented" if name else ""
+        elif default not in (None, "", [], {}) and isinstance(name, str):
+            hint = f"for example `{name}: {json.dumps(_number(default), ensure_ascii=False)}`"
+        if isinstance(instance, str) and path not in origins and _coerce(instance, expected) is not instance:
+            hint = (hint + "; " if hint else "") + "remove the quotes"
+        yield problem(path, f"expected {words}, got {type_word_of(instance)}", hint)
+    elif kind == "enum":
+        choices = ", ".join(f"`{c}`" for c in value)
+        close = difflib.get_close_matches(str(instance), [str(c) for c in value], n=1, cutoff=0.5)
+        hint = f"did you mean `{close[0]}`?" if close else f"use one of {choices}"
+        yield problem(path, f"`{instance}` is not one of {choices}", hint)
+    elif kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        words = {"minimum": "at least", "exclusiveMinimum": "greater than",
+                 "maximum": "at most", "exclusiveMaximum": "less than"}[kind]
+        if "minimum" in own and "maximum" in own:
+            hint = f"use a value from {own['minimum']} to {own['maximum']}"
+        else:
+            hint = f"the default is {_number(default)}" if default is not None else ""
+        yield problem(path, f"must be {words} {value}, got {instance}", hint)
+    elif kind == "minLength" and value == 1:
+        yield problem(path, "must not be empty", PATH_HINTS.get(path, own.get("description", "")))
+    elif kind == "pattern" and path[:-1] == _ALIASES:
+        yield problem(path, f"alias target `{instance}` must start with / and contain no spaces",
+                      f"write `{_as_command(instance)}`")
+    elif kind == "pattern":
+        form = _FORMS.get(str(name), "in the form the description asks for")
+        shown = json.dumps(instance, ensure_ascii=False)
+        yield problem(path, f"{shown} is not {form}", own.get("description", ""))
+    else:
+        yield problem(path, error.message)
+
+
+_FORMS = {
+    "callable": "of the form package.module:function",
+    "api_base": "an http:// or https:// URL",
+    "base_url": "an http:// or https:// URL",
+    "url": "a URL such as sqlite:///path/to/state.db",
+}
+"""How to describe a pattern, by key name, when a value does not match it."""
+
+
+def _number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _as_command(text: Any) -> str:
+    words = str(text).strip().lstrip("/").split()
+    return "/" + (words[0] if words else "help")
+
+
+def _unknown_key_hint(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    home = _key_homes().get(key)
+    if home:
+        return f"`{key}` belongs under `{home}`"
+    return "allowed keys here: " + ", ".join(allowed) if allowed else ""

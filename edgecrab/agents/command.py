@@ -1,0 +1,150 @@
+"""The command agent: any program is the agent, conversation in on stdin, reply out on stdout.
+
+``agent.command`` is an argv list (no shell). The program gets one JSON object on stdin::
+
+    {"messages": [{"role": "user", "content": "hi"}, ...], "system_prompt": "...",
+     "session_key": "...", "message_id": "...", "metadata": {...}}
+
+and its stdout, stripped, is the reply. ``agent.env`` is added to the gateway's environment. A non-zero exit
+becomes an error whose text is the first line of stderr. On timeout or cancellation (``/stop``) the process
+(and, on POSIX, its whole process group, so ``sh -c`` children go too) gets SIGTERM, then SIGKILL 0.5 s later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+
+import anyio
+import anyio.abc
+
+from edgecrab.agents.base import Agent, AgentError
+from edgecrab.config import AgentConfig
+from edgecrab.events import AgentRequest, AgentResult
+
+log = logging.getLogger("edgecrab.agents.command")
+
+_POSIX = os.name == "posix"
+_STDOUT_LIMIT = 8 * 1024 * 1024
+_STDERR_LIMIT = 64 * 1024
+_KILL_GRACE_S = 0.5
+
+
+class CommandAgent(Agent):
+    name = "command"
+
+    def __init__(self, config: AgentConfig) -> None:
+        if not config.command:
+            raise ValueError(
+                "agent.command (an argv list, e.g. ['python', 'bot.py']) is required for type 'command'"
+            )
+        self.argv = [str(arg) for arg in config.command]
+        self._env = {**os.environ, **{str(k): str(v) for k, v in config.env.items()}}
+        self._timeout_s = config.timeout_s
+        self._system_prompt = config.system_prompt
+
+    def build_input(self, request: AgentRequest) -> bytes:
+        """The JSON document written to the command's stdin."""
+        document = {
+            "messages": request.messages,
+            "system_prompt": request.system_prompt or self._system_prompt,
+            "session_key": request.session_key,
+            "message_id": request.message_id,
+            "metadata": request.metadata,
+        }
+        return json.dumps(document, ensure_ascii=False, default=str).encode("utf-8") + b"\n"
+
+    async def run(self, request: AgentRequest) -> AgentResult:
+        started = time.monotonic()
+        payload = self.build_input(request)
+        try:
+            process = await anyio.open_process(self.argv, env=self._env, start_new_session=_POSIX)
+        except OSError as exc:
+            raise AgentError(
+                f"could not start the agent command {self.argv[0]!r} — check agent.command",
+                cause=f"{type(exc).__name__}: {exc}",
+            ) from None
+        stdout, stderr = bytearray(), bytearray()
+        finished = False
+        try:
+            with anyio.fail_after(self._timeout_s):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_feed, process, payload)
+                    tg.start_soon(_drain, process.stdout, stdout, _STDOUT_LIMIT)
+                    tg.start_soon(_drain, process.stderr, stderr, _STDERR_LIMIT)
+                await process.wait()
+            finished = True
+        except TimeoutError:
+            raise AgentError(
+                f"the agent timed out after {self._timeout_s:g} s — /retry to try again",
+                cause=f"{self.argv[0]} (pid {process.pid}) still running after {self._timeout_s:g} s; killed",
+            ) from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                if not finished:
+                    await _stop(process)
+                await process.aclose()
+        return self._result(process.returncode, bytes(stdout), bytes(stderr), time.monotonic() - started)
+
+    def _result(self, code: int | None, stdout: bytes, stderr: bytes, duration: float) -> AgentResult:
+        err_text = stderr.decode("utf-8", "replace")
+        cause = f"{self.argv[0]} exited with {code}; stderr: {err_text[-2000:].strip() or '(empty)'}"
+        if code:
+            first = next((line.strip() for line in err_text.splitlines() if line.strip()), "")
+            if code < 0:
+                what = f"the agent command was killed by signal {-code}"
+            else:
+                what = f"the agent command failed (exit {code})"
+            raise AgentError(f"{what}: {first[:200]}" if first else what, cause=cause)
+        reply = stdout.decode("utf-8", "replace").strip()
+        if not reply:
+            raise AgentError("the agent command printed no reply", cause=cause)
+        if err_text.strip():
+            log.debug("[agent] %s wrote to stderr: %s", self.argv[0], err_text[-500:].strip())
+        return AgentResult(text=reply, duration_s=duration)
+
+
+async def _feed(process: anyio.abc.Process, payload: bytes) -> None:
+    if process.stdin is None:
+        return
+    try:
+        await process.stdin.send(payload)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        pass  # the command exited or does not read stdin: its output still counts
+    finally:
+        await process.stdin.aclose()
+
+
+async def _drain(stream: anyio.abc.ByteReceiveStream | None, into: bytearray, limit: int) -> None:
+    """Read to EOF, keeping the first ``limit`` bytes (reading on: a full pipe blocks the command)."""
+    if stream is None:
+        return
+    async for chunk in stream:
+        if len(into) < limit:
+            into.extend(chunk[: limit - len(into)])
+
+
+def _signal(process: anyio.abc.Process, sig: int) -> None:
+    try:
+        if _POSIX:
+            os.killpg(process.pid, sig)
+        elif sig == signal.SIGTERM:
+            process.terminate()
+        else:
+            process.kill()
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone
+
+
+async def _stop(process: anyio.abc.Process) -> None:
+    """SIGTERM the command (its process group on POSIX), SIGKILL it if it is still there after 0.5 s."""
+    _signal(process, signal.SIGTERM)
+    with anyio.move_on_after(_KILL_GRACE_S):
+        await process.wait()
+    if process.returncode is None:
+        log.info("[agent] %s ignored SIGTERM; killing it", process.pid)
+        _signal(process, getattr(signal, "SIGKILL", signal.SIGTERM))
+        await process.wait()

@@ -1,0 +1,198 @@
+"""The ``edgecrab`` command: arguments, logging, configuration, then hand over to the part that does the work.
+
+Exit codes: 0 ok, 2 configuration or usage error, 1 runtime failure (130 on Ctrl-C outside the gateway,
+which handles its own signals). Errors print on stderr as one paragraph, never a traceback, unless
+``--log-level debug``. The gateway, hooks and sandbox modules are imported only by the commands that need
+them, so ``--version`` and ``config validate`` stay fast and work even when those cannot be imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from edgecrab import __version__
+from edgecrab.config import BUILTIN_SOURCE, Config, load_config, load_schema, redacted_dict, secret_values
+from edgecrab.errors import ConfigError, EdgecrabError
+from edgecrab.logs import LEVELS, parse_level, redact, register_secret, setup_logging
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_EPILOG = """examples:
+  edgecrab gateway start --sandbox        try it locally against the built-in DingTalk emulator
+  edgecrab --config prod.yaml gateway start
+  edgecrab --config prod.yaml config validate
+
+Without --config (or $EDGECRAB_CONFIG) the gateway reads DINGTALK_APP_KEY, DINGTALK_APP_SECRET and the other
+DINGTALK_* variables and answers with the echo agent.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits for --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    level_name = getattr(args, "log_level", None) or os.environ.get("EDGECRAB_LOG_LEVEL") or "info"
+    try:
+        level = parse_level(level_name)
+    except ValueError as exc:
+        print(f"edgecrab: EDGECRAB_LOG_LEVEL: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(level)
+    debug = level <= logging.DEBUG
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        return _fail(str(exc), exc.exit_code, debug)
+    except EdgecrabError as exc:
+        return _fail(f"edgecrab: {exc}", exc.exit_code, debug)
+    except KeyboardInterrupt:
+        print("edgecrab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        message = f"edgecrab: unexpected error: {type(exc).__name__}: {exc}"
+        if not debug:
+            message += "\n(run again with --log-level debug to see the traceback)"
+        return _fail(message, EXIT_RUNTIME, debug)
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    if debug:
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+    print(redact(message), file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --config and --log-level are accepted before or after the command (`edgecrab gateway start --config f`);
+    # SUPPRESS keeps a sub-command's absent option from overwriting one given earlier.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="YAML configuration file (default: $EDGECRAB_CONFIG, else DINGTALK_* variables)")
+    common.add_argument("--log-level", metavar="LEVEL", type=_level_arg, default=argparse.SUPPRESS,
+                        help=f"one of {', '.join(LEVELS)} (default: $EDGECRAB_LOG_LEVEL or info)")
+
+    parser = argparse.ArgumentParser(
+        prog="edgecrab", parents=[common], description="A DingTalk gateway for AI agents.", epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edgecrab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def group(name: str, text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        parent = commands.add_parser(name, parents=[common], help=text)
+        return parent.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str,
+               handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, parents=[common], help=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    gateway = group("gateway", "run the gateway")
+    start = action(gateway, "start", "connect to DingTalk and answer messages", _gateway_start)
+    start.add_argument("--sandbox", action="store_true",
+                       help="run against the built-in DingTalk emulator; no DingTalk app needed")
+    start.add_argument("--port", type=_port_arg, default=None,
+                       help="port of the sandbox emulator (default: automatic)")
+
+    config = group("config", "check or print the configuration")
+    action(config, "validate", "check the configuration and print every problem", _config_validate)
+    action(config, "show", "print the effective configuration, secrets hidden", _config_show)
+    action(config, "schema", "print the JSON Schema of the configuration", _config_schema)
+
+    hooks = group("hooks", "inspect hooks")
+    action(hooks, "list", "load the configured hooks and list them", _hooks_list)
+
+    sandbox = commands.add_parser("sandbox", parents=[common], help="run only the DingTalk emulator")
+    sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sandbox.add_argument("--port", type=_port_arg, default=8765, help="port to listen on (default: 8765)")
+    sandbox.set_defaults(handler=_sandbox)
+    return parser
+
+
+def _level_arg(text: str) -> str:
+    try:
+        parse_level(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.lower()
+
+
+def _port_arg(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return port
+
+
+# --- commands --------------------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace, *, sandbox: bool = False) -> Config:
+    path = getattr(args, "config", None)
+    config = load_config(Path(path) if path else None, sandbox=sandbox)
+    for secret in secret_values(config):
+        register_secret(secret)
+    return config
+
+
+def _gateway_start(args: argparse.Namespace) -> int:
+    config = _load(args, sandbox=args.sandbox)
+    from edgecrab.gateway import run_gateway
+
+    return _code(run_gateway(config, sandbox=args.sandbox, port=args.port))
+
+
+def _config_validate(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"config OK: {config.source or BUILTIN_SOURCE}")
+    return EXIT_OK
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"# effective configuration ({config.source or BUILTIN_SOURCE}); secrets shown as ***")
+    print(yaml.safe_dump(redacted_dict(config), sort_keys=False, allow_unicode=True), end="")
+    return EXIT_OK
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(load_schema(), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _hooks_list(args: argparse.Namespace) -> int:
+    # Listing hooks needs no DingTalk credentials, so it loads the config the way the sandbox does.
+    config = _load(args, sandbox=True)
+    from edgecrab.plugins import hooks_list_text
+
+    print(hooks_list_text(config))
+    return EXIT_OK
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from edgecrab.sandbox import run_sandbox
+
+    return _code(run_sandbox(args.host, args.port))
+
+
+def _code(result: object) -> int:
+    return EXIT_OK if result is None else int(result)  # type: ignore[call-overload]

@@ -1,0 +1,131 @@
+"""What is special about the sessionWebhook: where it may point, what it carries, how it is logged.
+
+The webhook URL arrives inside an inbound message, so it is untrusted input: :class:`WebhookGuard` only
+lets it point at DingTalk's own hosts, the configured ``api_base`` host (and port) and any configured
+extra hosts, over https (plain http only on loopback, for tests). The URL's ``session`` query value is a
+credential, so logs use :func:`redact_url`, and :func:`install_httpx_redaction` keeps httpx's own
+``HTTP Request: POST <url>`` INFO line from printing it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+
+DINGTALK_HOSTS = ("api.dingtalk.com", "oapi.dingtalk.com")
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line: scheme, host, port and path; every query value replaced by ``***``."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "<invalid url>"
+    port = f":{parsed.port}" if parsed.port else ""
+    query = "&".join(f"{key}=***" for key in parsed.params)
+    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path}" + (f"?{query}" if query else "")
+
+
+class _RedactQueryValues(logging.Filter):
+    """Rewrites URL arguments of httpx log records so query values (the webhook session) never show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) and a.query for a in record.args):
+            record.args = tuple(
+                redact_url(str(a)) if isinstance(a, httpx.URL) and a.query else a for a in record.args
+            )
+        return True
+
+
+_HTTPX_FILTER = _RedactQueryValues()
+
+
+def install_httpx_redaction() -> None:
+    """Attach the query-redacting filter to the ``httpx`` logger (idempotent)."""
+    logger = logging.getLogger("httpx")
+    if _HTTPX_FILTER not in logger.filters:
+        logger.addFilter(_HTTPX_FILTER)
+
+
+def url_host(url: str) -> str:
+    """The host of ``url`` (for log lines), ``?`` when it cannot be parsed."""
+    try:
+        return httpx.URL(url).host or "?"
+    except (httpx.InvalidURL, TypeError):
+        return "?"
+
+
+def append_mention(text: str, who: str, fmt: str) -> str:
+    """``text`` with ``@who`` on a line of its own at the end."""
+    # A single newline does not break a markdown line on DingTalk, so markdown needs a blank line.
+    separator = "\n\n" if fmt == "markdown" else "\n"
+    return f"{text}{separator}@{who}" if text else f"@{who}"
+
+
+def webhook_body(text: str, title: str, fmt: str, at_staff_id: str = "") -> dict[str, Any]:
+    """The sessionWebhook JSON; with ``at_staff_id`` the mention is real (``at``) and visible (``@id``)."""
+    if at_staff_id:
+        text = append_mention(text, at_staff_id, fmt)
+    body: dict[str, Any]
+    if fmt == "markdown":
+        body = {"msgtype": "markdown", "markdown": {"title": title, "text": text}}
+    else:
+        body = {"msgtype": "text", "text": {"content": text}}
+    if at_staff_id:
+        body["at"] = {"atUserIds": [at_staff_id], "isAtAll": False}
+    return body
+
+
+def expiry_seconds(value: float) -> float:
+    """A webhook expiry as epoch seconds; DingTalk's own field is in milliseconds, so accept those too."""
+    return value / 1000.0 if value > 1e11 else value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_port(entry: str) -> tuple[str, int | None]:
+    """``host``, ``host:port`` or a URL -> (host, port); port None means the scheme's default."""
+    url = httpx.URL(entry if "://" in entry else f"https://{entry}")
+    return url.host.rstrip(".").lower(), url.port
+
+
+class WebhookGuard:
+    """The SSRF allow-list for sessionWebhook URLs.
+
+    Allowed: ``api.dingtalk.com`` and ``oapi.dingtalk.com`` on the default https port, the host and port
+    of ``api_base``, and each ``extra_hosts`` entry (``host`` means the default port, ``host:port`` that
+    port). The scheme must be https, or http for a loopback host.
+    """
+
+    def __init__(self, api_base: str, extra_hosts: Iterable[str] = ()) -> None:
+        allowed: set[tuple[str, int | None]] = {(host, None) for host in DINGTALK_HOSTS}
+        allowed.add(_host_port(api_base))
+        allowed.update(_host_port(entry) for entry in extra_hosts if entry.strip())
+        self.allowed = frozenset(allowed)
+
+    def refusal(self, url: str) -> str:
+        """Why ``url`` must not be contacted, or ``""`` when it may."""
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError):
+            return "not a valid URL"
+        host = parsed.host.rstrip(".").lower()
+        if parsed.scheme == "http":
+            if not _is_loopback(host):
+                return "plain http is only allowed for loopback hosts"
+        elif parsed.scheme != "https":
+            return f"scheme {parsed.scheme or '(none)'} not allowed"
+        if (host, parsed.port) not in self.allowed:
+            return "not in allow-list"
+        return ""

@@ -1,0 +1,67 @@
+"""Audit log: one JSON line per inbound message and per reply sent.
+
+Settings (``hooks.config.10_audit_log``)::
+
+    path: edgecrab-audit.jsonl   # appended to; relative to the gateway's working directory
+
+Each line has ``ts`` (epoch seconds), ``event`` (``message`` or ``reply``), the message id, the
+conversation and sender, and the text.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgecrab import hookimpl
+from edgecrab.events import Message
+
+DEFAULT_PATH = "edgecrab-audit.jsonl"
+
+_path = Path(DEFAULT_PATH)
+_lock = threading.Lock()  # sync hooks run in worker threads; keep lines whole
+
+
+@hookimpl
+def hook_loaded(config: Mapping[str, Any]) -> None:
+    global _path
+    _path = Path(str(config.get("path", DEFAULT_PATH))).expanduser()
+
+
+@hookimpl
+def message_received(message: Message) -> None:
+    _write(
+        {
+            "event": "message",
+            "message_id": message.id,
+            "conversation_id": message.conversation.id,
+            "is_group": message.conversation.is_group,
+            "sender_id": message.sender.id,
+            "sender_name": message.sender.name,
+            "text": message.text,
+        }
+    )
+
+
+@hookimpl
+def reply_sent(reply: str, message: Message | None) -> None:
+    _write(
+        {
+            "event": "reply",
+            "message_id": message.id if message else "",
+            "conversation_id": message.conversation.id if message else "",
+            "text": reply,
+        }
+    )
+
+
+def _write(record: dict[str, Any]) -> None:
+    line = json.dumps({"ts": round(time.time(), 3), **record}, ensure_ascii=False)
+    with _lock:
+        _path.parent.mkdir(parents=True, exist_ok=True)
+        with _path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")

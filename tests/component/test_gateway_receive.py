@@ -1,0 +1,194 @@
+"""Issue 3 over real loopback sockets: connection, durable ack, dedup, reconnects, access rules."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from edgecrab.testing.fakedingtalk import FakeDingTalk
+from tests.component.gwkit import ScriptedAgent, make_config, running_gateway
+
+pytestmark = pytest.mark.anyio
+
+
+async def _replies(fake: FakeDingTalk, conversation_id: str, n: int, timeout: float = 5.0) -> list[str]:
+    await fake.wait_for(lambda: len(fake.messages_for(conversation_id)) >= n, timeout)
+    return [m.text for m in fake.messages_for(conversation_id)]
+
+
+async def test_dm_is_acked_fast_and_answered(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        agent = ScriptedAgent(delay=0.3)
+        async with running_gateway(make_config(fake, tmp_path), agent):
+            data = fake.dm(fake.users[0], "hello there")
+            mid = await fake.push(data)
+            await fake.wait_for(lambda: any(a.message_id == mid for a in fake.acks), 2)
+            ack = next(a for a in fake.acks if a.message_id == mid)
+            assert ack.code == 200
+            # The agent takes 0.3 s; the ack must not wait for it.
+            assert ack.latency_s < 0.25
+            texts = await _replies(fake, data["conversationId"], 1)
+            assert texts[0].startswith("You said: hello there")
+            assert fake.open_requests[0]["subscriptions"] == [
+                {"type": "CALLBACK", "topic": "/v1.0/im/bot/messages/get"}
+            ]
+
+
+async def test_redelivery_and_duplicates_answered_once(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        agent = ScriptedAgent()
+        async with running_gateway(make_config(fake, tmp_path), agent):
+            data = fake.dm(fake.users[0], "only once")
+            await fake.push(data)
+            await fake.push(data)  # same msgId, new frame id: a redelivery
+            await fake.push(data, message_id="aa11_bb2_cc33_dd4")
+            await _replies(fake, data["conversationId"], 1)
+            await anyio.sleep(0.3)
+            assert len(fake.messages_for(data["conversationId"])) == 1
+            assert len(agent.requests) == 1
+            assert all(a.code == 200 for a in fake.acks)
+
+
+async def test_duplicate_after_restart_is_not_processed(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        config = make_config(fake, tmp_path)
+        data = fake.dm(fake.users[0], "before restart")
+        agent = ScriptedAgent()
+        async with running_gateway(config, agent):
+            await fake.push(data)
+            await _replies(fake, data["conversationId"], 1)
+        agent2 = ScriptedAgent()
+        async with running_gateway(config, agent2):
+            await fake.push(data)
+            await fake.wait_for(lambda: len(fake.acks) >= 2, 3)
+            await anyio.sleep(0.3)
+        assert agent2.requests == []
+        assert len(fake.messages_for(data["conversationId"])) == 1
+
+
+async def test_unfinished_messages_are_picked_up_on_start(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        config = make_config(fake, tmp_path)
+        data = fake.dm(fake.users[0], "interrupted")
+        slow = ScriptedAgent(delay=30)
+        async with running_gateway(config, slow):
+            await fake.push(data)
+            await fake.wait_for(lambda: len(slow.requests) == 1, 3)
+        # The process "died" mid-run: the message was acked and recorded but never answered.
+        assert fake.messages_for(data["conversationId"]) == []
+        agent = ScriptedAgent()
+        async with running_gateway(config, agent):
+            texts = await _replies(fake, data["conversationId"], 1)
+        assert texts[0].startswith("You said: interrupted")
+
+
+async def test_disconnect_opens_new_connection_before_closing_old(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        agent = ScriptedAgent()
+        async with running_gateway(make_config(fake, tmp_path), agent):
+            await fake.wait_for(lambda: len(fake.connections) == 1, 3)
+            await fake.disconnect()
+            # Both connections are alive for a moment: the new one is opened first.
+            await fake.wait_for(lambda: fake.connections_opened == 2, 3)
+            data = fake.dm(fake.users[0], "after disconnect")
+            await fake.push(data)
+            texts = await _replies(fake, data["conversationId"], 1)
+            assert texts[0].startswith("You said: after disconnect")
+            await fake.wait_for(lambda: len(fake.connections) == 1, 3)
+
+
+async def test_abort_reconnects_with_backoff_and_nothing_lost(tmp_path: Path) -> None:
+    async with FakeDingTalk(redeliver_after_s=0.3) as fake:
+        agent = ScriptedAgent()
+        async with running_gateway(make_config(fake, tmp_path), agent):
+            await fake.wait_for(lambda: len(fake.connections) == 1, 3)
+            await fake.abort()
+            data = fake.dm(fake.users[0], "while down")
+            await fake.push(data)
+            texts = await _replies(fake, data["conversationId"], 1)
+            assert texts[0].startswith("You said: while down")
+            assert fake.connections_opened >= 2
+
+
+async def test_idle_watchdog_reconnects_a_zombie(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        agent = ScriptedAgent()
+        async with running_gateway(make_config(fake, tmp_path, idle_timeout_s=0.5), agent):
+            await fake.wait_for(lambda: fake.connections_opened == 1, 3)
+            fake.zombie = True
+            data = fake.dm(fake.users[0], "zombie")
+            await fake.push(data)
+            await fake.wait_for(lambda: fake.connections_opened >= 2, 3)
+            fake.zombie = False
+            texts = await _replies(fake, data["conversationId"], 1)
+            assert texts[0].startswith("You said: zombie")
+
+
+async def test_auth_failure_logs_hint_and_keeps_retrying(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with FakeDingTalk() as fake:
+        config = make_config(fake, tmp_path, app_secret="wrong-secret", reconnect_max_s=0.1)
+        async with running_gateway(config, ScriptedAgent()) as gw:
+            await fake.wait_for(lambda: len(fake.open_requests) >= 3, 3)
+            assert gw.stream is not None and gw.stream.state == "failed"
+    assert "check DINGTALK_APP_KEY / DINGTALK_APP_SECRET" in caplog.text
+    assert "wrong-secret" not in caplog.text
+
+
+async def test_invalid_frames_never_drop_the_connection(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        agent = ScriptedAgent()
+        async with running_gateway(make_config(fake, tmp_path), agent):
+            await fake.wait_for(lambda: len(fake.connections) == 1, 3)
+            for raw in ["not json", "[]", '{"type":"CALLBACK"}',
+                        '{"type":"CALLBACK","headers":{"topic":"/v1.0/im/bot/messages/get","messageId":"m1"},'
+                        '"data":"{not json"}']:
+                await fake.push_raw(raw)
+            data = fake.dm(fake.users[0], "still alive")
+            await fake.push(data)
+            await _replies(fake, data["conversationId"], 1)
+            assert fake.connections_opened == 1
+
+
+async def test_group_needs_mention_and_outsiders_are_refused(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        agent = ScriptedAgent()
+        async with running_gateway(make_config(fake, tmp_path), agent):
+            member = fake.users[0]
+            silent = fake.group(member, "no mention", at_bot=False, conversation_id="cidGroupA==")
+            await fake.push(silent)
+            outsider = next(u for u in fake.users if not u.staff_id)
+            denied = fake.dm(outsider, "let me in")
+            await fake.push(denied)
+            await fake.push(fake.dm(outsider, "again"))
+            mentioned = fake.group(member, "with mention", conversation_id="cidGroupA==")
+            await fake.push(mentioned)
+            texts = await _replies(fake, "cidGroupA==", 1)
+            assert len(texts) == 1 and "with mention" in texts[0]
+            await fake.wait_for(lambda: len(fake.messages_for(denied["conversationId"])) >= 1, 3)
+            await anyio.sleep(0.2)
+            notices = fake.messages_for(denied["conversationId"])
+            assert len(notices) == 1  # one notice per hour, not one per message
+            assert all("let me in" not in r.messages[-1]["content"] for r in agent.requests)
+            assert len(agent.requests) == 1
+
+
+async def test_cancel_stops_everything_quickly_with_no_task_left(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        before = set(asyncio.all_tasks())
+        agent = ScriptedAgent(delay=30)
+        async with running_gateway(make_config(fake, tmp_path), agent) as gw:
+            await fake.push(fake.dm(fake.users[0], "long one"))
+            await fake.wait_for(lambda: len(agent.requests) == 1, 3)
+            assert gw.stream is not None
+            started = time.monotonic()
+        elapsed = time.monotonic() - started
+        await anyio.sleep(0)
+        leaked = [t for t in set(asyncio.all_tasks()) - before if not t.done()]
+        assert elapsed < 1.0
+        assert leaked == [], leaked

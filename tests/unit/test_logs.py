@@ -1,0 +1,77 @@
+"""Log set-up and secret redaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from edgecrab import logs
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    logs.clear_secrets()
+
+
+def test_registered_secret_never_reaches_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.setup_logging("info")
+    logs.register_secret("tok-1234567890")
+    log = logging.getLogger("edgecrab.dingtalk.rest")
+    log.info("[dingtalk] GET /gettoken?access_token=%s", "tok-1234567890")
+    try:
+        raise ValueError("server said tok-1234567890 is expired")
+    except ValueError:
+        log.exception("[dingtalk] send failed")
+    err = capsys.readouterr().err
+    assert "tok-1234567890" not in err
+    assert "[dingtalk] GET /gettoken?access_token=***" in err
+    assert "ValueError: server said *** is expired" in err
+
+
+def test_format_and_level(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.setup_logging("WARNING")
+    logging.getLogger("edgecrab.x").info("[x] hidden")
+    logging.getLogger("edgecrab.x").warning("[x] shown")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith(" WARNING [x] shown") and lines[0][:4].isdigit()
+
+
+def test_setup_twice_keeps_one_handler(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.setup_logging("info")
+    logs.setup_logging("info")
+    logging.getLogger("edgecrab.x").info("[x] once")
+    assert capsys.readouterr().err.count("[x] once") == 1
+
+
+def test_short_values_are_not_registered() -> None:
+    logs.register_secret("abc")
+    logs.register_secret("")
+    logs.register_secret(None)
+    assert logs.redact("abc abcd") == "abc abcd"
+    logs.register_secret("abcd")
+    assert logs.redact("abc abcd") == "abc ***"
+
+
+def test_longest_secret_is_replaced_first() -> None:
+    logs.register_secret("secret")
+    logs.register_secret("secret-and-more")
+    assert logs.redact("x secret-and-more y") == "x *** y"
+
+
+@pytest.mark.parametrize(("name", "level"), [("debug", 10), ("INFO", 20), (" Warning ", 30), ("error", 40)])
+def test_parse_level(name: str, level: int) -> None:
+    assert logs.parse_level(name) == level
+
+
+def test_parse_level_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="use one of debug, info, warning, error"):
+        logs.parse_level("verbose")

@@ -1,0 +1,405 @@
+"""The storage contract: what every :class:`~edgecrab.store.Store` backend must do.
+
+Every test runs once per entry in ``BACKENDS``. A new backend (Redis, for replicas) adds a factory there
+and must pass this file unchanged; backend-specific behaviour (files, WAL, crashes) is tested elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgecrab.store import (
+    DONE,
+    FAILED,
+    PENDING,
+    PROCESSING,
+    RECEIVED,
+    SENDING,
+    SENT,
+    UNDELIVERABLE,
+    InboxEntry,
+    OutboxChunk,
+    SQLiteStore,
+    Store,
+    Turn,
+    UsageDelta,
+)
+
+pytestmark = pytest.mark.anyio
+
+BACKENDS: dict[str, Callable[[Path], Store]] = {
+    "sqlite": lambda tmp_path: SQLiteStore(tmp_path / "state.db"),
+}
+
+ROBOT = "robot-1"
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store(request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: str) -> AsyncIterator[Store]:
+    backend = BACKENDS[request.param](tmp_path)
+    await backend.open()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+def user(text: str, msg_id: str = "", at: float = 0.0) -> Turn:
+    return Turn("user", text, msg_id, at)
+
+
+def assistant(text: str, at: float = 0.0) -> Turn:
+    return Turn("assistant", text, "", at)
+
+
+def chunk(
+    reply_id: str,
+    index: int,
+    total: int,
+    conversation: str = "conv-1",
+    route: dict[str, Any] | None = None,
+    mention: bool = False,
+) -> OutboxChunk:
+    return OutboxChunk(
+        reply_id=reply_id,
+        index=index,
+        total=total,
+        conversation_key=conversation,
+        route=route or {"webhook": f"https://oapi.dingtalk.com/robot/sendBySession?session={conversation}"},
+        text=f"{reply_id} part {index + 1}/{total}",
+        mention=mention,
+        title=f"title {reply_id}",
+        state=PENDING,
+        created_at=1000.0,
+        session_key=f"session-{conversation}",
+    )
+
+
+def ids(chunks: list[OutboxChunk]) -> list[tuple[str, int]]:
+    return [(c.reply_id, c.index) for c in chunks]
+
+
+# -- inbox -----------------------------------------------------------------------------------------
+
+
+async def test_claim_records_a_new_callback(store: Store) -> None:
+    assert await store.inbox_claim(ROBOT, "m1", "s1", '{"text": {"content": "hi"}}', 100.0)
+
+    assert await store.inbox_unfinished(ROBOT) == [
+        InboxEntry(ROBOT, "m1", "s1", '{"text": {"content": "hi"}}', 100.0, RECEIVED, 0)
+    ]
+
+
+async def test_claim_of_a_known_msg_id_is_a_duplicate_whatever_its_state(store: Store) -> None:
+    assert await store.inbox_claim(ROBOT, "m1", "s1", "first", 100.0)
+    assert not await store.inbox_claim(ROBOT, "m1", "s2", "second", 101.0)
+    await store.inbox_set_state(ROBOT, "m1", DONE)
+    assert not await store.inbox_claim(ROBOT, "m1", "s3", "third", 102.0)
+
+    await store.inbox_set_state(ROBOT, "m1", RECEIVED)
+    assert [e.payload for e in await store.inbox_unfinished(ROBOT)] == ["first"]
+
+
+async def test_claim_of_a_known_stream_message_id_is_a_duplicate(store: Store) -> None:
+    assert await store.inbox_claim(ROBOT, "m1", "s1", "first", 100.0)
+    assert not await store.inbox_claim(ROBOT, "m2", "s1", "redelivered under another msgId", 101.0)
+
+    assert [e.msg_id for e in await store.inbox_unfinished(ROBOT)] == ["m1"]
+
+
+async def test_empty_stream_message_ids_do_not_collide(store: Store) -> None:
+    assert await store.inbox_claim(ROBOT, "m1", "", "a", 100.0)
+    assert await store.inbox_claim(ROBOT, "m2", "", "b", 101.0)
+
+    assert [e.msg_id for e in await store.inbox_unfinished(ROBOT)] == ["m1", "m2"]
+
+
+async def test_dedup_is_per_robot(store: Store) -> None:
+    assert await store.inbox_claim("robot-a", "m1", "s1", "a", 100.0)
+    assert await store.inbox_claim("robot-b", "m1", "s1", "b", 100.0)
+
+    assert [e.payload for e in await store.inbox_unfinished("robot-a")] == ["a"]
+    assert [e.payload for e in await store.inbox_unfinished("robot-b")] == ["b"]
+
+
+async def test_unfinished_lists_received_and_processing_oldest_first(store: Store) -> None:
+    # Claimed out of time order: the listing follows received_at, not insertion.
+    for msg_id, at in [("m3", 300.0), ("m2", 200.0), ("m4", 400.0), ("m1", 100.0)]:
+        assert await store.inbox_claim(ROBOT, msg_id, f"s-{msg_id}", "{}", at)
+    await store.inbox_claim("other-robot", "m0", "s0", "{}", 50.0)
+
+    await store.inbox_set_state(ROBOT, "m2", PROCESSING)
+    await store.inbox_set_state(ROBOT, "m3", DONE)
+    await store.inbox_set_state(ROBOT, "m4", FAILED, error="agent crashed")
+
+    unfinished = await store.inbox_unfinished(ROBOT)
+    assert [(e.msg_id, e.state) for e in unfinished] == [("m1", RECEIVED), ("m2", PROCESSING)]
+    assert [e.attempts for e in unfinished] == [0, 1]
+
+
+async def test_set_state_of_an_unknown_entry_changes_nothing(store: Store) -> None:
+    await store.inbox_set_state(ROBOT, "never-claimed", PROCESSING)
+
+    assert await store.inbox_unfinished(ROBOT) == []
+    assert await store.inbox_claim(ROBOT, "never-claimed", "", "{}", 1.0)
+
+
+async def test_prune_forgets_only_old_finished_entries(store: Store) -> None:
+    for msg_id, at, state in [
+        ("old-done", 100.0, DONE),
+        ("old-failed", 100.0, FAILED),
+        ("old-received", 100.0, RECEIVED),
+        ("old-processing", 100.0, PROCESSING),
+        ("new-done", 500.0, DONE),
+    ]:
+        await store.inbox_claim(ROBOT, msg_id, f"s-{msg_id}", "{}", at)
+        await store.inbox_set_state(ROBOT, msg_id, state)
+
+    assert await store.inbox_prune(older_than=200.0) == 2
+
+    assert [e.msg_id for e in await store.inbox_unfinished(ROBOT)] == ["old-received", "old-processing"]
+    assert await store.inbox_claim(ROBOT, "old-done", "s-old-done", "{}", 600.0)
+    assert not await store.inbox_claim(ROBOT, "new-done", "", "{}", 600.0)
+    assert await store.inbox_prune(older_than=200.0) == 0
+
+
+# -- sessions --------------------------------------------------------------------------------------
+
+
+async def test_session_ensure_creates_once(store: Store) -> None:
+    assert await store.session_stats("s") is None
+    assert await store.session_count() == 0
+
+    created = await store.session_ensure("s", now=100.0)
+    again = await store.session_ensure("s", now=200.0)
+
+    assert (created.key, created.created_at, created.last_active_at, created.turns) == ("s", 100.0, 100.0, 0)
+    assert again == created
+    assert await store.session_stats("s") == created
+    assert await store.session_count() == 1
+
+
+async def test_history_is_oldest_first_and_limited_to_the_last_turns(store: Store) -> None:
+    await store.history_append("s", [user("q1", "m1", 1.0), assistant("a1", 2.0)])
+    await store.history_append("s", [user("q2", "m2", 3.0), assistant("a2", 4.0)])
+    await store.history_append("other", [user("elsewhere")])
+
+    assert await store.history("s", 10) == [
+        user("q1", "m1", 1.0),
+        assistant("a1", 2.0),
+        user("q2", "m2", 3.0),
+        assistant("a2", 4.0),
+    ]
+    assert [t.content for t in await store.history("s", 3)] == ["a1", "q2", "a2"]
+    assert await store.history("s", 0) == []
+    assert await store.history("unknown", 10) == []
+
+
+async def test_pop_last_exchange_removes_all_trailing_assistant_turns(store: Store) -> None:
+    await store.history_append(
+        "s",
+        [user("q1"), assistant("a1"), user("q2", "m2", 3.0), assistant("a2 part 1"), assistant("a2 part 2")],
+    )
+    await store.history_append("other", [user("elsewhere"), assistant("answer")])
+
+    assert await store.history_pop_last_exchange("s") == user("q2", "m2", 3.0)
+    assert await store.history("s", 10) == [user("q1"), assistant("a1")]
+    assert await store.history_pop_last_exchange("s") == user("q1")
+    assert await store.history("s", 10) == []
+    assert await store.history_pop_last_exchange("s") is None
+    assert len(await store.history("other", 10)) == 2
+
+
+async def test_pop_last_exchange_without_an_answer_removes_the_last_user_turn(store: Store) -> None:
+    await store.history_append("s", [user("q1"), assistant("a1"), user("q2 (the run failed)")])
+
+    assert await store.history_pop_last_exchange("s") == user("q2 (the run failed)")
+    assert await store.history("s", 10) == [user("q1"), assistant("a1")]
+
+
+async def test_pop_last_exchange_without_a_user_turn_changes_nothing(store: Store) -> None:
+    await store.history_append("s", [assistant("welcome")])
+
+    assert await store.history_pop_last_exchange("s") is None
+    assert await store.history("s", 10) == [assistant("welcome")]
+    assert await store.history_pop_last_exchange("unknown") is None
+
+
+async def test_usage_add_creates_the_session_and_accumulates(store: Store) -> None:
+    await store.usage_add("s", UsageDelta(messages_in=1), now=100.0, last_user=user("q1", "m1"))
+    await store.usage_add(
+        "s",
+        UsageDelta(
+            turns=1, messages_out=2, prompt_tokens=30, completion_tokens=7, agent_seconds=1.5, chunks_sent=2
+        ),
+        now=110.0,
+    )
+    await store.usage_add("s", UsageDelta(turns=1, prompt_tokens=5, agent_seconds=0.25), now=120.0)
+
+    stats = await store.session_stats("s")
+    assert stats is not None
+    assert (stats.created_at, stats.last_active_at) == (100.0, 120.0)
+    assert (stats.turns, stats.messages_in, stats.messages_out) == (2, 1, 2)
+    assert (stats.prompt_tokens, stats.completion_tokens, stats.chunks_sent) == (35, 7, 2)
+    assert stats.agent_seconds == pytest.approx(1.75)
+    # Not given in later calls, so the last one given is kept (for /retry).
+    assert (stats.last_user_text, stats.last_user_msg_id) == ("q1", "m1")
+
+
+async def test_usage_add_with_extra_counters_is_accepted(store: Store) -> None:
+    await store.usage_add("s", UsageDelta(turns=1, extra={"tool_calls": 2, "model": "a"}), now=1.0)
+    await store.usage_add("s", UsageDelta(turns=1, extra={"tool_calls": 3, "model": "b"}), now=2.0)
+
+    stats = await store.session_stats("s")
+    assert stats is not None and stats.turns == 2
+
+
+async def test_session_reset_clears_history_and_stats(store: Store) -> None:
+    await store.history_append("s", [user("q1"), assistant("a1")])
+    await store.usage_add(
+        "s", UsageDelta(turns=1, prompt_tokens=9, agent_seconds=2.0), 100.0, user("q1", "m1")
+    )
+    await store.history_append("other", [user("kept")])
+
+    await store.session_reset("s", now=500.0)
+
+    assert await store.history("s", 10) == []
+    stats = await store.session_stats("s")
+    assert stats is not None
+    assert (stats.created_at, stats.last_active_at) == (500.0, 500.0)
+    assert (stats.turns, stats.prompt_tokens, stats.agent_seconds) == (0, 0, 0.0)
+    assert (stats.last_user_text, stats.last_user_msg_id) == ("", "")
+    assert await store.history("other", 10) == [user("kept")]
+
+
+async def test_session_reset_of_an_unknown_session_starts_it(store: Store) -> None:
+    await store.session_reset("new", now=500.0)
+
+    stats = await store.session_stats("new")
+    assert stats is not None and stats.created_at == 500.0
+
+
+async def test_sessions_expire_resets_idle_sessions_only(store: Store) -> None:
+    await store.usage_add("idle", UsageDelta(turns=1), now=100.0)
+    await store.history_append("idle", [user("old question")])
+    await store.usage_add("active", UsageDelta(turns=1), now=300.0)
+    await store.history_append("active", [user("recent question")])
+
+    assert await store.sessions_expire(idle_before=200.0) == 1
+
+    assert await store.session_stats("idle") is None
+    assert await store.history("idle", 10) == []
+    assert await store.session_count() == 1
+    assert await store.history("active", 10) == [user("recent question")]
+    assert await store.sessions_expire(idle_before=200.0) == 0
+
+
+# -- outbox ----------------------------------------------------------------------------------------
+
+
+async def test_outbox_chunks_round_trip_in_pending_state(store: Store) -> None:
+    original = chunk(
+        "r1", 0, 1, route={"webhook": "https://x", "expires_at": 5.0, "ids": ["a"]}, mention=True
+    )
+
+    await store.outbox_add([original])
+
+    assert await store.outbox_pending("conv-1") == [original]
+
+
+async def test_outbox_keeps_replies_of_a_conversation_in_order(store: Store) -> None:
+    await store.outbox_add([chunk("r1", i, 3) for i in range(3)])
+    # Given out of order: chunks of one reply still go out by index.
+    await store.outbox_add([chunk("r0", 1, 2), chunk("r0", 0, 2)])
+
+    assert ids(await store.outbox_pending("conv-1")) == [
+        ("r1", 0),
+        ("r1", 1),
+        ("r1", 2),
+        ("r0", 0),
+        ("r0", 1),
+    ]
+
+
+async def test_outbox_conversations_are_isolated(store: Store) -> None:
+    await store.outbox_add([chunk("a1", i, 2, "conv-a") for i in range(2)])
+    await store.outbox_add([chunk("b1", 0, 1, "conv-b")])
+    await store.outbox_add([chunk("a2", 0, 1, "conv-a")])
+
+    assert ids(await store.outbox_pending("conv-a")) == [("a1", 0), ("a1", 1), ("a2", 0)]
+    assert ids(await store.outbox_pending("conv-b")) == [("b1", 0)]
+    assert ids(await store.outbox_pending("conv-none")) == []
+    assert ids(await store.outbox_pending()) == [("a1", 0), ("a1", 1), ("b1", 0), ("a2", 0)]
+
+
+async def test_outbox_add_of_a_known_reply_does_not_duplicate_chunks(store: Store) -> None:
+    await store.outbox_add([chunk("r1", i, 2) for i in range(2)])
+    await store.outbox_mark("r1", 0, SENT)
+    await store.outbox_add([chunk("r1", i, 2) for i in range(2)])
+
+    # The sent chunk stays sent: adding again must not make it go out twice.
+    assert ids(await store.outbox_pending("conv-1")) == [("r1", 1)]
+
+
+async def test_outbox_mark_moves_chunks_through_their_states(store: Store) -> None:
+    await store.outbox_add([chunk("r1", i, 3) for i in range(3)])
+
+    await store.outbox_mark("r1", 0, SENDING)
+    pending = await store.outbox_pending("conv-1")
+    assert [(c.index, c.state, c.attempts) for c in pending] == [
+        (0, SENDING, 1),
+        (1, PENDING, 0),
+        (2, PENDING, 0),
+    ]
+
+    await store.outbox_mark("r1", 0, SENT)
+    await store.outbox_mark("r1", 1, SENDING)
+    await store.outbox_mark("r1", 1, UNDELIVERABLE, error="invalidStaffIdList")
+    assert ids(await store.outbox_pending("conv-1")) == [("r1", 2)]
+
+
+async def test_outbox_cancel_one_reply_or_the_whole_conversation(store: Store) -> None:
+    await store.outbox_add([chunk("r1", i, 3) for i in range(3)])
+    await store.outbox_add([chunk("r2", i, 2) for i in range(2)])
+    await store.outbox_add([chunk("x1", 0, 1, "conv-2")])
+    await store.outbox_mark("r1", 0, SENT)
+    await store.outbox_mark("r1", 1, SENDING)
+
+    assert await store.outbox_cancel("conv-1", reply_id="r1") == 2
+    assert ids(await store.outbox_pending("conv-1")) == [("r2", 0), ("r2", 1)]
+
+    assert await store.outbox_cancel("conv-1") == 2
+    assert await store.outbox_pending("conv-1") == []
+    assert await store.outbox_cancel("conv-1") == 0
+    assert ids(await store.outbox_pending("conv-2")) == [("x1", 0)]
+
+
+async def test_a_cancelled_chunk_is_never_revived(store: Store) -> None:
+    await store.outbox_add([chunk("r1", i, 3) for i in range(3)])
+    await store.outbox_mark("r1", 0, SENDING)
+    assert await store.outbox_cancel("conv-1") == 3
+
+    # A sender still working from the list it read before /stop:
+    await store.outbox_mark("r1", 1, SENDING)
+    await store.outbox_mark("r1", 2, PENDING)
+    await store.outbox_mark("r1", 0, SENT)  # the in-flight one did go out; recording that is fine
+
+    assert await store.outbox_pending("conv-1") == []
+
+
+# -- kv --------------------------------------------------------------------------------------------
+
+
+async def test_kv_get_set_overwrite(store: Store) -> None:
+    assert await store.kv_get("denied:u1") is None
+
+    await store.kv_set("denied:u1", "100.0")
+    await store.kv_set("denied:u2", "7")
+    await store.kv_set("denied:u1", "200.5")
+
+    assert await store.kv_get("denied:u1") == "200.5"
+    assert await store.kv_get("denied:u2") == "7"

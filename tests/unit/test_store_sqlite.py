@@ -1,0 +1,254 @@
+"""What only the SQLite store promises: a file that survives restarts and SIGKILL, WAL mode, the schema
+version, and :func:`~edgecrab.store.open_store` choosing it from ``storage.url``."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import anyio
+import pytest
+
+from edgecrab.config import StorageConfig
+from edgecrab.store import (
+    DONE,
+    PENDING,
+    SENT,
+    OutboxChunk,
+    SQLiteStore,
+    Turn,
+    UsageDelta,
+    open_store,
+)
+from edgecrab.store.sqlite_schema import SCHEMA_VERSION, SchemaTooNewError
+
+ROBOT = "robot-1"
+
+
+def chunk(reply_id: str, index: int, total: int) -> OutboxChunk:
+    return OutboxChunk(
+        reply_id=reply_id,
+        index=index,
+        total=total,
+        conversation_key="conv-1",
+        route={"webhook": "https://oapi.dingtalk.com/x"},
+        text=f"part {index}",
+        mention=False,
+        title="t",
+        state=PENDING,
+        created_at=1.0,
+    )
+
+
+@pytest.mark.anyio
+async def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    before = SQLiteStore(db)
+    await before.open()
+    await before.inbox_claim(ROBOT, "m1", "s1", '{"a": 1}', 100.0)
+    await before.inbox_claim(ROBOT, "m2", "s2", "{}", 101.0)
+    await before.inbox_set_state(ROBOT, "m2", DONE)
+    await before.history_append("sess", [Turn("user", "q", "m1", 100.0), Turn("assistant", "a", "", 101.0)])
+    await before.usage_add("sess", UsageDelta(turns=1, prompt_tokens=12), 101.0, Turn("user", "q", "m1"))
+    await before.outbox_add([chunk("r1", i, 3) for i in range(3)])
+    await before.outbox_mark("r1", 0, SENT)
+    await before.kv_set("k", "v")
+    stats = await before.session_stats("sess")
+    await before.close()
+
+    after = SQLiteStore(db)
+    await after.open()
+    try:
+        # A redelivery after the restart is still recognised, by either id.
+        assert not await after.inbox_claim(ROBOT, "m1", "", "{}", 200.0)
+        assert not await after.inbox_claim(ROBOT, "m9", "s2", "{}", 200.0)
+        assert [(e.msg_id, e.payload) for e in await after.inbox_unfinished(ROBOT)] == [("m1", '{"a": 1}')]
+        assert [t.content for t in await after.history("sess", 10)] == ["q", "a"]
+        assert await after.session_stats("sess") == stats
+        assert [c.index for c in await after.outbox_pending("conv-1")] == [1, 2]
+        assert await after.kv_get("k") == "v"
+    finally:
+        await after.close()
+
+
+@pytest.mark.anyio
+async def test_the_file_is_in_wal_mode_with_a_schema_version(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    store = SQLiteStore(db)
+    await store.open()
+    await store.close()
+
+    # journal_mode=WAL is recorded in the file itself, so a fresh connection sees it.
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    conn.close()
+    assert version == (str(SCHEMA_VERSION),)
+
+
+@pytest.mark.anyio
+async def test_connection_pragmas(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "state.db")
+    await store.open()
+    try:
+        conn = store._connection()
+        assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+        assert conn.execute("PRAGMA busy_timeout").fetchone() == (5000,)
+        assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
+        assert conn.isolation_level is None
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_file_from_a_newer_edgecrab_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    store = SQLiteStore(db)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    conn.close()
+
+    with pytest.raises(SchemaTooNewError, match="newer than this edgecrab supports"):
+        await store.open()
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.kv_get("k")
+
+
+@pytest.mark.anyio
+async def test_open_and_close_are_idempotent_and_use_requires_open(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "nested" / "dirs" / "state.db")
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.inbox_claim(ROBOT, "m1", "", "{}", 1.0)
+
+    await store.open()
+    await store.open()
+    assert (tmp_path / "nested" / "dirs" / "state.db").is_file()
+    assert await store.inbox_claim(ROBOT, "m1", "", "{}", 1.0)
+    await store.close()
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_two_connections_to_one_file_claim_a_message_once(tmp_path: Path) -> None:
+    # Two gateway processes on one file (say, an old one still shutting down) must not both process.
+    first, second = SQLiteStore(tmp_path / "state.db"), SQLiteStore(tmp_path / "state.db")
+    await first.open()
+    await second.open()
+    try:
+        assert await first.inbox_claim(ROBOT, "m1", "s1", "{}", 1.0)
+        assert not await second.inbox_claim(ROBOT, "m1", "s1", "{}", 1.0)
+        assert not await second.inbox_claim(ROBOT, "m2", "s1", "{}", 1.0)
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", [":memory:", Path(":memory:")])
+async def test_in_memory_store(path: str | Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await store.inbox_claim(ROBOT, "m1", "", "{}", 1.0)
+        assert not await store.inbox_claim(ROBOT, "m1", "", "{}", 1.0)
+    finally:
+        await store.close()
+    assert [p async for p in anyio.Path(tmp_path).iterdir()] == []
+
+
+CRASHING_CHILD = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+
+    from edgecrab.store import PENDING, SENT, OutboxChunk, SQLiteStore
+
+    async def main() -> None:
+        store = SQLiteStore(sys.argv[1])
+        await store.open()
+        assert await store.inbox_claim("robot-1", "m1", "s1", '{"text": "hi"}', 100.0)
+        await store.outbox_add([
+            OutboxChunk("r1", i, 3, "conv-1", {"webhook": "w"}, f"part {i}", False, "t", PENDING, 1.0)
+            for i in range(3)
+        ])
+        await store.outbox_mark("r1", 0, SENT)
+        print("written", flush=True)
+        # No close(): the process dies the way the OOM killer or `kill -9` would end it.
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_committed_writes_survive_sigkill(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    child = subprocess.run(
+        [sys.executable, "-c", CRASHING_CHILD, str(db)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert child.stdout == "written\n"
+    # The writes are still only in the WAL (never checkpointed into the main file): reopening must
+    # recover them from there.
+    assert Path(f"{db}-wal").stat().st_size > 0
+
+    async def reopen() -> None:
+        store = SQLiteStore(db)
+        await store.open()
+        try:
+            assert [(e.msg_id, e.payload) for e in await store.inbox_unfinished(ROBOT)] == [
+                ("m1", '{"text": "hi"}')
+            ]
+            assert not await store.inbox_claim(ROBOT, "m1", "s1", "{}", 200.0)
+            assert [(c.reply_id, c.index) for c in await store.outbox_pending("conv-1")] == [
+                ("r1", 1),
+                ("r1", 2),
+            ]
+        finally:
+            await store.close()
+
+    anyio.run(reopen)
+
+
+# -- open_store --------------------------------------------------------------------------------------
+
+
+def test_open_store_builds_an_unopened_sqlite_store(tmp_path: Path) -> None:
+    store = open_store(StorageConfig(url=f"sqlite:///{tmp_path}/sub/state.db"))
+
+    assert isinstance(store, SQLiteStore)
+    assert store.path == tmp_path / "sub" / "state.db"
+    assert not (tmp_path / "sub").exists()
+
+
+def test_open_store_in_memory() -> None:
+    store = open_store(StorageConfig(url="sqlite:///:memory:"))
+
+    assert isinstance(store, SQLiteStore) and store.path is None
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://user:s3cret@host:6379/0", "postgres://x", "sqlite://relative.db", "state.db"]
+)
+def test_open_store_refuses_other_schemes_without_echoing_the_url(url: str) -> None:
+    with pytest.raises(
+        ValueError, match=r"unsupported storage\.url scheme .*supported: sqlite:///path"
+    ) as info:
+        open_store(StorageConfig(url=url))
+
+    assert "s3cret" not in str(info.value)
+
+
+def test_open_store_needs_a_path() -> None:
+    with pytest.raises(ValueError, match="needs a file path"):
+        open_store(StorageConfig(url="sqlite:///"))
