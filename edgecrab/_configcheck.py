@@ -74,7 +74,7 @@ def _key_homes() -> dict[str, str]:
 
     def visit(node: Mapping[str, Any], path: KeyPath) -> None:
         for name, sub in node.get("properties", {}).items():
-            homes.setdefault(name, format_path(path) or "the top level")
+            homes.setdefault(name, format_path(path))
             visit(sub, (*path, name))
 
     visit(_schema(), ())
@@ -297,6 +297,6 @@ def _unknown_key_hint(key: str, allowed: list[str]) -> str:
     if close:
         return f"did you mean `{close[0]}`?"
     home = _key_homes().get(key)
-    if home:
-        return f"`{key}` belongs under `{home}`"
+    if home is not None:
+        return f"`{key}` belongs under `{home}`" if home else f"`{key}` is a top-level section: unindent it"
     return "allowed keys here: " + ", ".join(allowed) if allowed else ""

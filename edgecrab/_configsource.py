@@ -72,12 +72,34 @@ _SYNTAX_HINT = (
 )
 
 
+_FLOW_REF_HINT = 'inside { } or [ ], put ${...} references in quotes, e.g. {port: "${PORT:-0}"}'
+
+
+class _Loader(yaml.SafeLoader):
+    """Reads every mapping key as the text written: ``on:`` is the key "on", not the boolean true."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:  # type: ignore[override]
+        self.flatten_mapping(node)
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, "found a key that is not plain text",
+                    key_node.start_mark,
+                )
+            mapping[key_node.value] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+
 def parse_yaml(text: str) -> ParsedYaml:
     """Parse once, keeping the node tree so every key path can be mapped back to its line."""
     result = ParsedYaml()
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            # Before constructing: that resolves `<<` merge keys in place, which would look like duplicates.
+            _map_lines(node, (), result)
         result.data = {} if node is None else loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -86,7 +108,9 @@ def parse_yaml(text: str) -> ParsedYaml:
             context += f" (line {exc.context_mark.line + 1})"
         message = "YAML syntax error: " + ": ".join(str(p) for p in (context, exc.problem) if p)
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        result.problems.append(Problem("", message, line=line, column=column, hint=_SYNTAX_HINT))
+        near = text.splitlines()[max(0, (line or 1) - 2) : line or 1]
+        hint = _FLOW_REF_HINT if any("${" in row for row in near) else _SYNTAX_HINT
+        result.problems.append(Problem("", message, line=line, column=column, hint=hint))
         result.fatal = True
         return result
     except yaml.YAMLError as exc:
@@ -95,8 +119,6 @@ def parse_yaml(text: str) -> ParsedYaml:
         return result
     finally:
         loader.dispose()
-    if node is not None:
-        _map_lines(node, (), result)
     if not isinstance(result.data, dict):
         kind = type_word_of(result.data)
         result.problems.append(

@@ -4,6 +4,8 @@ DingTalk has no published message size; connectors report rejections above 20 00
 and rendering limits of a few thousand characters (reference sections 8.1 and 11). :func:`split_text`
 therefore bounds every chunk twice: by characters (``max_chars``) and by the UTF-8 size of the chunk as a
 JSON string (``json_bytes``) plus ``overhead_bytes`` for the rest of the body (title, msgtype, at block).
+The byte count assumes the body is serialised with ``ensure_ascii=False``; ASCII-escaped JSON would cost 6
+bytes per CJK character and 12 per emoji.
 
 Where a chunk ends (the boundary rule)
     Inside the window that fits, the split goes at the best boundary kind found in the **second half**
@@ -13,7 +15,8 @@ Where a chunk ends (the boundary rule)
     boundary of any kind lies in the second half, the latest boundary anywhere in the window wins (a
     short chunk beats cutting a URL or identifier in half); only when there is none at all is the text
     cut hard at the window end. Every split point is then moved back to a grapheme boundary (combining
-    marks, ZWJ emoji, flags stay whole) and out of fence delimiter lines and table header rows.
+    marks, ZWJ emoji, flags stay whole), out of fence delimiter lines and table header rows, and away
+    from a mid-line ```` ``` ```` that would open a fence at the next chunk's start.
 
 Decorations (the only text a chunk has that the reply has not)
     * A split inside a code fence closes the fence at the end of the chunk (``suffix``) and reopens it
@@ -158,12 +161,12 @@ class _Splitter:
         self.scan = TextScan(text, self._can_decorate)
 
     def _can_decorate(self, opener: str, closer: str) -> bool:
-        """Close and reopen a fence across chunks only if its two lines take at most a third of a chunk.
+        """Close and reopen a fence across chunks only if its two lines take at most half a chunk.
 
         A longer fence line is pathological; such a fence is split like plain text.
         """
         lines = f"{opener}\n\n{closer}"
-        return 3 * len(lines) <= self.max_chars and 3 * json_bytes(lines) <= self.max_bytes
+        return 2 * len(lines) <= self.max_chars and 2 * json_bytes(lines) <= self.max_bytes
 
     def split(self, marker_digits: int) -> list[_Piece]:
         reserve_chars = 0 if marker_digits == 0 else 5 + 2 * marker_digits  # "(n/n)\n\n"
@@ -183,12 +186,17 @@ class _Splitter:
         nbytes = max_bytes - json_bytes(prefix)  # the 2 quote bytes are counted once, here
         if len(text) - start <= chars and _inner_bytes(text[start:]) <= nbytes:
             return _Piece(start, len(text), prefix, "")
-        limit = self._fit(start, chars, nbytes)
-        if self.scan.fence_overlaps(start, limit):
-            # Room for the line closing a fence the split might cut: a newline plus the fence run.
+        # First try the whole window; only if the split lands inside a fence and its closing line does
+        # not fit after it, choose again in a window that leaves room for the longest closing line.
+        end, suffix = self._end_and_suffix(start, self._fit(start, chars, nbytes), chars, nbytes)
+        if not self._fits(start, end, chars - len(suffix), nbytes - _inner_bytes(suffix)):
             limit = self._fit(
                 start, chars - self.scan.max_closer - 1, nbytes - self.scan.max_closer_bytes - 2
             )
+            end, suffix = self._end_and_suffix(start, limit, chars, nbytes)
+        return _Piece(start, end, prefix, suffix)
+
+    def _end_and_suffix(self, start: int, limit: int, chars: int, nbytes: int) -> tuple[int, str]:
         if limit <= start:
             raise ValueError(
                 f"limits too small to make progress at offset {start} "
@@ -196,14 +204,22 @@ class _Splitter:
             )
         end = self._choose(start, limit)
         end = self._snap(start, self._avoid_fence_lookalike(start, self._grapheme_floor(start, end, limit)))
-        suffix = ""
+        fence = self.scan.fence_before(end)
+        if fence is not None and end == fence.body_start and fence.open_start == start and end < limit:
+            # At a boundary only the opener line would fit: cut the first code line rather than send an
+            # empty code block.
+            end = self._avoid_fence_lookalike(start, self._grapheme_floor(start, limit, limit))
         fence = self.scan.open_fence_at(end)
-        if fence is not None:
-            if end == fence.close_start and self._fits(start, fence.close_end, chars, nbytes):
-                end = fence.close_end  # keep the real closing line instead of adding one
-            else:
-                suffix = ("" if text[end - 1] == "\n" else "\n") + fence.closer
-        return _Piece(start, end, prefix, suffix)
+        if fence is None:
+            return end, ""
+        if end == fence.close_start:
+            # Keep the real closing line instead of adding one: with its newline if that fits, else without
+            # (the next chunk then starts with that newline, outside the fence).
+            newline = self.text.find("\n", end, fence.close_end)
+            for close in (fence.close_end, newline):
+                if close > end and self._fits(start, close, chars, nbytes):
+                    return close, ""
+        return end, ("" if self.text[end - 1] == "\n" else "\n") + fence.closer
 
     def _prefix_at(self, start: int, max_chars: int, max_bytes: int) -> str:
         fence = self.scan.open_fence_at(start)

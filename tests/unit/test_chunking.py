@@ -29,7 +29,9 @@ def fence_mask(text: str) -> tuple[list[int], bool]:
                 open_run, kind = m.group(1), 1
             else:
                 kind = 0
-        elif m and m.group(1)[0] == open_run[0] and len(m.group(1)) >= len(open_run) and not m.group(2).strip():
+        elif (
+            m and m.group(1)[0] == open_run[0] and len(m.group(1)) >= len(open_run) and not m.group(2).strip()
+        ):
             open_run, kind = "", 1
         else:
             kind = 2
@@ -55,7 +57,14 @@ def check_chunks(text: str, chunks: list[Chunk], max_chars: int, max_bytes: int,
         # Rendering is preserved: code stays code, prose stays prose, in every chunk.
         mask, still_open = fence_mask(chunk.text)
         head = len(chunk.marker) + len(chunk.prefix)
-        assert mask[head : head + len(chunk.body)] == original_mask[offset : offset + len(chunk.body)]
+        # Newlines are compared as neutral: a chunk may start with the newline that ended a fence line.
+        here = [k for k, c in zip(mask[head : head + len(chunk.body)], chunk.body, strict=True) if c != "\n"]
+        there = [
+            k
+            for k, c in zip(original_mask[offset : offset + len(chunk.body)], chunk.body, strict=True)
+            if c != "\n"
+        ]
+        assert here == there
         if i < n:
             assert not still_open, f"chunk {i} leaves a fence open"
         offset += len(chunk.body)
@@ -67,7 +76,9 @@ def check_chunks(text: str, chunks: list[Chunk], max_chars: int, max_bytes: int,
 words = st.text(alphabet="abcdefghij", min_size=1, max_size=12)
 long_words = st.text(alphabet="xyz", min_size=30, max_size=300)
 cjk = st.text(alphabet="中文字符测试。，！？", min_size=1, max_size=40)
-graphemes = st.sampled_from(["😀", "👍🏽", "👩\u200d👩\u200d👧", "🇨🇳🇯🇵", "e\u0301", "1\ufe0f\u20e3", "\ud83d\ude00"])
+graphemes = st.sampled_from(
+    ["😀", "👍🏽", "👩\u200d👩\u200d👧", "🇨🇳🇯🇵", "e\u0301", "1\ufe0f\u20e3", "\ud83d\ude00"]
+)
 escapes = st.sampled_from(['"', "\\", "\t", "\x01", "\r\n", "`x`", "</b>"])
 atoms = st.one_of(words, words, words, long_words, cjk, graphemes, escapes, st.sampled_from([".", "!", "?"]))
 lines = st.lists(atoms, min_size=1, max_size=12).map(" ".join)
@@ -107,7 +118,9 @@ limits = st.tuples(st.integers(50, 400), st.integers(90, 1200), st.integers(0, 3
 @example(text="a" * 200 + "```python\n" + "x = 1\n" * 40 + "```\n", limit=(50, 400, 0), markers=True)
 def test_split_properties(text: str, limit: tuple[int, int, int], markers: bool) -> None:
     max_chars, max_bytes, overhead = limit
-    chunks = split_text(text, max_chars=max_chars, max_bytes=max_bytes, markers=markers, overhead_bytes=overhead)
+    chunks = split_text(
+        text, max_chars=max_chars, max_bytes=max_bytes, markers=markers, overhead_bytes=overhead
+    )
     check_chunks(text, chunks, max_chars, max_bytes, overhead)
     if markers and len(chunks) > 1:
         for chunk in chunks:
@@ -121,7 +134,9 @@ def test_split_properties(text: str, limit: tuple[int, int, int], markers: bool)
 def test_split_any_unicode_is_lossless(text: str, limit: tuple[int, int, int], markers: bool) -> None:
     """Arbitrary code points (controls, surrogates, combining marks): lossless and within limits."""
     max_chars, max_bytes, overhead = limit
-    chunks = split_text(text, max_chars=max_chars, max_bytes=max_bytes, markers=markers, overhead_bytes=overhead)
+    chunks = split_text(
+        text, max_chars=max_chars, max_bytes=max_bytes, markers=markers, overhead_bytes=overhead
+    )
     assert join_chunks(chunks) == text
     for chunk in chunks:
         assert chunk.body and len(chunk.text) <= max_chars
@@ -239,10 +254,9 @@ def test_sentence_then_word_boundaries() -> None:
 
 
 def test_a_long_token_moves_whole_to_the_next_chunk_when_it_fits() -> None:
-    url = "https://example.com/" + "p" * 50
-    chunks = split_text("see " + url + " ok", max_chars=80)
-    assert chunks[0].text == "see "
-    assert chunks[1].text.startswith(url)
+    url = "https://example.com/" + "p" * 38
+    chunks = split_text("see " + url + " ok", max_chars=60)
+    assert [c.text for c in chunks] == ["see ", url + " ", "ok"]
 
 
 def test_table_header_is_repeated_after_a_split() -> None:
@@ -278,7 +292,9 @@ def test_overhead_bytes_are_reserved() -> None:
 
 
 def test_one_megabyte_reply() -> None:
-    unit = "Paragraph with words. And more!\n\n```py\nx = '中文😀'\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+    unit = (
+        "Paragraph with words. And more!\n\n```py\nx = '中文😀'\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+    )
     text = (unit * (1_000_000 // len(unit) + 1))[:1_000_000]
     chunks = split_text(text, markers=True)
     assert join_chunks(chunks) == text
@@ -297,7 +313,8 @@ def test_limits_too_small_raise() -> None:
 
 def test_join_rejects_a_chunk_whose_text_was_edited() -> None:
     chunk = split_text("```py\n" + "x\n" * 100 + "```", max_chars=50)[0]
-    tampered = Chunk(chunk.text.rstrip("`"), chunk.index, chunk.total, chunk.marker, chunk.prefix, chunk.suffix)
+    tampered = Chunk(
+        chunk.text.rstrip("`"), chunk.index, chunk.total, chunk.marker, chunk.prefix, chunk.suffix
+    )
     with pytest.raises(ValueError):
         join_chunks([tampered])
-

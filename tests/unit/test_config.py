@@ -179,6 +179,17 @@ def test_agent_command_string_is_split_like_a_shell(tmp_path: Path) -> None:
     assert load_text(tmp_path, text).agent.command == ("python", "-m", "bot", "--name", "two words")
 
 
+def test_yaml_keys_are_read_as_written_and_merge_keys_work(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "agent:\n  env: &env {on: 'yes', 2: b}\n  <<: {timeout_s: 30, max_retries: 4}\n  timeout_s: 10\n"
+        "hooks:\n  config:\n    audit: *env\n"
+    )
+    config = load_text(tmp_path, text)
+    assert dict(config.agent.env) == {"on": "yes", "2": "b"}
+    assert (config.agent.timeout_s, config.agent.max_retries) == (10.0, 4)
+    assert dict(config.hooks.config["audit"]) == {"on": "yes", "2": "b"}
+
+
 def test_result_is_frozen(tmp_path: Path) -> None:
     config = load_text(tmp_path, MINIMAL + "commands:\n  aliases: {/clear: /new}\n")
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -307,6 +318,20 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path: Path) -> None
     ]
     assert problems[2].hint == "did you mean `echo`?"
     assert problems[4].hint == "did you mean `group_scope`?"
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        (MINIMAL + "  agent:\n    type: echo\n", "`agent` is a top-level section: unindent it"),
+        (MINIMAL + "sessions:\n  model: x\n", "`model` belongs under `agent`"),
+        (MINIMAL + "http:\n  prot: 80\n", "did you mean `port`?"),
+        (MINIMAL + "http:\n  colour: red\n", "allowed keys here: host, port"),
+    ],
+)
+def test_unknown_keys_get_a_hint(tmp_path: Path, text: str, hint: str) -> None:
+    [problem] = problems_of(tmp_path, text)
+    assert problem.message.startswith("unknown key") and problem.hint == hint
 
 
 def invalid_configs() -> list[Path]:

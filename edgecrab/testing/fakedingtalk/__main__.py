@@ -1,7 +1,7 @@
 """``python -m edgecrab.testing.fakedingtalk``: run the fake as a process.
 
-Prints one JSON line (``{"base_url", "ws_endpoint", "control", "apps", "pid"}``) on stdout once listening, then
-serves until SIGTERM or SIGINT. Drive it through the control API under ``/_fake/``.
+Prints one JSON line (``{"base_url", "ws_endpoint", "control", "apps", "pid"}``) on stdout once
+listening, then serves until SIGTERM or SIGINT. Drive it through the control API under ``/_fake/``.
 """
 
 from __future__ import annotations

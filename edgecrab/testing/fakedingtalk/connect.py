@@ -15,10 +15,11 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from edgecrab.testing.fakedingtalk import wire
+from edgecrab.testing.fakedingtalk.connection import FakeConnection
 from edgecrab.testing.fakedingtalk.faults import FaultPlan
 from edgecrab.testing.fakedingtalk.models import FakeApp, OpenRequest
 from edgecrab.testing.fakedingtalk.state import FakeState
-from edgecrab.testing.fakedingtalk.stream import FakeConnection, StreamHub
+from edgecrab.testing.fakedingtalk.stream import StreamHub
 
 SUBSCRIPTION_TYPES = ("EVENT", "CALLBACK", "SYSTEM")
 WS_MAX_MESSAGE = 1 << 20  # websockets' default on the client side; a larger ack is a client bug

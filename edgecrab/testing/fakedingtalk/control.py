@@ -9,8 +9,9 @@ GET  /_fake/stats      connection, ticket, redelivery, ack and outbound counts
 GET  /_fake/users      users, apps (no secrets), groups, default group id
 POST /_fake/users      add a user ``{"staff_id","nick","corp_id"?,"is_admin"?}``
 POST /_fake/build      build a robot message without pushing it -> ``{"data"}``
-POST /_fake/push       ``{"kind","user","text","conversation_id","title","at_bot","at_users","app","options",
-                       "overrides","message_id","topic"}`` or ``{"data": {...}}`` -> ``{"message_id","msg_id","data"}``
+POST /_fake/push       ``{"kind","user","text","conversation_id","title","at_bot","at_users","app",
+                       "options","overrides","message_id","topic"}`` or ``{"data": {...}}``
+                       -> ``{"message_id","msg_id","data"}``
 POST /_fake/push_raw   ``{"frame": str}`` or ``{"frame_b64": str}`` (binary) -> ``{}``
 POST /_fake/push_event ``{"event_type","data","app"}`` -> ``{"message_id"}``
 POST /_fake/ping       ``{"connection_id"?, "opaque"?}`` -> ``{"opaque"}``
@@ -28,7 +29,9 @@ GET  /_fake/events     websocket (or SSE without an upgrade) of event dicts; ``?
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, fields
@@ -36,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from edgecrab.testing.fakedingtalk.bus import Subscription
 from edgecrab.testing.fakedingtalk.models import CALLBACK_TOPIC, FakeUser
 from edgecrab.testing.fakedingtalk.payloads import DEFAULT_GROUP_ID
 from edgecrab.testing.fakedingtalk.state import Settings
@@ -277,13 +281,7 @@ class ControlApi:
         sub = self.fake.subscribe(replay=request.query.get("replay") in ("1", "true"))
         try:
             if request.headers.get("Upgrade", "").lower() == "websocket":
-                ws = web.WebSocketResponse(heartbeat=20)
-                await ws.prepare(request)
-                async for event in sub:
-                    if ws.closed:
-                        break
-                    await ws.send_str(json.dumps(event, ensure_ascii=False, default=str))
-                return ws
+                return await self._events_ws(request, sub)
             stream = web.StreamResponse(
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
             )
@@ -294,3 +292,22 @@ class ControlApi:
             return stream
         finally:
             sub.close()
+
+    async def _events_ws(self, request: web.Request, sub: Subscription) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=20)
+        await ws.prepare(request)
+
+        async def pump() -> None:
+            async for event in sub:
+                await ws.send_str(json.dumps(event, ensure_ascii=False, default=str))
+            await ws.close()
+
+        task = asyncio.ensure_future(pump())
+        try:
+            async for _ in ws:  # reading is what notices the client's close frame
+                pass
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await task
+        return ws

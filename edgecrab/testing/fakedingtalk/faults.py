@@ -77,7 +77,10 @@ def kind_response(kind: str, path: str) -> web.Response:
 
 @dataclass
 class FailRule:
-    """Fail matching requests: the next ``times`` ones, or each with probability ``rate`` (``times`` caps it)."""
+    """Fail matching requests: the next ``times`` ones, or each with probability ``rate``.
+
+    With ``rate`` set, ``times`` caps the number of failures (``None``: no cap).
+    """
 
     pattern: str
     status: int = 500

@@ -47,7 +47,9 @@ _frame_host = f"{os.getpid() & 0xFFF:03x}"
 
 
 def new_frame_message_id() -> str:
-    """A ``headers.messageId`` with four underscore-separated hex segments (``212b9d7c_165f_19bfa1a500a_1461def``).
+    """A ``headers.messageId``: four underscore-separated hex segments.
+
+    Real example: ``212b9d7c_165f_19bfa1a500a_1461def``.
 
     The third segment is the epoch time in ms in hex, as in real ids.
     """

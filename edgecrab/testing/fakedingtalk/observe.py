@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgecrab.testing.fakedingtalk.bus import Subscription
+from edgecrab.testing.fakedingtalk.connection import FakeConnection
 from edgecrab.testing.fakedingtalk.models import (
     AckRecord,
     OpenRequest,
@@ -16,7 +17,7 @@ from edgecrab.testing.fakedingtalk.models import (
     RestRecord,
 )
 from edgecrab.testing.fakedingtalk.state import FakeState
-from edgecrab.testing.fakedingtalk.stream import FakeConnection, StreamHub
+from edgecrab.testing.fakedingtalk.stream import StreamHub
 
 
 def _describe(predicate: Callable[[], Any]) -> str:
@@ -28,7 +29,10 @@ def _describe(predicate: Callable[[], Any]) -> str:
 
 
 class Observation:
-    """Mixed into :class:`FakeDingTalk`. Lists are live and append-only (in arrival order)."""
+    """Mixed into :class:`FakeDingTalk`. Lists are live and append-only (in arrival order).
+
+    The ``wait_for*`` helpers take a ``timeout`` argument on purpose: it is the public API tests read best.
+    """
 
     state: FakeState
     hub: StreamHub
@@ -75,7 +79,7 @@ class Observation:
         return self.state.counters["redeliveries"]
 
     def messages_for(self, conversation_id: str) -> list[OutboundRecord]:
-        """Accepted bot messages in one conversation, in arrival order (DM fallbacks via batchSend included)."""
+        """Accepted bot messages in one conversation, in arrival order (batchSend DM fallbacks included)."""
         return [r for r in self.state.outbound if r.conversation_id == conversation_id]
 
     def acks_for(self, message_id: str) -> list[AckRecord]:
@@ -125,7 +129,11 @@ class Observation:
         return self.state.bus.subscribe(buffer=buffer, replay=replay)
 
     async def wait_for(
-        self, predicate: Callable[[], Any], timeout: float = 5.0, *, message: str = ""
+        self,
+        predicate: Callable[[], Any],
+        timeout: float = 5.0,  # noqa: ASYNC109
+        *,
+        message: str = "",
     ) -> None:
         """Poll ``predicate`` until it is true; ``TimeoutError`` names the predicate and the fake's state."""
         loop = asyncio.get_running_loop()
@@ -143,7 +151,12 @@ class Observation:
                 )
             await asyncio.sleep(0.005)
 
-    async def wait_for_ack(self, message_id: str, code: int | None = 200, timeout: float = 5.0) -> AckRecord:
+    async def wait_for_ack(
+        self,
+        message_id: str,
+        code: int | None = 200,
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> AckRecord:
         await self.wait_for(
             lambda: any(code in (None, a.code) for a in self.acks_for(message_id)),
             timeout,
@@ -152,7 +165,10 @@ class Observation:
         return next(a for a in self.acks_for(message_id) if code in (None, a.code))
 
     async def wait_for_outbound(
-        self, count: int = 1, conversation_id: str | None = None, timeout: float = 5.0
+        self,
+        count: int = 1,
+        conversation_id: str | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109
     ) -> list[OutboundRecord]:
         def current() -> list[OutboundRecord]:
             return self.messages_for(conversation_id) if conversation_id else list(self.state.outbound)
@@ -161,7 +177,11 @@ class Observation:
         return current()
 
     async def wait_for_connections(
-        self, count: int = 1, timeout: float = 5.0, *, app: str | None = None
+        self,
+        count: int = 1,
+        timeout: float = 5.0,  # noqa: ASYNC109
+        *,
+        app: str | None = None,
     ) -> None:
         await self.wait_for(
             lambda: len([c for c in self.hub.live(app) if not c.draining]) >= count,

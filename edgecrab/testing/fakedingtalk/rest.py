@@ -1,4 +1,4 @@
-"""The OpenAPI side: access tokens, proactive sends (batchSend, groupMessages/send), media download and upload.
+"""The OpenAPI side: access tokens, proactive sends (batchSend, groupMessages/send), media download/upload.
 
 Every ``/v1.0/`` call but the token and gateway ones needs ``x-acs-dingtalk-access-token``: a missing, expired
 or other app's token answers ``400 InvalidAuthentication``. ``msgParam`` must be a JSON *string* whose keys
@@ -283,7 +283,7 @@ class RestApi:
         except ValueError:
             return wire.legacy_error(40035, "不合法的参数: multipart body expected")
         media = form.get("media")
-        if media is None or isinstance(media, str):
+        if not isinstance(media, web.FileField):
             return wire.legacy_error(40035, "不合法的参数: missing media")
         content = media.file.read()
         media_id = "@lA" + base64.urlsafe_b64encode(secrets.token_bytes(18)).decode()

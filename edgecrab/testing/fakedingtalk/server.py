@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from edgecrab.testing.fakedingtalk.connect import StreamGateway
+from edgecrab.testing.fakedingtalk.connection import FakeConnection
 from edgecrab.testing.fakedingtalk.control import ControlApi
 from edgecrab.testing.fakedingtalk.faults import FaultPlan, ResetConnection
 from edgecrab.testing.fakedingtalk.models import (
@@ -32,7 +33,7 @@ from edgecrab.testing.fakedingtalk.observe import Observation
 from edgecrab.testing.fakedingtalk.payloads import PayloadBuilder
 from edgecrab.testing.fakedingtalk.rest import TOKEN_HEADER, RestApi
 from edgecrab.testing.fakedingtalk.state import FakeState, Settings
-from edgecrab.testing.fakedingtalk.stream import FakeConnection, StreamHub
+from edgecrab.testing.fakedingtalk.stream import StreamHub
 from edgecrab.testing.fakedingtalk.webhook import WebhookApi
 
 ConnRef = FakeConnection | str | None
@@ -83,17 +84,17 @@ class FakeDingTalk(PayloadBuilder, Observation):
         seed: int | None = None,
     ) -> None:
         self.settings = Settings(
-            redeliver_after_s,
-            max_redeliveries,
-            webhook_ttl_s,
-            token_ttl_s,
-            body_limit,
-            ticket_ttl_s,
-            disconnect_close_after_s,
-            deliver_unmentioned,
-            kick_older,
-            media_size,
-            duplicate_after_ack,
+            redeliver_after_s=redeliver_after_s,
+            max_redeliveries=max_redeliveries,
+            webhook_ttl_s=webhook_ttl_s,
+            token_ttl_s=token_ttl_s,
+            body_limit=body_limit,
+            ticket_ttl_s=ticket_ttl_s,
+            disconnect_close_after_s=disconnect_close_after_s,
+            deliver_unmentioned=deliver_unmentioned,
+            kick_older=kick_older,
+            media_size=media_size,
+            duplicate_after_ack=duplicate_after_ack,
         )
         self.state = FakeState(
             apps or default_apps(), default_users() if users is None else users, self.settings, seed
@@ -106,6 +107,8 @@ class FakeDingTalk(PayloadBuilder, Observation):
         self.webhooks = WebhookApi(self.state, self.faults)
         self.control = ControlApi(self)
         self._runner: web.AppRunner | None = None
+        self._extra_routes: list[web.RouteDef] = []
+        self._unrecorded: set[web.AbstractRoute] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # lifecycle --------------------------------------------------------------------------------------------
@@ -118,6 +121,8 @@ class FakeDingTalk(PayloadBuilder, Observation):
         app.add_routes(
             self.gateway.routes() + self.rest.routes() + self.webhooks.routes() + self.control.routes()
         )
+        self._unrecorded = set(app.add_routes(self._extra_routes))
+        self.web_app = app
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handle_signals=False)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
@@ -125,6 +130,15 @@ class FakeDingTalk(PayloadBuilder, Observation):
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.state.base_url = f"http://{host}:{self._port}"
         return self
+
+    def add_routes(self, routes: list[web.RouteDef]) -> None:
+        """Serve more routes on the same port (the emulator's web chat); call before ``start()``.
+
+        They bypass fault injection and are not recorded in ``requests``.
+        """
+        if self._runner is not None:
+            raise RuntimeError("add_routes() must be called before start()")
+        self._extra_routes.extend(routes)
 
     async def stop(self) -> None:
         if self._runner is None:
@@ -145,7 +159,7 @@ class FakeDingTalk(PayloadBuilder, Observation):
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:<port>``: use it as the OpenAPI base, the open-connection host and the webhook host."""
+        """``http://127.0.0.1:<port>``: the OpenAPI base, the open-connection host and the webhook host."""
         return self.state.base_url
 
     @property
@@ -269,7 +283,7 @@ class FakeDingTalk(PayloadBuilder, Observation):
         return await self.hub.duplicate(message_id)
 
     async def ping(self, conn: ConnRef = None, opaque: str | None = None) -> str:
-        """Send a SYSTEM ping; the matching :class:`PingRecord` in ``pings`` tells whether the echo was right."""
+        """Send a SYSTEM ping; its :class:`PingRecord` in ``pings`` tells whether the echo was right."""
         targets = self._resolve(conn)
         if not targets:
             raise RuntimeError("no live connection to ping")
@@ -324,7 +338,7 @@ class FakeDingTalk(PayloadBuilder, Observation):
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/_fake"):
+        if request.path.startswith("/_fake") or request.match_info.route in self._unrecorded:
             return await handler(request)
         body: Any = None
         if request.can_read_body and not request.content_type.startswith("multipart/"):

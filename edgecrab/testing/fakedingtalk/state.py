@@ -78,7 +78,7 @@ class Group:
 
 
 class FakeState:
-    """Registries and records. Mutated only from the fake's event loop (builders excepted: plain dict writes)."""
+    """Registries and records, mutated from the fake's event loop (builders excepted: plain dict writes)."""
 
     def __init__(
         self, apps: list[FakeApp], users: list[FakeUser], settings: Settings, seed: int | None

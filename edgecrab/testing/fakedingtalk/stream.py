@@ -2,12 +2,14 @@
 
 Delivery rules (protocol reference sections 3-5):
 
-- a CALLBACK/EVENT goes to one live, non-draining connection of its app that subscribed to its topic, chosen at
-  random; with none (or in zombie mode) it waits in a per-app queue;
-- the frame text is frozen at its first send; a redelivery sends the very same text (identical headers, data and
-  ``connectionId`` of the first delivery) to any eligible connection, ``redeliver_after_s`` after the latest send,
-  while no 200 ack (EVENT: 200 with status SUCCESS) arrived, at most ``max_redeliveries`` times;
-- after a SYSTEM disconnect the connection receives nothing more and is closed ``disconnect_close_after_s`` later.
+- a CALLBACK/EVENT goes to one live, non-draining connection of its app that subscribed to its topic,
+  chosen at random; with none (or in zombie mode) it waits in a per-app queue;
+- the frame text is frozen at its first send; a redelivery sends the very same text (identical headers,
+  data and ``connectionId`` of the first delivery) to any eligible connection, ``redeliver_after_s`` after
+  the latest send, while no 200 ack (EVENT: 200 with status SUCCESS) arrived, at most ``max_redeliveries``
+  times;
+- after a SYSTEM disconnect the connection receives nothing more and is closed
+  ``disconnect_close_after_s`` later.
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
+from edgecrab.testing.fakedingtalk.connection import Delivery, FakeConnection, RawFrame
 from edgecrab.testing.fakedingtalk.models import (
     CALLBACK_TOPIC,
     AckRecord,
@@ -34,73 +34,6 @@ from edgecrab.testing.fakedingtalk.models import (
 from edgecrab.testing.fakedingtalk.state import FakeState
 
 JSON_TYPE = "application/json"
-
-
-@dataclass(eq=False)
-class FakeConnection:
-    """One accepted websocket. ``draining`` means a disconnect was sent (or it was kicked or aborted)."""
-
-    connection_id: str
-    app: str
-    ws: web.WebSocketResponse
-    request: web.BaseRequest
-    subscriptions: list[dict[str, Any]]
-    ticket: str
-    opened_t: float = field(default_factory=time.monotonic)
-    draining: bool = False
-    closed: bool = False
-    close_code: int | None = None
-    closed_t: float | None = None
-    frames_sent: int = 0
-    acks: int = 0
-    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def subscribed(self, frame_type: str, topic: str) -> bool:
-        if frame_type == "SYSTEM":
-            return True
-        for sub in self.subscriptions:
-            if sub.get("type") == frame_type and (frame_type == "EVENT" or sub.get("topic") == topic):
-                return True
-        return False
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "connection_id": self.connection_id,
-            "app": self.app,
-            "subscriptions": self.subscriptions,
-            "opened_t": self.opened_t,
-            "draining": self.draining,
-            "closed": self.closed,
-            "close_code": self.close_code,
-            "frames_sent": self.frames_sent,
-            "acks": self.acks,
-        }
-
-
-@dataclass(eq=False)
-class Delivery:
-    """A tracked CALLBACK or EVENT push."""
-
-    message_id: str
-    app: str
-    frame_type: str
-    topic: str
-    headers: dict[str, str]
-    data: str
-    frame_text: str | None = None
-    attempts: int = 0
-    first_sent_t: float | None = None
-    last_sent_t: float | None = None
-    acked_ok: bool = False
-    gave_up: bool = False
-    connection_ids: list[str] = field(default_factory=list)
-    timer: asyncio.TimerHandle | None = None
-
-
-@dataclass
-class RawFrame:
-    app: str
-    payload: str | bytes
 
 
 class StreamHub:
@@ -139,8 +72,9 @@ class StreamHub:
         for task in list(self._tasks):
             task.cancel()
         for conn in list(self.connections):
-            with contextlib.suppress(Exception):
-                conn.request.transport and conn.request.transport.abort()
+            transport = conn.request.transport
+            if transport is not None:
+                transport.abort()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)
 

@@ -19,8 +19,8 @@ T = TypeVar("T")
 class FakeDingTalkThread:
     """``with FakeDingTalkThread(redeliver_after_s=0.3) as fake: ...`` or ``start()``/``stop()``.
 
-    ``call(coro)`` runs a coroutine (``fake.push(...)``, ``fake.wait_for(...)``) on the fake's loop and returns
-    its result; ``call_async(coro)`` awaits it from another event loop without blocking that loop.
+    ``call(coro)`` runs a coroutine (``fake.push(...)``, ``fake.wait_for(...)``) on the fake's loop and
+    returns its result; ``call_async(coro)`` awaits it from another event loop without blocking that loop.
     """
 
     def __init__(self, fake: FakeDingTalk | None = None, **options: Any) -> None:

@@ -1,8 +1,9 @@
 """``POST /robot/sendBySession?session=<hex>``: the reply URL each robot message carries.
 
 The URL is the credential (no token). An unknown, expired or invalidated session answers
-``{"errcode":300001,"errmsg":"session 不存在"}`` and a body over ``body_limit`` bytes answers 460101, both with
-HTTP 200 as the legacy API does. Accepted messages are recorded in arrival order as :class:`OutboundRecord`.
+``{"errcode":300001,"errmsg":"session 不存在"}`` and a body over ``body_limit`` bytes answers 460101,
+both with HTTP 200 as the legacy API does. Accepted messages are recorded in arrival order as
+:class:`OutboundRecord`.
 """
 
 from __future__ import annotations

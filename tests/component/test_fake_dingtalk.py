@@ -1,0 +1,457 @@
+"""The fake DingTalk over real loopback sockets, driven by a minimal raw client (httpx + websockets).
+
+These tests pin the fake to the protocol reference: if the fake drifts, every test built on it lies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote_plus
+
+import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from edgecrab.testing.fakedingtalk import (
+    CALLBACK_TOPIC,
+    DEFAULT_APP_KEY,
+    DEFAULT_APP_SECRET,
+    DEFAULT_GROUP_ID,
+    FakeDingTalk,
+    FakeDingTalkThread,
+)
+
+pytestmark = pytest.mark.anyio
+
+OPEN = "/v1.0/gateway/connections/open"
+SUBS = [{"type": "CALLBACK", "topic": CALLBACK_TOPIC}]
+MESSAGE_ID = re.compile(r"^[0-9a-f]+_[0-9a-f]+_[0-9a-f]+_[0-9a-f]+$")
+TOKEN = "x-acs-dingtalk-access-token"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDingTalk]:
+    async with FakeDingTalk(
+        redeliver_after_s=0.3, max_redeliveries=2, disconnect_close_after_s=0.3, seed=7
+    ) as f:
+        yield f
+
+
+@pytest.fixture
+async def http(fake: FakeDingTalk) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=fake.base_url, timeout=5) as client:
+        yield client
+
+
+async def open_ticket(fake: FakeDingTalk, subs: list[dict[str, str]] = SUBS, **extra: Any) -> dict[str, str]:
+    body = {"clientId": DEFAULT_APP_KEY, "clientSecret": DEFAULT_APP_SECRET, "subscriptions": subs, **extra}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(fake.base_url + OPEN, json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def connect(fake: FakeDingTalk, subs: list[dict[str, str]] = SUBS) -> ClientConnection:
+    ticket = await open_ticket(fake, subs)
+    ws = await websockets.connect(f"{ticket['endpoint']}?ticket={quote_plus(ticket['ticket'])}")
+    await fake.wait_for(lambda: any(not c.draining for c in fake.connections))
+    return ws
+
+
+async def recv(ws: ClientConnection, within: float = 2.0) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), within))
+
+
+async def assert_silent(ws: ClientConnection, seconds: float) -> None:
+    with pytest.raises(TimeoutError):
+        raw = await asyncio.wait_for(ws.recv(), seconds)
+        pytest.fail(f"unexpected frame {raw!r}")
+
+
+def ack(frame: dict[str, Any], code: int = 200, data: str = '{"response": null}') -> str:
+    return json.dumps(
+        {
+            "code": code,
+            "headers": {"contentType": "application/json", "messageId": frame["headers"]["messageId"]},
+            "message": "OK",
+            "data": data,
+        }
+    )
+
+
+async def token(http: httpx.AsyncClient, key: str = DEFAULT_APP_KEY, secret: str = DEFAULT_APP_SECRET) -> str:
+    response = await http.post("/v1.0/oauth2/accessToken", json={"appKey": key, "appSecret": secret})
+    assert response.status_code == 200, response.text
+    return response.json()["accessToken"]
+
+
+# open-connection and tickets --------------------------------------------------------------------------------
+async def test_open_connection_checks_credentials_and_records_request(
+    fake: FakeDingTalk, http: httpx.AsyncClient
+) -> None:
+    subs = [*SUBS, {"type": "SYSTEM", "topic": "ping"}, {"type": "EVENT", "topic": "*"}]
+    good = await http.post(
+        OPEN,
+        json={
+            "clientId": DEFAULT_APP_KEY,
+            "clientSecret": DEFAULT_APP_SECRET,
+            "subscriptions": subs,
+            "ua": "dingtalk-sdk-python/v0.24.3-union",
+            "localIp": "192.0.2.2",
+            "extras": {"k": "v"},
+        },
+    )
+    assert good.status_code == 200
+    assert good.headers["content-type"] == "application/json;charset=utf-8"
+    assert set(good.json()) == {"endpoint", "ticket"}
+    assert good.json()["endpoint"] == fake.ws_endpoint and fake.ws_endpoint.startswith("ws://127.0.0.1:")
+    bad = await http.post(
+        OPEN, json={"clientId": DEFAULT_APP_KEY, "clientSecret": "wrong", "subscriptions": SUBS}
+    )
+    assert bad.status_code == 401
+    assert (
+        bad.json()["code"] == "authFailed" and bad.json()["message"] == "鉴权失败" and bad.json()["requestid"]
+    )
+    missing = await http.post(OPEN, json={"clientId": DEFAULT_APP_KEY, "clientSecret": DEFAULT_APP_SECRET})
+    assert missing.status_code == 400
+    assert [r.status for r in fake.open_requests] == [200, 401, 400]
+    assert fake.open_requests[0].body["subscriptions"] == subs
+    assert fake.open_requests[0].body["localIp"] == "192.0.2.2"
+    assert fake.tickets_issued == 1
+
+
+async def test_tickets_are_single_use_and_expire(fake: FakeDingTalk) -> None:
+    ticket = await open_ticket(fake)
+    url = f"{ticket['endpoint']}?ticket={quote_plus(ticket['ticket'])}"
+    async with websockets.connect(url):
+        pass
+    with pytest.raises(websockets.InvalidStatus) as reused:
+        await websockets.connect(url)
+    assert reused.value.response.status_code == 401
+    with pytest.raises(websockets.InvalidStatus):
+        await websockets.connect(fake.ws_endpoint + "?ticket=not-a-ticket")
+    late = await open_ticket(fake)
+    fake.advance_clock(91)
+    with pytest.raises(websockets.InvalidStatus):
+        await websockets.connect(f"{late['endpoint']}?ticket={quote_plus(late['ticket'])}")
+    assert fake.stats()["tickets_rejected"] == 3 and fake.connections_opened == 1
+
+
+# frames, acks, redelivery -----------------------------------------------------------------------------------
+async def test_callback_envelope_and_identical_redelivery(fake: FakeDingTalk) -> None:
+    ws = await connect(fake)
+    data = fake.dm("manager807", "hello DingTalk!")
+    mid = await fake.push(data)
+    first_raw = await asyncio.wait_for(ws.recv(), 2)
+    frame = json.loads(first_raw)
+    assert frame["specVersion"] == "1.0" and frame["type"] == "CALLBACK"
+    headers = frame["headers"]
+    assert set(headers) >= {"appId", "connectionId", "contentType", "messageId", "time", "topic"}
+    assert all(isinstance(v, str) for v in headers.values())
+    assert headers["messageId"] == mid and MESSAGE_ID.match(mid)
+    assert headers["topic"] == CALLBACK_TOPIC and headers["time"].isdigit()
+    assert headers["connectionId"] == fake.connections[0].connection_id
+    assert isinstance(frame["data"], str) and json.loads(frame["data"]) == data
+    # not acked: the very same text comes back after redeliver_after_s, max_redeliveries times, then stops
+    second_raw = await asyncio.wait_for(ws.recv(), 1)
+    third_raw = await asyncio.wait_for(ws.recv(), 1)
+    assert first_raw == second_raw == third_raw
+    await assert_silent(ws, 0.6)
+    assert fake.deliveries_of(mid) == 3 and fake.redeliveries == 2 and fake.stats()["gave_up"] == 1
+    await ws.close()
+
+
+async def test_no_redelivery_after_200_ack_but_after_500(fake: FakeDingTalk) -> None:
+    ws = await connect(fake)
+    ok_id = await fake.push(fake.dm("user1001", "one"))
+    frame = await recv(ws)
+    await ws.send(ack(frame))
+    record = await fake.wait_for_ack(ok_id)
+    assert record.code == 200 and record.data == {"response": None} and record.latency_s is not None
+    assert record.connection_id == fake.connections[0].connection_id and record.attempt == 1
+    await assert_silent(ws, 0.6)
+    failed_id = await fake.push(fake.dm("user1001", "two"))
+    await ws.send(ack(await recv(ws), code=500))
+    again = await recv(ws, 1)
+    assert again["headers"]["messageId"] == failed_id
+    await ws.send(ack(again))
+    await fake.wait_for_ack(failed_id)
+    await assert_silent(ws, 0.5)
+    assert [a.code for a in fake.acks] == [200, 500, 200]
+    await ws.close()
+
+
+async def test_redelivery_goes_to_another_live_connection_after_abort(fake: FakeDingTalk) -> None:
+    ws = await connect(fake)
+    mid = await fake.push(fake.dm("manager807", "lost on a dead socket"))
+    first = await recv(ws)
+    await fake.abort()
+    with pytest.raises(websockets.ConnectionClosedError) as closed:
+        await ws.recv()
+    assert closed.value.rcvd is None  # no close frame: the client sees 1006
+    ws2 = await connect(fake)
+    again = await recv(ws2, 1)
+    assert again == first and again["headers"]["messageId"] == mid
+    await ws2.send(ack(again))
+    await fake.wait_for_ack(mid)
+    await ws2.close()
+
+
+async def test_ping_requires_the_same_opaque(fake: FakeDingTalk) -> None:
+    ws = await connect(fake)
+    opaque = await fake.ping()
+    frame = await recv(ws)
+    assert frame["type"] == "SYSTEM" and frame["headers"]["topic"] == "ping"
+    assert json.loads(frame["data"]) == {"opaque": opaque}
+    await ws.send(ack(frame, data=frame["data"]))
+    await fake.wait_for(lambda: fake.pings[-1].ok is not None)
+    assert fake.pings[-1].ok is True
+    await fake.ping(opaque="expected")
+    wrong = await recv(ws)
+    await ws.send(ack(wrong, data=json.dumps({"opaque": "something else"})))
+    await fake.wait_for(lambda: fake.pings[-1].ok is not None)
+    assert fake.pings[-1].ok is False and fake.pings[-1].echoed == "something else"
+    await ws.close()
+
+
+async def test_disconnect_has_no_message_id_and_stops_delivery(fake: FakeDingTalk) -> None:
+    ws = await connect(fake)
+    await fake.disconnect()
+    frame = await recv(ws)
+    assert frame["type"] == "SYSTEM" and frame["headers"]["topic"] == "disconnect"
+    assert "messageId" not in frame["headers"]
+    assert json.loads(frame["data"]) == {"reason": "connection is expired"}
+    mid = await fake.push(fake.dm("manager807", "after the disconnect"))
+    with pytest.raises(
+        websockets.ConnectionClosedOK
+    ) as closed:  # nothing more, then closed 1000 by the server
+        await asyncio.wait_for(ws.recv(), 2)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    assert fake.stats()["queued"] == 1
+    ws2 = await connect(fake)
+    assert (await recv(ws2))["headers"]["messageId"] == mid
+    await ws2.close()
+
+
+async def test_server_close_code(fake: FakeDingTalk) -> None:
+    ws = await connect(fake)
+    await fake.close(code=1001)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 2)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+
+async def test_zombie_keeps_pings_alive_but_pushes_nothing(fake: FakeDingTalk) -> None:
+    ws = await connect(fake)
+    fake.zombie = True
+    mid = await fake.push(fake.dm("manager807", "held back"))
+    pong = await ws.ping()
+    await asyncio.wait_for(pong, 1)  # the websocket itself is healthy
+    await assert_silent(ws, 0.5)
+    fake.zombie = False
+    assert (await recv(ws))["headers"]["messageId"] == mid
+    await ws.close()
+
+
+async def test_duplicates_after_ack(fake: FakeDingTalk) -> None:
+    ws = await connect(fake)
+    mid = await fake.push(fake.dm("manager807", "dup me"))
+    frame = await recv(ws)
+    await ws.send(ack(frame))
+    await fake.wait_for_ack(mid)
+    assert await fake.inject_duplicate(mid)
+    assert await recv(ws) == frame
+    fake.duplicate_after_ack = 1.0
+    mid2 = await fake.push(fake.dm("manager807", "spontaneous"))
+    frame2 = await recv(ws)
+    await ws.send(ack(frame2))
+    assert await recv(ws) == frame2
+    assert fake.stats()["duplicates_injected"] == 2 and fake.deliveries_of(mid2) == 1
+    await ws.close()
+
+
+async def test_only_subscribed_topics_and_events(fake: FakeDingTalk) -> None:
+    events_ws = await connect(fake, [{"type": "EVENT", "topic": "*"}])
+    mid = await fake.push_event("user_add_org", {"timeStamp": "1", "userId": ["u1"]})
+    frame = await recv(events_ws)
+    assert frame["type"] == "EVENT" and frame["headers"]["eventType"] == "user_add_org"
+    assert {"eventId", "eventCorpId", "eventBornTime", "eventUnifiedAppId"} <= set(frame["headers"])
+    await events_ws.send(ack(frame, data=json.dumps({"status": "LATER", "message": "busy"})))
+    again = await recv(events_ws, 1)  # LATER means push again
+    await events_ws.send(ack(again, data=json.dumps({"status": "SUCCESS", "message": "ok"})))
+    await fake.wait_for(lambda: fake.stats()["acked_ok"] == 1)
+    callback_id = await fake.push(fake.dm("manager807", "robots only"))
+    await assert_silent(events_ws, 0.2)  # not subscribed to the robot topic: queued
+    robot_ws = await connect(fake)
+    assert (await recv(robot_ws))["headers"]["messageId"] == callback_id
+    assert mid != callback_id
+    await events_ws.close()
+    await robot_ws.close()
+
+
+async def test_group_without_mention_is_not_pushed(fake: FakeDingTalk) -> None:
+    ws = await connect(fake)
+    await fake.push(fake.group("user1002", "chatting, not asking", at_bot=False))
+    await assert_silent(ws, 0.2)
+    fake.deliver_unmentioned = True
+    await fake.push(fake.group("user1002", "now delivered", at_bot=False))
+    data = json.loads((await recv(ws))["data"])
+    assert data["isInAtList"] is False and data["text"]["content"] == "now delivered"
+    await ws.close()
+
+
+async def test_raw_frames_and_bad_acks_are_tolerated(fake: FakeDingTalk) -> None:
+    ws = await connect(fake)
+    await fake.push_raw("this is not json")
+    assert await asyncio.wait_for(ws.recv(), 1) == "this is not json"
+    await ws.send("garbage from the client")
+    await fake.wait_for(lambda: fake.stats()["bad_client_frames"] == 1)
+    assert fake.connections  # still up
+    await ws.close()
+
+
+# control API, events, other run modes -----------------------------------------------------------------------
+async def test_control_api(fake: FakeDingTalk, http: httpx.AsyncClient) -> None:
+    ws = await connect(fake)
+    users = (await http.get("/_fake/users")).json()
+    assert (
+        any(u["staff_id"] == "manager807" for u in users["users"]) and "client_secret" not in users["apps"][0]
+    )
+    pushed = (
+        await http.post("/_fake/push", json={"kind": "group", "user": "user1001", "text": "hello"})
+    ).json()
+    frame = await recv(ws)
+    assert frame["headers"]["messageId"] == pushed["message_id"]
+    assert json.loads(frame["data"])["msgId"] == pushed["msg_id"] == pushed["data"]["msgId"]
+    await ws.send(ack(frame))
+    await fake.wait_for_ack(pushed["message_id"])
+    acks = (await http.get("/_fake/acks")).json()["acks"]
+    assert acks[0]["message_id"] == pushed["message_id"] and acks[0]["code"] == 200
+    await http.post(pushed["data"]["sessionWebhook"], json={"msgtype": "text", "text": {"content": "pong"}})
+    out = (await http.get("/_fake/outbound", params={"conversation_id": DEFAULT_GROUP_ID})).json()["outbound"]
+    assert [o["text"] for o in out] == ["pong"]
+    faults = (await http.post("/_fake/faults", json={"fail": [{"path": "/v1.0/*", "status": 500}]})).json()
+    assert faults["rules"][0]["pattern"] == "/v1.0/*"
+    assert (await http.post("/_fake/settings", json={"zombie": True})).json()["zombie"] is True
+    assert (await http.post("/_fake/settings", json={"nope": 1})).status_code == 400
+    await http.post("/_fake/settings", json={"zombie": False})
+    assert (await http.post("/_fake/disconnect", json={})).json()["connections"]
+    assert (await recv(ws))["headers"]["topic"] == "disconnect"
+    stats = (await http.get("/_fake/stats")).json()
+    assert stats["tickets_issued"] == 1 and stats["acks"] == 1 and stats["outbound"] == 1
+    assert (await http.post("/_fake/push", json={"kind": "nope"})).status_code == 400
+    await ws.close()
+
+
+async def test_event_streams(fake: FakeDingTalk, http: httpx.AsyncClient) -> None:
+    sub = fake.subscribe()
+    await http.post(
+        "/v1.0/oauth2/accessToken", json={"appKey": DEFAULT_APP_KEY, "appSecret": DEFAULT_APP_SECRET}
+    )
+    event = await asyncio.wait_for(sub.receive(), 1)
+    assert event["kind"] == "rest" and event["path"] == "/v1.0/oauth2/accessToken" and event["status"] == 200
+    sub.close()
+    async with websockets.connect(fake.ws_endpoint.replace("/connect", "/_fake/events?replay=1")) as events:
+        first = json.loads(await asyncio.wait_for(events.recv(), 1))
+        assert first["kind"] == "rest"
+    async with http.stream("GET", "/_fake/events", params={"replay": "1"}) as stream:
+        lines = stream.aiter_lines()
+        assert (await asyncio.wait_for(anext(lines), 1)).startswith("event: rest")
+
+
+async def test_wait_for_times_out_with_a_useful_message(fake: FakeDingTalk) -> None:
+    with pytest.raises(TimeoutError, match="outbound"):
+        await fake.wait_for_outbound(1, timeout=0.05)
+
+
+def test_thread_mode_serves_a_blocking_client() -> None:
+    with FakeDingTalkThread(redeliver_after_s=0.3) as fk:
+        response = httpx.post(
+            fk.base_url + OPEN,
+            json={"clientId": DEFAULT_APP_KEY, "clientSecret": "no", "subscriptions": SUBS},
+        )
+        assert response.status_code == 401
+        thread = FakeDingTalkThread(fk)  # a second handle is not started: call() must refuse
+        with pytest.raises(RuntimeError):
+            thread.call(fk.wait_for(lambda: True))
+
+
+async def test_subprocess_mode() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edgecrab.testing.fakedingtalk",
+        "--port",
+        "0",
+        "--app-key",
+        "K",
+        "--app-secret",
+        "S",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = json.loads(await asyncio.wait_for(proc.stdout.readline(), 15))
+        assert line["base_url"].startswith("http://127.0.0.1:")
+        async with httpx.AsyncClient(base_url=line["base_url"]) as client:
+            assert (await client.get("/_fake/stats")).json()["connections"] == 0
+            opened = await client.post(
+                OPEN, json={"clientId": "K", "clientSecret": "S", "subscriptions": SUBS}
+            )
+            assert opened.status_code == 200
+            pushed = await client.post(
+                "/_fake/push", json={"kind": "dm", "user": "manager807", "text": "queued"}
+            )
+            assert pushed.status_code == 200
+            assert (await client.get("/_fake/stats")).json()["queued"] == 1
+    finally:
+        proc.terminate()
+        code = await asyncio.wait_for(proc.wait(), 10)
+    assert code == 0
+
+
+async def test_real_sdk_client_connects_and_acks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anyio
+    import dingtalk_stream
+    from dingtalk_stream import AckMessage, ChatbotHandler, ChatbotMessage, Credential, DingTalkStreamClient
+
+    seen: list[dict[str, Any]] = []
+
+    class Handler(ChatbotHandler):
+        async def process(self, callback: Any) -> tuple[int, str]:
+            seen.append(callback.data)
+            return AckMessage.STATUS_OK, "OK"
+
+    runner = FakeDingTalkThread(redeliver_after_s=0.5)
+    fk = runner.start()
+    try:
+        monkeypatch.setattr(
+            dingtalk_stream.stream.DingTalkStreamClient, "OPEN_CONNECTION_API", fk.base_url + OPEN
+        )
+        client = DingTalkStreamClient(Credential(DEFAULT_APP_KEY, DEFAULT_APP_SECRET))
+        client.register_callback_handler(ChatbotMessage.TOPIC, Handler())
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.start)
+                await runner.call_async(fk.wait_for_connections(1))
+                mid = await runner.call_async(fk.push(fk.dm("manager807", "hello from the fake")))
+                record = await runner.call_async(fk.wait_for_ack(mid))
+                await runner.call_async(fk.ping())
+                await runner.call_async(fk.wait_for(lambda: bool(fk.pings) and fk.pings[-1].ok is not None))
+                tg.cancel_scope.cancel()
+        for task in asyncio.all_tasks():  # 0.24.3 leaves keepalive and handler tasks behind
+            if task.get_coro().__qualname__.startswith("DingTalkStreamClient."):  # type: ignore[union-attr]
+                task.cancel()
+    finally:
+        runner.stop()
+    assert record.code == 200 and seen[0]["text"]["content"] == "hello from the fake"
+    assert fk.pings[-1].ok is True
+    assert fk.open_requests[0].body["subscriptions"] == SUBS
+    assert fk.open_requests[0].body["ua"].startswith("dingtalk-sdk-python/")
