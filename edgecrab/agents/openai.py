@@ -25,8 +25,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -40,6 +41,7 @@ log = logging.getLogger("edgecrab.agents.openai")
 
 _ERROR_BODY_LIMIT = 4096
 _DRAIN_AFTER_DONE_S = 0.25
+_SSE_FIELDS = frozenset({"", "data", "event", "id", "retry"})
 _NOT_READABLE = "the agent sent a response edgecrab could not read"
 
 
@@ -97,8 +99,12 @@ class OpenAIAgent(Agent):
         if config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"
         # No read timeout of its own: the whole call is bounded by fail_after(timeout_s).
+        # As many connections as the gateway runs agents at once by default (sessions.max_concurrent_runs).
         self._client = httpx.AsyncClient(
-            headers=headers, timeout=httpx.Timeout(None, connect=10.0), transport=transport
+            headers=headers,
+            timeout=httpx.Timeout(None, connect=10.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
+            transport=transport,
         )
         if not config.model:
             log.warning("[agent] agent.model is empty: requests to %s will carry no model", self._url)
@@ -124,7 +130,6 @@ class OpenAIAgent(Agent):
 
     async def run(self, request: AgentRequest) -> AgentResult:
         started = time.monotonic()
-        answer = _Answer()
         try:
             with anyio.fail_after(self._timeout_s):
                 answer = await self._call(request, started + self._timeout_s)
@@ -186,18 +191,15 @@ class OpenAIAgent(Agent):
                         raise _Retry(AgentError("stream_options rejected"), free=True)
                     raise self._status_error(response.status_code, raw, response.headers)
                 content_type = response.headers.get("content-type", "").lower()
-                if "text/event-stream" in content_type:
-                    await self._read_stream(response, answer)
-                elif "json" in content_type:
-                    self._read_json(await response.aread(), answer)
+                if "json" in content_type:
+                    raw = await response.aread()
+                    if raw.lstrip().startswith(b"data:"):  # SSE mislabelled as JSON by a proxy
+                        self._read_sse_text(raw.decode("utf-8", "replace"), answer)
+                    else:
+                        self._read_json(raw, answer)
                 else:
-                    raw = await _read_some(response)
-                    raise AgentError(
-                        _NOT_READABLE,
-                        cause=self._redact(
-                            f"{self._url} answered {content_type or 'no content-type'}: {raw[:200]!r}"
-                        ),
-                    )
+                    # Also for a missing or wrong content type, as long as the body looks like SSE.
+                    await self._read_stream(response, answer, checked="text/event-stream" in content_type)
         except (httpx.TransportError, httpx.DecodingError) as exc:
             raise self._transport_error(exc, answer) from None
         return self._finish(answer)
@@ -242,24 +244,21 @@ class OpenAIAgent(Agent):
         reason = f": {detail}" if detail else ""
         return AgentError(f"the agent rejected the request (HTTP {status}){reason}", cause=cause)
 
-    async def _read_stream(self, response: httpx.Response, answer: _Answer) -> None:
+    async def _read_stream(self, response: httpx.Response, answer: _Answer, *, checked: bool) -> None:
         pending: list[str] = []
-        async with contextlib.aclosing(response.aiter_lines()) as lines:
+        # aclosing: leaving early (at [DONE], on an error) must close the generator now, not at GC.
+        lines_iter = cast(AsyncGenerator[str, None], response.aiter_lines())
+        async with contextlib.aclosing(lines_iter) as lines:
             async for line in lines:
-                if not line:
-                    if pending:  # an event whose data never parsed
-                        self._on_data("\n".join(pending), answer, final=True)
-                        pending.clear()
-                    continue
-                if line.startswith(":"):  # SSE comment: a keep-alive
-                    continue
-                name, _, value = line.partition(":")
-                if name != "data":  # event:, id:, retry: carry nothing we use
-                    continue
-                pending.append(value[1:] if value.startswith(" ") else value)
-                # Lenient framing: a data line that parses on its own is an event, blank line or not.
-                if self._on_data("\n".join(pending), answer, final=False):
-                    pending.clear()
+                if not checked and line.strip():
+                    checked = True
+                    if line.partition(":")[0] not in _SSE_FIELDS:
+                        content_type = response.headers.get("content-type") or "no content-type"
+                        raise AgentError(
+                            _NOT_READABLE,
+                            cause=self._redact(f"{self._url} answered {content_type}: {line[:200]!r}"),
+                        )
+                self._feed_line(line, pending, answer)
                 if answer.done:
                     break
             if answer.done:
@@ -270,6 +269,30 @@ class OpenAIAgent(Agent):
                         pass
             elif pending:
                 self._on_data("\n".join(pending), answer, final=True)
+
+    def _read_sse_text(self, text: str, answer: _Answer) -> None:
+        pending: list[str] = []
+        for line in text.splitlines():
+            self._feed_line(line, pending, answer)
+            if answer.done:
+                return
+        if pending:
+            self._on_data("\n".join(pending), answer, final=True)
+
+    def _feed_line(self, line: str, pending: list[str], answer: _Answer) -> None:
+        """One line of SSE: ``data:`` lines accumulate in ``pending`` until they form a whole payload."""
+        if not line:
+            if pending:  # the end of an event whose data never parsed
+                self._on_data("\n".join(pending), answer, final=True)
+                pending.clear()
+            return
+        name, _, value = line.partition(":")
+        if name != "data":  # comments (keep-alives), event:, id:, retry: carry nothing we use
+            return
+        pending.append(value[1:] if value.startswith(" ") else value)
+        # Lenient framing: a data line that parses on its own is an event, blank line or not.
+        if self._on_data("\n".join(pending), answer, final=False):
+            pending.clear()
 
     def _on_data(self, data: str, answer: _Answer, *, final: bool) -> bool:
         """Apply one SSE ``data`` payload; ``False`` if it is incomplete (and not ``final``)."""

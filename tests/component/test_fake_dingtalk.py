@@ -58,9 +58,10 @@ async def open_ticket(fake: FakeDingTalk, subs: list[dict[str, str]] = SUBS, **e
 
 
 async def connect(fake: FakeDingTalk, subs: list[dict[str, str]] = SUBS) -> ClientConnection:
+    opened = fake.connections_opened
     ticket = await open_ticket(fake, subs)
     ws = await websockets.connect(f"{ticket['endpoint']}?ticket={quote_plus(ticket['ticket'])}")
-    await fake.wait_for(lambda: any(not c.draining for c in fake.connections))
+    await fake.wait_for(lambda: fake.connections_opened > opened)
     return ws
 
 
@@ -314,6 +315,45 @@ async def test_raw_frames_and_bad_acks_are_tolerated(fake: FakeDingTalk) -> None
     await fake.wait_for(lambda: fake.stats()["bad_client_frames"] == 1)
     assert fake.connections  # still up
     await ws.close()
+
+
+async def test_pushes_spread_over_connections_and_kick_older_mode(fake: FakeDingTalk) -> None:
+    first, second = await connect(fake), await connect(fake)
+    ids = [await fake.push(fake.dm("user1003", f"n{i}")) for i in range(16)]
+    got: dict[str, int] = {}
+    for ws in (first, second):
+        while True:
+            try:
+                frame = await recv(ws, 0.2)
+            except TimeoutError:
+                break
+            got[frame["headers"]["messageId"]] = got.get(frame["headers"]["messageId"], 0) + 1
+            await ws.send(ack(frame))
+    assert sorted(got) == sorted(ids) and set(got.values()) == {1}
+    assert {a.connection_id for a in fake.acks} == {c.connection_id for c in fake.connections}
+    fake.kick_older = True
+    third = await connect(fake)
+    for old in (first, second):
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(old.recv(), 2)
+    await fake.wait_for(lambda: len(fake.connections) == 1)
+    await third.close()
+
+
+async def test_extra_routes_share_the_port_unrecorded() -> None:
+    from aiohttp import web
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="chat")
+
+    fk = FakeDingTalk()
+    fk.add_routes([web.get("/", page)])
+    async with fk, httpx.AsyncClient(base_url=fk.base_url) as client:
+        fk.faults.fail("*", 500, rate=1.0)
+        assert (await client.get("/")).text == "chat"
+        assert fk.requests == []
+        with pytest.raises(RuntimeError):
+            fk.add_routes([web.get("/late", page)])
 
 
 # control API, events, other run modes -----------------------------------------------------------------------

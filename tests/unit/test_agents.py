@@ -381,6 +381,14 @@ async def test_openai_lenient_sse_framing() -> None:
     assert result.usage == Usage(9, 2)
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain", None])
+async def test_openai_sse_under_a_wrong_content_type(content_type: str | None) -> None:
+    body = f"data: {json.dumps(delta('ok', 'stop'))}\n\ndata: [DONE]\n\n".encode()
+    headers = {"content-type": content_type} if content_type else {}
+    result = await run_mock(lambda r: httpx.Response(200, headers=headers, content=body))
+    assert result.text == "ok"
+
+
 async def test_openai_multiline_data_event() -> None:
     chunk = json.dumps(delta("multi"), indent=1).replace("\n", "\ndata: ")
     result = await run_mock(lambda r: sse(chunk, "[DONE]"))

@@ -108,6 +108,7 @@ class FakeDingTalk(PayloadBuilder, Observation):
         self.control = ControlApi(self)
         self._runner: web.AppRunner | None = None
         self._extra_routes: list[web.RouteDef] = []
+        self.web_app: web.Application | None = None  # the aiohttp application, once started
         self._unrecorded: set[web.AbstractRoute] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
