@@ -245,6 +245,8 @@ class Gateway:
                         await self.hooks.notify("gateway_stopping", gateway=self)
                     tg.cancel_scope.cancel()
         finally:
+            self._send.close()
+            self._receive.close()
             with anyio.move_on_after(1, shield=True):
                 await self.agent.aclose()
                 await http.aclose()

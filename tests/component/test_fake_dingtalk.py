@@ -142,6 +142,7 @@ async def test_tickets_are_single_use_and_expire(fake: FakeDingTalk) -> None:
     with pytest.raises(websockets.InvalidStatus):
         await websockets.connect(f"{late['endpoint']}?ticket={quote_plus(late['ticket'])}")
     assert fake.stats()["tickets_rejected"] == 3 and fake.connections_opened == 1
+    assert [r.status for r in fake.requests if r.path == "/connect"] == [401, 401, 401]
 
 
 # frames, acks, redelivery -----------------------------------------------------------------------------------

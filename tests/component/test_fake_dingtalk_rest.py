@@ -287,6 +287,11 @@ async def test_fault_injection(fake: FakeDingTalk, http: httpx.AsyncClient) -> N
     fake.faults.fail("/v1.0/robot/*", kinds=["reset"])
     with pytest.raises(httpx.RemoteProtocolError):
         await http.post("/v1.0/robot/oToMessages/batchSend", json=send, headers=headers)
+    fake.faults.clear()
+    fake.faults.webhook_per_minute = 1
+    hook = fake.dm("user1001", "x")["sessionWebhook"]
+    text = {"msgtype": "text", "text": {"content": "hi"}}
+    assert [(await http.post(hook, json=text)).json()["errcode"] for _ in range(2)] == [0, 130101]
     faulted = [r.fault for r in fake.requests if r.fault]
     assert "reset" in faulted and "qps_limit" in faulted and "api_count_limit" in faulted
     assert all(r.t <= s.t for r, s in zip(fake.requests, fake.requests[1:], strict=False))

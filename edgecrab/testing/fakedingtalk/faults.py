@@ -138,7 +138,7 @@ class DelayRule:
 class FaultPlan:
     """What goes wrong, and when. Attributes may be changed at any time; ``clear()`` resets everything."""
 
-    state: FakeState
+    state: FakeState = field(repr=False)
     rules: list[FailRule] = field(default_factory=list)
     delays: list[DelayRule] = field(default_factory=list)
     reject_credentials: bool = False  # open-connection answers 401 authFailed even to the right secret

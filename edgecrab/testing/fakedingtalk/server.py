@@ -360,7 +360,7 @@ class FakeDingTalk(PayloadBuilder, Observation):
             raise asyncio.CancelledError from None
         if response is None:
             response = await handler(request)
-        if request.path != "/connect" or fault:
+        if not isinstance(response, web.WebSocketResponse):  # a rejected handshake is recorded too
             answer: Any = None
             if isinstance(response, web.Response) and response.body is not None:
                 with contextlib.suppress(ValueError, TypeError):
