@@ -18,12 +18,9 @@ from edgecrab.testing.fakedingtalk import (
     FakeApp,
     FakeDingTalk,
 )
+from tests.component.fakeclient import OPEN, SUBS, TOKEN, token
 
 pytestmark = pytest.mark.anyio
-
-TOKEN = "x-acs-dingtalk-access-token"
-OPEN = "/v1.0/gateway/connections/open"
-SUBS = [{"type": "CALLBACK", "topic": "/v1.0/im/bot/messages/get"}]
 
 
 @pytest.fixture
@@ -36,12 +33,6 @@ async def fake() -> AsyncIterator[FakeDingTalk]:
 async def http(fake: FakeDingTalk) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=fake.base_url, timeout=5) as client:
         yield client
-
-
-async def token(http: httpx.AsyncClient, key: str = DEFAULT_APP_KEY, secret: str = DEFAULT_APP_SECRET) -> str:
-    response = await http.post("/v1.0/oauth2/accessToken", json={"appKey": key, "appSecret": secret})
-    assert response.status_code == 200, response.text
-    return response.json()["accessToken"]
 
 
 async def test_payload_builders_follow_the_reference(fake: FakeDingTalk) -> None:

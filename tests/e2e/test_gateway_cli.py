@@ -1,0 +1,217 @@
+"""End to end: ``edgecrab gateway start`` as a subprocess against the fake DingTalk and a fake
+OpenAI-compatible server, both on 127.0.0.1, both started by the test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from edgecrab.testing.fake_openai import FakeOpenAI
+from edgecrab.testing.fakedingtalk import FakeDingTalk
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+
+
+def write_config(path: Path, fake: FakeDingTalk, llm: FakeOpenAI, **sessions: str) -> Path:
+    extra = "".join(f"\n  {k}: {v}" for k, v in sessions.items())
+    path.write_text(
+        f"""
+platforms:
+  dingtalk:
+    app_key: ${{DINGTALK_APP_KEY}}
+    app_secret: ${{DINGTALK_APP_SECRET}}
+    api_base: {fake.base_url}
+    chunk_interval_ms: 20
+    reconnect_initial_s: 0.1
+    reconnect_max_s: 1
+agent:
+  type: openai
+  base_url: {llm.base_url}
+  model: fake-model
+  api_key: ${{FAKE_LLM_KEY}}
+  system_prompt: You are a test assistant.
+  timeout_s: 20
+sessions:
+  history_limit: 10{extra}
+storage:
+  url: sqlite:///{path.parent / "state.db"}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+class GatewayProcess:
+    def __init__(self, proc: anyio.abc.Process, log_path: Path) -> None:
+        self.proc = proc
+        self.log_path = log_path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[tuple[FakeDingTalk, FakeOpenAI, Path]]:
+    async with FakeDingTalk() as fake, FakeOpenAI(api_key="sk-test-llm-key-123") as llm:
+        yield fake, llm, tmp_path
+
+
+async def start_gateway(fake: FakeDingTalk, config: Path) -> GatewayProcess:
+    app = fake.apps[0]
+    env = dict(os.environ, DINGTALK_APP_KEY=app.client_id, DINGTALK_APP_SECRET=app.client_secret,
+               FAKE_LLM_KEY="sk-test-llm-key-123", EDGECRAB_HOME=str(config.parent))
+    env.pop("EDGECRAB_CONFIG", None)
+    log_path = config.parent / "gateway.log"
+    log_file = open(log_path, "wb")  # noqa: SIM115 - closed by the OS when the process ends
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "edgecrab", "--config", str(config), "--log-level", "info", "gateway", "start"],
+        env=env, stdout=log_file, stderr=subprocess.STDOUT,
+    )
+    log_file.close()
+    gw = GatewayProcess(proc, log_path)
+    await fake.wait_for(lambda: len(fake.connections) >= 1, 15)
+    return gw
+
+
+async def stop_gateway(gw: GatewayProcess) -> tuple[int, float]:
+    started = time.monotonic()
+    gw.proc.send_signal(signal.SIGTERM)
+    with anyio.fail_after(10):
+        code = await gw.proc.wait()
+    return code, time.monotonic() - started
+
+
+async def say(fake: FakeDingTalk, data: dict, n_replies: int, timeout: float = 10) -> list[str]:
+    cid = data["conversationId"]
+    await fake.push(data)
+    await fake.wait_for(lambda: len(fake.messages_for(cid)) >= n_replies, timeout)
+    return [m.text for m in fake.messages_for(cid)]
+
+
+async def test_dm_conversation_carries_history_and_usage(stack) -> None:
+    fake, llm, tmp = stack
+    gw = await start_gateway(fake, write_config(tmp / "edgecrab.yaml", fake, llm))
+    try:
+        user = fake.users[0]
+        texts = await say(fake, fake.dm(user, "my name is Ada"), 1)
+        assert "You said: my name is Ada" in texts[0]
+        await say(fake, fake.dm(user, "what is my name?"), 2)
+        second = llm.requests[1]["messages"]
+        assert second[0] == {"role": "system", "content": "You are a test assistant."}
+        assert {"role": "user", "content": "my name is Ada"} in second
+        assert any(m["role"] == "assistant" and "my name is Ada" in m["content"] for m in second)
+        assert second[-1] == {"role": "user", "content": "what is my name?"}
+        texts = await say(fake, fake.dm(user, "/usage"), 3)
+        prompt = sum(u["prompt_tokens"] for u in llm.usages)
+        completion = sum(u["completion_tokens"] for u in llm.usages)
+        assert f"Tokens: {prompt} prompt, {completion} completion" in texts[2]
+        assert "Turns: 2" in texts[2]
+    finally:
+        code, elapsed = await stop_gateway(gw)
+    assert code == 0 and elapsed < 5, gw.log
+    assert "sk-test-llm-key-123" not in gw.log
+    assert fake.apps[0].client_secret not in gw.log
+
+
+async def test_stop_ends_a_slow_stream_within_a_second(stack) -> None:
+    fake, llm, tmp = stack
+    llm.configure({"token_delay_s": 0.5, "reply": " ".join(["word"] * 60)})
+    gw = await start_gateway(fake, write_config(tmp / "edgecrab.yaml", fake, llm))
+    try:
+        user = fake.users[1]
+        data = fake.dm(user, "tell me a long story")
+        cid = data["conversationId"]
+        await fake.push(data)
+        await llm.wait_requests(1)
+        await anyio.sleep(1.0)  # a few tokens have streamed
+        before = llm.disconnects
+        started = time.monotonic()
+        await fake.push(fake.dm(user, "/stop"))
+        await llm.wait_disconnects(before + 1)
+        assert time.monotonic() - started < 1.0
+        await fake.wait_for(lambda: len(fake.messages_for(cid)) >= 1, 5)
+        await anyio.sleep(0.5)
+        texts = [m.text for m in fake.messages_for(cid)]
+        assert len(texts) == 1 and texts[0].startswith("⏹ Stopped")
+        texts = await say(fake, fake.dm(user, "/status"), 2)
+        assert "Idle" in texts[1]
+    finally:
+        await stop_gateway(gw)
+
+
+async def test_retry_drops_the_last_answer_and_runs_again(stack) -> None:
+    fake, llm, tmp = stack
+    gw = await start_gateway(fake, write_config(tmp / "edgecrab.yaml", fake, llm))
+    try:
+        user = fake.users[2]
+        await say(fake, fake.dm(user, "first question"), 1)
+        texts = await say(fake, fake.dm(user, "/retry"), 2)
+        assert "You said: first question" in texts[1]
+        retried = llm.requests[1]["messages"]
+        # The dropped answer is not in the retried conversation.
+        assert [m["role"] for m in retried] == ["system", "user"]
+        assert retried[-1]["content"] == "first question"
+    finally:
+        await stop_gateway(gw)
+
+
+async def test_group_and_dm_sessions_are_separate(stack) -> None:
+    fake, llm, tmp = stack
+    gw = await start_gateway(fake, write_config(tmp / "edgecrab.yaml", fake, llm))
+    try:
+        user = fake.users[0]
+        await say(fake, fake.dm(user, "secret DM plan"), 1)
+        await say(fake, fake.group(user, "team question", conversation_id="cidTeam01=="), 1)
+        group_request = llm.requests[1]["messages"]
+        assert all("secret DM plan" not in m["content"] for m in group_request)
+        texts = [m for m in fake.messages_for("cidTeam01==")]
+        assert user.staff_id in texts[0].at_user_ids  # the asker is @-mentioned in groups
+    finally:
+        await stop_gateway(gw)
+
+
+async def test_busy_queue_policy_answers_in_order(stack) -> None:
+    fake, llm, tmp = stack
+    llm.configure({"delay_s": 0.8})
+    gw = await start_gateway(fake, write_config(tmp / "edgecrab.yaml", fake, llm))
+    try:
+        user = fake.users[3]
+        first = fake.dm(user, "one")
+        cid = first["conversationId"]
+        await fake.push(first)
+        await llm.wait_requests(1)
+        await fake.push(fake.dm(user, "two"))
+        await fake.wait_for(lambda: len(fake.messages_for(cid)) >= 3, 10)
+        texts = [m.text for m in fake.messages_for(cid)]
+        assert texts[0].startswith("⏳ Queued — position 1")
+        assert "You said: one" in texts[1] and "You said: two" in texts[2]
+    finally:
+        await stop_gateway(gw)
+
+
+async def test_reject_policy_says_busy(stack) -> None:
+    fake, llm, tmp = stack
+    llm.configure({"delay_s": 0.8})
+    gw = await start_gateway(fake, write_config(tmp / "edgecrab.yaml", fake, llm, busy_policy="reject"))
+    try:
+        user = fake.users[3]
+        first = fake.dm(user, "one")
+        cid = first["conversationId"]
+        await fake.push(first)
+        await llm.wait_requests(1)
+        await fake.push(fake.dm(user, "two"))
+        await fake.wait_for(lambda: len(fake.messages_for(cid)) >= 2, 10)
+        texts = [m.text for m in fake.messages_for(cid)]
+        assert "still working" in texts[0] and "You said: one" in texts[1]
+        assert len(llm.requests) == 1
+    finally:
+        await stop_gateway(gw)
