@@ -22,6 +22,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from edgecrab import router
 from edgecrab._configsource import ENV_HINTS, KeyPath, format_path, line_of, type_word_of
 from edgecrab.errors import Problem
 
@@ -122,7 +123,7 @@ def _coerce(text: str, types: list[str]) -> Any:
 
 # --- rules beyond the schema ----------------------------------------------------------------------------
 
-BUILTIN_COMMANDS = ("/help", "/new", "/reset", "/stop", "/retry", "/status", "/usage", "/hooks")
+BUILTIN_COMMANDS: tuple[str, ...] = tuple(router.BUILTIN_COMMANDS)
 
 
 def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> list[Problem]:

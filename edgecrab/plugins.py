@@ -44,7 +44,7 @@ from typing import Any
 
 import pluggy
 
-from edgecrab import hookspecs
+from edgecrab import hookspecs, router
 from edgecrab.config import Config, HooksConfig
 from edgecrab.errors import HookLoadError, Problem
 from edgecrab.hookcall import HookCommand, HookRunner, HookSource, def_line
@@ -52,7 +52,7 @@ from edgecrab.hookcall import HookCommand, HookRunner, HookSource, def_line
 log = logging.getLogger("edgecrab.hooks")
 
 ENTRY_POINT_GROUP = "edgecrab"
-BUILTIN_COMMANDS = ("/help", "/new", "/reset", "/stop", "/retry", "/status", "/usage", "/hooks")
+BUILTIN_COMMANDS: tuple[str, ...] = tuple(router.BUILTIN_COMMANDS)
 HOOK_NAMES: tuple[str, ...] = tuple(
     name for name, obj in vars(hookspecs).items() if getattr(obj, "edgecrab_spec", None) is not None
 )
