@@ -3,7 +3,8 @@
 :mod:`edgecrab.chunking` needs to know, for any offset, whether a split there would fall inside a code
 fence (so the fence must be closed and reopened), inside a markdown table (so the header can be repeated),
 or inside a fence delimiter line or a user-perceived character (so the split should move). This module
-answers those questions after one regex-driven pass over the text, so the chunker stays linear.
+answers those questions after one pass over the text (``str.find`` for candidate lines, then one anchored
+match per line), so the chunker stays linear.
 
 Fences follow CommonMark loosely: a line of at least three backticks or tildes opens a fence (a backtick
 info string may not contain a backtick); the fence closes at a line of the same character, at least as
@@ -77,12 +78,6 @@ class TextScan:
         """The last fence whose opener starts strictly before ``pos``."""
         i = bisect.bisect_left(self.fence_starts, pos) - 1
         return self.fences[i] if i >= 0 else None
-
-    def fence_overlaps(self, start: int, end: int) -> bool:
-        """Whether some fence's lines overlap ``[start, end)``."""
-        # Fences are sorted and disjoint, so only the last one opening before ``end`` can reach ``start``.
-        fence = self.fence_before(end)
-        return fence is not None and fence.close_end > start
 
     def open_fence_at(self, pos: int) -> Fence | None:
         """The fence a split at ``pos`` would cut through (content side), if any."""

@@ -1,21 +1,36 @@
 """The gateway's slash commands: what each of the eight does, plus those registered by hooks.
 
 Commands bypass the session queue: they are answered at once, and ``/stop`` cancels the run in flight.
+
+Replies are markdown that reads well both ways: rendered by DingTalk (``reply_format: markdown``, where a
+single newline does not break a line, so multi-line answers are a heading line plus a ``-`` list, whose
+items always start a new line) and flattened to text (``reply_format: text``). Every reply starts with
+an emoji saying what kind of answer it is: ⏹ stopped, ✨ fresh start, 🟢 idle, 🟡 running, 📊 stats,
+🪝 hooks, ❓ unknown, 📖 help.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from edgecrab.config import CommandsConfig
-from edgecrab.events import Command, Message
+from edgecrab.events import Command, Message, SessionInfo
 from edgecrab.router import BUILTIN_COMMANDS, HelpEntry, help_text, resolve_alias, unknown_command_text
 from edgecrab.runs import Runner
 
 Reply = Callable[[Message, str, str], Awaitable[None]]
+
+HOOK_EXAMPLE = """```python
+from edgecrab import hookimpl
+
+@hookimpl
+def prepare_reply(reply):
+    return reply + "\\n\\n(sent by edgecrab)"
+```"""
 
 
 @dataclass
@@ -25,7 +40,8 @@ class ConnectionInfo:
     state: Callable[[], str]
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 5 s``, ``2 h 10 min``, ``3 d 4 h``."""
     seconds = int(seconds)
     if seconds < 60:
         return f"{seconds} s"
@@ -34,6 +50,23 @@ def _duration(seconds: float) -> str:
     if seconds < 86400:
         return f"{seconds // 3600} h {seconds % 3600 // 60} min"
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _preview(text: str, limit: int = 40) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def _display_path(path: str) -> str:
+    """A hook file relative to the working directory when it lies under it (shorter, machine-independent)."""
+    if not os.path.isabs(path):
+        return path
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 class Commands:
@@ -72,7 +105,7 @@ class Commands:
             await self.hooks.notify("command_received", command=resolved, message=message)
         name = resolved.name
         if name == "/help":
-            text = self.help()
+            text = "📖 " + self.help()
         elif name == "/new":
             text = await self._new(message, key)
         elif name == "/stop":
@@ -81,13 +114,15 @@ class Commands:
             await self.runner.submit(message, retry=True)
             return True
         elif name == "/status":
-            text = self._status(key)
+            text = self._status(message, key)
         elif name == "/usage":
             text = await self._usage(key)
         elif name == "/hooks":
-            text = self.hooks.listing_text(running=True) if self.hooks is not None else "No hooks loaded."
+            text = self._hooks()
         elif name in self.hook_commands:
             text = await self.hook_commands[name].call(resolved, message)
+            if not text:
+                return True  # the hook asked for no answer
         elif self.config.forward_unknown:
             return False
         else:
@@ -96,49 +131,104 @@ class Commands:
         return True
 
     async def _new(self, message: Message, key: str) -> str:
-        running, dropped = self.runner.stop(key)
-        if running:
-            await self._cancel_outbox(message)
+        running, dropped = await self.runner.reset(key)
+        await self._cancel_outbox(message)
         await self.store.session_reset(key, time.time())
         if self.hooks is not None:
-            from edgecrab.events import SessionInfo
-
             await self.hooks.notify("session_reset", session=SessionInfo(key=key, message=message))
-        extra = " The running reply was cancelled." if running else ""
-        return f"✨ New conversation started — history cleared.{extra}"
+        text = "✨ New conversation started — history cleared."
+        if running:
+            text += " I stopped the answer in progress."
+        if dropped:
+            text += f" Dropped {_plural(len(dropped), 'queued message')}."
+        return text
 
     async def _stop(self, message: Message, key: str) -> str:
-        running, dropped = self.runner.stop(key)
-        cancelled_chunks = await self._cancel_outbox(message)
-        if not running and not dropped and not cancelled_chunks:
-            return "Nothing is running — there was nothing to stop."
-        parts = ["⏹ Stopped."]
-        if dropped:
-            parts.append(f"Cleared {len(dropped)} queued message{'s' if len(dropped) != 1 else ''}.")
-        return " ".join(parts)
-
-    def _status(self, key: str) -> str:
-        running, elapsed, queued, preview = self.runner.status(key)
+        running, dropped = await self.runner.stop(key)
+        unsent = await self._cancel_outbox(message)
+        if not running and not dropped and not unsent:
+            return "🟢 Nothing is running — there's nothing to stop."
         if running:
-            lines = [f"🟡 Running for {_duration(elapsed)}" + (f" — “{preview}”" if preview else "")]
+            text = "⏹ Stopped the answer in progress."
+        elif unsent:
+            text = "⏹ Stopped — the rest of the answer won't be sent."
         else:
-            lines = ["🟢 Idle"]
-        lines.append(f"Queue: {queued} message{'s' if queued != 1 else ''} waiting")
-        lines.append(f"DingTalk: {self.connection.state()}")
-        lines.append(f"Session: `{key}`")
-        return "  \n".join(lines)
+            text = "⏹ Stopped."
+        if dropped:
+            text += f" Cleared {_plural(len(dropped), 'queued message')}."
+        return text
+
+    def _scope(self, message: Message) -> str:
+        if not message.conversation.is_group:
+            return "direct message"
+        if self.runner.config.group_scope == "per_user":
+            return "group, one conversation per member"
+        return "group, shared by everyone"
+
+    def _status(self, message: Message, key: str) -> str:
+        st = self.runner.status(key)
+        if st.running:
+            head = f"🟡 **Running** for {duration(st.elapsed_s)}"
+            if st.preview.strip():
+                head += f" — “{_preview(st.preview)}”"
+        else:
+            head = "🟢 **Idle** — ready for your next message"
+        return "\n".join(
+            [
+                head,
+                "",
+                f"- Queue: {_plural(st.queued, 'message')} waiting",
+                f"- DingTalk: {self.connection.state()}",
+                f"- Session: {self._scope(message)} (`{key}`)",
+            ]
+        )
 
     async def _usage(self, key: str) -> str:
         stats = await self.store.session_stats(key)
         if stats is None:
-            return "No stats yet — this session has not talked to the agent."
+            return "📊 No stats yet — this conversation hasn't talked to the agent."
         age = time.time() - stats.created_at
-        return "  \n".join([
-            "**Session stats**",
-            f"Turns: {stats.turns}",
-            f"Messages: {stats.messages_in} in, {stats.messages_out} out",
-            f"Tokens: {stats.prompt_tokens} prompt, {stats.completion_tokens} completion",
-            f"Agent time: {stats.agent_seconds:.1f} s",
-            f"Session age: {_duration(age)}",
-            f"Chunks sent: {stats.chunks_sent}",
-        ])
+        return "\n".join(
+            [
+                "📊 **Session stats**",
+                "",
+                f"- Turns: {stats.turns}",
+                f"- Messages: {stats.messages_in} in, {stats.messages_out} out",
+                f"- Tokens: {stats.prompt_tokens} prompt, {stats.completion_tokens} completion",
+                f"- Agent time: {stats.agent_seconds:.1f} s",
+                f"- Session age: {duration(age)}",
+                f"- Chunks sent: {stats.chunks_sent}",
+            ]
+        )
+
+    def _hooks(self) -> str:
+        infos = self.hooks.listing() if self.hooks is not None else []
+        if not infos:
+            return "\n".join(
+                [
+                    "🪝 **No hooks loaded.**",
+                    "",
+                    "To add one, put a Python file in a hooks folder (`hooks.paths` in the config), "
+                    "for example `hooks/10_hello.py`:",
+                    "",
+                    HOOK_EXAMPLE,
+                    "",
+                    "Every hook is described in docs/hooks.md.",
+                ]
+            )
+        counts = {s: sum(1 for i in infos if i.status == s) for s in ("loaded", "failed", "disabled")}
+        lines = ["🪝 **Hooks:** " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), ""]
+        for info in infos:
+            line = f"- **{info.name}** ({info.status}) `{_display_path(info.path)}`"
+            if info.hooks:
+                line += ": " + ", ".join(info.hooks)
+            if info.error:
+                line += f" — {info.error}"
+            if info.status == "loaded":
+                line += f" · {_plural(info.calls, 'call')}, {_plural(info.errors, 'error')}"
+                if info.timeouts:
+                    line += f", {_plural(info.timeouts, 'timeout')}"
+            lines.append(line)
+        if self.hook_commands:
+            lines += ["", "Commands added by hooks: " + ", ".join(sorted(self.hook_commands)) + "."]
+        return "\n".join(lines)

@@ -3,12 +3,23 @@
 Every reply (agent answers, command answers, notices) goes through :meth:`Delivery.enqueue`, which
 formats it, splits it and records all its chunks in the store's outbox before anything is sent. One
 worker per conversation then sends that conversation's chunks strictly in order: chunk k+1 leaves only
-after chunk k succeeded, at least ``chunk_interval_ms`` later (DingTalk shows messages sent within the
-same second out of order). A restart resumes from the ledger, so chunks are neither lost nor repeated.
+after chunk k succeeded, at least ``chunk_interval_s`` after it (DingTalk shows messages sent within the
+same second out of order). The pause is kept per conversation, not per worker, so it also holds between
+two replies. A restart resumes from the ledger, so chunks are neither lost nor repeated.
+
+A chunk DingTalk rejects as too long (``460101``, or the OpenAPI's body-size error) is never dropped: it
+is split again with half the character budget and the pieces are sent in its place, halving again if a
+piece is still refused. The pieces still to send are kept in the store (``kv``) while that happens, so a
+restart half-way through a re-split chunk repeats nothing either.
+
+``/stop`` and ``/new`` call :meth:`Delivery.cancel`: the unsent chunks are marked cancelled in the ledger
+and the conversation's epoch is bumped, so a worker that has already read them re-reads the ledger
+before its next send (and gives up waiting to retry one).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -24,6 +35,9 @@ from edgecrab.events import Message, ReplyRoute
 from edgecrab.store.base import PENDING, SENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
 
 log = logging.getLogger("edgecrab.delivery")
+
+TOO_LONG_CODES = frozenset({"460101", "InvalidParameter.BodyTooLarge"})
+""""Message too long": ``460101`` from the sessionWebhook; the OpenAPI's body-size code (inferred)."""
 
 
 class SendOutcome(Protocol):
@@ -58,6 +72,14 @@ def conversation_key(route: ReplyRoute) -> str:
     return f"{route.robot_code}:{route.conversation_id}"
 
 
+def _split_key(chunk: OutboxChunk) -> str:
+    return f"delivery:split:{chunk.reply_id}:{chunk.index}"
+
+
+# What sending one message came to.
+_OK, _TOO_LONG, _FAILED, _CANCELLED = "ok", "too long", "failed", "cancelled"
+
+
 class Delivery:
     def __init__(
         self,
@@ -67,23 +89,32 @@ class Delivery:
         *,
         chunk_interval_s: float = 0.3,
         retry_delay_s: float = 2.0,
+        max_retry_delay_s: float = 30.0,
         max_rounds: int = 5,
         notify: Notifier | None = None,
     ) -> None:
+        """``retry_delay_s`` doubles per round up to ``max_retry_delay_s``; ``max_rounds`` tries per
+        message (on top of the sender's own retries) before the reply is given up as undeliverable."""
         self.store = store
         self.sender = sender
         self.format = fmt
         self.chunk_interval_s = chunk_interval_s
         self.retry_delay_s = retry_delay_s
+        self.max_retry_delay_s = max_retry_delay_s
         self.max_rounds = max_rounds
         self._notify = notify
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers: dict[str, anyio.Event] = {}
+        """Live workers by conversation; the event is set when new chunks arrive while one works."""
         self._epochs: dict[str, int] = {}
         """Bumped by cancel(): a worker holding an older epoch re-reads the ledger before sending."""
+        self._last_sent: dict[str, float] = {}
+        """Monotonic time of each conversation's last accepted message (the pacing reference)."""
         self._replies: dict[str, tuple[str, Message | None]] = {}
         self.sent_chunks = 0
+        """Messages DingTalk accepted (a re-split chunk counts once per piece)."""
         self.failed_replies = 0
+        self.resplits = 0
 
     # -- enqueue -----------------------------------------------------------------------------------
     async def enqueue(
@@ -128,16 +159,38 @@ class Delivery:
             )
             for i, c in enumerate(chunks)
         ]
+        if not rows:
+            log.warning("[delivery] empty reply to %s not sent", ckey)
+            return reply_id
         await self.store.outbox_add(rows)
         self._replies[reply_id] = (text, message)
         self._wake(ckey)
         return reply_id
 
-    async def cancel(self, route: ReplyRoute) -> int:
-        """Drop the unsent chunks of a conversation (``/stop``: nothing more of that answer is sent)."""
+    async def cancel(self, route: ReplyRoute, *, session_key: str | None = None) -> int:
+        """Drop unsent chunks (``/stop``, ``/new``: nothing more of that answer is sent).
+
+        With ``session_key``, only that session's replies are dropped: in a group with
+        ``group_scope: per_user`` one member's ``/stop`` must not silence another's answer.
+        Returns how many chunks were dropped.
+        """
         ckey = conversation_key(route)
         self._epochs[ckey] = self._epochs.get(ckey, 0) + 1
-        return await self.store.outbox_cancel(ckey)
+        pending = await self.store.outbox_pending(ckey)
+        reply_ids = list(
+            dict.fromkeys(c.reply_id for c in pending if session_key is None or c.session_key == session_key)
+        )
+        if session_key is None:
+            dropped = await self.store.outbox_cancel(ckey)
+        else:
+            dropped = 0
+            for reply_id in reply_ids:
+                dropped += await self.store.outbox_cancel(ckey, reply_id)
+        for reply_id in reply_ids:
+            self._replies.pop(reply_id, None)
+        if dropped:
+            log.info("[delivery] %d unsent chunk(s) to %s cancelled", dropped, ckey)
+        return dropped
 
     # -- workers -----------------------------------------------------------------------------------
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -157,65 +210,182 @@ class Delivery:
             return
         if self._tg is None:
             return  # run() will pick it up from the ledger
+        self._forget_old_pacing()
         self._workers[ckey] = anyio.Event()
         self._tg.start_soon(self._worker, ckey)
 
+    def _forget_old_pacing(self) -> None:
+        if len(self._last_sent) < 1024:
+            return
+        horizon = time.monotonic() - self.chunk_interval_s
+        self._last_sent = {k: t for k, t in self._last_sent.items() if t > horizon or k in self._workers}
+
     async def _worker(self, ckey: str) -> None:
-        last_sent = 0.0
         try:
             while True:
-                self._workers[ckey] = anyio.Event()
+                woken = self._workers[ckey] = anyio.Event()
                 pending = await self.store.outbox_pending(ckey)
                 if not pending:
+                    if woken.is_set():
+                        continue  # chunks were added while we looked: look again
                     return
                 epoch = self._epochs.get(ckey, 0)
                 for chunk in pending:
-                    wait = self.chunk_interval_s - (time.monotonic() - last_sent)
-                    if last_sent and wait > 0:
-                        await anyio.sleep(wait)
-                    if self._epochs.get(ckey, 0) != epoch:
-                        break  # /stop cancelled chunks we had read: re-read the ledger
-                    if not await self._deliver(chunk):
-                        break  # the rest of this reply was marked undeliverable; re-read the ledger
-                    last_sent = time.monotonic()
+                    if not await self._deliver(chunk, epoch):
+                        break  # cancelled, or the rest of the reply was given up: re-read the ledger
         finally:
             self._workers.pop(ckey, None)
 
-    async def _deliver(self, chunk: OutboxChunk) -> bool:
+    async def _pace(self, ckey: str) -> None:
+        last = self._last_sent.get(ckey)
+        if last is not None:
+            wait = self.chunk_interval_s - (time.monotonic() - last)
+            if wait > 0:
+                await anyio.sleep(wait)
+
+    def _cancelled(self, chunk: OutboxChunk, epoch: int) -> bool:
+        return self._epochs.get(chunk.conversation_key, 0) != epoch
+
+    async def _deliver(self, chunk: OutboxChunk, epoch: int) -> bool:
+        """Send one ledger chunk (as several messages if DingTalk finds it too long). True when sent."""
         route = ReplyRoute.from_dict(chunk.route)
-        await self.store.outbox_mark(chunk.reply_id, chunk.index, SENDING)
+        pieces = await self._load_pieces(chunk)
+        split = pieces is not None
+        if pieces is None:
+            pieces = [chunk.text]
+        elif pieces:
+            log.info(
+                "[delivery] resuming re-split chunk %d/%d of %s: %d piece(s) left",
+                chunk.index + 1,
+                chunk.total,
+                chunk.reply_id,
+                len(pieces),
+            )
+        while pieces:
+            # The chunker keeps boundary whitespace at the end of the earlier chunk (lossless joins);
+            # trailing blank lines in a message only make the bubble taller, and DingTalk refuses blank ones.
+            if not pieces[0].strip():
+                pieces.pop(0)
+                continue
+            await self._pace(chunk.conversation_key)
+            if self._cancelled(chunk, epoch):
+                return False
+            await self.store.outbox_mark(chunk.reply_id, chunk.index, SENDING)
+            mention = chunk.mention and len(pieces) == 1
+            outcome, error = await self._send(chunk, route, pieces[0].rstrip(), mention, epoch)
+            if outcome == _OK:
+                pieces.pop(0)
+                if split:
+                    await self._save_pieces(chunk, pieces)
+                continue
+            if outcome == _CANCELLED:
+                return False
+            if outcome == _TOO_LONG:
+                smaller = self._smaller(pieces[0])
+                if smaller is not None:
+                    self.resplits += 1
+                    log.warning(
+                        "[delivery] chunk %d/%d of %s too long for DingTalk (%s); sending it as %d "
+                        "smaller pieces",
+                        chunk.index + 1,
+                        chunk.total,
+                        chunk.reply_id,
+                        error,
+                        len(smaller),
+                    )
+                    pieces[:1] = smaller
+                    split = True
+                    await self._save_pieces(chunk, pieces)
+                    continue
+            await self._give_up(chunk, error)
+            return False
+        await self.store.outbox_mark(chunk.reply_id, chunk.index, SENT)
+        if chunk.index == chunk.total - 1:
+            await self._finished(chunk.reply_id, None)
+        return True
+
+    async def _send(
+        self, chunk: OutboxChunk, route: ReplyRoute, text: str, mention: bool, epoch: int
+    ) -> tuple[str, str]:
+        """One message, retried in rounds with a growing pause; ``(outcome, error)``."""
         error = ""
         for round_ in range(self.max_rounds):
             try:
                 result = await self.sender.send(
-                    route, text=chunk.text, title=chunk.title, mention=chunk.mention, fmt=self.format.fmt
+                    route, text=text, title=chunk.title, mention=mention, fmt=self.format.fmt
                 )
             except Exception as exc:  # a bug or an unexpected transport failure: retry, then give up
-                log.exception("[delivery] sending chunk %d/%d of %s failed", chunk.index + 1, chunk.total,
-                              chunk.reply_id)
+                log.exception(
+                    "[delivery] sending chunk %d/%d of %s failed",
+                    chunk.index + 1,
+                    chunk.total,
+                    chunk.reply_id,
+                )
                 error = f"{type(exc).__name__}: {exc}"
             else:
                 if result.ok:
-                    await self.store.outbox_mark(chunk.reply_id, chunk.index, SENT)
+                    self._last_sent[chunk.conversation_key] = time.monotonic()
                     self.sent_chunks += 1
                     if chunk.session_key:
                         await self.store.usage_add(chunk.session_key, UsageDelta(chunks_sent=1), time.time())
-                    if chunk.index == chunk.total - 1:
-                        await self._finished(chunk.reply_id, None)
-                    return True
+                    return _OK, ""
                 error = f"{result.code} {result.message}".strip()
+                if result.code in TOO_LONG_CODES:
+                    return _TOO_LONG, error
                 if result.permanent:
-                    break
-            delay = self.retry_delay_s * (2**round_)
-            log.warning("[delivery] chunk %d/%d for %s not delivered (%s); trying again in %.1f s",
-                        chunk.index + 1, chunk.total, chunk.conversation_key, error, delay)
+                    return _FAILED, error
+            if round_ == self.max_rounds - 1:
+                break
+            delay = min(self.max_retry_delay_s, self.retry_delay_s * 2**round_)
+            log.warning(
+                "[delivery] chunk %d/%d for %s not delivered (%s); trying again in %.1f s",
+                chunk.index + 1,
+                chunk.total,
+                chunk.conversation_key,
+                error,
+                delay,
+            )
             await anyio.sleep(delay)
+            if self._cancelled(chunk, epoch):
+                return _CANCELLED, ""
+        return _FAILED, error
+
+    def _smaller(self, text: str) -> list[str] | None:
+        """``text`` split with half its character budget (fences closed and reopened); None if it can't be."""
+        if len(text) < 2:
+            return None
+        fmt = self.format
+        try:
+            parts = split_text(
+                text,
+                max_chars=(len(text) + 1) // 2,
+                max_bytes=fmt.max_bytes,
+                overhead_bytes=fmt.overhead_bytes,
+            )
+        except ValueError:
+            return None
+        return [p.text for p in parts] if len(parts) > 1 else None
+
+    async def _load_pieces(self, chunk: OutboxChunk) -> list[str] | None:
+        """The pieces of a re-split chunk still to send (after a restart), or None if never re-split."""
+        raw = await self.store.kv_get(_split_key(chunk))
+        if not raw:
+            return None
+        try:
+            pieces = json.loads(raw)
+        except ValueError:
+            return None
+        return [str(p) for p in pieces] if isinstance(pieces, list) else None
+
+    async def _save_pieces(self, chunk: OutboxChunk, pieces: list[str]) -> None:
+        await self.store.kv_set(_split_key(chunk), json.dumps(pieces, ensure_ascii=False))
+
+    async def _give_up(self, chunk: OutboxChunk, error: str) -> None:
         log.error("[delivery] giving up on reply %s to %s: %s", chunk.reply_id, chunk.conversation_key, error)
         await self.store.outbox_cancel(chunk.conversation_key, chunk.reply_id)
         await self.store.outbox_mark(chunk.reply_id, chunk.index, UNDELIVERABLE, error)
         self.failed_replies += 1
         await self._finished(chunk.reply_id, error or "undeliverable")
-        return False
 
     async def _finished(self, reply_id: str, error: str | None) -> None:
         text, message = self._replies.pop(reply_id, ("", None))
@@ -227,4 +397,4 @@ class Delivery:
             await self._notify("send_failed", text, error, message)
 
 
-__all__ = ["Delivery", "Format", "ChunkSender", "conversation_key", "SENT", "PENDING"]
+__all__ = ["Delivery", "Format", "ChunkSender", "TOO_LONG_CODES", "conversation_key", "SENT", "PENDING"]

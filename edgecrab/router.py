@@ -85,4 +85,4 @@ def help_text(
 
 
 def unknown_command_text(command: Command) -> str:
-    return f"Unknown command `{command.name}` — try /help"
+    return f"❓ Unknown command `{command.name}` — try /help"

@@ -1,12 +1,15 @@
-"""Sessions and agent runs: one run per session at a time, the busy policy, and the eight commands.
+"""Sessions and agent runs: one run per session at a time, the busy policy, /stop, /new and /retry.
 
 A session key is ``robot:dm:<sender>`` for a direct message and ``robot:group:<conversation>`` for a
 group (``...:<sender>`` with ``group_scope: per_user``), so DM and group sessions never mix and two
 robots never share history. The same key scopes history, the run slot, the queue and ``/stop``.
 
 Each busy session has one worker task (in the runner's task group) that takes queued messages in order.
-A run lives in its own cancel scope: ``/stop``, ``/new`` and the ``interrupt`` policy cancel exactly that
-scope, which closes the backend's HTTP stream or kills its subprocess.
+A session is *busy* from the moment its worker takes a message until that run's reply is handed to
+delivery, so a message arriving while the run is still preparing is queued (or rejected, or interrupts)
+like any other. The agent call lives in its own cancel scope: ``/stop``, ``/new`` and the ``interrupt``
+policy cancel exactly that scope, which closes the backend's HTTP stream or kills its subprocess. They
+also bump the session's epoch, so a run stopped before or after its agent call sends nothing either.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ log = logging.getLogger("edgecrab.runs")
 Reply = Callable[[Message, str, str], Awaitable[None]]
 """reply(message, text, session_key): send text to the message's conversation."""
 
+NO_RETRY_TEXT = "🤷 There's no earlier message to retry — just send me a new one."
+EMPTY_ANSWER_TEXT = "(the agent returned an empty answer — /retry to ask again)"
+
 
 def session_key(message: Message, group_scope: str = "shared") -> str:
     if not message.conversation.is_group:
@@ -38,6 +44,12 @@ def session_key(message: Message, group_scope: str = "shared") -> str:
     if group_scope == "per_user":
         return f"{message.robot}:group:{message.conversation.id}:{message.sender.key}"
     return f"{message.robot}:group:{message.conversation.id}"
+
+
+def failure_text(error: str) -> str:
+    """An agent failure as the user sees it: ``⚠️ The agent timed out after 120 s — /retry to try again.``"""
+    error = error.strip() or "the agent failed to answer — /retry to try again"
+    return f"⚠️ {error[:1].upper()}{error[1:]}"
 
 
 @dataclass(slots=True)
@@ -52,9 +64,21 @@ class _Session:
     queue: deque[_Item] = field(default_factory=deque)
     scope: anyio.CancelScope | None = None
     current: Message | None = None
+    """The message being answered, from the moment the worker takes it until its reply is handed over."""
     started: float = 0.0
     worker: bool = False
-    stopped: bool = False
+    epoch: int = 0
+    """Bumped by /stop, /new and interrupt: a run that started under an older epoch sends nothing."""
+    resets: int = 0
+    """Bumped by /new: a run that started before it writes nothing into the fresh session."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    running: bool
+    elapsed_s: float
+    queued: int
+    preview: str
 
 
 class Runner:
@@ -104,25 +128,45 @@ class Runner:
         """A message for the agent: run now, or follow the busy policy."""
         key = self.key(message)
         s = self._session(key)
-        busy = s.scope is not None or bool(s.queue)
+        busy = s.current is not None or bool(s.queue)
         policy = self.config.busy_policy
         if busy and policy == "reject":
-            await self._reply(message, "⏳ I'm still working on your previous message. Send /stop to cancel it, "
-                              "or wait for the answer.", key)
+            await self._reply(
+                message,
+                "⏳ I'm still working on your previous message. Wait for the answer, "
+                "or send /stop to cancel it.",
+                key,
+            )
             await self.store.inbox_set_state(message.robot, message.id, DONE, "rejected: busy")
             return
         if busy and policy == "interrupt":
-            self._cancel(s, clear_queue=True)
-        elif busy and len(s.queue) >= self.config.queue_limit:
-            await self._reply(message, f"⏳ The queue is full ({self.config.queue_limit} messages waiting). "
-                              "Send /stop to clear it, or try again later.", key)
+            running, dropped = self._cancel(s)
+            s.queue.append(_Item(message, retry))
+            self._start_worker(s)
+            await self._drop(dropped, "replaced by a newer message (interrupt)")
+            if running:
+                await self._reply(
+                    message, "⏹ Stopped the previous answer — working on your new message.", key
+                )
+            return
+        if busy and len(s.queue) >= self.config.queue_limit:
+            await self._reply(
+                message,
+                f"⏳ The queue is full ({self.config.queue_limit} messages waiting). "
+                "Try again when I've caught up, or send /stop to clear it.",
+                key,
+            )
             await self.store.inbox_set_state(message.robot, message.id, DONE, "rejected: queue full")
             return
         s.queue.append(_Item(message, retry))
-        if busy and policy == "queue":
-            await self._reply(message, f"⏳ Queued — position {len(s.queue)}. I'll answer when the current "
-                              "reply is done (/stop cancels).", key)
         self._start_worker(s)
+        if busy:
+            await self._reply(
+                message,
+                f"⏳ Queued — position {len(s.queue)}. I'll answer when the current "
+                "reply is done (/stop cancels).",
+                key,
+            )
 
     def _start_worker(self, s: _Session) -> None:
         if s.worker or self._tg is None:
@@ -134,67 +178,82 @@ class Runner:
         try:
             while s.queue:
                 item = s.queue.popleft()
-                await self._run_one(s, item)
+                s.current, s.started, s.scope = item.message, time.monotonic(), anyio.CancelScope()
+                try:
+                    await self._run_one(s, item, s.epoch, s.resets)
+                finally:
+                    s.current, s.scope = None, None
         finally:
             s.worker = False
-            if not s.queue and s.scope is None:
-                self._sessions.pop(s.key, None)
+            if not s.queue and self._sessions.get(s.key) is s:
+                del self._sessions[s.key]
 
     # -- one run -------------------------------------------------------------------------------------
-    async def _run_one(self, s: _Session, item: _Item) -> None:
-        message = item.message
-        key = s.key
+    async def _run_one(self, s: _Session, item: _Item, epoch: int, resets: int) -> None:
+        message, key = item.message, s.key
         now = time.time()
-        await self.store.session_ensure(key, now)
         await self.store.inbox_set_state(message.robot, message.id, PROCESSING)
+        await self._expire_if_idle(key, now)
+        await self.store.session_ensure(key, now)
         text = message.agent_text()
         if item.retry:
-            popped = await self.store.history_pop_last_exchange(key)
-            if popped is not None:
-                text = popped.content
-            else:
-                stats = await self.store.session_stats(key)
-                text = stats.last_user_text if stats else ""
+            text = await self._retry_text(key)
             if not text:
-                await self._reply(message, "There's no previous message to retry.", key)
-                await self.store.inbox_set_state(message.robot, message.id, DONE)
+                await self._reply(message, NO_RETRY_TEXT, key)
+                await self.store.inbox_set_state(message.robot, message.id, DONE, "nothing to retry")
                 return
+        if s.epoch != epoch:
+            await self.store.inbox_set_state(message.robot, message.id, DONE, "stopped before it started")
+            return
         history = await self.store.history(key, self.config.history_limit)
         request = AgentRequest(
-            messages=[{"role": t.role, "content": t.content} for t in history] + [{"role": "user", "content": text}],
+            messages=[{"role": t.role, "content": t.content} for t in history]
+            + [{"role": "user", "content": text}],
             system_prompt=self.system_prompt,
             session_key=key,
             message_id=message.id,
         )
         if self.hooks is not None:
             request = await self.hooks.pipeline("prepare_agent_request", "request", request, message=message)
-        scope = anyio.CancelScope()
-        s.scope, s.current, s.started, s.stopped = scope, message, time.monotonic(), False
+        scope = s.scope or anyio.CancelScope()
         self.runs_started += 1
         result: AgentResult | None = None
         started = time.monotonic()
         try:
             with scope:
+                if s.epoch != epoch:
+                    scope.cancel()  # stopped while the request was being prepared
                 async with self._limiter:
                     result = await self._call_agent(request, message)
         finally:
-            s.scope, s.current = None, None
             self.runs_finished += 1
         elapsed = time.monotonic() - started
         if result is None:  # cancelled by /stop, /new or interrupt
             result = AgentResult(text="", duration_s=elapsed, stopped=True)
         user_turn = Turn("user", text, message.id, now)
-        delta = UsageDelta(messages_in=1, agent_seconds=elapsed, prompt_tokens=result.usage.prompt_tokens,
-                           completion_tokens=result.usage.completion_tokens)
+        delta = UsageDelta(
+            messages_in=1,
+            agent_seconds=elapsed,
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+        )
         if self.hooks is not None:
             await self.hooks.notify("agent_finished", result=result, message=message)
-        if result.stopped:
+        reply = ""
+        if not result.stopped and not result.failed:
+            reply = result.text
+            if self.hooks is not None:
+                reply = await self.hooks.pipeline("prepare_reply", "reply", reply, message=message)
+        if s.resets != resets:  # /new: this run belongs to a conversation that no longer exists
+            await self.store.inbox_set_state(message.robot, message.id, DONE, "session reset")
+            return
+        if result.stopped or s.epoch != epoch:
             log.info("[runs] %s: run for message %s stopped after %.1f s", key, message.id, elapsed)
             await self.store.usage_add(key, delta, time.time(), last_user=user_turn)
             await self.store.inbox_set_state(message.robot, message.id, DONE, "stopped")
             return
         if result.failed:
-            text_out = result.error or "The agent failed to answer — /retry to try again."
+            text_out = failure_text(result.error)
             if self.hooks is not None:
                 custom = await self.hooks.first("handle_error", error=result.error, message=message)
                 if isinstance(custom, str) and custom:
@@ -203,13 +262,10 @@ class Runner:
             await self._reply(message, text_out, key)
             await self.store.inbox_set_state(message.robot, message.id, FAILED, result.error)
             return
-        reply = result.text
-        if self.hooks is not None:
-            reply = await self.hooks.pipeline("prepare_reply", "reply", reply, message=message)
         delta.turns, delta.messages_out = 1, 1
         await self.store.history_append(key, [user_turn, Turn("assistant", reply, message.id, time.time())])
         await self.store.usage_add(key, delta, time.time(), last_user=user_turn)
-        await self._reply(message, reply or "(the agent returned an empty answer)", key)
+        await self._reply(message, reply or EMPTY_ANSWER_TEXT, key)
         await self.store.inbox_set_state(message.robot, message.id, DONE)
 
     async def _call_agent(self, request: AgentRequest, message: Message) -> AgentResult:
@@ -222,47 +278,100 @@ class Runner:
             return AgentResult("", duration_s=time.monotonic() - started, failed=True, error=exc.user_message)
         except TimeoutError:
             log.warning("[runs] agent timed out for message %s", message.id)
-            return AgentResult("", duration_s=time.monotonic() - started, failed=True,
-                               error=f"The agent timed out after {self.agent_timeout_s:.0f} s — /retry to try again.")
+            return AgentResult(
+                "",
+                duration_s=time.monotonic() - started,
+                failed=True,
+                error=f"the agent timed out after {self.agent_timeout_s:.0f} s — /retry to try again",
+            )
         except Exception as exc:
             log.exception("[runs] agent crashed for message %s", message.id)
-            return AgentResult("", duration_s=time.monotonic() - started, failed=True,
-                               error=f"The agent failed ({type(exc).__name__}) — /retry to try again.")
+            return AgentResult(
+                "",
+                duration_s=time.monotonic() - started,
+                failed=True,
+                error=f"the agent failed ({type(exc).__name__}) — /retry to try again",
+            )
         return result
 
+    async def _expire_if_idle(self, key: str, now: float) -> None:
+        """``idle_expiry_s``: a session idle for longer starts afresh (housekeeping also prunes them)."""
+        limit = self.config.idle_expiry_s
+        if limit <= 0:
+            return
+        stats = await self.store.session_stats(key)
+        if stats is not None and stats.last_active_at < now - limit:
+            log.info(
+                "[runs] %s: idle for %.0f s; starting a fresh conversation", key, now - stats.last_active_at
+            )
+            await self.store.session_reset(key, now)
+
+    async def _retry_text(self, key: str) -> str:
+        """The user text ``/retry`` runs again, after dropping its answer from the history.
+
+        If the last message was answered, that exchange is popped from the history. If it failed or was
+        stopped, it never reached the history: it is run again as it is (from the session's stats).
+        """
+        stats = await self.store.session_stats(key)
+        last_text = stats.last_user_text if stats else ""
+        last_id = stats.last_user_msg_id if stats else ""
+        tail = await self.store.history(key, 2)
+        asked = next((t for t in reversed(tail) if t.role == "user"), None)
+        answered = asked is not None and (asked.msg_id == last_id if last_id else asked.content == last_text)
+        if answered or not last_text:
+            popped = await self.store.history_pop_last_exchange(key)
+            if popped is not None:
+                return popped.content
+        return last_text
+
     # -- control ---------------------------------------------------------------------------------------
-    def _cancel(self, s: _Session, *, clear_queue: bool) -> tuple[bool, int]:
-        cleared = 0
-        if clear_queue:
-            cleared = len(s.queue)
-            s.queue.clear()
-        running = s.scope is not None
-        if s.scope is not None:
-            s.stopped = True
-            s.scope.cancel()
-        return running, cleared
+    def _cancel(self, s: _Session) -> tuple[bool, list[Message]]:
+        """Stop the run in flight (whatever phase it is in) and empty the queue."""
+        dropped = [i.message for i in s.queue]
+        s.queue.clear()
+        running = s.current is not None
+        if running:
+            s.epoch += 1
+            if s.scope is not None:
+                s.scope.cancel()
+        return running, dropped
+
+    async def _drop(self, messages: list[Message], reason: str) -> None:
+        """Queued messages that will never run: finished in the inbox so a restart does not revive them."""
+        for m in messages:
+            await self.store.inbox_set_state(m.robot, m.id, DONE, reason)
 
     def queued_messages(self, key: str) -> list[Message]:
         s = self._sessions.get(key)
         return [i.message for i in s.queue] if s else []
 
-    def stop(self, key: str) -> tuple[bool, list[Message]]:
-        """Cancel the running response and clear the queue. Returns (was running, dropped messages)."""
+    async def stop(self, key: str) -> tuple[bool, list[Message]]:
+        """``/stop``: cancel the running response and clear the queue. Returns (was running, dropped)."""
         s = self._sessions.get(key)
         if s is None:
             return False, []
-        dropped = [i.message for i in s.queue]
-        running, _ = self._cancel(s, clear_queue=True)
+        running, dropped = self._cancel(s)
+        await self._drop(dropped, "dropped by /stop")
         return running, dropped
 
-    def status(self, key: str) -> tuple[bool, float, int, str]:
-        """(running, elapsed seconds, queue length, preview of the running message)."""
+    async def reset(self, key: str) -> tuple[bool, list[Message]]:
+        """``/new``: like :meth:`stop`, and the run in flight writes nothing to the session afterwards."""
         s = self._sessions.get(key)
-        if s is None or s.scope is None:
-            return False, 0.0, len(s.queue) if s else 0, ""
-        preview = (s.current.text[:40] if s.current else "")
-        return True, time.monotonic() - s.started, len(s.queue), preview
+        if s is None:
+            return False, []
+        s.resets += 1
+        running, dropped = self._cancel(s)
+        await self._drop(dropped, "dropped by /new")
+        return running, dropped
+
+    def status(self, key: str) -> RunStatus:
+        s = self._sessions.get(key)
+        if s is None:
+            return RunStatus(False, 0.0, 0, "")
+        if s.current is None:
+            return RunStatus(False, 0.0, len(s.queue), "")
+        return RunStatus(True, time.monotonic() - s.started, len(s.queue), s.current.text)
 
     @property
     def active_runs(self) -> int:
-        return sum(1 for s in self._sessions.values() if s.scope is not None)
+        return sum(1 for s in self._sessions.values() if s.current is not None)

@@ -50,15 +50,17 @@ _BACKTICKS = re.compile(r"`+")
 _AUTOLINK = re.compile(r"<((?:https?|ftp)://[^\s<>]+|mailto:[^\s<>]+)>")
 _ENTITY_LIKE = re.compile(r"&(?=#?[0-9A-Za-z]+;)")
 _ENTITY = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
-_IMAGE = re.compile(r"!\[([^\]\n]*)\]\(([^)\s]+)(?:[ \t]+\"[^\"\n]*\")?\)")
-_LINK = re.compile(r"\[([^\]\n]+)\]\(([^)\s]+)(?:[ \t]+\"[^\"\n]*\")?\)")
+# Labels and URLs exclude the brackets that could start another one, so a failed match stops at the next
+# bracket instead of rescanning the rest of the line (quadratic on "[a](" repeated).
+_IMAGE = re.compile(r"!\[([^\[\]\n]*)\]\(([^()\[\]\s]+)(?:[ \t]+\"[^\"\n]*\")?\)")
+_LINK = re.compile(r"\[([^\[\]\n]+)\]\(([^()\[\]\s]+)(?:[ \t]+\"[^\"\n]*\")?\)")
 # Delimited spans whose content cannot contain the delimiter: linear, never backtracks across a line.
 _EMPHASIS = (
-    re.compile(r"(?<![\w*\\])\*(?=[^\s*])([^*\n]*?[^\s*\\])\*(?![\w*])"),
-    re.compile(r"(?<![\w\\])_(?=[^\s_])([^_\n]*?[^\s_\\])_(?!\w)"),
-    re.compile(r"(?<!\\)\*\*(?=[^\s*])([^*\n]*?[^\s*\\])\*\*"),
-    re.compile(r"(?<!\\)__(?=[^\s_])([^_\n]*?[^\s_\\])__"),
-    re.compile(r"(?<!\\)~~(?=[^\s~])([^~\n]*?[^\s~\\])~~"),
+    ("*", re.compile(r"(?<![\w*\\])\*(?=[^\s*])([^*\n]*?[^\s*\\])\*(?![\w*])")),
+    ("_", re.compile(r"(?<![\w\\])_(?=[^\s_])([^_\n]*?[^\s_\\])_(?!\w)")),
+    ("**", re.compile(r"(?<!\\)\*\*(?=[^\s*])([^*\n]*?[^\s*\\])\*\*")),
+    ("__", re.compile(r"(?<!\\)__(?=[^\s_])([^_\n]*?[^\s_\\])__")),
+    ("~~", re.compile(r"(?<!\\)~~(?=[^\s~])([^~\n]*?[^\s~\\])~~")),
 )
 _BACKSLASH_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
 _TITLE_NOISE = re.compile(r"^(?:[ \t]*>[ \t]?)*[ \t]*(?:[-*+][ \t]+|\d{1,9}[.)][ \t]+)?")
@@ -78,7 +80,7 @@ class _Line:
 def _lines(text: str) -> Iterator[_Line]:
     """Classify lines outside fences; gather each fence with its code into one item."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    i, prev, table = 0, "blank", ""
+    i, prev, table, in_list = 0, "blank", "", False
     while i < len(lines):
         line = lines[i]
         fence = _FENCE.fullmatch(line)
@@ -98,7 +100,7 @@ def _lines(text: str) -> Iterator[_Line]:
                 trailing_blanks += 1
             yield _Line("fence", run + fence.group(3), tuple(code))
             yield from [_Line("blank", "")] * trailing_blanks
-            i, prev, table = i + 1, "fence", ""
+            i, prev, table, in_list = i + 1, "fence", "", False
             continue
         next_line = lines[i + 1] if i + 1 < len(lines) else ""
         if table == "header":
@@ -108,12 +110,14 @@ def _lines(text: str) -> Iterator[_Line]:
         elif "|" in line and "|" in next_line and _TABLE_SEP.fullmatch(next_line):
             kind, table = "table", "header"
         else:
-            kind, table = _classify(line, prev), ""
+            kind, table = _classify(line, prev, in_list), ""
+        # A list goes on across blank lines for as long as lines stay indented under it.
+        in_list = kind == "list" or (in_list and kind in ("list_cont", "blank"))
         yield _Line(kind, line)
         i, prev = i + 1, kind
 
 
-def _classify(line: str, prev: str) -> str:
+def _classify(line: str, prev: str, in_list: bool) -> str:
     if not line.strip():
         return "blank"
     if _HEADING.match(line):
@@ -126,7 +130,7 @@ def _classify(line: str, prev: str) -> str:
         return "list"
     if _QUOTE.match(line):
         return "quote"
-    if prev in ("list", "list_cont") and line[:1] in (" ", "\t"):
+    if in_list and line[:1] in (" ", "\t"):
         return "list_cont"  # indented: part of the item. An unindented line starts a paragraph for us.
     return "para"
 
@@ -141,7 +145,7 @@ def to_dingtalk_markdown(text: str) -> str:
     prev: _Line | None = None
     for item in _lines(text):
         if item.kind == "blank":
-            out.append("")
+            out.append(item.text)
             prev = None
             continue
         if prev is not None:
@@ -173,7 +177,7 @@ def _render(item: _Line) -> list[str]:
     if item.kind == "fence":
         run = _FENCE.fullmatch(item.text)
         closer = run.group(2) if run else "```"
-        return [item.text, *(_escape_code_line(line) for line in _dedent(item.code)), closer]
+        return [_escape_code(item.text), *(_escape_code_line(line) for line in _dedent(item.code)), closer]
     line = item.text
     if item.kind == "heading":
         m = _HEADING.match(line)
@@ -201,11 +205,15 @@ def _escape_code_line(line: str) -> str:
 
 
 def _escape_code(text: str) -> str:
-    return _ENTITY_LIKE.sub("&amp;", text).replace("<", "&lt;").replace(">", "&gt;")
+    if "&" in text:
+        text = _ENTITY_LIKE.sub("&amp;", text)
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _escape_text(text: str) -> str:
-    return _AUTOLINK.sub(r"\1", text).replace("<", "&lt;").replace(">", "&gt;")
+    if "<" in text:
+        text = _AUTOLINK.sub(r"\1", text)
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _escape_inline(line: str) -> str:
@@ -281,13 +289,20 @@ def _plain_inline(line: str) -> str:
 
 
 def _plain_segment(text: str) -> str:
-    text = _IMAGE.sub(lambda m: _label_url(m.group(1), m.group(2)), text)
-    text = _LINK.sub(lambda m: _label_url(m.group(1), m.group(2)), text)
-    text = _AUTOLINK.sub(r"\1", text)
-    for pattern in _EMPHASIS:
-        text = pattern.sub(r"\1", text)
-    text = _BACKSLASH_ESCAPE.sub(r"\1", text)
-    return _ENTITY.sub(lambda m: html.unescape(m.group(0)), text)
+    # Each pattern runs only when its trigger character is present: most segments are plain words.
+    if "](" in text:
+        text = _IMAGE.sub(lambda m: _label_url(m.group(1), m.group(2)), text)
+        text = _LINK.sub(lambda m: _label_url(m.group(1), m.group(2)), text)
+    if "<" in text:
+        text = _AUTOLINK.sub(r"\1", text)
+    for trigger, pattern in _EMPHASIS * 2:  # twice: "**a *b* c**" and "***a***" nest either way round
+        if trigger in text:
+            text = pattern.sub(r"\1", text)
+    if "\\" in text:
+        text = _BACKSLASH_ESCAPE.sub(r"\1", text)
+    if "&" in text:
+        text = _ENTITY.sub(lambda m: html.unescape(m.group(0)), text)
+    return text
 
 
 def _label_url(label: str, url: str) -> str:

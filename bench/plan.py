@@ -1,0 +1,87 @@
+"""Scenario sizes and time budgets: the full run of issue 8, and the seconds-long smoke version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Plan:
+    smoke: bool
+    # 1. echo throughput: conversations x messages each, every user waiting for the answer
+    echo_conversations: int
+    echo_per_conversation: int
+    echo_budget_s: float
+    """Time allowed for one contender's throughput run."""
+    sdk_slow_budget_s: float
+    """The SDK bot at 50 ms per REST call needs minutes: it gets this long, and its rate is extrapolated."""
+    rest_delay_s: float
+    # 2. and 3. with a slow agent
+    agent_delay_s: float
+    ack_messages: int
+    ack_rate: float
+    ack_budget_s: float
+    burst_conversations: int
+    burst_budget_s: float
+    sdk_agent_budget_s: float
+    """The SDK bot answers one message per agent delay; it gets this long in scenarios 2 and 3."""
+    # 4. memory
+    sessions: int
+    session_concurrency: int
+    sessions_budget_s: float
+    settle_s: float
+    """Pause before reading RSS, so the numbers are for an idle process."""
+
+    @property
+    def echo_messages(self) -> int:
+        return self.echo_conversations * self.echo_per_conversation
+
+    @property
+    def burst_goal_s(self) -> float:
+        """Issue 8 asks for 3 s with a 2 s agent: the agent's delay plus one second."""
+        return self.agent_delay_s + 1.0
+
+    @property
+    def users_needed(self) -> int:
+        return max(self.echo_conversations, self.ack_messages, self.burst_conversations, self.sessions)
+
+
+FULL = Plan(
+    smoke=False,
+    echo_conversations=500,
+    echo_per_conversation=10,
+    echo_budget_s=120.0,
+    sdk_slow_budget_s=20.0,
+    rest_delay_s=0.050,
+    agent_delay_s=2.0,
+    ack_messages=2000,
+    ack_rate=500.0,
+    ack_budget_s=15.0,
+    burst_conversations=1000,
+    burst_budget_s=60.0,
+    sdk_agent_budget_s=10.0,
+    sessions=10_000,
+    session_concurrency=500,
+    sessions_budget_s=300.0,
+    settle_s=2.0,
+)
+
+SMOKE = Plan(
+    smoke=True,
+    echo_conversations=20,
+    echo_per_conversation=5,
+    echo_budget_s=30.0,
+    sdk_slow_budget_s=2.0,
+    rest_delay_s=0.050,
+    agent_delay_s=0.5,
+    ack_messages=100,
+    ack_rate=500.0,
+    ack_budget_s=5.0,
+    burst_conversations=50,
+    burst_budget_s=20.0,
+    sdk_agent_budget_s=1.5,
+    sessions=300,
+    session_concurrency=100,
+    sessions_budget_s=30.0,
+    settle_s=0.5,
+)

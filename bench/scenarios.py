@@ -1,0 +1,247 @@
+"""The five scenarios of issue 8. Each runs its contenders one after the other in the same process tree,
+on the same machine, minutes apart, and returns its raw numbers and the judged :class:`~bench.report.Line`\\ s.
+
+Shared rules: a fresh fake (and, for edgecrab, a fresh store) per contender run; one warm-up message per run
+before the clock starts (connection pools, token, lazy imports); budgets cut runs that would take minutes
+and the rate is then extrapolated from what was answered within the budget, which the output says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import contenders
+from bench.contenders import ALL, EDGECRAB, RAW, SDK, Running
+from bench.drive import Lane, LoadResult, closed_loop, open_loop, text_for
+from bench.fakes import BenchFake, FakeUser
+from bench.plan import Plan
+from bench.report import Line, finite, ms, num, percentile, verdict
+
+WARM_NUMBER = 9_999_999
+
+
+@dataclass
+class Context:
+    plan: Plan
+    users: list[FakeUser]
+    warm_user: FakeUser
+    workdir: Path
+    contenders: tuple[str, ...] = ALL
+    progress: Any = print
+
+
+@contextlib.contextmanager
+def run_contender(
+    ctx: Context, label: str, name: str, *, rest_delay_s: float = 0.0, llm_url: str = ""
+) -> Iterator[tuple[BenchFake, Running]]:
+    fake = BenchFake([ctx.warm_user, *ctx.users], rest_delay_s=rest_delay_s)
+    try:
+        running = contenders.start(name, fake, ctx.workdir / f"{label}-{name}", llm_url)
+        try:
+            warm = [[(WARM_NUMBER, fake.build(ctx.warm_user, text_for(WARM_NUMBER)))]]
+            result = fake.call(closed_loop(fake.fake, warm, 1, 30.0))
+            if not result.complete:
+                raise RuntimeError(f"{name} did not answer the warm-up message:\n{running.log_tail()}")
+            yield fake, running
+        finally:
+            running.stop()
+    finally:
+        fake.close()
+
+
+def lanes_for(fake: BenchFake, users: list[FakeUser], per_user: int) -> list[Lane]:
+    """One lane per user; message ``k`` of user ``c`` is number ``k * len(users) + c + 1``."""
+    n = len(users)
+    return [
+        [(k * n + c + 1, fake.build(user, text_for(k * n + c + 1))) for k in range(per_user)]
+        for c, user in enumerate(users)
+    ]
+
+
+def load_summary(res: LoadResult) -> dict[str, Any]:
+    return {
+        "planned": res.planned,
+        "sent": res.sent,
+        "answered": res.replied,
+        "complete": res.complete,
+        "elapsed_s": res.elapsed_s,
+        "budget_s": res.budget_s,
+        "messages_per_s": res.rate,
+        "extrapolated": not res.complete,
+        "p50_s": finite(percentile(res.latencies_s, 50)),
+        "p99_s": finite(percentile(res.latencies_s, 99)),
+        "other_outbound": res.other_outbound,
+        "dropped_events": res.dropped_events,
+    }
+
+
+def _throughput_cell(s: dict[str, Any]) -> str:
+    cell = f"{num(s['messages_per_s'])} msg/s · p50 {ms(s['p50_s'] or float('nan'))} · p99 {ms(s['p99_s'] or float('nan'))}"
+    if s["extrapolated"]:
+        cell += f" (extrapolated: {s['answered']:,} of {s['planned']:,} answered in the {s['budget_s']:g} s budget)"
+    return cell
+
+
+# -- 1. echo throughput ----------------------------------------------------------------------------------
+def echo_throughput(ctx: Context, slow: bool) -> tuple[dict[str, Any], list[Line]]:
+    plan = ctx.plan
+    delay = plan.rest_delay_s if slow else 0.0
+    key = "echo_rest_50ms" if slow else "echo_rest_instant"
+    users = ctx.users[: plan.echo_conversations]
+    results: dict[str, dict[str, Any]] = {}
+    for name in ctx.contenders:
+        ctx.progress(f"[bench] 1{'b' if slow else 'a'} echo, REST {delay * 1000:.0f} ms: {name}")
+        budget = plan.sdk_slow_budget_s if (slow and name == SDK) else plan.echo_budget_s
+        with run_contender(ctx, key, name, rest_delay_s=delay) as (fake, _):
+            lanes = lanes_for(fake, users, plan.echo_per_conversation)
+            res = fake.call(closed_loop(fake.fake, lanes, len(lanes), budget))
+        results[name] = load_summary(res)
+    rate = {name: r["messages_per_s"] for name, r in results.items()}
+    title = (f"echo, {plan.echo_messages:,} DMs over {plan.echo_conversations:,} conversations, "
+             f"REST {'%g ms' % (delay * 1000) if slow else 'instant'}")
+    ec, sdk, raw = rate.get(EDGECRAB, 0.0), rate.get(SDK, 0.0), rate.get(RAW, 0.0)
+    if slow:
+        ok = bool(sdk) and ec >= 10 * sdk
+        goal = "edgecrab ≥ 10× SDK bot"
+        detail = f"{ec / sdk:.1f}× SDK" if sdk else "SDK bot not measured"
+    else:
+        ok = bool(sdk and raw) and ec >= sdk and ec >= 0.5 * raw
+        goal = "edgecrab ≥ SDK bot and ≥ 50 % of raw"
+        detail = (f"{ec / sdk:.2f}× SDK, {100 * ec / raw:.0f} % of raw" if sdk and raw
+                  else "a reference contender was not measured")
+    line = Line("1b" if slow else "1a", title, "messages/s (end-to-end p50 · p99)",
+                {n: _throughput_cell(r) for n, r in results.items()}, goal, verdict(ok), detail,
+                {n: r for n, r in results.items()})
+    return {"rest_delay_s": delay, "contenders": results}, [line]
+
+
+# -- 2. ack latency under a slow agent --------------------------------------------------------------------
+def ack_latency(ctx: Context, llm_url: str) -> tuple[dict[str, Any], list[Line]]:
+    plan = ctx.plan
+    users = ctx.users[: plan.ack_messages]
+    results: dict[str, dict[str, Any]] = {}
+    for name in ctx.contenders:
+        ctx.progress(f"[bench] 2 ack latency at {plan.ack_rate:g} msg/s, agent {plan.agent_delay_s:g} s: {name}")
+        budget = plan.sdk_agent_budget_s if name == SDK else plan.ack_budget_s
+        with run_contender(ctx, "ack", name, llm_url=llm_url) as (fake, _):
+            datas = [fake.build(u, text_for(i + 1)) for i, u in enumerate(users)]
+            res = fake.call(open_loop(fake.fake, datas, plan.ack_rate, budget))
+        p50 = percentile(res.latencies_s, 50, res.sent)
+        p99 = percentile(res.latencies_s, 99, res.sent)
+        results[name] = {"planned": res.planned, "sent": res.sent, "acked": len(res.latencies_s),
+                         "push_duration_s": res.duration_s, "budget_s": budget,
+                         "p50_s": finite(p50), "p99_s": finite(p99),
+                         "max_s": finite(max(res.latencies_s, default=float("nan"))),
+                         "_p50": p50, "_p99": p99}
+    cells = {}
+    for name, r in results.items():
+        cells[name] = f"{ms(r.pop('_p50'), r['budget_s'])} · {ms(r.pop('_p99'), r['budget_s'])}"
+        if r["acked"] < r["sent"]:
+            cells[name] += f" ({r['acked']:,} of {r['sent']:,} acked within {r['budget_s']:g} s)"
+    ec = results.get(EDGECRAB, {})
+    p99 = ec.get("p99_s")
+    ok = p99 is not None and p99 < 0.005
+    title = (f"ack latency, {plan.ack_messages:,} DMs at {plan.ack_rate:g} msg/s, "
+             f"agent takes {plan.agent_delay_s:g} s")
+    line = Line("2", title, "ack latency p50 · p99", cells, "edgecrab p99 < 5 ms",
+                verdict(ok), f"p99 {ms(p99)}" if p99 is not None else "not all acked", results)
+    return {"agent_delay_s": plan.agent_delay_s, "contenders": results}, [line]
+
+
+# -- 3. many conversations at once with a slow agent ------------------------------------------------------
+def burst(ctx: Context, llm_url: str) -> tuple[dict[str, Any], list[Line]]:
+    plan = ctx.plan
+    users = ctx.users[: plan.burst_conversations]
+    results: dict[str, dict[str, Any]] = {}
+    for name in ctx.contenders:
+        ctx.progress(f"[bench] 3 {len(users):,} conversations x 1 message, agent {plan.agent_delay_s:g} s: {name}")
+        budget = plan.sdk_agent_budget_s if name == SDK else plan.burst_budget_s
+        with run_contender(ctx, "burst", name, llm_url=llm_url) as (fake, _):
+            lanes = lanes_for(fake, users, 1)
+            res = fake.call(closed_loop(fake.fake, lanes, len(lanes), budget))
+        summary = load_summary(res)
+        wall = res.elapsed_s if res.complete else (res.planned / res.rate if res.replied else float("inf"))
+        summary["wall_s"] = finite(wall)
+        summary["_wall"] = wall
+        results[name] = summary
+    cells = {}
+    for name, r in results.items():
+        wall = r.pop("_wall")
+        cells[name] = ms(wall) if r["complete"] else (
+            f"≈ {num(wall)} s (extrapolated: {r['answered']:,} of {r['planned']:,} answered in "
+            f"{r['budget_s']:g} s)" if r["answered"] else f"> {r['budget_s']:g} s (none answered)")
+    wall = results.get(EDGECRAB, {}).get("wall_s")
+    ok = wall is not None and results[EDGECRAB]["complete"] and wall <= plan.burst_goal_s
+    title = f"{len(users):,} conversations × 1 message, agent takes {plan.agent_delay_s:g} s"
+    line = Line("3", title, "wall time until every answer arrived", cells,
+                f"edgecrab ≤ {plan.burst_goal_s:g} s", verdict(ok), ms(wall) if wall else "incomplete", results)
+    return {"agent_delay_s": plan.agent_delay_s, "contenders": results}, [line]
+
+
+# -- 4. memory --------------------------------------------------------------------------------------------
+def _status_kb(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for row in f:
+            name, _, value = row.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                out[name] = int(value.split()[0])
+    return out
+
+
+def memory(ctx: Context) -> tuple[dict[str, Any], list[Line]]:
+    plan = ctx.plan
+    users = ctx.users[: plan.sessions]
+    results: dict[str, dict[str, Any]] = {}
+    for name in ctx.contenders:
+        ctx.progress(f"[bench] 4 memory, idle and after {len(users):,} sessions: {name}")
+        with run_contender(ctx, "memory", name) as (fake, running):
+            time.sleep(plan.settle_s)
+            idle = _status_kb(running.pid)
+            r: dict[str, Any] = {"idle_rss_kb": idle["VmRSS"]}
+            if name != SDK:  # the SDK bot keeps nothing per conversation; a 10,000-message run proves nothing
+                lanes = lanes_for(fake, users, 1)
+                res = fake.call(closed_loop(fake.fake, lanes, plan.session_concurrency, plan.sessions_budget_s))
+                time.sleep(plan.settle_s)
+                after = _status_kb(running.pid)
+                r.update(sessions=res.replied, complete=res.complete, after_rss_kb=after["VmRSS"],
+                         peak_rss_kb=after["VmHWM"], run_s=res.elapsed_s,
+                         per_session_bytes=(after["VmRSS"] - idle["VmRSS"]) * 1024 / max(res.replied, 1))
+            results[name] = r
+    idle_cells = {n: f"{r['idle_rss_kb'] / 1024:.1f} MB" for n, r in results.items()}
+    per_cells = {
+        n: f"{r['per_session_bytes'] / 1024:.2f} KB/session ({r['after_rss_kb'] / 1024:.1f} MB after, "
+        f"peak {r['peak_rss_kb'] / 1024:.1f} MB)"
+        for n, r in results.items() if "per_session_bytes" in r
+    }
+    ec = results.get(EDGECRAB, {})
+    idle_mb = ec.get("idle_rss_kb", float("inf")) / 1024
+    per_kb = ec.get("per_session_bytes", float("inf")) / 1024
+    lines = [
+        Line("4a", "memory, idle after start and one message", "RSS (VmRSS)", idle_cells, "edgecrab ≤ 60 MB",
+             verdict(idle_mb <= 60), f"{idle_mb:.1f} MB", results),
+        Line("4b", f"memory after {len(users):,} sessions, idle again", "RSS growth per session", per_cells,
+             "edgecrab ≤ 2 KB per idle session", verdict(per_kb <= 2 and bool(ec.get("complete"))),
+             f"{per_kb:.2f} KB", {}),
+    ]
+    return {"sessions": len(users), "contenders": results}, lines
+
+
+# -- 5. chunking ------------------------------------------------------------------------------------------
+def chunking(ctx: Context) -> tuple[dict[str, Any], list[Line]]:
+    from edgecrab.chunking import bench
+
+    ctx.progress("[bench] 5 chunking a 1 MB reply")
+    best = bench(1_000_000, repeat=3)
+    line = Line("5", "split a 1 MB markdown reply (edgecrab.chunking.split_text, in-process)", "best of 3",
+                {EDGECRAB: ms(best)}, "< 50 ms", verdict(best < 0.050), ms(best), {"value_s": best})
+    return {"best_s": best, "repeat": 3}, [line]
+
+
+def plan_dict(plan: Plan) -> dict[str, Any]:
+    return asdict(plan)

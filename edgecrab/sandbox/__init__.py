@@ -1,0 +1,148 @@
+"""The built-in DingTalk emulator: try the gateway locally, with no DingTalk tenant, app or credentials.
+
+It is the project's test fake (:mod:`edgecrab.testing.fakedingtalk`: Stream mode, acks, redelivery, tokens,
+sessionWebhooks, OpenAPI sends), not a second implementation, plus a web chat served on the same port
+(:mod:`edgecrab.sandbox.webchat`). Two entry points:
+
+* ``edgecrab sandbox`` -> :func:`run_sandbox`: the emulator alone, until SIGINT/SIGTERM; it prints the chat
+  URL and the ``api_base`` and credentials to point a gateway at.
+* ``edgecrab gateway start --sandbox`` -> :func:`serve_with_sandbox`: the emulator and the gateway in one
+  process and one task group; the emulator's robot app takes the configured credentials (dummy ones from
+  ``load_config(..., sandbox=True)`` when none are set) and the gateway's ``api_base`` is pointed at it.
+
+The emulator listens on 127.0.0.1 by default and has no authentication: anyone who can reach the port can
+read the chat and drive the control API under ``/_fake/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+
+import anyio
+import anyio.abc
+
+from edgecrab.config import SANDBOX_APP_KEY, SANDBOX_APP_SECRET, Config
+from edgecrab.errors import StartupError
+from edgecrab.sandbox.webchat import WebChat
+from edgecrab.testing.fakedingtalk import DEFAULT_GROUP_ID, FakeApp, FakeDingTalk
+from edgecrab.testing.fakedingtalk.models import conversation_id_for
+from edgecrab.testing.fakedingtalk.payloads import DEFAULT_GROUP_TITLE
+
+__all__ = ["DEFAULT_PORT", "GROUPS", "open_emulator", "run_sandbox", "serve_with_sandbox"]
+
+log = logging.getLogger("edgecrab.sandbox")
+
+DEFAULT_PORT = 8765
+GROUPS = ((DEFAULT_GROUP_ID, DEFAULT_GROUP_TITLE), (conversation_id_for("sandbox", "product-team"), "Product team"))
+"""The groups the robot is a member of in the emulator: (conversation id, title)."""
+
+
+@contextlib.asynccontextmanager
+async def open_emulator(
+    app: FakeApp, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT
+) -> AsyncIterator[FakeDingTalk]:
+    """Run the fake DingTalk with the web chat on ``host:port`` (0 picks a free port) while inside."""
+    fake = FakeDingTalk(apps=[app], host=host, port=port)
+    chat = WebChat(fake)
+    fake.add_routes(chat.routes())
+    for conversation_id, title in GROUPS:
+        fake.add_group(conversation_id, title)
+    try:
+        await fake.start()
+    except OSError as exc:
+        hint = " (pass --port 0 to pick a free one)" if port else ""
+        raise StartupError(f"the sandbox cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(chat.record)
+            yield fake
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.move_on_after(2, shield=True):
+            await fake.stop()
+
+
+def _say(line: str) -> None:
+    print(f"edgecrab sandbox: {line}", flush=True)
+
+
+def _signals() -> contextlib.AbstractContextManager[AsyncIterator[signal.Signals]]:
+    # Opened before anything starts, so a signal during start-up also stops cleanly instead of killing us.
+    return anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+
+
+async def _wait_for(signals: AsyncIterator[signal.Signals]) -> None:
+    async for signum in signals:
+        log.info("[sandbox] %s received; stopping", signal.Signals(signum).name)
+        return
+
+
+@contextlib.contextmanager
+def _single_errors() -> Iterator[None]:
+    # Task groups wrap a failure in an ExceptionGroup; the CLI reports EdgecrabErrors by type, so unwrap one.
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+async def serve_with_sandbox(config: Config, port: int | None) -> None:
+    """Run the emulator on 127.0.0.1:``port`` (default 8765) and the gateway against it, until a signal."""
+    dt = config.dingtalk
+    app = FakeApp(dt.app_key, dt.app_secret, robot_code=dt.robot_code or dt.app_key)
+    with _single_errors(), _signals() as signals:
+        async with (
+            open_emulator(app, port=DEFAULT_PORT if port is None else port) as fake,
+            anyio.create_task_group() as tg,
+        ):
+            from edgecrab.gateway import Gateway  # the gateway module imports this one lazily
+
+            gateway = Gateway(replace(config, dingtalk=replace(dt, api_base=fake.base_url)))
+
+            async def announce() -> None:
+                await gateway.started.wait()
+                _say(f"open {fake.base_url}/ to chat with the bot")
+
+            tg.start_soon(gateway.run)
+            tg.start_soon(announce)
+            await _wait_for(signals)
+            tg.cancel_scope.cancel()
+
+
+async def _serve_alone(host: str, port: int) -> None:
+    app = FakeApp(SANDBOX_APP_KEY, SANDBOX_APP_SECRET)
+    with _single_errors(), _signals() as signals:
+        async with open_emulator(app, host=host, port=port) as fake:
+            base = fake.base_url
+            _say(f"open {base}/ to chat with the bot")
+            _say(f"DingTalk emulator (Stream + REST) at api_base {base}; point a gateway at it with")
+            print(
+                f"  DINGTALK_API_BASE={base} DINGTALK_APP_KEY={SANDBOX_APP_KEY} "
+                f"DINGTALK_APP_SECRET={SANDBOX_APP_SECRET} edgecrab gateway start",
+                flush=True,
+            )
+            if not _is_loopback(host):
+                _say(f"warning: listening on {host} without authentication; anyone who can reach it can chat")
+            await _wait_for(signals)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_sandbox(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> int:
+    """Entry point of ``edgecrab sandbox``: run the emulator alone until SIGINT/SIGTERM; returns 0."""
+    anyio.run(_serve_alone, host, port)
+    sys.stdout.flush()
+    return 0
