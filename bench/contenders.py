@@ -7,6 +7,7 @@ blocking ``requests`` call and ``start_forever`` restarts itself after a signal 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -69,6 +70,12 @@ class Running:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the process has used so far (robust to a noisy machine)."""
+        with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, lines: int = 20) -> str:
         try:

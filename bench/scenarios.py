@@ -81,7 +81,10 @@ def load_summary(res: LoadResult) -> dict[str, Any]:
 
 
 def _throughput_cell(s: dict[str, Any]) -> str:
-    cell = f"{num(s['messages_per_s'])} msg/s · p50 {ms(s['p50_s'] or float('nan'))} · p99 {ms(s['p99_s'] or float('nan'))}"
+    nan = float("nan")
+    cell = f"{num(s['messages_per_s'])} msg/s · p50 {ms(s['p50_s'] or nan)} · p99 {ms(s['p99_s'] or nan)}"
+    if "cpu_ms_per_message" in s:
+        cell += f" · {s['cpu_ms_per_message']:.2f} ms CPU/msg"
     if s["extrapolated"]:
         cell += f" (extrapolated: {s['answered']:,} of {s['planned']:,} answered in the {s['budget_s']:g} s budget)"
     return cell
@@ -97,10 +100,14 @@ def echo_throughput(ctx: Context, slow: bool) -> tuple[dict[str, Any], list[Line
     for name in ctx.contenders:
         ctx.progress(f"[bench] 1{'b' if slow else 'a'} echo, REST {delay * 1000:.0f} ms: {name}")
         budget = plan.sdk_slow_budget_s if (slow and name == SDK) else plan.echo_budget_s
-        with run_contender(ctx, key, name, rest_delay_s=delay) as (fake, _):
+        with run_contender(ctx, key, name, rest_delay_s=delay) as (fake, running):
             lanes = lanes_for(fake, users, plan.echo_per_conversation)
+            cpu = running.cpu_s()
             res = fake.call(closed_loop(fake.fake, lanes, len(lanes), budget))
+            cpu = running.cpu_s() - cpu
         results[name] = load_summary(res)
+        results[name]["cpu_s"] = cpu
+        results[name]["cpu_ms_per_message"] = 1000 * cpu / max(res.replied, 1)
     rate = {name: r["messages_per_s"] for name, r in results.items()}
     title = (f"echo, {plan.echo_messages:,} DMs over {plan.echo_conversations:,} conversations, "
              f"REST {'%g ms' % (delay * 1000) if slow else 'instant'}")

@@ -220,8 +220,9 @@ class Commands:
         lines = ["🪝 **Hooks:** " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), ""]
         for info in infos:
             line = f"- **{info.name}** ({info.status}) `{_display_path(info.path)}`"
-            if info.hooks:
-                line += ": " + ", ".join(info.hooks)
+            events = [h for h in info.hooks if h != "hook_loaded"]  # a loading detail, not an event
+            if events:
+                line += ": " + ", ".join(events)
             if info.error:
                 line += f" — {info.error}"
             if info.status == "loaded":

@@ -271,7 +271,7 @@ class Delivery:
             if self._cancelled(chunk, epoch):
                 return False
             await self.store.outbox_mark(chunk.reply_id, chunk.index, SENDING)
-            mention = chunk.mention and len(pieces) == 1
+            mention = chunk.mention and not any(p.strip() for p in pieces[1:])  # on the last piece
             outcome, error = await self._send(chunk, route, pieces[0].rstrip(), mention, epoch)
             if outcome == _OK:
                 pieces.pop(0)

@@ -52,6 +52,10 @@ def failure_text(error: str) -> str:
     return f"⚠️ {error[:1].upper()}{error[1:]}"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 @dataclass(slots=True)
 class _Item:
     message: Message
@@ -129,6 +133,8 @@ class Runner:
         key = self.key(message)
         s = self._session(key)
         busy = s.current is not None or bool(s.queue)
+        # Messages waiting: the queue's head is not waiting when no run is in flight (it starts next).
+        waiting = len(s.queue) - (1 if s.current is None and s.queue else 0)
         policy = self.config.busy_policy
         if busy and policy == "reject":
             await self._reply(
@@ -149,10 +155,10 @@ class Runner:
                     message, "⏹ Stopped the previous answer — working on your new message.", key
                 )
             return
-        if busy and len(s.queue) >= self.config.queue_limit:
+        if busy and waiting >= self.config.queue_limit:
             await self._reply(
                 message,
-                f"⏳ The queue is full ({self.config.queue_limit} messages waiting). "
+                f"⏳ The queue is full ({_plural(self.config.queue_limit, 'message')} waiting). "
                 "Try again when I've caught up, or send /stop to clear it.",
                 key,
             )
@@ -163,7 +169,7 @@ class Runner:
         if busy:
             await self._reply(
                 message,
-                f"⏳ Queued — position {len(s.queue)}. I'll answer when the current "
+                f"⏳ Queued — position {waiting + 1}. I'll answer when the current "
                 "reply is done (/stop cancels).",
                 key,
             )

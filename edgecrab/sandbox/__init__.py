@@ -21,8 +21,9 @@ import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -34,12 +35,18 @@ from edgecrab.testing.fakedingtalk import DEFAULT_GROUP_ID, FakeApp, FakeDingTal
 from edgecrab.testing.fakedingtalk.models import conversation_id_for
 from edgecrab.testing.fakedingtalk.payloads import DEFAULT_GROUP_TITLE
 
+if TYPE_CHECKING:
+    from edgecrab.gateway import Gateway
+
 __all__ = ["DEFAULT_PORT", "GROUPS", "open_emulator", "run_sandbox", "serve_with_sandbox"]
 
 log = logging.getLogger("edgecrab.sandbox")
 
 DEFAULT_PORT = 8765
-GROUPS = ((DEFAULT_GROUP_ID, DEFAULT_GROUP_TITLE), (conversation_id_for("sandbox", "product-team"), "Product team"))
+GROUPS = (
+    (DEFAULT_GROUP_ID, DEFAULT_GROUP_TITLE),
+    (conversation_id_for("sandbox", "product-team"), "Product team"),
+)
 """The groups the robot is a member of in the emulator: (conversation id, title)."""
 
 
@@ -57,7 +64,9 @@ async def open_emulator(
         await fake.start()
     except OSError as exc:
         hint = " (pass --port 0 to pick a free one)" if port else ""
-        raise StartupError(f"the sandbox cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+        raise StartupError(
+            f"the sandbox cannot listen on {host}:{port}: {exc.strerror or exc}{hint}"
+        ) from None
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(chat.record)
@@ -94,8 +103,14 @@ def _single_errors() -> Iterator[None]:
         raise
 
 
-async def serve_with_sandbox(config: Config, port: int | None) -> None:
-    """Run the emulator on 127.0.0.1:``port`` (default 8765) and the gateway against it, until a signal."""
+async def serve_with_sandbox(
+    config: Config, port: int | None, *, ready: Callable[[FakeDingTalk, Gateway], object] | None = None
+) -> None:
+    """Run the emulator on 127.0.0.1:``port`` (default 8765; 0 picks one) and the gateway against it.
+
+    Runs until SIGINT/SIGTERM or cancellation. ``ready(fake, gateway)`` is called once both run and the chat
+    URL is printed.
+    """
     dt = config.dingtalk
     app = FakeApp(dt.app_key, dt.app_secret, robot_code=dt.robot_code or dt.app_key)
     with _single_errors(), _signals() as signals:
@@ -103,13 +118,15 @@ async def serve_with_sandbox(config: Config, port: int | None) -> None:
             open_emulator(app, port=DEFAULT_PORT if port is None else port) as fake,
             anyio.create_task_group() as tg,
         ):
-            from edgecrab.gateway import Gateway  # the gateway module imports this one lazily
+            from edgecrab.gateway import Gateway  # here: `edgecrab sandbox` alone never needs the gateway
 
             gateway = Gateway(replace(config, dingtalk=replace(dt, api_base=fake.base_url)))
 
             async def announce() -> None:
                 await gateway.started.wait()
                 _say(f"open {fake.base_url}/ to chat with the bot")
+                if ready is not None:
+                    ready(fake, gateway)
 
             tg.start_soon(gateway.run)
             tg.start_soon(announce)

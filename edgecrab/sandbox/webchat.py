@@ -12,7 +12,8 @@ GET  /                 the chat page;  GET /static/<file>  its CSS and JavaScrip
 GET  /sandbox/directory  the robot, people (with DM conversation ids, outsiders marked), groups, live state
 POST /sandbox/send     ``{"user","text","conversation_id"?,"at_bot"?}``: build the message with the fake's
                        builders and push it exactly as DingTalk would (a group message without @robot is
-                       dropped unless ``deliver_unmentioned``) -> ``{"message_id","msg_id","conversation_id"}``
+                       dropped unless ``deliver_unmentioned``)
+                       -> ``{"message_id","msg_id","conversation_id"}``
 GET  /sandbox/history  ``{"events": [...]}``: the chat's own ``chat`` events, every ``outbound`` event, and
                        the frame/ack/redelivery events of messages sent from the chat, in bus order
 ====================  ======================================================================================
@@ -79,7 +80,7 @@ def _static(name: str) -> web.Response:
 
 
 class WebChat:
-    """Routes for :meth:`FakeDingTalk.add_routes` and the transcript recorder (run :meth:`record` as a task)."""
+    """Routes for :meth:`FakeDingTalk.add_routes`, and the transcript recorder :meth:`record` (a task)."""
 
     def __init__(self, fake: FakeDingTalk) -> None:
         self.fake = fake
@@ -126,7 +127,9 @@ class WebChat:
             }
             for user in fake.users
         ]
-        groups = [{"conversation_id": g.conversation_id, "title": g.title} for g in fake.state.groups.values()]
+        groups = [
+            {"conversation_id": g.conversation_id, "title": g.title} for g in fake.state.groups.values()
+        ]
         return _json(
             {
                 "bot": {k: v for k, v in app.public().items() if k != "app_id"},
@@ -174,7 +177,9 @@ class WebChat:
         )
         self.transcript.append(event)
         await self.fake.push(data, message_id=message_id)
-        return _json({"message_id": message_id, "msg_id": data["msgId"], "conversation_id": data["conversationId"]})
+        return _json(
+            {"message_id": message_id, "msg_id": data["msgId"], "conversation_id": data["conversationId"]}
+        )
 
     async def history(self, request: web.Request) -> web.Response:
         return _json({"events": sorted(self.transcript, key=lambda e: e["seq"])})

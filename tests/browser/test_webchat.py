@@ -55,7 +55,9 @@ def _playwright() -> Any:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("the browser tests need Playwright: pip install '.[browser]' (.ci/run does it)", pytrace=False)
+        pytest.fail(
+            "the browser tests need Playwright: pip install '.[browser]' (.ci/run does it)", pytrace=False
+        )
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
             f"the browser tests need Chromium at {CHROMIUM}: apt-get install chromium (.ci/run does it), "
@@ -76,8 +78,22 @@ def sandbox() -> Iterator[str]:
     log_path = work / "gateway.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edgecrab", "--config", str(config), "gateway", "start", "--sandbox", "--port", "0"],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "edgecrab",
+                "--config",
+                str(config),
+                "gateway",
+                "start",
+                "--sandbox",
+                "--port",
+                "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
         )
     urls: queue.Queue[str] = queue.Queue()
 
@@ -88,7 +104,8 @@ def sandbox() -> Iterator[str]:
             if match:
                 urls.put(match.group(1))
 
-    threading.Thread(target=pump, daemon=True).start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
         try:
             url = urls.get(timeout=30)
@@ -102,6 +119,9 @@ def sandbox() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        reader.join(timeout=5)
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +190,12 @@ def test_dm_group_mention_and_unmentioned(page: Any) -> None:
     chunks = _bot_bubbles(page).all_inner_texts()[2:]
     assert [c[:5] for c in chunks] == ["(1/3)", "(2/3)", "(3/3)"], chunks
     joined = " ".join(chunks)
-    assert joined.index("word000") < joined.index("word045") < joined.index("word089") < joined.index("echo agent")
+    assert (
+        joined.index("word000")
+        < joined.index("word045")
+        < joined.index("word089")
+        < joined.index("echo agent")
+    )
     expect(page.locator("#messages .msg.bot .md-title")).to_have_count(5)
 
     # In a group, @robot gets a reply that @mentions the sender back.
@@ -213,12 +238,18 @@ def test_dm_group_mention_and_unmentioned(page: Any) -> None:
 
     # Someone from another organisation is told so by the gateway's access rules.
     page.click("#people button:has-text('王五')")
+    page.click("#chats button:has-text('EdgeCrab')")  # switching person keeps the open group; go to the DM
     expect(page.locator("#chat-title")).to_have_text("EdgeCrab")
     _send(page, "hi, I'm a customer")
     expect(_bot_bubbles(page).last).to_contain_text("another organisation", timeout=REPLY_S)
 
-    page.click("#people button:has-text('Alice Chen')")
+    # Another member in the same group: Alice's messages move to the left, the reply @mentions Bob.
+    page.click("#people button:has-text('Bob Smith')")
     page.click("#chats button:has-text('测试群')")
+    expect(page.locator("#messages .msg.user:not(.mine)")).to_have_count(3)
+    _send(page, "thanks! what is left before Friday?")
+    expect(_bot_bubbles(page)).to_have_count(2, timeout=REPLY_S)
+    expect(_bot_bubbles(page).last.locator(".mention")).to_have_text("@Bob Smith")
     (ROOT / "artifacts").mkdir(exist_ok=True)
     page.screenshot(path=str(ROOT / "artifacts" / "webchat.png"))
 
@@ -251,17 +282,64 @@ RENDER = """(text) => {
         ("one\ntwo\n\nthree", "<p>one two</p><p>three</p>"),
         ("- a\n- b\n  - c\n1. x", "<ul><li>a</li><li>b<ul><li>c</li></ul></li></ul><ol><li>x</li></ol>"),
         ("> quoted **text**", "<blockquote><p>quoted <strong>text</strong></p></blockquote>"),
-        ("```py\n\\# not a heading\n<b>&amp;\n```", '<pre data-lang="py"><code># not a heading\n&lt;b&gt;&amp;</code></pre>'),
-        ("| a | b |\n|:-|-:|\n| 1 | 2 |", '<div class="md-table"><table><thead><tr><th style="text-align: left;">a</th>'
-         '<th style="text-align: right;">b</th></tr></thead><tbody><tr><td style="text-align: left;">1</td>'
-         '<td style="text-align: right;">2</td></tr></tbody></table></div>'),
-        ("[site](https://example.com) [x](javascript:alert(1))",
-         '<p><a href="https://example.com" target="_blank" rel="noopener noreferrer">site</a> '
-         '<span class="md-badlink">x</span></p>'),
-        ("<script>alert(1)</script> &lt;b&gt; &#x1F980;", "<p>&lt;script&gt;alert(1)&lt;/script&gt; &lt;b&gt; 🦀</p>"),
+        (
+            "```py\n\\# not a heading\n<b>&amp;\n```",
+            '<pre data-lang="py"><code># not a heading\n&lt;b&gt;&amp;</code></pre>',
+        ),
+        (
+            "| a | b |\n|:-|-:|\n| 1 | 2 |",
+            '<div class="md-table"><table><thead><tr><th style="text-align: left;">a</th>'
+            '<th style="text-align: right;">b</th></tr></thead>'
+            '<tbody><tr><td style="text-align: left;">1</td>'
+            '<td style="text-align: right;">2</td></tr></tbody></table></div>',
+        ),
+        (
+            "[site](https://example.com) [x](javascript:evil)",
+            '<p><a href="https://example.com" target="_blank" rel="noopener noreferrer">site</a> '
+            '<span class="md-badlink">x</span></p>',
+        ),
+        (
+            "<script>alert(1)</script> &lt;b&gt; &#x1F980;",
+            "<p>&lt;script&gt;alert(1)&lt;/script&gt; &lt;b&gt; 🦀</p>",
+        ),
         ("done\n\n@manager807", '<p>done</p><p><span class="mention" title="manager807">@张三</span></p>'),
         ("---", "<hr>"),
+        (
+            "see https://example.com/a.",
+            '<p>see <a href="https://example.com/a" target="_blank" rel="noopener noreferrer">'
+            "https://example.com/a</a>.</p>",
+        ),
+    ],
+    ids=[
+        "headings",
+        "emphasis",
+        "paragraphs",
+        "lists",
+        "quote",
+        "fence",
+        "table",
+        "links",
+        "html-is-text",
+        "mention",
+        "rule",
+        "autolink",
     ],
 )
 def test_markdown_renderer(page: Any, markdown: str, html: str) -> None:
     assert page.evaluate(RENDER, markdown) == html
+
+
+def test_text_messages_keep_their_lines_and_show_no_markdown(page: Any) -> None:
+    html = page.evaluate(
+        """(text) => {
+          const box = document.createElement("div");
+          box.append(DingMarkdown.renderText(text, {mentions: {user1001: "李四"}}));
+          return box.innerHTML;
+        }""",
+        "**not bold** <i>x</i>\n(https://example.com) @user1001",
+    )
+    assert html == (
+        "**not bold** &lt;i&gt;x&lt;/i&gt;<br>"
+        '(<a href="https://example.com" target="_blank" rel="noopener noreferrer">https://example.com</a>) '
+        '<span class="mention" title="user1001">@李四</span>'
+    )

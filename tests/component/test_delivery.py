@@ -111,7 +111,10 @@ def _gaps(records: list[OutboundRecord]) -> list[float]:
 
 
 async def test_three_chunk_group_reply_request_bodies(tmp_path: Path, snapshot: Any) -> None:
-    async with FakeDingTalk() as fake, delivering(fake, tmp_path / "d.db", max_chars=90, markers=True) as (d, _):
+    async with (
+        FakeDingTalk() as fake,
+        delivering(fake, tmp_path / "d.db", max_chars=90, markers=True) as (d, _),
+    ):
         route = _route(fake, group=True)
         text = "## Plan\n\n" + _paragraphs(3, 50)
         await d.enqueue(route, text, session_key="s1")
@@ -128,9 +131,12 @@ async def test_three_chunk_group_reply_request_bodies(tmp_path: Path, snapshot: 
 
 async def test_chunks_are_fifo_and_paced_also_between_replies(tmp_path: Path) -> None:
     interval = 0.25
-    async with FakeDingTalk() as fake, delivering(fake, tmp_path / "d.db", max_chars=60, interval=interval) as (
-        d,
-        _,
+    async with (
+        FakeDingTalk() as fake,
+        delivering(fake, tmp_path / "d.db", max_chars=60, interval=interval) as (
+            d,
+            _,
+        ),
     ):
         route = _route(fake)
         await d.enqueue(route, _paragraphs(3))
@@ -147,9 +153,12 @@ async def test_chunks_are_fifo_and_paced_also_between_replies(tmp_path: Path) ->
 
 
 async def test_order_and_exactly_once_under_injected_faults(tmp_path: Path) -> None:
-    async with FakeDingTalk(seed=7) as fake, delivering(fake, tmp_path / "d.db", max_chars=60, max_rounds=30) as (
-        d,
-        _,
+    async with (
+        FakeDingTalk(seed=7) as fake,
+        delivering(fake, tmp_path / "d.db", max_chars=60, max_rounds=30) as (
+            d,
+            _,
+        ),
     ):
         fake.faults.fail("/robot/sendBySession", rate=0.35, kinds=["500", "503", "429", "reset"])
         fake.faults.fail("/v1.0/robot/*", rate=0.35, kinds=["500", "502", "504"])
@@ -164,7 +173,9 @@ async def test_order_and_exactly_once_under_injected_faults(tmp_path: Path) -> N
             sent = fake.messages_for(route.conversation_id)
             assert [r.text[:7] for r in sent] == expected
             assert min(_gaps(sent)) >= INTERVAL
-        assert sum(1 for r in fake.requests if r.fault) >= 5, "the faults did not fire; the test proves nothing"
+        assert sum(1 for r in fake.requests if r.fault) >= 5, (
+            "the faults did not fire; the test proves nothing"
+        )
         assert d.failed_replies == 0
 
 
@@ -244,7 +255,10 @@ async def test_restart_in_the_middle_of_a_resplit_chunk(tmp_path: Path) -> None:
 
 
 async def test_stop_mid_reply_sends_nothing_more(tmp_path: Path) -> None:
-    async with FakeDingTalk() as fake, delivering(fake, tmp_path / "d.db", max_chars=60, interval=0.2) as (d, _):
+    async with (
+        FakeDingTalk() as fake,
+        delivering(fake, tmp_path / "d.db", max_chars=60, interval=0.2) as (d, _),
+    ):
         route = _route(fake)
         await d.enqueue(route, _paragraphs(6))
         await fake.wait_for_outbound(1, route.conversation_id)
@@ -259,7 +273,10 @@ async def test_stop_mid_reply_sends_nothing_more(tmp_path: Path) -> None:
 
 
 async def test_cancel_for_one_session_spares_another_in_the_same_group(tmp_path: Path) -> None:
-    async with FakeDingTalk() as fake, delivering(fake, tmp_path / "d.db", max_chars=60, interval=0.1) as (d, _):
+    async with (
+        FakeDingTalk() as fake,
+        delivering(fake, tmp_path / "d.db", max_chars=60, interval=0.1) as (d, _),
+    ):
         route = _route(fake, group=True)
         await d.enqueue(route, _paragraphs(4), session_key="g:alice")
         await d.enqueue(route, _paragraphs(2).replace("part", "bobs"), session_key="g:bob")
@@ -292,7 +309,10 @@ async def test_permanent_failure_gives_up_and_reports(tmp_path: Path) -> None:
     async def notify(kind: str, reply: str, error: Any, message: Any) -> None:
         events.append((kind, reply, error))
 
-    async with FakeDingTalk() as fake, delivering(fake, tmp_path / "d.db", max_chars=60, notify=notify) as (d, _):
+    async with (
+        FakeDingTalk() as fake,
+        delivering(fake, tmp_path / "d.db", max_chars=60, notify=notify) as (d, _),
+    ):
         lost = _route(fake, session_webhook="", sender_staff_id="")  # no webhook, no staff id: undeliverable
         good = _route(fake, user=2)
         await d.enqueue(lost, _paragraphs(3))

@@ -40,7 +40,7 @@ def words(n: int, count: int) -> list[str]:
     return [word(n, i) for i in range(count)]
 
 
-@dataclass
+@dataclass(repr=False)
 class Tally:
     """Per message: answered (every word arrived), lost (a word never arrived), duplicated (one arrived twice)."""
 
@@ -64,6 +64,8 @@ class Tally:
         if self.duplicated:
             text += f" duplicated(first)={self.duplicated[:5]}"
         return text
+
+    __repr__ = __str__
 
 
 def count_words(texts: Iterable[str]) -> Counter[str]:

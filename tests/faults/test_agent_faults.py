@@ -30,7 +30,7 @@ LLM_KEY = "sk-fault-llm-key-0123456789"
 CLEAR = {
     "hang": "the agent timed out after 1.5 s — /retry to try again",
     "garbage": "the agent sent a response edgecrab could not read",
-    "error500": "the agent service failed (HTTP 500) — /retry to try again",
+    "error500": "the agent service failed (http 500) — /retry to try again",
 }
 
 

@@ -138,14 +138,9 @@
       m = ch === "h" && !ctx.inLink && !/\w/.test(prev) ? AUTOLINK.exec(rest) : null;
       if (m) {
         flush();
-        const url = m[0].replace(/[.,;:!?)]+$/, "");
-        const a = node("a");
-        a.setAttribute("href", url);
-        a.setAttribute("target", "_blank");
-        a.setAttribute("rel", "noopener noreferrer");
-        a.textContent = decode(url);
+        const a = autolink(m[0]);
         out.appendChild(a);
-        i += url.length;
+        i += a.textContent.length;
         continue;
       }
       if (ch === "@" && ctx.mentions) {
@@ -165,6 +160,17 @@
     }
     flush();
     return out;
+  }
+
+  // A bare URL as a link; trailing punctuation (a sentence's full stop, a closing parenthesis) stays text.
+  function autolink(raw) {
+    const url = raw.replace(/[.,;:!?)\]]+$/, "");
+    const a = node("a");
+    a.setAttribute("href", url);
+    a.setAttribute("target", "_blank");
+    a.setAttribute("rel", "noopener noreferrer");
+    a.textContent = url;
+    return a;
   }
 
   // The end of an emphasis span opened before `from`: same delimiter, not after a space, content non-empty.
@@ -379,13 +385,8 @@
         const id = line[i] === "@" && mentions ? mentionAt(line, i + 1, mentions) : "";
         if (m) {
           flush();
-          const a = node("a");
-          a.setAttribute("href", m[0]);
-          a.setAttribute("target", "_blank");
-          a.setAttribute("rel", "noopener noreferrer");
-          a.textContent = m[0];
-          out.appendChild(a);
-          i += m[0].length;
+          out.appendChild(autolink(m[0]));
+          i += out.lastChild.textContent.length;
         } else if (id) {
           flush();
           const span = node("span", "mention");

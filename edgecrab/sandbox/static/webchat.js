@@ -10,9 +10,6 @@
   "use strict";
 
   const $ = (id) => document.getElementById(id);
-  const WIRE_MAX = 1500;
-  const STREAM_KINDS = new Set(["connection", "frame", "ack", "redelivery"]);
-  const LABELS = { connection: "CONN", redelivery: "RETRY", outbound: "SEND" };
   const RANK = { sending: 0, queued: 1, pushed: 2, redelivered: 3, acked: 4, rejected: 4, gaveup: 5, dropped: 5 };
 
   const state = {
@@ -23,7 +20,6 @@
     seen: new Set(), // bus seq numbers already applied to the chat
     sent: new Map(), // stream message id -> user item
     atBot: true,
-    filters: { stream: true, rest: true, chat: true },
     ws: null,
   };
 
@@ -34,11 +30,9 @@
     return e;
   }
 
-  function clock(ms, withMs) {
+  function clock(ms) {
     const d = new Date(ms || Date.now());
-    const two = (n) => String(n).padStart(2, "0");
-    const base = `${two(d.getHours())}:${two(d.getMinutes())}`;
-    return withMs ? `${base}:${two(d.getSeconds())}.${String(d.getMilliseconds()).padStart(3, "0")}` : base;
+    return `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
   }
 
   function short(id) {
@@ -75,6 +69,13 @@
   function dmOwner(cid) {
     return state.dir.users.find((u) => u.dm_conversation_id === cid);
   }
+  function chatName(cid) {
+    const g = groupOf(cid);
+    if (g) return g.title;
+    const owner = dmOwner(cid);
+    return owner ? `DM ${owner.nick}` : short(cid);
+  }
+
   function mentionMap() {
     const map = {};
     for (const u of state.dir.users) if (u.staff_id) map[u.staff_id] = u.nick;
@@ -281,7 +282,8 @@
       queued: "queued: no gateway connected yet",
       pushed: "pushed to the gateway, waiting for its ack",
       redelivered: `no ack in time: DingTalk redelivered it (attempt ${item.attempt || 2})`,
-      acked: `delivered · acked ${item.ackCode}${item.latency != null ? ` in ${Math.max(1, Math.round(item.latency * 1000))} ms` : ""}`,
+      acked: `${item.at_bot === false ? "pushed anyway (relay mode)" : "delivered"} · acked ${item.ackCode}` +
+        (item.latency != null ? ` in ${Math.max(1, Math.round(item.latency * 1000))} ms` : ""),
       rejected: `the gateway answered ${item.ackCode}${item.ackMessage ? ": " + item.ackMessage : ""}`,
       gaveup: "DingTalk gave up: never acked",
       dropped: "not delivered: DingTalk only pushes group messages that @ the robot",
@@ -361,83 +363,6 @@
     }
   }
 
-  // --- wire panel --------------------------------------------------------------------------------------
-  function describe(ev) {
-    switch (ev.kind) {
-      case "connection":
-        return [`${ev.event} ${short(ev.connection_id)}${ev.app ? " · " + ev.app : ""}` +
-          (ev.close_code != null && ev.event === "closed" ? ` · code ${ev.close_code}` : "") +
-          (ev.reason ? ` · ${ev.reason}` : ""), ev.event === "rejected" ? "bad" : ""];
-      case "frame":
-        if (ev.direction === "dropped") return [`✕ not pushed ${short(ev.message_id)} · ${ev.reason}`, "warn"];
-        if (ev.direction === "queued") return [`⏸ queued ${short(ev.message_id)} · no live connection (${ev.queued})`, "warn"];
-        if (ev.direction === "in") return [`⚠ unreadable frame from the client`, "bad"];
-        if (ev.type === "raw") return [`→ raw frame · ${ev.size} bytes`, ""];
-        return [`→ ${ev.type || ""} ${ev.topic || ""} ${short(ev.message_id)}` +
-          (ev.attempt > 1 ? ` · attempt ${ev.attempt}` : "") + (ev.ok === false ? ` · failed: ${ev.error}` : ""),
-          ev.ok === false ? "bad" : ""];
-      case "ack":
-        return [`← ack ${ev.code}${ev.message && ev.message !== "OK" ? " " + ev.message : ""} ${short(ev.message_id)}` +
-          (ev.latency_s != null ? ` · ${(ev.latency_s * 1000).toFixed(1)} ms` : "") + (ev.topic === "ping" ? " · pong" : ""),
-          ev.code === 200 ? "" : "bad"];
-      case "redelivery":
-        if (ev.duplicate) return [`↻ duplicate ${short(ev.message_id)}`, "warn"];
-        if (ev.gave_up) return [`↻ gave up on ${short(ev.message_id)} after ${ev.attempt} attempts`, "bad"];
-        return [`↻ redeliver ${short(ev.message_id)} · attempt ${ev.attempt}`, "warn"];
-      case "rest": {
-        const err = ev.response && typeof ev.response === "object" && ev.response.errcode ? ` · errcode ${ev.response.errcode}` : "";
-        return [`${ev.method} ${ev.path} → ${ev.status}${err}${ev.fault ? " · fault " + ev.fault : ""}`,
-          ev.status >= 400 || err ? "bad" : ""];
-      }
-      case "outbound":
-        return [`✉ ${ev.via} ${ev.msgtype} → ${chatName(ev.conversation_id)}${ev.title ? ` “${ev.title}”` : ""}` +
-          (ev.at_user_ids && ev.at_user_ids.length ? ` @${ev.at_user_ids.join(",")}` : ""), ""];
-      case "chat":
-        return [`${ev.sender.nick} → ${chatName(ev.conversation_id)}${ev.at_bot ? " (@robot)" : ev.at_bot === false ? " (no @)" : ""}: ${ev.text}`, ""];
-      default:
-        return [JSON.stringify(ev), ""];
-    }
-  }
-
-  function chatName(cid) {
-    const g = groupOf(cid);
-    if (g) return g.title;
-    const owner = dmOwner(cid);
-    return owner ? `DM ${owner.nick}` : short(cid);
-  }
-
-  function filterOf(kind) {
-    return STREAM_KINDS.has(kind) ? "stream" : kind === "chat" ? "chat" : "rest";
-  }
-
-  function addWire(ev) {
-    const list = $("wire");
-    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-    const [text, tone] = describe(ev);
-    const li = el("li", `k-${ev.kind}${tone ? " " + tone : ""}`);
-    li.dataset.kind = ev.kind;
-    li.dataset.filter = filterOf(ev.kind);
-    if (!state.filters[li.dataset.filter]) li.classList.add("hidden");
-    const line = el("button", "ev-line");
-    line.type = "button";
-    line.append(el("time", "", clock(ev.ts, true)), el("span", "ev-kind", LABELS[ev.kind] || ev.kind.toUpperCase()),
-      el("span", "ev-text", text));
-    line.title = text;
-    line.addEventListener("click", () => {
-      let detail = li.querySelector(".ev-detail");
-      if (detail) {
-        detail.remove();
-        return;
-      }
-      detail = el("pre", "ev-detail", JSON.stringify(ev, null, 2));
-      li.append(detail);
-    });
-    li.append(line);
-    list.append(li);
-    while (list.childElementCount > WIRE_MAX) list.firstElementChild.remove();
-    if (atBottom) list.scrollTop = list.scrollHeight;
-  }
-
   // --- event stream ------------------------------------------------------------------------------------
   function connectEvents(onOpen) {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
@@ -465,12 +390,12 @@
     });
     ws.addEventListener("close", () => {
       renderStatus();
-      setTimeout(() => connectEvents(() => refreshDirectory().then(() => { $("wire").replaceChildren(); })), 1000);
+      setTimeout(() => connectEvents(() => refreshDirectory().then(SandboxWire.clear)), 1000);
     });
   }
 
   function handle(ev) {
-    addWire(ev);
+    SandboxWire.add(ev);
     if (ev.kind === "connection") refreshSoon();
     applyChat(ev);
   }
@@ -545,16 +470,7 @@
       renderAtToggle();
     });
     $("deliver-unmentioned").addEventListener("change", setDeliverUnmentioned);
-    $("wire-clear").addEventListener("click", () => $("wire").replaceChildren());
-    for (const chip of document.querySelectorAll(".chip[data-filter]")) {
-      chip.addEventListener("click", () => {
-        const name = chip.dataset.filter;
-        state.filters[name] = !state.filters[name];
-        chip.classList.toggle("on", state.filters[name]);
-        chip.setAttribute("aria-pressed", String(state.filters[name]));
-        for (const li of $("wire").children) li.classList.toggle("hidden", !state.filters[li.dataset.filter]);
-      });
-    }
+    SandboxWire.setup(chatName);
   }
 
   async function start() {

@@ -116,7 +116,11 @@ class FakeDingTalk(PayloadBuilder, Observation):
     async def start(self) -> FakeDingTalk:
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._port))
+        try:
+            sock.bind((self.host, self._port))
+        except OSError:
+            sock.close()  # a busy port must not leak the socket (the sandbox reports it and exits)
+            raise
         self._port = sock.getsockname()[1]
         app = web.Application(middlewares=[self._middleware], client_max_size=16 << 20)
         app.add_routes(
