@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from edgecrab.chunking import split_text
+from edgecrab.chunking import json_bytes, split_text
 from edgecrab.events import Message, ReplyRoute
 from edgecrab.store.base import PENDING, SENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
 
@@ -135,7 +135,8 @@ class Delivery:
             max_chars=fmt.max_chars,
             max_bytes=fmt.max_bytes,
             markers=fmt.markers,
-            overhead_bytes=fmt.overhead_bytes + len(title.encode()),
+            # The title travels in the same body, JSON-escaped, with " (i/n)" appended when split.
+            overhead_bytes=fmt.overhead_bytes + json_bytes(title) + len(" (9999/9999)"),
         )
         if mention is None:
             mention = route.is_group

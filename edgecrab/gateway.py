@@ -125,7 +125,7 @@ class Gateway:
                 text = None
                 if self.hooks is not None:
                     text = await self.hooks.first("handle_error", error=exc, message=message)
-                await self.reply(message, text or "Sorry — something went wrong while handling your message. "
+                await self.reply(message, text or "⚠️ Sorry — something went wrong while handling your message. "
                                  "Please try again.", self.runner.key(message))
 
     async def _route(self, message: Message) -> None:
@@ -146,7 +146,7 @@ class Gateway:
             message = await hooks.pipeline("prepare_message", "message", message)
         key = self.runner.key(message)
         if message.unsupported:
-            await self.reply(message, f"Sorry, I can't read this kind of message yet ({message.msgtype}). "
+            await self.reply(message, f"⚠️ Sorry, I can't read this kind of message yet ({message.msgtype}). "
                              "Please send it as text.", key)
             await self.store.inbox_set_state(self.robot, message.id, DONE, "unsupported")
             return
@@ -210,7 +210,8 @@ class Gateway:
                              agent_timeout_s=self.config.agent.timeout_s, hooks=self.hooks)
         self.commands = Commands(self.config.commands, self.runner, self.reply, hooks=self.hooks,
                                  connection=ConnectionInfo(self.connection_state),
-                                 cancel_outbox=lambda m: self.delivery.cancel(m.route) if m.route else _zero())
+                                 cancel_outbox=lambda m: (self.delivery.cancel(m.route, session_key=self.runner.key(m))
+                                                          if m.route else _zero()))
         self.stream = StreamClient(dt, self.on_callback, on_state=self._on_state, http=http)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

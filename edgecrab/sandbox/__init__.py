@@ -26,7 +26,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import anyio
-import anyio.abc
 
 from edgecrab.config import SANDBOX_APP_KEY, SANDBOX_APP_SECRET, Config
 from edgecrab.errors import StartupError

@@ -8,6 +8,7 @@ never a traceback, never exit 1, never an error about a key nobody touched.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -28,7 +29,11 @@ ENV = {"DINGTALK_APP_KEY": "ding-fuzz-key", "DINGTALK_APP_SECRET": "fuzz-app-sec
 EXAMPLES = int(os.environ.get("EDGECRAB_FUZZ_EXAMPLES", "60"))
 
 KeyPath = tuple[Any, ...]
-PROBLEM = re.compile(r"^  - (?:(?P<path>[^\s(]+)(?: \(line \d+(?:, column \d+)?\))?|line \d+(?:, column \d+)?): \S")
+_PART = r'(?:[A-Za-z_][A-Za-z0-9_]*|\[(?:"(?:[^"\\]|\\.)*"|\d+)\])'
+PROBLEM = re.compile(
+    rf"^  - (?:(?P<path>{_PART}(?:\.?{_PART})*)(?: \(line \d+(?:, column \d+)?\))?|line \d+(?:, column \d+)?): \S"
+)
+"""``  - platforms.dingtalk["odd key"][0] (line 7): message``, or ``  - line 3, column 1: message``."""
 
 bad_refs = st.sampled_from([
     "${EDGECRAB_FUZZ_UNSET}", "${EDGECRAB_FUZZ_UNSET", "${1BAD}", "${}", "${A B}", "$${literal}",
@@ -95,13 +100,18 @@ def mutate(doc: Any, draw: Any) -> KeyPath:
     return path
 
 
+def components(path: str) -> list[str]:
+    """``agent.env["A B"][0]`` -> ``["agent", "env", "A B", "0"]`` (the inverse of the product's format_path)."""
+    found = re.findall(r'\.?([A-Za-z_][A-Za-z0-9_]*)|\[("(?:[^"\\]|\\.)*"|\d+)\]', path)
+    return [name or str(json.loads(other)) for name, other in found]
+
+
 def related(problem: str, touched: list[KeyPath]) -> bool:
-    """A problem path at, under, above or beside (same parent) a touched path."""
-    parts = re.split(r"\.|(?=\[)", problem)
-    for t in touched:
-        names = [str(p) if isinstance(p, str) else f"[{p}]" for p in t]
-        depth = min(len(parts), len(names))
-        if parts[: depth - 1] == names[: depth - 1] or problem.startswith(".".join(names[:1])) and len(t) <= 1:
+    """A problem path at, under, above or beside (same parent as) a touched path."""
+    p = components(problem)
+    for path in touched:
+        t = [str(part) for part in path]
+        if p[: len(t)] == t or t[: len(p)] == p or (len(p) == len(t) and p[:-1] == t[:-1]):
             return True
     return False
 
