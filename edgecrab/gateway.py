@@ -86,7 +86,11 @@ class Gateway:
         is_new = await self.store.inbox_claim(self.robot, msg_id, stream_mid, frame.data_text, time.time())
         if not is_new:
             self.duplicates += 1
-            log.info("[dingtalk] duplicate delivery of %s (frame %s): acked, not processed again", msg_id, stream_mid)
+            log.info(
+                "[dingtalk] duplicate delivery of %s (frame %s): acked, not processed again",
+                msg_id,
+                stream_mid,
+            )
             return AckDecision()
         self.received += 1
         item = (msg_id, stream_mid, frame.data_text)
@@ -110,8 +114,9 @@ class Gateway:
         message: Message | None = None
         try:
             try:
-                message = to_message(json.loads(payload), stream_message_id=stream_mid,
-                                     robot_code_fallback=self.robot)
+                message = to_message(
+                    json.loads(payload), stream_message_id=stream_mid, robot_code_fallback=self.robot
+                )
             except (FrameError, ValueError) as exc:
                 log.warning("[dingtalk] message %s cannot be read: %s", msg_id, exc)
                 await self.store.inbox_set_state(self.robot, msg_id, FAILED, str(exc))
@@ -125,13 +130,18 @@ class Gateway:
                 text = None
                 if self.hooks is not None:
                     text = await self.hooks.first("handle_error", error=exc, message=message)
-                await self.reply(message, text or "⚠️ Sorry — something went wrong while handling your message. "
-                                 "Please try again.", self.runner.key(message))
+                await self.reply(
+                    message,
+                    text or "⚠️ Sorry — something went wrong while handling your message. Please try again.",
+                    self.runner.key(message),
+                )
 
     async def _route(self, message: Message) -> None:
         decision = self.access.decide(message, time.time())
         if not decision.allowed:
-            log.info("[dingtalk] message %s from %s dropped: %s", message.id, message.sender.key, decision.reason)
+            log.info(
+                "[dingtalk] message %s from %s dropped: %s", message.id, message.sender.key, decision.reason
+            )
             if decision.notice:
                 await self.reply(message, decision.notice, self.runner.key(message))
             await self.store.inbox_set_state(self.robot, message.id, DONE, decision.reason)
@@ -146,13 +156,21 @@ class Gateway:
             message = await hooks.pipeline("prepare_message", "message", message)
         key = self.runner.key(message)
         if message.unsupported:
-            await self.reply(message, f"⚠️ Sorry, I can't read this kind of message yet ({message.msgtype}). "
-                             "Please send it as text.", key)
+            await self.reply(
+                message,
+                f"⚠️ Sorry, I can't read this kind of message yet ({message.msgtype}). "
+                "Please send it as text.",
+                key,
+            )
             await self.store.inbox_set_state(self.robot, message.id, DONE, "unsupported")
             return
         command = parse_command(message.text) if not message.attachments else None
         if command is not None:
-            if command.name in ("/retry",) or self.commands.is_known(command) or not self.config.commands.forward_unknown:
+            if (
+                command.name in ("/retry",)
+                or self.commands.is_known(command)
+                or not self.config.commands.forward_unknown
+            ):
                 handled = await self.commands.handle(command, message)
                 if handled:
                     if command.name != "/retry":
@@ -203,15 +221,32 @@ class Gateway:
             markers=dt.chunk_markers,
         )
         self.sender = DingTalkSender(dt, client=http)
-        self.delivery = Delivery(self.store, self.sender, fmt, chunk_interval_s=dt.chunk_interval_ms / 1000,
-                                 notify=self._delivery_event)
-        self.runner = Runner(self.config.sessions, self.store, self.agent, self.reply,
-                             system_prompt=self.config.agent.system_prompt,
-                             agent_timeout_s=self.config.agent.timeout_s, hooks=self.hooks)
-        self.commands = Commands(self.config.commands, self.runner, self.reply, hooks=self.hooks,
-                                 connection=ConnectionInfo(self.connection_state),
-                                 cancel_outbox=lambda m: (self.delivery.cancel(m.route, session_key=self.runner.key(m))
-                                                          if m.route else _zero()))
+        self.delivery = Delivery(
+            self.store,
+            self.sender,
+            fmt,
+            chunk_interval_s=dt.chunk_interval_ms / 1000,
+            notify=self._delivery_event,
+        )
+        self.runner = Runner(
+            self.config.sessions,
+            self.store,
+            self.agent,
+            self.reply,
+            system_prompt=self.config.agent.system_prompt,
+            agent_timeout_s=self.config.agent.timeout_s,
+            hooks=self.hooks,
+        )
+        self.commands = Commands(
+            self.config.commands,
+            self.runner,
+            self.reply,
+            hooks=self.hooks,
+            connection=ConnectionInfo(self.connection_state),
+            cancel_outbox=lambda m: (
+                self.delivery.cancel(m.route, session_key=self.runner.key(m)) if m.route else _zero()
+            ),
+        )
         self.stream = StreamClient(dt, self.on_callback, on_state=self._on_state, http=http)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -228,14 +263,21 @@ class Gateway:
                 self.commands.hook_commands = dict(await self.hooks.register_commands())
                 unfinished = await self.store.inbox_unfinished(self.robot)
                 if unfinished:
-                    log.info("[gateway] picking up %d message(s) left unfinished by the last run", len(unfinished))
+                    log.info(
+                        "[gateway] picking up %d message(s) left unfinished by the last run", len(unfinished)
+                    )
                 self._overflow.extend((e.msg_id, e.stream_message_id, e.payload) for e in unfinished)
                 tg.start_soon(self._ingest)
                 tg.start_soon(self._housekeeping)
                 await tg.start(self.stream.run)
                 log.info("%s", self.access.posture())
-                log.info("[gateway] started: robot %s, agent %s, busy policy %s, group scope %s", self.robot,
-                         self.config.agent.type, self.config.sessions.busy_policy, self.config.sessions.group_scope)
+                log.info(
+                    "[gateway] started: robot %s, agent %s, busy policy %s, group scope %s",
+                    self.robot,
+                    self.config.agent.type,
+                    self.config.sessions.busy_policy,
+                    self.config.sessions.group_scope,
+                )
                 await self.hooks.notify("gateway_started", gateway=self)
                 self.started.set()
                 task_status.started()

@@ -32,3 +32,4 @@ class Agent(abc.ABC):
 
     async def aclose(self) -> None:
         """Release shared resources (HTTP clients) at gateway shutdown."""
+        return None

@@ -82,7 +82,7 @@ def local_ip() -> str:
 
 
 def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random | None = None) -> float:
-    """``initial * 2**(failures-1)`` capped at ``cap``, with +-20 % jitter so fleets don't reconnect in step."""
+    """``initial * 2**(failures-1)`` capped at ``cap``, +-20 % jitter so fleets don't reconnect in step."""
     base = min(cap, initial * (2 ** max(0, failures - 1)))
     jitter = (rng or random).uniform(-0.2, 0.2) * base
     return max(0.0, min(cap, base + jitter))
@@ -140,13 +140,13 @@ class _Connection:
             frame = parse_frame(raw)
         except FrameError as exc:
             log.warning("[dingtalk] conn %s: rejected frame: %s", self.cid, exc.reason)
-            mid = _salvage_message_id(raw)
-            if mid:
-                await self._send(ack_frame(mid, code=400, message=f"bad frame: {exc.reason}", data="{}"))
+            salvaged = _salvage_message_id(raw)
+            if salvaged:
+                await self._send(ack_frame(salvaged, code=400, message=f"bad frame: {exc.reason}", data="{}"))
             return
         headers = frame.headers
         topic = headers.get("topic", "")
-        mid = headers.get("messageId")
+        mid = frame.message_id
         if not self.server_id and headers.get("connectionId"):
             self.server_id = headers["connectionId"]
             log.info("[dingtalk] conn %s is server connection %s", self.cid, self.server_id)
@@ -358,6 +358,7 @@ class StreamClient:
 def _error_text(resp: httpx.Response) -> str:
     try:
         data = resp.json()
-        return f"{data.get('code', '')} {data.get('message', '')} (requestid {data.get('requestid', '-')})".strip()
+        code, message, request_id = data.get("code", ""), data.get("message", ""), data.get("requestid", "-")
+        return f"{code} {message} (requestid {request_id})".strip()
     except ValueError:
         return resp.text[:200]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from edgecrab.testing.fakedingtalk import FakeDingTalk
@@ -129,7 +130,9 @@ async def test_idle_watchdog_reconnects_a_zombie(tmp_path: Path) -> None:
             assert texts[0].startswith("You said: zombie")
 
 
-async def test_auth_failure_logs_hint_and_keeps_retrying(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_auth_failure_logs_hint_and_keeps_retrying(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     async with FakeDingTalk() as fake:
         config = make_config(fake, tmp_path, app_secret="wrong-secret", reconnect_max_s=0.1)
@@ -145,9 +148,13 @@ async def test_invalid_frames_never_drop_the_connection(tmp_path: Path) -> None:
         agent = ScriptedAgent()
         async with running_gateway(make_config(fake, tmp_path), agent):
             await fake.wait_for(lambda: len(fake.connections) == 1, 3)
-            for raw in ["not json", "[]", '{"type":"CALLBACK"}',
-                        '{"type":"CALLBACK","headers":{"topic":"/v1.0/im/bot/messages/get","messageId":"m1"},'
-                        '"data":"{not json"}']:
+            for raw in [
+                "not json",
+                "[]",
+                '{"type":"CALLBACK"}',
+                '{"type":"CALLBACK","headers":{"topic":"/v1.0/im/bot/messages/get","messageId":"m1"},'
+                '"data":"{not json"}',
+            ]:
                 await fake.push_raw(raw)
             data = fake.dm(fake.users[0], "still alive")
             await fake.push(data)
@@ -194,7 +201,7 @@ async def test_cancel_stops_everything_quickly_with_no_task_left(tmp_path: Path)
             assert gw.stream is not None
             started = time.monotonic()
         elapsed = time.monotonic() - started
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         # The fake's own server tasks (aiohttp) are not the gateway's: leave them out.
         leaked = [t for t in set(asyncio.all_tasks()) - before if not t.done() and not _is_fake_task(t)]
         assert elapsed < 1.0

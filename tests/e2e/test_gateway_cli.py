@@ -67,14 +67,31 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[FakeDingTalk, FakeOpenAI,
 
 async def start_gateway(fake: FakeDingTalk, config: Path) -> GatewayProcess:
     app = fake.apps[0]
-    env = dict(os.environ, DINGTALK_APP_KEY=app.client_id, DINGTALK_APP_SECRET=app.client_secret,
-               FAKE_LLM_KEY="sk-test-llm-key-123", EDGECRAB_HOME=str(config.parent))
+    env = dict(
+        os.environ,
+        DINGTALK_APP_KEY=app.client_id,
+        DINGTALK_APP_SECRET=app.client_secret,
+        FAKE_LLM_KEY="sk-test-llm-key-123",
+        EDGECRAB_HOME=str(config.parent),
+    )
     env.pop("EDGECRAB_CONFIG", None)
     log_path = config.parent / "gateway.log"
-    log_file = open(log_path, "wb")  # noqa: SIM115 - closed by the OS when the process ends
+    log_file = open(log_path, "wb")  # noqa: ASYNC230 - a log file for the child, opened once
     proc = await anyio.open_process(
-        [sys.executable, "-m", "edgecrab", "--config", str(config), "--log-level", "info", "gateway", "start"],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "edgecrab",
+            "--config",
+            str(config),
+            "--log-level",
+            "info",
+            "gateway",
+            "start",
+        ],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
     )
     log_file.close()
     gw = GatewayProcess(proc, log_path)

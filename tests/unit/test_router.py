@@ -40,7 +40,16 @@ def test_aliases(name: str, expected: str) -> None:
 
 
 def test_builtin_table_is_the_product_page() -> None:
-    assert list(BUILTIN_COMMANDS) == ["/help", "/new", "/reset", "/stop", "/retry", "/status", "/usage", "/hooks"]
+    assert list(BUILTIN_COMMANDS) == [
+        "/help",
+        "/new",
+        "/reset",
+        "/stop",
+        "/retry",
+        "/status",
+        "/usage",
+        "/hooks",
+    ]
 
 
 def test_help_lists_everything() -> None:
