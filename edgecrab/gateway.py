@@ -274,7 +274,7 @@ class Gateway:
                 log.info(
                     "[gateway] started: robot %s, agent %s, busy policy %s, group scope %s",
                     self.robot,
-                    self.config.agent.type,
+                    self.agent.name,
                     self.config.sessions.busy_policy,
                     self.config.sessions.group_scope,
                 )

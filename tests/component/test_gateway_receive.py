@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -206,3 +207,58 @@ async def test_cancel_stops_everything_quickly_with_no_task_left(tmp_path: Path)
         leaked = [t for t in set(asyncio.all_tasks()) - before if not t.done() and not _is_fake_task(t)]
         assert elapsed < 1.0
         assert leaked == [], leaked
+
+
+async def test_ping_is_echoed_and_events_and_unknown_topics_are_acked_404(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        async with running_gateway(make_config(fake, tmp_path), ScriptedAgent()):
+            await fake.wait_for(lambda: len(fake.connections) == 1, 3)
+            opaque = await fake.ping()
+            await fake.wait_for(lambda: any(p.opaque == opaque and p.ok for p in fake.pings), 3)
+            # DingTalk only pushes subscribed topics (we subscribe to robot messages), so send these raw.
+            for ftype, topic, mid in [("EVENT", "dingTalk", "ab12_cd3_ef45_0001"),
+                                      ("CALLBACK", "/v1.0/card/instances/callback", "ab12_cd3_ef45_0002")]:
+                frame = {
+                    "specVersion": "1.0",
+                    "type": ftype,
+                    "headers": {"topic": topic, "messageId": mid, "contentType": "application/json",
+                                "time": "1769851697756"},
+                    "data": json.dumps({"outTrackId": "t1"}),
+                }
+                await fake.push_raw(json.dumps(frame))
+            for mid in ("ab12_cd3_ef45_0001", "ab12_cd3_ef45_0002"):
+                await fake.wait_for(lambda m=mid: any(a.message_id == m and a.code == 404 for a in fake.acks), 3)
+            assert fake.connections_opened == 1
+
+
+async def test_unsupported_types_get_a_reply_and_quotes_reach_the_agent(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        agent = ScriptedAgent()
+        async with running_gateway(make_config(fake, tmp_path), agent):
+            user = fake.users[1]
+            unknown = fake.unknown(user)
+            await fake.push(unknown)
+            texts = await _replies(fake, unknown["conversationId"], 1)
+            assert "can't read this kind of message" in texts[0]
+            quoted = fake.quoted(user, "what does this mean?", quoted_text="deploy failed with 502",
+                                 quoted_sender=fake.users[2])
+            await fake.push(quoted)
+            await _replies(fake, quoted["conversationId"], 1)
+            sent = agent.requests[-1].messages[-1]["content"]
+            assert "> deploy failed with 502" in sent and sent.endswith("what does this mean?")
+            voice = fake.audio(user, recognition="turn on the lights")
+            await fake.push(voice)
+            await fake.wait_for(lambda: len(agent.requests) == 2, 3)
+            assert "turn on the lights" in agent.requests[-1].messages[-1]["content"]
+            assert len(agent.requests) == 2  # the unknownMsgType never reached the agent
+
+
+async def test_group_mention_rule_applies_even_if_dingtalk_delivers(tmp_path: Path) -> None:
+    async with FakeDingTalk(deliver_unmentioned=True) as fake:
+        agent = ScriptedAgent()
+        async with running_gateway(make_config(fake, tmp_path), agent):
+            mid = await fake.push(fake.group(fake.users[0], "chatting among ourselves", at_bot=False))
+            await fake.wait_for_ack(mid)
+            await anyio.sleep(0.3)
+            assert agent.requests == []
+            assert fake.outbound == []
