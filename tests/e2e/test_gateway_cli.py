@@ -196,39 +196,38 @@ async def test_group_and_dm_sessions_are_separate(stack) -> None:
         await stop_gateway(gw)
 
 
-async def test_busy_queue_policy_answers_in_order(stack) -> None:
+async def _two_quick_messages(stack, busy_policy: str, replies: int) -> tuple[list[str], FakeOpenAI]:
+    """Send "one", then "two" while the agent is still answering "one"; return the replies."""
     fake, llm, tmp = stack
     llm.configure({"delay_s": 0.8})
-    gw = await start_gateway(fake, write_config(tmp / "edgecrab.yaml", fake, llm))
+    gw = await start_gateway(fake, write_config(tmp / "edgecrab.yaml", fake, llm, busy_policy=busy_policy))
     try:
-        user = fake.users[3]
-        first = fake.dm(user, "one")
+        first = fake.dm(fake.users[3], "one")
         cid = first["conversationId"]
         await fake.push(first)
         await llm.wait_requests(1)
-        await fake.push(fake.dm(user, "two"))
-        await fake.wait_for(lambda: len(fake.messages_for(cid)) >= 3, 10)
-        texts = [m.text for m in fake.messages_for(cid)]
-        assert texts[0].startswith("⏳ Queued — position 1")
-        assert "You said: one" in texts[1] and "You said: two" in texts[2]
+        await fake.push(fake.dm(fake.users[3], "two"))
+        await fake.wait_for(lambda: len(fake.messages_for(cid)) >= replies, 10)
+        await anyio.sleep(0.3)
+        return [m.text for m in fake.messages_for(cid)], llm
     finally:
         await stop_gateway(gw)
+
+
+async def test_busy_queue_policy_answers_in_order(stack) -> None:
+    texts, llm = await _two_quick_messages(stack, "queue", 3)
+    assert texts[0].startswith("⏳ Queued — position 1")
+    assert "You said: one" in texts[1] and "You said: two" in texts[2]
 
 
 async def test_reject_policy_says_busy(stack) -> None:
-    fake, llm, tmp = stack
-    llm.configure({"delay_s": 0.8})
-    gw = await start_gateway(fake, write_config(tmp / "edgecrab.yaml", fake, llm, busy_policy="reject"))
-    try:
-        user = fake.users[3]
-        first = fake.dm(user, "one")
-        cid = first["conversationId"]
-        await fake.push(first)
-        await llm.wait_requests(1)
-        await fake.push(fake.dm(user, "two"))
-        await fake.wait_for(lambda: len(fake.messages_for(cid)) >= 2, 10)
-        texts = [m.text for m in fake.messages_for(cid)]
-        assert "still working" in texts[0] and "You said: one" in texts[1]
-        assert len(llm.requests) == 1
-    finally:
-        await stop_gateway(gw)
+    texts, llm = await _two_quick_messages(stack, "reject", 2)
+    assert "still working" in texts[0] and "You said: one" in texts[1]
+    assert len(texts) == 2 and len(llm.requests) == 1
+
+
+async def test_interrupt_policy_cancels_and_answers_the_new_message(stack) -> None:
+    texts, llm = await _two_quick_messages(stack, "interrupt", 2)
+    assert texts[0].startswith("⏹ Stopped the previous answer")
+    assert len(texts) == 2 and "You said: two" in texts[1]
+    assert llm.disconnects >= 1  # the first answer's stream was closed
