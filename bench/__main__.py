@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
+import logging
 import os
 import platform
 import shlex
@@ -46,14 +47,30 @@ def machine() -> dict[str, Any]:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "commit": _git("rev-parse", "--short", "HEAD").strip(),
+        "modified": [row[3:] for row in _git("status", "--porcelain", "--untracked-files=no").splitlines()],
+    }
+
+
+def _git(*args: str) -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=5).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.rstrip()
     except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "platform": platform.platform(), "packages": versions,
-            "commit": commit}
+        return ""
+
+
+def load() -> list[float]:
+    """The 1-, 5- and 15-minute load averages: other work on the machine shows up here."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def progress(text: str) -> None:
@@ -66,9 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help=f"comma-separated scenarios out of {','.join(KEYS)}")
     parser.add_argument("--contenders", default=",".join(ALL), help=f"comma-separated out of {','.join(ALL)}")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
-    parser.add_argument("--keep", type=Path, default=None, help="keep configs, stores and logs in this folder")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="keep configs, stores and logs in this folder"
+    )
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
+    # A contender stopped in the middle of sending (scenario 2 stops edgecrab while 1,000 answers are still on
+    # their way) makes the fake's aiohttp server log "Connection lost" tracebacks; they are expected.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     only = [k.strip() for k in args.only.split(",") if k.strip()] or list(KEYS)
     unknown = set(only) - set(KEYS) or set(args.contenders.split(",")) - set(ALL)
     if unknown:
@@ -76,25 +98,43 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     meta: dict[str, Any] = {
-        "command": "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "command": " ".join(
+            ["python -m bench", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))]
+        ),
         "mode": "smoke" if plan.smoke else "full",
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "plan": scenarios.plan_dict(plan),
+        "load_at_start": load(),
     }
+    if meta["load_at_start"][0] > 0.5 * (os.cpu_count() or 1):
+        progress(
+            f"[bench] warning: load average {meta['load_at_start']} on {os.cpu_count()} cores: other work "
+            "competes with the contenders; compare the ratios, not the absolute numbers"
+        )
     with tempfile.TemporaryDirectory(prefix="edgecrab-bench-") as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        ctx = scenarios.Context(plan=plan, users=make_users(plan.users_needed), warm_user=make_users(1, "w")[0],
-                                workdir=workdir, contenders=tuple(args.contenders.split(",")), progress=progress)
+        ctx = scenarios.Context(
+            plan=plan,
+            users=make_users(plan.users_needed),
+            warm_user=make_users(1, "w")[0],
+            workdir=workdir,
+            contenders=tuple(args.contenders.split(",")),
+            progress=progress,
+        )
         results, lines, failed = run_all(ctx, only)
     meta["duration_s"] = round(time.monotonic() - started, 1)
+    meta["load_at_end"] = load()
     write_json(args.json, meta, results, lines)
     print(f"\n## edgecrab benchmarks ({meta['mode']})\n")
     print(table(lines))
     misses = [line.id for line in lines if line.verdict == MISS]
-    print(f"\n{len(lines) - len(misses)} pass, {len(misses)} miss{' (' + ', '.join(misses) + ')' if misses else ''}"
-          f"; {meta['duration_s']:g} s; JSON in {args.json}")
+    listed = f" ({', '.join(misses)})" if misses else ""
+    print(
+        f"\n{len(lines) - len(misses)} pass, {len(misses)} miss{listed}; "
+        f"{meta['duration_s']:g} s; JSON in {args.json}"
+    )
     for key, error in failed.items():
         print(f"\nscenario {key} could not run:\n{error}", file=sys.stderr)
     return 1 if failed else 0

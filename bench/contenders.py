@@ -104,8 +104,17 @@ def start(name: str, fake: BenchFake, workdir: Path, llm_url: str = "") -> Runni
         argv = [sys.executable, "-m", "edgecrab", "--config", str(config), "gateway", "start"]
     elif name in (SDK, RAW):
         module = "bench.sdk_bot" if name == SDK else "bench.raw_bot"
-        argv = [sys.executable, "-m", module, "--openapi", fake.base_url, "--client-id", APP_KEY,
-                "--client-secret", APP_SECRET]
+        argv = [
+            sys.executable,
+            "-m",
+            module,
+            "--openapi",
+            fake.base_url,
+            "--client-id",
+            APP_KEY,
+            "--client-secret",
+            APP_SECRET,
+        ]
         if llm_url:
             argv += ["--llm", llm_url]
     else:

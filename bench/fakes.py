@@ -84,7 +84,7 @@ class LlmServer:
     """:mod:`bench.llm` as a subprocess: an OpenAI-compatible server that answers after ``delay_s``."""
 
     def __init__(self, delay_s: float, log_path: Path) -> None:
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in close()
+        self._log = open(log_path, "wb")  # closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.llm", "--delay", str(delay_s)],
             stdout=subprocess.PIPE,

@@ -62,7 +62,11 @@ class Line:
     def row(self) -> str:
         cells = [self.cells.get(name, "—") for name in ALL]
         goal = f"{self.goal}: {self.detail}" if self.detail else self.goal
-        return f"| {self.id} | {self.title} | {self.metric} | " + " | ".join(cells) + f" | {goal} | **{self.verdict}** |"
+        return (
+            f"| {self.id} | {self.title} | {self.metric} | "
+            + " | ".join(cells)
+            + f" | {goal} | **{self.verdict}** |"
+        )
 
 
 def verdict(ok: bool) -> str:
@@ -82,7 +86,9 @@ def write_json(path: Path, meta: dict[str, Any], scenarios: dict[str, Any], line
         "meta": meta,
         "lines": [asdict(line) for line in lines],
         "scenarios": scenarios,
-        "summary": {"pass": sum(1 for x in lines if x.verdict == PASS),
-                    "miss": sum(1 for x in lines if x.verdict == MISS)},
+        "summary": {
+            "pass": sum(1 for x in lines if x.verdict == PASS),
+            "miss": sum(1 for x in lines if x.verdict == MISS),
+        },
     }
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")

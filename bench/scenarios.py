@@ -1,5 +1,5 @@
-"""The five scenarios of issue 8. Each runs its contenders one after the other in the same process tree,
-on the same machine, minutes apart, and returns its raw numbers and the judged :class:`~bench.report.Line`\\ s.
+"""The five scenarios of issue 8. Each runs its contenders one after the other, on the same machine,
+seconds apart, and returns its raw numbers and the judged :class:`~bench.report.Line` objects.
 
 Shared rules: a fresh fake (and, for edgecrab, a fresh store) per contender run; one warm-up message per run
 before the clock starts (connection pools, token, lazy imports); budgets cut runs that would take minutes
@@ -86,7 +86,8 @@ def _throughput_cell(s: dict[str, Any]) -> str:
     if "cpu_ms_per_message" in s:
         cell += f" · {s['cpu_ms_per_message']:.2f} ms CPU/msg"
     if s["extrapolated"]:
-        cell += f" (extrapolated: {s['answered']:,} of {s['planned']:,} answered in the {s['budget_s']:g} s budget)"
+        done = f"{s['answered']:,} of {s['planned']:,}"
+        cell += f" (extrapolated: {done} answered in the {s['budget_s']:g} s budget)"
     return cell
 
 
@@ -109,8 +110,10 @@ def echo_throughput(ctx: Context, slow: bool) -> tuple[dict[str, Any], list[Line
         results[name]["cpu_s"] = cpu
         results[name]["cpu_ms_per_message"] = 1000 * cpu / max(res.replied, 1)
     rate = {name: r["messages_per_s"] for name, r in results.items()}
-    title = (f"echo, {plan.echo_messages:,} DMs over {plan.echo_conversations:,} conversations, "
-             f"REST {'%g ms' % (delay * 1000) if slow else 'instant'}")
+    title = (
+        f"echo, {plan.echo_messages:,} DMs over {plan.echo_conversations:,} conversations, "
+        f"REST {'%g ms' % (delay * 1000) if slow else 'instant'}"
+    )
     ec, sdk, raw = rate.get(EDGECRAB, 0.0), rate.get(SDK, 0.0), rate.get(RAW, 0.0)
     if slow:
         ok = bool(sdk) and ec >= 10 * sdk
@@ -119,11 +122,21 @@ def echo_throughput(ctx: Context, slow: bool) -> tuple[dict[str, Any], list[Line
     else:
         ok = bool(sdk and raw) and ec >= sdk and ec >= 0.5 * raw
         goal = "edgecrab ≥ SDK bot and ≥ 50 % of raw"
-        detail = (f"{ec / sdk:.2f}× SDK, {100 * ec / raw:.0f} % of raw" if sdk and raw
-                  else "a reference contender was not measured")
-    line = Line("1b" if slow else "1a", title, "messages/s (end-to-end p50 · p99)",
-                {n: _throughput_cell(r) for n, r in results.items()}, goal, verdict(ok), detail,
-                {n: r for n, r in results.items()})
+        detail = (
+            f"{ec / sdk:.2f}× SDK, {100 * ec / raw:.0f} % of raw"
+            if sdk and raw
+            else "a reference contender was not measured"
+        )
+    line = Line(
+        "1b" if slow else "1a",
+        title,
+        "messages/s (end-to-end p50 · p99)",
+        {n: _throughput_cell(r) for n, r in results.items()},
+        goal,
+        verdict(ok),
+        detail,
+        {n: r for n, r in results.items()},
+    )
     return {"rest_delay_s": delay, "contenders": results}, [line]
 
 
@@ -133,18 +146,30 @@ def ack_latency(ctx: Context, llm_url: str) -> tuple[dict[str, Any], list[Line]]
     users = ctx.users[: plan.ack_messages]
     results: dict[str, dict[str, Any]] = {}
     for name in ctx.contenders:
-        ctx.progress(f"[bench] 2 ack latency at {plan.ack_rate:g} msg/s, agent {plan.agent_delay_s:g} s: {name}")
+        ctx.progress(
+            f"[bench] 2 ack latency at {plan.ack_rate:g} msg/s, agent {plan.agent_delay_s:g} s: {name}"
+        )
         budget = plan.sdk_agent_budget_s if name == SDK else plan.ack_budget_s
-        with run_contender(ctx, "ack", name, llm_url=llm_url) as (fake, _):
+        with run_contender(ctx, "ack", name, llm_url=llm_url) as (fake, running):
             datas = [fake.build(u, text_for(i + 1)) for i, u in enumerate(users)]
+            cpu = running.cpu_s()
             res = fake.call(open_loop(fake.fake, datas, plan.ack_rate, budget))
+            cpu = running.cpu_s() - cpu
         p50 = percentile(res.latencies_s, 50, res.sent)
         p99 = percentile(res.latencies_s, 99, res.sent)
-        results[name] = {"planned": res.planned, "sent": res.sent, "acked": len(res.latencies_s),
-                         "push_duration_s": res.duration_s, "budget_s": budget,
-                         "p50_s": finite(p50), "p99_s": finite(p99),
-                         "max_s": finite(max(res.latencies_s, default=float("nan"))),
-                         "_p50": p50, "_p99": p99}
+        results[name] = {
+            "planned": res.planned,
+            "sent": res.sent,
+            "acked": len(res.latencies_s),
+            "push_duration_s": res.duration_s,
+            "budget_s": budget,
+            "cpu_s": cpu,
+            "p50_s": finite(p50),
+            "p99_s": finite(p99),
+            "max_s": finite(max(res.latencies_s, default=float("nan"))),
+            "_p50": p50,
+            "_p99": p99,
+        }
     cells = {}
     for name, r in results.items():
         cells[name] = f"{ms(r.pop('_p50'), r['budget_s'])} · {ms(r.pop('_p99'), r['budget_s'])}"
@@ -153,10 +178,20 @@ def ack_latency(ctx: Context, llm_url: str) -> tuple[dict[str, Any], list[Line]]
     ec = results.get(EDGECRAB, {})
     p99 = ec.get("p99_s")
     ok = p99 is not None and p99 < 0.005
-    title = (f"ack latency, {plan.ack_messages:,} DMs at {plan.ack_rate:g} msg/s, "
-             f"agent takes {plan.agent_delay_s:g} s")
-    line = Line("2", title, "ack latency p50 · p99", cells, "edgecrab p99 < 5 ms",
-                verdict(ok), f"p99 {ms(p99)}" if p99 is not None else "not all acked", results)
+    title = (
+        f"ack latency, {plan.ack_messages:,} DMs at {plan.ack_rate:g} msg/s, "
+        f"agent takes {plan.agent_delay_s:g} s"
+    )
+    line = Line(
+        "2",
+        title,
+        "ack latency p50 · p99",
+        cells,
+        "edgecrab p99 < 5 ms",
+        verdict(ok),
+        f"p99 {ms(p99)}" if p99 is not None else "not all acked",
+        results,
+    )
     return {"agent_delay_s": plan.agent_delay_s, "contenders": results}, [line]
 
 
@@ -166,12 +201,17 @@ def burst(ctx: Context, llm_url: str) -> tuple[dict[str, Any], list[Line]]:
     users = ctx.users[: plan.burst_conversations]
     results: dict[str, dict[str, Any]] = {}
     for name in ctx.contenders:
-        ctx.progress(f"[bench] 3 {len(users):,} conversations x 1 message, agent {plan.agent_delay_s:g} s: {name}")
+        ctx.progress(
+            f"[bench] 3 {len(users):,} conversations x 1 message, agent {plan.agent_delay_s:g} s: {name}"
+        )
         budget = plan.sdk_agent_budget_s if name == SDK else plan.burst_budget_s
-        with run_contender(ctx, "burst", name, llm_url=llm_url) as (fake, _):
+        with run_contender(ctx, "burst", name, llm_url=llm_url) as (fake, running):
             lanes = lanes_for(fake, users, 1)
+            cpu = running.cpu_s()
             res = fake.call(closed_loop(fake.fake, lanes, len(lanes), budget))
+            cpu = running.cpu_s() - cpu
         summary = load_summary(res)
+        summary["cpu_s"] = cpu
         wall = res.elapsed_s if res.complete else (res.planned / res.rate if res.replied else float("inf"))
         summary["wall_s"] = finite(wall)
         summary["_wall"] = wall
@@ -179,14 +219,29 @@ def burst(ctx: Context, llm_url: str) -> tuple[dict[str, Any], list[Line]]:
     cells = {}
     for name, r in results.items():
         wall = r.pop("_wall")
-        cells[name] = ms(wall) if r["complete"] else (
-            f"≈ {num(wall)} s (extrapolated: {r['answered']:,} of {r['planned']:,} answered in "
-            f"{r['budget_s']:g} s)" if r["answered"] else f"> {r['budget_s']:g} s (none answered)")
+        cells[name] = (
+            ms(wall)
+            if r["complete"]
+            else (
+                f"≈ {num(wall)} s (extrapolated: {r['answered']:,} of {r['planned']:,} answered in "
+                f"{r['budget_s']:g} s)"
+                if r["answered"]
+                else f"> {r['budget_s']:g} s (none answered)"
+            )
+        )
     wall = results.get(EDGECRAB, {}).get("wall_s")
     ok = wall is not None and results[EDGECRAB]["complete"] and wall <= plan.burst_goal_s
     title = f"{len(users):,} conversations × 1 message, agent takes {plan.agent_delay_s:g} s"
-    line = Line("3", title, "wall time until every answer arrived", cells,
-                f"edgecrab ≤ {plan.burst_goal_s:g} s", verdict(ok), ms(wall) if wall else "incomplete", results)
+    line = Line(
+        "3",
+        title,
+        "wall time until every answer arrived",
+        cells,
+        f"edgecrab ≤ {plan.burst_goal_s:g} s",
+        verdict(ok),
+        ms(wall) if wall else "incomplete",
+        results,
+    )
     return {"agent_delay_s": plan.agent_delay_s, "contenders": results}, [line]
 
 
@@ -213,28 +268,51 @@ def memory(ctx: Context) -> tuple[dict[str, Any], list[Line]]:
             r: dict[str, Any] = {"idle_rss_kb": idle["VmRSS"]}
             if name != SDK:  # the SDK bot keeps nothing per conversation; a 10,000-message run proves nothing
                 lanes = lanes_for(fake, users, 1)
-                res = fake.call(closed_loop(fake.fake, lanes, plan.session_concurrency, plan.sessions_budget_s))
+                res = fake.call(
+                    closed_loop(fake.fake, lanes, plan.session_concurrency, plan.sessions_budget_s)
+                )
                 time.sleep(plan.settle_s)
                 after = _status_kb(running.pid)
-                r.update(sessions=res.replied, complete=res.complete, after_rss_kb=after["VmRSS"],
-                         peak_rss_kb=after["VmHWM"], run_s=res.elapsed_s,
-                         per_session_bytes=(after["VmRSS"] - idle["VmRSS"]) * 1024 / max(res.replied, 1))
+                r.update(
+                    sessions=res.replied,
+                    complete=res.complete,
+                    after_rss_kb=after["VmRSS"],
+                    peak_rss_kb=after["VmHWM"],
+                    run_s=res.elapsed_s,
+                    per_session_bytes=(after["VmRSS"] - idle["VmRSS"]) * 1024 / max(res.replied, 1),
+                )
             results[name] = r
     idle_cells = {n: f"{r['idle_rss_kb'] / 1024:.1f} MB" for n, r in results.items()}
     per_cells = {
         n: f"{r['per_session_bytes'] / 1024:.2f} KB/session ({r['after_rss_kb'] / 1024:.1f} MB after, "
         f"peak {r['peak_rss_kb'] / 1024:.1f} MB)"
-        for n, r in results.items() if "per_session_bytes" in r
+        for n, r in results.items()
+        if "per_session_bytes" in r
     }
     ec = results.get(EDGECRAB, {})
     idle_mb = ec.get("idle_rss_kb", float("inf")) / 1024
     per_kb = ec.get("per_session_bytes", float("inf")) / 1024
     lines = [
-        Line("4a", "memory, idle after start and one message", "RSS (VmRSS)", idle_cells, "edgecrab ≤ 60 MB",
-             verdict(idle_mb <= 60), f"{idle_mb:.1f} MB", results),
-        Line("4b", f"memory after {len(users):,} sessions, idle again", "RSS growth per session", per_cells,
-             "edgecrab ≤ 2 KB per idle session", verdict(per_kb <= 2 and bool(ec.get("complete"))),
-             f"{per_kb:.2f} KB", {}),
+        Line(
+            "4a",
+            "memory, idle after start and one message",
+            "RSS (VmRSS)",
+            idle_cells,
+            "edgecrab ≤ 60 MB",
+            verdict(idle_mb <= 60),
+            f"{idle_mb:.1f} MB",
+            results,
+        ),
+        Line(
+            "4b",
+            f"memory after {len(users):,} sessions, idle again",
+            "RSS growth per session",
+            per_cells,
+            "edgecrab ≤ 2 KB per idle session",
+            verdict(per_kb <= 2 and bool(ec.get("complete"))),
+            f"{per_kb:.2f} KB",
+            {},
+        ),
     ]
     return {"sessions": len(users), "contenders": results}, lines
 
@@ -245,8 +323,16 @@ def chunking(ctx: Context) -> tuple[dict[str, Any], list[Line]]:
 
     ctx.progress("[bench] 5 chunking a 1 MB reply")
     best = bench(1_000_000, repeat=3)
-    line = Line("5", "split a 1 MB markdown reply (edgecrab.chunking.split_text, in-process)", "best of 3",
-                {EDGECRAB: ms(best)}, "< 50 ms", verdict(best < 0.050), ms(best), {"value_s": best})
+    line = Line(
+        "5",
+        "split a 1 MB markdown reply (edgecrab.chunking.split_text, in-process)",
+        "best of 3",
+        {EDGECRAB: ms(best)},
+        "< 50 ms",
+        verdict(best < 0.050),
+        ms(best),
+        {"value_s": best},
+    )
     return {"best_s": best, "repeat": 3}, [line]
 
 
