@@ -158,7 +158,9 @@ class Soak:
             self.expected[w] = "dm"
         elif roll < 0.80:
             w = self.next_word()
-            data = fake.group(user, f"group question {w}", conversation_id=f"cidSoak{self.rng.randrange(3)}==")
+            data = fake.group(
+                user, f"group question {w}", conversation_id=f"cidSoak{self.rng.randrange(3)}=="
+            )
             self.expected[w] = "group"
         elif roll < 0.87:
             w = self.next_word()
@@ -170,11 +172,21 @@ class Soak:
             data = fake.picture(user) if roll < 0.94 else fake.unknown(user)
         else:
             data = fake.dm(outsider, "let me in")
-        kind = "counted" if roll < 0.87 else "command" if roll < 0.92 else "media/unknown" if roll < 0.96 else "outsider"
+        kind = (
+            "counted"
+            if roll < 0.87
+            else "command"
+            if roll < 0.92
+            else "media/unknown"
+            if roll < 0.96
+            else "outsider"
+        )
         self.sent[kind] += 1
         await fake.push(data)
 
-    async def traffic(self, fake: FakeDingTalk, users: list[FakeUser], outsider: FakeUser, until: float) -> None:
+    async def traffic(
+        self, fake: FakeDingTalk, users: list[FakeUser], outsider: FakeUser, until: float
+    ) -> None:
         interval = 1.0 / self.args.rate
         while time.monotonic() < until:
             await self.send_one(fake, users, outsider)
@@ -188,7 +200,9 @@ class Soak:
         elif name == "disconnect":
             await fake.disconnect()
         elif name == "rest_failures":
-            rule = fake.faults.fail("*/robot/*", rate=0.2, kinds=["500", "502", "503", "429", "qps", "qps_api"])
+            rule = fake.faults.fail(
+                "*/robot/*", rate=0.2, kinds=["500", "502", "503", "429", "qps", "qps_api"]
+            )
             await asyncio.sleep(min(10.0, self.args.fault_every * 0.7))
             fake.faults.rules.remove(rule)
         elif name == "expire_credentials":
@@ -225,40 +239,72 @@ class Soak:
         return answered, len(self.expected) - answered, duplicated
 
     async def sampler(self, fake: FakeDingTalk, started: float) -> None:
-        print(f"{'min':>6} {'rss MB':>8} {'fds':>5} {'thr':>4} {'sent':>7} {'answered':>9} {'pending':>8} "
-              f"{'dup':>4} {'conns':>6}", flush=True)
+        print(
+            f"{'min':>6} {'rss MB':>8} {'fds':>5} {'thr':>4} {'sent':>7} {'answered':>9} {'pending':>8} "
+            f"{'dup':>4} {'conns':>6}",
+            flush=True,
+        )
         while True:
             assert self.proc is not None
             if self.proc.poll() is None:
                 s = sample(self.proc.pid)
                 answered, pending, duplicated = self.counts(fake)
-                row = {"t_s": round(time.monotonic() - started, 1), **s, "sent": len(self.expected),
-                       "answered": answered, "pending": pending, "duplicated": duplicated,
-                       "connections_opened": fake.connections_opened, "pid": self.proc.pid}
+                row = {
+                    "t_s": round(time.monotonic() - started, 1),
+                    **s,
+                    "sent": len(self.expected),
+                    "answered": answered,
+                    "pending": pending,
+                    "duplicated": duplicated,
+                    "connections_opened": fake.connections_opened,
+                    "pid": self.proc.pid,
+                }
                 self.samples.append(row)
-                print(f"{row['t_s'] / 60:6.1f} {s['rss_mb']:8.1f} {s['fds']:5d} {s['threads']:4d} "
-                      f"{len(self.expected):7d} {answered:9d} {pending:8d} {duplicated:4d} "
-                      f"{fake.connections_opened:6d}", flush=True)
+                print(
+                    f"{row['t_s'] / 60:6.1f} {s['rss_mb']:8.1f} {s['fds']:5d} {s['threads']:4d} "
+                    f"{len(self.expected):7d} {answered:9d} {pending:8d} {duplicated:4d} "
+                    f"{fake.connections_opened:6d}",
+                    flush=True,
+                )
             await asyncio.sleep(self.args.sample_every)
 
     # -- the run --------------------------------------------------------------------------------------
     def start_gateway(self, fake: FakeDingTalk, config: Path, log: Path) -> None:
         app = fake.apps[0]
-        env = dict(os.environ, DINGTALK_APP_KEY=app.client_id, DINGTALK_APP_SECRET=app.client_secret,
-                   SOAK_LLM_KEY=LLM_KEY, EDGECRAB_HOME=str(self.folder))
+        env = dict(
+            os.environ,
+            DINGTALK_APP_KEY=app.client_id,
+            DINGTALK_APP_SECRET=app.client_secret,
+            SOAK_LLM_KEY=LLM_KEY,
+            EDGECRAB_HOME=str(self.folder),
+        )
         env.pop("EDGECRAB_CONFIG", None)
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgecrab", "--config", str(config), "--log-level", self.args.log_level,
-                 "gateway", "start"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "edgecrab",
+                    "--config",
+                    str(config),
+                    "--log-level",
+                    self.args.log_level,
+                    "gateway",
+                    "start",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
 
     async def run(self) -> dict[str, Any]:
         args = self.args
         log_path = self.folder / "gateway.log"
-        async with FakeDingTalk(redeliver_after_s=2.0, max_redeliveries=20, seed=args.seed) as fake, \
-                SoakOpenAI(reply=reply_for, delay_s=0.05, token_delay_s=0.0, api_key=LLM_KEY) as llm:
+        async with (
+            FakeDingTalk(redeliver_after_s=2.0, max_redeliveries=20, seed=args.seed) as fake,
+            SoakOpenAI(reply=reply_for, delay_s=0.05, token_delay_s=0.0, api_key=LLM_KEY) as llm,
+        ):
             users = [fake.add_user(FakeUser(f"soak{i:04d}", f"Soak {i}")) for i in range(args.users)]
             outsider = next(u for u in fake.users if not u.staff_id)
             config = write_config(self.folder, fake, llm)
@@ -272,7 +318,7 @@ class Soak:
                 await self.traffic(fake, users, outsider, until)
                 await faults
                 drain_until = time.monotonic() + 90
-                while self.counts(fake)[1] and time.monotonic() < drain_until:
+                while self.counts(fake)[1] and time.monotonic() < drain_until:  # noqa: ASYNC110 - polls a count
                     await asyncio.sleep(1)
                 await asyncio.sleep(3)  # late duplicates
             finally:

@@ -76,6 +76,17 @@ def _split_key(chunk: OutboxChunk) -> str:
     return f"delivery:split:{chunk.reply_id}:{chunk.index}"
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedReply:
+    """A reply's ledger chunks before they are recorded (:meth:`Delivery.prepare`)."""
+
+    reply_id: str
+    conversation_key: str
+    chunks: list[OutboxChunk]
+    text: str
+    message: Message | None
+
+
 # What sending one message came to.
 _OK, _TOO_LONG, _FAILED, _CANCELLED = "ok", "too long", "failed", "cancelled"
 
@@ -127,6 +138,23 @@ class Delivery:
         mention: bool | None = None,
     ) -> str:
         """Record a reply's chunks in the ledger and wake the conversation's sender. Returns the reply id."""
+        prepared = self.prepare(route, text, session_key=session_key, message=message, mention=mention)
+        if prepared.chunks:
+            await self.store.outbox_add(prepared.chunks)
+            self.recorded(prepared)
+        return prepared.reply_id
+
+    def prepare(
+        self,
+        route: ReplyRoute,
+        text: str,
+        *,
+        session_key: str = "",
+        message: Message | None = None,
+        mention: bool | None = None,
+    ) -> PreparedReply:
+        """A reply formatted and split into ledger chunks, not yet recorded: the caller records them (with
+        other writes, in one transaction: ``Store.finish_turn``) and then calls :meth:`recorded`."""
         fmt = self.format
         rendered = fmt.render(text)
         title = fmt.title(text)
@@ -162,11 +190,13 @@ class Delivery:
         ]
         if not rows:
             log.warning("[delivery] empty reply to %s not sent", ckey)
-            return reply_id
-        await self.store.outbox_add(rows)
-        self._replies[reply_id] = (text, message)
-        self._wake(ckey)
-        return reply_id
+        return PreparedReply(reply_id, ckey, rows, text, message)
+
+    def recorded(self, prepared: PreparedReply) -> None:
+        """``prepared``'s chunks are in the ledger: wake the conversation's sender."""
+        if prepared.chunks:
+            self._replies[prepared.reply_id] = (prepared.text, prepared.message)
+            self._wake(prepared.conversation_key)
 
     async def cancel(self, route: ReplyRoute, *, session_key: str | None = None) -> int:
         """Drop unsent chunks (``/stop``, ``/new``: nothing more of that answer is sent).
@@ -262,6 +292,7 @@ class Delivery:
                 chunk.reply_id,
                 len(pieces),
             )
+        whole_sent = False
         while pieces:
             # The chunker keeps boundary whitespace at the end of the earlier chunk (lossless joins);
             # trailing blank lines in a message only make the bubble taller, and DingTalk refuses blank ones.
@@ -277,7 +308,11 @@ class Delivery:
             if outcome == _OK:
                 pieces.pop(0)
                 if split:
+                    # Re-split (rare): progress and the session's count are saved piece by piece.
                     await self._save_pieces(chunk, pieces)
+                    await self._count_sent(chunk)
+                else:
+                    whole_sent = True  # counted with the SENT mark below, in one write
                 continue
             if outcome == _CANCELLED:
                 return False
@@ -300,7 +335,13 @@ class Delivery:
                     continue
             await self._give_up(chunk, error)
             return False
-        await self.store.outbox_mark(chunk.reply_id, chunk.index, SENT)
+        await self.store.outbox_sent(
+            chunk.reply_id,
+            chunk.index,
+            session_key=chunk.session_key,
+            chunks_sent=int(whole_sent),
+            now=time.time(),
+        )
         if chunk.index == chunk.total - 1:
             await self._finished(chunk.reply_id, None)
         return True
@@ -327,8 +368,6 @@ class Delivery:
                 if result.ok:
                     self._last_sent[chunk.conversation_key] = time.monotonic()
                     self.sent_chunks += 1
-                    if chunk.session_key:
-                        await self.store.usage_add(chunk.session_key, UsageDelta(chunks_sent=1), time.time())
                     return _OK, ""
                 error = f"{result.code} {result.message}".strip()
                 if result.code in TOO_LONG_CODES:
@@ -350,6 +389,10 @@ class Delivery:
             if self._cancelled(chunk, epoch):
                 return _CANCELLED, ""
         return _FAILED, error
+
+    async def _count_sent(self, chunk: OutboxChunk) -> None:
+        if chunk.session_key:
+            await self.store.usage_add(chunk.session_key, UsageDelta(chunks_sent=1), time.time())
 
     def _smaller(self, text: str) -> list[str] | None:
         """``text`` split with half its character budget (fences closed and reopened); None if it can't be."""

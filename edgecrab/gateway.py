@@ -3,21 +3,29 @@ and owns the task group they all live in.
 
 Message flow::
 
-    Stream frame --(record in inbox, ack 200: milliseconds)--> ingest queue
+    Stream frame --(record in inbox, ack 200: milliseconds; in the Stream thread)--> ingest queue
     ingest: convert -> access rules -> hooks (received / allow / prepare) -> command or runner
     runner: agent run per session (busy policy) -> reply text
     delivery: format + chunk -> outbox ledger -> ordered, paced sends (sessionWebhook, OpenAPI fallback)
 
-Cancelling :meth:`Gateway.run` stops every task; nothing outlives it.
+The ack path runs in a thread of its own with its own event loop (``stream.run_in_thread``): the websocket
+reader, frame parsing, ``inbox_claim`` through a :meth:`~edgecrab.store.base.Store.clone` of the store, and
+the ack. Everything else (hooks included) runs on the main loop, which the new message is handed to with
+``call_soon_threadsafe``. On one loop, a frame waited behind hundreds of ready tasks before it was even read
+(ack p99 95 ms at 500 messages/s; BENCHMARKS.md, fix 4).
+
+Cancelling :meth:`Gateway.run` stops every task, and the Stream thread; nothing outlives it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -34,17 +42,20 @@ from edgecrab.dingtalk.access import AccessPolicy
 from edgecrab.dingtalk.convert import Frame, FrameError, decode_data, to_message
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
 from edgecrab.dingtalk.rest import DingTalkSender
-from edgecrab.dingtalk.stream import AckDecision, StreamClient
+from edgecrab.dingtalk.stream import AckDecision, StreamClient, run_in_thread
 from edgecrab.events import Message
+from edgecrab.httpclient import async_client
 from edgecrab.plugins import HookManager
 from edgecrab.router import parse_command
 from edgecrab.runs import Runner
 from edgecrab.store import open_store
-from edgecrab.store.base import DONE, FAILED, Store
+from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store
 
 log = logging.getLogger("edgecrab.gateway")
 
 _Item = tuple[str, str, str]  # (msg_id, stream message id, payload JSON)
+_DINGTALK_CONNECTIONS = 100
+"""Connections to DingTalk at once (httpx's default pool size, which the gateway used before)."""
 
 
 class Gateway:
@@ -67,6 +78,11 @@ class Gateway:
         self.started = anyio.Event()
         self._send, self._receive = anyio.create_memory_object_stream[_Item](max_buffer_size=4096)
         self._overflow: deque[_Item] = deque()
+        self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._ack_store: Store | None = None
+        """The store's clone that the Stream thread records callbacks through."""
+        self._states: deque[tuple[str, str]] = deque()
+        self._states_added = anyio.Event()
         self.received = 0
         self.duplicates = 0
 
@@ -83,7 +99,8 @@ class Gateway:
             log.warning("[dingtalk] rejected callback %s: no msgId", frame.headers.get("messageId"))
             return AckDecision(400, "bad request: no msgId")
         stream_mid = frame.headers.get("messageId", "")
-        is_new = await self.store.inbox_claim(self.robot, msg_id, stream_mid, frame.data_text, time.time())
+        store = self._ack_store or self.store
+        is_new = await store.inbox_claim(self.robot, msg_id, stream_mid, frame.data_text, time.time())
         if not is_new:
             self.duplicates += 1
             log.info(
@@ -93,12 +110,27 @@ class Gateway:
             )
             return AckDecision()
         self.received += 1
-        item = (msg_id, stream_mid, frame.data_text)
+        self._on_main_loop(self._accept, (msg_id, stream_mid, frame.data_text))
+        return AckDecision()
+
+    def _on_main_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Call ``fn(*args)`` on the main loop: soon from the Stream thread, at once from the main loop."""
+        loop = self._main_loop
+        if loop is None or _running_loop() is loop:
+            fn(*args)
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the main loop is closed; a recorded message is picked up on the next start
+            pass
+
+    def _accept(self, item: _Item) -> None:
         try:
             self._send.send_nowait(item)
         except anyio.WouldBlock:
             self._overflow.append(item)  # already durable; ingest drains this when it catches up
-        return AckDecision()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # stopping; already durable, picked up on the next start
 
     # -- ingest --------------------------------------------------------------------------------------
     async def _ingest(self) -> None:
@@ -188,6 +220,16 @@ class Gateway:
             return
         await self.delivery.enqueue(message.route, text, session_key=session_key, message=message)
 
+    def _prepare_reply(
+        self, message: Message, text: str, session_key: str
+    ) -> tuple[list[OutboxChunk], Callable[[], None]]:
+        """A run's answer as ledger chunks: the runner records them with the run's end, in one write."""
+        if message.route is None:
+            log.error("[gateway] no reply route for message %s; reply dropped", message.id)
+            return [], _nothing
+        prepared = self.delivery.prepare(message.route, text, session_key=session_key, message=message)
+        return prepared.chunks, lambda: self.delivery.recorded(prepared)
+
     async def _delivery_event(self, kind: str, reply: str, error: Any, message: Message | None) -> None:
         if self.hooks is None:
             return
@@ -197,8 +239,49 @@ class Gateway:
             await self.hooks.notify("send_failed", error=error, reply=reply, message=message)
 
     async def _on_state(self, state: str, detail: str) -> None:
-        if self.hooks is not None:
-            await self.hooks.notify("connection_changed", robot=self.robot, state=state, detail=detail)
+        """The Stream client's state listener; in the Stream thread, so it only queues the change."""
+        self._on_main_loop(self._queue_state, state, detail)
+
+    def _queue_state(self, state: str, detail: str) -> None:
+        self._states.append((state, detail))
+        self._states_added.set()
+
+    async def _notify_states(self) -> None:
+        """``connection_changed`` hooks, on the main loop, one change after the other."""
+        while True:
+            await self._states_added.wait()
+            self._states_added = anyio.Event()
+            await self._drain_states()
+
+    async def _drain_states(self) -> None:
+        while self._states:
+            state, detail = self._states.popleft()
+            if self.hooks is not None:
+                await self.hooks.notify("connection_changed", robot=self.robot, state=state, detail=detail)
+
+    async def _serve_stream(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The Stream connection and the ack path, in their own thread for as long as this task runs."""
+        stream, ack_store = self.stream, self.store.clone()
+        assert stream is not None
+
+        async def in_thread(status: anyio.abc.TaskStatus[None]) -> None:
+            await ack_store.open()
+            try:
+                self._ack_store = ack_store
+                await stream.run(task_status=status)
+            finally:
+                self._ack_store = None
+                with anyio.CancelScope(shield=True):
+                    await ack_store.close()
+
+        self._main_loop = asyncio.get_running_loop()
+        try:
+            await run_in_thread(in_thread, name=f"edgecrab-stream-{self.robot}", task_status=task_status)
+        finally:
+            with anyio.move_on_after(0.5, shield=True):
+                await self._drain_states()  # "stopped", as the thread ended
 
     def connection_state(self) -> str:
         s = self.stream
@@ -236,6 +319,7 @@ class Gateway:
             system_prompt=self.config.agent.system_prompt,
             agent_timeout_s=self.config.agent.timeout_s,
             hooks=self.hooks,
+            prepare=self._prepare_reply,
         )
         self.commands = Commands(
             self.config.commands,
@@ -247,13 +331,16 @@ class Gateway:
                 self.delivery.cancel(m.route, session_key=self.runner.key(m)) if m.route else _zero()
             ),
         )
-        self.stream = StreamClient(dt, self.on_callback, on_state=self._on_state, http=http)
+        # No shared HTTP client: the stream opens its own in its thread's event loop.
+        self.stream = StreamClient(dt, self.on_callback, on_state=self._on_state)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         if self.hooks is None:
             self.hooks = HookManager.load(self.config.hooks)
         await self.store.open()
-        http = httpx.AsyncClient(timeout=self.config.dingtalk.send_timeout_s)
+        http = async_client(
+            timeout=self.config.dingtalk.send_timeout_s, max_connections=_DINGTALK_CONNECTIONS
+        )
         self._build(http)
         assert self.stream is not None
         try:
@@ -269,7 +356,8 @@ class Gateway:
                 self._overflow.extend((e.msg_id, e.stream_message_id, e.payload) for e in unfinished)
                 tg.start_soon(self._ingest)
                 tg.start_soon(self._housekeeping)
-                await tg.start(self.stream.run)
+                tg.start_soon(self._notify_states)
+                await tg.start(self._serve_stream)
                 log.info("%s", self.access.posture())
                 log.info(
                     "[gateway] started: robot %s, agent %s, busy policy %s, group scope %s",
@@ -310,6 +398,17 @@ class Gateway:
 
 async def _zero() -> int:
     return 0
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _nothing() -> None:
+    return None
 
 
 async def serve(config: Config, *, ready: Any = None) -> None:

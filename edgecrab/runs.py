@@ -27,12 +27,16 @@ import anyio.abc
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import SessionsConfig
 from edgecrab.events import AgentRequest, AgentResult, Message
-from edgecrab.store.base import DONE, FAILED, PROCESSING, Store, Turn, UsageDelta
+from edgecrab.store.base import DONE, FAILED, PROCESSING, OutboxChunk, Store, Turn, UsageDelta
 
 log = logging.getLogger("edgecrab.runs")
 
 Reply = Callable[[Message, str, str], Awaitable[None]]
 """reply(message, text, session_key): send text to the message's conversation."""
+
+Prepare = Callable[[Message, str, str], tuple[list[OutboxChunk], Callable[[], None]]]
+"""prepare(message, text, session_key) -> (chunks, recorded): a run's answer as ledger chunks, which the
+runner records together with the rest of the run's end (``Store.finish_turn``), then calls ``recorded()``."""
 
 NO_RETRY_TEXT = "🤷 There's no earlier message to retry — just send me a new one."
 EMPTY_ANSWER_TEXT = "(the agent returned an empty answer — /retry to ask again)"
@@ -98,11 +102,15 @@ class Runner:
         system_prompt: str = "",
         agent_timeout_s: float = 120.0,
         hooks: Any = None,
+        prepare: Prepare | None = None,
     ) -> None:
+        """Without ``prepare``, a run's answer goes out through ``reply`` before the run is recorded as
+        finished (a crash in between runs the message again); with it, in the same store transaction."""
         self.config = config
         self.store = store
         self.agent = agent
         self._reply = reply
+        self._prepare = prepare
         self.system_prompt = system_prompt
         self.agent_timeout_s = agent_timeout_s
         self.hooks = hooks
@@ -255,8 +263,7 @@ class Runner:
             return
         if result.stopped or s.epoch != epoch:
             log.info("[runs] %s: run for message %s stopped after %.1f s", key, message.id, elapsed)
-            await self.store.usage_add(key, delta, time.time(), last_user=user_turn)
-            await self.store.inbox_set_state(message.robot, message.id, DONE, "stopped")
+            await self._finish(message, key, DONE, "stopped", usage=delta, last_user=user_turn)
             return
         if result.failed:
             text_out = failure_text(result.error)
@@ -264,15 +271,55 @@ class Runner:
                 custom = await self.hooks.first("handle_error", error=result.error, message=message)
                 if isinstance(custom, str) and custom:
                     text_out = custom
-            await self.store.usage_add(key, delta, time.time(), last_user=user_turn)
-            await self._reply(message, text_out, key)
-            await self.store.inbox_set_state(message.robot, message.id, FAILED, result.error)
+            await self._finish(
+                message, key, FAILED, result.error, usage=delta, last_user=user_turn, answer=text_out
+            )
             return
         delta.turns, delta.messages_out = 1, 1
-        await self.store.history_append(key, [user_turn, Turn("assistant", reply, message.id, time.time())])
-        await self.store.usage_add(key, delta, time.time(), last_user=user_turn)
-        await self._reply(message, reply or EMPTY_ANSWER_TEXT, key)
-        await self.store.inbox_set_state(message.robot, message.id, DONE)
+        await self._finish(
+            message,
+            key,
+            DONE,
+            turns=[user_turn, Turn("assistant", reply, message.id, time.time())],
+            usage=delta,
+            last_user=user_turn,
+            answer=reply or EMPTY_ANSWER_TEXT,
+        )
+
+    async def _finish(
+        self,
+        message: Message,
+        key: str,
+        state: str,
+        error: str = "",
+        *,
+        turns: list[Turn] | None = None,
+        usage: UsageDelta,
+        last_user: Turn,
+        answer: str | None = None,
+    ) -> None:
+        """Record the run's end (history, usage, the answer's chunks, inbox state) as one store write."""
+        chunks: list[OutboxChunk] = []
+        recorded: Callable[[], None] | None = None
+        if answer is not None:
+            if self._prepare is not None:
+                chunks, recorded = self._prepare(message, answer, key)
+            else:
+                await self._reply(message, answer, key)
+        await self.store.finish_turn(
+            key,
+            robot=message.robot,
+            msg_id=message.id,
+            state=state,
+            error=error,
+            now=time.time(),
+            turns=turns or (),
+            usage=usage,
+            last_user=last_user,
+            reply=chunks,
+        )
+        if recorded is not None:
+            recorded()
 
     async def _call_agent(self, request: AgentRequest, message: Message) -> AgentResult:
         started = time.monotonic()

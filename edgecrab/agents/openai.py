@@ -36,6 +36,7 @@ import httpx
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult, Usage
+from edgecrab.httpclient import async_client
 
 log = logging.getLogger("edgecrab.agents.openai")
 
@@ -99,13 +100,14 @@ class OpenAIAgent(Agent):
         if config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"
         # No read timeout of its own: the whole call is bounded by fail_after(timeout_s).
-        # As many connections as the gateway runs agents at once by default (sessions.max_concurrent_runs).
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(None, connect=10.0),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
-            transport=transport,
-        )
+        timeout = httpx.Timeout(None, connect=10.0)
+        if transport is not None:
+            self._client = httpx.AsyncClient(headers=headers, timeout=timeout, transport=transport)
+        else:
+            # No connection limit here: the runner already lets at most sessions.max_concurrent_runs agent
+            # calls run at once, and a second, smaller limit only queued requests behind it (and made
+            # httpcore's pool walk the queue on every request).
+            self._client = async_client(headers=headers, timeout=timeout, max_connections=None)
         if not config.model:
             log.warning("[agent] agent.model is empty: requests to %s will carry no model", self._url)
 

@@ -53,6 +53,7 @@ from edgecrab.dingtalk.webhook import (
     webhook_body,
 )
 from edgecrab.events import ReplyRoute
+from edgecrab.httpclient import async_client
 
 __all__ = [
     "DingTalkError",
@@ -135,7 +136,7 @@ class DingTalkSender:
         ``sleep``: limiter and backoff waits; ``rand`` (0..1): backoff jitter."""
         self._config = config
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=config.send_timeout_s, follow_redirects=False)
+        self._client = client or async_client(timeout=config.send_timeout_s, follow_redirects=False)
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep

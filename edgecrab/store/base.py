@@ -16,6 +16,7 @@ short synchronous work inline (an insert in WAL mode takes well under a millisec
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    @abc.abstractmethod
+    def clone(self) -> Store:
+        """Another handle on the same storage, not yet opened, for another thread with its own event loop:
+        the gateway records callbacks with one in its Stream thread, so acks never wait for the main loop.
+        It is opened, used and closed in that thread, while this store is open; what one handle writes,
+        the other reads at once. Only the inbox methods are used through it."""
+
     # -- inbox -------------------------------------------------------------------------------------
     @abc.abstractmethod
     async def inbox_claim(
@@ -167,6 +175,30 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def session_count(self) -> int: ...
 
+    @abc.abstractmethod
+    async def finish_turn(
+        self,
+        key: str,
+        *,
+        robot: str,
+        msg_id: str,
+        state: str,
+        now: float,
+        error: str = "",
+        turns: Sequence[Turn] = (),
+        usage: UsageDelta | None = None,
+        last_user: Turn | None = None,
+        reply: Sequence[OutboxChunk] = (),
+    ) -> None:
+        """The end of one message's run, all or nothing: ``turns`` appended to session ``key``'s history,
+        ``usage`` added to its counters (as :meth:`usage_add`, with ``last_user`` and ``now``), the
+        ``reply`` chunks recorded as :meth:`outbox_add` does, and inbox entry (``robot``, ``msg_id``) set to
+        ``state`` (``DONE`` or ``FAILED``) with ``error``. The session is created if turns or usage are given.
+
+        Atomic: after a crash either none of it happened (the message is still unfinished, runs again on
+        start, and nothing of it was sent) or all of it did (its reply is in the ledger and goes out, and
+        it does not run again). Never an answer in the ledger for a message that will also run again."""
+
     # -- outbox (delivery ledger) ------------------------------------------------------------------
     @abc.abstractmethod
     async def outbox_add(self, chunks: list[OutboxChunk]) -> None:
@@ -178,6 +210,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def outbox_mark(self, reply_id: str, index: int, state: str, error: str = "") -> None: ...
+
+    @abc.abstractmethod
+    async def outbox_sent(
+        self, reply_id: str, index: int, *, session_key: str, chunks_sent: int, now: float
+    ) -> None:
+        """Mark a chunk ``SENT`` (as :meth:`outbox_mark`) and, atomically with it, add ``chunks_sent`` to
+        session ``session_key``'s counter (``last_active_at`` advanced to ``now``; nothing when
+        ``session_key`` is empty or ``chunks_sent`` is 0)."""
 
     @abc.abstractmethod
     async def outbox_cancel(self, conversation_key: str, reply_id: str | None = None) -> int:

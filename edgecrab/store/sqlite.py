@@ -28,6 +28,7 @@ from edgecrab.store.base import (
     PROCESSING,
     RECEIVED,
     SENDING,
+    SENT,
     InboxEntry,
     OutboxChunk,
     SessionStats,
@@ -51,9 +52,14 @@ _COUNTERS = (
 _SESSION_COLUMNS = ("key", "created_at", "last_active_at", *_COUNTERS, "last_user_text", "last_user_msg_id")
 _SESSION_SELECT = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE key = ?"
 _INBOX_SELECT = "SELECT robot, msg_id, stream_message_id, payload, received_at, state, attempts FROM inbox"
+# Unsent chunks. The states are SQL literals on purpose, here and in outbox_cancel: SQLite uses the partial
+# index outbox_open only when it can prove at prepare time that the query's WHERE implies the index's, which
+# it cannot with bound parameters. With them, every send scanned every chunk ever sent (BENCHMARKS.md, fix 1);
+# tests/unit/test_store_sqlite.py checks the query plans.
+_OPEN_STATES = f"('{PENDING}', '{SENDING}')"
 _OUTBOX_SELECT = (
     "SELECT reply_id, idx, total, conversation_key, route, text, mention, title, state, created_at,"
-    " attempts, session_key FROM outbox WHERE state IN (?, ?)"
+    f" attempts, session_key FROM outbox WHERE state IN {_OPEN_STATES}"
 )
 _RESET_SESSION = ", ".join(
     [f"{c} = 0" for c in _COUNTERS] + ["last_user_text = ''", "last_user_msg_id = ''", "extra = '{}'"]
@@ -66,20 +72,31 @@ class SQLiteStore(Store):
     def __init__(self, path: Path | str) -> None:
         self.path: Path | None = None if str(path) == MEMORY else Path(path)
         self._conn: sqlite3.Connection | None = None
-        # Calls normally all come from one event loop, where this lock is never contended; it guards the
-        # connection should anyone call from a worker thread (check_same_thread=False allows that).
+        # Guards the connection, which the gateway's main loop and its Stream thread (through a clone())
+        # both use; check_same_thread=False allows that.
         self._lock = threading.Lock()
+        self._origin: SQLiteStore | None = None
+        """Set on a clone(): the store whose connection it borrows."""
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def open(self) -> None:
         if self._conn is None:
-            self._conn = self._connect()
+            self._conn = self._origin._connection() if self._origin is not None else self._connect()
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is not None and self._origin is None:  # a clone leaves the connection to its origin
             with self._lock:
                 conn.close()
+
+    def clone(self) -> SQLiteStore:
+        # A clone borrows this store's connection and lock rather than opening a second connection. WAL
+        # would let a second connection write too, but when its write meets one in progress, SQLite's busy
+        # handler sleeps (1 ms, then 2, 5, 10 ...): the ack path would pay that. Waiting on the shared
+        # in-process lock ends the moment the other write commits. It also makes ":memory:" work.
+        twin = SQLiteStore(MEMORY if self.path is None else self.path)
+        twin._lock, twin._origin = self._lock, self
+        return twin
 
     def _connect(self) -> sqlite3.Connection:
         if self.path is not None:
@@ -147,13 +164,7 @@ class SQLiteStore(Store):
         return cursor.rowcount == 1
 
     async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None:
-        # attempts counts how often processing started, so a message that keeps crashing the
-        # process on start can be recognised and given up on.
-        self._run(
-            "UPDATE inbox SET state = ?, error = ?, updated_at = ?, attempts = attempts + ?"
-            " WHERE robot = ? AND msg_id = ?",
-            (state, error, time.time(), int(state == PROCESSING), robot, msg_id),
-        )
+        self._run(*_inbox_state_update(robot, msg_id, state, error))
 
     async def inbox_unfinished(self, robot: str) -> list[InboxEntry]:
         rows = self._all(
@@ -194,10 +205,7 @@ class SQLiteStore(Store):
         with self._tx() as conn:
             # History never exists without its session, so /new and idle expiry always find it.
             _ensure_session(conn, key, max(t.at for t in turns) or time.time())
-            conn.executemany(
-                "INSERT INTO history (session_key, role, content, msg_id, at) VALUES (?, ?, ?, ?, ?)",
-                [(key, t.role, t.content, t.msg_id, t.at) for t in turns],
-            )
+            _append_turns(conn, key, turns)
 
     async def history_pop_last_exchange(self, key: str) -> Turn | None:
         with self._tx() as conn:
@@ -226,20 +234,34 @@ class SQLiteStore(Store):
     async def usage_add(self, key: str, delta: UsageDelta, now: float, last_user: Turn | None = None) -> None:
         with self._tx() as conn:
             _ensure_session(conn, key, now)
-            conn.execute(
-                f"UPDATE sessions SET {', '.join(f'{c} = {c} + ?' for c in _COUNTERS)},"
-                " last_active_at = max(last_active_at, ?) WHERE key = ?",
-                (*(getattr(delta, c) for c in _COUNTERS), now, key),
-            )
-            if last_user is not None:
-                conn.execute(
-                    "UPDATE sessions SET last_user_text = ?, last_user_msg_id = ? WHERE key = ?",
-                    (last_user.content, last_user.msg_id, key),
-                )
-            if delta.extra:
-                (raw,) = conn.execute("SELECT extra FROM sessions WHERE key = ?", (key,)).fetchone()
-                merged = _merge_extra(json.loads(raw), delta.extra)
-                conn.execute("UPDATE sessions SET extra = ? WHERE key = ?", (json.dumps(merged), key))
+            _add_usage(conn, key, delta, now, last_user)
+
+    async def finish_turn(
+        self,
+        key: str,
+        *,
+        robot: str,
+        msg_id: str,
+        state: str,
+        now: float,
+        error: str = "",
+        turns: Sequence[Turn] = (),
+        usage: UsageDelta | None = None,
+        last_user: Turn | None = None,
+        reply: Sequence[OutboxChunk] = (),
+    ) -> None:
+        # One transaction where a run's end used to take four (history, usage, outbox, inbox): fewer
+        # commits, and no crash window between "answer recorded" and "message done".
+        with self._tx() as conn:
+            if turns or usage is not None or last_user is not None:
+                _ensure_session(conn, key, now)
+            if turns:
+                _append_turns(conn, key, turns)
+            if usage is not None or last_user is not None:
+                _add_usage(conn, key, usage or UsageDelta(), now, last_user)
+            if reply:
+                _add_chunks(conn, reply)
+            conn.execute(*_inbox_state_update(robot, msg_id, state, error))
 
     async def sessions_expire(self, idle_before: float) -> int:
         with self._tx() as conn:
@@ -256,53 +278,43 @@ class SQLiteStore(Store):
 
     # -- outbox (delivery ledger) ------------------------------------------------------------------
     async def outbox_add(self, chunks: list[OutboxChunk]) -> None:
-        # seq, assigned in insertion order, is the send order: insert each reply's chunks by index even
-        # if the caller listed them otherwise (replies keep the order in which they were given).
-        first_seen = {c.reply_id: i for i, c in reversed(list(enumerate(chunks)))}
-        ordered = sorted(chunks, key=lambda c: (first_seen[c.reply_id], c.index))
-        now = time.time()
         with self._tx() as conn:
-            # DO NOTHING makes a repeated add of the same reply (a retry after an error) harmless
-            # instead of duplicating chunks the user would then receive twice.
-            conn.executemany(
-                "INSERT INTO outbox (reply_id, idx, total, conversation_key, session_key, route, text,"
-                " mention, title, state, created_at, attempts, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [(*_chunk_columns(c), now) for c in ordered],
-            )
+            _add_chunks(conn, chunks)
 
     async def outbox_pending(self, conversation_key: str | None = None) -> list[OutboxChunk]:
         if conversation_key is None:
-            rows = self._all(f"{_OUTBOX_SELECT} ORDER BY seq", (PENDING, SENDING))
+            # Without INDEXED BY the planner prefers walking the whole table in seq order to sorting the
+            # few open chunks it would find through the partial index.
+            sql = _OUTBOX_SELECT.replace("FROM outbox", "FROM outbox INDEXED BY outbox_open")
+            rows = self._all(f"{sql} ORDER BY seq")
         else:
-            sql = f"{_OUTBOX_SELECT} AND conversation_key = ? ORDER BY seq"
-            rows = self._all(sql, (PENDING, SENDING, conversation_key))
+            rows = self._all(f"{_OUTBOX_SELECT} AND conversation_key = ? ORDER BY seq", (conversation_key,))
         return [_chunk_from_row(row) for row in rows]
 
     async def outbox_mark(self, reply_id: str, index: int, state: str, error: str = "") -> None:
-        # attempts counts send attempts: the sender marks a chunk SENDING before each try. A cancelled
-        # chunk never goes back to PENDING/SENDING (a sender working from an older list must not revive
-        # what /stop cancelled); SENT or UNDELIVERABLE may still record what really happened to it.
-        self._run(
-            "UPDATE outbox SET state = ?, error = ?, updated_at = ?, attempts = attempts + ?"
-            " WHERE reply_id = ? AND idx = ? AND NOT (state = ? AND ? IN (?, ?))",
-            (
-                state,
-                error,
-                time.time(),
-                int(state == SENDING),
-                reply_id,
-                index,
-                CANCELLED,
-                state,
-                PENDING,
-                SENDING,
-            ),
-        )
+        self._run(*_outbox_state_update(reply_id, index, state, error))
+
+    async def outbox_sent(
+        self, reply_id: str, index: int, *, session_key: str, chunks_sent: int, now: float
+    ) -> None:
+        if not session_key or not chunks_sent:
+            self._run(*_outbox_state_update(reply_id, index, SENT))
+            return
+        with self._tx() as conn:
+            conn.execute(*_outbox_state_update(reply_id, index, SENT))
+            _ensure_session(conn, session_key, now)
+            conn.execute(
+                "UPDATE sessions SET chunks_sent = chunks_sent + ?, last_active_at = max(last_active_at, ?)"
+                " WHERE key = ?",
+                (chunks_sent, now, session_key),
+            )
 
     async def outbox_cancel(self, conversation_key: str, reply_id: str | None = None) -> int:
-        sql = "UPDATE outbox SET state = ?, updated_at = ? WHERE conversation_key = ? AND state IN (?, ?)"
-        params: list[Any] = [CANCELLED, time.time(), conversation_key, PENDING, SENDING]
+        sql = (
+            "UPDATE outbox SET state = ?, updated_at = ?"
+            f" WHERE conversation_key = ? AND state IN {_OPEN_STATES}"
+        )
+        params: list[Any] = [CANCELLED, time.time(), conversation_key]
         if reply_id is not None:
             sql += " AND reply_id = ?"
             params.append(reply_id)
@@ -325,6 +337,79 @@ def _ensure_session(conn: sqlite3.Connection, key: str, now: float) -> None:
     conn.execute(
         "INSERT INTO sessions (key, created_at, last_active_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         (key, now, now),
+    )
+
+
+def _inbox_state_update(robot: str, msg_id: str, state: str, error: str) -> tuple[str, tuple[Any, ...]]:
+    # attempts counts how often processing started, so a message that keeps crashing the
+    # process on start can be recognised and given up on.
+    return (
+        "UPDATE inbox SET state = ?, error = ?, updated_at = ?, attempts = attempts + ?"
+        " WHERE robot = ? AND msg_id = ?",
+        (state, error, time.time(), int(state == PROCESSING), robot, msg_id),
+    )
+
+
+def _outbox_state_update(
+    reply_id: str, index: int, state: str, error: str = ""
+) -> tuple[str, tuple[Any, ...]]:
+    # attempts counts send attempts: the sender marks a chunk SENDING before each try. A cancelled
+    # chunk never goes back to PENDING/SENDING (a sender working from an older list must not revive
+    # what /stop cancelled); SENT or UNDELIVERABLE may still record what really happened to it.
+    return (
+        "UPDATE outbox SET state = ?, error = ?, updated_at = ?, attempts = attempts + ?"
+        " WHERE reply_id = ? AND idx = ? AND NOT (state = ? AND ? IN (?, ?))",
+        (
+            state,
+            error,
+            time.time(),
+            int(state == SENDING),
+            reply_id,
+            index,
+            CANCELLED,
+            state,
+            PENDING,
+            SENDING,
+        ),
+    )
+
+
+def _append_turns(conn: sqlite3.Connection, key: str, turns: Sequence[Turn]) -> None:
+    conn.executemany(
+        "INSERT INTO history (session_key, role, content, msg_id, at) VALUES (?, ?, ?, ?, ?)",
+        [(key, t.role, t.content, t.msg_id, t.at) for t in turns],
+    )
+
+
+def _add_usage(
+    conn: sqlite3.Connection, key: str, delta: UsageDelta, now: float, last_user: Turn | None
+) -> None:
+    """The session must exist (``_ensure_session``)."""
+    sets = [f"{c} = {c} + ?" for c in _COUNTERS] + ["last_active_at = max(last_active_at, ?)"]
+    params: list[Any] = [*(getattr(delta, c) for c in _COUNTERS), now]
+    if last_user is not None:
+        sets += ["last_user_text = ?", "last_user_msg_id = ?"]
+        params += [last_user.content, last_user.msg_id]
+    conn.execute(f"UPDATE sessions SET {', '.join(sets)} WHERE key = ?", (*params, key))
+    if delta.extra:
+        (raw,) = conn.execute("SELECT extra FROM sessions WHERE key = ?", (key,)).fetchone()
+        merged = _merge_extra(json.loads(raw), delta.extra)
+        conn.execute("UPDATE sessions SET extra = ? WHERE key = ?", (json.dumps(merged), key))
+
+
+def _add_chunks(conn: sqlite3.Connection, chunks: Sequence[OutboxChunk]) -> None:
+    # seq, assigned in insertion order, is the send order: insert each reply's chunks by index even
+    # if the caller listed them otherwise (replies keep the order in which they were given).
+    first_seen = {c.reply_id: i for i, c in reversed(list(enumerate(chunks)))}
+    ordered = sorted(chunks, key=lambda c: (first_seen[c.reply_id], c.index))
+    now = time.time()
+    # DO NOTHING makes a repeated add of the same reply (a retry after an error) harmless
+    # instead of duplicating chunks the user would then receive twice.
+    conn.executemany(
+        "INSERT INTO outbox (reply_id, idx, total, conversation_key, session_key, route, text,"
+        " mention, title, state, created_at, attempts, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [(*_chunk_columns(c), now) for c in ordered],
     )
 
 

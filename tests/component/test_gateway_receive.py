@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -195,11 +196,15 @@ def _is_fake_task(task: asyncio.Task) -> bool:
 async def test_cancel_stops_everything_quickly_with_no_task_left(tmp_path: Path) -> None:
     async with FakeDingTalk() as fake:
         before = set(asyncio.all_tasks())
+        threads_before = set(threading.enumerate())
         agent = ScriptedAgent(delay=30)
         async with running_gateway(make_config(fake, tmp_path), agent) as gw:
             await fake.push(fake.dm(fake.users[0], "long one"))
             await fake.wait_for(lambda: len(agent.requests) == 1, 3)
             assert gw.stream is not None
+            # The Stream connection and the ack path run in a thread of their own.
+            new_threads = [t.name for t in set(threading.enumerate()) - threads_before]
+            assert new_threads == [f"edgecrab-stream-{gw.robot}"]
             started = time.monotonic()
         elapsed = time.monotonic() - started
         await anyio.lowlevel.checkpoint()
@@ -207,6 +212,8 @@ async def test_cancel_stops_everything_quickly_with_no_task_left(tmp_path: Path)
         leaked = [t for t in set(asyncio.all_tasks()) - before if not t.done() and not _is_fake_task(t)]
         assert elapsed < 1.0
         assert leaked == [], leaked
+        # Nor is a thread left: the Stream thread ended with its event loop (and that loop's executor).
+        assert set(threading.enumerate()) - threads_before == set()
 
 
 async def test_ping_is_echoed_and_events_and_unknown_topics_are_acked_404(tmp_path: Path) -> None:

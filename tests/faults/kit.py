@@ -42,7 +42,7 @@ def words(n: int, count: int) -> list[str]:
 
 @dataclass(repr=False)
 class Tally:
-    """Per message: answered (every word arrived), lost (a word never arrived), duplicated (one arrived twice)."""
+    """Per message: answered (all its words arrived), lost (one never did), duplicated (one arrived twice)."""
 
     name: str
     sent: int
@@ -57,8 +57,10 @@ class Tally:
 
     def __str__(self) -> str:
         notes = "".join(f" {k}={v}" for k, v in self.notes.items())
-        text = (f"[{self.name}] sent={self.sent} answered={self.answered} lost={len(self.lost)} "
-                f"duplicated={len(self.duplicated)}{notes}")
+        text = (
+            f"[{self.name}] sent={self.sent} answered={self.answered} lost={len(self.lost)} "
+            f"duplicated={len(self.duplicated)}{notes}"
+        )
         if self.lost:
             text += f" lost(first)={self.lost[:5]}"
         if self.duplicated:
@@ -90,7 +92,9 @@ def fault_config(
     fake: FakeDingTalk, tmp_path: Path, *, sessions: SessionsConfig | None = None, **dingtalk: Any
 ) -> Config:
     """The component-test config (fast reconnects) with rate limits raised, as a paid tenant would."""
-    options: dict[str, Any] = dict(openapi_qps=5000, webhook_qps=5000, chunk_interval_ms=5, healthy_after_s=1.0)
+    options: dict[str, Any] = dict(
+        openapi_qps=5000, webhook_qps=5000, chunk_interval_ms=5, healthy_after_s=1.0
+    )
     options.update(dingtalk)
     config = make_config(fake, tmp_path, **options)
     return replace(config, sessions=sessions or SessionsConfig(queue_limit=100))

@@ -1,9 +1,9 @@
 """Mutated configurations through ``edgecrab config validate``, in-process.
 
 Start from ``config/example.yaml`` (every key), apply one to three mutations (delete a key, change a value's
-type, insert an unknown key, misspell a key, put a bad ``${ENV}`` reference somewhere), and run the CLI. It must
-answer exit 0, or exit 2 with problems that each name a key path (and line) at or next to what was mutated:
-never a traceback, never exit 1, never an error about a key nobody touched.
+type, insert an unknown key, misspell a key, put a bad ``${ENV}`` reference somewhere), and run the CLI.
+It must answer exit 0, or exit 2 with problems that each name a key path (and line) at or next to what was
+mutated: never a traceback, never exit 1, never an error about a key nobody touched.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from edgecrab import cli, logs
 
-
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
 ENV = {"DINGTALK_APP_KEY": "ding-fuzz-key", "DINGTALK_APP_SECRET": "fuzz-app-secret-7f3a91"}
 EXAMPLES = int(os.environ.get("EDGECRAB_FUZZ_EXAMPLES", "60"))
@@ -31,20 +30,38 @@ pytestmark = pytest.mark.timeout(max(60, EXAMPLES // 4))
 KeyPath = tuple[Any, ...]
 _PART = r'(?:[A-Za-z_][A-Za-z0-9_]*|\[(?:"(?:[^"\\]|\\.)*"|\d+)\])'
 PROBLEM = re.compile(
-    rf"^  - (?:(?P<path>{_PART}(?:\.?{_PART})*)(?: \(line \d+(?:, column \d+)?\))?|line \d+(?:, column \d+)?): \S"
+    rf"^  - (?:(?P<path>{_PART}(?:\.?{_PART})*)(?: \(line \d+(?:, column \d+)?\))?"
+    rf"|line \d+(?:, column \d+)?): \S"
 )
 """``  - platforms.dingtalk["odd key"][0] (line 7): message``, or ``  - line 3, column 1: message``."""
 
-bad_refs = st.sampled_from([
-    "${EDGECRAB_FUZZ_UNSET}", "${EDGECRAB_FUZZ_UNSET", "${1BAD}", "${}", "${A B}", "$${literal}",
-    "${EDGECRAB_FUZZ_UNSET:-}", "${EDGECRAB_FUZZ_UNSET:-42}", "${EDGECRAB_FUZZ_UNSET:-true}", "x${DINGTALK_APP_KEY}y",
-])
-scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**66), max_value=2**66), st.floats(allow_nan=False),
-    st.text(max_size=30), bad_refs,
+bad_refs = st.sampled_from(
+    [
+        "${EDGECRAB_FUZZ_UNSET}",
+        "${EDGECRAB_FUZZ_UNSET",
+        "${1BAD}",
+        "${}",
+        "${A B}",
+        "$${literal}",
+        "${EDGECRAB_FUZZ_UNSET:-}",
+        "${EDGECRAB_FUZZ_UNSET:-42}",
+        "${EDGECRAB_FUZZ_UNSET:-true}",
+        "x${DINGTALK_APP_KEY}y",
+    ]
 )
-values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c,
-                                                                                       max_size=3), max_leaves=5)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**66), max_value=2**66),
+    st.floats(allow_nan=False),
+    st.text(max_size=30),
+    bad_refs,
+)
+values = st.recursive(
+    scalars,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+    max_leaves=5,
+)
 
 
 def paths(node: Any, prefix: KeyPath = ()) -> Iterator[KeyPath]:
@@ -68,7 +85,7 @@ def typo(key: str, seed: int) -> str:
     if len(key) < 3:
         return key + "x"
     i = seed % (len(key) - 1)
-    return key[:i] + key[i + 1] + key[i] + key[i + 2:] if key[i] != key[i + 1] else key + "s"
+    return key[:i] + key[i + 1] + key[i] + key[i + 2 :] if key[i] != key[i + 1] else key + "s"
 
 
 def mutate(doc: Any, draw: Any) -> list[KeyPath]:
@@ -101,7 +118,7 @@ def mutate(doc: Any, draw: Any) -> list[KeyPath]:
 
 
 def components(path: str) -> list[str]:
-    """``agent.env["A B"][0]`` -> ``["agent", "env", "A B", "0"]`` (the inverse of the product's format_path)."""
+    """``agent.env["A B"][0]`` -> ``["agent", "env", "A B", "0"]``: the product's format_path, inverted."""
     found = re.findall(r'\.?([A-Za-z_][A-Za-z0-9_]*)|\[("(?:[^"\\]|\\.)*"|\d+)\]', path)
     return [name or str(json.loads(other)) for name, other in found]
 
@@ -177,18 +194,25 @@ def test_mutated_configs_exit_0_or_2_with_path_pointing_errors(
                 assert related(path, touched), f"error about a key nobody touched: {line!r}\n{shown}"
 
     one()
-    print(f"[config-fuzz] examples={sum(outcomes.values())} valid={outcomes[0]} invalid(exit 2)={outcomes[2]}")
+    print(
+        f"[config-fuzz] examples={sum(outcomes.values())} valid={outcomes[0]} invalid(exit 2)={outcomes[2]}"
+    )
 
 
-@pytest.mark.xfail(strict=True, reason="bug: agent.type given as a list/mapping crashes config validation "
-                                       "(TypeError: unhashable type) with exit 1 instead of exit 2")
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: agent.type given as a list/mapping crashes config validation "
+    "(TypeError: unhashable type) with exit 1 instead of exit 2",
+)
 @pytest.mark.parametrize("value", ["[openai]", "{kind: openai}"])
 def test_agent_type_of_the_wrong_type_is_a_config_error(
     value: str, tmp_path: Path, env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = tmp_path / "edgecrab.yaml"
-    target.write_text(f"platforms:\n  dingtalk:\n    app_key: k\n    app_secret: s\nagent:\n  type: {value}\n",
-                      encoding="utf-8")
+    target.write_text(
+        f"platforms:\n  dingtalk:\n    app_key: k\n    app_secret: s\nagent:\n  type: {value}\n",
+        encoding="utf-8",
+    )
     code = cli.main(["--config", str(target), "config", "validate"])
     err = capsys.readouterr().err
     assert code == 2 and "agent.type (line 6)" in err, err

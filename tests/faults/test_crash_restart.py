@@ -25,8 +25,8 @@ import pytest
 from edgecrab.store import OutboxChunk, SQLiteStore
 from edgecrab.testing.fake_openai import FakeOpenAI
 from edgecrab.testing.fakedingtalk import FakeDingTalk
-from tests.faults.conftest import SecretWatch
 from tests.component.gwkit import ScriptedAgent
+from tests.faults.conftest import SecretWatch
 from tests.faults.kit import WORD, fault_config, gateway_running, tally, word, words
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -74,14 +74,31 @@ storage:
 
 async def start(fake: FakeDingTalk, config: Path, log_path: Path) -> anyio.abc.Process:
     app = fake.apps[0]
-    env = dict(os.environ, DINGTALK_APP_KEY=app.client_id, DINGTALK_APP_SECRET=app.client_secret,
-               FAKE_LLM_KEY=LLM_KEY, EDGECRAB_HOME=str(config.parent))
+    env = dict(
+        os.environ,
+        DINGTALK_APP_KEY=app.client_id,
+        DINGTALK_APP_SECRET=app.client_secret,
+        FAKE_LLM_KEY=LLM_KEY,
+        EDGECRAB_HOME=str(config.parent),
+    )
     env.pop("EDGECRAB_CONFIG", None)
     opened = fake.connections_opened
-    with open(log_path, "ab") as log_file:
+    with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - a local log file, opened once per start
         proc = await anyio.open_process(
-            [sys.executable, "-m", "edgecrab", "--config", str(config), "--log-level", "debug", "gateway", "start"],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "edgecrab",
+                "--config",
+                str(config),
+                "--log-level",
+                "debug",
+                "gateway",
+                "start",
+            ],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     await fake.wait_for(lambda: fake.connections_opened > opened, 15)
     return proc
@@ -92,8 +109,10 @@ async def test_sigkill_mid_run_and_restart_answers_each_accepted_message_once(
 ) -> None:
     secret_watch.secret(LLM_KEY)
     log_path = tmp_path / "gateway.log"
-    async with FakeDingTalk(redeliver_after_s=1.0, max_redeliveries=30) as fake, \
-            FakeOpenAI(reply=long_reply, delay_s=0.8, token_delay_s=0.005, api_key=LLM_KEY) as llm:
+    async with (
+        FakeDingTalk(redeliver_after_s=1.0, max_redeliveries=30) as fake,
+        FakeOpenAI(reply=long_reply, delay_s=0.8, token_delay_s=0.005, api_key=LLM_KEY) as llm,
+    ):
         secret_watch.watch(fake)
         config = write_config(tmp_path / "edgecrab.yaml", fake, llm)
         asker, latecomer = fake.users[1], fake.users[2]
@@ -119,9 +138,7 @@ async def test_sigkill_mid_run_and_restart_answers_each_accepted_message_once(
                 in_flight = len(llm.requests) > llm.completed + llm.disconnects
                 return half_sent and in_flight and 0.06 <= since_last <= 0.16
 
-            with anyio.fail_after(15):
-                while not moment():
-                    await anyio.sleep(0.005)
+            await fake.wait_for(moment, 15)
             before_kill = tally("before-kill", fake, expected)
             proc.send_signal(signal.SIGKILL)
             with anyio.fail_after(5):
@@ -145,13 +162,22 @@ async def test_sigkill_mid_run_and_restart_answers_each_accepted_message_once(
         repeated = [t for t, n in Counter(with_words).items() if n > 1]
         order = [w for r in fake.messages_for(cid) for w in WORD.findall(r.text)]
         notices = Counter(r.text for r in fake.outbound if not WORD.search(r.text))
-        result = tally("sigkill-restart", fake, {w: expected[w] for w in acked},
-                       before_kill=f"{before_kill.answered}/5 answered", outbound_at_kill=killed_at_outbound,
-                       chunks=len(with_words), repeated_chunks=len(repeated), llm_requests=len(llm.requests),
-                       notices=sum(notices.values()))
+        result = tally(
+            "sigkill-restart",
+            fake,
+            {w: expected[w] for w in acked},
+            before_kill=f"{before_kill.answered}/5 answered",
+            outbound_at_kill=killed_at_outbound,
+            chunks=len(with_words),
+            repeated_chunks=len(repeated),
+            llm_requests=len(llm.requests),
+            notices=sum(notices.values()),
+        )
         print(result)
         secret_watch.text("gateway subprocess log", log_path.read_text(encoding="utf-8", errors="replace"))
-    assert acked == set(expected), f"not every message was accepted: {sorted(set(expected) - acked)}; {result}"
+    assert acked == set(expected), (
+        f"not every message was accepted: {sorted(set(expected) - acked)}; {result}"
+    )
     assert result.ok, result
     assert not repeated, f"chunks sent twice: {repeated[:3]}; {result}"
     assert order == [w for i in range(5) for w in words(i, N_WORDS)], f"chunk order broken; {result}"
@@ -163,15 +189,26 @@ class ProcessKilled(BaseException):
 
 
 class KilledAfterLedger(SQLiteStore):
-    """A SQLite store whose process "dies" right after the agent's answer was written to the outbox."""
+    """A SQLite store whose process "dies" right after the agent's answer was written to the outbox.
+
+    Whichever way the answer is recorded: ``outbox_add`` on its own (then the inbox still says the message
+    is unfinished), or ``finish_turn``, which records the answer and the message's end in one transaction.
+    """
 
     dead = False
 
-    async def outbox_add(self, chunks: list[OutboxChunk]) -> None:
-        await super().outbox_add(chunks)
+    def _die_after(self, chunks: Any) -> None:
         if any(WORD.search(c.text) for c in chunks):  # the answer, not a "Queued" notice
             self.dead = True
             raise ProcessKilled
+
+    async def outbox_add(self, chunks: list[OutboxChunk]) -> None:
+        await super().outbox_add(chunks)
+        self._die_after(chunks)
+
+    async def finish_turn(self, *args: Any, **kwargs: Any) -> None:
+        await super().finish_turn(*args, **kwargs)  # type: ignore[misc]  # absent before the fix
+        self._die_after(kwargs.get("reply", ()))
 
     def _run(self, sql: str, params: Any = ()) -> Any:
         if self.dead:
@@ -184,8 +221,6 @@ class KilledAfterLedger(SQLiteStore):
         return super()._tx()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: reply ledger and inbox DONE are separate commits; a crash between "
-                                       "them answers the message twice after restart")
 async def test_crash_between_reply_ledger_and_inbox_done_answers_once(
     tmp_path: Path, secret_watch: SecretWatch
 ) -> None:

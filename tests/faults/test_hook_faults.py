@@ -67,8 +67,10 @@ async def test_raising_hanging_and_misspelt_hooks_never_stop_the_answers(
                 gw.hooks.plugin("hangs_sync").RELEASE.set()  # let the abandoned worker thread finish
         answers = answered()
     log = caplog.text
-    summary = (f"[hooks] sent=13 answered={len(answers)} in {elapsed:.1f}s; boom reply={boom_reply!r}; "
-               f"listing={ {n: h.status for n, h in listing.items()} }; calls/errors/timeouts={stats}")
+    summary = (
+        f"[hooks] sent=13 answered={len(answers)} in {elapsed:.1f}s; boom reply={boom_reply!r}; "
+        f"listing={ {n: h.status for n, h in listing.items()} }; calls/errors/timeouts={stats}"
+    )
     print(summary)
     assert listing["misspelled_hook"].status == "failed", summary
     misspelt = listing["misspelled_hook"]
@@ -79,7 +81,9 @@ async def test_raising_hanging_and_misspelt_hooks_never_stop_the_answers(
     # prepare_reply hooks that raised or hung were skipped; the good neighbour's still ran, every time.
     assert all(a.endswith(" [20]") and "(too late)" not in a for a in answers), answers
     assert "boom" in boom_reply.lower() and "ZeroDivisionError" not in boom_reply, summary
-    assert "raises.py:10 prepare_reply raised ValueError" in log, "the raising hook is not named with its line"
+    assert "raises.py:10 prepare_reply raised ValueError" in log, (
+        "the raising hook is not named with its line"
+    )
     assert "hangs_async.py" in log and "hangs_sync.py" in log and "timed out" in log.lower(), summary
     assert stats["raises"][1] > 0 and stats["hangs_async"][2] > 0 and stats["hangs_sync"][2] > 0, summary
 
@@ -113,7 +117,9 @@ def _leaked_streams() -> list[str]:
     return [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)]
 
 
-async def test_misspelt_hook_stops_start_up_naming_file_and_line(tmp_path: Path, secret_watch: SecretWatch) -> None:
+async def test_misspelt_hook_stops_start_up_naming_file_and_line(
+    tmp_path: Path, secret_watch: SecretWatch
+) -> None:
     async with FakeDingTalk() as fake:
         secret_watch.watch(fake)
         text = await _refused_start(tmp_path, fake)
@@ -124,8 +130,11 @@ async def test_misspelt_hook_stops_start_up_naming_file_and_line(tmp_path: Path,
     assert opened == 0, "the gateway connected to DingTalk despite a hook that cannot load"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Gateway.run leaves its ingest memory streams unclosed when start-up "
-                                       "fails before the task group (hook load error, store open error)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Gateway.run leaves its ingest memory streams unclosed when start-up "
+    "fails before the task group (hook load error, store open error)",
+)
 async def test_refused_start_up_leaves_nothing_unclosed(tmp_path: Path, secret_watch: SecretWatch) -> None:
     _leaked_streams()
     async with FakeDingTalk() as fake:

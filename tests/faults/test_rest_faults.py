@@ -59,15 +59,18 @@ async def test_20_percent_of_sends_fail_every_reply_delivered_in_order(
         n = 0
         past = int((time.time() - 3600) * 1000)
         async with gateway_running(config, ScriptedAgent(), cls=FastRetryGateway) as gw:
-            for round_ in range(per_conversation):
+            for _ in range(per_conversation):
                 for u, user in enumerate(users + users[:2]):  # the last two speak in one group
                     ws = words(n, n_words)
                     text = " ".join(ws)
                     group = u >= len(users)
-                    # Every other conversation has an expired sessionWebhook, so OpenAPI sends meet faults too.
+                    # Every other conversation has an expired sessionWebhook: OpenAPI sends meet faults too.
                     extra: dict[str, Any] = {"sessionWebhookExpiredTime": past} if u % 2 else {}
-                    data = (fake.group(user, text, conversation_id=GROUP, **extra) if group
-                            else fake.dm(user, text, **extra))
+                    data = (
+                        fake.group(user, text, conversation_id=GROUP, **extra)
+                        if group
+                        else fake.dm(user, text, **extra)
+                    )
                     expected[f"m{n}"] = ws
                     sequences.setdefault(data["conversationId"], []).extend(ws)
                     await fake.push(data)
@@ -77,9 +80,16 @@ async def test_20_percent_of_sends_fail_every_reply_delivered_in_order(
                 await fake.wait_for(lambda: tally("x", fake, expected).answered == len(expected), 40)
             await anyio.sleep(0.3)
             faults = Counter(r.fault for r in fake.requests if r.fault)
-            result = tally("rest-20%-fail", fake, expected, chunks=len(fake.outbound), injected=sum(faults.values()),
-                           kinds=dict(faults), via=dict(Counter(r.via for r in fake.outbound)),
-                           failed_replies=gw.delivery.failed_replies)
+            result = tally(
+                "rest-20%-fail",
+                fake,
+                expected,
+                chunks=len(fake.outbound),
+                injected=sum(faults.values()),
+                kinds=dict(faults),
+                via=dict(Counter(r.via for r in fake.outbound)),
+                failed_replies=gw.delivery.failed_replies,
+            )
     print(result)
     assert rule.hits >= 20, f"too few faults injected to prove anything: {result}"
     assert result.ok, result
@@ -105,26 +115,42 @@ async def test_access_token_expires_mid_run_refreshed_nothing_lost(
 
         expected: dict[str, list[str]] = {}
         past = int((time.time() - 3600) * 1000)
-        async with gateway_running(fault_config(fake, tmp_path, max_message_length=120), ScriptedAgent(),
-                                   cls=FastRetryGateway) as gw:
+        async with gateway_running(
+            fault_config(fake, tmp_path, max_message_length=120), ScriptedAgent(), cls=FastRetryGateway
+        ) as gw:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(every, 0.3, expire, expiries)
                 for i in range(total):
                     ws = words(i, 12)
                     expected[f"m{i}"] = ws
                     # An expired sessionWebhook: every chunk goes through OpenAPI, which needs the token.
-                    await fake.push(fake.dm(users[i % len(users)], " ".join(ws), sessionWebhookExpiredTime=past))
+                    await fake.push(
+                        fake.dm(users[i % len(users)], " ".join(ws), sessionWebhookExpiredTime=past)
+                    )
                     await anyio.sleep(0.04)
                 with anyio.move_on_after(20):
                     await fake.wait_for(lambda: tally("x", fake, expected).answered == total, 20)
                 tg.cancel_scope.cancel()
             await anyio.sleep(0.3)
-            rejected = [r for r in fake.requests if r.path.startswith("/v1.0/robot/") and r.status == 400
-                        and isinstance(r.response, dict) and r.response.get("code") == "InvalidAuthentication"]
-            result = tally("token-expiry", fake, expected, expiries=expiries[0], rejected_tokens=len(rejected),
-                           tokens_issued=fake.stats()["tokens_issued"], token_fetches=gw.sender.tokens.fetches,
-                           via=dict(Counter(r.via for r in fake.outbound)),
-                           failed_replies=gw.delivery.failed_replies)
+            rejected = [
+                r
+                for r in fake.requests
+                if r.path.startswith("/v1.0/robot/")
+                and r.status == 400
+                and isinstance(r.response, dict)
+                and r.response.get("code") == "InvalidAuthentication"
+            ]
+            result = tally(
+                "token-expiry",
+                fake,
+                expected,
+                expiries=expiries[0],
+                rejected_tokens=len(rejected),
+                tokens_issued=fake.stats()["tokens_issued"],
+                token_fetches=gw.sender.tokens.fetches,
+                via=dict(Counter(r.via for r in fake.outbound)),
+                failed_replies=gw.delivery.failed_replies,
+            )
     print(result)
     assert rejected, f"no send ever met an expired token; the test proves nothing: {result}"
     assert fake.stats()["tokens_issued"] >= 3, result
@@ -132,7 +158,9 @@ async def test_access_token_expires_mid_run_refreshed_nothing_lost(
     assert result.ok and gw.delivery.failed_replies == 0, result
 
 
-async def test_session_webhook_expired_falls_back_to_openapi(tmp_path: Path, secret_watch: SecretWatch) -> None:
+async def test_session_webhook_expired_falls_back_to_openapi(
+    tmp_path: Path, secret_watch: SecretWatch
+) -> None:
     total = 60
     async with FakeDingTalk() as fake:
         secret_watch.watch(fake)
@@ -144,8 +172,11 @@ async def test_session_webhook_expired_falls_back_to_openapi(tmp_path: Path, sec
             fake.expire_webhooks_now()
 
         # The agent takes 0.2 s, so most webhooks die between the question and the answer.
-        async with gateway_running(fault_config(fake, tmp_path, max_message_length=120), ScriptedAgent(delay=0.2),
-                                   cls=FastRetryGateway) as gw:
+        async with gateway_running(
+            fault_config(fake, tmp_path, max_message_length=120),
+            ScriptedAgent(delay=0.2),
+            cls=FastRetryGateway,
+        ) as gw:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(every, 0.25, expire, expiries)
                 for i in range(total):
@@ -157,11 +188,23 @@ async def test_session_webhook_expired_falls_back_to_openapi(tmp_path: Path, sec
                     await fake.wait_for(lambda: tally("x", fake, expected).answered == total, 20)
                 tg.cancel_scope.cancel()
             await anyio.sleep(0.3)
-            gone = [r for r in fake.requests if r.path == "/robot/sendBySession"
-                    and isinstance(r.response, dict) and r.response.get("errcode") == 300001]
+            gone = [
+                r
+                for r in fake.requests
+                if r.path == "/robot/sendBySession"
+                and isinstance(r.response, dict)
+                and r.response.get("errcode") == 300001
+            ]
             via = Counter(r.via for r in fake.outbound)
-            result = tally("webhook-expiry", fake, expected, expiries=expiries[0], session_gone=len(gone),
-                           via=dict(via), failed_replies=gw.delivery.failed_replies)
+            result = tally(
+                "webhook-expiry",
+                fake,
+                expected,
+                expiries=expiries[0],
+                session_gone=len(gone),
+                via=dict(via),
+                failed_replies=gw.delivery.failed_replies,
+            )
     print(result)
     assert gone and via["batchSend"] > 0, f"no webhook died mid-run; the test proves nothing: {result}"
     assert result.ok and gw.delivery.failed_replies == 0, result

@@ -36,13 +36,16 @@ pytestmark = pytest.mark.timeout(30)
 
 # -- access -------------------------------------------------------------------------------------------------
 
+
 def _asked(agent: ScriptedAgent) -> list[str]:
     return [str(r.messages[-1]["content"]) for r in agent.requests]
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("policy", ["allowed_users", "own organisation", "allowed_groups"])
-async def test_denied_senders_never_reach_the_agent(policy: str, tmp_path: Path, secret_watch: SecretWatch) -> None:
+async def test_denied_senders_never_reach_the_agent(
+    policy: str, tmp_path: Path, secret_watch: SecretWatch
+) -> None:
     async with FakeDingTalk() as fake:
         secret_watch.watch(fake)
         member, listed, other = fake.users[0], fake.users[1], fake.users[2]
@@ -50,21 +53,31 @@ async def test_denied_senders_never_reach_the_agent(policy: str, tmp_path: Path,
         options: dict[str, Any] = {}
         if policy == "allowed_users":
             options["allowed_users"] = (listed.staff_id,)
-            denied = [fake.dm(member, "DENIED member not on the list"), fake.dm(outsider, "DENIED outsider"),
-                      fake.group(other, "DENIED member in a group", conversation_id="cidSec1==")]
+            denied = [
+                fake.dm(member, "DENIED member not on the list"),
+                fake.dm(outsider, "DENIED outsider"),
+                fake.group(other, "DENIED member in a group", conversation_id="cidSec1=="),
+            ]
             allowed = [fake.dm(listed, "ALLOWED listed user")]
         elif policy == "own organisation":
-            denied = [fake.dm(outsider, "DENIED outsider"), fake.dm(outsider, "DENIED outsider again"),
-                      # No organisation on either side: unknown means no (fail closed).
-                      fake.dm(member, "DENIED no corp ids", senderCorpId=DROP, chatbotCorpId=DROP),
-                      fake.dm(member, "DENIED forged corp", senderCorpId="ding-other-corp")]
+            denied = [
+                fake.dm(outsider, "DENIED outsider"),
+                fake.dm(outsider, "DENIED outsider again"),
+                # No organisation on either side: unknown means no (fail closed).
+                fake.dm(member, "DENIED no corp ids", senderCorpId=DROP, chatbotCorpId=DROP),
+                fake.dm(member, "DENIED forged corp", senderCorpId="ding-other-corp"),
+            ]
             allowed = [fake.dm(member, "ALLOWED member"), fake.group(other, "ALLOWED member in group")]
         else:
             options["allowed_groups"] = ("cidAllowed==",)
-            denied = [fake.group(member, "DENIED other group", conversation_id="cidElsewhere=="),
-                      fake.group(member, "DENIED not mentioned", conversation_id="cidAllowed==", at_bot=False)]
-            allowed = [fake.group(member, "ALLOWED listed group", conversation_id="cidAllowed=="),
-                       fake.dm(member, "ALLOWED dm")]
+            denied = [
+                fake.group(member, "DENIED other group", conversation_id="cidElsewhere=="),
+                fake.group(member, "DENIED not mentioned", conversation_id="cidAllowed==", at_bot=False),
+            ]
+            allowed = [
+                fake.group(member, "ALLOWED listed group", conversation_id="cidAllowed=="),
+                fake.dm(member, "ALLOWED dm"),
+            ]
         fake.deliver_unmentioned = True  # let the unmentioned group message through to the gateway
         agent = ScriptedAgent()
         async with gateway_running(fault_config(fake, tmp_path, **options), agent):
@@ -75,16 +88,21 @@ async def test_denied_senders_never_reach_the_agent(policy: str, tmp_path: Path,
             await anyio.sleep(0.5)  # a denied message that slipped through would reach the agent now
         asked = _asked(agent)
         notices = [r.text for r in fake.outbound if not r.text.startswith("You said")]
-    summary = (f"[access-{policy}] sent={len(denied) + len(allowed)} denied={len(denied)} "
-               f"agent_requests={len(asked)} from_denied={sum('DENIED' in t for t in asked)} notices={len(notices)}")
+    summary = (
+        f"[access-{policy}] sent={len(denied) + len(allowed)} denied={len(denied)} "
+        f"agent_requests={len(asked)} from_denied={sum('DENIED' in t for t in asked)} notices={len(notices)}"
+    )
     print(summary)
     assert not [t for t in asked if "DENIED" in t], summary
-    assert sorted(t for t in asked) == sorted(t for t in asked if "ALLOWED" in t) and len(asked) == len(allowed)
+    assert sorted(t for t in asked) == sorted(t for t in asked if "ALLOWED" in t) and len(asked) == len(
+        allowed
+    )
     if policy != "allowed_groups":
         assert notices, f"a denied person was not told why: {summary}"
 
 
 # -- the SSRF guard -----------------------------------------------------------------------------------------
+
 
 class Canary:
     """A TCP server that only counts: any connection at all means the gateway contacted it."""
@@ -141,12 +159,17 @@ async def test_session_webhook_outside_the_allow_list_is_never_contacted(
                 data = fake.dm(users[i % len(users)], f"canary {i}", sessionWebhook=url)
                 sent.append(data)
                 await fake.push(data)
-            await fake.wait_for(lambda: sum(r.text.startswith("You said: canary") for r in fake.outbound)
-                                >= len(spellings), 10)
+            await fake.wait_for(
+                lambda: sum(r.text.startswith("You said: canary") for r in fake.outbound) >= len(spellings),
+                10,
+            )
             await anyio.sleep(0.5)
         via = {r.via for r in fake.outbound if r.text.startswith("You said: canary")}
-    summary = (f"[ssrf] sent={len(spellings)} answered={sum(r.text.startswith('You said: canary') for r in fake.outbound)}"
-               f" via={via} canary_connections={canary.connections}")
+    summary = (
+        f"[ssrf] sent={len(spellings)} "
+        f"answered={sum(r.text.startswith('You said: canary') for r in fake.outbound)}"
+        f" via={via} canary_connections={canary.connections}"
+    )
     print(summary)
     assert canary.connections == 0, f"the canary was contacted: {canary.received[:200]!r}; {summary}"
     assert via == {"batchSend"}, summary
@@ -214,16 +237,27 @@ def test_config_show_and_validate_never_print_secrets(
 
 
 BAD_SECRET_CONFIGS = {
-    "numeric app_secret": ("platforms:\n  dingtalk:\n    app_key: k\n    app_secret: 739184562\n", "739184562"),
-    "numeric token in agent.env": ("platforms:\n  dingtalk:\n    app_key: k\n    app_secret: s\n"
-                                   "agent:\n  env:\n    MY_SERVICE_TOKEN: 55501234\n", "55501234"),
-    "secret env var in a wrong place": ("platforms:\n  dingtalk:\n    app_key: k\n    app_secret: s\n"
-                                        "    api_base: ${DINGTALK_APP_SECRET}\n", SECRETS["DINGTALK_APP_SECRET"]),
+    "numeric app_secret": (
+        "platforms:\n  dingtalk:\n    app_key: k\n    app_secret: 739184562\n",
+        "739184562",
+    ),
+    "numeric token in agent.env": (
+        "platforms:\n  dingtalk:\n    app_key: k\n    app_secret: s\n"
+        "agent:\n  env:\n    MY_SERVICE_TOKEN: 55501234\n",
+        "55501234",
+    ),
+    "secret env var in a wrong place": (
+        "platforms:\n  dingtalk:\n    app_key: k\n    app_secret: s\n    api_base: ${DINGTALK_APP_SECRET}\n",
+        SECRETS["DINGTALK_APP_SECRET"],
+    ),
 }
 
 
-@pytest.mark.xfail(strict=True, reason="bug: config errors print the value of a secret key (or of a secret "
-                                       "environment variable) when its type or form is wrong")
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: config errors print the value of a secret key (or of a secret "
+    "environment variable) when its type or form is wrong",
+)
 @pytest.mark.parametrize("case", list(BAD_SECRET_CONFIGS))
 def test_config_errors_never_print_secrets(
     case: str, tmp_path: Path, secret_env: dict[str, str], capsys: pytest.CaptureFixture[str]
@@ -238,7 +272,9 @@ def test_config_errors_never_print_secrets(
 
 
 @pytest.mark.anyio
-async def test_failing_agent_and_refused_stream_leak_no_secret(tmp_path: Path, secret_watch: SecretWatch) -> None:
+async def test_failing_agent_and_refused_stream_leak_no_secret(
+    tmp_path: Path, secret_watch: SecretWatch
+) -> None:
     wrong_key, wrong_secret = "sk-sec-wrong-key-2c4e6a", "wrong-app-secret-8d0f2b"
     secret_watch.secret(wrong_key, wrong_secret)
     async with FakeDingTalk() as fake, FakeOpenAI(api_key="sk-the-right-key-000") as llm:

@@ -20,7 +20,9 @@ from tests.faults.kit import add_users, every, fault_config, gateway_running, ta
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
 
-async def test_socket_aborted_every_2s_during_1000_messages(tmp_path: Path, secret_watch: SecretWatch) -> None:
+async def test_socket_aborted_every_2s_during_1000_messages(
+    tmp_path: Path, secret_watch: SecretWatch
+) -> None:
     total, users_n = 1000, 200
     async with FakeDingTalk(redeliver_after_s=0.5, max_redeliveries=30, seed=9) as fake:
         secret_watch.watch(fake)
@@ -48,9 +50,17 @@ async def test_socket_aborted_every_2s_during_1000_messages(tmp_path: Path, secr
                 await fake.wait_for(lambda: tally("abort", fake, expected).answered >= total, 30)
             await anyio.sleep(0.5)  # late duplicates would show up here
             stats = fake.stats()
-            result = tally("abort-every-2s", fake, expected, aborts=aborts, pushed_in=f"{pushed_in:.1f}s",
-                           connections=fake.connections_opened, redeliveries=fake.redeliveries,
-                           dedup_acks=gw.duplicates, fake_gave_up=stats["gave_up"])
+            result = tally(
+                "abort-every-2s",
+                fake,
+                expected,
+                aborts=aborts,
+                pushed_in=f"{pushed_in:.1f}s",
+                connections=fake.connections_opened,
+                redeliveries=fake.redeliveries,
+                dedup_acks=gw.duplicates,
+                fake_gave_up=stats["gave_up"],
+            )
     print(result)
     assert aborts >= 4, f"the run should span several aborts: {result}"
     assert fake.redeliveries >= aborts, f"aborts did not force redeliveries; the test proves little: {result}"
@@ -60,7 +70,9 @@ async def test_socket_aborted_every_2s_during_1000_messages(tmp_path: Path, secr
     assert all(t.startswith("⏳ Queued") for t in others), f"unexpected replies {others[:3]}; {result}"
 
 
-async def test_disconnect_frames_during_traffic_make_before_break(tmp_path: Path, secret_watch: SecretWatch) -> None:
+async def test_disconnect_frames_during_traffic_make_before_break(
+    tmp_path: Path, secret_watch: SecretWatch
+) -> None:
     total = 300
     async with FakeDingTalk(redeliver_after_s=0.5, disconnect_close_after_s=5) as fake:
         secret_watch.watch(fake)
@@ -87,8 +99,14 @@ async def test_disconnect_frames_during_traffic_make_before_break(tmp_path: Path
             await fake.wait_for(lambda: all(c.closed for c in fake.all_connections if c.draining), 5)
             await anyio.sleep(0.3)
             conns = {c.connection_id: c for c in fake.all_connections}
-            result = tally("disconnect", fake, expected, disconnects=len(disconnects),
-                           connections=fake.connections_opened, redeliveries=fake.redeliveries)
+            result = tally(
+                "disconnect",
+                fake,
+                expected,
+                disconnects=len(disconnects),
+                connections=fake.connections_opened,
+                redeliveries=fake.redeliveries,
+            )
     print(result)
     assert len(disconnects) >= 4, result
     assert result.ok, result
@@ -100,6 +118,8 @@ async def test_disconnect_frames_during_traffic_make_before_break(tmp_path: Path
         successors = [c for c in conns.values() if c.opened_t > sent_at]
         assert successors, f"no connection opened after the disconnect of {cid}"
         first = min(successors, key=lambda c: c.opened_t)
-        assert first.opened_t < old.closed_t, f"{cid} closed before its replacement opened (break before make)"
+        assert first.opened_t < old.closed_t, (
+            f"{cid} closed before its replacement opened (break before make)"
+        )
         # The gateway closed the old socket itself, long before the fake's 5 s deadline.
         assert old.closed_t - sent_at < 2.0, f"{cid} lingered {old.closed_t - sent_at:.1f}s after disconnect"

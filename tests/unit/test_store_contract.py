@@ -298,6 +298,147 @@ async def test_sessions_expire_resets_idle_sessions_only(store: Store) -> None:
     assert await store.sessions_expire(idle_before=200.0) == 0
 
 
+# -- the end of a run ------------------------------------------------------------------------------
+
+
+async def test_finish_turn_records_history_usage_reply_and_done_together(store: Store) -> None:
+    await store.inbox_claim(ROBOT, "m1", "s1", "{}", 100.0)
+    await store.inbox_set_state(ROBOT, "m1", PROCESSING)
+
+    await store.finish_turn(
+        "sess",
+        robot=ROBOT,
+        msg_id="m1",
+        state=DONE,
+        now=110.0,
+        turns=[user("q1", "m1", 100.0), assistant("a1", 110.0)],
+        usage=UsageDelta(turns=1, messages_in=1, messages_out=1, prompt_tokens=7, agent_seconds=1.5),
+        last_user=user("q1", "m1", 100.0),
+        reply=[chunk("r1", 1, 2), chunk("r1", 0, 2)],
+    )
+
+    assert await store.inbox_unfinished(ROBOT) == []
+    assert await store.history("sess", 10) == [user("q1", "m1", 100.0), assistant("a1", 110.0)]
+    stats = await store.session_stats("sess")
+    assert stats is not None
+    assert (stats.created_at, stats.last_active_at, stats.turns, stats.messages_in) == (110.0, 110.0, 1, 1)
+    assert (stats.prompt_tokens, stats.agent_seconds, stats.last_user_text, stats.last_user_msg_id) == (
+        7,
+        1.5,
+        "q1",
+        "m1",
+    )
+    assert [(c.reply_id, c.index, c.state) for c in await store.outbox_pending("conv-1")] == [
+        ("r1", 0, PENDING),
+        ("r1", 1, PENDING),
+    ]
+    assert not await store.inbox_claim(ROBOT, "m1", "s1", "{}", 200.0)  # finished, still a duplicate
+
+
+async def test_finish_turn_of_a_failed_run_keeps_the_history_and_records_the_notice(store: Store) -> None:
+    await store.history_append("sess", [user("q0"), assistant("a0")])
+    await store.inbox_claim(ROBOT, "m1", "s1", "{}", 100.0)
+
+    await store.finish_turn(
+        "sess",
+        robot=ROBOT,
+        msg_id="m1",
+        state=FAILED,
+        error="agent timed out",
+        now=120.0,
+        usage=UsageDelta(messages_in=1, agent_seconds=2.0),
+        last_user=user("q1", "m1"),
+        reply=[chunk("notice", 0, 1)],
+    )
+
+    assert await store.inbox_unfinished(ROBOT) == []
+    assert await store.history("sess", 10) == [user("q0"), assistant("a0")]
+    stats = await store.session_stats("sess")
+    assert stats is not None and (stats.turns, stats.messages_in, stats.last_user_text) == (0, 1, "q1")
+    assert ids(await store.outbox_pending("conv-1")) == [("notice", 0)]
+
+
+async def test_finish_turn_with_only_a_state_touches_no_session(store: Store) -> None:
+    await store.inbox_claim(ROBOT, "m1", "s1", "{}", 100.0)
+
+    await store.finish_turn("sess", robot=ROBOT, msg_id="m1", state=DONE, error="session reset", now=110.0)
+
+    assert await store.inbox_unfinished(ROBOT) == []
+    assert await store.session_stats("sess") is None
+    assert await store.outbox_pending() == []
+
+
+async def test_finish_turn_is_all_or_nothing(store: Store) -> None:
+    await store.inbox_claim(ROBOT, "m1", "s1", "{}", 100.0)
+    unstorable = chunk("r1", 0, 1, route={"not json": object()})
+
+    with pytest.raises(TypeError):
+        await store.finish_turn(
+            "sess",
+            robot=ROBOT,
+            msg_id="m1",
+            state=DONE,
+            now=110.0,
+            turns=[user("q1", "m1"), assistant("a1")],
+            usage=UsageDelta(turns=1),
+            last_user=user("q1", "m1"),
+            reply=[chunk("r0", 0, 1), unstorable],
+        )
+
+    # Nothing happened: the message runs again on start, and no answer of it waits in the ledger.
+    assert [e.msg_id for e in await store.inbox_unfinished(ROBOT)] == ["m1"]
+    assert await store.history("sess", 10) == []
+    assert await store.session_stats("sess") is None
+    assert await store.outbox_pending() == []
+
+
+async def test_finish_turn_twice_with_the_same_reply_records_its_chunks_once(store: Store) -> None:
+    for msg_id in ("m1", "m1"):
+        await store.finish_turn(
+            "sess", robot=ROBOT, msg_id=msg_id, state=DONE, now=1.0, reply=[chunk("r1", 0, 1)]
+        )
+
+    assert ids(await store.outbox_pending("conv-1")) == [("r1", 0)]
+
+
+async def test_outbox_sent_marks_the_chunk_and_counts_it_on_its_session(store: Store) -> None:
+    await store.outbox_add([chunk("r1", i, 3) for i in range(3)])
+    await store.usage_add("sess", UsageDelta(chunks_sent=1), now=100.0)
+
+    await store.outbox_mark("r1", 0, SENDING)
+    await store.outbox_sent("r1", 0, session_key="sess", chunks_sent=1, now=150.0)
+    await store.outbox_sent("r1", 1, session_key="sess", chunks_sent=3, now=140.0)  # re-split: 3 messages
+    await store.outbox_sent("r1", 2, session_key="", chunks_sent=1, now=160.0)
+
+    assert await store.outbox_pending("conv-1") == []
+    stats = await store.session_stats("sess")
+    assert stats is not None and (stats.chunks_sent, stats.last_active_at) == (5, 150.0)
+
+
+async def test_outbox_sent_of_an_unknown_session_starts_it_and_zero_counts_nothing(store: Store) -> None:
+    await store.outbox_add([chunk("r1", i, 2) for i in range(2)])
+
+    await store.outbox_sent("r1", 0, session_key="new", chunks_sent=0, now=100.0)
+    assert await store.session_stats("new") is None
+    await store.outbox_sent("r1", 1, session_key="new", chunks_sent=1, now=100.0)
+
+    stats = await store.session_stats("new")
+    assert stats is not None and (stats.chunks_sent, stats.created_at) == (1, 100.0)
+    assert await store.outbox_pending("conv-1") == []
+
+
+async def test_outbox_sent_records_a_cancelled_chunk_that_did_go_out(store: Store) -> None:
+    await store.outbox_add([chunk("r1", 0, 1)])
+    await store.outbox_mark("r1", 0, SENDING)
+    assert await store.outbox_cancel("conv-1") == 1
+
+    await store.outbox_sent("r1", 0, session_key="sess", chunks_sent=1, now=100.0)
+
+    assert await store.outbox_pending("conv-1") == []
+    stats = await store.session_stats("sess")
+    assert stats is not None and stats.chunks_sent == 1
+
+
 # -- outbox ----------------------------------------------------------------------------------------
 
 

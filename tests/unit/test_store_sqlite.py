@@ -8,7 +8,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -20,6 +22,7 @@ from edgecrab.store import (
     SENT,
     OutboxChunk,
     SQLiteStore,
+    Store,
     Turn,
     UsageDelta,
     open_store,
@@ -161,6 +164,108 @@ async def test_in_memory_store(path: str | Path, tmp_path: Path, monkeypatch: py
     finally:
         await store.close()
     assert [p async for p in anyio.Path(tmp_path).iterdir()] == []
+
+
+class RecordingConnection:
+    """Forwards to a real connection and records every statement with its parameters."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.statements: list[tuple[str, tuple[Any, ...]]] = []
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        self.statements.append((sql, tuple(params)))
+        return self._conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        rows = [tuple(r) for r in rows]
+        self.statements.append((sql, rows[0] if rows else ()))
+        return self._conn.executemany(sql, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+# What may read a whole table: counting every session is what session_count is for.
+FULL_SCANS_ALLOWED = {"SELECT count(*) FROM sessions"}
+
+
+@pytest.mark.anyio
+async def test_every_query_uses_an_index(tmp_path: Path) -> None:
+    # With bound parameters where the partial index outbox_open needs literals, SQLite scanned every chunk
+    # ever sent on each send (BENCHMARKS.md, fix 1). Run every Store method, then ask SQLite how it
+    # plans each statement that ran, with the parameters it ran with.
+    store = SQLiteStore(tmp_path / "state.db")
+    await store.open()
+    recorder = RecordingConnection(store._connection())
+    store._conn = recorder  # type: ignore[assignment]
+    called = set()
+    for name, call in store_workout(store):
+        await call
+        called.add(name)
+    assert called == abstract_methods(Store) - {"open", "close"}
+
+    plans = {}
+    for sql, params in recorder.statements:
+        if not sql.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE")):
+            continue  # BEGIN, COMMIT
+        rows = recorder._conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+        plans[sql] = [row[3] for row in rows]
+    await store.close()
+
+    # Walking the partial index outbox_open is not a full scan: it holds the unsent chunks only.
+    scans = {
+        sql: plan
+        for sql, plan in plans.items()
+        if any(step.startswith("SCAN") and "INDEX outbox_open" not in step for step in plan)
+    }
+    assert set(scans) <= FULL_SCANS_ALLOWED, scans
+    outbox_reads = [plan for sql, plan in plans.items() if "FROM outbox WHERE state IN" in sql]
+    assert outbox_reads and all(any("USING INDEX outbox_open" in s for s in p) for p in outbox_reads)
+
+
+def abstract_methods(cls: type) -> set[str]:
+    return {name for name in dir(cls) if getattr(getattr(cls, name), "__isabstractmethod__", False)}
+
+
+def store_workout(store: SQLiteStore) -> Iterator[tuple[str, Any]]:
+    """Every Store method once, in an order where each finds something to work on."""
+    yield "inbox_claim", store.inbox_claim(ROBOT, "m1", "s1", "{}", 100.0)
+    yield "inbox_set_state", store.inbox_set_state(ROBOT, "m1", DONE)
+    yield "inbox_unfinished", store.inbox_unfinished(ROBOT)
+    yield "inbox_prune", store.inbox_prune(50.0)
+    yield "session_ensure", store.session_ensure("sess", 100.0)
+    yield "session_stats", store.session_stats("sess")
+    yield "history_append", store.history_append("sess", [Turn("user", "q", "m1", 100.0)])
+    yield "history", store.history("sess", 10)
+    yield "usage_add", store.usage_add("sess", UsageDelta(turns=1, extra={"n": 1}), 101.0, Turn("user", "q"))
+    yield "history_pop_last_exchange", store.history_pop_last_exchange("sess")
+    yield "session_reset", store.session_reset("sess", 102.0)
+    yield "sessions_expire", store.sessions_expire(50.0)
+    yield "session_count", store.session_count()
+    yield "outbox_add", store.outbox_add([chunk("r1", i, 3) for i in range(3)])
+    yield "outbox_pending", store.outbox_pending("conv-1")
+    yield "outbox_pending", store.outbox_pending()
+    yield "outbox_mark", store.outbox_mark("r1", 0, SENT)
+    yield "outbox_cancel", store.outbox_cancel("conv-1", "r1")
+    yield "outbox_cancel", store.outbox_cancel("conv-1")
+    yield (
+        "finish_turn",
+        store.finish_turn(
+            "sess",
+            robot=ROBOT,
+            msg_id="m1",
+            state=DONE,
+            now=103.0,
+            turns=[Turn("user", "q", "m1", 103.0), Turn("assistant", "a", "m1", 103.0)],
+            usage=UsageDelta(turns=1),
+            last_user=Turn("user", "q", "m1"),
+            reply=[chunk("r2", 0, 1)],
+        ),
+    )
+    yield "outbox_sent", store.outbox_sent("r2", 0, session_key="sess", chunks_sent=1, now=104.0)
+    yield "kv_set", store.kv_set("k", "v")
+    yield "kv_get", store.kv_get("k")
 
 
 CRASHING_CHILD = textwrap.dedent(
