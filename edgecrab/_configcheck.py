@@ -26,6 +26,16 @@ from edgecrab import router
 from edgecrab._configsource import ENV_HINTS, KeyPath, format_path, line_of, type_word_of
 from edgecrab.errors import Problem
 
+_SECRET_NAME = re.compile(
+    r"secret|token|passw|credential|private|api_?key|access_?key|(^|_)key$", re.IGNORECASE
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """True for key or variable names whose values must never be shown (``app_key`` is an id)."""
+    return name.lower() not in ("app_key", "dingtalk_app_key") and bool(_SECRET_NAME.search(name))
+
+
 PATH_HINTS: dict[KeyPath, str] = {
     ("platforms", "dingtalk", "app_key"): ENV_HINTS["DINGTALK_APP_KEY"],
     ("platforms", "dingtalk", "app_secret"): ENV_HINTS["DINGTALK_APP_SECRET"],
@@ -156,7 +166,7 @@ def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> lis
             "python": ("callable", "callable: mybot:answer"),
             "openai": ("model", "model: deepseek-chat"),
         }
-        if kind in needs and not agent.get(needs[kind][0]):
+        if isinstance(kind, str) and kind in needs and not agent.get(needs[kind][0]):
             key, example = needs[kind]
             add(("agent", key), f"required when agent.type is `{kind}`", f"for example `{example}`")
         if isinstance(agent.get("command"), str):
@@ -207,6 +217,14 @@ def _translate(
     schema: Mapping[str, Any] = error.schema if isinstance(error.schema, Mapping) else {}
     kind, value, instance = error.validator, error.validator_value, error.instance
 
+    # Never echo a value that may be a secret: by its key name, or by the variable it came from.
+    hidden = is_secret_name(str(path[-1]) if path else "") or (
+        path in origins and is_secret_name(origins[path].strip("${}").split(":-")[0])
+    )
+
+    def shown(raw: Any, text: str) -> str:
+        return "a value that is not shown (it may be a secret)" if hidden else text
+
     def problem(at: KeyPath, message: str, hint: str = "") -> tuple[KeyPath, Problem]:
         if at in origins:
             message += f" (from `{origins[at]}`)"
@@ -248,12 +266,15 @@ def _translate(
             hint = f"for example `{name}: {json.dumps(_number(default), ensure_ascii=False)}`"
         if isinstance(instance, str) and path not in origins and _coerce(instance, expected) is not instance:
             hint = (hint + "; " if hint else "") + "remove the quotes"
-        yield problem(path, f"expected {words}, got {type_word_of(instance)}", hint)
+        got = type_word_of(instance)
+        if hidden:
+            got = got.split(" ")[0] + " (value not shown: it may be a secret)"
+        yield problem(path, f"expected {words}, got {got}", hint)
     elif kind == "enum":
         choices = ", ".join(f"`{c}`" for c in value)
         close = difflib.get_close_matches(str(instance), [str(c) for c in value], n=1, cutoff=0.5)
         hint = f"did you mean `{close[0]}`?" if close else f"use one of {choices}"
-        yield problem(path, f"`{instance}` is not one of {choices}", hint)
+        yield problem(path, f"{shown(instance, f'`{instance}`')} is not one of {choices}", hint)
     elif kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         words = {"minimum": "at least", "exclusiveMinimum": "greater than",
                  "maximum": "at most", "exclusiveMaximum": "less than"}[kind]
@@ -261,7 +282,7 @@ def _translate(
             hint = f"use a value from {own['minimum']} to {own['maximum']}"
         else:
             hint = f"the default is {_number(default)}" if default is not None else ""
-        yield problem(path, f"must be {words} {value}, got {instance}", hint)
+        yield problem(path, f"must be {words} {value}, got {shown(instance, str(instance))}", hint)
     elif kind == "minLength" and value == 1:
         yield problem(path, "must not be empty", PATH_HINTS.get(path, own.get("description", "")))
     elif kind == "pattern" and path[:-1] == _ALIASES:
@@ -269,8 +290,8 @@ def _translate(
                       f"write `{_as_command(instance)}`")
     elif kind == "pattern":
         form = _FORMS.get(str(name), "in the form the description asks for")
-        shown = json.dumps(instance, ensure_ascii=False)
-        yield problem(path, f"{shown} is not {form}", own.get("description", ""))
+        text = shown(instance, json.dumps(instance, ensure_ascii=False))
+        yield problem(path, f"{text} is not {form}", own.get("description", ""))
     else:
         yield problem(path, error.message)
 

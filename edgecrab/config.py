@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -312,14 +311,9 @@ def _copy_plain(value: Any) -> Any:
 # --- showing ---------------------------------------------------------------------------------------------
 
 REDACTED = "***"
-_SECRET_NAME = re.compile(
-    r"secret|token|passw|credential|private|api_?key|access_?key|(^|_)key$", re.IGNORECASE
-)
-
-
 def is_secret_key(name: str) -> bool:
     """True for key names whose string values must never be shown (``app_key`` is an id, not a secret)."""
-    return name != "app_key" and bool(_SECRET_NAME.search(name))
+    return check.is_secret_name(name)
 
 
 def secret_values(config: Config) -> list[str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,8 +136,26 @@ def parse_frame(raw: str | bytes) -> Frame:
     return Frame(type=ftype, headers=headers, data_text=data, spec_version=spec_version)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def scrub_surrogates(value: Any) -> Any:
+    """Replace lone surrogates (valid as JSON escapes, but not encodable as UTF-8) with U+FFFD.
+
+    Left in, they pass through the gateway until the first write to storage or to the network raises
+    ``UnicodeEncodeError``.
+    """
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {scrub_surrogates(k): scrub_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_surrogates(v) for v in value]
+    return value
+
+
 def decode_data(frame: Frame) -> dict[str, Any]:
-    """The frame's ``data`` as a dict."""
+    """The frame's ``data`` as a dict (lone surrogates replaced, see :func:`scrub_surrogates`)."""
     try:
         data = json.loads(frame.data_text)
     except ValueError as exc:
@@ -145,7 +164,10 @@ def decode_data(frame: Frame) -> dict[str, Any]:
         raise FrameError("data is not JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise FrameError("data is not an object")
-    return data
+    try:
+        return scrub_surrogates(data)  # type: ignore[no-any-return]
+    except RecursionError:
+        raise FrameError("data is not JSON: nested too deeply") from None
 
 
 def ack_frame(
@@ -423,6 +445,10 @@ def to_message(
     """Convert a decoded robot callback into a :class:`Message`, or raise :class:`FrameError`."""
     if not isinstance(data, Mapping):
         raise FrameError("data is not an object")
+    try:
+        data = scrub_surrogates(dict(data))
+    except RecursionError:
+        raise FrameError("data is nested too deeply") from None
     msg_id = _str(data, "msgId", required=True)
     conversation_id = _str(data, "conversationId", required=True)
     dingtalk_id = _str(data, "senderId", required=True)

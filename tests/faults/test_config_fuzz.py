@@ -199,11 +199,6 @@ def test_mutated_configs_exit_0_or_2_with_path_pointing_errors(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: agent.type given as a list/mapping crashes config validation "
-    "(TypeError: unhashable type) with exit 1 instead of exit 2",
-)
 @pytest.mark.parametrize("value", ["[openai]", "{kind: openai}"])
 def test_agent_type_of_the_wrong_type_is_a_config_error(
     value: str, tmp_path: Path, env: None, capsys: pytest.CaptureFixture[str]

@@ -423,11 +423,6 @@ def test_fuzzed_payloads_are_answered_or_rejected_with_a_reason(
         print(s.summary("fuzz-payloads"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a lone surrogate (valid JSON escape) in a text field crashes the "
-    "runner's task group and with it the whole gateway",
-)
 def test_lone_surrogates_in_text_fields(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, secret_watch: SecretWatch
 ) -> None:

@@ -6,7 +6,7 @@
 * A sessionWebhook that points outside the allow-list (a canary TCP server on another loopback port, reached
   by a handful of URL spellings) is never contacted; the reply still arrives through the OpenAPI fallback.
 * Secrets never show in ``config show``, in the logs of a failing agent or a refused stream, or in
-  configuration errors (the last one is a known bug, see the xfail).
+  configuration errors.
 
 The leak watch in ``conftest.py`` also scans every log record and every message the bot sent in this suite.
 """
@@ -253,11 +253,6 @@ BAD_SECRET_CONFIGS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config errors print the value of a secret key (or of a secret "
-    "environment variable) when its type or form is wrong",
-)
 @pytest.mark.parametrize("case", list(BAD_SECRET_CONFIGS))
 def test_config_errors_never_print_secrets(
     case: str, tmp_path: Path, secret_env: dict[str, str], capsys: pytest.CaptureFixture[str]

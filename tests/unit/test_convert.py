@@ -570,7 +570,7 @@ def test_huge_and_odd_strings_survive() -> None:
     odd = "\u202e\ud800\x00\U0001f980 crab"
     m = to_message(base(text={"content": big + odd}, senderNick=odd))
     assert m.text.endswith("crab") and len(m.text) > 1_000_000
-    assert m.sender.name == odd
+    assert m.sender.name == odd.replace("\ud800", "\ufffd")  # lone surrogates cannot be stored or sent
     raw = json.dumps({"type": "CALLBACK", "headers": {"messageId": odd}, "data": json.dumps(base())})
     assert parse_frame(raw).message_id == odd
 

@@ -328,7 +328,7 @@ class StreamHub:
             return
         data: Any = frame.get("data")
         if isinstance(data, str):
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):
                 data = json.loads(data)
         code = frame.get("code")
         d = self.deliveries.get(mid) if isinstance(mid, str) else None
