@@ -415,9 +415,10 @@ async def run_in_thread(
     thread_scope: anyio.CancelScope | None = None
     error: BaseException | None = None
 
-    def tell_main(event: anyio.Event) -> None:
+    def tell_main(*events: anyio.Event) -> None:
+        # One callback for several events: their order holds on the main loop.
         try:
-            main_loop.call_soon_threadsafe(event.set)
+            main_loop.call_soon_threadsafe(lambda: [event.set() for event in events])
         except RuntimeError:  # the main loop is closed: nobody is waiting any more
             pass
 
@@ -437,8 +438,7 @@ async def run_in_thread(
         except BaseException as exc:  # handed to the main thread, raised there
             error = exc
         finally:
-            tell_main(started)
-            tell_main(ended)
+            tell_main(ended, started)  # ended first: a start that never came is seen as such
 
     def stop() -> None:
         nonlocal stop_requested

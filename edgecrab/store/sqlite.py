@@ -61,6 +61,11 @@ _OUTBOX_SELECT = (
     "SELECT reply_id, idx, total, conversation_key, route, text, mention, title, state, created_at,"
     f" attempts, session_key FROM outbox WHERE state IN {_OPEN_STATES}"
 )
+_ROBOTS = (
+    "WITH RECURSIVE r(robot) AS (SELECT min(robot) FROM inbox"
+    " UNION ALL SELECT (SELECT min(robot) FROM inbox WHERE robot > r.robot) FROM r WHERE r.robot IS NOT NULL)"
+    " SELECT robot FROM r WHERE robot IS NOT NULL"
+)
 _RESET_SESSION = ", ".join(
     [f"{c} = 0" for c in _COUNTERS] + ["last_user_text = ''", "last_user_msg_id = ''", "extra = '{}'"]
 )
@@ -174,10 +179,18 @@ class SQLiteStore(Store):
         return [InboxEntry(*row) for row in rows]
 
     async def inbox_prune(self, older_than: float) -> int:
-        cursor = self._run(
-            "DELETE FROM inbox WHERE state IN (?, ?) AND received_at < ?", (DONE, FAILED, older_than)
-        )
-        return cursor.rowcount
+        # Robot by robot, so the inbox_state index (robot, state, received_at) finds the rows: without a
+        # robot the delete read the whole table, a day of callbacks, once a minute. The robots themselves
+        # come from a "loose index scan" of the primary key (one lookup per robot, not per row).
+        with self._tx() as conn:
+            robots = [row[0] for row in conn.execute(_ROBOTS)]
+            return sum(
+                conn.execute(
+                    "DELETE FROM inbox WHERE robot = ? AND state IN (?, ?) AND received_at < ?",
+                    (robot, DONE, FAILED, older_than),
+                ).rowcount
+                for robot in robots
+            )
 
     # -- sessions ----------------------------------------------------------------------------------
     async def session_stats(self, key: str) -> SessionStats | None:

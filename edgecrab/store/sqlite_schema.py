@@ -76,10 +76,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX outbox_open ON outbox (conversation_key, seq) WHERE state IN ('pending', 'sending')",
         "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL)",
     ),
-    (
-        # inbox_prune (every minute, over a day of callbacks) scanned the whole table without it.
-        "CREATE INDEX inbox_received_at ON inbox (received_at)",
-    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -100,9 +100,7 @@ def mutate(doc: Any, draw: Any) -> list[KeyPath]:
     if kind == "delete":
         del parent[last]
     elif kind == "retype":
-        # A list or mapping as agent.type crashes the CLI (exit 1): that bug has its own xfail test below;
-        # keep it out of here so this property can find the next one.
-        parent[last] = draw(scalars if path == ("agent", "type") else values)
+        parent[last] = draw(values)
     elif kind == "env":
         parent[last] = draw(bad_refs)
     elif kind == "unknown":

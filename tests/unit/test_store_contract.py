@@ -6,10 +6,12 @@ and must pass this file unchanged; backend-specific behaviour (files, WAL, crash
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from edgecrab.store import (
@@ -165,6 +167,29 @@ async def test_prune_forgets_only_old_finished_entries(store: Store) -> None:
     assert await store.inbox_claim(ROBOT, "old-done", "s-old-done", "{}", 600.0)
     assert not await store.inbox_claim(ROBOT, "new-done", "", "{}", 600.0)
     assert await store.inbox_prune(older_than=200.0) == 0
+
+
+async def test_a_clone_records_callbacks_from_another_thread_and_loop(store: Store) -> None:
+    # The gateway's Stream thread records callbacks through a clone, in its own event loop.
+    assert await store.inbox_claim(ROBOT, "m1", "s1", "first", 100.0)
+    twin = store.clone()
+    results: list[bool] = []
+
+    async def claims() -> None:
+        await twin.open()
+        try:
+            results.append(await twin.inbox_claim(ROBOT, "m1", "s9", "again", 101.0))
+            results.append(await twin.inbox_claim(ROBOT, "m2", "s2", "second", 102.0))
+        finally:
+            await twin.close()
+
+    thread = threading.Thread(target=anyio.run, args=(claims,))
+    thread.start()
+    thread.join(10)
+
+    assert results == [False, True]
+    assert not await store.inbox_claim(ROBOT, "m2", "", "{}", 103.0)
+    assert [e.payload for e in await store.inbox_unfinished(ROBOT)] == ["first", "second"]
 
 
 # -- sessions --------------------------------------------------------------------------------------
