@@ -195,12 +195,26 @@ class Runner:
                 s.current, s.started, s.scope = item.message, time.monotonic(), anyio.CancelScope()
                 try:
                     await self._run_one(s, item, s.epoch, s.resets)
+                except Exception as exc:
+                    # One broken run (a storage error, a bug) must never take the other sessions down.
+                    await self._run_crashed(item.message, s.key, exc)
                 finally:
                     s.current, s.scope = None, None
         finally:
             s.worker = False
             if not s.queue and self._sessions.get(s.key) is s:
                 del self._sessions[s.key]
+
+    async def _run_crashed(self, message: Message, key: str, exc: Exception) -> None:
+        log.error("[runs] %s: run for message %s failed unexpectedly: %s: %s", key, message.id,
+                  type(exc).__name__, exc, exc_info=exc)
+        try:
+            reason = f"internal error: {type(exc).__name__}"
+            await self.store.inbox_set_state(message.robot, message.id, FAILED, reason)
+            text = "⚠️ Sorry — something went wrong while answering. /retry to try again."
+            await self._reply(message, text, key)
+        except Exception:
+            log.exception("[runs] %s: could not report the failure of message %s", key, message.id)
 
     # -- one run -------------------------------------------------------------------------------------
     async def _run_one(self, s: _Session, item: _Item, epoch: int, resets: int) -> None:

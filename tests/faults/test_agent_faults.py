@@ -131,11 +131,6 @@ class FlakyHistoryStore(SQLiteStore):
         return await super().history(key, limit)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an unexpected exception in one agent run (here a store error) escapes Runner._work "
-    "and cancels the whole gateway",
-)
 @pytest.mark.anyio
 async def test_unexpected_error_in_one_run_does_not_stop_the_gateway(
     tmp_path: Path, secret_watch: SecretWatch
