@@ -159,6 +159,10 @@ async def test_busy_replies_and_usage_after_a_turn(tmp_path: Path, snapshot: Any
         (replies["queued message"],) = await chat.ask("and then this")
         (replies["/status running, 1 queued"],) = await chat.ask("/status")
         await chat.wait(5, timeout=5)  # both answers
+        # DingTalk has the 5th message before our ledger records it as sent: wait for the ledger too.
+        with anyio.fail_after(5):
+            while await gw.store.outbox_pending():  # noqa: ASYNC110 - polling the ledger
+                await anyio.sleep(0.02)
         assert chat.texts[3:] == ["You said: a long task", "You said: and then this"]
         (replies["/usage"],) = await chat.ask("/usage")
         assert "- Tokens: 14 prompt, 6 completion" in replies["/usage"]

@@ -263,7 +263,9 @@ async def test_stop_mid_reply_sends_nothing_more(tmp_path: Path) -> None:
         await d.enqueue(route, _paragraphs(6))
         await fake.wait_for_outbound(1, route.conversation_id)
         dropped = await d.cancel(route)
-        assert dropped == 5
+        # Part 1 may still be in flight (DingTalk has it, our ledger says "sending"): it is cancelled too,
+        # which changes nothing for it; what matters is what DingTalk receives below.
+        assert dropped in (5, 6)
         await d.enqueue(route, "⏹ Stopped.")
         await fake.wait_for_outbound(2, route.conversation_id)
         await anyio.sleep(0.5)
