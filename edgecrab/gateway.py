@@ -335,9 +335,15 @@ class Gateway:
         self.stream = StreamClient(dt, self.on_callback, on_state=self._on_state)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        if self.hooks is None:
-            self.hooks = HookManager.load(self.config.hooks)
-        await self.store.open()
+        try:
+            if self.hooks is None:
+                self.hooks = HookManager.load(self.config.hooks)
+            await self.store.open()
+        except BaseException:
+            # Start-up refused (a hook file that cannot load, storage that cannot open): close what exists.
+            self._send.close()
+            self._receive.close()
+            raise
         http = async_client(
             timeout=self.config.dingtalk.send_timeout_s, max_connections=_DINGTALK_CONNECTIONS
         )

@@ -130,11 +130,6 @@ async def test_misspelt_hook_stops_start_up_naming_file_and_line(
     assert opened == 0, "the gateway connected to DingTalk despite a hook that cannot load"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Gateway.run leaves its ingest memory streams unclosed when start-up "
-    "fails before the task group (hook load error, store open error)",
-)
 async def test_refused_start_up_leaves_nothing_unclosed(tmp_path: Path, secret_watch: SecretWatch) -> None:
     _leaked_streams()
     async with FakeDingTalk() as fake:
