@@ -20,9 +20,11 @@ Cancelling :meth:`Gateway.run` stops every task, and the Stream thread; nothing 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -79,6 +81,9 @@ class Gateway:
         self._send, self._receive = anyio.create_memory_object_stream[_Item](max_buffer_size=4096)
         self._overflow: deque[_Item] = deque()
         self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._handover: list[_Item] = []
+        self._handover_due = False
+        self._handover_lock = threading.Lock()
         self._ack_store: Store | None = None
         """The store's clone that the Stream thread records callbacks through."""
         self._states: deque[tuple[str, str]] = deque()
@@ -110,7 +115,7 @@ class Gateway:
             )
             return AckDecision()
         self.received += 1
-        self._on_main_loop(self._accept, (msg_id, stream_mid, frame.data_text))
+        self._hand_over((msg_id, stream_mid, frame.data_text))
         return AckDecision()
 
     def _on_main_loop(self, fn: Callable[..., None], *args: Any) -> None:
@@ -123,6 +128,22 @@ class Gateway:
             loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the main loop is closed; a recorded message is picked up on the next start
             pass
+
+    def _hand_over(self, item: _Item) -> None:
+        """Pass a recorded message to the main loop. Messages that arrive while the main loop has not yet
+        taken the previous ones go with them: one wake-up of the main loop per batch, not per message."""
+        with self._handover_lock:
+            self._handover.append(item)
+            if self._handover_due:
+                return
+            self._handover_due = True
+        self._on_main_loop(self._take_handed_over)
+
+    def _take_handed_over(self) -> None:
+        with self._handover_lock:
+            items, self._handover, self._handover_due = self._handover, [], False
+        for item in items:
+            self._accept(item)
 
     def _accept(self, item: _Item) -> None:
         try:
@@ -420,7 +441,9 @@ def _nothing() -> None:
 async def serve(config: Config, *, ready: Any = None) -> None:
     """Run the gateway until SIGINT/SIGTERM."""
     gateway = Gateway(config)
+    _tune_gc()
     async with anyio.create_task_group() as tg:
+        tg.start_soon(_full_collections)
         await tg.start(gateway.run)
         if ready is not None:
             ready(gateway)
@@ -429,6 +452,28 @@ async def serve(config: Config, *, ready: Any = None) -> None:
                 log.info("[gateway] %s received; stopping", signal.Signals(signum).name)
                 break
         tg.cancel_scope.cancel()
+
+
+FULL_COLLECTION_EVERY_S = 60.0
+
+
+def _tune_gc() -> None:
+    """Garbage collection for a process that is the gateway (the CLI; process-wide, so not for one that
+    embeds it). A full collection holds the GIL while it walks every tracked object, which stalls the
+    Stream thread's acks as well: under load CPython started one every second or so, 50-135 ms each (ack
+    p99 87-145 ms; BENCHMARKS.md, fix 4). So: what start-up allocated (modules, classes, config, hooks) is
+    frozen out of collections for good; the young generations are collected as usual (cycles of short-lived
+    objects go as soon as ever); full collections run on a timer instead of on allocation counts."""
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 2**31 - 1)  # never by count: _full_collections does it
+
+
+async def _full_collections() -> None:
+    while True:
+        await anyio.sleep(FULL_COLLECTION_EVERY_S)
+        gc.collect()
 
 
 def run_gateway(config: Config, *, sandbox: bool = False, port: int | None = None) -> int:

@@ -51,12 +51,13 @@ from edgecrab.httpclient import async_client
 
 log = logging.getLogger("edgecrab.dingtalk.stream")
 
-THREAD_SWITCH_INTERVAL_S = 0.0005
+THREAD_SWITCH_INTERVAL_S = 0.001
 """``sys.setswitchinterval`` while a :func:`run_in_thread` thread runs. A thread waiting for the GIL gets it
-only once the holder has run this long (default 5 ms). The ack path needs the GIL several times per frame
-(socket read, SQLite, socket write) while the main loop is busy, so with 5 ms its latency was a multiple of
-that. 0.5 ms bounds each wait; the cost, a forced switch at most every 0.5 ms, is paid only while both
-threads want to run."""
+only once the holder has run this long (default 5 ms), and the ack path needs the GIL several times per
+frame (socket read, SQLite, socket write) while the main loop is busy. 1 ms bounds each wait; the cost, a
+forced switch at most every millisecond, is paid only while both threads want to run. (Measured in
+scenario 2 of the benchmarks, 0.2, 0.5, 1 and 5 ms were within the machine's noise of one another, 1 ms
+a little ahead: BENCHMARKS.md, fix 4.)"""
 _switch_lock = threading.Lock()
 _switch_saved: list[float] = []
 
@@ -415,10 +416,14 @@ async def run_in_thread(
     thread_scope: anyio.CancelScope | None = None
     error: BaseException | None = None
 
+    def set_all(events: tuple[anyio.Event, ...]) -> None:
+        for event in events:
+            event.set()
+
     def tell_main(*events: anyio.Event) -> None:
         # One callback for several events: their order holds on the main loop.
         try:
-            main_loop.call_soon_threadsafe(lambda: [event.set() for event in events])
+            main_loop.call_soon_threadsafe(set_all, events)
         except RuntimeError:  # the main loop is closed: nobody is waiting any more
             pass
 
@@ -455,6 +460,10 @@ async def run_in_thread(
     _lower_switch_interval()
     try:
         thread.start()
+    except BaseException:  # no thread could be made
+        _restore_switch_interval()
+        raise
+    try:
         await started.wait()
         if not ended.is_set():
             task_status.started()

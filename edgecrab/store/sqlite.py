@@ -1,17 +1,18 @@
 """The SQLite implementation of :class:`~edgecrab.store.base.Store` (stdlib ``sqlite3``, WAL mode).
 
-One connection per gateway process, opened in :meth:`SQLiteStore.open`. Every operation is a few
+One connection per gateway process, opened in :meth:`SQLiteStore.open` and shared, under one lock, with the
+:meth:`~SQLiteStore.clone` the Stream thread records callbacks through. Every operation is a few
 microseconds of synchronous work done inline in the ``async`` method: the ack path calls
 :meth:`~SQLiteStore.inbox_claim` and must stay in the millisecond range, which a thread hop per call
 would not help. Multi-statement operations run in one ``BEGIN IMMEDIATE`` transaction, so they are
 all-or-nothing even if the process is killed half-way.
 
-The tables and their migrations live in :mod:`edgecrab.store.sqlite_schema`.
+The tables and their migrations live in :mod:`edgecrab.store.sqlite_schema`, statements several methods
+share in :mod:`edgecrab.store.sqlite_rows`.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -36,20 +37,21 @@ from edgecrab.store.base import (
     Turn,
     UsageDelta,
 )
+from edgecrab.store.sqlite_rows import (
+    COUNTERS,
+    add_chunks,
+    add_usage,
+    append_turns,
+    chunk_from_row,
+    ensure_session,
+    inbox_state_update,
+    outbox_state_update,
+)
 from edgecrab.store.sqlite_schema import migrate
 
 MEMORY = ":memory:"
 
-_COUNTERS = (
-    "turns",
-    "messages_in",
-    "messages_out",
-    "prompt_tokens",
-    "completion_tokens",
-    "agent_seconds",
-    "chunks_sent",
-)
-_SESSION_COLUMNS = ("key", "created_at", "last_active_at", *_COUNTERS, "last_user_text", "last_user_msg_id")
+_SESSION_COLUMNS = ("key", "created_at", "last_active_at", *COUNTERS, "last_user_text", "last_user_msg_id")
 _SESSION_SELECT = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE key = ?"
 _INBOX_SELECT = "SELECT robot, msg_id, stream_message_id, payload, received_at, state, attempts FROM inbox"
 # Unsent chunks. The states are SQL literals on purpose, here and in outbox_cancel: SQLite uses the partial
@@ -67,7 +69,7 @@ _ROBOTS = (
     " SELECT robot FROM r WHERE robot IS NOT NULL"
 )
 _RESET_SESSION = ", ".join(
-    [f"{c} = 0" for c in _COUNTERS] + ["last_user_text = ''", "last_user_msg_id = ''", "extra = '{}'"]
+    [f"{c} = 0" for c in COUNTERS] + ["last_user_text = ''", "last_user_msg_id = ''", "extra = '{}'"]
 )
 
 
@@ -169,7 +171,7 @@ class SQLiteStore(Store):
         return cursor.rowcount == 1
 
     async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None:
-        self._run(*_inbox_state_update(robot, msg_id, state, error))
+        self._run(*inbox_state_update(robot, msg_id, state, error))
 
     async def inbox_unfinished(self, robot: str) -> list[InboxEntry]:
         rows = self._all(
@@ -199,7 +201,7 @@ class SQLiteStore(Store):
 
     async def session_ensure(self, key: str, now: float) -> SessionStats:
         with self._tx() as conn:
-            _ensure_session(conn, key, now)
+            ensure_session(conn, key, now)
             row = conn.execute(_SESSION_SELECT, (key,)).fetchone()
         return SessionStats(*row)
 
@@ -217,8 +219,8 @@ class SQLiteStore(Store):
             return
         with self._tx() as conn:
             # History never exists without its session, so /new and idle expiry always find it.
-            _ensure_session(conn, key, max(t.at for t in turns) or time.time())
-            _append_turns(conn, key, turns)
+            ensure_session(conn, key, max(t.at for t in turns) or time.time())
+            append_turns(conn, key, turns)
 
     async def history_pop_last_exchange(self, key: str) -> Turn | None:
         with self._tx() as conn:
@@ -246,8 +248,8 @@ class SQLiteStore(Store):
 
     async def usage_add(self, key: str, delta: UsageDelta, now: float, last_user: Turn | None = None) -> None:
         with self._tx() as conn:
-            _ensure_session(conn, key, now)
-            _add_usage(conn, key, delta, now, last_user)
+            ensure_session(conn, key, now)
+            add_usage(conn, key, delta, now, last_user)
 
     async def finish_turn(
         self,
@@ -267,14 +269,14 @@ class SQLiteStore(Store):
         # commits, and no crash window between "answer recorded" and "message done".
         with self._tx() as conn:
             if turns or usage is not None or last_user is not None:
-                _ensure_session(conn, key, now)
+                ensure_session(conn, key, now)
             if turns:
-                _append_turns(conn, key, turns)
+                append_turns(conn, key, turns)
             if usage is not None or last_user is not None:
-                _add_usage(conn, key, usage or UsageDelta(), now, last_user)
+                add_usage(conn, key, usage or UsageDelta(), now, last_user)
             if reply:
-                _add_chunks(conn, reply)
-            conn.execute(*_inbox_state_update(robot, msg_id, state, error))
+                add_chunks(conn, reply)
+            conn.execute(*inbox_state_update(robot, msg_id, state, error))
 
     async def sessions_expire(self, idle_before: float) -> int:
         with self._tx() as conn:
@@ -292,7 +294,7 @@ class SQLiteStore(Store):
     # -- outbox (delivery ledger) ------------------------------------------------------------------
     async def outbox_add(self, chunks: list[OutboxChunk]) -> None:
         with self._tx() as conn:
-            _add_chunks(conn, chunks)
+            add_chunks(conn, chunks)
 
     async def outbox_pending(self, conversation_key: str | None = None) -> list[OutboxChunk]:
         if conversation_key is None:
@@ -302,20 +304,20 @@ class SQLiteStore(Store):
             rows = self._all(f"{sql} ORDER BY seq")
         else:
             rows = self._all(f"{_OUTBOX_SELECT} AND conversation_key = ? ORDER BY seq", (conversation_key,))
-        return [_chunk_from_row(row) for row in rows]
+        return [chunk_from_row(row) for row in rows]
 
     async def outbox_mark(self, reply_id: str, index: int, state: str, error: str = "") -> None:
-        self._run(*_outbox_state_update(reply_id, index, state, error))
+        self._run(*outbox_state_update(reply_id, index, state, error))
 
     async def outbox_sent(
         self, reply_id: str, index: int, *, session_key: str, chunks_sent: int, now: float
     ) -> None:
         if not session_key or not chunks_sent:
-            self._run(*_outbox_state_update(reply_id, index, SENT))
+            self._run(*outbox_state_update(reply_id, index, SENT))
             return
         with self._tx() as conn:
-            conn.execute(*_outbox_state_update(reply_id, index, SENT))
-            _ensure_session(conn, session_key, now)
+            conn.execute(*outbox_state_update(reply_id, index, SENT))
+            ensure_session(conn, session_key, now)
             conn.execute(
                 "UPDATE sessions SET chunks_sent = chunks_sent + ?, last_active_at = max(last_active_at, ?)"
                 " WHERE key = ?",
@@ -344,134 +346,3 @@ class SQLiteStore(Store):
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             (key, value, time.time()),
         )
-
-
-def _ensure_session(conn: sqlite3.Connection, key: str, now: float) -> None:
-    conn.execute(
-        "INSERT INTO sessions (key, created_at, last_active_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        (key, now, now),
-    )
-
-
-def _inbox_state_update(robot: str, msg_id: str, state: str, error: str) -> tuple[str, tuple[Any, ...]]:
-    # attempts counts how often processing started, so a message that keeps crashing the
-    # process on start can be recognised and given up on.
-    return (
-        "UPDATE inbox SET state = ?, error = ?, updated_at = ?, attempts = attempts + ?"
-        " WHERE robot = ? AND msg_id = ?",
-        (state, error, time.time(), int(state == PROCESSING), robot, msg_id),
-    )
-
-
-def _outbox_state_update(
-    reply_id: str, index: int, state: str, error: str = ""
-) -> tuple[str, tuple[Any, ...]]:
-    # attempts counts send attempts: the sender marks a chunk SENDING before each try. A cancelled
-    # chunk never goes back to PENDING/SENDING (a sender working from an older list must not revive
-    # what /stop cancelled); SENT or UNDELIVERABLE may still record what really happened to it.
-    return (
-        "UPDATE outbox SET state = ?, error = ?, updated_at = ?, attempts = attempts + ?"
-        " WHERE reply_id = ? AND idx = ? AND NOT (state = ? AND ? IN (?, ?))",
-        (
-            state,
-            error,
-            time.time(),
-            int(state == SENDING),
-            reply_id,
-            index,
-            CANCELLED,
-            state,
-            PENDING,
-            SENDING,
-        ),
-    )
-
-
-def _append_turns(conn: sqlite3.Connection, key: str, turns: Sequence[Turn]) -> None:
-    conn.executemany(
-        "INSERT INTO history (session_key, role, content, msg_id, at) VALUES (?, ?, ?, ?, ?)",
-        [(key, t.role, t.content, t.msg_id, t.at) for t in turns],
-    )
-
-
-def _add_usage(
-    conn: sqlite3.Connection, key: str, delta: UsageDelta, now: float, last_user: Turn | None
-) -> None:
-    """The session must exist (``_ensure_session``)."""
-    sets = [f"{c} = {c} + ?" for c in _COUNTERS] + ["last_active_at = max(last_active_at, ?)"]
-    params: list[Any] = [*(getattr(delta, c) for c in _COUNTERS), now]
-    if last_user is not None:
-        sets += ["last_user_text = ?", "last_user_msg_id = ?"]
-        params += [last_user.content, last_user.msg_id]
-    conn.execute(f"UPDATE sessions SET {', '.join(sets)} WHERE key = ?", (*params, key))
-    if delta.extra:
-        (raw,) = conn.execute("SELECT extra FROM sessions WHERE key = ?", (key,)).fetchone()
-        merged = _merge_extra(json.loads(raw), delta.extra)
-        conn.execute("UPDATE sessions SET extra = ? WHERE key = ?", (json.dumps(merged), key))
-
-
-def _add_chunks(conn: sqlite3.Connection, chunks: Sequence[OutboxChunk]) -> None:
-    # seq, assigned in insertion order, is the send order: insert each reply's chunks by index even
-    # if the caller listed them otherwise (replies keep the order in which they were given).
-    first_seen = {c.reply_id: i for i, c in reversed(list(enumerate(chunks)))}
-    ordered = sorted(chunks, key=lambda c: (first_seen[c.reply_id], c.index))
-    now = time.time()
-    # DO NOTHING makes a repeated add of the same reply (a retry after an error) harmless
-    # instead of duplicating chunks the user would then receive twice.
-    conn.executemany(
-        "INSERT INTO outbox (reply_id, idx, total, conversation_key, session_key, route, text,"
-        " mention, title, state, created_at, attempts, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        [(*_chunk_columns(c), now) for c in ordered],
-    )
-
-
-def _chunk_columns(c: OutboxChunk) -> tuple[Any, ...]:
-    # A new chunk is always PENDING, whatever state the caller's object says.
-    return (
-        c.reply_id,
-        c.index,
-        c.total,
-        c.conversation_key,
-        c.session_key,
-        json.dumps(c.route),
-        c.text,
-        int(c.mention),
-        c.title,
-        PENDING,
-        c.created_at,
-        c.attempts,
-    )
-
-
-def _chunk_from_row(r: Sequence[Any]) -> OutboxChunk:
-    return OutboxChunk(
-        reply_id=r[0],
-        index=r[1],
-        total=r[2],
-        conversation_key=r[3],
-        route=json.loads(r[4]),
-        text=r[5],
-        mention=bool(r[6]),
-        title=r[7],
-        state=r[8],
-        created_at=r[9],
-        attempts=r[10],
-        session_key=r[11],
-    )
-
-
-def _merge_extra(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Numbers accumulate like the other counters; anything else is replaced by the newer value."""
-    merged = dict(old)
-    for name, value in new.items():
-        current = merged.get(name)
-        if _is_number(value) and _is_number(current):
-            merged[name] = current + value
-        else:
-            merged[name] = value
-    return merged
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
