@@ -283,7 +283,8 @@ async def test_cancel_for_one_session_spares_another_in_the_same_group(tmp_path:
         await d.enqueue(route, _paragraphs(4), session_key="g:alice")
         await d.enqueue(route, _paragraphs(2).replace("part", "bobs"), session_key="g:bob")
         await fake.wait_for_outbound(1, route.conversation_id)
-        assert await d.cancel(route, session_key="g:alice") == 3
+        # Alice's part 1 may still be in flight (DingTalk has it, the ledger says "sending"): 3 or 4.
+        assert await d.cancel(route, session_key="g:alice") in (3, 4)
         await fake.wait_for_outbound(3, route.conversation_id)
         await anyio.sleep(0.3)
         sent = fake.messages_for(route.conversation_id)
