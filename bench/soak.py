@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from edgecrab.testing import fake_openai  # noqa: E402
 from edgecrab.testing.fake_openai import FakeOpenAI  # noqa: E402
 from edgecrab.testing.fakedingtalk import FakeDingTalk, FakeUser  # noqa: E402
+from edgecrab.testing.gatewayconfig import write_gateway_config  # noqa: E402
 
 WORD = re.compile(r"s\d{7}k")
 BREAK = "BREAKME"
@@ -79,36 +80,14 @@ def reply_for(messages: list[dict[str, Any]]) -> str:
 
 
 def write_config(folder: Path, fake: FakeDingTalk, llm: FakeOpenAI) -> Path:
-    path = folder / "edgecrab.yaml"
-    path.write_text(
-        f"""
-platforms:
-  dingtalk:
-    app_key: ${{DINGTALK_APP_KEY}}
-    app_secret: ${{DINGTALK_APP_SECRET}}
-    api_base: {fake.base_url}
-    max_message_length: 1000
-    chunk_interval_ms: 100
-    reconnect_initial_s: 0.2
-    reconnect_max_s: 2
-    healthy_after_s: 5
-    webhook_expiry_margin_s: 0
-agent:
-  type: openai
-  base_url: {llm.base_url}
-  model: soak-model
-  api_key: ${{SOAK_LLM_KEY}}
-  timeout_s: 3
-  max_retries: 1
-sessions:
-  queue_limit: 50
-  history_limit: 10
-storage:
-  url: sqlite:///{folder / "state.db"}
-""",
-        encoding="utf-8",
+    return write_gateway_config(
+        folder / "edgecrab.yaml", api_base=fake.base_url, llm_base_url=llm.base_url,
+        llm_key_var="SOAK_LLM_KEY", model="soak-model",
+        dingtalk={"max_message_length": 1000, "chunk_interval_ms": 100, "reconnect_initial_s": 0.2,
+                  "reconnect_max_s": 2, "healthy_after_s": 5, "webhook_expiry_margin_s": 0},
+        agent={"timeout_s": 3, "max_retries": 1},
+        sessions={"queue_limit": 50, "history_limit": 10},
     )
-    return path
 
 
 def sample(pid: int) -> dict[str, float]:

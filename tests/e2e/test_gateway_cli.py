@@ -16,37 +16,18 @@ import pytest
 
 from edgecrab.testing.fake_openai import FakeOpenAI
 from edgecrab.testing.fakedingtalk import FakeDingTalk
+from edgecrab.testing.gatewayconfig import write_gateway_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 
 
 def write_config(path: Path, fake: FakeDingTalk, llm: FakeOpenAI, **sessions: str) -> Path:
-    extra = "".join(f"\n  {k}: {v}" for k, v in sessions.items())
-    path.write_text(
-        f"""
-platforms:
-  dingtalk:
-    app_key: ${{DINGTALK_APP_KEY}}
-    app_secret: ${{DINGTALK_APP_SECRET}}
-    api_base: {fake.base_url}
-    chunk_interval_ms: 20
-    reconnect_initial_s: 0.1
-    reconnect_max_s: 1
-agent:
-  type: openai
-  base_url: {llm.base_url}
-  model: fake-model
-  api_key: ${{FAKE_LLM_KEY}}
-  system_prompt: You are a test assistant.
-  timeout_s: 20
-sessions:
-  history_limit: 10{extra}
-storage:
-  url: sqlite:///{path.parent / "state.db"}
-""",
-        encoding="utf-8",
+    return write_gateway_config(
+        path, api_base=fake.base_url, llm_base_url=llm.base_url,
+        dingtalk={"chunk_interval_ms": 20, "reconnect_initial_s": 0.1, "reconnect_max_s": 1},
+        agent={"system_prompt": "You are a test assistant.", "timeout_s": 20},
+        sessions={"history_limit": 10, **sessions},
     )
-    return path
 
 
 class GatewayProcess:

@@ -25,6 +25,7 @@ import pytest
 from edgecrab.store import OutboxChunk, SQLiteStore
 from edgecrab.testing.fake_openai import FakeOpenAI
 from edgecrab.testing.fakedingtalk import FakeDingTalk
+from edgecrab.testing.gatewayconfig import write_gateway_config
 from tests.component.gwkit import ScriptedAgent
 from tests.faults.conftest import SecretWatch
 from tests.faults.kit import WORD, fault_config, gateway_running, tally, word, words
@@ -44,32 +45,13 @@ def long_reply(messages: list[dict[str, Any]]) -> str:
 
 
 def write_config(path: Path, fake: FakeDingTalk, llm: FakeOpenAI) -> Path:
-    path.write_text(
-        f"""
-platforms:
-  dingtalk:
-    app_key: ${{DINGTALK_APP_KEY}}
-    app_secret: ${{DINGTALK_APP_SECRET}}
-    api_base: {fake.base_url}
-    max_message_length: 100
-    chunk_interval_ms: 300
-    reconnect_initial_s: 0.1
-    reconnect_max_s: 0.5
-    webhook_expiry_margin_s: 0
-agent:
-  type: openai
-  base_url: {llm.base_url}
-  model: fake-model
-  api_key: ${{FAKE_LLM_KEY}}
-  timeout_s: 20
-sessions:
-  queue_limit: 50
-storage:
-  url: sqlite:///{path.parent / "state.db"}
-""",
-        encoding="utf-8",
+    return write_gateway_config(
+        path, api_base=fake.base_url, llm_base_url=llm.base_url,
+        dingtalk={"max_message_length": 100, "chunk_interval_ms": 300, "reconnect_initial_s": 0.1,
+                  "reconnect_max_s": 0.5, "webhook_expiry_margin_s": 0},
+        agent={"timeout_s": 20},
+        sessions={"queue_limit": 50},
     )
-    return path
 
 
 async def start(fake: FakeDingTalk, config: Path, log_path: Path) -> anyio.abc.Process:
