@@ -19,6 +19,7 @@ before its next send (and gives up waiting to retry one).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -32,7 +33,7 @@ import anyio.abc
 
 from edgecrab.chunking import json_bytes, split_text
 from edgecrab.events import Message, ReplyRoute
-from edgecrab.store.base import PENDING, SENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
+from edgecrab.store.base import PENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
 
 log = logging.getLogger("edgecrab.delivery")
 
@@ -90,6 +91,15 @@ class PreparedReply:
 # What sending one message came to.
 _OK, _TOO_LONG, _FAILED, _CANCELLED = "ok", "too long", "failed", "cancelled"
 
+_REPLY_ID_PREFIX = uuid.uuid4().hex[:16]
+_reply_numbers = itertools.count(1)
+
+
+def new_reply_id() -> str:
+    """Unique per reply: a random prefix per process and a counter (``uuid4`` reads ``/dev/urandom`` each
+    time, a system call per reply)."""
+    return f"{_REPLY_ID_PREFIX}{next(_reply_numbers):016x}"
+
 
 class Delivery:
     def __init__(
@@ -122,6 +132,10 @@ class Delivery:
         self._last_sent: dict[str, float] = {}
         """Monotonic time of each conversation's last accepted message (the pacing reference)."""
         self._replies: dict[str, tuple[str, Message | None]] = {}
+        """Replies recorded by this process and not finished yet: their text and message, for hooks."""
+        self._resplit: set[str] = set()
+        """Chunks (their ``_split_key``) of those replies re-split by this process: the others have no
+        pieces in ``kv``, which :meth:`_load_pieces` then need not read."""
         self.sent_chunks = 0
         """Messages DingTalk accepted (a re-split chunk counts once per piece)."""
         self.failed_replies = 0
@@ -168,7 +182,7 @@ class Delivery:
         )
         if mention is None:
             mention = route.is_group
-        reply_id = uuid.uuid4().hex
+        reply_id = new_reply_id()
         ckey = conversation_key(route)
         now = time.time()
         total = len(chunks)
@@ -264,6 +278,9 @@ class Delivery:
                 for chunk in pending:
                     if not await self._deliver(chunk, epoch):
                         break  # cancelled, or the rest of the reply was given up: re-read the ledger
+                else:
+                    if not woken.is_set():
+                        return  # all sent, and nothing was recorded for this conversation meanwhile
         finally:
             self._workers.pop(ckey, None)
 
@@ -302,7 +319,6 @@ class Delivery:
             await self._pace(chunk.conversation_key)
             if self._cancelled(chunk, epoch):
                 return False
-            await self.store.outbox_mark(chunk.reply_id, chunk.index, SENDING)
             mention = chunk.mention and not any(p.strip() for p in pieces[1:])  # on the last piece
             outcome, error = await self._send(chunk, route, pieces[0].rstrip(), mention, epoch)
             if outcome == _OK:
@@ -342,6 +358,8 @@ class Delivery:
             chunks_sent=int(whole_sent),
             now=time.time(),
         )
+        if split:
+            self._resplit.discard(_split_key(chunk))
         if chunk.index == chunk.total - 1:
             await self._finished(chunk.reply_id, None)
         return True
@@ -412,7 +430,10 @@ class Delivery:
 
     async def _load_pieces(self, chunk: OutboxChunk) -> list[str] | None:
         """The pieces of a re-split chunk still to send (after a restart), or None if never re-split."""
-        raw = await self.store.kv_get(_split_key(chunk))
+        key = _split_key(chunk)
+        if chunk.reply_id in self._replies and key not in self._resplit:
+            return None  # recorded by this process, which never re-split it
+        raw = await self.store.kv_get(key)
         if not raw:
             return None
         try:
@@ -422,6 +443,7 @@ class Delivery:
         return [str(p) for p in pieces] if isinstance(pieces, list) else None
 
     async def _save_pieces(self, chunk: OutboxChunk, pieces: list[str]) -> None:
+        self._resplit.add(_split_key(chunk))
         await self.store.kv_set(_split_key(chunk), json.dumps(pieces, ensure_ascii=False))
 
     async def _give_up(self, chunk: OutboxChunk, error: str) -> None:
@@ -433,6 +455,8 @@ class Delivery:
 
     async def _finished(self, reply_id: str, error: str | None) -> None:
         text, message = self._replies.pop(reply_id, ("", None))
+        if self._resplit:
+            self._resplit = {k for k in self._resplit if not k.startswith(f"delivery:split:{reply_id}:")}
         if self._notify is None:
             return
         if error is None:

@@ -3,28 +3,27 @@ and owns the task group they all live in.
 
 Message flow::
 
-    Stream frame --(record in inbox, ack 200: milliseconds; in the Stream thread)--> ingest queue
+    Stream frame --(record in inbox, ack 200: milliseconds)--> ingest queue
     ingest: convert -> access rules -> hooks (received / allow / prepare) -> command or runner
     runner: agent run per session (busy policy) -> reply text
     delivery: format + chunk -> outbox ledger -> ordered, paced sends (sessionWebhook, OpenAPI fallback)
 
-The ack path runs in a thread of its own with its own event loop (``stream.run_in_thread``): the websocket
-reader, frame parsing, ``inbox_claim`` through a :meth:`~edgecrab.store.base.Store.clone` of the store, and
-the ack. Everything else (hooks included) runs on the main loop, which the new message is handed to with
-``call_soon_threadsafe``. On one loop, a frame waited behind hundreds of ready tasks before it was even read
-(ack p99 95 ms at 500 messages/s; BENCHMARKS.md, fix 4).
+Everything runs on one event loop. The ack path (read a frame, record it, ack it) does no more than that;
+the message then waits in the ingest queue. The store commits the main loop's writes in groups (one commit
+for the writes of a loop iteration), which is what keeps a loop iteration, and so an ack, short under load.
+(The ack path ran in a thread of its own for a while: under load the two threads queued for the GIL, which
+cost a fifth of the throughput and, once the main loop became cheaper, made acks slower, not faster:
+BENCHMARKS.md, fix 6.)
 
-Cancelling :meth:`Gateway.run` stops every task, and the Stream thread; nothing outlives it.
+Cancelling :meth:`Gateway.run` stops every task; nothing outlives it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import logging
 import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from edgecrab.dingtalk.access import AccessPolicy
 from edgecrab.dingtalk.convert import Frame, FrameError, decode_data, to_message
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
 from edgecrab.dingtalk.rest import DingTalkSender
-from edgecrab.dingtalk.stream import AckDecision, StreamClient, run_in_thread
+from edgecrab.dingtalk.stream import AckDecision, StreamClient
 from edgecrab.events import Message
 from edgecrab.httpclient import async_client
 from edgecrab.plugins import HookManager
@@ -80,12 +79,6 @@ class Gateway:
         self.started = anyio.Event()
         self._send, self._receive = anyio.create_memory_object_stream[_Item](max_buffer_size=4096)
         self._overflow: deque[_Item] = deque()
-        self._main_loop: asyncio.AbstractEventLoop | None = None
-        self._handover: list[_Item] = []
-        self._handover_due = False
-        self._handover_lock = threading.Lock()
-        self._ack_store: Store | None = None
-        """The store's clone that the Stream thread records callbacks through."""
         self._states: deque[tuple[str, str]] = deque()
         self._states_added = anyio.Event()
         self.received = 0
@@ -104,8 +97,7 @@ class Gateway:
             log.warning("[dingtalk] rejected callback %s: no msgId", frame.headers.get("messageId"))
             return AckDecision(400, "bad request: no msgId")
         stream_mid = frame.headers.get("messageId", "")
-        store = self._ack_store or self.store
-        is_new = await store.inbox_claim(self.robot, msg_id, stream_mid, frame.data_text, time.time())
+        is_new = await self.store.inbox_claim(self.robot, msg_id, stream_mid, frame.data_text, time.time())
         if not is_new:
             self.duplicates += 1
             log.info(
@@ -115,35 +107,8 @@ class Gateway:
             )
             return AckDecision()
         self.received += 1
-        self._hand_over((msg_id, stream_mid, frame.data_text))
+        self._accept((msg_id, stream_mid, frame.data_text))
         return AckDecision()
-
-    def _on_main_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        """Call ``fn(*args)`` on the main loop: soon from the Stream thread, at once from the main loop."""
-        loop = self._main_loop
-        if loop is None or _running_loop() is loop:
-            fn(*args)
-            return
-        try:
-            loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the main loop is closed; a recorded message is picked up on the next start
-            pass
-
-    def _hand_over(self, item: _Item) -> None:
-        """Pass a recorded message to the main loop. Messages that arrive while the main loop has not yet
-        taken the previous ones go with them: one wake-up of the main loop per batch, not per message."""
-        with self._handover_lock:
-            self._handover.append(item)
-            if self._handover_due:
-                return
-            self._handover_due = True
-        self._on_main_loop(self._take_handed_over)
-
-    def _take_handed_over(self) -> None:
-        with self._handover_lock:
-            items, self._handover, self._handover_due = self._handover, [], False
-        for item in items:
-            self._accept(item)
 
     def _accept(self, item: _Item) -> None:
         try:
@@ -260,10 +225,8 @@ class Gateway:
             await self.hooks.notify("send_failed", error=error, reply=reply, message=message)
 
     async def _on_state(self, state: str, detail: str) -> None:
-        """The Stream client's state listener; in the Stream thread, so it only queues the change."""
-        self._on_main_loop(self._queue_state, state, detail)
-
-    def _queue_state(self, state: str, detail: str) -> None:
+        """The Stream client's state listener. It only queues the change: the Stream client must not wait
+        for hooks while it reconnects."""
         self._states.append((state, detail))
         self._states_added.set()
 
@@ -283,26 +246,13 @@ class Gateway:
     async def _serve_stream(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """The Stream connection and the ack path, in their own thread for as long as this task runs."""
-        stream, ack_store = self.stream, self.store.clone()
-        assert stream is not None
-
-        async def in_thread(status: anyio.abc.TaskStatus[None]) -> None:
-            await ack_store.open()
-            try:
-                self._ack_store = ack_store
-                await stream.run(task_status=status)
-            finally:
-                self._ack_store = None
-                with anyio.CancelScope(shield=True):
-                    await ack_store.close()
-
-        self._main_loop = asyncio.get_running_loop()
+        """The Stream connection and the ack path, for as long as this task runs."""
+        assert self.stream is not None
         try:
-            await run_in_thread(in_thread, name=f"edgecrab-stream-{self.robot}", task_status=task_status)
+            await self.stream.run(task_status=task_status)
         finally:
             with anyio.move_on_after(0.5, shield=True):
-                await self._drain_states()  # "stopped", as the thread ended
+                await self._drain_states()  # "stopped", as the client ended
 
     def connection_state(self) -> str:
         s = self.stream
@@ -352,7 +302,7 @@ class Gateway:
                 self.delivery.cancel(m.route, session_key=self.runner.key(m)) if m.route else _zero()
             ),
         )
-        # No shared HTTP client: the stream opens its own in its thread's event loop.
+        # The Stream client opens its own HTTP client: its open-connection call has its own timeouts.
         self.stream = StreamClient(dt, self.on_callback, on_state=self._on_state)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -427,13 +377,6 @@ async def _zero() -> int:
     return 0
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 def _nothing() -> None:
     return None
 
@@ -460,7 +403,7 @@ FULL_COLLECTION_EVERY_S = 60.0
 def _tune_gc() -> None:
     """Garbage collection for a process that is the gateway (the CLI; process-wide, so not for one that
     embeds it). A full collection holds the GIL while it walks every tracked object, which stalls the
-    Stream thread's acks as well: under load CPython started one every second or so, 50-135 ms each (ack
+    acks as well: under load CPython started one every second or so, 50-135 ms each (ack
     p99 87-145 ms; BENCHMARKS.md, fix 4). So: what start-up allocated (modules, classes, config, hooks) is
     frozen out of collections for good; the young generations are collected as usual (cycles of short-lived
     objects go as soon as ever); full collections run on a timer instead of on allocation counts."""

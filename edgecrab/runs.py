@@ -27,7 +27,7 @@ import anyio.abc
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import SessionsConfig
 from edgecrab.events import AgentRequest, AgentResult, Message
-from edgecrab.store.base import DONE, FAILED, PROCESSING, OutboxChunk, Store, Turn, UsageDelta
+from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
 
 log = logging.getLogger("edgecrab.runs")
 
@@ -220,9 +220,8 @@ class Runner:
     async def _run_one(self, s: _Session, item: _Item, epoch: int, resets: int) -> None:
         message, key = item.message, s.key
         now = time.time()
-        await self.store.inbox_set_state(message.robot, message.id, PROCESSING)
         await self._expire_if_idle(key, now)
-        await self.store.session_ensure(key, now)
+        await self.store.turn_started(key, robot=message.robot, msg_id=message.id, now=now)
         text = message.agent_text()
         if item.retry:
             text = await self._retry_text(key)

@@ -12,9 +12,9 @@ blocks the event loop in its open-connection call, swallows cancellation and lea
 * robot callbacks are handed to ``on_callback``, which records them durably and returns the ack code.
   The agent never runs here: the ack leaves within milliseconds.
 
-The gateway runs this client in a thread of its own, with its own event loop (:func:`run_in_thread`): the
-ack path (read a frame, record it, send the ack) then never waits behind the agent runs, hooks and sends on
-the main loop.
+The gateway runs this client on its one event loop. (It ran in a thread of its own for a while, so acks
+would not wait behind the main loop's tasks; under load the two threads queued for the GIL, which cost
+more than it saved: BENCHMARKS.md, fix 6.)
 
 Health: exponential backoff (1 s doubling, capped, with jitter) that resets once a connection stayed up
 ``healthy_after_s``; an idle watchdog reconnects when no frame at all arrived for ``idle_timeout_s``
@@ -25,18 +25,14 @@ keeps retrying at the cap with a hint about the credentials. Every state change 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
 import socket
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote_plus
 
 import anyio
@@ -50,16 +46,6 @@ from edgecrab.dingtalk.convert import Frame, FrameError, ack_frame, parse_frame
 from edgecrab.httpclient import async_client
 
 log = logging.getLogger("edgecrab.dingtalk.stream")
-
-THREAD_SWITCH_INTERVAL_S = 0.001
-"""``sys.setswitchinterval`` while a :func:`run_in_thread` thread runs. A thread waiting for the GIL gets it
-only once the holder has run this long (default 5 ms), and the ack path needs the GIL several times per
-frame (socket read, SQLite, socket write) while the main loop is busy. 1 ms bounds each wait; the cost, a
-forced switch at most every millisecond, is paid only while both threads want to run. (Measured in
-scenario 2 of the benchmarks, 0.2, 0.5, 1 and 5 ms were within the machine's noise of one another, 1 ms
-a little ahead: BENCHMARKS.md, fix 4.)"""
-_switch_lock = threading.Lock()
-_switch_saved: list[float] = []
 
 BOT_TOPIC = "/v1.0/im/bot/messages/get"
 OPEN_PATH = "/v1.0/gateway/connections/open"
@@ -285,7 +271,12 @@ class StreamClient:
     async def _open(self, http: httpx.AsyncClient) -> _Connection:
         url = await self.open_ticket(http)
         try:
-            ws = await websockets.connect(url, open_timeout=10, max_size=2**20, close_timeout=1)
+            # compression=None: no permessage-deflate. Frames are a few KB of JSON on a connection that
+            # idles most of the time; deflating every ack and inflating every frame cost more CPU per
+            # message than anything else on the ack path but SQLite (BENCHMARKS.md, fix 6).
+            ws = await websockets.connect(
+                url, open_timeout=10, max_size=2**20, close_timeout=1, compression=None
+            )
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             raise OpenFailed(f"websocket handshake failed: {type(exc).__name__}: {exc}") from exc
         self.connections_opened += 1
@@ -382,114 +373,3 @@ def _error_text(resp: httpx.Response) -> str:
         return f"{code} {message} (requestid {request_id})".strip()
     except ValueError:
         return resp.text[:200]
-
-
-class _ThreadStarted:
-    """The ``task_status`` a body running in another thread reports its start through."""
-
-    def __init__(self, report: Callable[[], None]) -> None:
-        self._report = report
-
-    def started(self, value: Any = None) -> None:
-        self._report()
-
-
-async def run_in_thread(
-    body: Callable[[anyio.abc.TaskStatus[None]], Awaitable[None]],
-    *,
-    name: str,
-    stop_grace_s: float = 1.0,
-    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run ``body(task_status)`` in a new thread with its own event loop, for as long as this task runs.
-
-    This task stands for the thread in the caller's task group: it reports started when ``body`` does,
-    ends (or raises) when ``body`` does, and when cancelled it cancels ``body`` in its thread and waits,
-    shielded, up to ``stop_grace_s`` for the thread and its event loop to end. The thread's loop is closed
-    by then, default executor included: nothing of it outlives this task.
-    """
-    main_loop = asyncio.get_running_loop()
-    started, ended = anyio.Event(), anyio.Event()
-    lock = threading.Lock()
-    stop_requested = False
-    thread_loop: asyncio.AbstractEventLoop | None = None
-    thread_scope: anyio.CancelScope | None = None
-    error: BaseException | None = None
-
-    def set_all(events: tuple[anyio.Event, ...]) -> None:
-        for event in events:
-            event.set()
-
-    def tell_main(*events: anyio.Event) -> None:
-        # One callback for several events: their order holds on the main loop.
-        try:
-            main_loop.call_soon_threadsafe(set_all, events)
-        except RuntimeError:  # the main loop is closed: nobody is waiting any more
-            pass
-
-    async def thread_main() -> None:
-        nonlocal thread_loop, thread_scope
-        with anyio.CancelScope() as scope:
-            with lock:
-                thread_loop, thread_scope = asyncio.get_running_loop(), scope
-                if stop_requested:
-                    scope.cancel()
-            await body(_ThreadStarted(lambda: tell_main(started)))
-
-    def target() -> None:
-        nonlocal error
-        try:
-            anyio.run(thread_main)
-        except BaseException as exc:  # handed to the main thread, raised there
-            error = exc
-        finally:
-            tell_main(ended, started)  # ended first: a start that never came is seen as such
-
-    def stop() -> None:
-        nonlocal stop_requested
-        with lock:
-            stop_requested = True
-            loop, scope = thread_loop, thread_scope
-        if loop is not None and scope is not None:
-            try:
-                loop.call_soon_threadsafe(scope.cancel)
-            except RuntimeError:  # its loop is already closed: the thread is ending by itself
-                pass
-
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    _lower_switch_interval()
-    try:
-        thread.start()
-    except BaseException:  # no thread could be made
-        _restore_switch_interval()
-        raise
-    try:
-        await started.wait()
-        if not ended.is_set():
-            task_status.started()
-            await ended.wait()
-    finally:
-        stop()
-        with anyio.move_on_after(stop_grace_s, shield=True):
-            await ended.wait()
-        if ended.is_set() or not thread.is_alive():
-            thread.join()  # it has only to return now
-            _restore_switch_interval()
-        else:
-            log.error("[dingtalk] thread %s did not stop within %.1f s", name, stop_grace_s)
-    if error is not None:
-        raise error
-
-
-def _lower_switch_interval() -> None:
-    with _switch_lock:
-        _switch_saved.append(sys.getswitchinterval())
-        sys.setswitchinterval(min(_switch_saved[0], THREAD_SWITCH_INTERVAL_S))
-
-
-def _restore_switch_interval() -> None:
-    """Back to the interval from before the first thread, once the last one has ended."""
-    with _switch_lock:
-        first = _switch_saved.pop(0) if len(_switch_saved) == 1 else _switch_saved.pop()
-        if not _switch_saved:
-            sys.setswitchinterval(first)

@@ -114,13 +114,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
-    @abc.abstractmethod
-    def clone(self) -> Store:
-        """Another handle on the same storage, not yet opened, for another thread with its own event loop:
-        the gateway records callbacks with one in its Stream thread, so acks never wait for the main loop.
-        It is opened, used and closed in that thread, while this store is open; what one handle writes,
-        the other reads at once. Only the inbox methods are used through it."""
-
     # -- inbox -------------------------------------------------------------------------------------
     @abc.abstractmethod
     async def inbox_claim(
@@ -147,6 +140,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def session_ensure(self, key: str, now: float) -> SessionStats:
         """Return the session's stats, creating the session if needed."""
+
+    async def turn_started(self, key: str, *, robot: str, msg_id: str, now: float) -> None:
+        """A run for inbox entry (``robot``, ``msg_id``) starts in session ``key``: the entry goes to
+        ``PROCESSING`` (its ``attempts`` counted) and the session exists, in one write where the store can.
+        """
+        await self.inbox_set_state(robot, msg_id, PROCESSING)
+        await self.session_ensure(key, now)
 
     @abc.abstractmethod
     async def history(self, key: str, limit: int) -> list[Turn]:

@@ -1,11 +1,19 @@
 """The SQLite implementation of :class:`~edgecrab.store.base.Store` (stdlib ``sqlite3``, WAL mode).
 
-One connection per gateway process, opened in :meth:`SQLiteStore.open` and shared, under one lock, with the
-:meth:`~SQLiteStore.clone` the Stream thread records callbacks through. Every operation is a few
-microseconds of synchronous work done inline in the ``async`` method: the ack path calls
+One connection per gateway process, opened in :meth:`SQLiteStore.open`. Every operation is a few
+microseconds of synchronous work done on the calling event loop: the ack path calls
 :meth:`~SQLiteStore.inbox_claim` and must stay in the millisecond range, which a thread hop per call
 would not help. Multi-statement operations run in one ``BEGIN IMMEDIATE`` transaction, so they are
 all-or-nothing even if the process is killed half-way.
+
+**Group commit.** Reads and :meth:`~SQLiteStore.inbox_claim` run at once. Every other write joins the
+current *batch*: the writes that tasks of one event loop issue before the loop gets round to the batch
+(one loop iteration: ``call_soon``) are committed together, in the order they were issued, and each caller
+resumes once its write is committed, so durability is unchanged: nothing a caller was told is done can
+be lost. Under load hundreds of writes share one commit instead of paying one each (a commit writes every
+page it touched to the WAL: most of a small write's cost). If one write of a batch fails, the batch is
+rolled back and its writes are committed one by one, so only the failing one reports an error. A write
+whose caller was cancelled before the batch ran is not made.
 
 The tables and their migrations live in :mod:`edgecrab.store.sqlite_schema`, statements several methods
 share in :mod:`edgecrab.store.sqlite_rows`.
@@ -13,13 +21,14 @@ share in :mod:`edgecrab.store.sqlite_rows`.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edgecrab.store.base import (
     CANCELLED,
@@ -50,6 +59,12 @@ from edgecrab.store.sqlite_rows import (
 from edgecrab.store.sqlite_schema import migrate
 
 MEMORY = ":memory:"
+BATCH_MAX = 32
+"""Writes per group commit at most: a group commit is one step of the event loop, which an ack may wait
+behind (32 of the largest, a run's end with its reply, take about 2 ms)."""
+
+T = TypeVar("T")
+_Op = Callable[[sqlite3.Connection], Any]
 
 _SESSION_COLUMNS = ("key", "created_at", "last_active_at", *COUNTERS, "last_user_text", "last_user_msg_id")
 _SESSION_SELECT = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE key = ?"
@@ -79,31 +94,25 @@ class SQLiteStore(Store):
     def __init__(self, path: Path | str) -> None:
         self.path: Path | None = None if str(path) == MEMORY else Path(path)
         self._conn: sqlite3.Connection | None = None
-        # Guards the connection, which the gateway's main loop and its Stream thread (through a clone())
-        # both use; check_same_thread=False allows that.
+        # Guards the connection for callers in other threads (check_same_thread=False allows them);
+        # the gateway itself uses it from its one event loop only.
         self._lock = threading.Lock()
-        self._origin: SQLiteStore | None = None
-        """Set on a clone(): the store whose connection it borrows."""
+        self._batch: list[tuple[_Op, asyncio.Future[Any]]] = []
+        self._batch_loop: asyncio.AbstractEventLoop | None = None
+        """The loop the pending batch belongs to (and will be committed on); None when none is pending."""
+        self.commits = 0
+        """Transactions committed by this handle (group commits count once): for benchmarks and tests."""
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def open(self) -> None:
         if self._conn is None:
-            self._conn = self._origin._connection() if self._origin is not None else self._connect()
+            self._conn = self._connect()
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None and self._origin is None:  # a clone leaves the connection to its origin
+        if conn is not None:
             with self._lock:
                 conn.close()
-
-    def clone(self) -> SQLiteStore:
-        # A clone borrows this store's connection and lock rather than opening a second connection. WAL
-        # would let a second connection write too, but when its write meets one in progress, SQLite's busy
-        # handler sleeps (1 ms, then 2, 5, 10 ...): the ack path would pay that. Waiting on the shared
-        # in-process lock ends the moment the other write commits. It also makes ":memory:" work.
-        twin = SQLiteStore(MEMORY if self.path is None else self.path)
-        twin._lock, twin._origin = self._lock, self
-        return twin
 
     def _connect(self) -> sqlite3.Connection:
         if self.path is not None:
@@ -152,10 +161,68 @@ class SQLiteStore(Store):
             try:
                 yield conn
                 conn.execute("COMMIT")
+                self.commits += 1
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` in the current group commit (see the module's docstring) and return its result once
+        it is committed."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or (self._batch_loop is not None and self._batch_loop is not loop):
+            with self._tx() as conn:  # not on an event loop, or another loop's batch is pending
+                return op(conn)
+        future: asyncio.Future[T] = loop.create_future()
+        self._batch.append((op, future))
+        if self._batch_loop is None:
+            self._batch_loop = loop
+            loop.call_soon(self._commit_batch)
+        return await future
+
+    def _commit_batch(self) -> None:
+        batch = [(op, f) for op, f in self._batch if not f.done()]  # done: its caller was cancelled
+        rest = batch[BATCH_MAX:]
+        del batch[BATCH_MAX:]
+        self._batch = rest
+        if rest:
+            assert self._batch_loop is not None
+            self._batch_loop.call_soon(self._commit_batch)
+        else:
+            self._batch_loop = None
+        if not batch:
+            return
+        try:
+            with self._tx() as conn:
+                results = [op(conn) for op, _ in batch]
+        except Exception as exc:
+            if len(batch) == 1:
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(exc)
+                return
+            # One of them failed (or the commit did): all were rolled back. Each on its own, so only
+            # the failing write reports the error.
+            for op, future in batch:
+                self._settle(future, op)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def _settle(self, future: asyncio.Future[Any], op: _Op) -> None:
+        try:
+            with self._tx() as conn:
+                result = op(conn)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(result)
 
     # -- inbox -------------------------------------------------------------------------------------
     async def inbox_claim(
@@ -168,10 +235,12 @@ class SQLiteStore(Store):
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (robot, msg_id, stream_message_id, payload, received_at, RECEIVED, time.time()),
         )
+        self.commits += 1
         return cursor.rowcount == 1
 
     async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None:
-        self._run(*inbox_state_update(robot, msg_id, state, error))
+        sql, params = inbox_state_update(robot, msg_id, state, error)
+        await self._write(lambda conn: conn.execute(sql, params))
 
     async def inbox_unfinished(self, robot: str) -> list[InboxEntry]:
         rows = self._all(
@@ -184,7 +253,8 @@ class SQLiteStore(Store):
         # Robot by robot, so the inbox_state index (robot, state, received_at) finds the rows: without a
         # robot the delete read the whole table, a day of callbacks, once a minute. The robots themselves
         # come from a "loose index scan" of the primary key (one lookup per robot, not per row).
-        with self._tx() as conn:
+
+        def prune(conn: sqlite3.Connection) -> int:
             robots = [row[0] for row in conn.execute(_ROBOTS)]
             return sum(
                 conn.execute(
@@ -194,16 +264,28 @@ class SQLiteStore(Store):
                 for robot in robots
             )
 
+        return await self._write(prune)
+
     # -- sessions ----------------------------------------------------------------------------------
     async def session_stats(self, key: str) -> SessionStats | None:
         rows = self._all(_SESSION_SELECT, (key,))
         return SessionStats(*rows[0]) if rows else None
 
     async def session_ensure(self, key: str, now: float) -> SessionStats:
-        with self._tx() as conn:
+        def ensure(conn: sqlite3.Connection) -> SessionStats:
             ensure_session(conn, key, now)
-            row = conn.execute(_SESSION_SELECT, (key,)).fetchone()
-        return SessionStats(*row)
+            return SessionStats(*conn.execute(_SESSION_SELECT, (key,)).fetchone())
+
+        return await self._write(ensure)
+
+    async def turn_started(self, key: str, *, robot: str, msg_id: str, now: float) -> None:
+        sql, params = inbox_state_update(robot, msg_id, PROCESSING, "")
+
+        def started(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, params)
+            ensure_session(conn, key, now)
+
+        await self._write(started)
 
     async def history(self, key: str, limit: int) -> list[Turn]:
         if limit <= 0:
@@ -217,13 +299,17 @@ class SQLiteStore(Store):
     async def history_append(self, key: str, turns: list[Turn]) -> None:
         if not turns:
             return
-        with self._tx() as conn:
+        now = max(t.at for t in turns) or time.time()
+
+        def append(conn: sqlite3.Connection) -> None:
             # History never exists without its session, so /new and idle expiry always find it.
-            ensure_session(conn, key, max(t.at for t in turns) or time.time())
+            ensure_session(conn, key, now)
             append_turns(conn, key, turns)
 
+        await self._write(append)
+
     async def history_pop_last_exchange(self, key: str) -> Turn | None:
-        with self._tx() as conn:
+        def pop(conn: sqlite3.Connection) -> Turn | None:
             rows = conn.execute(
                 "SELECT id, role, content, msg_id, at FROM history WHERE session_key = ? ORDER BY id DESC",
                 (key,),
@@ -234,10 +320,12 @@ class SQLiteStore(Store):
             if found is None:
                 return None
             conn.execute("DELETE FROM history WHERE session_key = ? AND id >= ?", (key, found[0]))
-        return Turn(*found[1:])
+            return Turn(*found[1:])
+
+        return await self._write(pop)
 
     async def session_reset(self, key: str, now: float) -> None:
-        with self._tx() as conn:
+        def reset(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM history WHERE session_key = ?", (key,))
             conn.execute(
                 "INSERT INTO sessions (key, created_at, last_active_at) VALUES (?, ?, ?)"
@@ -246,10 +334,14 @@ class SQLiteStore(Store):
                 (key, now, now),
             )
 
+        await self._write(reset)
+
     async def usage_add(self, key: str, delta: UsageDelta, now: float, last_user: Turn | None = None) -> None:
-        with self._tx() as conn:
+        def add(conn: sqlite3.Connection) -> None:
             ensure_session(conn, key, now)
             add_usage(conn, key, delta, now, last_user)
+
+        await self._write(add)
 
     async def finish_turn(
         self,
@@ -267,7 +359,9 @@ class SQLiteStore(Store):
     ) -> None:
         # One transaction where a run's end used to take four (history, usage, outbox, inbox): fewer
         # commits, and no crash window between "answer recorded" and "message done".
-        with self._tx() as conn:
+        inbox = inbox_state_update(robot, msg_id, state, error)
+
+        def finish(conn: sqlite3.Connection) -> None:
             if turns or usage is not None or last_user is not None:
                 ensure_session(conn, key, now)
             if turns:
@@ -276,16 +370,20 @@ class SQLiteStore(Store):
                 add_usage(conn, key, usage or UsageDelta(), now, last_user)
             if reply:
                 add_chunks(conn, reply)
-            conn.execute(*inbox_state_update(robot, msg_id, state, error))
+            conn.execute(*inbox)
+
+        await self._write(finish)
 
     async def sessions_expire(self, idle_before: float) -> int:
-        with self._tx() as conn:
+        def expire(conn: sqlite3.Connection) -> int:
             conn.execute(
                 "DELETE FROM history WHERE session_key IN"
                 " (SELECT key FROM sessions WHERE last_active_at < ?)",
                 (idle_before,),
             )
-            return conn.execute("DELETE FROM sessions WHERE last_active_at < ?", (idle_before,)).rowcount
+            return int(conn.execute("DELETE FROM sessions WHERE last_active_at < ?", (idle_before,)).rowcount)
+
+        return await self._write(expire)
 
     async def session_count(self) -> int:
         ((count,),) = self._all("SELECT count(*) FROM sessions")
@@ -293,8 +391,7 @@ class SQLiteStore(Store):
 
     # -- outbox (delivery ledger) ------------------------------------------------------------------
     async def outbox_add(self, chunks: list[OutboxChunk]) -> None:
-        with self._tx() as conn:
-            add_chunks(conn, chunks)
+        await self._write(lambda conn: add_chunks(conn, chunks))
 
     async def outbox_pending(self, conversation_key: str | None = None) -> list[OutboxChunk]:
         if conversation_key is None:
@@ -307,22 +404,25 @@ class SQLiteStore(Store):
         return [chunk_from_row(row) for row in rows]
 
     async def outbox_mark(self, reply_id: str, index: int, state: str, error: str = "") -> None:
-        self._run(*outbox_state_update(reply_id, index, state, error))
+        sql, params = outbox_state_update(reply_id, index, state, error)
+        await self._write(lambda conn: conn.execute(sql, params))
 
     async def outbox_sent(
         self, reply_id: str, index: int, *, session_key: str, chunks_sent: int, now: float
     ) -> None:
-        if not session_key or not chunks_sent:
-            self._run(*outbox_state_update(reply_id, index, SENT))
-            return
-        with self._tx() as conn:
-            conn.execute(*outbox_state_update(reply_id, index, SENT))
-            ensure_session(conn, session_key, now)
-            conn.execute(
-                "UPDATE sessions SET chunks_sent = chunks_sent + ?, last_active_at = max(last_active_at, ?)"
-                " WHERE key = ?",
-                (chunks_sent, now, session_key),
-            )
+        sql, params = outbox_state_update(reply_id, index, SENT)
+
+        def sent(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, params)
+            if session_key and chunks_sent:
+                ensure_session(conn, session_key, now)
+                conn.execute(
+                    "UPDATE sessions SET chunks_sent = chunks_sent + ?,"
+                    " last_active_at = max(last_active_at, ?) WHERE key = ?",
+                    (chunks_sent, now, session_key),
+                )
+
+        await self._write(sent)
 
     async def outbox_cancel(self, conversation_key: str, reply_id: str | None = None) -> int:
         sql = (
@@ -333,7 +433,7 @@ class SQLiteStore(Store):
         if reply_id is not None:
             sql += " AND reply_id = ?"
             params.append(reply_id)
-        return self._run(sql, params).rowcount
+        return await self._write(lambda conn: int(conn.execute(sql, params).rowcount))
 
     # -- small facts -------------------------------------------------------------------------------
     async def kv_get(self, key: str) -> str | None:
@@ -341,8 +441,11 @@ class SQLiteStore(Store):
         return str(rows[0][0]) if rows else None
 
     async def kv_set(self, key: str, value: str) -> None:
-        self._run(
-            "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            (key, value, time.time()),
+        params = (key, value, time.time())
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params,
+            )
         )

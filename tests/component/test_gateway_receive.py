@@ -202,9 +202,8 @@ async def test_cancel_stops_everything_quickly_with_no_task_left(tmp_path: Path)
             await fake.push(fake.dm(fake.users[0], "long one"))
             await fake.wait_for(lambda: len(agent.requests) == 1, 3)
             assert gw.stream is not None
-            # The Stream connection and the ack path run in a thread of their own.
-            new_threads = [t.name for t in set(threading.enumerate()) - threads_before]
-            assert new_threads == [f"edgecrab-stream-{gw.robot}"]
+            # Everything runs on the one event loop: the gateway starts no thread of its own.
+            assert set(threading.enumerate()) - threads_before == set()
             started = time.monotonic()
         elapsed = time.monotonic() - started
         await anyio.lowlevel.checkpoint()
@@ -212,7 +211,7 @@ async def test_cancel_stops_everything_quickly_with_no_task_left(tmp_path: Path)
         leaked = [t for t in set(asyncio.all_tasks()) - before if not t.done() and not _is_fake_task(t)]
         assert elapsed < 1.0
         assert leaked == [], leaked
-        # Nor is a thread left: the Stream thread ended with its event loop (and that loop's executor).
+        # Nor is a thread left behind.
         assert set(threading.enumerate()) - threads_before == set()
 
 

@@ -143,6 +143,19 @@ async def test_unfinished_lists_received_and_processing_oldest_first(store: Stor
     assert [e.attempts for e in unfinished] == [0, 1]
 
 
+async def test_turn_started_marks_processing_counts_the_attempt_and_makes_the_session(store: Store) -> None:
+    assert await store.inbox_claim(ROBOT, "m1", "s1", "{}", 100.0)
+    assert await store.session_stats("sess") is None
+
+    await store.turn_started("sess", robot=ROBOT, msg_id="m1", now=150.0)
+    await store.turn_started("sess", robot=ROBOT, msg_id="m1", now=160.0)  # run again (after a restart)
+
+    [entry] = await store.inbox_unfinished(ROBOT)
+    assert (entry.state, entry.attempts) == (PROCESSING, 2)
+    stats = await store.session_stats("sess")
+    assert stats is not None and stats.created_at == 150.0
+
+
 async def test_set_state_of_an_unknown_entry_changes_nothing(store: Store) -> None:
     await store.inbox_set_state(ROBOT, "never-claimed", PROCESSING)
 
@@ -167,29 +180,6 @@ async def test_prune_forgets_only_old_finished_entries(store: Store) -> None:
     assert await store.inbox_claim(ROBOT, "old-done", "s-old-done", "{}", 600.0)
     assert not await store.inbox_claim(ROBOT, "new-done", "", "{}", 600.0)
     assert await store.inbox_prune(older_than=200.0) == 0
-
-
-async def test_a_clone_records_callbacks_from_another_thread_and_loop(store: Store) -> None:
-    # The gateway's Stream thread records callbacks through a clone, in its own event loop.
-    assert await store.inbox_claim(ROBOT, "m1", "s1", "first", 100.0)
-    twin = store.clone()
-    results: list[bool] = []
-
-    async def claims() -> None:
-        await twin.open()
-        try:
-            results.append(await twin.inbox_claim(ROBOT, "m1", "s9", "again", 101.0))
-            results.append(await twin.inbox_claim(ROBOT, "m2", "s2", "second", 102.0))
-        finally:
-            await twin.close()
-
-    thread = threading.Thread(target=anyio.run, args=(claims,))
-    thread.start()
-    thread.join(10)
-
-    assert results == [False, True]
-    assert not await store.inbox_claim(ROBOT, "m2", "", "{}", 103.0)
-    assert [e.payload for e in await store.inbox_unfinished(ROBOT)] == ["first", "second"]
 
 
 # -- sessions --------------------------------------------------------------------------------------
