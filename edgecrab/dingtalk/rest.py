@@ -53,7 +53,7 @@ from edgecrab.dingtalk.webhook import (
     webhook_body,
 )
 from edgecrab.events import ReplyRoute
-from edgecrab.httpclient import async_client
+from edgecrab.httpclient import FastResponse, async_client, post_bytes
 
 __all__ = [
     "DingTalkError",
@@ -111,12 +111,42 @@ def openapi_body(
     else:
         body["userIds"] = [route.sender_staff_id]
     body["msgKey"] = msg_key
-    body["msgParam"] = json.dumps(param, ensure_ascii=False, separators=(",", ":"))
+    body["msgParam"] = _JSON.encode(param)
     return body
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` without building an encoder per call."""
+
+
 def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _JSON.encode(body).encode("utf-8")
+
+
+def _webhook_ok(content: bytes) -> bool:
+    """The sessionWebhook's plain ``{"errcode": 0, ...}``: success without building an error to say so.
+
+    A subset of what :func:`error_from_response` reads as code ``"0"``; anything else takes that way.
+    """
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return False
+    return (
+        isinstance(data, dict)
+        and "code" not in data
+        and "message" not in data
+        and str(data.get("errcode")) == "0"
+    )
+
+
+def _request_headers(client: httpx.AsyncClient) -> dict[str, str]:
+    """The headers of every send: JSON, and the client's own User-Agent (``post_bytes`` adds none)."""
+    headers = {"Content-Type": "application/json"}
+    user_agent = client.headers.get("user-agent")
+    if user_agent:
+        headers["User-Agent"] = user_agent
+    return headers
 
 
 class DingTalkSender:
@@ -143,6 +173,7 @@ class DingTalkSender:
         self._random = rand
         self._api_base = config.api_base.rstrip("/")
         self._timeout = config.send_timeout_s
+        self._headers = _request_headers(self._client)
         self._limiters: dict[str, RateLimiter] = {}
         self._webhook_limiter = RateLimiter(config.webhook_qps, clock=monotonic, sleep=sleep)
         self._dead_webhooks: OrderedDict[str, None] = OrderedDict()
@@ -237,27 +268,25 @@ class DingTalkSender:
             return webhook_failure
         return result
 
-    async def _post(
-        self, url: str, body: dict[str, Any], headers: dict[str, str], what: str
-    ) -> httpx.Response:
+    async def _post(self, url: str, content: bytes, headers: dict[str, str], what: str) -> FastResponse:
+        """One POST of a JSON body (``headers`` include the Content-Type), redirects not followed."""
         try:
             with anyio.fail_after(self._timeout):
-                return await self._client.post(
-                    url,
-                    content=_encode(body),
-                    headers={"Content-Type": "application/json", **headers},
-                    timeout=self._timeout,
-                    follow_redirects=False,
-                )
+                return await post_bytes(self._client, url, content, headers, self._timeout)
         except (TimeoutError, httpx.RequestError) as exc:
             raise transport_error(exc, what) from None
 
     async def _send_webhook(self, route: ReplyRoute, body: dict[str, Any]) -> SendResult:
         url = route.session_webhook
+        content = _encode(body)
 
         async def attempt() -> SendResult:
             await self._webhook_limiter.acquire()
-            response = await self._post(url, body, {}, "sessionWebhook")
+            response = await self._post(url, content, self._headers, "sessionWebhook")
+            if response.is_success and _webhook_ok(response.content):
+                return SendResult(
+                    True, "webhook", False, "", "", response.headers.get("x-acs-request-id", "")
+                )
             err = error_from_response(response, "sessionWebhook")
             if response.is_success and err.code == "0":
                 return SendResult(True, "webhook", False, "", "", err.request_id)
@@ -296,7 +325,7 @@ class DingTalkSender:
             )
         mention_name = (route.sender_name or route.sender_staff_id) if mention and route.is_group else ""
         robot_code = route.robot_code or self.robot_code
-        body = openapi_body(route, robot_code, text, title, fmt, mention_name)
+        content = _encode(openapi_body(route, robot_code, text, title, fmt, mention_name))
         path = GROUP_SEND_PATH if route.is_group else BATCH_SEND_PATH
         url = self._api_base + path
         limiter = self.limiter(path)
@@ -304,7 +333,8 @@ class DingTalkSender:
         async def attempt() -> SendResult:
             token = await self.tokens.get()
             await limiter.acquire()
-            response = await self._post(url, body, {"x-acs-dingtalk-access-token": token}, via)
+            headers = {**self._headers, "x-acs-dingtalk-access-token": token}
+            response = await self._post(url, content, headers, via)
             request_id = response.headers.get("x-acs-request-id", "")
             if not response.is_success:
                 err = error_from_response(response, via)

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from edgecrab.httpclient import simple_url_parts
+
 DINGTALK_HOSTS = ("api.dingtalk.com", "oapi.dingtalk.com")
 
 
@@ -106,26 +108,50 @@ class WebhookGuard:
     Allowed: ``api.dingtalk.com`` and ``oapi.dingtalk.com`` on the default https port, the host and port
     of ``api_base``, and each ``extra_hosts`` entry (``host`` means the default port, ``host:port`` that
     port). The scheme must be https, or http for a loopback host.
+
+    URLs are read as httpx reads them (:func:`edgecrab.httpclient.simple_url_parts` takes a short cut for
+    the plain ones, with the same reading), and verdicts are remembered per (scheme, host, port): the guard
+    runs before every webhook send, and ``httpx.URL`` plus ``ipaddress`` cost more than the rest of it.
     """
+
+    VERDICTS_MAX = 1024
+    """Remembered verdicts; the hosts come from inbound messages, so the memory is bounded."""
 
     def __init__(self, api_base: str, extra_hosts: Iterable[str] = ()) -> None:
         allowed: set[tuple[str, int | None]] = {(host, None) for host in DINGTALK_HOSTS}
         allowed.add(_host_port(api_base))
         allowed.update(_host_port(entry) for entry in extra_hosts if entry.strip())
         self.allowed = frozenset(allowed)
+        self._verdicts: dict[tuple[str, str, int | None], str] = {}
+        self._verdicts_for = self.allowed
 
     def refusal(self, url: str) -> str:
         """Why ``url`` must not be contacted, or ``""`` when it may."""
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError):
-            return "not a valid URL"
-        host = parsed.host.rstrip(".").lower()
-        if parsed.scheme == "http":
+        parts = simple_url_parts(url) if isinstance(url, str) else None
+        if parts is None:
+            try:
+                parsed = httpx.URL(url)
+            except (httpx.InvalidURL, TypeError):
+                return "not a valid URL"
+            parts = (parsed.scheme, parsed.host, parsed.port)
+        scheme, host, port = parts
+        key = (scheme, host.rstrip(".").lower(), port)
+        if self._verdicts_for is not self.allowed:  # the allow-list was replaced: judge again
+            self._verdicts, self._verdicts_for = {}, self.allowed
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._judge(*key)
+            if len(self._verdicts) >= self.VERDICTS_MAX:
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
+        return verdict
+
+    def _judge(self, scheme: str, host: str, port: int | None) -> str:
+        if scheme == "http":
             if not _is_loopback(host):
                 return "plain http is only allowed for loopback hosts"
-        elif parsed.scheme != "https":
-            return f"scheme {parsed.scheme or '(none)'} not allowed"
-        if (host, parsed.port) not in self.allowed:
+        elif scheme != "https":
+            return f"scheme {scheme or '(none)'} not allowed"
+        if (host, port) not in self.allowed:
             return "not in allow-list"
         return ""

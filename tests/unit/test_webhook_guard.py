@@ -1,0 +1,220 @@
+"""The SSRF guard's short cut and memory, and the URL reading it shares with httpclient.post_bytes.
+
+The guard used to parse every webhook URL with ``httpx.URL`` and every http host with ``ipaddress``; it
+now reads plain URLs with :func:`edgecrab.httpclient.simple_url_parts` and remembers verdicts per
+(scheme, host, port). These tests hold both to the reading of httpx itself, on hand-picked and generated
+URLs: a URL the short cut reads differently from httpx would be an SSRF hole.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import httpx
+import pytest
+import yarl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgecrab.dingtalk.webhook import WebhookGuard
+from edgecrab.httpclient import simple_url_parts
+
+API_BASE = "http://127.0.0.1:8080"
+EXTRA = ["hooks.example.org", "localhost:9000", "10.1.2.3:8443"]
+
+
+def reference_refusal(guard: WebhookGuard, url: str) -> str:
+    """The guard as it was: httpx.URL and ipaddress on every call."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "not a valid URL"
+    host = parsed.host.rstrip(".").lower()
+    if parsed.scheme == "http":
+        loopback = host == "localhost"
+        if not loopback:
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+        if not loopback:
+            return "plain http is only allowed for loopback hosts"
+    elif parsed.scheme != "https":
+        return f"scheme {parsed.scheme or '(none)'} not allowed"
+    if (host, parsed.port) not in guard.allowed:
+        return "not in allow-list"
+    return ""
+
+
+KNOWN = [
+    "https://oapi.dingtalk.com/robot/sendBySession?session=1",
+    "https://api.dingtalk.com/robot/sendBySession?session=1",
+    "https://OAPI.dingtalk.com./robot/sendBySession?session=1",
+    "https://oapi.dingtalk.com./robot/sendBySession?session=1",
+    "https://oapi.dingtalk.com:443/robot/sendBySession",
+    "https://oapi.dingtalk.com:0443/robot/sendBySession",
+    "http://127.0.0.1:8080/robot/sendBySession",
+    "http://127.0.0.1:08080/robot/sendBySession",
+    "http://127.000.0.1:8080/robot/sendBySession",
+    "http://localhost:9000/hook",
+    "https://hooks.example.org/x",
+    "https://10.1.2.3:8443/x",
+    "http://10.1.2.3:8443/x",  # allowed host, but plain http to a private, non-loopback address
+    "https://10.1.2.3/x",  # allowed host on another port
+    "http://192.168.1.1/x",
+    "https://192.168.1.1/x",
+    "http://[::1]:8080/x",
+    "http://2130706433:8080/x",
+    "http://0x7f.0.0.1:8080/x",
+    "http://127.1:8080/x",
+    "http://oapi.dingtalk.com/robot/sendBySession",
+    "https://oapi.dingtalk.com:8443/robot/sendBySession",
+    "https://oapi.dingtalk.com.evil.example/robot/sendBySession",
+    "https://oapi.dingtalk.com@evil.example/robot/sendBySession",
+    "https://evil.example\\@oapi.dingtalk.com/robot/sendBySession",
+    "https://oapi.dingtalk.com\\@evil.example/robot/sendBySession",
+    "https://evil.example#@oapi.dingtalk.com/",
+    "https://evil.example?@oapi.dingtalk.com/",
+    "https://evil.example/?next=https://oapi.dingtalk.com/",
+    "https://oapi.dingtalk.com%2eevil.example/",
+    "https://oapi.dingtalk.com\t.evil.example/",
+    " https://oapi.dingtalk.com/",
+    "HTTPS://oapi.dingtalk.com/x",
+    "http://127.0.0.1:8081/robot/sendBySession",
+    "http://169.254.169.254/latest/meta-data",
+    "http://999.0.0.1:8080/x",
+    "https://oapi.dingtalk.com:99999/x",
+    "ftp://oapi.dingtalk.com/x",
+    "file:///etc/passwd",
+    "https:///x",
+    "not a url",
+    "",
+]
+
+
+@pytest.mark.parametrize("url", KNOWN)
+def test_the_guard_reads_known_urls_as_httpx_does(url: str) -> None:
+    guard = WebhookGuard(API_BASE, EXTRA)
+    expected = reference_refusal(guard, url)
+    assert guard.refusal(url) == expected
+    assert guard.refusal(url) == expected  # and again, from its memory
+
+
+def test_private_and_loopback_targets_stay_refused_unless_allowed() -> None:
+    guard = WebhookGuard(API_BASE, EXTRA)
+    assert guard.refusal("http://127.0.0.1:8080/robot/sendBySession?session=a") == ""
+    # An allowed loopback host and port does not allow its neighbours, even once remembered.
+    assert guard.refusal("http://127.0.0.1:8081/robot/sendBySession?session=a") == "not in allow-list"
+    assert guard.refusal("https://127.0.0.1:8080/robot/sendBySession?session=b") == ""
+    assert guard.refusal("http://10.1.2.3:8443/x") == "plain http is only allowed for loopback hosts"
+    assert guard.refusal("https://10.1.2.3:8443/x") == ""
+    assert guard.refusal("https://10.1.2.4:8443/x") == "not in allow-list"
+    assert guard.refusal("https://192.168.0.1/x") == "not in allow-list"
+    assert guard.refusal("http://169.254.169.254/latest/meta-data") == (
+        "plain http is only allowed for loopback hosts"
+    )
+    assert guard.refusal(None) == "not a valid URL"  # type: ignore[arg-type]
+    # A replaced allow-list is not shadowed by remembered verdicts.
+    guard.allowed = frozenset({("10.1.2.4", 8443)})
+    assert guard.refusal("https://10.1.2.4:8443/x") == ""
+    assert guard.refusal("https://10.1.2.3:8443/x") == "not in allow-list"
+
+
+def test_verdicts_are_remembered_per_host_and_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = WebhookGuard(API_BASE, EXTRA)
+    judged: list[tuple[str, str, int | None]] = []
+    judge = guard._judge
+
+    def counting(scheme: str, host: str, port: int | None) -> str:
+        judged.append((scheme, host, port))
+        return judge(scheme, host, port)
+
+    monkeypatch.setattr(guard, "_judge", counting)
+    for session in range(100):
+        assert guard.refusal(f"https://oapi.dingtalk.com/robot/sendBySession?session={session:04x}") == ""
+        assert guard.refusal(f"https://OAPI.dingtalk.com./robot/sendBySession?session={session:04x}") == ""
+    assert judged == [("https", "oapi.dingtalk.com", None)]
+    for n in range(guard.VERDICTS_MAX * 2):
+        assert guard.refusal(f"https://h{n}.evil.example/x") == "not in allow-list"
+    assert len(guard._verdicts) <= guard.VERDICTS_MAX
+    assert guard.refusal("https://oapi.dingtalk.com/robot/sendBySession?session=1") == ""
+
+
+# -- simple_url_parts ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "parts"),
+    [
+        ("https://oapi.dingtalk.com/robot/sendBySession?session=ab12", ("https", "oapi.dingtalk.com", None)),
+        ("http://127.0.0.1:8080/robot/sendBySession?session=ab12", ("http", "127.0.0.1", 8080)),
+        ("https://api.dingtalk.com/v1.0/robot/oToMessages/batchSend", ("https", "api.dingtalk.com", None)),
+        ("https://oapi.dingtalk.com./x", ("https", "oapi.dingtalk.com.", None)),
+        ("https://OAPI.dingtalk.com/x", None),  # httpx lower-cases it
+        ("https://oapi.dingtalk.com:443/x", None),  # httpx drops the default port
+        ("https://oapi.dingtalk.com:0443/x", None),
+        ("https://a@oapi.dingtalk.com/x", None),
+        ("https://oapi.dingtalk.com", None),  # no path
+        ("https://oapi.dingtalk.com/a/../x", None),
+        ("https://oapi.dingtalk.com/x?a=%20", None),
+        ("https://oapi.dingtalk.com/x#frag", None),
+        ("http://999.0.0.1/x", None),  # httpx: invalid IPv4 address
+        ("http://01.0.0.1/x", None),
+        ("http://[::1]/x", None),
+        ("ftp://oapi.dingtalk.com/x", None),
+        ("https://oapi.dingtalk.com/" + "x" * 5000, None),
+    ],
+)
+def test_simple_url_parts(url: str, parts: tuple[str, str, int | None] | None) -> None:
+    assert simple_url_parts(url) == parts
+
+
+_ALPHABET = "aZ09.-_~:/?#@[]%\\ \t&=+;!$'()*,üé"
+_pieces = st.text(alphabet=_ALPHABET, max_size=12)
+# Near misses of simple URLs: plain pieces, now and then one odd character or case.
+_plain = st.builds(
+    lambda scheme, host, port, path, query: f"{scheme}://{host}{port}{path}{query}",
+    st.sampled_from(["http", "https"]),
+    st.from_regex(r"[a-zA-Z0-9.-]{1,16}", fullmatch=True)
+    | st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,3}){3}\.?", fullmatch=True),
+    st.sampled_from(["", ":443", ":80", ":8080", ":0", ":65535", ":65536", ":08080"]),
+    st.from_regex(r"(/[a-zA-Z0-9._~%-]{0,5}){1,4}", fullmatch=True),
+    st.from_regex(r"(\?[a-zA-Z0-9._~=&%+-]{0,10})?", fullmatch=True),
+)
+_chaotic = st.builds(
+    lambda scheme, sep, userinfo, host, port, path, query: (
+        f"{scheme}{sep}{userinfo}{host}{port}{path}{query}"
+    ),
+    st.sampled_from(["http", "https", "HTTPS", "ftp", ""]),
+    st.sampled_from(["://", ":/", ":///", "://"]),
+    st.sampled_from(["", "", "", "user@", "oapi.dingtalk.com@"]) | _pieces.map(lambda t: t + "@"),
+    st.sampled_from(
+        ["oapi.dingtalk.com", "api.dingtalk.com.", "127.0.0.1", "localhost", "10.1.2.3", "hooks.example.org"]
+    )
+    | st.from_regex(r"[a-z0-9.-]{1,20}", fullmatch=True)
+    | st.from_regex(r"[0-9]{1,4}(\.[0-9]{1,4}){1,4}", fullmatch=True)
+    | _pieces,
+    st.sampled_from(["", ":443", ":80", ":8080", ":9000", ":8443", ":0", ":65536", ":08080"]) | _pieces,
+    st.sampled_from(["/", "/robot/sendBySession", "/a/./b", "/a/../b", "//x", ""])
+    | _pieces.map(lambda t: "/" + t),
+    st.sampled_from(["", "?session=ab12", "?", "?a=1&&b=2"]) | _pieces.map(lambda t: "?" + t),
+)
+_urls = _plain | _chaotic
+
+
+@settings(max_examples=3000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(url=_urls)
+def test_generated_urls_are_read_as_httpx_reads_them(url: str) -> None:
+    parts = simple_url_parts(url)
+    if parts is not None:
+        parsed = httpx.URL(url)  # must not raise
+        assert str(parsed) == url  # unchanged: what post_bytes sends is what httpx would send
+        assert parts == (parsed.scheme, parsed.host, parsed.port)
+        target = yarl.URL(url, encoded=True)
+        assert (target.scheme, target.raw_host, target.port) == (
+            parts[0],
+            parts[1],
+            parts[2] or {"http": 80, "https": 443}[parts[0]],
+        )
+    guard = WebhookGuard(API_BASE, EXTRA)
+    assert guard.refusal(url) == reference_refusal(guard, url)
