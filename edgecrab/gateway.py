@@ -21,7 +21,6 @@ Cancelling :meth:`Gateway.run` stops every task; nothing outlives it.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import signal
 import time
@@ -40,7 +39,7 @@ from edgecrab.commands import Commands, ConnectionInfo
 from edgecrab.config import Config
 from edgecrab.delivery import Delivery, Format
 from edgecrab.dingtalk.access import AccessPolicy
-from edgecrab.dingtalk.convert import Frame, FrameError, decode_data, to_message
+from edgecrab.dingtalk.convert import Frame, FrameError, decode_data, decode_payload, to_message
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import AckDecision, StreamClient
@@ -54,7 +53,8 @@ from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store
 
 log = logging.getLogger("edgecrab.gateway")
 
-_Item = tuple[str, str, str]  # (msg_id, stream message id, payload JSON)
+_Item = tuple[str, str, str, "dict[str, Any] | None"]
+"""(msg_id, stream message id, payload JSON, the payload decoded if the ack path already did)."""
 _DINGTALK_CONNECTIONS = 100
 """Connections to DingTalk at once (httpx's default pool size, which the gateway used before)."""
 
@@ -107,7 +107,7 @@ class Gateway:
             )
             return AckDecision()
         self.received += 1
-        self._accept((msg_id, stream_mid, frame.data_text))
+        self._accept((msg_id, stream_mid, frame.data_text, data))
         return AckDecision()
 
     def _accept(self, item: _Item) -> None:
@@ -128,12 +128,15 @@ class Gateway:
                     item = await self._receive.receive()
                 await self._process(*item)
 
-    async def _process(self, msg_id: str, stream_mid: str, payload: str) -> None:
+    async def _process(self, msg_id: str, stream_mid: str, payload: str, data: dict[str, Any] | None) -> None:
         message: Message | None = None
         try:
             try:
                 message = to_message(
-                    json.loads(payload), stream_message_id=stream_mid, robot_code_fallback=self.robot
+                    data if data is not None else decode_payload(payload),
+                    stream_message_id=stream_mid,
+                    robot_code_fallback=self.robot,
+                    scrubbed=True,
                 )
             except (FrameError, ValueError) as exc:
                 log.warning("[dingtalk] message %s cannot be read: %s", msg_id, exc)
@@ -330,7 +333,7 @@ class Gateway:
                     log.info(
                         "[gateway] picking up %d message(s) left unfinished by the last run", len(unfinished)
                     )
-                self._overflow.extend((e.msg_id, e.stream_message_id, e.payload) for e in unfinished)
+                self._overflow.extend((e.msg_id, e.stream_message_id, e.payload, None) for e in unfinished)
                 tg.start_soon(self._ingest)
                 tg.start_soon(self._housekeeping)
                 tg.start_soon(self._notify_states)

@@ -206,8 +206,14 @@ class Runner:
                 del self._sessions[s.key]
 
     async def _run_crashed(self, message: Message, key: str, exc: Exception) -> None:
-        log.error("[runs] %s: run for message %s failed unexpectedly: %s: %s", key, message.id,
-                  type(exc).__name__, exc, exc_info=exc)
+        log.error(
+            "[runs] %s: run for message %s failed unexpectedly: %s: %s",
+            key,
+            message.id,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
         try:
             reason = f"internal error: {type(exc).__name__}"
             await self.store.inbox_set_state(message.robot, message.id, FAILED, reason)

@@ -154,16 +154,28 @@ def scrub_surrogates(value: Any) -> Any:
     return value
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""How a surrogate can get into decoded JSON: as an escape (decoded websocket text has none of its own)."""
+
+
 def decode_data(frame: Frame) -> dict[str, Any]:
     """The frame's ``data`` as a dict (lone surrogates replaced, see :func:`scrub_surrogates`)."""
+    return decode_payload(frame.data_text)
+
+
+def decode_payload(text: str) -> dict[str, Any]:
+    """A callback's ``data`` JSON text as a dict, lone surrogates replaced; :class:`FrameError` if it is
+    not a JSON object. Text without a surrogate escape is not walked again (most of it)."""
     try:
-        data = json.loads(frame.data_text)
+        data = json.loads(text)
     except ValueError as exc:
         raise FrameError(f"data is not JSON: {getattr(exc, 'msg', exc)}") from None
     except RecursionError:
         raise FrameError("data is not JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise FrameError("data is not an object")
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return data
     try:
         return scrub_surrogates(data)  # type: ignore[no-any-return]
     except RecursionError:
@@ -441,14 +453,17 @@ def to_message(
     *,
     stream_message_id: str = "",
     robot_code_fallback: str = "",
+    scrubbed: bool = False,
 ) -> Message:
-    """Convert a decoded robot callback into a :class:`Message`, or raise :class:`FrameError`."""
+    """Convert a decoded robot callback into a :class:`Message`, or raise :class:`FrameError`.
+    ``scrubbed``: ``data`` comes from :func:`decode_payload`, its lone surrogates already replaced."""
     if not isinstance(data, Mapping):
         raise FrameError("data is not an object")
-    try:
-        data = scrub_surrogates(dict(data))
-    except RecursionError:
-        raise FrameError("data is nested too deeply") from None
+    if not scrubbed:
+        try:
+            data = scrub_surrogates(dict(data))
+        except RecursionError:
+            raise FrameError("data is nested too deeply") from None
     msg_id = _str(data, "msgId", required=True)
     conversation_id = _str(data, "conversationId", required=True)
     dingtalk_id = _str(data, "senderId", required=True)

@@ -222,18 +222,26 @@ async def test_ping_is_echoed_and_events_and_unknown_topics_are_acked_404(tmp_pa
             opaque = await fake.ping()
             await fake.wait_for(lambda: any(p.opaque == opaque and p.ok for p in fake.pings), 3)
             # DingTalk only pushes subscribed topics (we subscribe to robot messages), so send these raw.
-            for ftype, topic, mid in [("EVENT", "dingTalk", "ab12_cd3_ef45_0001"),
-                                      ("CALLBACK", "/v1.0/card/instances/callback", "ab12_cd3_ef45_0002")]:
+            for ftype, topic, mid in [
+                ("EVENT", "dingTalk", "ab12_cd3_ef45_0001"),
+                ("CALLBACK", "/v1.0/card/instances/callback", "ab12_cd3_ef45_0002"),
+            ]:
                 frame = {
                     "specVersion": "1.0",
                     "type": ftype,
-                    "headers": {"topic": topic, "messageId": mid, "contentType": "application/json",
-                                "time": "1769851697756"},
+                    "headers": {
+                        "topic": topic,
+                        "messageId": mid,
+                        "contentType": "application/json",
+                        "time": "1769851697756",
+                    },
                     "data": json.dumps({"outTrackId": "t1"}),
                 }
                 await fake.push_raw(json.dumps(frame))
             for mid in ("ab12_cd3_ef45_0001", "ab12_cd3_ef45_0002"):
-                await fake.wait_for(lambda m=mid: any(a.message_id == m and a.code == 404 for a in fake.acks), 3)
+                await fake.wait_for(
+                    lambda m=mid: any(a.message_id == m and a.code == 404 for a in fake.acks), 3
+                )
             assert fake.connections_opened == 1
 
 
@@ -246,8 +254,12 @@ async def test_unsupported_types_get_a_reply_and_quotes_reach_the_agent(tmp_path
             await fake.push(unknown)
             texts = await _replies(fake, unknown["conversationId"], 1)
             assert "can't read this kind of message" in texts[0]
-            quoted = fake.quoted(user, "what does this mean?", quoted_text="deploy failed with 502",
-                                 quoted_sender=fake.users[2])
+            quoted = fake.quoted(
+                user,
+                "what does this mean?",
+                quoted_text="deploy failed with 502",
+                quoted_sender=fake.users[2],
+            )
             await fake.push(quoted)
             await _replies(fake, quoted["conversationId"], 1)
             sent = agent.requests[-1].messages[-1]["content"]

@@ -26,6 +26,7 @@ from edgecrab.dingtalk.convert import (
     FrameError,
     ack_frame,
     decode_data,
+    decode_payload,
     parse_frame,
     ping_ack,
     to_message,
@@ -573,6 +574,29 @@ def test_huge_and_odd_strings_survive() -> None:
     assert m.sender.name == odd.replace("\ud800", "\ufffd")  # lone surrogates cannot be stored or sent
     raw = json.dumps({"type": "CALLBACK", "headers": {"messageId": odd}, "data": json.dumps(base())})
     assert parse_frame(raw).message_id == odd
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\uDBFF", "\\udc00", "\\uDFFF"])
+def test_decode_payload_replaces_lone_surrogates_escaped_in_the_json(escape: str) -> None:
+    text = json.dumps(base(senderNick="x")).replace('"senderNick": "x"', f'"senderNick": "a{escape}b"')
+    data = decode_payload(text)
+    assert data["senderNick"] == "a\ufffdb"
+    assert to_message(data, scrubbed=True).sender.name == "a\ufffdb"
+
+
+def test_decode_payload_keeps_text_without_surrogate_escapes_as_it_is() -> None:
+    payload = base(senderNick="\u202e\U0001f980 crab \\ud800 is not an escape here")
+    data = decode_payload(json.dumps(payload))
+    assert data == payload  # a pair (the crab) and an escaped backslash are no lone surrogates
+    data = decode_payload(json.dumps(payload, ensure_ascii=False))
+    assert data == payload
+
+
+@pytest.mark.parametrize("text, reason", [("[1]", "data is not an object"), ("{", "data is not JSON")])
+def test_decode_payload_refuses_what_is_not_a_json_object(text: str, reason: str) -> None:
+    with pytest.raises(FrameError) as caught:
+        decode_payload(text)
+    assert caught.value.reason.startswith(reason)
 
 
 # --------------------------------------------------------------------------- fuzzing

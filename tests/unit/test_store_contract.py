@@ -6,12 +6,10 @@ and must pass this file unchanged; backend-specific behaviour (files, WAL, crash
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from edgecrab.store import (
