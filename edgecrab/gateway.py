@@ -55,6 +55,7 @@ log = logging.getLogger("edgecrab.gateway")
 
 _Item = tuple[str, str, str, "dict[str, Any] | None"]
 """(msg_id, stream message id, payload JSON, the payload decoded if the ack path already did)."""
+STORE_UPKEEP_EVERY_S = 1.0
 _DINGTALK_CONNECTIONS = 100
 """Connections to DingTalk at once (httpx's default pool size, which the gateway used before)."""
 
@@ -336,6 +337,7 @@ class Gateway:
                 self._overflow.extend((e.msg_id, e.stream_message_id, e.payload, None) for e in unfinished)
                 tg.start_soon(self._ingest)
                 tg.start_soon(self._housekeeping)
+                tg.start_soon(self._store_upkeep)
                 tg.start_soon(self._notify_states)
                 await tg.start(self._serve_stream)
                 log.info("%s", self.access.posture())
@@ -363,6 +365,22 @@ class Gateway:
                 await http.aclose()
                 await self.store.close()
             log.info("[gateway] stopped")
+
+    async def _store_upkeep(self) -> None:
+        """The store's periodic upkeep (SQLite: WAL checkpoints in a worker thread, not in a commit)."""
+        failing = False
+        while True:
+            await anyio.sleep(STORE_UPKEEP_EVERY_S)
+            try:
+                await self.store.maintain()
+            except Exception as exc:
+                if not failing:  # once per failure streak, not every second
+                    log.error("[gateway] store upkeep failed: %s: %s", type(exc).__name__, exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("[gateway] store upkeep works again")
+                failing = False
 
     async def _housekeeping(self) -> None:
         while True:

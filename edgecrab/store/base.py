@@ -114,6 +114,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    async def maintain(self) -> None:
+        """Periodic upkeep the gateway runs every second or so, off its event loop where it can (SQLite:
+        the WAL checkpoint). Nothing by default."""
+        return None
+
     # -- inbox -------------------------------------------------------------------------------------
     @abc.abstractmethod
     async def inbox_claim(

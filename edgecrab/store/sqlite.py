@@ -15,6 +15,13 @@ page it touched to the WAL: most of a small write's cost). If one write of a bat
 rolled back and its writes are committed one by one, so only the failing one reports an error. A write
 whose caller was cancelled before the batch ran is not made.
 
+**Checkpoints off the event loop.** SQLite copies the WAL back into the database file ("checkpoint") in
+whichever commit crosses ``wal_autocheckpoint`` pages, and syncs both files while at it: a commit on the
+event loop that took milliseconds instead of microseconds, every few hundred commits. Here automatic
+checkpoints are off; :meth:`SQLiteStore.maintain` (the gateway calls it every second) runs a ``PASSIVE``
+checkpoint on a connection of its own in a worker thread, which never blocks a writer, and
+:meth:`SQLiteStore.close` runs a last one.
+
 The tables and their migrations live in :mod:`edgecrab.store.sqlite_schema`, statements several methods
 share in :mod:`edgecrab.store.sqlite_rows`.
 """
@@ -29,6 +36,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+import anyio.to_thread
 
 from edgecrab.store.base import (
     CANCELLED,
@@ -62,6 +71,9 @@ MEMORY = ":memory:"
 BATCH_MAX = 32
 """Writes per group commit at most: a group commit is one step of the event loop, which an ack may wait
 behind (32 of the largest, a run's end with its reply, take about 2 ms)."""
+
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes the WAL file is cut back to when SQLite starts it over after a complete checkpoint."""
 
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
@@ -102,6 +114,10 @@ class SQLiteStore(Store):
         """The loop the pending batch belongs to (and will be committed on); None when none is pending."""
         self.commits = 0
         """Transactions committed by this handle (group commits count once): for benchmarks and tests."""
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_lock = threading.Lock()
+        self.checkpoints = 0
+        """Checkpoints :meth:`maintain` ran."""
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -109,10 +125,36 @@ class SQLiteStore(Store):
             self._conn = self._connect()
 
     async def close(self) -> None:
+        with self._checkpoint_lock:
+            checkpointer, self._checkpointer = self._checkpointer, None
+            if checkpointer is not None:
+                checkpointer.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             with self._lock:
+                # The last connection to close checkpoints the WAL and removes it.
                 conn.close()
+
+    async def maintain(self) -> None:
+        if self.path is None or self._conn is None:
+            return
+        await anyio.to_thread.run_sync(self._checkpoint)
+
+    def _checkpoint(self) -> tuple[int, int, int]:
+        """``PRAGMA wal_checkpoint(PASSIVE)`` on this store's checkpoint connection (in a worker thread):
+        (busy, WAL frames, frames checkpointed)."""
+        assert self.path is not None
+        with self._checkpoint_lock:
+            if self._conn is None:  # closed meanwhile
+                return (0, 0, 0)
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(
+                    str(self.path), check_same_thread=False, isolation_level=None
+                )
+                self._checkpointer.execute("PRAGMA busy_timeout = 5000")
+            row = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.checkpoints += 1
+            return (int(row[0]), int(row[1]), int(row[2]))
 
     def _connect(self) -> sqlite3.Connection:
         if self.path is not None:
@@ -130,6 +172,9 @@ class SQLiteStore(Store):
             # requirement (a process crash neither loses nor repeats messages) at a fraction of FULL's cost.
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
+            if self.path is not None:
+                conn.execute("PRAGMA wal_autocheckpoint = 0")  # maintain() checkpoints, off the loop
+                conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             migrate(conn)
         except BaseException:
             conn.close()

@@ -13,6 +13,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from edgecrab.store import SQLiteStore
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from tests.component.gwkit import ScriptedAgent, make_config, running_gateway
 
@@ -280,3 +281,14 @@ async def test_group_mention_rule_applies_even_if_dingtalk_delivers(tmp_path: Pa
             await anyio.sleep(0.3)
             assert agent.requests == []
             assert fake.outbound == []
+
+
+async def test_the_gateway_checkpoints_the_store_every_second(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        async with running_gateway(make_config(fake, tmp_path), ScriptedAgent()) as gw:
+            await fake.push(fake.dm(fake.users[0], "hello"))
+            await fake.wait_for(lambda: len(fake.outbound) == 1, 5)
+            store = gw.store
+            assert isinstance(store, SQLiteStore)
+            first = store.checkpoints
+            await fake.wait_for(lambda: store.checkpoints >= first + 2, 5)

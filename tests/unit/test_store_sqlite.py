@@ -398,6 +398,56 @@ async def test_writes_from_two_event_loops_at_once(tmp_path: Path) -> None:
         await store.close()
 
 
+# -- checkpoints -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_commits_never_checkpoint_and_maintain_does_it_in_a_worker_thread(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert store._connection().execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        for i in range(300):  # well over the 1,000 pages SQLite would have checkpointed at by default
+            await store.history_append(f"s{i}", [Turn("user", "x" * 4000, f"m{i}", 1.0)])
+        wal = path.with_name(path.name + "-wal")
+        assert wal.stat().st_size > 1000 * 4096
+        assert path.stat().st_size < 200 * 1024  # nothing was checkpointed by the commits themselves
+
+        threads: list[str] = []
+        checkpoint = store._checkpoint
+
+        def spy() -> tuple[int, int, int]:
+            threads.append(threading.current_thread().name)
+            return checkpoint()
+
+        store._checkpoint = spy  # type: ignore[method-assign]
+        await store.maintain()
+        assert store.checkpoints == 1
+        assert threads and threads[0] != threading.current_thread().name
+        assert path.stat().st_size > 300 * 4000  # copied into the database file
+        assert [t.content for t in await store.history("s299", 1)] == ["x" * 4000]
+    finally:
+        await store.close()
+    assert not path.with_name(path.name + "-wal").exists()  # the last connection folded it in
+    reopened = SQLiteStore(path)
+    await reopened.open()
+    assert len(await reopened.history("s7", 5)) == 1
+    await reopened.close()
+
+
+@pytest.mark.anyio
+async def test_maintain_does_nothing_in_memory_or_when_closed(tmp_path: Path) -> None:
+    memory = SQLiteStore(":memory:")
+    await memory.open()
+    await memory.maintain()
+    assert memory.checkpoints == 0
+    await memory.close()
+    closed = SQLiteStore(tmp_path / "state.db")
+    await closed.maintain()
+    assert closed.checkpoints == 0
+
+
 CRASHING_CHILD = textwrap.dedent(
     """
     import asyncio, os, signal, sys
