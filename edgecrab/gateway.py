@@ -49,13 +49,19 @@ from edgecrab.plugins import HookManager
 from edgecrab.router import parse_command
 from edgecrab.runs import Runner
 from edgecrab.store import open_store
-from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store
+from edgecrab.store.base import DONE, FAILED, InboxEntry, OutboxChunk, Store
 
 log = logging.getLogger("edgecrab.gateway")
 
 _Item = tuple[str, str, str, "dict[str, Any] | None"]
 """(msg_id, stream message id, payload JSON, the payload decoded if the ack path already did)."""
 STORE_UPKEEP_EVERY_S = 1.0
+MAX_RUN_ATTEMPTS = 3
+"""Runs of one message started (and never finished: the process stopped) before it is given up on."""
+GAVE_UP_TEXT = (
+    "⚠️ Sorry — answering this message was interrupted {attempts} times (the gateway restarted), so I've "
+    "given up on it. Send it again if you still need an answer."
+)
 _DINGTALK_CONNECTIONS = 100
 """Connections to DingTalk at once (httpx's default pool size, which the gateway used before)."""
 
@@ -144,7 +150,9 @@ class Gateway:
                 await self.store.inbox_set_state(self.robot, msg_id, FAILED, str(exc))
                 return
             message = message.replace(robot=self.robot)
-            await self._route(message)
+            # A message picked up from the store (data is None) was received before a restart: if it
+            # already waited behind another, that notice went out then.
+            await self._route(message, resumed=data is None)
         except Exception as exc:
             log.exception("[gateway] handling message %s failed", msg_id)
             await self.store.inbox_set_state(self.robot, msg_id, FAILED, f"{type(exc).__name__}: {exc}")
@@ -158,7 +166,7 @@ class Gateway:
                     self.runner.key(message),
                 )
 
-    async def _route(self, message: Message) -> None:
+    async def _route(self, message: Message, *, resumed: bool = False) -> None:
         decision = self.access.decide(message, time.time())
         if not decision.allowed:
             log.info(
@@ -202,7 +210,7 @@ class Gateway:
             await self.reply(message, "👋 Hi! Ask me anything — or send /help to see what I can do.", key)
             await self.store.inbox_set_state(self.robot, message.id, DONE, "empty")
             return
-        await self.runner.submit(message)
+        await self.runner.submit(message, quiet=resumed)
 
     async def reply(self, message: Message, text: str, session_key: str) -> None:
         if message.route is None:
@@ -329,11 +337,7 @@ class Gateway:
                 await tg.start(self.delivery.run)
                 await tg.start(self.runner.run)
                 self.commands.hook_commands = dict(await self.hooks.register_commands())
-                unfinished = await self.store.inbox_unfinished(self.robot)
-                if unfinished:
-                    log.info(
-                        "[gateway] picking up %d message(s) left unfinished by the last run", len(unfinished)
-                    )
+                unfinished = await self._unfinished()
                 self._overflow.extend((e.msg_id, e.stream_message_id, e.payload, None) for e in unfinished)
                 tg.start_soon(self._ingest)
                 tg.start_soon(self._housekeeping)
@@ -366,6 +370,30 @@ class Gateway:
                 await self.store.close()
             log.info("[gateway] stopped")
 
+    async def _unfinished(self) -> list[InboxEntry]:
+        """Messages the last run left unfinished, to process again; those whose runs were already started
+        ``MAX_RUN_ATTEMPTS`` times are given up on (a message that crashes the process on every start
+        must not keep it from ever getting up again) and their senders told so."""
+        entries = await self.store.inbox_unfinished(self.robot)
+        again = [e for e in entries if e.attempts < MAX_RUN_ATTEMPTS]
+        if again:
+            log.info("[gateway] picking up %d message(s) left unfinished by the last run", len(again))
+        for e in entries:
+            if e.attempts >= MAX_RUN_ATTEMPTS:
+                await self._give_up(e)
+        return again
+
+    async def _give_up(self, entry: InboxEntry) -> None:
+        reason = f"gave up after {entry.attempts} interrupted runs"
+        log.error("[gateway] message %s: %s; not running it again", entry.msg_id, reason)
+        await self.store.inbox_set_state(self.robot, entry.msg_id, FAILED, reason)
+        try:
+            message = to_message(decode_payload(entry.payload), robot_code_fallback=self.robot, scrubbed=True)
+        except FrameError:
+            return
+        message = message.replace(robot=self.robot)
+        await self.reply(message, GAVE_UP_TEXT.format(attempts=entry.attempts), self.runner.key(message))
+
     async def _store_upkeep(self) -> None:
         """The store's periodic upkeep (SQLite: WAL checkpoints in a worker thread, not in a commit)."""
         failing = False
@@ -388,6 +416,7 @@ class Gateway:
             now = time.time()
             try:
                 await self.store.inbox_prune(now - 86400)
+                await self.store.outbox_prune(now - 86400)
                 if self.config.sessions.idle_expiry_s > 0:
                     await self.store.sessions_expire(now - self.config.sessions.idle_expiry_s)
             except Exception:

@@ -136,8 +136,9 @@ class Runner:
             await anyio.sleep_forever()
 
     # -- intake --------------------------------------------------------------------------------------
-    async def submit(self, message: Message, *, retry: bool = False) -> None:
-        """A message for the agent: run now, or follow the busy policy."""
+    async def submit(self, message: Message, *, retry: bool = False, quiet: bool = False) -> None:
+        """A message for the agent: run now, or follow the busy policy. ``quiet``: no "queued" notice (a
+        message picked up again after a restart, whose notice went out before it)."""
         key = self.key(message)
         s = self._session(key)
         busy = s.current is not None or bool(s.queue)
@@ -174,7 +175,7 @@ class Runner:
             return
         s.queue.append(_Item(message, retry))
         self._start_worker(s)
-        if busy:
+        if busy and not quiet:
             await self._reply(
                 message,
                 f"⏳ Queued — position {waiting + 1}. I'll answer when the current "

@@ -225,6 +225,11 @@ class Store(abc.ABC):
         ``session_key`` is empty or ``chunks_sent`` is 0)."""
 
     @abc.abstractmethod
+    async def outbox_prune(self, finished_before: float) -> int:
+        """Delete chunks that were finished (sent, cancelled or undeliverable) before ``finished_before``
+        (a ``time.time()``); returns how many. Unsent chunks are never deleted."""
+
+    @abc.abstractmethod
     async def outbox_cancel(self, conversation_key: str, reply_id: str | None = None) -> int:
         """Mark unsent chunks (of one reply, or the whole conversation) as cancelled; returns how many."""
 

@@ -76,6 +76,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX outbox_open ON outbox (conversation_key, seq) WHERE state IN ('pending', 'sending')",
         "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL)",
     ),
+    (
+        # 2: finished chunks (sent, cancelled, undeliverable) by age, for Store.outbox_prune: without it the
+        # ledger kept every chunk ever sent, and deleting old ones would read the whole table.
+        """CREATE INDEX outbox_finished ON outbox (updated_at)
+            WHERE state NOT IN ('pending', 'sending')""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

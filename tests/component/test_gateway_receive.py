@@ -13,6 +13,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from edgecrab.gateway import GAVE_UP_TEXT, MAX_RUN_ATTEMPTS
 from edgecrab.store import SQLiteStore
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from tests.component.gwkit import ScriptedAgent, make_config, running_gateway
@@ -89,6 +90,53 @@ async def test_unfinished_messages_are_picked_up_on_start(tmp_path: Path) -> Non
         async with running_gateway(config, agent):
             texts = await _replies(fake, data["conversationId"], 1)
         assert texts[0].startswith("You said: interrupted")
+
+
+async def test_a_message_interrupted_three_times_is_given_up_and_its_sender_told(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        config = make_config(fake, tmp_path)
+        poison = fake.dm(fake.users[0], "poison")
+        other = fake.dm(fake.users[1], "innocent")
+        for attempt in range(MAX_RUN_ATTEMPTS):
+            slow = ScriptedAgent(delay=30)
+            async with running_gateway(config, slow):
+                if attempt == 0:
+                    await fake.push(poison)
+                if attempt == MAX_RUN_ATTEMPTS - 1:
+                    await fake.push(other)  # interrupted once only
+                # Each start runs them again, and the process "dies" in the middle of the runs.
+                expected = 2 if attempt == MAX_RUN_ATTEMPTS - 1 else 1
+                await fake.wait_for(lambda a=slow, n=expected: len(a.requests) == n, 3)  # type: ignore[misc]
+        assert fake.messages_for(poison["conversationId"]) == []
+
+        agent = ScriptedAgent()
+        async with running_gateway(config, agent) as gw:
+            texts = await _replies(fake, poison["conversationId"], 1)
+            assert texts == [GAVE_UP_TEXT.format(attempts=MAX_RUN_ATTEMPTS)]
+            answer = await _replies(fake, other["conversationId"], 1)
+            assert answer[0].startswith("You said: innocent")
+            assert [r.message_id for r in agent.requests] == [other["msgId"]]  # the poison never ran again
+            assert await gw.store.inbox_unfinished(gw.robot) == []
+
+
+async def test_messages_picked_up_after_a_restart_get_no_second_queued_notice(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        config = make_config(fake, tmp_path)
+        user = fake.users[0]
+        slow = ScriptedAgent(delay=30)
+        async with running_gateway(config, slow):
+            await fake.push(fake.dm(user, "first"))
+            await fake.wait_for(lambda: len(slow.requests) == 1, 3)
+            await fake.push(fake.dm(user, "second"))
+            notices = await _replies(fake, fake.dm(user, "x")["conversationId"], 1)
+            assert notices[0].startswith("⏳ Queued")
+        agent = ScriptedAgent()
+        async with running_gateway(config, agent):
+            conversation = fake.dm(user, "x")["conversationId"]
+            texts = await _replies(fake, conversation, 3)  # the notice from before, then two answers
+        assert texts[1].startswith("You said: first") and texts[2].startswith("You said: second")
+        await anyio.sleep(0.2)
+        assert len(fake.messages_for(conversation)) == 3  # no second "Queued" notice
 
 
 async def test_disconnect_opens_new_connection_before_closing_old(tmp_path: Path) -> None:

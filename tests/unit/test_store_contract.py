@@ -6,6 +6,7 @@ and must pass this file unchanged; backend-specific behaviour (files, WAL, crash
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -530,6 +531,20 @@ async def test_outbox_cancel_one_reply_or_the_whole_conversation(store: Store) -
     assert await store.outbox_pending("conv-1") == []
     assert await store.outbox_cancel("conv-1") == 0
     assert ids(await store.outbox_pending("conv-2")) == [("x1", 0)]
+
+
+async def test_outbox_prune_deletes_only_chunks_finished_before_the_horizon(store: Store) -> None:
+    await store.outbox_add([chunk("r1", i, 4) for i in range(4)])
+    await store.outbox_add([chunk("x1", 0, 1, "conv-2")])
+    await store.outbox_sent("r1", 0, session_key="", chunks_sent=0, now=time.time())
+    await store.outbox_mark("r1", 1, UNDELIVERABLE, "gone")
+    await store.outbox_mark("r1", 2, SENDING)
+    await store.outbox_cancel("conv-2")
+
+    assert await store.outbox_prune(finished_before=time.time() - 3600) == 0  # all finished just now
+    assert await store.outbox_prune(finished_before=time.time() + 1) == 3  # sent, undeliverable, cancelled
+    assert ids(await store.outbox_pending()) == [("r1", 2), ("r1", 3)]  # unsent chunks are never pruned
+    assert await store.outbox_prune(finished_before=time.time() + 1) == 0
 
 
 async def test_a_cancelled_chunk_is_never_revived(store: Store) -> None:

@@ -30,7 +30,7 @@ from edgecrab.store import (
     open_store,
 )
 from edgecrab.store.sqlite import BATCH_MAX
-from edgecrab.store.sqlite_schema import SCHEMA_VERSION, SchemaTooNewError
+from edgecrab.store.sqlite_schema import _MIGRATIONS, SCHEMA_VERSION, SchemaTooNewError
 
 ROBOT = "robot-1"
 
@@ -94,6 +94,32 @@ async def test_the_file_is_in_wal_mode_with_a_schema_version(tmp_path: Path) -> 
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     conn.close()
     assert version == (str(SCHEMA_VERSION),)
+
+
+@pytest.mark.anyio
+async def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for sql in _MIGRATIONS[0]:
+        conn.execute(sql)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.execute(
+        "INSERT INTO outbox (reply_id, idx, total, conversation_key, route, text, mention, title, state,"
+        " created_at, updated_at) VALUES ('old', 0, 1, 'c', '{}', 'hi', 0, 't', 'sent', 1.0, 1.0)"
+    )
+    conn.commit()
+    conn.close()
+
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        conn = store._connection()
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'outbox_finished'").fetchone()
+        assert await store.outbox_prune(finished_before=2.0) == 1
+    finally:
+        await store.close()
 
 
 @pytest.mark.anyio
@@ -272,6 +298,7 @@ def store_workout(store: SQLiteStore) -> Iterator[tuple[str, Any]]:
         ),
     )
     yield "outbox_sent", store.outbox_sent("r2", 0, session_key="sess", chunks_sent=1, now=104.0)
+    yield "outbox_prune", store.outbox_prune(1e12)
     yield "kv_set", store.kv_set("k", "v")
     yield "kv_get", store.kv_get("k")
 
