@@ -127,6 +127,7 @@ class HookRunner:
         """Re-raise hook exceptions and timeouts (the test harness); the gateway never sets it."""
         self.stats: dict[str, HookStats] = {name: HookStats() for name in sources}
         self._limiter: anyio.CapacityLimiter | None = None
+        self._checked: set[tuple[str, str, frozenset[str]]] = set()
 
     # -- the four call modes -------------------------------------------------------------------------
 
@@ -298,7 +299,11 @@ class HookRunner:
         self.stats.setdefault(self._source(impl).name, HookStats()).errors += 1
 
     def _check(self, hook: str, mode: str, kwargs: Mapping[str, Any]) -> None:
-        """Catch the host's own mistakes (wrong hook name, mode or arguments) loudly."""
+        """Catch the host's own mistakes (wrong hook name, mode or arguments) loudly; a call shape that
+        passed once is not checked again (hookspecs do not change; this runs for every hook call)."""
+        shape = (hook, mode, frozenset(kwargs))
+        if shape in self._checked:
+            return
         caller = getattr(self.pm.hook, hook, None)
         if caller is None or caller.spec is None:
             raise TypeError(f"unknown hook {hook!r}")
@@ -307,6 +312,7 @@ class HookRunner:
         expected = tuple(caller.spec.argnames)
         if set(kwargs) != set(expected):
             raise TypeError(f"{hook} takes ({', '.join(expected)}), got ({', '.join(kwargs)})")
+        self._checked.add(shape)
 
 
 def normalise_command(name: str) -> str:
