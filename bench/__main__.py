@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
-import logging
 import os
 import platform
 import shlex
@@ -88,9 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
-    # A contender stopped in the middle of sending (scenario 2 stops edgecrab while 1,000 answers are still on
-    # their way) makes the fake's aiohttp server log "Connection lost" tracebacks; they are expected.
-    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     only = [k.strip() for k in args.only.split(",") if k.strip()] or list(KEYS)
     unknown = set(only) - set(KEYS) or set(args.contenders.split(",")) - set(ALL)
     if unknown:

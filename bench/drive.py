@@ -1,5 +1,9 @@
 """Load drivers: coroutines that run on the fake's event loop, push frames and watch what comes back.
 
+They run in the fake's own process (:mod:`bench.fakeproc`), next to the fake and nothing else; the
+orchestrator sends them load plans as JSON (:data:`LaneSpec`, :data:`ItemSpec`) through
+:class:`bench.fakes.BenchFake` and gets :class:`LoadResult` / :class:`AckResult` back.
+
 Two shapes of load:
 
 * :func:`closed_loop`: conversations ("lanes") of one or more messages, each user waiting for the answer
@@ -26,6 +30,11 @@ from edgecrab.testing.fakedingtalk import FakeDingTalk
 MARK = re.compile(r"hello (\d+)")
 Lane = list[tuple[int, dict[str, Any]]]
 """One conversation's messages in order: (message number, built ``data``)."""
+LaneSpec = list[tuple[int, int, str]]
+"""A :data:`Lane` as the orchestrator sends it: (message number, user index, text) per message; the fake's
+process builds each DM with ``fake.dm(fake.users[index], text)``."""
+ItemSpec = tuple[int, str]
+"""One open-loop message as the orchestrator sends it: (user index, text)."""
 
 
 def text_for(n: int) -> str:

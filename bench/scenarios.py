@@ -1,9 +1,11 @@
 """The five scenarios of issue 8. Each runs its contenders one after the other, on the same machine,
 seconds apart, and returns its raw numbers and the judged :class:`~bench.report.Line` objects.
 
-Shared rules: a fresh fake (and, for edgecrab, a fresh store) per contender run; one warm-up message per run
-before the clock starts (connection pools, token, lazy imports); budgets cut runs that would take minutes
-and the rate is then extrapolated from what was answered within the budget, which the output says.
+Shared rules: a fresh fake process (and, for edgecrab, a fresh store) per contender run; one warm-up
+message per run before the clock starts (connection pools, token, lazy imports); budgets cut runs that would
+take minutes and the rate is then extrapolated from what was answered within the budget, which the output
+says. The load itself runs in the fake's process (:class:`~bench.fakes.BenchFake`): this process only
+sends the plan (message numbers, user indices, texts) and reads the result.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from bench import contenders
 from bench.contenders import ALL, EDGECRAB, RAW, SDK, Running
-from bench.drive import Lane, LoadResult, closed_loop, open_loop, text_for
+from bench.drive import LaneSpec, LoadResult, text_for
 from bench.fakes import BenchFake, FakeUser
 from bench.plan import Plan
 from bench.report import Line, finite, ms, num, percentile, verdict
@@ -39,26 +41,27 @@ class Context:
 def run_contender(
     ctx: Context, label: str, name: str, *, rest_delay_s: float = 0.0, llm_url: str = ""
 ) -> Iterator[tuple[BenchFake, Running]]:
-    fake = BenchFake([ctx.warm_user, *ctx.users], rest_delay_s=rest_delay_s)
-    try:
-        running = contenders.start(name, fake, ctx.workdir / f"{label}-{name}", llm_url)
+    workdir = ctx.workdir / f"{label}-{name}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    with BenchFake(
+        [ctx.warm_user, *ctx.users], rest_delay_s=rest_delay_s, log_path=workdir / "fakedingtalk.log"
+    ) as fake:
+        running = contenders.start(name, fake, workdir, llm_url)
         try:
-            warm = [[(WARM_NUMBER, fake.build(ctx.warm_user, text_for(WARM_NUMBER)))]]
-            result = fake.call(closed_loop(fake.fake, warm, 1, 30.0))
+            warm = [[(WARM_NUMBER, fake.index(ctx.warm_user), text_for(WARM_NUMBER))]]
+            result = fake.closed_loop(warm, 1, 30.0)
             if not result.complete:
                 raise RuntimeError(f"{name} did not answer the warm-up message:\n{running.log_tail()}")
             yield fake, running
         finally:
             running.stop()
-    finally:
-        fake.close()
 
 
-def lanes_for(fake: BenchFake, users: list[FakeUser], per_user: int) -> list[Lane]:
+def lanes_for(fake: BenchFake, users: list[FakeUser], per_user: int) -> list[LaneSpec]:
     """One lane per user; message ``k`` of user ``c`` is number ``k * len(users) + c + 1``."""
     n = len(users)
     return [
-        [(k * n + c + 1, fake.build(user, text_for(k * n + c + 1))) for k in range(per_user)]
+        [(k * n + c + 1, fake.index(user), text_for(k * n + c + 1)) for k in range(per_user)]
         for c, user in enumerate(users)
     ]
 
@@ -104,7 +107,7 @@ def echo_throughput(ctx: Context, slow: bool) -> tuple[dict[str, Any], list[Line
         with run_contender(ctx, key, name, rest_delay_s=delay) as (fake, running):
             lanes = lanes_for(fake, users, plan.echo_per_conversation)
             cpu = running.cpu_s()
-            res = fake.call(closed_loop(fake.fake, lanes, len(lanes), budget))
+            res = fake.closed_loop(lanes, len(lanes), budget)
             cpu = running.cpu_s() - cpu
         results[name] = load_summary(res)
         results[name]["cpu_s"] = cpu
@@ -151,9 +154,9 @@ def ack_latency(ctx: Context, llm_url: str) -> tuple[dict[str, Any], list[Line]]
         )
         budget = plan.sdk_agent_budget_s if name == SDK else plan.ack_budget_s
         with run_contender(ctx, "ack", name, llm_url=llm_url) as (fake, running):
-            datas = [fake.build(u, text_for(i + 1)) for i, u in enumerate(users)]
+            items = [(fake.index(u), text_for(i + 1)) for i, u in enumerate(users)]
             cpu = running.cpu_s()
-            res = fake.call(open_loop(fake.fake, datas, plan.ack_rate, budget))
+            res = fake.open_loop(items, plan.ack_rate, budget)
             cpu = running.cpu_s() - cpu
         p50 = percentile(res.latencies_s, 50, res.sent)
         p99 = percentile(res.latencies_s, 99, res.sent)
@@ -208,7 +211,7 @@ def burst(ctx: Context, llm_url: str) -> tuple[dict[str, Any], list[Line]]:
         with run_contender(ctx, "burst", name, llm_url=llm_url) as (fake, running):
             lanes = lanes_for(fake, users, 1)
             cpu = running.cpu_s()
-            res = fake.call(closed_loop(fake.fake, lanes, len(lanes), budget))
+            res = fake.closed_loop(lanes, len(lanes), budget)
             cpu = running.cpu_s() - cpu
         summary = load_summary(res)
         summary["cpu_s"] = cpu
@@ -268,9 +271,7 @@ def memory(ctx: Context) -> tuple[dict[str, Any], list[Line]]:
             r: dict[str, Any] = {"idle_rss_kb": idle["VmRSS"]}
             if name != SDK:  # the SDK bot keeps nothing per conversation; a 10,000-message run proves nothing
                 lanes = lanes_for(fake, users, 1)
-                res = fake.call(
-                    closed_loop(fake.fake, lanes, plan.session_concurrency, plan.sessions_budget_s)
-                )
+                res = fake.closed_loop(lanes, plan.session_concurrency, plan.sessions_budget_s)
                 time.sleep(plan.settle_s)
                 after = _status_kb(running.pid)
                 r.update(
