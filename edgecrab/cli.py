@@ -156,7 +156,7 @@ def _load(args: argparse.Namespace, *, sandbox: bool = False) -> Config:
 
 def _gateway_start(args: argparse.Namespace) -> int:
     config = _load(args, sandbox=args.sandbox)
-    from edgecrab.gateway import run_gateway
+    from edgecrab.serve import run_gateway
 
     return _code(run_gateway(config, sandbox=args.sandbox, port=args.port))
 

@@ -1,11 +1,12 @@
 """Delivery: reply text -> formatted chunks in the ledger -> sent in order, once, paced.
 
 Every reply (agent answers, command answers, notices) goes through :meth:`Delivery.enqueue`, which
-formats it, splits it and records all its chunks in the store's outbox before anything is sent. One
-worker per conversation then sends that conversation's chunks strictly in order: chunk k+1 leaves only
-after chunk k succeeded, at least ``chunk_interval_s`` after it (DingTalk shows messages sent within the
-same second out of order). The pause is kept per conversation, not per worker, so it also holds between
-two replies. A restart resumes from the ledger, so chunks are neither lost nor repeated.
+formats it, splits it (:mod:`edgecrab.replies`) and records all its chunks in the store's outbox before
+anything is sent. One worker per conversation then sends that conversation's chunks strictly in order:
+chunk k+1 leaves only after chunk k succeeded, at least ``chunk_interval_s`` after it (DingTalk shows
+messages sent within the same second out of order). The pause is kept per conversation, not per worker,
+so it also holds between two replies. A restart resumes from the ledger, so chunks are neither lost nor
+repeated.
 
 A chunk DingTalk rejects as too long (``460101``, or the OpenAPI's body-size error) is never dropped: it
 is split again with half the character budget and the pieces are sent in its place, halving again if a
@@ -19,20 +20,18 @@ before its next send (and gives up waiting to retry one).
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 
-from edgecrab.chunking import json_bytes, split_text
+from edgecrab.chunking import split_text
 from edgecrab.events import Message, ReplyRoute
+from edgecrab.replies import Format, PreparedReply, conversation_key, prepare_reply
 from edgecrab.store.base import PENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
 
 log = logging.getLogger("edgecrab.delivery")
@@ -52,53 +51,15 @@ class ChunkSender(Protocol):
     async def send(self, route: ReplyRoute, *, text: str, title: str, mention: bool, fmt: str) -> Any: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Format:
-    """How replies look on the platform: a body formatter, a title function and the limits."""
-
-    fmt: str
-    render: Callable[[str], str]
-    title: Callable[[str], str]
-    max_chars: int
-    max_bytes: int
-    markers: bool
-    overhead_bytes: int = 400
-    """Room for the rest of the request body (msgtype, title, at block)."""
-
-
 Notifier = Callable[[str, str, Any, Message | None], Awaitable[None]]
-
-
-def conversation_key(route: ReplyRoute) -> str:
-    return f"{route.robot_code}:{route.conversation_id}"
 
 
 def _split_key(chunk: OutboxChunk) -> str:
     return f"delivery:split:{chunk.reply_id}:{chunk.index}"
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedReply:
-    """A reply's ledger chunks before they are recorded (:meth:`Delivery.prepare`)."""
-
-    reply_id: str
-    conversation_key: str
-    chunks: list[OutboxChunk]
-    text: str
-    message: Message | None
-
-
 # What sending one message came to.
 _OK, _TOO_LONG, _FAILED, _CANCELLED = "ok", "too long", "failed", "cancelled"
-
-_REPLY_ID_PREFIX = uuid.uuid4().hex[:16]
-_reply_numbers = itertools.count(1)
-
-
-def new_reply_id() -> str:
-    """Unique per reply: a random prefix per process and a counter (``uuid4`` reads ``/dev/urandom`` each
-    time, a system call per reply)."""
-    return f"{_REPLY_ID_PREFIX}{next(_reply_numbers):016x}"
 
 
 class Delivery:
@@ -169,42 +130,9 @@ class Delivery:
     ) -> PreparedReply:
         """A reply formatted and split into ledger chunks, not yet recorded: the caller records them (with
         other writes, in one transaction: ``Store.finish_turn``) and then calls :meth:`recorded`."""
-        fmt = self.format
-        rendered = fmt.render(text)
-        title = fmt.title(text)
-        chunks = split_text(
-            rendered,
-            max_chars=fmt.max_chars,
-            max_bytes=fmt.max_bytes,
-            markers=fmt.markers,
-            # The title travels in the same body, JSON-escaped, with " (i/n)" appended when split.
-            overhead_bytes=fmt.overhead_bytes + json_bytes(title) + len(" (9999/9999)"),
+        return prepare_reply(
+            self.format, route, text, session_key=session_key, message=message, mention=mention
         )
-        if mention is None:
-            mention = route.is_group
-        reply_id = new_reply_id()
-        ckey = conversation_key(route)
-        now = time.time()
-        total = len(chunks)
-        rows = [
-            OutboxChunk(
-                reply_id=reply_id,
-                index=i,
-                total=total,
-                conversation_key=ckey,
-                route=route.to_dict(),
-                text=c.text,
-                mention=bool(mention and i == total - 1),
-                title=title if total == 1 else f"{title} ({i + 1}/{total})",
-                state=PENDING,
-                created_at=now,
-                session_key=session_key,
-            )
-            for i, c in enumerate(chunks)
-        ]
-        if not rows:
-            log.warning("[delivery] empty reply to %s not sent", ckey)
-        return PreparedReply(reply_id, ckey, rows, text, message)
 
     def recorded(self, prepared: PreparedReply) -> None:
         """``prepared``'s chunks are in the ledger: wake the conversation's sender."""

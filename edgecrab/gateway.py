@@ -15,14 +15,13 @@ for the writes of a loop iteration), which is what keeps a loop iteration, and s
 cost a fifth of the throughput and, once the main loop became cheaper, made acks slower, not faster:
 BENCHMARKS.md, fix 6.)
 
-Cancelling :meth:`Gateway.run` stops every task; nothing outlives it.
+Cancelling :meth:`Gateway.run` stops every task; nothing outlives it. The process around it (signals,
+garbage collection, ``edgecrab gateway start``) is :mod:`edgecrab.serve`.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from edgecrab.agents import build_agent
 from edgecrab.agents.base import Agent
 from edgecrab.commands import Commands, ConnectionInfo
 from edgecrab.config import Config
-from edgecrab.delivery import Delivery, Format
+from edgecrab.delivery import Delivery
 from edgecrab.dingtalk.access import AccessPolicy
 from edgecrab.dingtalk.convert import Frame, FrameError, decode_data, decode_payload, to_message
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
@@ -46,16 +45,17 @@ from edgecrab.dingtalk.stream import AckDecision, StreamClient
 from edgecrab.events import Message
 from edgecrab.httpclient import async_client
 from edgecrab.plugins import HookManager
+from edgecrab.replies import Format
 from edgecrab.router import parse_command
 from edgecrab.runs import Runner
 from edgecrab.store import open_store
 from edgecrab.store.base import DONE, FAILED, InboxEntry, OutboxChunk, Store
+from edgecrab.store.upkeep import housekeeping, store_upkeep
 
 log = logging.getLogger("edgecrab.gateway")
 
 _Item = tuple[str, str, str, "dict[str, Any] | None"]
 """(msg_id, stream message id, payload JSON, the payload decoded if the ack path already did)."""
-STORE_UPKEEP_EVERY_S = 1.0
 MAX_RUN_ATTEMPTS = 3
 """Runs of one message started (and never finished: the process stopped) before it is given up on."""
 GAVE_UP_TEXT = (
@@ -340,8 +340,8 @@ class Gateway:
                 unfinished = await self._unfinished()
                 self._overflow.extend((e.msg_id, e.stream_message_id, e.payload, None) for e in unfinished)
                 tg.start_soon(self._ingest)
-                tg.start_soon(self._housekeeping)
-                tg.start_soon(self._store_upkeep)
+                tg.start_soon(housekeeping, self.store, self.config.sessions.idle_expiry_s)
+                tg.start_soon(store_upkeep, self.store)
                 tg.start_soon(self._notify_states)
                 await tg.start(self._serve_stream)
                 log.info("%s", self.access.posture())
@@ -394,34 +394,6 @@ class Gateway:
         message = message.replace(robot=self.robot)
         await self.reply(message, GAVE_UP_TEXT.format(attempts=entry.attempts), self.runner.key(message))
 
-    async def _store_upkeep(self) -> None:
-        """The store's periodic upkeep (SQLite: WAL checkpoints in a worker thread, not in a commit)."""
-        failing = False
-        while True:
-            await anyio.sleep(STORE_UPKEEP_EVERY_S)
-            try:
-                await self.store.maintain()
-            except Exception as exc:
-                if not failing:  # once per failure streak, not every second
-                    log.error("[gateway] store upkeep failed: %s: %s", type(exc).__name__, exc)
-                failing = True
-            else:
-                if failing:
-                    log.info("[gateway] store upkeep works again")
-                failing = False
-
-    async def _housekeeping(self) -> None:
-        while True:
-            await anyio.sleep(60)
-            now = time.time()
-            try:
-                await self.store.inbox_prune(now - 86400)
-                await self.store.outbox_prune(now - 86400)
-                if self.config.sessions.idle_expiry_s > 0:
-                    await self.store.sessions_expire(now - self.config.sessions.idle_expiry_s)
-            except Exception:
-                log.exception("[gateway] housekeeping failed")
-
 
 async def _zero() -> int:
     return 0
@@ -431,53 +403,4 @@ def _nothing() -> None:
     return None
 
 
-async def serve(config: Config, *, ready: Any = None) -> None:
-    """Run the gateway until SIGINT/SIGTERM."""
-    gateway = Gateway(config)
-    _tune_gc()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_full_collections)
-        await tg.start(gateway.run)
-        if ready is not None:
-            ready(gateway)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("[gateway] %s received; stopping", signal.Signals(signum).name)
-                break
-        tg.cancel_scope.cancel()
-
-
-FULL_COLLECTION_EVERY_S = 60.0
-
-
-def _tune_gc() -> None:
-    """Garbage collection for a process that is the gateway (the CLI; process-wide, so not for one that
-    embeds it). A full collection holds the GIL while it walks every tracked object, which stalls the
-    acks as well: under load CPython started one every second or so, 50-135 ms each (ack
-    p99 87-145 ms; BENCHMARKS.md, fix 4). So: what start-up allocated (modules, classes, config, hooks) is
-    frozen out of collections for good; the young generations are collected as usual (cycles of short-lived
-    objects go as soon as ever); full collections run on a timer instead of on allocation counts."""
-    gc.collect()
-    gc.freeze()
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, 2**31 - 1)  # never by count: _full_collections does it
-
-
-async def _full_collections() -> None:
-    while True:
-        await anyio.sleep(FULL_COLLECTION_EVERY_S)
-        gc.collect()
-
-
-def run_gateway(config: Config, *, sandbox: bool = False, port: int | None = None) -> int:
-    """Entry point of ``edgecrab gateway start``; returns the process exit code."""
-    if sandbox:
-        from edgecrab.sandbox import serve_with_sandbox
-
-        anyio.run(serve_with_sandbox, config, port)
-        return 0
-    anyio.run(serve, config)
-    return 0
-
-
-__all__ = ["Gateway", "run_gateway", "serve", "replace"]
+__all__ = ["Gateway", "replace"]

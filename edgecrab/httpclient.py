@@ -2,23 +2,12 @@
 
 Every outbound HTTP call (DingTalk REST, the OpenAI-compatible agent) goes through an ``httpx.AsyncClient``,
 so timeouts, redirects, status handling and the error handling built on httpx's exception tree stay as
-they are. Underneath, :func:`async_client` mounts :class:`AiohttpTransport` instead of httpcore: httpcore
-1.0's pool costs 1-2 ms of CPU per request on a busy gateway (it walks every queued request times every
-connection on each request start and end, closes and reopens connections above its keep-alive count, and
-tries ``import sniffio`` on each lock set-up); aiohttp's costs about 0.1 ms. See BENCHMARKS.md, fix 2.
-
-Errors map onto httpx's tree by what they say about the request, because callers decide on that whether a
-retry can duplicate it:
-
-* the connection could not be made (refused, DNS, TLS, connect timeout): :class:`httpx.ConnectError` /
-  :class:`httpx.ConnectTimeout` -- nothing was sent;
-* the server went away after the request was written (disconnect before or during the response, a
-  truncated body, a malformed response): :class:`httpx.RemoteProtocolError`, or :class:`httpx.ReadError`
-  for a socket error -- the server may have acted on it;
-* no data for the read timeout: :class:`httpx.ReadTimeout`.
-
-Bodies are streamed: ``client.stream(...)`` yields chunks as they arrive (SSE), and closing a response that
-was not read to the end closes its connection at once (``/stop``) instead of returning it to the pool.
+they are. Underneath, :func:`async_client` mounts :class:`~edgecrab.httptransport.AiohttpTransport` instead
+of httpcore: httpcore 1.0's pool costs 1-2 ms of CPU per request on a busy gateway (it walks every queued
+request times every connection on each request start and end, closes and reopens connections above its
+keep-alive count, and tries ``import sniffio`` on each lock set-up); aiohttp's costs about 0.1 ms. See
+BENCHMARKS.md, fix 2. How that transport streams bodies and maps aiohttp's errors onto httpx's exceptions
+is :mod:`edgecrab.httptransport`'s.
 
 With an HTTP(S) proxy configured in the environment, :func:`async_client` keeps httpx's own transport, which
 honours it (httpx ignores proxy variables once a transport is given).
@@ -31,31 +20,21 @@ send), with the same error mapping and timeouts; on any other client it is ``cli
 
 from __future__ import annotations
 
-import asyncio
-import codecs
-import json
-import re
-import ssl
 import urllib.request
 import weakref
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import httpx
-import yarl
+
+from edgecrab.httptransport import AiohttpTransport, FastResponse
 
 __all__ = [
-    "AiohttpTransport",
     "FastResponse",
     "async_client",
     "environment_proxies",
     "post_bytes",
-    "simple_url_parts",
 ]
-
-_HTTP_VERSION = {"http_version": b"HTTP/1.1"}
 
 _FAST_CLIENTS: weakref.WeakKeyDictionary[httpx.AsyncClient, AiohttpTransport] = weakref.WeakKeyDictionary()
 """Clients made by :func:`async_client` on an :class:`AiohttpTransport`, for :func:`post_bytes`."""
@@ -82,41 +61,6 @@ def async_client(*, max_connections: int | None = 100, **kwargs: Any) -> httpx.A
     if not any(kwargs.get(name) for name in _CLIENT_LEVEL_SETTINGS):
         _FAST_CLIENTS[client] = transport
     return client
-
-
-@dataclass(frozen=True, slots=True)
-class FastResponse:
-    """A whole response to :func:`post_bytes`: status, headers (case-insensitive lookup) and body bytes.
-
-    ``content`` is already decoded from any ``Content-Encoding``, as httpx's ``Response.content`` is.
-    """
-
-    status_code: int
-    content: bytes
-    headers: Mapping[str, str]
-
-    @property
-    def is_success(self) -> bool:
-        return 200 <= self.status_code < 300
-
-    @property
-    def text(self) -> str:
-        """The body as text: the charset of ``Content-Type`` if it names a known one, else UTF-8."""
-        return self.content.decode(_charset(self.headers.get("content-type", "")), errors="replace")
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-
-def _charset(content_type: str) -> str:
-    _, found, rest = content_type.lower().partition("charset=")
-    if found:
-        name = rest.split(";", 1)[0].strip().strip("\"'")
-        try:
-            return codecs.lookup(name).name
-        except LookupError:
-            pass
-    return "utf-8"
 
 
 async def post_bytes(
@@ -148,276 +92,3 @@ async def post_bytes(
 def _has_hooks(client: httpx.AsyncClient) -> bool:
     hooks = client.event_hooks
     return bool(hooks.get("request") or hooks.get("response"))
-
-
-_SIMPLE_URL = re.compile(
-    r"(https?)://"
-    r"((?:[a-z0-9-]+\.)*[a-z0-9-]+\.?)"  # lower-case ASCII host name or IPv4 address, no user info
-    r"(?::([1-9][0-9]{0,4}))?"
-    r"(?:/(?:[A-Za-z0-9_~-][A-Za-z0-9._~-]*)?)+"  # no "." or ".." segment, nothing to percent-encode
-    r"(?:\?[A-Za-z0-9._~=&-]*)?"  # a query of plain characters, no fragment
-)
-_IPV4_STYLE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")  # httpx's test for "this is an IPv4 address"
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")  # what ipaddress.IPv4Address accepts
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_SIMPLE_URL_MAX = 4096
-
-
-def simple_url_parts(url: str) -> tuple[str, str, int | None] | None:
-    """``(scheme, host, port)`` of a URL simple enough that every parser reads it alike; None otherwise.
-
-    Simple: ``http(s)://host[:port]/path[?query]`` with a lower-case ASCII host name (or a valid IPv4
-    address), no user info, a non-default port, no ``.``/``..`` path segment, no fragment, and no
-    character that would need percent-encoding. httpx leaves such a URL unchanged (``str(httpx.URL(url))
-    == url``) and reads the same scheme, host and port (``port`` None: the scheme's default), which is what
-    lets callers skip ``httpx.URL``'s 14 us parse. Anything else (None) must go through ``httpx.URL``.
-    """
-    if len(url) > _SIMPLE_URL_MAX:
-        return None
-    match = _SIMPLE_URL.fullmatch(url)
-    if match is None:
-        return None
-    scheme, host, port_text = match.groups()
-    if _IPV4_STYLE.fullmatch(host) and not _IPV4.fullmatch(host):
-        return None  # httpx refuses it as an invalid IPv4 address
-    if port_text is None:
-        return scheme, host, None
-    port = int(port_text)
-    if port > 65535 or port == _DEFAULT_PORTS[scheme]:
-        return None  # out of range, or httpx would drop it: not "unchanged"
-    return scheme, host, port
-
-
-def _target_url(url: str) -> yarl.URL:
-    """The URL aiohttp is to request: exactly what the httpx path sends (httpx's reading, not re-quoted)."""
-    if simple_url_parts(url) is not None:
-        return yarl.URL(url, encoded=True)
-    parsed = httpx.URL(url)  # InvalidURL, as client.post raises
-    if parsed.scheme not in ("http", "https"):
-        raise httpx.UnsupportedProtocol(_unsupported(parsed), request=httpx.Request("POST", parsed))
-    return _yarl_url(parsed)
-
-
-def _unsupported(url: httpx.URL) -> str:
-    if not url.scheme:
-        return "Request URL is missing an 'http://' or 'https://' protocol."
-    return f"Request URL has an unsupported protocol '{url.scheme}://'."
-
-
-class _Body(httpx.AsyncByteStream):
-    """A response body as it arrives; closing it before the end closes the connection."""
-
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
-        self._response = response
-        self._request = request
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-        except Exception as exc:
-            mapped = _map_error(exc, self._request, reading=True)
-            if mapped is None:
-                raise
-            raise mapped from exc
-
-    async def aclose(self) -> None:
-        response = self._response
-        if response.content.at_eof():
-            response.release()  # read to the end: the connection goes back to the pool
-        else:
-            response.close()  # abandoned half-way (/stop, an error): it cannot be reused
-
-
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """An ``httpx`` transport that sends with an ``aiohttp.ClientSession`` (HTTP/1.1, keep-alive pool).
-
-    The session is made on first use, in the event loop of that use; a transport used from another
-    loop later (a second ``anyio.run``) opens a new session there. ``max_connections=None`` means no limit:
-    the caller bounds concurrency itself (the agent's runs are bounded by ``sessions.max_concurrent_runs``).
-    """
-
-    def __init__(
-        self,
-        *,
-        max_connections: int | None = 100,
-        keepalive_s: float = 15.0,
-        verify: ssl.SSLContext | bool = True,
-    ) -> None:
-        self._limit = max_connections or 0
-        self._keepalive_s = keepalive_s
-        self._verify = verify
-        self._ssl: ssl.SSLContext | bool | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        session = self._session
-        if session is None or session.closed or self._loop is not loop:
-            if self._ssl is None:
-                # The same trust store as httpx (certifi), not aiohttp's system default.
-                self._ssl = (
-                    httpx.create_ssl_context(verify=self._verify)
-                    if not isinstance(self._verify, ssl.SSLContext)
-                    else self._verify
-                )
-            connector = aiohttp.TCPConnector(
-                limit=self._limit, limit_per_host=0, keepalive_timeout=self._keepalive_s, ssl=self._ssl
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,  # httpx decodes Content-Encoding itself
-                cookie_jar=aiohttp.DummyCookieJar(),  # and keeps the cookies
-                trust_env=False,
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
-            )
-            self._session, self._loop = session, loop
-        return session
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(_unsupported(request.url), request=request)
-        timeouts = request.extensions.get("timeout", {})
-        connect, pool = timeouts.get("connect"), timeouts.get("pool")
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            # aiohttp's "connect" covers waiting for a pooled connection plus opening one.
-            connect=None if connect is None or pool is None else connect + pool,
-            sock_connect=connect,
-            sock_read=timeouts.get("read"),
-        )
-        body = await request.aread()
-        try:
-            response = await self._client().request(
-                request.method,
-                # encoded=True: the URL exactly as httpx built it, not normalised again.
-                _yarl_url(request.url),
-                data=body or None,
-                headers=request.headers.multi_items(),
-                timeout=timeout,
-                allow_redirects=False,
-                compress=None,
-            )
-        except Exception as exc:
-            mapped = _map_error(exc, request, reading=False)
-            if mapped is None:
-                raise
-            raise mapped from exc
-        return httpx.Response(
-            response.status,
-            headers=list(response.raw_headers),
-            stream=_Body(response, request),
-            request=request,
-            extensions={**_HTTP_VERSION, "reason_phrase": (response.reason or "").encode("ascii", "replace")},
-        )
-
-    async def post_bytes(
-        self,
-        url: str,
-        content: bytes,
-        headers: Mapping[str, str],
-        timeout: float | None,  # noqa: ASYNC109 -- as the module's post_bytes
-    ) -> FastResponse:
-        """:func:`post_bytes`'s short way: one POST on the session, the whole body read, errors mapped."""
-        target = _target_url(url)
-        try:
-            response = await self._client().request(
-                "POST",
-                target,
-                data=content or None,
-                headers=headers,
-                timeout=_client_timeout(timeout),
-                allow_redirects=False,
-                compress=None,
-            )
-        except Exception as exc:
-            mapped = _map_error(exc, None, reading=False, url=url)
-            if mapped is None:
-                raise
-            raise mapped from exc
-        try:
-            # Covered by sock_read like any read; on failure or cancellation aiohttp closes the connection.
-            body = await response.read()
-        except Exception as exc:
-            response.close()
-            mapped = _map_error(exc, None, reading=True, url=url)
-            if mapped is None:
-                raise
-            raise mapped from exc
-        except BaseException:
-            response.close()
-            raise
-        response_headers = response.headers
-        encoding = response_headers.get("Content-Encoding")
-        if encoding and encoding.lower() != "identity":
-            # auto_decompress is off (httpx decodes for the transport path): decode as httpx would.
-            body = httpx.Response(response.status, headers=list(response.raw_headers), content=body).content
-        return FastResponse(response.status, body, response_headers)
-
-    async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            try:
-                await session.close()
-            except RuntimeError:  # its event loop is gone; nothing is left to close
-                pass
-
-
-def _yarl_url(url: httpx.URL) -> yarl.URL:
-    return yarl.URL(str(url), encoded=True)
-
-
-_TIMEOUTS: dict[float | None, aiohttp.ClientTimeout] = {}
-
-
-def _client_timeout(timeout: float | None) -> aiohttp.ClientTimeout:
-    """aiohttp's reading of ``httpx.Timeout(timeout)``, as ``handle_async_request`` maps it."""
-    found = _TIMEOUTS.get(timeout)
-    if found is None:
-        found = aiohttp.ClientTimeout(
-            total=None,
-            connect=None if timeout is None else 2 * timeout,  # pool wait + connect
-            sock_connect=timeout,
-            sock_read=timeout,
-        )
-        if len(_TIMEOUTS) < 64:
-            _TIMEOUTS[timeout] = found
-    return found
-
-
-def _map_error(
-    exc: BaseException, request: httpx.Request | None, *, reading: bool, url: str = ""
-) -> Exception | None:
-    """The httpx exception for an aiohttp failure; None for what is not a transport failure (a bug).
-
-    Messages never include the URL: a sessionWebhook's query is a credential. Without ``request``, the
-    exception's request is built from ``url`` (only on failure: building one costs as much as sending).
-    """
-    if request is None:
-        return _map_error(exc, httpx.Request("POST", url), reading=reading)
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout("timed out connecting", request=request)
-    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
-        return httpx.ReadTimeout("timed out waiting for the server", request=request)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        # Refused, unreachable, DNS, TLS handshake or certificate: the request never left.
-        return httpx.ConnectError(str(exc.os_error) or type(exc).__name__, request=request)
-    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
-        return httpx.UnsupportedProtocol("the URL cannot be requested", request=request)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        text = (
-            "peer closed connection without sending complete message body"
-            if reading
-            else "Server disconnected without sending a response."
-        )
-        return httpx.RemoteProtocolError(text, request=request)
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        return httpx.RemoteProtocolError(
-            f"malformed or incomplete response ({type(exc).__name__})", request=request
-        )
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        # A socket error once the connection was up: the server may have the request.
-        return httpx.ReadError(f"connection failed ({type(exc).__name__})", request=request)
-    return None

@@ -1,8 +1,7 @@
-"""Sessions and agent runs: one run per session at a time, the busy policy, /stop, /new and /retry.
+"""Agent runs: one run per session at a time, the busy policy, /stop, /new and /retry.
 
-A session key is ``robot:dm:<sender>`` for a direct message and ``robot:group:<conversation>`` for a
-group (``...:<sender>`` with ``group_scope: per_user``), so DM and group sessions never mix and two
-robots never share history. The same key scopes history, the run slot, the queue and ``/stop``.
+Session keys and what a session holds in memory (its queue, the run in flight, its epochs) are
+:mod:`edgecrab.sessions`.
 
 Each busy session has one worker task (in the runner's task group) that takes queued messages in order.
 A session is *busy* from the moment its worker takes a message until that run's reply is handed to
@@ -16,9 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -27,6 +24,7 @@ import anyio.abc
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import SessionsConfig
 from edgecrab.events import AgentRequest, AgentResult, Message
+from edgecrab.sessions import QueuedMessage, RunStatus, Session, session_key
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
 
 log = logging.getLogger("edgecrab.runs")
@@ -42,14 +40,6 @@ NO_RETRY_TEXT = "🤷 There's no earlier message to retry — just send me a new
 EMPTY_ANSWER_TEXT = "(the agent returned an empty answer — /retry to ask again)"
 
 
-def session_key(message: Message, group_scope: str = "shared") -> str:
-    if not message.conversation.is_group:
-        return f"{message.robot}:dm:{message.sender.key}"
-    if group_scope == "per_user":
-        return f"{message.robot}:group:{message.conversation.id}:{message.sender.key}"
-    return f"{message.robot}:group:{message.conversation.id}"
-
-
 def failure_text(error: str) -> str:
     """An agent failure as the user sees it: ``⚠️ The agent timed out after 120 s — /retry to try again.``"""
     error = error.strip() or "the agent failed to answer — /retry to try again"
@@ -58,35 +48,6 @@ def failure_text(error: str) -> str:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-@dataclass(slots=True)
-class _Item:
-    message: Message
-    retry: bool = False
-
-
-@dataclass(slots=True)
-class _Session:
-    key: str
-    queue: deque[_Item] = field(default_factory=deque)
-    scope: anyio.CancelScope | None = None
-    current: Message | None = None
-    """The message being answered, from the moment the worker takes it until its reply is handed over."""
-    started: float = 0.0
-    worker: bool = False
-    epoch: int = 0
-    """Bumped by /stop, /new and interrupt: a run that started under an older epoch sends nothing."""
-    resets: int = 0
-    """Bumped by /new: a run that started before it writes nothing into the fresh session."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunStatus:
-    running: bool
-    elapsed_s: float
-    queued: int
-    preview: str
 
 
 class Runner:
@@ -114,7 +75,7 @@ class Runner:
         self.system_prompt = system_prompt
         self.agent_timeout_s = agent_timeout_s
         self.hooks = hooks
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, Session] = {}
         self._limiter = anyio.CapacityLimiter(config.max_concurrent_runs)
         self._tg: anyio.abc.TaskGroup | None = None
         self.runs_started = 0
@@ -123,10 +84,10 @@ class Runner:
     def key(self, message: Message) -> str:
         return session_key(message, self.config.group_scope)
 
-    def _session(self, key: str) -> _Session:
+    def _session(self, key: str) -> Session:
         s = self._sessions.get(key)
         if s is None:
-            s = self._sessions[key] = _Session(key)
+            s = self._sessions[key] = Session(key)
         return s
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -155,8 +116,8 @@ class Runner:
             await self.store.inbox_set_state(message.robot, message.id, DONE, "rejected: busy")
             return
         if busy and policy == "interrupt":
-            running, dropped = self._cancel(s)
-            s.queue.append(_Item(message, retry))
+            running, dropped = s.cancel()
+            s.queue.append(QueuedMessage(message, retry))
             self._start_worker(s)
             await self._drop(dropped, "replaced by a newer message (interrupt)")
             if running:
@@ -173,7 +134,7 @@ class Runner:
             )
             await self.store.inbox_set_state(message.robot, message.id, DONE, "rejected: queue full")
             return
-        s.queue.append(_Item(message, retry))
+        s.queue.append(QueuedMessage(message, retry))
         self._start_worker(s)
         if busy and not quiet:
             await self._reply(
@@ -183,13 +144,13 @@ class Runner:
                 key,
             )
 
-    def _start_worker(self, s: _Session) -> None:
+    def _start_worker(self, s: Session) -> None:
         if s.worker or self._tg is None:
             return
         s.worker = True
         self._tg.start_soon(self._work, s)
 
-    async def _work(self, s: _Session) -> None:
+    async def _work(self, s: Session) -> None:
         try:
             while s.queue:
                 item = s.queue.popleft()
@@ -224,7 +185,7 @@ class Runner:
             log.exception("[runs] %s: could not report the failure of message %s", key, message.id)
 
     # -- one run -------------------------------------------------------------------------------------
-    async def _run_one(self, s: _Session, item: _Item, epoch: int, resets: int) -> None:
+    async def _run_one(self, s: Session, item: QueuedMessage, epoch: int, resets: int) -> None:
         message, key = item.message, s.key
         now = time.time()
         await self._expire_if_idle(key, now)
@@ -398,17 +359,6 @@ class Runner:
         return last_text
 
     # -- control ---------------------------------------------------------------------------------------
-    def _cancel(self, s: _Session) -> tuple[bool, list[Message]]:
-        """Stop the run in flight (whatever phase it is in) and empty the queue."""
-        dropped = [i.message for i in s.queue]
-        s.queue.clear()
-        running = s.current is not None
-        if running:
-            s.epoch += 1
-            if s.scope is not None:
-                s.scope.cancel()
-        return running, dropped
-
     async def _drop(self, messages: list[Message], reason: str) -> None:
         """Queued messages that will never run: finished in the inbox so a restart does not revive them."""
         for m in messages:
@@ -423,7 +373,7 @@ class Runner:
         s = self._sessions.get(key)
         if s is None:
             return False, []
-        running, dropped = self._cancel(s)
+        running, dropped = s.cancel()
         await self._drop(dropped, "dropped by /stop")
         return running, dropped
 
@@ -433,17 +383,13 @@ class Runner:
         if s is None:
             return False, []
         s.resets += 1
-        running, dropped = self._cancel(s)
+        running, dropped = s.cancel()
         await self._drop(dropped, "dropped by /new")
         return running, dropped
 
     def status(self, key: str) -> RunStatus:
         s = self._sessions.get(key)
-        if s is None:
-            return RunStatus(False, 0.0, 0, "")
-        if s.current is None:
-            return RunStatus(False, 0.0, len(s.queue), "")
-        return RunStatus(True, time.monotonic() - s.started, len(s.queue), s.current.text)
+        return s.status() if s is not None else RunStatus(False, 0.0, 0, "")
 
     @property
     def active_runs(self) -> int:

@@ -2,8 +2,9 @@
 
 :class:`DingTalkSender` owns everything one robot needs to talk REST to DingTalk: its access-token cache
 (:mod:`edgecrab.dingtalk.tokens`), its rate limiters (:mod:`edgecrab.dingtalk.ratelimit`), the memory of
-dead webhooks and of an exhausted monthly quota. The delivery module calls :meth:`DingTalkSender.send`
-once per chunk and decides what to do with a failed :class:`SendResult`.
+dead webhooks and of an exhausted monthly quota; it chooses the route and retries. What a send carries and
+what its answer means is :mod:`edgecrab.dingtalk.robotapi`. The delivery module calls
+:meth:`DingTalkSender.send` once per chunk and decides what to do with a failed :class:`SendResult`.
 
 Route choice for one chunk:
 
@@ -19,13 +20,11 @@ split the chunk again. Nothing logged here contains a token, a secret or a webho
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -33,6 +32,15 @@ import httpx
 
 from edgecrab.config import DingTalkConfig
 from edgecrab.dingtalk.ratelimit import Clock, RateLimiter, Sleep
+from edgecrab.dingtalk.robotapi import (
+    BATCH_SEND_PATH,
+    GROUP_SEND_PATH,
+    SendResult,
+    encode_body,
+    openapi_body,
+    openapi_result,
+    webhook_result,
+)
 from edgecrab.dingtalk.tokens import (
     PERMISSION_CODE,
     SESSION_GONE,
@@ -40,12 +48,10 @@ from edgecrab.dingtalk.tokens import (
     TOO_LONG,
     DingTalkError,
     TokenCache,
-    error_from_response,
     transport_error,
 )
 from edgecrab.dingtalk.webhook import (
     WebhookGuard,
-    append_mention,
     expiry_seconds,
     install_httpx_redaction,
     redact_url,
@@ -53,7 +59,8 @@ from edgecrab.dingtalk.webhook import (
     webhook_body,
 )
 from edgecrab.events import ReplyRoute
-from edgecrab.httpclient import FastResponse, async_client, post_bytes
+from edgecrab.httpclient import async_client, post_bytes
+from edgecrab.httptransport import FastResponse
 
 __all__ = [
     "DingTalkError",
@@ -68,8 +75,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BATCH_SEND_PATH = "/v1.0/robot/oToMessages/batchSend"
-GROUP_SEND_PATH = "/v1.0/robot/groupMessages/send"
 QUOTA_CODE = "Forbidden.AccessDenied.ApiCountLimitForOrg"
 UNDELIVERABLE = "undeliverable"
 BACKOFF_BASE_S = 0.5
@@ -77,67 +82,6 @@ BACKOFF_CAP_S = 8.0
 QUOTA_PAUSE_S = 3600.0
 """After ApiCountLimitForOrg, OpenAPI sends are not even tried for this long."""
 DEAD_WEBHOOKS_MAX = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """The outcome of sending one chunk."""
-
-    ok: bool
-    via: str
-    """``webhook``, ``batchSend``, ``groupSend``, or ``""`` when nothing was sent."""
-    permanent: bool
-    """True when sending the same chunk again cannot succeed (``460101`` means: split it smaller)."""
-    code: str
-    message: str
-    request_id: str
-    process_query_key: str = ""
-
-
-def openapi_body(
-    route: ReplyRoute, robot_code: str, text: str, title: str, fmt: str, mention_name: str = ""
-) -> dict[str, Any]:
-    """The batchSend (DM) or groupMessages/send (group) JSON. ``msgParam`` is a JSON *string*."""
-    if mention_name:
-        # groupMessages/send cannot @ anyone: name the asker in plain text instead.
-        text = append_mention(text, mention_name, fmt)
-    if fmt == "markdown":
-        msg_key, param = "sampleMarkdown", {"title": title, "text": text}
-    else:
-        msg_key, param = "sampleText", {"content": text}
-    body: dict[str, Any] = {"robotCode": robot_code}
-    if route.is_group:
-        body["openConversationId"] = route.conversation_id
-    else:
-        body["userIds"] = [route.sender_staff_id]
-    body["msgKey"] = msg_key
-    body["msgParam"] = _JSON.encode(param)
-    return body
-
-
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-"""``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` without building an encoder per call."""
-
-
-def _encode(body: dict[str, Any]) -> bytes:
-    return _JSON.encode(body).encode("utf-8")
-
-
-def _webhook_ok(content: bytes) -> bool:
-    """The sessionWebhook's plain ``{"errcode": 0, ...}``: success without building an error to say so.
-
-    A subset of what :func:`error_from_response` reads as code ``"0"``; anything else takes that way.
-    """
-    try:
-        data = json.loads(content)
-    except ValueError:
-        return False
-    return (
-        isinstance(data, dict)
-        and "code" not in data
-        and "message" not in data
-        and str(data.get("errcode")) == "0"
-    )
 
 
 def _request_headers(client: httpx.AsyncClient) -> dict[str, str]:
@@ -278,27 +222,17 @@ class DingTalkSender:
 
     async def _send_webhook(self, route: ReplyRoute, body: dict[str, Any]) -> SendResult:
         url = route.session_webhook
-        content = _encode(body)
+        content = encode_body(body)
 
         async def attempt() -> SendResult:
             await self._webhook_limiter.acquire()
             response = await self._post(url, content, self._headers, "sessionWebhook")
-            if response.is_success and _webhook_ok(response.content):
-                return SendResult(
-                    True, "webhook", False, "", "", response.headers.get("x-acs-request-id", "")
-                )
-            err = error_from_response(response, "sessionWebhook")
-            if response.is_success and err.code == "0":
-                return SendResult(True, "webhook", False, "", "", err.request_id)
-            if response.is_success and not err.code:
-                err = DingTalkError(
-                    "sessionWebhook answered without an errcode",
-                    status=response.status_code,
-                    code="bad_response",
-                )
-            if err.code == SESSION_GONE:
-                self._mark_dead(url)
-            raise err
+            try:
+                return webhook_result(response)
+            except DingTalkError as err:
+                if err.code == SESSION_GONE:
+                    self._mark_dead(url)
+                raise
 
         return await self._retrying("webhook", route, attempt)
 
@@ -325,7 +259,7 @@ class DingTalkSender:
             )
         mention_name = (route.sender_name or route.sender_staff_id) if mention and route.is_group else ""
         robot_code = route.robot_code or self.robot_code
-        content = _encode(openapi_body(route, robot_code, text, title, fmt, mention_name))
+        content = encode_body(openapi_body(route, robot_code, text, title, fmt, mention_name))
         path = GROUP_SEND_PATH if route.is_group else BATCH_SEND_PATH
         url = self._api_base + path
         limiter = self.limiter(path)
@@ -335,39 +269,12 @@ class DingTalkSender:
             await limiter.acquire()
             headers = {**self._headers, "x-acs-dingtalk-access-token": token}
             response = await self._post(url, content, headers, via)
-            request_id = response.headers.get("x-acs-request-id", "")
-            if not response.is_success:
-                err = error_from_response(response, via)
+            try:
+                return openapi_result(response, via, route.sender_staff_id)
+            except DingTalkError as err:
                 if err.needs_new_token:
                     self.tokens.invalidate(token)
-                raise err
-            try:
-                data = json.loads(response.content)
-            except ValueError:
-                data = None
-            if not isinstance(data, dict):
-                raise DingTalkError(
-                    f"{via}: response is not a JSON object",
-                    status=response.status_code,
-                    code="bad_response",
-                    request_id=request_id,
-                )
-            request_id = str(data.get("requestid") or request_id)
-            if data.get("invalidStaffIdList"):
-                raise DingTalkError(
-                    f"{via}: DingTalk says staff id {route.sender_staff_id} is invalid",
-                    status=response.status_code,
-                    code="invalidStaffIdList",
-                    request_id=request_id,
-                )
-            if data.get("flowControlledStaffIdList"):
-                raise DingTalkError(
-                    f"{via}: recipient is flow-controlled (too many messages)",
-                    status=response.status_code,
-                    code="flowControlledStaffIdList",
-                    request_id=request_id,
-                )
-            return SendResult(True, via, False, "", "", request_id, str(data.get("processQueryKey") or ""))
+                raise
 
         return await self._retrying(via, route, attempt)
 

@@ -42,7 +42,7 @@ from websockets.asyncio.client import ClientConnection
 
 from edgecrab import __version__
 from edgecrab.config import DingTalkConfig
-from edgecrab.dingtalk.convert import Frame, FrameError, ack_frame, parse_frame
+from edgecrab.dingtalk.frames import Frame, FrameError, ack_frame, parse_frame
 from edgecrab.httpclient import async_client
 
 log = logging.getLogger("edgecrab.dingtalk.stream")

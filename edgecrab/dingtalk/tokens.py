@@ -22,7 +22,7 @@ import httpx
 
 from edgecrab import errors
 from edgecrab.dingtalk.ratelimit import Clock, RateLimiter
-from edgecrab.httpclient import FastResponse
+from edgecrab.httptransport import FastResponse
 
 log = logging.getLogger(__name__)
 

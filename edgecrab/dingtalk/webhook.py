@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from edgecrab.httpclient import simple_url_parts
+from edgecrab.httptransport import simple_url_parts
 
 DINGTALK_HOSTS = ("api.dingtalk.com", "oapi.dingtalk.com")
 
@@ -109,9 +109,9 @@ class WebhookGuard:
     of ``api_base``, and each ``extra_hosts`` entry (``host`` means the default port, ``host:port`` that
     port). The scheme must be https, or http for a loopback host.
 
-    URLs are read as httpx reads them (:func:`edgecrab.httpclient.simple_url_parts` takes a short cut for
-    the plain ones, with the same reading), and verdicts are remembered per (scheme, host, port): the guard
-    runs before every webhook send, and ``httpx.URL`` plus ``ipaddress`` cost more than the rest of it.
+    URLs are read as httpx reads them (:func:`edgecrab.httptransport.simple_url_parts` takes a short cut
+    for the plain ones, with the same reading), and verdicts are remembered per (scheme, host, port): the
+    guard runs before every webhook send, and ``httpx.URL`` plus ``ipaddress`` cost more than the rest of it.
     """
 
     VERDICTS_MAX = 1024

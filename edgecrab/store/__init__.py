@@ -1,4 +1,5 @@
-"""Storage: the :class:`Store` interface (``base``), its SQLite implementation, and :func:`open_store`.
+"""Storage: the :class:`Store` interface (``base``), its SQLite implementation, and :func:`open_store`;
+``upkeep`` holds the periodic chores the gateway runs on a store.
 
 ``storage.url`` picks the backend. Today that is ``sqlite:///path`` (``sqlite:///:memory:`` for tests);
 a Redis backend for several replicas would add its scheme here and nothing else would change.

@@ -1,4 +1,5 @@
-"""edgecrab.httpclient over real loopback sockets: httpx's API and exceptions on aiohttp's pool.
+"""edgecrab.httpclient and edgecrab.httptransport over real loopback sockets: httpx's API and exceptions
+on aiohttp's pool.
 
 The servers here are raw asyncio protocols, so each test controls exactly what the client sees: a response
 in pieces, a hang-up before or during the response, silence.
@@ -19,7 +20,8 @@ import anyio
 import httpx
 import pytest
 
-from edgecrab.httpclient import AiohttpTransport, _map_error, async_client
+from edgecrab.httpclient import async_client
+from edgecrab.httptransport import AiohttpTransport, _map_error
 
 pytestmark = pytest.mark.anyio
 

@@ -21,7 +21,8 @@ from edgecrab.config import DingTalkConfig
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.tokens import error_from_response
 from edgecrab.events import ReplyRoute
-from edgecrab.httpclient import FastResponse, async_client, post_bytes
+from edgecrab.httpclient import async_client, post_bytes
+from edgecrab.httptransport import FastResponse
 from tests.component.test_httpclient import echo_forever, read_request, response, serve
 
 pytestmark = pytest.mark.anyio
@@ -413,7 +414,7 @@ async def test_the_sender_posts_webhook_and_openapi_sends_the_short_way() -> Non
     ],
 )
 def test_the_webhook_success_short_cut_agrees_with_error_from_response(body: bytes, ok: bool) -> None:
-    from edgecrab.dingtalk.rest import _webhook_ok
+    from edgecrab.dingtalk.robotapi import _webhook_ok
 
     assert _webhook_ok(body) is ok
     if ok:

@@ -20,7 +20,8 @@ from edgecrab.dingtalk.access import (
     AccessPolicy,
     Decision,
 )
-from edgecrab.dingtalk.convert import decode_data, parse_frame, to_message
+from edgecrab.dingtalk.convert import to_message
+from edgecrab.dingtalk.frames import decode_data, parse_frame
 from edgecrab.events import Conversation, Message, Sender
 
 CORP = "dingc5344d64bd47d252"

@@ -223,7 +223,7 @@ def test_gateway_start_hands_the_config_to_the_gateway(
         calls.append((config, sandbox, port))
         return 0
 
-    fake_module(monkeypatch, "edgecrab.gateway", run_gateway=run_gateway)
+    fake_module(monkeypatch, "edgecrab.serve", run_gateway=run_gateway)
     assert run(capsys, "--config", str(write(tmp_path, GOOD)), "gateway", "start")[0] == 0
     [(config, sandbox, port)] = calls
     assert (config.dingtalk.app_secret, sandbox, port) == (SECRET, False, None)
@@ -235,7 +235,7 @@ def test_gateway_start_sandbox_needs_no_credentials(
     seen: list[Any] = []
     fake_module(
         monkeypatch,
-        "edgecrab.gateway",
+        "edgecrab.serve",
         run_gateway=lambda config, sandbox, port: seen.append((config.dingtalk.app_key, sandbox, port)),
     )
     assert run(capsys, "gateway", "start", "--sandbox", "--port", "8123")[0] == 0
@@ -245,7 +245,7 @@ def test_gateway_start_sandbox_needs_no_credentials(
 def test_gateway_start_without_credentials_is_a_config_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake_module(monkeypatch, "edgecrab.gateway", run_gateway=lambda *a, **k: pytest.fail("must not start"))
+    fake_module(monkeypatch, "edgecrab.serve", run_gateway=lambda *a, **k: pytest.fail("must not start"))
     code, _, err = run(capsys, "gateway", "start")
     assert code == 2 and "DINGTALK_APP_KEY" in err
 
@@ -269,7 +269,7 @@ def test_runtime_failures_are_one_paragraph(
     def run_gateway(*args: Any, **kwargs: Any) -> int:
         raise raised
 
-    fake_module(monkeypatch, "edgecrab.gateway", run_gateway=run_gateway)
+    fake_module(monkeypatch, "edgecrab.serve", run_gateway=run_gateway)
     got, _, err = run(capsys, "--config", str(write(tmp_path, GOOD)), "gateway", "start")
     assert got == code
     assert text in err and "Traceback" not in err and SECRET not in err
@@ -278,7 +278,7 @@ def test_runtime_failures_are_one_paragraph(
 def test_gateway_exit_code_is_passed_through(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake_module(monkeypatch, "edgecrab.gateway", run_gateway=lambda *a, **k: 3)
+    fake_module(monkeypatch, "edgecrab.serve", run_gateway=lambda *a, **k: 3)
     assert run(capsys, "--config", str(write(tmp_path, GOOD)), "gateway", "start")[0] == 3
 
 

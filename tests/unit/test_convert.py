@@ -1,4 +1,4 @@
-"""Frames and robot payloads -> Frame / Message (edgecrab.dingtalk.convert).
+"""Frames and robot payloads -> Frame / Message (edgecrab.dingtalk.frames, edgecrab.dingtalk.convert).
 
 The sample frames in ``tests/data/frames`` are converted and checked field by field, then snapshotted
 whole; the invalid ones must each be rejected at the right stage with a precise reason; hypothesis feeds
@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgecrab.dingtalk import convert
-from edgecrab.dingtalk.convert import (
-    QUOTE_UNAVAILABLE,
+from edgecrab.dingtalk import frames
+from edgecrab.dingtalk.convert import QUOTE_UNAVAILABLE, to_message
+from edgecrab.dingtalk.frames import (
     Frame,
     FrameError,
     ack_frame,
@@ -29,7 +29,6 @@ from edgecrab.dingtalk.convert import (
     decode_payload,
     parse_frame,
     ping_ack,
-    to_message,
 )
 from edgecrab.events import Attachment, Mention, Message, Quote
 
@@ -78,16 +77,16 @@ def test_constants_agree_with_the_sdk() -> None:
     code = f"import json, dingtalk_stream as d; print(json.dumps([{', '.join('d.' + n for n in names)}]))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == [
-        convert.TOPIC_ROBOT_MESSAGE,
-        convert.TOPIC_ROBOT_DELEGATE,
-        convert.STATUS_OK,
-        convert.STATUS_BAD_REQUEST,
-        convert.STATUS_NOT_IMPLEMENT,
-        convert.STATUS_SYSTEM_EXCEPTION,
-        convert.TYPE_SYSTEM,
-        convert.TYPE_EVENT,
-        convert.TYPE_CALLBACK,
-        convert.TOPIC_DISCONNECT,
+        frames.TOPIC_ROBOT_MESSAGE,
+        frames.TOPIC_ROBOT_DELEGATE,
+        frames.STATUS_OK,
+        frames.STATUS_BAD_REQUEST,
+        frames.STATUS_NOT_IMPLEMENT,
+        frames.STATUS_SYSTEM_EXCEPTION,
+        frames.TYPE_SYSTEM,
+        frames.TYPE_EVENT,
+        frames.TYPE_CALLBACK,
+        frames.TOPIC_DISCONNECT,
     ]
 
 

@@ -1,5 +1,6 @@
-"""The hook engine: loading (edgecrab.plugins), calling (edgecrab.hookcall), listing, the test harness,
-the shipped examples in hooks/, and meta-tests keeping hookspecs, docs/hooks.md and tests in step."""
+"""The hook engine: loading (edgecrab.hookload), calling (edgecrab.hookcall), listing (edgecrab.plugins),
+the test harness, the shipped examples in hooks/, and meta-tests keeping hookspecs, docs/hooks.md and tests
+in step."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from edgecrab.config import Config, DingTalkConfig, HooksConfig
 from edgecrab.errors import ConfigError, HookLoadError
 from edgecrab.events import AgentResult, Command, SessionInfo
 from edgecrab.hookcall import mode_of
-from edgecrab.plugins import HOOK_NAMES, HookManager, hooks_list_text
+from edgecrab.hookload import HOOK_NAMES
+from edgecrab.plugins import HookManager, hooks_list_text
 from edgecrab.testing.hooks import HookHarness, make_message, make_request
 
 REPO = Path(__file__).resolve().parents[2]

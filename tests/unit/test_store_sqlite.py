@@ -29,7 +29,7 @@ from edgecrab.store import (
     UsageDelta,
     open_store,
 )
-from edgecrab.store.sqlite import BATCH_MAX
+from edgecrab.store.sqlite_conn import BATCH_MAX
 from edgecrab.store.sqlite_schema import _MIGRATIONS, SCHEMA_VERSION, SchemaTooNewError
 
 ROBOT = "robot-1"

@@ -1,7 +1,7 @@
 """The SSRF guard's short cut and memory, and the URL reading it shares with httpclient.post_bytes.
 
 The guard used to parse every webhook URL with ``httpx.URL`` and every http host with ``ipaddress``; it
-now reads plain URLs with :func:`edgecrab.httpclient.simple_url_parts` and remembers verdicts per
+now reads plain URLs with :func:`edgecrab.httptransport.simple_url_parts` and remembers verdicts per
 (scheme, host, port). These tests hold both to the reading of httpx itself, on hand-picked and generated
 URLs: a URL the short cut reads differently from httpx would be an SSRF hole.
 """
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgecrab.dingtalk.webhook import WebhookGuard
-from edgecrab.httpclient import simple_url_parts
+from edgecrab.httptransport import simple_url_parts
 
 API_BASE = "http://127.0.0.1:8080"
 EXTRA = ["hooks.example.org", "localhost:9000", "10.1.2.3:8443"]

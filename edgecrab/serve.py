@@ -1,0 +1,72 @@
+"""The process that runs the gateway: ``edgecrab gateway start`` (:func:`run_gateway`), which runs
+:func:`serve` (the :class:`~edgecrab.gateway.Gateway` until SIGINT/SIGTERM) or, with ``--sandbox``, the
+gateway and the built-in DingTalk emulator (:func:`edgecrab.sandbox.serve_with_sandbox`).
+
+It also owns the process-wide garbage-collection policy (:func:`_tune_gc`): a program that embeds a
+:class:`~edgecrab.gateway.Gateway` runs it itself (``await gateway.run()``) and keeps its own.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+from typing import Any
+
+import anyio
+
+from edgecrab.config import Config
+from edgecrab.gateway import Gateway
+
+log = logging.getLogger("edgecrab.serve")
+
+FULL_COLLECTION_EVERY_S = 60.0
+
+
+def run_gateway(config: Config, *, sandbox: bool = False, port: int | None = None) -> int:
+    """Entry point of ``edgecrab gateway start``; returns the process exit code."""
+    if sandbox:
+        from edgecrab.sandbox import serve_with_sandbox
+
+        anyio.run(serve_with_sandbox, config, port)
+        return 0
+    anyio.run(serve, config)
+    return 0
+
+
+async def serve(config: Config, *, ready: Any = None) -> None:
+    """Run the gateway until SIGINT/SIGTERM."""
+    gateway = Gateway(config)
+    _tune_gc()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_full_collections)
+        await tg.start(gateway.run)
+        if ready is not None:
+            ready(gateway)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("[gateway] %s received; stopping", signal.Signals(signum).name)
+                break
+        tg.cancel_scope.cancel()
+
+
+def _tune_gc() -> None:
+    """Garbage collection for a process that is the gateway (the CLI; process-wide, so not for one that
+    embeds it). A full collection holds the GIL while it walks every tracked object, which stalls the
+    acks as well: under load CPython started one every second or so, 50-135 ms each (ack
+    p99 87-145 ms; BENCHMARKS.md, fix 4). So: what start-up allocated (modules, classes, config, hooks) is
+    frozen out of collections for good; the young generations are collected as usual (cycles of short-lived
+    objects go as soon as ever); full collections run on a timer instead of on allocation counts."""
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 2**31 - 1)  # never by count: _full_collections does it
+
+
+async def _full_collections() -> None:
+    while True:
+        await anyio.sleep(FULL_COLLECTION_EVERY_S)
+        gc.collect()
+
+
+__all__ = ["run_gateway", "serve"]

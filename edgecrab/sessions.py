@@ -1,0 +1,74 @@
+"""Sessions: which messages share a conversation (the session key), and what the gateway holds in memory
+for each session while it runs (its run slot and queue).
+
+A session key is ``robot:dm:<sender>`` for a direct message and ``robot:group:<conversation>`` for a
+group (``...:<sender>`` with ``group_scope: per_user``), so DM and group sessions never mix and two
+robots never share history. The same key scopes history, the run slot, the queue and ``/stop``.
+
+What a session keeps across restarts (history, usage) is in the store; a :class:`Session` is the rest,
+which :class:`~edgecrab.runs.Runner` drives: the messages waiting, the run in flight and its cancel scope,
+and the epochs that ``/stop``, ``/new`` and the ``interrupt`` policy bump.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import anyio
+
+from edgecrab.events import Message
+
+
+def session_key(message: Message, group_scope: str = "shared") -> str:
+    if not message.conversation.is_group:
+        return f"{message.robot}:dm:{message.sender.key}"
+    if group_scope == "per_user":
+        return f"{message.robot}:group:{message.conversation.id}:{message.sender.key}"
+    return f"{message.robot}:group:{message.conversation.id}"
+
+
+@dataclass(slots=True)
+class QueuedMessage:
+    message: Message
+    retry: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    running: bool
+    elapsed_s: float
+    queued: int
+    preview: str
+
+
+@dataclass(slots=True)
+class Session:
+    key: str
+    queue: deque[QueuedMessage] = field(default_factory=deque)
+    scope: anyio.CancelScope | None = None
+    current: Message | None = None
+    """The message being answered, from the moment the worker takes it until its reply is handed over."""
+    started: float = 0.0
+    worker: bool = False
+    epoch: int = 0
+    """Bumped by /stop, /new and interrupt: a run that started under an older epoch sends nothing."""
+    resets: int = 0
+    """Bumped by /new: a run that started before it writes nothing into the fresh session."""
+
+    def cancel(self) -> tuple[bool, list[Message]]:
+        """Stop the run in flight (whatever phase it is in) and empty the queue."""
+        dropped = [i.message for i in self.queue]
+        self.queue.clear()
+        running = self.current is not None
+        if running:
+            self.epoch += 1
+            if self.scope is not None:
+                self.scope.cancel()
+        return running, dropped
+
+    def status(self) -> RunStatus:
+        if self.current is None:
+            return RunStatus(False, 0.0, len(self.queue), "")
+        return RunStatus(True, time.monotonic() - self.started, len(self.queue), self.current.text)

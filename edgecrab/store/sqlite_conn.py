@@ -1,0 +1,223 @@
+"""The connection machinery under :class:`~edgecrab.store.sqlite.SQLiteStore`: open and close, the lock,
+transactions, group commit and checkpoints. The queries themselves live in :mod:`edgecrab.store.sqlite`.
+
+One connection per gateway process, opened in :meth:`SQLiteConnection.open`. Every operation is a few
+microseconds of synchronous work done on the calling event loop: the ack path calls
+:meth:`~edgecrab.store.sqlite.SQLiteStore.inbox_claim` and must stay in the millisecond range, which a
+thread hop per call would not help. Multi-statement operations run in one ``BEGIN IMMEDIATE`` transaction,
+so they are all-or-nothing even if the process is killed half-way.
+
+**Group commit.** Reads and :meth:`~edgecrab.store.sqlite.SQLiteStore.inbox_claim` run at once. Every
+other write joins the current *batch*: the writes that tasks of one event loop issue before the loop gets
+round to the batch (one loop iteration: ``call_soon``) are committed together, in the order they were
+issued, and each caller resumes once its write is committed, so durability is unchanged: nothing a caller
+was told is done can be lost. Under load hundreds of writes share one commit instead of paying one each (a
+commit writes every page it touched to the WAL: most of a small write's cost). If one write of a batch
+fails, the batch is rolled back and its writes are committed one by one, so only the failing one reports
+an error. A write whose caller was cancelled before the batch ran is not made.
+
+**Checkpoints off the event loop.** SQLite copies the WAL back into the database file ("checkpoint") in
+whichever commit crosses ``wal_autocheckpoint`` pages, and syncs both files while at it: a commit on the
+event loop that took milliseconds instead of microseconds, every few hundred commits. Here automatic
+checkpoints are off; :meth:`SQLiteConnection.maintain` (the gateway calls it every second) runs a
+``PASSIVE`` checkpoint on a connection of its own in a worker thread, which never blocks a writer, and
+:meth:`SQLiteConnection.close` runs a last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+
+from edgecrab.store.sqlite_schema import migrate
+
+MEMORY = ":memory:"
+BATCH_MAX = 32
+"""Writes per group commit at most: a group commit is one step of the event loop, which an ack may wait
+behind (32 of the largest, a run's end with its reply, take about 2 ms)."""
+
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes the WAL file is cut back to when SQLite starts it over after a complete checkpoint."""
+
+T = TypeVar("T")
+_Op = Callable[[sqlite3.Connection], Any]
+
+
+class SQLiteConnection:
+    """One SQLite file's connection and how statements reach it: :meth:`_run` and :meth:`_all` at once,
+    :meth:`_tx` as one transaction, :meth:`_write` in the current group commit. The store's lifecycle
+    methods (``open``, ``close``, ``maintain``) are these; :class:`~edgecrab.store.sqlite.SQLiteStore`
+    inherits them and adds the queries."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path: Path | None = None if str(path) == MEMORY else Path(path)
+        self._conn: sqlite3.Connection | None = None
+        # Guards the connection for callers in other threads (check_same_thread=False allows them);
+        # the gateway itself uses it from its one event loop only.
+        self._lock = threading.Lock()
+        self._batch: list[tuple[_Op, asyncio.Future[Any]]] = []
+        self._batch_loop: asyncio.AbstractEventLoop | None = None
+        """The loop the pending batch belongs to (and will be committed on); None when none is pending."""
+        self.commits = 0
+        """Transactions committed by this handle (group commits count once): for benchmarks and tests."""
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_lock = threading.Lock()
+        self.checkpoints = 0
+        """Checkpoints :meth:`maintain` ran."""
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._conn is None:
+            self._conn = self._connect()
+
+    async def close(self) -> None:
+        with self._checkpoint_lock:
+            checkpointer, self._checkpointer = self._checkpointer, None
+            if checkpointer is not None:
+                checkpointer.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with self._lock:
+                # The last connection to close checkpoints the WAL and removes it.
+                conn.close()
+
+    async def maintain(self) -> None:
+        if self.path is None or self._conn is None:
+            return
+        await anyio.to_thread.run_sync(self._checkpoint)
+
+    def _checkpoint(self) -> tuple[int, int, int]:
+        """``PRAGMA wal_checkpoint(PASSIVE)`` on this store's checkpoint connection (in a worker thread):
+        (busy, WAL frames, frames checkpointed)."""
+        assert self.path is not None
+        with self._checkpoint_lock:
+            if self._conn is None:  # closed meanwhile
+                return (0, 0, 0)
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(
+                    str(self.path), check_same_thread=False, isolation_level=None
+                )
+                self._checkpointer.execute("PRAGMA busy_timeout = 5000")
+            row = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.checkpoints += 1
+            return (int(row[0]), int(row[1]), int(row[2]))
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        target = MEMORY if self.path is None else str(self.path)
+        # isolation_level=None: the sqlite3 module never opens transactions behind our back; we say
+        # BEGIN/COMMIT ourselves where several statements must be atomic.
+        conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode syncs at checkpoints, not at every commit: a committed transaction
+            # survives the process being killed (SIGKILL, OOM, crash), since the WAL is in the OS page
+            # cache, but the last commits may be lost on power failure or a kernel crash. That is the
+            # requirement (a process crash neither loses nor repeats messages) at a fraction of FULL's cost.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if self.path is not None:
+                conn.execute("PRAGMA wal_autocheckpoint = 0")  # maintain() checkpoints, off the loop
+                conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("[store] the store is not open: await store.open() first")
+        return self._conn
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """One statement, atomic by itself (autocommit)."""
+        conn = self._connection()
+        with self._lock:
+            return conn.execute(sql, params)
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = self._connection()
+        with self._lock:
+            return conn.execute(sql, params).fetchall()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """Several statements as one transaction: committed together or not at all."""
+        conn = self._connection()
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+                self.commits += 1
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` in the current group commit (see the module's docstring) and return its result once
+        it is committed."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or (self._batch_loop is not None and self._batch_loop is not loop):
+            with self._tx() as conn:  # not on an event loop, or another loop's batch is pending
+                return op(conn)
+        future: asyncio.Future[T] = loop.create_future()
+        self._batch.append((op, future))
+        if self._batch_loop is None:
+            self._batch_loop = loop
+            loop.call_soon(self._commit_batch)
+        return await future
+
+    def _commit_batch(self) -> None:
+        batch = [(op, f) for op, f in self._batch if not f.done()]  # done: its caller was cancelled
+        rest = batch[BATCH_MAX:]
+        del batch[BATCH_MAX:]
+        self._batch = rest
+        if rest:
+            assert self._batch_loop is not None
+            self._batch_loop.call_soon(self._commit_batch)
+        else:
+            self._batch_loop = None
+        if not batch:
+            return
+        try:
+            with self._tx() as conn:
+                results = [op(conn) for op, _ in batch]
+        except Exception as exc:
+            if len(batch) == 1:
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(exc)
+                return
+            # One of them failed (or the commit did): all were rolled back. Each on its own, so only
+            # the failing write reports the error.
+            for op, future in batch:
+                self._settle(future, op)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def _settle(self, future: asyncio.Future[Any], op: _Op) -> None:
+        try:
+            with self._tx() as conn:
+                result = op(conn)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(result)
