@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import json
 import re
 import ssl
@@ -156,6 +157,14 @@ class _Body(httpx.AsyncByteStream):
             response.close()  # abandoned half-way (/stop, an error): it cannot be reused
 
 
+@functools.lru_cache(maxsize=4)
+def default_ssl_context(verify: bool = True) -> ssl.SSLContext:
+    """The TLS context for ``verify`` (True: httpx's trust store, certifi, not aiohttp's system default),
+    made once per process and shared by every transport. Loading the trust store takes 20-35 ms: done
+    lazily, on each transport's first request, it stalled the event loop (and the acks) under load."""
+    return httpx.create_ssl_context(verify=verify)
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """An ``httpx`` transport that sends with an ``aiohttp.ClientSession`` (HTTP/1.1, keep-alive pool).
 
@@ -173,8 +182,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     ) -> None:
         self._limit = max_connections or 0
         self._keepalive_s = keepalive_s
-        self._verify = verify
-        self._ssl: ssl.SSLContext | bool | None = None
+        # Made here, when the client is built (at start-up), not on the first request.
+        self._ssl = verify if isinstance(verify, ssl.SSLContext) else default_ssl_context(verify)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -182,13 +191,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         session = self._session
         if session is None or session.closed or self._loop is not loop:
-            if self._ssl is None:
-                # The same trust store as httpx (certifi), not aiohttp's system default.
-                self._ssl = (
-                    httpx.create_ssl_context(verify=self._verify)
-                    if not isinstance(self._verify, ssl.SSLContext)
-                    else self._verify
-                )
             connector = aiohttp.TCPConnector(
                 limit=self._limit, limit_per_host=0, keepalive_timeout=self._keepalive_s, ssl=self._ssl
             )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import resource
 import signal
 from typing import Any
 
@@ -21,6 +23,8 @@ from edgecrab.gateway import Gateway
 log = logging.getLogger("edgecrab.serve")
 
 FULL_COLLECTION_EVERY_S = 60.0
+FD_RESERVE = 4096
+"""File descriptors the process makes room for at start (see :func:`_prepare_fds`)."""
 
 
 def run_gateway(config: Config, *, sandbox: bool = False, port: int | None = None) -> int:
@@ -36,6 +40,7 @@ def run_gateway(config: Config, *, sandbox: bool = False, port: int | None = Non
 
 async def serve(config: Config, *, ready: Any = None) -> None:
     """Run the gateway until SIGINT/SIGTERM."""
+    _prepare_fds()
     gateway = Gateway(config)
     _tune_gc()
     async with anyio.create_task_group() as tg:
@@ -48,6 +53,44 @@ async def serve(config: Config, *, ready: Any = None) -> None:
                 log.info("[gateway] %s received; stopping", signal.Signals(signum).name)
                 break
         tg.cancel_scope.cancel()
+
+
+def _prepare_fds(reserve: int = FD_RESERVE) -> int:
+    """Room for many sockets, made before any thread starts; returns the descriptor table's size.
+
+    Every agent run holds a connection (1,000 runs in flight: 1,000 sockets), so the soft ``RLIMIT_NOFILE``
+    (often 1,024) is raised to the hard one. And the kernel grows a process's descriptor table by doubling
+    it; once the process has a second thread (the store's checkpoints run in one) each growth waits for an
+    RCU grace period, 10-15 ms during which the event loop stood still in ``socket()`` (acks too:
+    BENCHMARKS.md, fix 9). Opening, then closing, a descriptor near ``reserve`` grows the table once, now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("[gateway] could not raise the open-files limit from %d: %s", soft, exc)
+    top = min(soft, reserve) - 1
+    if top > 2 and not _is_open(top):  # open already: the table is that big (and dup2 would close it)
+        try:
+            spare = os.open(os.devnull, os.O_RDONLY)
+            try:
+                os.close(os.dup2(spare, top))
+            finally:
+                os.close(spare)
+        except OSError as exc:
+            log.warning("[gateway] could not reserve %d file descriptors: %s", top + 1, exc)
+            return 0
+    return top + 1
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _tune_gc() -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -231,3 +232,15 @@ def test_a_proxy_in_the_environment_keeps_httpx_own_transport(monkeypatch: pytes
     for name in ("https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     assert isinstance(async_client()._transport, AiohttpTransport)
+
+
+def test_transports_share_one_tls_context_made_when_they_are_built() -> None:
+    # Loading the trust store takes 20-35 ms: never on a first request, on the event loop, under load.
+    from edgecrab.httptransport import AiohttpTransport, default_ssl_context
+
+    first, second = AiohttpTransport(), AiohttpTransport(max_connections=None)
+    assert first._ssl is second._ssl is default_ssl_context(True)
+    assert AiohttpTransport(verify=False)._ssl is default_ssl_context(False)
+    assert default_ssl_context(False).verify_mode == ssl.CERT_NONE
+    own = ssl.create_default_context()
+    assert AiohttpTransport(verify=own)._ssl is own
