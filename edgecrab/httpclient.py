@@ -16,31 +16,48 @@ honours it (httpx ignores proxy variables once a transport is given).
 client made by :func:`async_client` it goes straight to the transport's aiohttp session, skipping httpx's
 ``Request``/``Response`` objects, URL parsing, cookie and redirect machinery (about half the CPU of a
 send), with the same error mapping and timeouts; on any other client it is ``client.post``.
+
+:func:`open_stream` is the same short way for a streamed POST (the OpenAI agent's SSE): the client's own
+headers are sent as httpx would merge them, the body is read as it arrives from a
+:class:`~edgecrab.httptransport.StreamResponse`; on any other client it is ``client.stream("POST", ...)``.
 """
 
 from __future__ import annotations
 
 import urllib.request
 import weakref
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, Protocol
 
 import httpx
 
-from edgecrab.httptransport import AiohttpTransport, FastResponse
+from edgecrab.httptransport import AiohttpTransport, FastResponse, StreamResponse, aiohttp_timeout
 
 __all__ = [
     "FastResponse",
+    "StreamingResponse",
     "async_client",
     "environment_proxies",
+    "open_stream",
     "post_bytes",
 ]
 
 _FAST_CLIENTS: weakref.WeakKeyDictionary[httpx.AsyncClient, AiohttpTransport] = weakref.WeakKeyDictionary()
 """Clients made by :func:`async_client` on an :class:`AiohttpTransport`, for :func:`post_bytes`."""
 
+_FAST_STREAM_CLIENTS: weakref.WeakKeyDictionary[httpx.AsyncClient, AiohttpTransport] = (
+    weakref.WeakKeyDictionary()
+)
+"""Clients made by :func:`async_client` on an :class:`AiohttpTransport`, client headers allowed, for
+:func:`open_stream` (which merges them in as httpx does)."""
+
 _CLIENT_LEVEL_SETTINGS = ("auth", "params", "headers", "cookies", "event_hooks", "base_url", "mounts")
 """``httpx.AsyncClient`` settings that :func:`post_bytes`'s short way would not apply."""
+
+_STREAM_CLIENT_LEVEL_SETTINGS = tuple(name for name in _CLIENT_LEVEL_SETTINGS if name != "headers")
+"""Those that :func:`open_stream`'s short way would not apply (it applies the client's headers)."""
 
 
 def environment_proxies() -> bool:
@@ -58,8 +75,10 @@ def async_client(*, max_connections: int | None = 100, **kwargs: Any) -> httpx.A
         return httpx.AsyncClient(limits=limits, **kwargs)
     transport = AiohttpTransport(max_connections=max_connections)
     client = httpx.AsyncClient(transport=transport, **kwargs)
-    if not any(kwargs.get(name) for name in _CLIENT_LEVEL_SETTINGS):
-        _FAST_CLIENTS[client] = transport
+    if not any(kwargs.get(name) for name in _STREAM_CLIENT_LEVEL_SETTINGS):
+        _FAST_STREAM_CLIENTS[client] = transport
+        if not kwargs.get("headers"):
+            _FAST_CLIENTS[client] = transport
     return client
 
 
@@ -92,3 +111,88 @@ async def post_bytes(
 def _has_hooks(client: httpx.AsyncClient) -> bool:
     hooks = client.event_hooks
     return bool(hooks.get("request") or hooks.get("response"))
+
+
+class StreamingResponse(Protocol):
+    """What :func:`open_stream` yields: an ``httpx.Response`` or a
+    :class:`~edgecrab.httptransport.StreamResponse`."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def aread(self) -> bytes: ...
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+    def aiter_lines(self) -> AsyncIterator[str]: ...
+
+
+def open_stream(
+    client: httpx.AsyncClient, url: str, content: bytes, headers: Mapping[str, str]
+) -> AbstractAsyncContextManager[StreamingResponse]:
+    """``async with open_stream(...) as response``: POST ``content`` to ``url``, the body read as it comes.
+
+    The request carries the client's headers with ``headers`` merged over them (as httpx merges), under the
+    client's timeout; redirects are not followed; leaving the block before the body's end closes the
+    connection (``/stop``, cancellation), after it the connection goes back to the pool. On a client made
+    by :func:`async_client` (no proxy, no client-level auth, cookies, hooks, base URL, mounts or
+    ``follow_redirects``) it goes straight through its :class:`AiohttpTransport`'s session (cookies the
+    server sets are not kept); otherwise it is ``client.stream("POST", url, content=..., headers=...)``.
+    Failures raise the same httpx exceptions either way, and their messages never contain the URL or the
+    headers.
+    """
+    transport = _FAST_STREAM_CLIENTS.get(client)
+    if (
+        transport is None
+        or client.is_closed
+        or client.auth is not None
+        or client.follow_redirects
+        or _has_hooks(client)
+        or client.cookies
+    ):
+        return client.stream("POST", url, content=content, headers=headers)
+    # httpx's merge: the client's headers, each replaced by a per-request one of the same name.
+    replaced = {name.lower() for name in headers}
+    merged = [item for item in client.headers.multi_items() if item[0] not in replaced]
+    merged.extend(headers.items())
+    return _Stream(transport, url, content, merged, client.timeout)
+
+
+class _Stream:
+    """:func:`open_stream`'s short way: the request on entry, the connection released on exit."""
+
+    __slots__ = ("_content", "_headers", "_response", "_timeout", "_transport", "_url")
+
+    def __init__(
+        self,
+        transport: AiohttpTransport,
+        url: str,
+        content: bytes,
+        headers: list[tuple[str, str]],
+        timeout: httpx.Timeout,
+    ) -> None:
+        self._transport = transport
+        self._url = url
+        self._content = content
+        self._headers = headers
+        self._timeout = timeout
+        self._response: StreamResponse | None = None
+
+    async def __aenter__(self) -> StreamResponse:
+        self._response = await self._transport.stream_post(
+            self._url, self._content, self._headers, aiohttp_timeout(self._timeout)
+        )
+        return self._response
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        response, self._response = self._response, None
+        if response is not None:
+            response.close()

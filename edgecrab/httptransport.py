@@ -17,8 +17,10 @@ Bodies are streamed: ``client.stream(...)`` yields chunks as they arrive (SSE), 
 was not read to the end closes its connection at once (``/stop``) instead of returning it to the pool.
 
 :meth:`AiohttpTransport.post_bytes` is the short way of :func:`edgecrab.httpclient.post_bytes`: one POST
-straight on the session, its whole answer as a :class:`FastResponse`. :func:`simple_url_parts` tells which
-URLs can go to aiohttp as they are, without httpx's URL parse.
+straight on the session, its whole answer as a :class:`FastResponse`. :meth:`AiohttpTransport.stream_post` is
+the streaming one of :func:`edgecrab.httpclient.open_stream`: the head read, the body left to a
+:class:`StreamResponse`. :func:`simple_url_parts` tells which URLs can go to aiohttp as they are, without
+httpx's URL parse.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import aiohttp
 import httpx
 import yarl
 
-__all__ = ["AiohttpTransport", "FastResponse", "simple_url_parts"]
+__all__ = ["AiohttpTransport", "FastResponse", "StreamResponse", "simple_url_parts"]
 
 _HTTP_VERSION = {"http_version": b"HTTP/1.1"}
 
@@ -75,6 +77,119 @@ def _charset(content_type: str) -> str:
         except LookupError:
             pass
     return "utf-8"
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+class StreamResponse:
+    """A response to :meth:`AiohttpTransport.stream_post` whose body is still coming: what the OpenAI agent
+    reads of an ``httpx.Response`` (``status_code``, ``headers``, ``aread``, ``aiter_bytes``,
+    ``aiter_lines``), without httpx's objects.
+
+    ``headers`` is aiohttp's case-insensitive view. The body is decoded from any ``Content-Encoding`` as httpx
+    decodes it; text is decoded by the charset of ``Content-Type`` or UTF-8, bad bytes replaced, as httpx's
+    ``aiter_text``. Read failures raise the httpx exceptions the transport's ``client.stream`` would.
+    :meth:`close` (``open_stream``'s exit) returns the connection to the pool if the body was read to the end
+    and closes it otherwise (``/stop``, an error), as the transport's ``_Body.aclose`` does.
+    """
+
+    __slots__ = ("_consumed", "_content", "_response", "_url", "headers", "status_code")
+
+    def __init__(self, response: aiohttp.ClientResponse, url: str) -> None:
+        self._response = response
+        self._url = url
+        self._consumed = False
+        self._content: bytes | None = None
+        self.status_code = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    @property
+    def encoding(self) -> str:
+        return _charset(self.headers.get("content-type", ""))
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, undecoded; once only (``httpx.StreamConsumed`` after)."""
+        if self._consumed:
+            raise httpx.StreamConsumed()
+        self._consumed = True
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except Exception as exc:
+            mapped = _map_error(exc, None, reading=True, url=self._url)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, decoded from its ``Content-Encoding``."""
+        if self._content is not None:
+            if self._content:
+                yield self._content
+            return
+        encoding = self.headers.get("Content-Encoding")
+        if not encoding or encoding.lower() == "identity":
+            async for chunk in self.aiter_raw():
+                yield chunk
+            return
+        # Rare (only httpx's default Accept-Encoding asks for it): httpx's own decoders, via a Response.
+        decoded = httpx.Response(
+            self.status_code, headers=list(self._response.raw_headers), stream=_RawStream(self.aiter_raw())
+        )
+        async for chunk in decoded.aiter_bytes():
+            yield chunk
+
+    async def aread(self) -> bytes:
+        """The whole (rest of the) body, decoded from its ``Content-Encoding``; kept for a second call."""
+        if self._content is None:
+            self._content = b"".join([chunk async for chunk in self.aiter_bytes()])
+        return self._content
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        """The body's lines, split on ``\\r\\n``, ``\\r`` or ``\\n`` (SSE's line ends), without them."""
+        decoder = codecs.getincrementaldecoder(self.encoding)(errors="replace")
+        pending = ""  # the start of a line whose end has not arrived
+        cr = False  # the text so far ended with "\r": a "\n" next is part of that line end
+        async for chunk in self.aiter_bytes():
+            text = decoder.decode(chunk)
+            if not text:
+                continue
+            if cr:
+                text = "\r" + text
+            cr = text.endswith("\r")
+            if cr:
+                text = text[:-1]
+            lines = _LINE_BREAK.split(pending + text)
+            pending = lines.pop()
+            for line in lines:
+                yield line
+        text = decoder.decode(b"", final=True)
+        if cr:
+            text = "\r" + text
+        lines = _LINE_BREAK.split(pending + text)
+        pending = lines.pop()
+        for line in lines:
+            yield line
+        if pending:
+            yield pending
+
+    def close(self) -> None:
+        """Release the connection: back to the pool if the body was read to the end, else closed."""
+        response = self._response
+        if response.content.at_eof():
+            response.release()
+        else:
+            response.close()
+
+
+class _RawStream(httpx.AsyncByteStream):
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            yield chunk
 
 
 _SIMPLE_URL = re.compile(
@@ -285,6 +400,34 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             body = httpx.Response(response.status, headers=list(response.raw_headers), content=body).content
         return FastResponse(response.status, body, response_headers)
 
+    async def stream_post(
+        self,
+        url: str,
+        content: bytes,
+        headers: Any,
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 -- per-read and connect timeouts, as httpx's
+    ) -> StreamResponse:
+        """:func:`edgecrab.httpclient.open_stream`'s short way: one POST on the session, up to the response
+        head; the body is the :class:`StreamResponse`'s to read and its ``close`` to release. Errors mapped
+        as :meth:`post_bytes`'s (messages without the URL or the headers)."""
+        target = _target_url(url)
+        try:
+            response = await self._client().request(
+                "POST",
+                target,
+                data=content or None,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+                compress=None,
+            )
+        except Exception as exc:
+            mapped = _map_error(exc, None, reading=False, url=url)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return StreamResponse(response, url)
+
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None and not session.closed:
@@ -313,6 +456,26 @@ def _client_timeout(timeout: float | None) -> aiohttp.ClientTimeout:
         )
         if len(_TIMEOUTS) < 64:
             _TIMEOUTS[timeout] = found
+    return found
+
+
+_HTTPX_TIMEOUTS: dict[tuple[float | None, float | None, float | None], aiohttp.ClientTimeout] = {}
+
+
+def aiohttp_timeout(timeout: httpx.Timeout) -> aiohttp.ClientTimeout:
+    """aiohttp's reading of an ``httpx.Timeout``, as ``handle_async_request`` maps a request's timeouts."""
+    key = (timeout.connect, timeout.read, timeout.pool)
+    found = _HTTPX_TIMEOUTS.get(key)
+    if found is None:
+        connect, read, pool = key
+        found = aiohttp.ClientTimeout(
+            total=None,
+            connect=None if connect is None or pool is None else connect + pool,
+            sock_connect=connect,
+            sock_read=read,
+        )
+        if len(_HTTPX_TIMEOUTS) < 64:
+            _HTTPX_TIMEOUTS[key] = found
     return found
 
 

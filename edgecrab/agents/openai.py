@@ -15,7 +15,10 @@ with the api key redacted):
 - a body that is neither SSE nor JSON, or does not parse -> "could not read";
 - the whole call (retries included) is bounded by ``agent.timeout_s``.
 
-Cancellation (``/stop``) exits the ``client.stream(...)`` context, which closes the HTTP connection at once.
+Cancellation (``/stop``) exits the ``open_stream(...)`` context, which closes the HTTP connection at once.
+The request goes through :func:`edgecrab.httpclient.open_stream`: straight on the aiohttp session under the
+client (no httpx ``Request``/``Response`` per call), or ``client.stream(...)`` on any other client (a proxy
+from the environment, a test's ``transport``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -36,7 +39,7 @@ import httpx
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult, Usage
-from edgecrab.httpclient import async_client
+from edgecrab.httpclient import StreamingResponse, async_client, open_stream
 
 log = logging.getLogger("edgecrab.agents.openai")
 
@@ -44,6 +47,7 @@ _ERROR_BODY_LIMIT = 4096
 _DRAIN_AFTER_DONE_S = 0.25
 _SSE_FIELDS = frozenset({"", "data", "event", "id", "retry"})
 _NOT_READABLE = "the agent sent a response edgecrab could not read"
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class _Retry(Exception):
@@ -183,8 +187,10 @@ class OpenAIAgent(Agent):
 
     async def _attempt(self, body: dict[str, Any]) -> _Answer:
         answer = _Answer()
+        # The bytes httpx's json= would send (httpx._content.encode_json); ValueError for NaN, as there.
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         try:
-            async with self._client.stream("POST", self._url, json=body) as response:
+            async with open_stream(self._client, self._url, content, _JSON_HEADERS) as response:
                 if response.status_code >= 300:
                     raw = await _read_some(response)
                     if response.status_code == 400 and b"stream_options" in raw and self._stream_options:
@@ -226,7 +232,7 @@ class OpenAIAgent(Agent):
             )
         return _Retry(error)
 
-    def _status_error(self, status: int, raw: bytes, headers: httpx.Headers) -> Exception:
+    def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> Exception:
         cause = self._redact(f"POST {self._url} -> HTTP {status}: {raw[:500].decode('utf-8', 'replace')}")
         if status in (401, 403):
             return AgentError(f"the agent returned {status}: check agent.api_key", cause=cause)
@@ -246,7 +252,7 @@ class OpenAIAgent(Agent):
         reason = f": {detail}" if detail else ""
         return AgentError(f"the agent rejected the request (HTTP {status}){reason}", cause=cause)
 
-    async def _read_stream(self, response: httpx.Response, answer: _Answer, *, checked: bool) -> None:
+    async def _read_stream(self, response: StreamingResponse, answer: _Answer, *, checked: bool) -> None:
         pending: list[str] = []
         # aclosing: leaving early (at [DONE], on an error) must close the generator now, not at GC.
         lines_iter = cast(AsyncGenerator[str, None], response.aiter_lines())
@@ -364,7 +370,7 @@ class OpenAIAgent(Agent):
         return text.replace(self._api_key, "***") if self._api_key else text
 
 
-async def _read_some(response: httpx.Response, limit: int = _ERROR_BODY_LIMIT) -> bytes:
+async def _read_some(response: StreamingResponse, limit: int = _ERROR_BODY_LIMIT) -> bytes:
     """At most ``limit`` bytes of the body (error pages can be large; only the start is useful)."""
     data = b""
     async for piece in response.aiter_bytes():
