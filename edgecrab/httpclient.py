@@ -33,7 +33,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from edgecrab.httptransport import AiohttpTransport, FastResponse, StreamResponse, aiohttp_timeout
+from edgecrab.httpresponses import FastResponse, StreamResponse
+from edgecrab.httptransport import AiohttpTransport, aiohttp_timeout
 
 __all__ = [
     "FastResponse",

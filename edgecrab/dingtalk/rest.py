@@ -60,7 +60,7 @@ from edgecrab.dingtalk.webhook import (
 )
 from edgecrab.events import ReplyRoute
 from edgecrab.httpclient import async_client, post_bytes
-from edgecrab.httptransport import FastResponse
+from edgecrab.httpresponses import FastResponse
 
 __all__ = [
     "DingTalkError",

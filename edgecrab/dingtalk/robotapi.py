@@ -21,7 +21,7 @@ from typing import Any
 from edgecrab.dingtalk.tokens import DingTalkError, error_from_response
 from edgecrab.dingtalk.webhook import append_mention
 from edgecrab.events import ReplyRoute
-from edgecrab.httptransport import FastResponse
+from edgecrab.httpresponses import FastResponse
 
 BATCH_SEND_PATH = "/v1.0/robot/oToMessages/batchSend"
 GROUP_SEND_PATH = "/v1.0/robot/groupMessages/send"

@@ -22,7 +22,7 @@ import httpx
 
 from edgecrab import errors
 from edgecrab.dingtalk.ratelimit import Clock, RateLimiter
-from edgecrab.httptransport import FastResponse
+from edgecrab.httpresponses import FastResponse
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from edgecrab.httpclient import async_client
-from edgecrab.httptransport import AiohttpTransport, _map_error
+from edgecrab.httpresponses import _map_error
+from edgecrab.httptransport import AiohttpTransport
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,7 @@ from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.tokens import error_from_response
 from edgecrab.events import ReplyRoute
 from edgecrab.httpclient import async_client, post_bytes
-from edgecrab.httptransport import FastResponse
+from edgecrab.httpresponses import FastResponse
 from tests.component.test_httpclient import echo_forever, read_request, response, serve
 
 pytestmark = pytest.mark.anyio
