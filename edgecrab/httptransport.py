@@ -208,22 +208,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     ) -> FastResponse:
         """:func:`edgecrab.httpclient.post_bytes`'s short way: one POST on the session, the whole body read,
         errors mapped."""
-        target = _target_url(url)
-        try:
-            response = await self._client().request(
-                "POST",
-                target,
-                data=content or None,
-                headers=headers,
-                timeout=_client_timeout(timeout),
-                allow_redirects=False,
-                compress=None,
-            )
-        except Exception as exc:
-            mapped = _map_error(exc, None, reading=False, url=url)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        response = await self._post(url, content, headers, _client_timeout(timeout))
         try:
             # Covered by sock_read like any read; on failure or cancellation aiohttp closes the connection.
             body = await response.read()
@@ -253,11 +238,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """:func:`edgecrab.httpclient.open_stream`'s short way: one POST on the session, up to the response
         head; the body is the :class:`StreamResponse`'s to read and its ``close`` to release. Errors mapped
         as :meth:`post_bytes`'s (messages without the URL or the headers)."""
-        target = _target_url(url)
+        return StreamResponse(await self._post(url, content, headers, timeout), url)
+
+    async def _post(
+        self,
+        url: str,
+        content: bytes,
+        headers: Any,
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 -- aiohttp's own, per read
+    ) -> aiohttp.ClientResponse:
+        """The POST on the session, up to the response head, no redirects; errors mapped."""
         try:
-            response = await self._client().request(
+            return await self._client().request(
                 "POST",
-                target,
+                _target_url(url),
                 data=content or None,
                 headers=headers,
                 timeout=timeout,
@@ -269,7 +263,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if mapped is None:
                 raise
             raise mapped from exc
-        return StreamResponse(response, url)
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
