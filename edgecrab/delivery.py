@@ -94,9 +94,9 @@ class Delivery:
         """Monotonic time of each conversation's last accepted message (the pacing reference)."""
         self._replies: dict[str, tuple[str, Message | None]] = {}
         """Replies recorded by this process and not finished yet: their text and message, for hooks."""
-        self._resplit: set[str] = set()
-        """Chunks (their ``_split_key``) of those replies re-split by this process: the others have no
-        pieces in ``kv``, which :meth:`_load_pieces` then need not read."""
+        self._resplit: dict[str, set[int]] = {}
+        """Chunk indexes of those replies re-split by this process, by reply: the others have no pieces in
+        ``kv``, which :meth:`_load_pieces` then need not read."""
         self.sent_chunks = 0
         """Messages DingTalk accepted (a re-split chunk counts once per piece)."""
         self.failed_replies = 0
@@ -161,6 +161,7 @@ class Delivery:
                 dropped += await self.store.outbox_cancel(ckey, reply_id)
         for reply_id in reply_ids:
             self._replies.pop(reply_id, None)
+            self._resplit.pop(reply_id, None)
         if dropped:
             log.info("[delivery] %d unsent chunk(s) to %s cancelled", dropped, ckey)
         return dropped
@@ -287,7 +288,7 @@ class Delivery:
             now=time.time(),
         )
         if split:
-            self._resplit.discard(_split_key(chunk))
+            self._resplit.get(chunk.reply_id, set()).discard(chunk.index)
         if chunk.index == chunk.total - 1:
             await self._finished(chunk.reply_id, None)
         return True
@@ -359,7 +360,7 @@ class Delivery:
     async def _load_pieces(self, chunk: OutboxChunk) -> list[str] | None:
         """The pieces of a re-split chunk still to send (after a restart), or None if never re-split."""
         key = _split_key(chunk)
-        if chunk.reply_id in self._replies and key not in self._resplit:
+        if chunk.reply_id in self._replies and chunk.index not in self._resplit.get(chunk.reply_id, ()):
             return None  # recorded by this process, which never re-split it
         raw = await self.store.kv_get(key)
         if not raw:
@@ -371,7 +372,7 @@ class Delivery:
         return [str(p) for p in pieces] if isinstance(pieces, list) else None
 
     async def _save_pieces(self, chunk: OutboxChunk, pieces: list[str]) -> None:
-        self._resplit.add(_split_key(chunk))
+        self._resplit.setdefault(chunk.reply_id, set()).add(chunk.index)
         await self.store.kv_set(_split_key(chunk), json.dumps(pieces, ensure_ascii=False))
 
     async def _give_up(self, chunk: OutboxChunk, error: str) -> None:
@@ -383,8 +384,7 @@ class Delivery:
 
     async def _finished(self, reply_id: str, error: str | None) -> None:
         text, message = self._replies.pop(reply_id, ("", None))
-        if self._resplit:
-            self._resplit = {k for k in self._resplit if not k.startswith(f"delivery:split:{reply_id}:")}
+        self._resplit.pop(reply_id, None)
         if self._notify is None:
             return
         if error is None:

@@ -25,7 +25,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -139,17 +138,11 @@ class Gateway:
         message: Message | None = None
         try:
             try:
-                message = to_message(
-                    data if data is not None else decode_payload(payload),
-                    stream_message_id=stream_mid,
-                    robot_code_fallback=self.robot,
-                    scrubbed=True,
-                )
+                message = self._read_message(payload, data, stream_mid)
             except (FrameError, ValueError) as exc:
                 log.warning("[dingtalk] message %s cannot be read: %s", msg_id, exc)
                 await self.store.inbox_set_state(self.robot, msg_id, FAILED, str(exc))
                 return
-            message = message.replace(robot=self.robot)
             # A message picked up from the store (data is None) was received before a restart: if it
             # already waited behind another, that notice went out then.
             await self._route(message, resumed=data is None)
@@ -165,6 +158,16 @@ class Gateway:
                     text or "⚠️ Sorry — something went wrong while handling your message. Please try again.",
                     self.runner.key(message),
                 )
+
+    def _read_message(self, payload: str, data: dict[str, Any] | None, stream_mid: str = "") -> Message:
+        """A recorded callback as this robot's :class:`Message` (``data``: the payload already decoded)."""
+        message = to_message(
+            data if data is not None else decode_payload(payload),
+            stream_message_id=stream_mid,
+            robot_code_fallback=self.robot,
+            scrubbed=True,
+        )
+        return message.replace(robot=self.robot)
 
     async def _route(self, message: Message, *, resumed: bool = False) -> None:
         decision = self.access.decide(message, time.time())
@@ -388,10 +391,9 @@ class Gateway:
         log.error("[gateway] message %s: %s; not running it again", entry.msg_id, reason)
         await self.store.inbox_set_state(self.robot, entry.msg_id, FAILED, reason)
         try:
-            message = to_message(decode_payload(entry.payload), robot_code_fallback=self.robot, scrubbed=True)
+            message = self._read_message(entry.payload, None, entry.stream_message_id)
         except FrameError:
-            return
-        message = message.replace(robot=self.robot)
+            return  # unreadable: nobody to tell
         await self.reply(message, GAVE_UP_TEXT.format(attempts=entry.attempts), self.runner.key(message))
 
 
@@ -403,4 +405,4 @@ def _nothing() -> None:
     return None
 
 
-__all__ = ["Gateway", "replace"]
+__all__ = ["Gateway"]

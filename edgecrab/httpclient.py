@@ -100,8 +100,8 @@ async def post_bytes(
     pool wait and every read of the head and the body, not the whole exchange. Failures raise the same
     httpx exceptions either way, and their messages never contain the URL.
     """
-    transport = _FAST_CLIENTS.get(client)
-    if transport is None or client.is_closed or client.auth is not None or _has_hooks(client):
+    transport = _short_way(_FAST_CLIENTS, client)
+    if transport is None:
         response = await client.post(
             url, content=content, headers=headers, timeout=timeout, follow_redirects=False
         )
@@ -109,9 +109,16 @@ async def post_bytes(
     return await transport.post_bytes(url, content, headers, timeout)
 
 
-def _has_hooks(client: httpx.AsyncClient) -> bool:
+def _short_way(
+    registry: weakref.WeakKeyDictionary[httpx.AsyncClient, AiohttpTransport], client: httpx.AsyncClient
+) -> AiohttpTransport | None:
+    """``client``'s transport if it is in ``registry`` and nothing set on it since (auth, event hooks) or
+    its state (closed) asks for httpx's own path."""
+    transport = registry.get(client)
+    if transport is None or client.is_closed or client.auth is not None:
+        return None
     hooks = client.event_hooks
-    return bool(hooks.get("request") or hooks.get("response"))
+    return None if hooks.get("request") or hooks.get("response") else transport
 
 
 class StreamingResponse(Protocol):
@@ -145,15 +152,8 @@ def open_stream(
     Failures raise the same httpx exceptions either way, and their messages never contain the URL or the
     headers.
     """
-    transport = _FAST_STREAM_CLIENTS.get(client)
-    if (
-        transport is None
-        or client.is_closed
-        or client.auth is not None
-        or client.follow_redirects
-        or _has_hooks(client)
-        or client.cookies
-    ):
+    transport = _short_way(_FAST_STREAM_CLIENTS, client)
+    if transport is None or client.follow_redirects or client.cookies:
         return client.stream("POST", url, content=content, headers=headers)
     # httpx's merge: the client's headers, each replaced by a per-request one of the same name.
     replaced = {name.lower() for name in headers}
