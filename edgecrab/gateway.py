@@ -93,6 +93,30 @@ class Gateway:
     # -- the ack path --------------------------------------------------------------------------------
     async def on_callback(self, frame: Frame) -> AckDecision:
         """Record the callback durably, then let the stream ack it. Must stay in the millisecond range."""
+        checked = self._check(frame)
+        if isinstance(checked, AckDecision):
+            return checked
+        msg_id, data = checked
+        stream_mid = frame.headers.get("messageId", "")
+        is_new = await self.store.inbox_claim(self.robot, msg_id, stream_mid, frame.data_text, time.time())
+        return self._claimed(frame, msg_id, data, is_new)
+
+    def on_callback_now(self, frame: Frame) -> AckDecision | None:
+        """:meth:`on_callback` in one step, for a store that records at once (SQLite): the Stream client
+        acks in the same step of the event loop that read the frame. None: the store cannot, await
+        :meth:`on_callback`."""
+        checked = self._check(frame)
+        if isinstance(checked, AckDecision):
+            return checked
+        msg_id, data = checked
+        stream_mid = frame.headers.get("messageId", "")
+        is_new = self.store.inbox_claim_now(self.robot, msg_id, stream_mid, frame.data_text, time.time())
+        if is_new is None:
+            return None
+        return self._claimed(frame, msg_id, data, is_new)
+
+    def _check(self, frame: Frame) -> tuple[str, dict[str, Any]] | AckDecision:
+        """The callback's msgId and decoded payload, or the ack refusing it."""
         try:
             data = decode_data(frame)
         except FrameError as exc:
@@ -102,8 +126,10 @@ class Gateway:
         if not isinstance(msg_id, str) or not msg_id:
             log.warning("[dingtalk] rejected callback %s: no msgId", frame.headers.get("messageId"))
             return AckDecision(400, "bad request: no msgId")
+        return msg_id, data
+
+    def _claimed(self, frame: Frame, msg_id: str, data: dict[str, Any], is_new: bool) -> AckDecision:
         stream_mid = frame.headers.get("messageId", "")
-        is_new = await self.store.inbox_claim(self.robot, msg_id, stream_mid, frame.data_text, time.time())
         if not is_new:
             self.duplicates += 1
             log.info(
@@ -318,7 +344,9 @@ class Gateway:
             ),
         )
         # The Stream client opens its own HTTP client: its open-connection call has its own timeouts.
-        self.stream = StreamClient(dt, self.on_callback, on_state=self._on_state)
+        self.stream = StreamClient(
+            dt, self.on_callback, on_state=self._on_state, on_callback_now=self.on_callback_now
+        )
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:

@@ -10,7 +10,9 @@ blocks the event loop in its open-connection call, swallows cancellation and lea
 * SYSTEM ``ping`` is echoed; SYSTEM ``disconnect`` means "this connection will be dropped": we open the
   next connection **before** closing this one (make before break), so nothing is lost in between;
 * robot callbacks are handed to ``on_callback``, which records them durably and returns the ack code.
-  The agent never runs here: the ack leaves within milliseconds.
+  The agent never runs here: the ack leaves within milliseconds. With ``on_callback_now`` (a store that
+  records in microseconds, as SQLite does) a callback is recorded and acked inside the read of the
+  socket, before the event loop runs anything else (:class:`_AckingConnection`).
 
 The gateway runs this client on its one event loop. (It ran in a thread of its own for a while, so acks
 would not wait behind the main loop's tasks; under load the two threads queued for the GIL, which cost
@@ -39,6 +41,9 @@ import anyio
 import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.frames import Frame as WsFrame
+from websockets.frames import Opcode
+from websockets.protocol import State
 
 from edgecrab import __version__
 from edgecrab.config import DingTalkConfig
@@ -65,6 +70,7 @@ class AckDecision:
 
 
 CallbackHandler = Callable[[Frame], Awaitable[AckDecision]]
+NowHandler = Callable[[Frame], "AckDecision | None"]
 StateHandler = Callable[[str, str], Awaitable[None]]
 
 
@@ -93,6 +99,44 @@ def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random 
     return max(0.0, min(cap, base + jitter))
 
 
+class _AckingConnection(ClientConnection):
+    """A websocket that can answer a text frame in the step of the event loop that read it.
+
+    websockets hands each complete frame to ``process_event`` from ``data_received``; the base class
+    queues it for ``recv()``, a task switch (and a turn of the event loop's queue) later. When
+    ``on_text`` is set and takes the frame (returns True), that hop is skipped: the frame is recorded and
+    acked before the loop runs anything else. Anything ``on_text`` declines (and fragmented messages)
+    takes the ordinary ``recv()`` path, so the fast path is only ever an optimisation.
+    """
+
+    on_text: Callable[[str], bool] | None = None
+
+    def process_event(self, event: object) -> None:
+        on_text = self.on_text
+        if (
+            on_text is not None
+            and self.response is not None  # past the handshake
+            and isinstance(event, WsFrame)
+            and event.opcode is Opcode.TEXT
+            and event.fin
+        ):
+            try:
+                text = bytes(event.data).decode("utf-8")
+            except UnicodeDecodeError:
+                text = None  # recv() closes the connection with 1007, as the protocol says
+            if text is not None and on_text(text):
+                return
+        super().process_event(event)  # type: ignore[arg-type]
+
+    def send_now(self, text: str) -> bool:
+        """Send a text frame without awaiting (no flow control: acks are a few hundred bytes)."""
+        if self.protocol.state is not State.OPEN:
+            return False
+        self.protocol.send_text(text.encode("utf-8"))
+        self.send_data()
+        return True
+
+
 class _Connection:
     """One websocket: reads frames until it closes, idles out, or is told to go away."""
 
@@ -102,7 +146,10 @@ class _Connection:
         self.cid = cid
         self.server_id = ""
         self.opened_at = time.monotonic()
+        self.last_frame_at = self.opened_at
         self.frames = 0
+        if isinstance(ws, _AckingConnection) and client.on_callback_now is not None:
+            ws.on_text = self._handle_now
         self.ended = anyio.Event()
         self.end_reason = ""
 
@@ -116,15 +163,19 @@ class _Connection:
         try:
             while True:
                 raw: str | bytes | None = None
-                with anyio.move_on_after(idle):
+                # Frames acked on the fast path never reach recv(): the watchdog goes by the last frame.
+                with anyio.move_on_after(max(0.0, self.last_frame_at + idle - time.monotonic())):
                     raw = await self.ws.recv()
                 if raw is None:
+                    if time.monotonic() - self.last_frame_at < idle:
+                        continue
                     log.warning(
                         "[dingtalk] conn %s: no frame for %.0f s; forcing a reconnect", self.cid, idle
                     )
                     self._end("idle")
                     return
                 self.frames += 1
+                self.last_frame_at = time.monotonic()
                 await self._handle(raw)
         except websockets.ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd else 1006
@@ -140,6 +191,44 @@ class _Connection:
         except websockets.ConnectionClosed:
             log.warning("[dingtalk] conn %s: closed before an ack could be sent", self.cid)
 
+    def _handle_now(self, raw: str) -> bool:
+        """The fast path (see :class:`_AckingConnection`): a robot callback recorded and acked at once.
+        False for every other frame, and when the store cannot record at once: ``_handle`` takes those."""
+        on_callback_now = self.client.on_callback_now
+        if on_callback_now is None:
+            return False
+        try:
+            frame = parse_frame(raw)
+        except FrameError:
+            return False  # _handle logs it and salvages the messageId
+        if frame.type != "CALLBACK" or frame.headers.get("topic") != BOT_TOPIC:
+            return False
+        try:
+            decision = on_callback_now(frame)
+        except Exception:
+            # Not recorded, so not acked as OK: DingTalk may deliver it again.
+            log.exception("[dingtalk] conn %s: could not record message %s", self.cid, frame.message_id)
+            decision = AckDecision(500, "internal error")
+        if decision is None:
+            return False
+        self.frames += 1
+        self.last_frame_at = time.monotonic()
+        if not self.server_id and frame.headers.get("connectionId"):
+            self._learn_server_id(frame.headers["connectionId"])
+        ack = ack_frame(frame.message_id, code=decision.code, message=decision.message)
+        try:
+            sent = self.ws.send_now(ack) if isinstance(self.ws, _AckingConnection) else False
+        except Exception as exc:  # the transport failed under us: recv() reports the closed connection
+            log.warning("[dingtalk] conn %s: ack for %s not sent: %s", self.cid, frame.message_id, exc)
+            return True
+        if not sent:
+            log.warning("[dingtalk] conn %s: closed before an ack could be sent", self.cid)
+        return True
+
+    def _learn_server_id(self, server_id: str) -> None:
+        self.server_id = server_id
+        log.info("[dingtalk] conn %s is server connection %s", self.cid, server_id)
+
     async def _handle(self, raw: str | bytes) -> None:
         try:
             frame = parse_frame(raw)
@@ -153,8 +242,7 @@ class _Connection:
         topic = headers.get("topic", "")
         mid = frame.message_id
         if not self.server_id and headers.get("connectionId"):
-            self.server_id = headers["connectionId"]
-            log.info("[dingtalk] conn %s is server connection %s", self.cid, self.server_id)
+            self._learn_server_id(headers["connectionId"])
         if frame.type == "SYSTEM":
             if topic == "ping":
                 await self._send(ack_frame(mid, data=frame.data_text))
@@ -215,9 +303,11 @@ class StreamClient:
         *,
         on_state: StateHandler | None = None,
         http: httpx.AsyncClient | None = None,
+        on_callback_now: NowHandler | None = None,
     ) -> None:
         self.config = config
         self.on_callback = on_callback
+        self.on_callback_now = on_callback_now
         self._on_state = on_state
         self._http = http
         self.state = STOPPED
@@ -275,7 +365,12 @@ class StreamClient:
             # idles most of the time; deflating every ack and inflating every frame cost more CPU per
             # message than anything else on the ack path but SQLite (BENCHMARKS.md, fix 6).
             ws = await websockets.connect(
-                url, open_timeout=10, max_size=2**20, close_timeout=1, compression=None
+                url,
+                open_timeout=10,
+                max_size=2**20,
+                close_timeout=1,
+                compression=None,
+                create_connection=_AckingConnection,
             )
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             raise OpenFailed(f"websocket handshake failed: {type(exc).__name__}: {exc}") from exc

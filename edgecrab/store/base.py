@@ -127,6 +127,14 @@ class Store(abc.ABC):
         """Atomically record a callback. True if new; False if ``msg_id`` (or a non-empty
         ``stream_message_id``) was already recorded for this robot, whatever its state."""
 
+    def inbox_claim_now(
+        self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
+    ) -> bool | None:
+        """:meth:`inbox_claim` without awaiting, for stores that commit in microseconds (SQLite): the
+        Stream client then acks a callback in the same step of the event loop that read it. None: this
+        store cannot (a networked store), so the caller awaits :meth:`inbox_claim` instead."""
+        return None
+
     @abc.abstractmethod
     async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None: ...
 

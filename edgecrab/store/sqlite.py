@@ -74,6 +74,11 @@ class SQLiteStore(SQLiteConnection, Store):
     async def inbox_claim(
         self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
     ) -> bool:
+        return self.inbox_claim_now(robot, msg_id, stream_message_id, payload, received_at)
+
+    def inbox_claim_now(
+        self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
+    ) -> bool:
         # One statement: the uniqueness check and the insert cannot be separated by another claim.
         # DO NOTHING without a target covers both the primary key and the stream-id index.
         cursor = self._run(

@@ -564,3 +564,19 @@ def test_open_store_refuses_other_schemes_without_echoing_the_url(url: str) -> N
 def test_open_store_needs_a_path() -> None:
     with pytest.raises(ValueError, match="needs a file path"):
         open_store(StorageConfig(url="sqlite:///"))
+
+
+@pytest.mark.anyio
+async def test_claim_now_records_without_awaiting_and_the_base_store_declines(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        assert store.inbox_claim_now(ROBOT, "m1", "s1", "{}", 1.0) is True
+        assert store.inbox_claim_now(ROBOT, "m1", "s2", "{}", 1.0) is False  # same msgId
+        assert store.inbox_claim_now(ROBOT, "m2", "s1", "{}", 1.0) is False  # same frame id
+        assert not await store.inbox_claim(ROBOT, "m1", "", "{}", 2.0)
+        assert [e.msg_id for e in await store.inbox_unfinished(ROBOT)] == ["m1"]
+    finally:
+        await store.close()
+    # A store without an at-once path (a networked one) says so with None: the Stream client awaits.
+    assert Store.inbox_claim_now(store, ROBOT, "m3", "", "{}", 1.0) is None
