@@ -254,8 +254,9 @@ class Delivery:
                 pieces.pop(0)
                 if split:
                     # Re-split (rare): progress and the session's count are saved piece by piece.
-                    await self._save_pieces(chunk, pieces)
-                    await self._count_sent(chunk)
+                    with anyio.CancelScope(shield=True):  # a piece went out: see the SENT mark below
+                        await self._save_pieces(chunk, pieces)
+                        await self._count_sent(chunk)
                 else:
                     whole_sent = True  # counted with the SENT mark below, in one write
                 continue
@@ -280,13 +281,16 @@ class Delivery:
                     continue
             await self._give_up(chunk, error)
             return False
-        await self.store.outbox_sent(
-            chunk.reply_id,
-            chunk.index,
-            session_key=chunk.session_key,
-            chunks_sent=int(whole_sent),
-            now=time.time(),
-        )
+        # Shielded: the chunk is out, and a stop must not lose the record of it (the next start would
+        # send it again). The write waits at most one group commit window.
+        with anyio.CancelScope(shield=True):
+            await self.store.outbox_sent(
+                chunk.reply_id,
+                chunk.index,
+                session_key=chunk.session_key,
+                chunks_sent=int(whole_sent),
+                now=time.time(),
+            )
         if split:
             self._resplit.get(chunk.reply_id, set()).discard(chunk.index)
         if chunk.index == chunk.total - 1:

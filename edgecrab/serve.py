@@ -13,6 +13,7 @@ import logging
 import os
 import resource
 import signal
+import time
 from typing import Any
 
 import anyio
@@ -23,6 +24,7 @@ from edgecrab.gateway import Gateway
 log = logging.getLogger("edgecrab.serve")
 
 FULL_COLLECTION_EVERY_S = 60.0
+YOUNG_COLLECTION_EVERY_S = 0.01
 FD_RESERVE = 4096
 """File descriptors the process makes room for at start (see :func:`_prepare_fds`)."""
 
@@ -44,7 +46,7 @@ async def serve(config: Config, *, ready: Any = None) -> None:
     gateway = Gateway(config)
     _tune_gc()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_full_collections)
+        tg.start_soon(_collections)
         await tg.start(gateway.run)
         if ready is not None:
             ready(gateway)
@@ -95,21 +97,32 @@ def _is_open(fd: int) -> bool:
 
 def _tune_gc() -> None:
     """Garbage collection for a process that is the gateway (the CLI; process-wide, so not for one that
-    embeds it). A full collection holds the GIL while it walks every tracked object, which stalls the
-    acks as well: under load CPython started one every second or so, 50-135 ms each (ack
-    p99 87-145 ms; BENCHMARKS.md, fix 4). So: what start-up allocated (modules, classes, config, hooks) is
-    frozen out of collections for good; the young generations are collected as usual (cycles of short-lived
-    objects go as soon as ever); full collections run on a timer instead of on allocation counts."""
+    embeds it). A collection holds the GIL while it walks the objects of its generations, which stalls the
+    acks as well, so the collector runs on a clock (:func:`_collections`) instead of on allocation counts:
+
+    * full collections under load came every second or so, 50-135 ms each (BENCHMARKS.md, fix 4);
+    * young ones (on CPython's count of allocations *minus* deallocations) came late exactly when the
+      gateway was busiest: while runs finish, old objects die as fast as new ones are made, the count
+      stays low and the young generations grew to 45,000-50,000 objects, a 14-20 ms pause each
+      (BENCHMARKS.md, fix 13).
+
+    What start-up allocated (modules, classes, config, hooks) is frozen out of collections for good."""
     gc.collect()
     gc.freeze()
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, 2**31 - 1)  # never by count: _full_collections does it
+    gc.disable()
 
 
-async def _full_collections() -> None:
+async def _collections() -> None:
+    """The young generations every :data:`YOUNG_COLLECTION_EVERY_S` (under load about 5,000 objects,
+    under a millisecond), everything every :data:`FULL_COLLECTION_EVERY_S`."""
+    next_full = time.monotonic() + FULL_COLLECTION_EVERY_S
     while True:
-        await anyio.sleep(FULL_COLLECTION_EVERY_S)
-        gc.collect()
+        await anyio.sleep(YOUNG_COLLECTION_EVERY_S)
+        if time.monotonic() >= next_full:
+            gc.collect()
+            next_full = time.monotonic() + FULL_COLLECTION_EVERY_S
+        else:
+            gc.collect(1)
 
 
 __all__ = ["run_gateway", "serve"]

@@ -8,11 +8,13 @@ thread hop per call would not help. Multi-statement operations run in one ``BEGI
 so they are all-or-nothing even if the process is killed half-way.
 
 **Group commit.** Reads and :meth:`~edgecrab.store.sqlite.SQLiteStore.inbox_claim` run at once. Every
-other write joins the current *batch*: the writes that tasks of one event loop issue before the loop gets
-round to the batch (one loop iteration: ``call_soon``) are committed together, in the order they were
-issued, and each caller resumes once its write is committed, so durability is unchanged: nothing a caller
-was told is done can be lost. Under load hundreds of writes share one commit instead of paying one each (a
-commit writes every page it touched to the WAL: most of a small write's cost). If one write of a batch
+other write joins the current *batch*: the writes that tasks of one event loop issue within
+:data:`BATCH_WINDOW_S` of the batch's first one (or until it holds :data:`BATCH_MAX`) are committed
+together, in the order they were issued, and each caller resumes once its write is committed, so durability
+is unchanged: nothing a caller was told is done can be lost. Under load dozens of writes share one commit
+instead of paying one each: a commit writes every page it touched to the WAL, most of a small write's
+cost, and the pages a message's writes touch (the same table and index leaves) are mostly the pages its
+neighbours touch. Only the ack path is in a hurry, and it does not wait for a batch. If one write of a batch
 fails, the batch is rolled back and its writes are committed one by one, so only the failing one reports
 an error. A write whose caller was cancelled before the batch ran is not made.
 
@@ -41,10 +43,18 @@ from edgecrab.store.sqlite_schema import migrate
 MEMORY = ":memory:"
 BATCH_MAX = 32
 """Writes per group commit at most: a group commit is one step of the event loop, which an ack may wait
-behind (32 of the largest, a run's end with its reply, take about 2 ms)."""
+behind (32 of the largest, a run's end with its reply, take about 2 ms). A full batch commits at the next
+step, without waiting the window out."""
+
+BATCH_WINDOW_S = 0.002
+"""How long a batch stays open for more writes after its first. Committing at the next step of the loop
+instead put one or two messages' writes in a commit under load, and each commit wrote the same index
+pages again: 2 ms cut the CPU per message of the echo benchmark by a sixth and the WAL written by more
+(BENCHMARKS.md, fix 12). Callers wait at most this much longer; the ack path never waits for a batch."""
 
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
-"""Bytes the WAL file is cut back to when SQLite starts it over after a complete checkpoint."""
+"""Bytes the WAL file is cut back to when SQLite starts it over after a complete checkpoint, and the size
+past which :meth:`SQLiteConnection.maintain` starts it over itself."""
 
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
@@ -65,12 +75,17 @@ class SQLiteConnection:
         self._batch: list[tuple[_Op, asyncio.Future[Any]]] = []
         self._batch_loop: asyncio.AbstractEventLoop | None = None
         """The loop the pending batch belongs to (and will be committed on); None when none is pending."""
+        self._batch_due: asyncio.Handle | None = None
+        """The pending batch's commit, scheduled on ``_batch_loop``."""
         self.commits = 0
         """Transactions committed by this handle (group commits count once): for benchmarks and tests."""
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpoint_lock = threading.Lock()
         self.checkpoints = 0
         """Checkpoints :meth:`maintain` ran."""
+        self.wal_truncations = 0
+        """Times :meth:`maintain` found the WAL past :data:`WAL_SIZE_LIMIT` and started it over."""
+        self._page_size = 4096
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -78,6 +93,11 @@ class SQLiteConnection:
             self._conn = self._connect()
 
     async def close(self) -> None:
+        if self._batch_loop is asyncio.get_running_loop():
+            # Writes still in their window: commit them now, not after the connection is gone.
+            while self._batch_due is not None:
+                self._batch_due.cancel()
+                self._commit_batch()
         with self._checkpoint_lock:
             checkpointer, self._checkpointer = self._checkpointer, None
             if checkpointer is not None:
@@ -91,7 +111,25 @@ class SQLiteConnection:
     async def maintain(self) -> None:
         if self.path is None or self._conn is None:
             return
-        await anyio.to_thread.run_sync(self._checkpoint)
+        _, frames, _ = await anyio.to_thread.run_sync(self._checkpoint)
+        if frames * (self._page_size + 24) > WAL_SIZE_LIMIT:
+            self._truncate_wal()
+
+    def _truncate_wal(self) -> None:
+        """Start the WAL over, on this (the writing) connection, right after a complete checkpoint.
+
+        SQLite starts the WAL over only when a write begins with every frame already checkpointed. Under
+        steady load that never happens (each passive checkpoint takes long enough for new commits to
+        arrive before it ends), and the WAL grew by the megabyte a second, with no end: 160 MB after ten
+        seconds of the echo benchmark. Here the few frames committed since the passive checkpoint are
+        copied and the file is cut to nothing. It runs on the event loop, so no write waits on a lock,
+        once the WAL passed :data:`WAL_SIZE_LIMIT`: every few seconds at the heaviest load."""
+        conn = self._conn
+        if conn is None:
+            return
+        with self._lock:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.wal_truncations += 1
 
     def _checkpoint(self) -> tuple[int, int, int]:
         """``PRAGMA wal_checkpoint(PASSIVE)`` on this store's checkpoint connection (in a worker thread):
@@ -129,6 +167,7 @@ class SQLiteConnection:
                 conn.execute("PRAGMA wal_autocheckpoint = 0")  # maintain() checkpoints, off the loop
                 conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             migrate(conn)
+            self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         except BaseException:
             conn.close()
             raise
@@ -179,7 +218,10 @@ class SQLiteConnection:
         self._batch.append((op, future))
         if self._batch_loop is None:
             self._batch_loop = loop
-            loop.call_soon(self._commit_batch)
+            self._batch_due = loop.call_later(BATCH_WINDOW_S, self._commit_batch)
+        elif len(self._batch) == BATCH_MAX and isinstance(self._batch_due, asyncio.TimerHandle):
+            self._batch_due.cancel()  # full: commit at the next step
+            self._batch_due = loop.call_soon(self._commit_batch)
         return await future
 
     def _commit_batch(self) -> None:
@@ -189,9 +231,10 @@ class SQLiteConnection:
         self._batch = rest
         if rest:
             assert self._batch_loop is not None
-            self._batch_loop.call_soon(self._commit_batch)
+            self._batch_due = self._batch_loop.call_soon(self._commit_batch)
         else:
             self._batch_loop = None
+            self._batch_due = None
         if not batch:
             return
         try:

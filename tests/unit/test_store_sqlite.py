@@ -28,6 +28,7 @@ from edgecrab.store import (
     Turn,
     UsageDelta,
     open_store,
+    sqlite_conn,
 )
 from edgecrab.store.sqlite_conn import BATCH_MAX
 from edgecrab.store.sqlite_schema import _MIGRATIONS, SCHEMA_VERSION, SchemaTooNewError
@@ -345,6 +346,71 @@ async def test_a_group_commit_is_capped_and_keeps_the_order_writes_were_made_in(
 
 
 @pytest.mark.anyio
+async def test_writes_within_the_window_share_a_commit_even_steps_apart(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "state.db")
+    await store.open()
+    try:
+        commits = store.commits
+
+        async def later(key: str, steps: int) -> None:
+            for _ in range(steps):
+                await anyio.lowlevel.checkpoint()
+            await store.kv_set(key, "v")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(later, f"k{i}", i)  # issued in five different steps of the loop
+        assert store.commits == commits + 1
+        assert [await store.kv_get(f"k{i}") for i in range(5)] == ["v"] * 5
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_full_batch_does_not_wait_for_its_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_conn, "BATCH_WINDOW_S", 3600.0)
+    store = SQLiteStore(tmp_path / "state.db")
+    await store.open()
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                for i in range(BATCH_MAX):
+                    tg.start_soon(store.kv_set, f"k{i}", "v")
+        assert await store.kv_get(f"k{BATCH_MAX - 1}") == "v"
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_close_commits_the_writes_still_in_their_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_conn, "BATCH_WINDOW_S", 3600.0)
+    store = SQLiteStore(tmp_path / "state.db")
+    await store.open()
+    written: list[str] = []
+
+    async def write() -> None:
+        await store.kv_set("late", "kept")
+        written.append("late")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write)
+            await anyio.lowlevel.checkpoint()  # the write is in the batch, its window far away
+            await store.close()
+    assert written == ["late"]  # its caller was told, so it must be on disk
+    again = SQLiteStore(tmp_path / "state.db")
+    await again.open()
+    try:
+        assert await again.kv_get("late") == "kept"
+    finally:
+        await again.close()
+
+
+@pytest.mark.anyio
 async def test_a_failing_write_fails_alone_and_the_rest_of_its_group_commits(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "state.db")
     await store.open()
@@ -426,6 +492,40 @@ async def test_writes_from_two_event_loops_at_once(tmp_path: Path) -> None:
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_wal_past_its_limit_is_started_over_and_one_below_it_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under steady load SQLite never starts the WAL over by itself (there are always frames newer than
+    # the last checkpoint): maintain() does, once the WAL is past WAL_SIZE_LIMIT.
+    monkeypatch.setattr(sqlite_conn, "WAL_SIZE_LIMIT", 400 * 4096)
+    path = tmp_path / "state.db"
+    wal = path.with_name(path.name + "-wal")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        for i in range(50):  # about 100 frames: below the limit
+            await store.history_append(f"s{i}", [Turn("user", "x" * 3000, f"m{i}", 1.0)])
+        await store.maintain()
+        assert store.wal_truncations == 0 and wal.stat().st_size > 50 * 3000
+        for i in range(50, 400):  # past it
+            await store.history_append(f"s{i}", [Turn("user", "x" * 3000, f"m{i}", 1.0)])
+        await store.maintain()
+        assert store.wal_truncations == 1
+        assert wal.stat().st_size == 0
+        await store.history_append("after", [Turn("user", "still works", "m-after", 2.0)])
+        assert [t.content for t in await store.history("s399", 1)] == ["x" * 3000]
+    finally:
+        await store.close()
+    reopened = SQLiteStore(path)
+    await reopened.open()
+    try:
+        assert [t.content for t in await reopened.history("after", 1)] == ["still works"]
+        assert len(await reopened.history("s0", 5)) == 1
+    finally:
+        await reopened.close()
 
 
 @pytest.mark.anyio
