@@ -12,7 +12,7 @@ blocks the event loop in its open-connection call, swallows cancellation and lea
 * robot callbacks are handed to ``on_callback``, which records them durably and returns the ack code.
   The agent never runs here: the ack leaves within milliseconds. With ``on_callback_now`` (a store that
   records in microseconds, as SQLite does) a callback is recorded and acked inside the read of the
-  socket, before the event loop runs anything else (:class:`_AckingConnection`).
+  socket, before the event loop runs anything else (:class:`~edgecrab.dingtalk.streamconn.AckingWebSocket`).
 
 The gateway runs this client on its one event loop. (It ran in a thread of its own for a while, so acks
 would not wait behind the main loop's tasks; under load the two threads queued for the GIL, which cost
@@ -27,32 +27,32 @@ keeps retrying at the cap with a hint about the credentials. Every state change 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from urllib.parse import quote_plus
 
 import anyio
 import httpx
 import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.frames import Frame as WsFrame
-from websockets.frames import Opcode
-from websockets.protocol import State
 
 from edgecrab import __version__
 from edgecrab.config import DingTalkConfig
-from edgecrab.dingtalk.frames import Frame, FrameError, ack_frame, parse_frame
+from edgecrab.dingtalk.streamconn import (
+    BOT_TOPIC,
+    AckDecision,
+    AckingWebSocket,
+    CallbackHandler,
+    NowHandler,
+    StreamConnection,
+)
 from edgecrab.httpclient import async_client
 
 log = logging.getLogger("edgecrab.dingtalk.stream")
 
-BOT_TOPIC = "/v1.0/im/bot/messages/get"
 OPEN_PATH = "/v1.0/gateway/connections/open"
 
 # States reported to on_state (and the connection_changed hook)
@@ -63,14 +63,6 @@ FAILED = "failed"
 STOPPED = "stopped"
 
 
-@dataclass(frozen=True, slots=True)
-class AckDecision:
-    code: int = 200
-    message: str = "OK"
-
-
-CallbackHandler = Callable[[Frame], Awaitable[AckDecision]]
-NowHandler = Callable[[Frame], "AckDecision | None"]
 StateHandler = Callable[[str, str], Awaitable[None]]
 
 
@@ -99,200 +91,6 @@ def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random 
     return max(0.0, min(cap, base + jitter))
 
 
-class _AckingConnection(ClientConnection):
-    """A websocket that can answer a text frame in the step of the event loop that read it.
-
-    websockets hands each complete frame to ``process_event`` from ``data_received``; the base class
-    queues it for ``recv()``, a task switch (and a turn of the event loop's queue) later. When
-    ``on_text`` is set and takes the frame (returns True), that hop is skipped: the frame is recorded and
-    acked before the loop runs anything else. Anything ``on_text`` declines (and fragmented messages)
-    takes the ordinary ``recv()`` path, so the fast path is only ever an optimisation.
-    """
-
-    on_text: Callable[[str], bool] | None = None
-
-    def process_event(self, event: object) -> None:
-        on_text = self.on_text
-        if (
-            on_text is not None
-            and self.response is not None  # past the handshake
-            and isinstance(event, WsFrame)
-            and event.opcode is Opcode.TEXT
-            and event.fin
-        ):
-            try:
-                text = bytes(event.data).decode("utf-8")
-            except UnicodeDecodeError:
-                text = None  # recv() closes the connection with 1007, as the protocol says
-            if text is not None and on_text(text):
-                return
-        super().process_event(event)  # type: ignore[arg-type]
-
-    def send_now(self, text: str) -> bool:
-        """Send a text frame without awaiting (no flow control: acks are a few hundred bytes)."""
-        if self.protocol.state is not State.OPEN:
-            return False
-        self.protocol.send_text(text.encode("utf-8"))
-        self.send_data()
-        return True
-
-
-class _Connection:
-    """One websocket: reads frames until it closes, idles out, or is told to go away."""
-
-    def __init__(self, client: StreamClient, ws: ClientConnection, cid: str) -> None:
-        self.client = client
-        self.ws = ws
-        self.cid = cid
-        self.server_id = ""
-        self.opened_at = time.monotonic()
-        self.last_frame_at = self.opened_at
-        self.frames = 0
-        if isinstance(ws, _AckingConnection) and client.on_callback_now is not None:
-            ws.on_text = self._handle_now
-        self.ended = anyio.Event()
-        self.end_reason = ""
-
-    def _end(self, reason: str) -> None:
-        if not self.ended.is_set():
-            self.end_reason = reason
-            self.ended.set()
-
-    async def serve(self) -> None:
-        idle = self.client.config.idle_timeout_s
-        try:
-            while True:
-                raw: str | bytes | None = None
-                # Frames acked on the fast path never reach recv(): the watchdog goes by the last frame.
-                with anyio.move_on_after(max(0.0, self.last_frame_at + idle - time.monotonic())):
-                    raw = await self.ws.recv()
-                if raw is None:
-                    if time.monotonic() - self.last_frame_at < idle:
-                        continue
-                    log.warning(
-                        "[dingtalk] conn %s: no frame for %.0f s; forcing a reconnect", self.cid, idle
-                    )
-                    self._end("idle")
-                    return
-                self.frames += 1
-                self.last_frame_at = time.monotonic()
-                await self._handle(raw)
-        except websockets.ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else 1006
-            self._end(f"closed ({code})")
-        except OSError as exc:
-            self._end(f"network error: {exc}")
-        finally:
-            await self.close()
-
-    async def _send(self, text: str) -> None:
-        try:
-            await self.ws.send(text)
-        except websockets.ConnectionClosed:
-            log.warning("[dingtalk] conn %s: closed before an ack could be sent", self.cid)
-
-    def _handle_now(self, raw: str) -> bool:
-        """The fast path (see :class:`_AckingConnection`): a robot callback recorded and acked at once.
-        False for every other frame, and when the store cannot record at once: ``_handle`` takes those."""
-        on_callback_now = self.client.on_callback_now
-        if on_callback_now is None:
-            return False
-        try:
-            frame = parse_frame(raw)
-        except FrameError:
-            return False  # _handle logs it and salvages the messageId
-        if frame.type != "CALLBACK" or frame.headers.get("topic") != BOT_TOPIC:
-            return False
-        try:
-            decision = on_callback_now(frame)
-        except Exception:
-            # Not recorded, so not acked as OK: DingTalk may deliver it again.
-            log.exception("[dingtalk] conn %s: could not record message %s", self.cid, frame.message_id)
-            decision = AckDecision(500, "internal error")
-        if decision is None:
-            return False
-        self.frames += 1
-        self.last_frame_at = time.monotonic()
-        if not self.server_id and frame.headers.get("connectionId"):
-            self._learn_server_id(frame.headers["connectionId"])
-        ack = ack_frame(frame.message_id, code=decision.code, message=decision.message)
-        try:
-            sent = self.ws.send_now(ack) if isinstance(self.ws, _AckingConnection) else False
-        except Exception as exc:  # the transport failed under us: recv() reports the closed connection
-            log.warning("[dingtalk] conn %s: ack for %s not sent: %s", self.cid, frame.message_id, exc)
-            return True
-        if not sent:
-            log.warning("[dingtalk] conn %s: closed before an ack could be sent", self.cid)
-        return True
-
-    def _learn_server_id(self, server_id: str) -> None:
-        self.server_id = server_id
-        log.info("[dingtalk] conn %s is server connection %s", self.cid, server_id)
-
-    async def _handle(self, raw: str | bytes) -> None:
-        try:
-            frame = parse_frame(raw)
-        except FrameError as exc:
-            log.warning("[dingtalk] conn %s: rejected frame: %s", self.cid, exc.reason)
-            salvaged = _salvage_message_id(raw)
-            if salvaged:
-                await self._send(ack_frame(salvaged, code=400, message=f"bad frame: {exc.reason}", data="{}"))
-            return
-        headers = frame.headers
-        topic = headers.get("topic", "")
-        mid = frame.message_id
-        if not self.server_id and headers.get("connectionId"):
-            self._learn_server_id(headers["connectionId"])
-        if frame.type == "SYSTEM":
-            if topic == "ping":
-                await self._send(ack_frame(mid, data=frame.data_text))
-            elif topic == "disconnect":
-                log.info(
-                    "[dingtalk] conn %s: server asked to disconnect (%s); opening a new connection first",
-                    self.cid,
-                    _reason(frame.data_text),
-                )
-                await self._send(ack_frame(mid, data=frame.data_text))
-                self._end("disconnect")
-            else:
-                log.debug("[dingtalk] conn %s: SYSTEM %s", self.cid, topic)
-            return
-        if frame.type == "CALLBACK" and topic == BOT_TOPIC:
-            try:
-                decision = await self.client.on_callback(frame)
-            except Exception:
-                # Not recorded, so not acked as OK: DingTalk may deliver it again.
-                log.exception("[dingtalk] conn %s: could not record message %s", self.cid, mid)
-                decision = AckDecision(500, "internal error")
-            await self._send(ack_frame(mid, code=decision.code, message=decision.message))
-            return
-        log.info("[dingtalk] conn %s: %s topic %r is not handled; acked 404", self.cid, frame.type, topic)
-        await self._send(ack_frame(mid, code=404, message="not implement", data=frame.data_text or "{}"))
-
-    async def close(self) -> None:
-        self._end("closed by us")
-        with anyio.move_on_after(0.5, shield=True):
-            await self.ws.close()
-        if self.ws.transport is not None and not self.ws.transport.is_closing():
-            self.ws.transport.abort()
-
-
-def _salvage_message_id(raw: str | bytes) -> str:
-    try:
-        obj = json.loads(raw)
-        mid = obj.get("headers", {}).get("messageId")
-        return mid if isinstance(mid, str) else ""
-    except Exception:
-        return ""
-
-
-def _reason(data_text: str) -> str:
-    try:
-        return str(json.loads(data_text).get("reason", ""))
-    except Exception:
-        return ""
-
-
 class StreamClient:
     """Keeps one robot's Stream connection alive. ``run()`` returns only when cancelled."""
 
@@ -314,7 +112,7 @@ class StreamClient:
         self.state_detail = ""
         self.state_since = time.monotonic()
         self.connections_opened = 0
-        self.current: _Connection | None = None
+        self.current: StreamConnection | None = None
         self._rng = random.Random()
 
     @property
@@ -358,7 +156,7 @@ class StreamClient:
             raise OpenFailed("open-connection answered an empty endpoint or ticket")
         return f"{endpoint}?ticket={quote_plus(ticket)}"
 
-    async def _open(self, http: httpx.AsyncClient) -> _Connection:
+    async def _open(self, http: httpx.AsyncClient) -> StreamConnection:
         url = await self.open_ticket(http)
         try:
             # compression=None: no permessage-deflate. Frames are a few KB of JSON on a connection that
@@ -370,12 +168,12 @@ class StreamClient:
                 max_size=2**20,
                 close_timeout=1,
                 compression=None,
-                create_connection=_AckingConnection,
+                create_connection=AckingWebSocket,
             )
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             raise OpenFailed(f"websocket handshake failed: {type(exc).__name__}: {exc}") from exc
         self.connections_opened += 1
-        return _Connection(self, ws, uuid.uuid4().hex[:8])
+        return StreamConnection(self, ws, uuid.uuid4().hex[:8])
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         own_http = self._http is None
@@ -398,7 +196,7 @@ class StreamClient:
     ) -> None:
         cfg = self.config
         failures = 0
-        draining: _Connection | None = None
+        draining: StreamConnection | None = None
         # State first: whoever waits for the start (in another thread, too) finds it connecting, not stopped.
         await self._set_state(CONNECTING, "")
         task_status.started()
@@ -468,3 +266,19 @@ def _error_text(resp: httpx.Response) -> str:
         return f"{code} {message} (requestid {request_id})".strip()
     except ValueError:
         return resp.text[:200]
+
+
+__all__ = [
+    "BOT_TOPIC",
+    "CONNECTED",
+    "CONNECTING",
+    "FAILED",
+    "RECONNECTING",
+    "STOPPED",
+    "AckDecision",
+    "AuthFailed",
+    "OpenFailed",
+    "StreamClient",
+    "backoff_delay",
+    "local_ip",
+]
