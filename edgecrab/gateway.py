@@ -101,19 +101,33 @@ class Gateway:
         is_new = await self.store.inbox_claim(self.robot, msg_id, stream_mid, frame.data_text, time.time())
         return self._claimed(frame, msg_id, data, is_new)
 
-    def on_callback_now(self, frame: Frame) -> AckDecision | None:
-        """:meth:`on_callback` in one step, for a store that records at once (SQLite): the Stream client
-        acks in the same step of the event loop that read the frame. None: the store cannot, await
-        :meth:`on_callback`."""
-        checked = self._check(frame)
-        if isinstance(checked, AckDecision):
-            return checked
-        msg_id, data = checked
-        stream_mid = frame.headers.get("messageId", "")
-        is_new = self.store.inbox_claim_now(self.robot, msg_id, stream_mid, frame.data_text, time.time())
-        if is_new is None:
-            return None
-        return self._claimed(frame, msg_id, data, is_new)
+    def on_callbacks_now(self, frames: list[Frame]) -> list[AckDecision]:
+        """:meth:`on_callback` for the callbacks of one read of the socket, in one step and one commit,
+        for a store that records at once (:attr:`Store.records_at_once`): the Stream client acks them in
+        the same step of the event loop that read them."""
+        decisions: list[AckDecision | None] = []
+        claims: list[tuple[Frame, str, dict[str, Any]]] = []
+        for frame in frames:
+            checked = self._check(frame)
+            if isinstance(checked, AckDecision):
+                decisions.append(checked)
+            else:
+                decisions.append(None)
+                claims.append((frame, *checked))
+        if claims:
+            news = self.store.inbox_claim_now(
+                self.robot,
+                [(msg_id, f.headers.get("messageId", ""), f.data_text) for f, msg_id, _ in claims],
+                time.time(),
+            )
+            made = iter(
+                [
+                    self._claimed(f, msg_id, data, new)
+                    for (f, msg_id, data), new in zip(claims, news, strict=True)
+                ]
+            )
+            return [d if d is not None else next(made) for d in decisions]
+        return [d for d in decisions if d is not None]  # every one was refused
 
     def _check(self, frame: Frame) -> tuple[str, dict[str, Any]] | AckDecision:
         """The callback's msgId and decoded payload, or the ack refusing it."""
@@ -345,7 +359,10 @@ class Gateway:
         )
         # The Stream client opens its own HTTP client: its open-connection call has its own timeouts.
         self.stream = StreamClient(
-            dt, self.on_callback, on_state=self._on_state, on_callback_now=self.on_callback_now
+            dt,
+            self.on_callback,
+            on_state=self._on_state,
+            on_callbacks_now=self.on_callbacks_now if self.store.records_at_once else None,
         )
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -10,9 +10,10 @@ blocks the event loop in its open-connection call, swallows cancellation and lea
 * SYSTEM ``ping`` is echoed; SYSTEM ``disconnect`` means "this connection will be dropped": we open the
   next connection **before** closing this one (make before break), so nothing is lost in between;
 * robot callbacks are handed to ``on_callback``, which records them durably and returns the ack code.
-  The agent never runs here: the ack leaves within milliseconds. With ``on_callback_now`` (a store that
-  records in microseconds, as SQLite does) a callback is recorded and acked inside the read of the
-  socket, before the event loop runs anything else (:class:`~edgecrab.dingtalk.streamconn.AckingWebSocket`).
+  The agent never runs here: the ack leaves within milliseconds. With ``on_callbacks_now`` (a store that
+  records in microseconds, as SQLite does) the callbacks of one read are recorded (one commit) and acked
+  inside the read of the socket, before the event loop runs anything else
+  (:class:`~edgecrab.dingtalk.streamconn.AckingWebSocket`).
 
 The gateway runs this client on its one event loop. (It ran in a thread of its own for a while, so acks
 would not wait behind the main loop's tasks; under load the two threads queued for the GIL, which cost
@@ -101,11 +102,11 @@ class StreamClient:
         *,
         on_state: StateHandler | None = None,
         http: httpx.AsyncClient | None = None,
-        on_callback_now: NowHandler | None = None,
+        on_callbacks_now: NowHandler | None = None,
     ) -> None:
         self.config = config
         self.on_callback = on_callback
-        self.on_callback_now = on_callback_now
+        self.on_callbacks_now = on_callbacks_now
         self._on_state = on_state
         self._http = http
         self.state = STOPPED

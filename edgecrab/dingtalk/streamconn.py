@@ -2,7 +2,8 @@
 it, with its reconnects, is :mod:`edgecrab.dingtalk.stream`.
 
 Every frame is acked on the connection that carried it. A robot callback goes to the client's
-``on_callback_now`` (record it in microseconds, return the ack) inside the read of the socket
+``on_callbacks_now`` (record a read's callbacks in one commit, return their acks) inside the read of
+the socket
 (:class:`AckingWebSocket`); when that declines, and for every other frame, the frame takes the ordinary
 ``recv()`` path: ``on_callback`` for callbacks, pings echoed, ``disconnect`` acked and reported.
 """
@@ -40,20 +41,29 @@ class AckDecision:
 
 
 CallbackHandler = Callable[[Frame], Awaitable[AckDecision]]
-NowHandler = Callable[[Frame], "AckDecision | None"]
+NowHandler = Callable[[list[Frame]], list[AckDecision]]
+"""Records the robot callbacks of one read of the socket at once (one commit for all) and returns their
+acks, in order: the fast path."""
 
 
 class AckingWebSocket(ClientConnection):
-    """A websocket that can answer a text frame in the step of the event loop that read it.
+    """A websocket that answers robot callbacks in the step of the event loop that read them.
 
-    websockets hands each complete frame to ``process_event`` from ``data_received``; the base class
-    queues it for ``recv()``, a task switch (and a turn of the event loop's queue) later. When
-    ``on_text`` is set and takes the frame (returns True), that hop is skipped: the frame is recorded and
-    acked before the loop runs anything else. Anything ``on_text`` declines (and fragmented messages)
-    takes the ordinary ``recv()`` path, so the fast path is only ever an optimisation.
+    websockets hands each complete frame of a read to ``process_event`` from ``data_received``; the base
+    class queues it for ``recv()``, a task switch (and a turn of the event loop's queue) later. When
+    ``on_text`` is set and takes a frame (returns True), that hop is skipped, and once the read's frames
+    are all handed over ``on_read_end`` records the taken ones (one commit for all: under load a read
+    holds three frames on average) and writes their acks, before the loop runs anything else. Anything
+    ``on_text`` declines (and fragmented messages) takes the ordinary ``recv()`` path.
     """
 
     on_text: Callable[[str], bool] | None = None
+    on_read_end: Callable[[], None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.on_read_end is not None:
+            self.on_read_end()
 
     def process_event(self, event: object) -> None:
         on_text = self.on_text
@@ -92,8 +102,10 @@ class StreamConnection:
         self.opened_at = time.monotonic()
         self.last_frame_at = self.opened_at
         self.frames = 0
-        if isinstance(ws, AckingWebSocket) and client.on_callback_now is not None:
-            ws.on_text = self._handle_now
+        self._taken: list[Frame] = []
+        if isinstance(ws, AckingWebSocket) and client.on_callbacks_now is not None:
+            ws.on_text = self._take
+            ws.on_read_end = self._ack_taken
         self.ended = anyio.Event()
         self.end_reason = ""
 
@@ -135,39 +147,50 @@ class StreamConnection:
         except websockets.ConnectionClosed:
             log.warning("[dingtalk] conn %s: closed before an ack could be sent", self.cid)
 
-    def _handle_now(self, raw: str) -> bool:
-        """The fast path (see :class:`AckingWebSocket`): a robot callback recorded and acked at once.
-        False for every other frame, and when the store cannot record at once: ``_handle`` takes those."""
-        on_callback_now = self.client.on_callback_now
-        if on_callback_now is None:
-            return False
+    def _take(self, raw: str) -> bool:
+        """The fast path (see :class:`AckingWebSocket`): True for a robot callback, kept for
+        :meth:`_ack_taken`; False for every other frame (``_handle`` takes those)."""
         try:
             frame = parse_frame(raw)
         except FrameError:
             return False  # _handle logs it and salvages the messageId
         if frame.type != "CALLBACK" or frame.headers.get("topic") != BOT_TOPIC:
             return False
-        try:
-            decision = on_callback_now(frame)
-        except Exception:
-            # Not recorded, so not acked as OK: DingTalk may deliver it again.
-            log.exception("[dingtalk] conn %s: could not record message %s", self.cid, frame.message_id)
-            decision = AckDecision(500, "internal error")
-        if decision is None:
-            return False
-        self.frames += 1
-        self.last_frame_at = time.monotonic()
-        if not self.server_id and frame.headers.get("connectionId"):
-            self._learn_server_id(frame.headers["connectionId"])
-        ack = ack_frame(frame.message_id, code=decision.code, message=decision.message)
-        try:
-            sent = self.ws.send_now(ack) if isinstance(self.ws, AckingWebSocket) else False
-        except Exception as exc:  # the transport failed under us: recv() reports the closed connection
-            log.warning("[dingtalk] conn %s: ack for %s not sent: %s", self.cid, frame.message_id, exc)
-            return True
-        if not sent:
-            log.warning("[dingtalk] conn %s: closed before an ack could be sent", self.cid)
+        self._taken.append(frame)
         return True
+
+    def _ack_taken(self) -> None:
+        """Record the callbacks taken from this read, at once, and ack each of them."""
+        frames, self._taken = self._taken, []
+        if not frames:
+            return
+        on_callbacks_now = self.client.on_callbacks_now
+        assert on_callbacks_now is not None
+        try:
+            decisions = on_callbacks_now(frames)
+        except Exception:
+            # Not recorded, so not acked as OK: DingTalk may deliver them again.
+            log.exception(
+                "[dingtalk] conn %s: could not record %s",
+                self.cid,
+                ", ".join(str(f.message_id) for f in frames),
+            )
+            decisions = [AckDecision(500, "internal error")] * len(frames)
+        self.frames += len(frames)
+        self.last_frame_at = time.monotonic()
+        if not self.server_id and frames[0].headers.get("connectionId"):
+            self._learn_server_id(frames[0].headers["connectionId"])
+        assert isinstance(self.ws, AckingWebSocket)
+        for frame, decision in zip(frames, decisions, strict=True):
+            ack = ack_frame(frame.message_id, code=decision.code, message=decision.message)
+            try:
+                sent = self.ws.send_now(ack)
+            except Exception as exc:  # the transport failed under us: recv() reports the closed connection
+                log.warning("[dingtalk] conn %s: ack for %s not sent: %s", self.cid, frame.message_id, exc)
+                return
+            if not sent:
+                log.warning("[dingtalk] conn %s: closed before an ack could be sent", self.cid)
+                return
 
     def _learn_server_id(self, server_id: str) -> None:
         self.server_id = server_id

@@ -127,13 +127,16 @@ class Store(abc.ABC):
         """Atomically record a callback. True if new; False if ``msg_id`` (or a non-empty
         ``stream_message_id``) was already recorded for this robot, whatever its state."""
 
+    records_at_once: bool = False
+    """True for a store that commits in microseconds (SQLite): :meth:`inbox_claim_now` works, and the
+    Stream client records and acks callbacks in the step of the event loop that read them."""
+
     def inbox_claim_now(
-        self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
-    ) -> bool | None:
-        """:meth:`inbox_claim` without awaiting, for stores that commit in microseconds (SQLite): the
-        Stream client then acks a callback in the same step of the event loop that read it. None: this
-        store cannot (a networked store), so the caller awaits :meth:`inbox_claim` instead."""
-        return None
+        self, robot: str, items: Sequence[tuple[str, str, str]], received_at: float
+    ) -> list[bool]:
+        """:meth:`inbox_claim` for several callbacks (``(msg_id, stream_message_id, payload)``) in one
+        commit and without awaiting: which were new, in order. Only when :attr:`records_at_once`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot record at once: await inbox_claim")
 
     @abc.abstractmethod
     async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None: ...

@@ -67,27 +67,37 @@ _RESET_SESSION = ", ".join(
 )
 
 
+_CLAIM = (
+    "INSERT INTO inbox (robot, msg_id, stream_message_id, payload, received_at, state, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+
+
 class SQLiteStore(SQLiteConnection, Store):
     """Everything the gateway persists, in one SQLite file (or ``":memory:"`` for tests)."""
 
     # -- inbox -------------------------------------------------------------------------------------
+    records_at_once = True
+
     async def inbox_claim(
         self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
     ) -> bool:
-        return self.inbox_claim_now(robot, msg_id, stream_message_id, payload, received_at)
+        return self.inbox_claim_now(robot, [(msg_id, stream_message_id, payload)], received_at)[0]
 
     def inbox_claim_now(
-        self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
-    ) -> bool:
-        # One statement: the uniqueness check and the insert cannot be separated by another claim.
-        # DO NOTHING without a target covers both the primary key and the stream-id index.
-        cursor = self._run(
-            "INSERT INTO inbox (robot, msg_id, stream_message_id, payload, received_at, state, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (robot, msg_id, stream_message_id, payload, received_at, RECEIVED, time.time()),
-        )
-        self.commits += 1
-        return cursor.rowcount == 1
+        self, robot: str, items: Sequence[tuple[str, str, str]], received_at: float
+    ) -> list[bool]:
+        # One statement a claim: the uniqueness check and the insert cannot be separated by another
+        # claim. DO NOTHING without a target covers both the primary key and the stream-id index. Several
+        # claims share one transaction (one commit); a msgId twice in one read is new only the first time.
+        now = time.time()
+        rows = [(robot, m, s, p, received_at, RECEIVED, now) for m, s, p in items]
+        if len(rows) == 1:
+            cursor = self._run(_CLAIM, rows[0])  # autocommit: no BEGIN/COMMIT round trip
+            self.commits += 1
+            return [cursor.rowcount == 1]
+        with self._tx() as conn:
+            return [conn.execute(_CLAIM, row).rowcount == 1 for row in rows]
 
     async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None:
         sql, params = inbox_state_update(robot, msg_id, state, error)
@@ -189,7 +199,6 @@ class SQLiteStore(SQLiteConnection, Store):
 
     async def usage_add(self, key: str, delta: UsageDelta, now: float, last_user: Turn | None = None) -> None:
         def add(conn: sqlite3.Connection) -> None:
-            ensure_session(conn, key, now)
             add_usage(conn, key, delta, now, last_user)
 
         await self._write(add)
@@ -213,12 +222,12 @@ class SQLiteStore(SQLiteConnection, Store):
         inbox = inbox_state_update(robot, msg_id, state, error)
 
         def finish(conn: sqlite3.Connection) -> None:
-            if turns or usage is not None or last_user is not None:
+            if usage is not None or last_user is not None:
+                add_usage(conn, key, usage or UsageDelta(), now, last_user)  # makes the session if need be
+            elif turns:
                 ensure_session(conn, key, now)
             if turns:
                 append_turns(conn, key, turns)
-            if usage is not None or last_user is not None:
-                add_usage(conn, key, usage or UsageDelta(), now, last_user)
             if reply:
                 add_chunks(conn, reply)
             conn.execute(*inbox)
@@ -266,12 +275,7 @@ class SQLiteStore(SQLiteConnection, Store):
         def sent(conn: sqlite3.Connection) -> None:
             conn.execute(sql, params)
             if session_key and chunks_sent:
-                ensure_session(conn, session_key, now)
-                conn.execute(
-                    "UPDATE sessions SET chunks_sent = chunks_sent + ?,"
-                    " last_active_at = max(last_active_at, ?) WHERE key = ?",
-                    (chunks_sent, now, session_key),
-                )
+                add_usage(conn, session_key, UsageDelta(chunks_sent=chunks_sent), now, None)
 
         await self._write(sent)
 

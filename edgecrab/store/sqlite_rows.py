@@ -76,17 +76,29 @@ def append_turns(conn: sqlite3.Connection, key: str, turns: Sequence[Turn]) -> N
 def add_usage(
     conn: sqlite3.Connection, key: str, delta: UsageDelta, now: float, last_user: Turn | None
 ) -> None:
-    """The session must exist (``ensure_session``)."""
+    """Count ``delta`` in the session, which is made first if it does not exist (expired, ``/new``)."""
+    if not _count_usage(conn, key, delta, now, last_user):
+        ensure_session(conn, key, now)
+        _count_usage(conn, key, delta, now, last_user)
+
+
+def _count_usage(
+    conn: sqlite3.Connection, key: str, delta: UsageDelta, now: float, last_user: Turn | None
+) -> bool:
+    """False (and nothing done) when the session does not exist. The session nearly always exists, so
+    updating first and inserting only when that found no row saves a statement per run's end."""
     sets = [f"{c} = {c} + ?" for c in COUNTERS] + ["last_active_at = max(last_active_at, ?)"]
     params: list[Any] = [*(getattr(delta, c) for c in COUNTERS), now]
     if last_user is not None:
         sets += ["last_user_text = ?", "last_user_msg_id = ?"]
         params += [last_user.content, last_user.msg_id]
-    conn.execute(f"UPDATE sessions SET {', '.join(sets)} WHERE key = ?", (*params, key))
+    if not conn.execute(f"UPDATE sessions SET {', '.join(sets)} WHERE key = ?", (*params, key)).rowcount:
+        return False
     if delta.extra:
         (raw,) = conn.execute("SELECT extra FROM sessions WHERE key = ?", (key,)).fetchone()
         merged = _merge_extra(json.loads(raw), delta.extra)
         conn.execute("UPDATE sessions SET extra = ? WHERE key = ?", (json.dumps(merged), key))
+    return True
 
 
 def add_chunks(conn: sqlite3.Connection, chunks: Sequence[OutboxChunk]) -> None:
