@@ -494,38 +494,48 @@ async def test_writes_from_two_event_loops_at_once(tmp_path: Path) -> None:
 # -- checkpoints -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("past_limit", [False, True])
 @pytest.mark.anyio
-async def test_a_wal_past_its_limit_is_started_over_and_one_below_it_is_left_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_wal_past_its_limit_starts_over_despite_commits_during_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, past_limit: bool
 ) -> None:
-    # Under steady load SQLite never starts the WAL over by itself (there are always frames newer than
-    # the last checkpoint): maintain() does, once the WAL is past WAL_SIZE_LIMIT.
-    monkeypatch.setattr(sqlite_conn, "WAL_SIZE_LIMIT", 400 * 4096)
+    # Under steady load SQLite never starts the WAL over by itself: commits arrive while the passive
+    # checkpoint runs, so the next write never finds every frame checkpointed. Once the WAL is past
+    # WAL_SIZE_LIMIT, maintain() checkpoints those few frames on the writing connection.
+    monkeypatch.setattr(sqlite_conn, "WAL_SIZE_LIMIT", 200 * 4096 if past_limit else 2**40)
     path = tmp_path / "state.db"
-    wal = path.with_name(path.name + "-wal")
     store = SQLiteStore(path)
     await store.open()
+    checkpoint = store._checkpoint
+    # A reader's snapshot keeps the checkpoint from copying the frames committed after it: the state a
+    # checkpoint under load ends in (it copied what was there when it began, not what came meanwhile).
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def checkpoint_under_load() -> tuple[int, int, int]:
+        result = checkpoint()
+        reader.execute("COMMIT")
+        reader.close()
+        return result
+
+    store._checkpoint = checkpoint_under_load  # type: ignore[method-assign]
     try:
-        for i in range(50):  # about 100 frames: below the limit
+        for i in range(300):  # about 600 frames
             await store.history_append(f"s{i}", [Turn("user", "x" * 3000, f"m{i}", 1.0)])
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM history").fetchone()
+        await store.kv_set("during", "x")  # committed "while the checkpoint runs"
         await store.maintain()
-        assert store.wal_truncations == 0 and wal.stat().st_size > 50 * 3000
-        for i in range(50, 400):  # past it
-            await store.history_append(f"s{i}", [Turn("user", "x" * 3000, f"m{i}", 1.0)])
-        await store.maintain()
-        assert store.wal_truncations == 1
-        assert wal.stat().st_size == 0
-        await store.history_append("after", [Turn("user", "still works", "m-after", 2.0)])
-        assert [t.content for t in await store.history("s399", 1)] == ["x" * 3000]
+        assert store.wal_catch_ups == int(past_limit)
+        await store.kv_set("after", "1")  # the next write: starts the WAL over if it can
+        _, frames, _ = store._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if past_limit:
+            assert frames <= 5  # started over: only the last write's frames
+        else:
+            assert frames > 500  # appended after the ~600 frames already there
+        assert await store.kv_get("during") == "x"
+        assert [t.content for t in await store.history("s299", 1)] == ["x" * 3000]
     finally:
         await store.close()
-    reopened = SQLiteStore(path)
-    await reopened.open()
-    try:
-        assert [t.content for t in await reopened.history("after", 1)] == ["still works"]
-        assert len(await reopened.history("s0", 5)) == 1
-    finally:
-        await reopened.close()
 
 
 @pytest.mark.anyio
