@@ -8,9 +8,10 @@ Message flow::
     runner: agent run per session (busy policy) -> reply text
     delivery: format + chunk -> outbox ledger -> ordered, paced sends (sessionWebhook, OpenAPI fallback)
 
-Everything runs on one event loop. The ack path (read a frame, record it, ack it) does no more than that;
-the message then waits in the ingest queue. The store commits the main loop's writes in groups (one commit
-for the writes of a loop iteration), which is what keeps a loop iteration, and so an ack, short under load.
+Everything runs on one event loop. The ack path (read a frame, record it, ack it) does no more than that,
+in the step of the loop that read the frame (:meth:`Gateway.on_callbacks_now`, one commit for the callbacks
+of a read); the message then waits in the ingest queue. The store commits the other writes in groups
+(2 ms windows), which keeps the loop's steps, and so the wait of a frame that arrives during one, short.
 (The ack path ran in a thread of its own for a while: under load the two threads queued for the GIL, which
 cost a fifth of the throughput and, once the main loop became cheaper, made acks slower, not faster:
 BENCHMARKS.md, fix 6.)
