@@ -64,9 +64,12 @@ async def test_duplicate_after_restart_is_not_processed(tmp_path: Path) -> None:
         config = make_config(fake, tmp_path)
         data = fake.dm(fake.users[0], "before restart")
         agent = ScriptedAgent()
-        async with running_gateway(config, agent):
+        async with running_gateway(config, agent) as gw:
             await fake.push(data)
             await _replies(fake, data["conversationId"], 1)
+            # Stop once the gateway knows its answer went out (a stop while the POST is still in flight
+            # cannot know whether DingTalk took it, and sends it again after the restart: at least once).
+            await fake.wait_for(lambda: gw.delivery.sent_chunks >= 1, 3)
         agent2 = ScriptedAgent()
         async with running_gateway(config, agent2):
             await fake.push(data)
