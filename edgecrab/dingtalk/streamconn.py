@@ -61,9 +61,18 @@ class AckingWebSocket(ClientConnection):
     on_read_end: Callable[[], None] | None = None
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.on_read_end is not None:
-            self.on_read_end()
+        try:
+            super().data_received(data)
+        finally:
+            if self.on_read_end is not None:
+                self.on_read_end()
+
+    def eof_received(self) -> None:
+        try:
+            super().eof_received()
+        finally:
+            if self.on_read_end is not None:
+                self.on_read_end()
 
     def process_event(self, event: object) -> None:
         on_text = self.on_text
