@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from edgecrab.chunking import split_text
 from edgecrab.events import Message, ReplyRoute
@@ -37,6 +38,10 @@ from edgecrab.store.base import PENDING, SENT, UNDELIVERABLE, OutboxChunk, Store
 log = logging.getLogger("edgecrab.delivery")
 
 TOO_LONG_CODES = frozenset({"460101", "InvalidParameter.BodyTooLarge"})
+STOP_GRACE_S = 0.5
+"""How long a send already on the wire may go on when the gateway stops. DingTalk may well take it, and
+only a finished send is known to be delivered: one cut off is sent again after the restart (a duplicate
+whenever DingTalk had taken it). A send that needs longer is cut off, and is sent again."""
 """"Message too long": ``460101`` from the sessionWebhook; the OpenAPI's body-size code (inferred)."""
 
 
@@ -97,6 +102,10 @@ class Delivery:
         self._resplit: dict[str, set[int]] = {}
         """Chunk indexes of those replies re-split by this process, by reply: the others have no pieces in
         ``kv``, which :meth:`_load_pieces` then need not read."""
+        self._on_the_wire: set[anyio.CancelScope] = set()
+        """The sends in progress, each shielded from the gateway's stop (see :data:`STOP_GRACE_S`)."""
+        self._stop_by: float | None = None
+        """Once the gateway stops: the moment (anyio's clock) by which sends in progress are cut off."""
         self.sent_chunks = 0
         """Messages DingTalk accepted (a re-split chunk counts once per piece)."""
         self.failed_replies = 0
@@ -175,7 +184,13 @@ class Delivery:
                 log.info("[delivery] resuming unsent chunks for %s", ckey)
                 self._wake(ckey)
             task_status.started()
-            await anyio.sleep_forever()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                # Stopping: every worker is being cancelled; the sends on the wire get a moment to finish.
+                self._stop_by = anyio.current_time() + STOP_GRACE_S
+                for scope in self._on_the_wire:
+                    scope.deadline = self._stop_by
 
     def _wake(self, ckey: str) -> None:
         event = self._workers.get(ckey)
@@ -304,9 +319,9 @@ class Delivery:
         error = ""
         for round_ in range(self.max_rounds):
             try:
-                result = await self.sender.send(
-                    route, text=text, title=chunk.title, mention=mention, fmt=self.format.fmt
-                )
+                result = await self._send_once(route, text, chunk.title, mention)
+                if result is None:
+                    return _CANCELLED, ""  # the gateway stopped and the send did not finish in time
             except Exception as exc:  # a bug or an unexpected transport failure: retry, then give up
                 log.exception(
                     "[delivery] sending chunk %d/%d of %s failed",
@@ -340,6 +355,24 @@ class Delivery:
             if self._cancelled(chunk, epoch):
                 return _CANCELLED, ""
         return _FAILED, error
+
+    async def _send_once(self, route: ReplyRoute, text: str, title: str, mention: bool) -> SendOutcome | None:
+        """One send, which a stop of the gateway does not cut off at once (:data:`STOP_GRACE_S`)."""
+        if self._stop_by is not None:
+            await anyio.lowlevel.checkpoint()  # stopping: start nothing new (this raises the stop)
+        with anyio.CancelScope(shield=True) as scope:
+            if self._stop_by is not None:
+                scope.deadline = self._stop_by
+            self._on_the_wire.add(scope)
+            try:
+                return await self.sender.send(
+                    route, text=text, title=title, mention=mention, fmt=self.format.fmt
+                )
+            finally:
+                self._on_the_wire.discard(scope)
+        # Cut off at the end of the grace period: the stop itself is pending on this task.
+        await anyio.lowlevel.checkpoint()
+        return None
 
     async def _count_sent(self, chunk: OutboxChunk) -> None:
         if chunk.session_key:

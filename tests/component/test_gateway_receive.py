@@ -343,3 +343,34 @@ async def test_the_gateway_checkpoints_the_store_every_second(tmp_path: Path) ->
             assert isinstance(store, SQLiteStore)
             first = store.checkpoints
             await fake.wait_for(lambda: store.checkpoints >= first + 2, 5)
+
+
+async def test_a_send_on_the_wire_when_the_gateway_stops_is_finished_not_repeated(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        config = make_config(fake, tmp_path)
+        slow = fake.faults.delay("/robot/*", 0.3, times=1)  # DingTalk takes 0.3 s to answer the send
+        data = fake.dm(fake.users[0], "stop while my answer is on its way")
+        async with running_gateway(config, ScriptedAgent()):
+            await fake.push(data)
+            await fake.wait_for(lambda: slow.hits >= 1, 3)  # the POST is on the wire
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 1.0  # the stop waited for the send, not for much more
+        assert len(fake.messages_for(data["conversationId"])) == 1
+        async with running_gateway(config, ScriptedAgent()):  # nothing left to send after the restart
+            await anyio.sleep(0.5)
+        assert len(fake.messages_for(data["conversationId"])) == 1
+
+
+async def test_a_send_hung_at_the_stop_is_cut_off_and_sent_again_after_the_restart(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        config = make_config(fake, tmp_path)
+        hung = fake.faults.delay("/robot/*", 30.0, times=1)
+        data = fake.dm(fake.users[0], "stop while DingTalk hangs")
+        async with running_gateway(config, ScriptedAgent()):
+            await fake.push(data)
+            await fake.wait_for(lambda: hung.hits >= 1, 3)
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 1.0  # STOP_GRACE_S, not the 30 s DingTalk would take
+        async with running_gateway(config, ScriptedAgent()):
+            texts = await _replies(fake, data["conversationId"], 1)
+        assert texts[0].startswith("You said: stop while DingTalk hangs")
