@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,17 @@ from edgecrab.store.sqlite_conn import BATCH_MAX
 from edgecrab.store.sqlite_schema import _MIGRATIONS, SCHEMA_VERSION, SchemaTooNewError
 
 ROBOT = "robot-1"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """An open store in ``tmp_path / "state.db"``, closed after the test."""
+    opened = SQLiteStore(tmp_path / "state.db")
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 def chunk(reply_id: str, index: int, total: int) -> OutboxChunk:
@@ -124,17 +135,12 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path: Path) -
 
 
 @pytest.mark.anyio
-async def test_connection_pragmas(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "state.db")
-    await store.open()
-    try:
-        conn = store._connection()
-        assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
-        assert conn.execute("PRAGMA busy_timeout").fetchone() == (5000,)
-        assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
-        assert conn.isolation_level is None
-    finally:
-        await store.close()
+async def test_connection_pragmas(store: SQLiteStore) -> None:
+    conn = store._connection()
+    assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    assert conn.execute("PRAGMA busy_timeout").fetchone() == (5000,)
+    assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
+    assert conn.isolation_level is None
 
 
 @pytest.mark.anyio
@@ -308,79 +314,59 @@ def store_workout(store: SQLiteStore) -> Iterator[tuple[str, Any]]:
 
 
 @pytest.mark.anyio
-async def test_writes_of_one_loop_iteration_share_one_commit(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "state.db")
-    await store.open()
-    try:
+async def test_writes_of_one_loop_iteration_share_one_commit(store: SQLiteStore) -> None:
+    for i in range(10):
+        assert await store.inbox_claim(ROBOT, f"m{i}", "", "{}", 100.0)  # one commit each: the ack path
+    assert store.commits == 10
+    async with anyio.create_task_group() as tg:
         for i in range(10):
-            assert await store.inbox_claim(ROBOT, f"m{i}", "", "{}", 100.0)  # one commit each: the ack path
-        assert store.commits == 10
-        async with anyio.create_task_group() as tg:
-            for i in range(10):
-                tg.start_soon(store.inbox_set_state, ROBOT, f"m{i}", DONE)
-                tg.start_soon(store.history_append, f"sess-{i}", [Turn("user", f"q{i}", f"m{i}", 100.0)])
-        assert store.commits == 11  # 20 writes, one commit
-        assert await store.inbox_unfinished(ROBOT) == []
-        assert [t.content for t in await store.history("sess-7", 5)] == ["q7"]
-        # One after the other, each write is its own commit (and still returns only once committed).
-        await store.kv_set("a", "1")
-        await store.kv_set("b", "2")
-        assert store.commits == 13
-    finally:
-        await store.close()
+            tg.start_soon(store.inbox_set_state, ROBOT, f"m{i}", DONE)
+            tg.start_soon(store.history_append, f"sess-{i}", [Turn("user", f"q{i}", f"m{i}", 100.0)])
+    assert store.commits == 11  # 20 writes, one commit
+    assert await store.inbox_unfinished(ROBOT) == []
+    assert [t.content for t in await store.history("sess-7", 5)] == ["q7"]
+    # One after the other, each write is its own commit (and still returns only once committed).
+    await store.kv_set("a", "1")
+    await store.kv_set("b", "2")
+    assert store.commits == 13
 
 
 @pytest.mark.anyio
-async def test_a_group_commit_is_capped_and_keeps_the_order_writes_were_made_in(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "state.db")
-    await store.open()
-    try:
-        writes = 3 * BATCH_MAX + 1
-        async with anyio.create_task_group() as tg:
-            for i in range(writes):
-                tg.start_soon(store.kv_set, "k", str(i))
-        assert store.commits == 4
-        assert await store.kv_get("k") == str(writes - 1)  # the last write made is the last applied
-    finally:
-        await store.close()
+async def test_a_group_commit_is_capped_and_keeps_the_order_writes_were_made_in(store: SQLiteStore) -> None:
+    writes = 3 * BATCH_MAX + 1
+    async with anyio.create_task_group() as tg:
+        for i in range(writes):
+            tg.start_soon(store.kv_set, "k", str(i))
+    assert store.commits == 4
+    assert await store.kv_get("k") == str(writes - 1)  # the last write made is the last applied
 
 
 @pytest.mark.anyio
-async def test_writes_within_the_window_share_a_commit_even_steps_apart(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "state.db")
-    await store.open()
-    try:
-        commits = store.commits
+async def test_writes_within_the_window_share_a_commit_even_steps_apart(store: SQLiteStore) -> None:
+    commits = store.commits
 
-        async def later(key: str, steps: int) -> None:
-            for _ in range(steps):
-                await anyio.lowlevel.checkpoint()
-            await store.kv_set(key, "v")
+    async def later(key: str, steps: int) -> None:
+        for _ in range(steps):
+            await anyio.lowlevel.checkpoint()
+        await store.kv_set(key, "v")
 
-        async with anyio.create_task_group() as tg:
-            for i in range(5):
-                tg.start_soon(later, f"k{i}", i)  # issued in five different steps of the loop
-        assert store.commits == commits + 1
-        assert [await store.kv_get(f"k{i}") for i in range(5)] == ["v"] * 5
-    finally:
-        await store.close()
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(later, f"k{i}", i)  # issued in five different steps of the loop
+    assert store.commits == commits + 1
+    assert [await store.kv_get(f"k{i}") for i in range(5)] == ["v"] * 5
 
 
 @pytest.mark.anyio
 async def test_a_full_batch_does_not_wait_for_its_window(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_conn, "BATCH_WINDOW_S", 3600.0)
-    store = SQLiteStore(tmp_path / "state.db")
-    await store.open()
-    try:
-        with anyio.fail_after(5):
-            async with anyio.create_task_group() as tg:
-                for i in range(BATCH_MAX):
-                    tg.start_soon(store.kv_set, f"k{i}", "v")
-        assert await store.kv_get(f"k{BATCH_MAX - 1}") == "v"
-    finally:
-        await store.close()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(BATCH_MAX):
+                tg.start_soon(store.kv_set, f"k{i}", "v")
+    assert await store.kv_get(f"k{BATCH_MAX - 1}") == "v"
 
 
 @pytest.mark.anyio
@@ -444,51 +430,43 @@ async def test_a_failing_write_fails_alone_and_the_rest_of_its_group_commits(tmp
 
 
 @pytest.mark.anyio
-async def test_a_write_whose_caller_was_cancelled_before_its_group_ran_is_not_made(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "state.db")
-    await store.open()
-    try:
-        with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(store.kv_set, "kept", "1")
-                await anyio.lowlevel.checkpoint()  # kv_set has joined the group, which has not run yet
-                scope.cancel()
-        assert await store.kv_get("kept") is None
-        await store.kv_set("later", "2")  # the store goes on working
-        assert await store.kv_get("later") == "2"
-    finally:
-        await store.close()
+async def test_a_write_whose_caller_was_cancelled_before_its_group_ran_is_not_made(
+    store: SQLiteStore,
+) -> None:
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.kv_set, "kept", "1")
+            await anyio.lowlevel.checkpoint()  # kv_set has joined the group, which has not run yet
+            scope.cancel()
+    assert await store.kv_get("kept") is None
+    await store.kv_set("later", "2")  # the store goes on working
+    assert await store.kv_get("later") == "2"
 
 
 @pytest.mark.anyio
-async def test_writes_from_two_event_loops_at_once(tmp_path: Path) -> None:
+async def test_writes_from_two_event_loops_at_once(store: SQLiteStore) -> None:
     # A group belongs to the loop it was started on; a write from another loop meanwhile commits on its own.
-    store = SQLiteStore(tmp_path / "state.db")
-    await store.open()
-    try:
-        done = threading.Event()
+    done = threading.Event()
 
-        async def other_loop_writes() -> None:
-            for i in range(50):
-                await store.kv_set(f"other-{i}", str(i))
-
-        def thread_body() -> None:
-            anyio.run(other_loop_writes)
-            done.set()
-
-        thread = threading.Thread(target=thread_body)
-        thread.start()
+    async def other_loop_writes() -> None:
         for i in range(50):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(store.kv_set, f"main-{i}", str(i))
-                tg.start_soon(store.kv_set, f"main-{i}-b", str(i))
-        thread.join(10)
-        assert done.is_set()
-        for i in range(50):
-            assert await store.kv_get(f"other-{i}") == str(i)
-            assert await store.kv_get(f"main-{i}-b") == str(i)
-    finally:
-        await store.close()
+            await store.kv_set(f"other-{i}", str(i))
+
+    def thread_body() -> None:
+        anyio.run(other_loop_writes)
+        done.set()
+
+    thread = threading.Thread(target=thread_body)
+    thread.start()
+    for i in range(50):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.kv_set, f"main-{i}", str(i))
+            tg.start_soon(store.kv_set, f"main-{i}-b", str(i))
+    thread.join(10)
+    assert done.is_set()
+    for i in range(50):
+        assert await store.kv_get(f"other-{i}") == str(i)
+        assert await store.kv_get(f"main-{i}-b") == str(i)
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
