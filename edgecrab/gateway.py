@@ -106,29 +106,17 @@ class Gateway:
         """:meth:`on_callback` for the callbacks of one read of the socket, in one step and one commit,
         for a store that records at once (:attr:`Store.records_at_once`): the Stream client acks them in
         the same step of the event loop that read them."""
-        decisions: list[AckDecision | None] = []
-        claims: list[tuple[Frame, str, dict[str, Any]]] = []
-        for frame in frames:
-            checked = self._check(frame)
-            if isinstance(checked, AckDecision):
-                decisions.append(checked)
-            else:
-                decisions.append(None)
-                claims.append((frame, *checked))
-        if claims:
-            news = self.store.inbox_claim_now(
-                self.robot,
-                [(msg_id, f.headers.get("messageId", ""), f.data_text) for f, msg_id, _ in claims],
-                time.time(),
-            )
-            made = iter(
-                [
-                    self._claimed(f, msg_id, data, new)
-                    for (f, msg_id, data), new in zip(claims, news, strict=True)
-                ]
-            )
-            return [d if d is not None else next(made) for d in decisions]
-        return [d for d in decisions if d is not None]  # every one was refused
+        checked = [self._check(frame) for frame in frames]
+        claims = [
+            (c[0], f.headers.get("messageId", ""), f.data_text)
+            for f, c in zip(frames, checked, strict=True)
+            if not isinstance(c, AckDecision)
+        ]
+        news = iter(self.store.inbox_claim_now(self.robot, claims, time.time()) if claims else ())
+        return [
+            c if isinstance(c, AckDecision) else self._claimed(f, *c, next(news))
+            for f, c in zip(frames, checked, strict=True)
+        ]
 
     def _check(self, frame: Frame) -> tuple[str, dict[str, Any]] | AckDecision:
         """The callback's msgId and decoded payload, or the ack refusing it."""

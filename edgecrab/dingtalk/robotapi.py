@@ -123,18 +123,12 @@ def openapi_result(response: FastResponse, via: str, staff_id: str) -> SendResul
             request_id=request_id,
         )
     request_id = str(data.get("requestid") or request_id)
-    if data.get("invalidStaffIdList"):
-        raise DingTalkError(
-            f"{via}: DingTalk says staff id {staff_id} is invalid",
-            status=response.status_code,
-            code="invalidStaffIdList",
-            request_id=request_id,
-        )
-    if data.get("flowControlledStaffIdList"):
-        raise DingTalkError(
-            f"{via}: recipient is flow-controlled (too many messages)",
-            status=response.status_code,
-            code="flowControlledStaffIdList",
-            request_id=request_id,
-        )
+    for key, problem in (
+        ("invalidStaffIdList", f"DingTalk says staff id {staff_id} is invalid"),
+        ("flowControlledStaffIdList", "recipient is flow-controlled (too many messages)"),
+    ):
+        if data.get(key):
+            raise DingTalkError(
+                f"{via}: {problem}", status=response.status_code, code=key, request_id=request_id
+            )
     return SendResult(True, via, False, "", "", request_id, str(data.get("processQueryKey") or ""))
