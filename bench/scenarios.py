@@ -320,13 +320,13 @@ def memory(ctx: Context) -> tuple[dict[str, Any], list[Line]]:
 
 # -- 5. chunking ------------------------------------------------------------------------------------------
 def chunking(ctx: Context) -> tuple[dict[str, Any], list[Line]]:
-    from edgecrab.chunking import bench
+    from edgecrab.replies.chunking import bench
 
     ctx.progress("[bench] 5 chunking a 1 MB reply")
     best = bench(1_000_000, repeat=3)
     line = Line(
         "5",
-        "split a 1 MB markdown reply (edgecrab.chunking.split_text, in-process)",
+        "split a 1 MB markdown reply (edgecrab.replies.chunking.split_text, in-process)",
         "best of 3",
         {EDGECRAB: ms(best)},
         "< 50 ms",

@@ -6,7 +6,7 @@ and applies the busy policy, ``runs`` drives the agent, ``delivery`` chunks and 
 ``dingtalk.rest``.
 """
 
-from edgecrab.hookspecs import hookimpl
+from edgecrab.hooks.specs import hookimpl
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "hookimpl"]

@@ -182,7 +182,7 @@ def _config_schema(args: argparse.Namespace) -> int:
 def _hooks_list(args: argparse.Namespace) -> int:
     # Listing hooks needs no DingTalk credentials, so it loads the config the way the sandbox does.
     config = _load(args, sandbox=True)
-    from edgecrab.plugins import hooks_list_text
+    from edgecrab.hooks.manager import hooks_list_text
 
     print(hooks_list_text(config))
     return EXIT_OK

@@ -34,20 +34,20 @@ import httpx
 
 from edgecrab.agents import build_agent
 from edgecrab.agents.base import Agent
-from edgecrab.commands import Commands, ConnectionInfo
 from edgecrab.config import Config
-from edgecrab.delivery import Delivery
+from edgecrab.core.commands import Commands, ConnectionInfo
+from edgecrab.core.router import parse_command
+from edgecrab.core.runs import Runner
 from edgecrab.dingtalk.access import AccessPolicy
 from edgecrab.dingtalk.convert import Frame, FrameError, decode_data, decode_payload, to_message
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import AckDecision, StreamClient
 from edgecrab.events import Message
+from edgecrab.hooks.manager import HookManager
 from edgecrab.httpclient import async_client
-from edgecrab.plugins import HookManager
-from edgecrab.replies import Format
-from edgecrab.router import parse_command
-from edgecrab.runs import Runner
+from edgecrab.replies.delivery import Delivery
+from edgecrab.replies.format import Format
 from edgecrab.store import open_store
 from edgecrab.store.base import DONE, FAILED, InboxEntry, OutboxChunk, Store
 from edgecrab.store.upkeep import housekeeping, store_upkeep

@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from edgecrab._textscan import is_grapheme_boundary
+from edgecrab.replies.textscan import is_grapheme_boundary
 
 __all__ = ["title_preview", "to_dingtalk_markdown", "to_plain_text"]
 

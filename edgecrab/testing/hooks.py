@@ -35,8 +35,8 @@ from edgecrab.events import (
     Sender,
     SessionInfo,
 )
-from edgecrab.hookcall import HookCommand
-from edgecrab.plugins import HookInfo, HookManager
+from edgecrab.hooks.call import HookCommand
+from edgecrab.hooks.manager import HookInfo, HookManager
 
 __all__ = ["HookHarness", "make_message", "make_request"]
 

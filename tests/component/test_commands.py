@@ -19,7 +19,7 @@ from edgecrab.agents.base import AgentError
 from edgecrab.config import CommandsConfig, HooksConfig, SessionsConfig
 from edgecrab.events import AgentRequest, AgentResult
 from edgecrab.gateway import Gateway
-from edgecrab.plugins import HookManager
+from edgecrab.hooks.manager import HookManager
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from tests.component.gwkit import ScriptedAgent, make_config, running_gateway
 

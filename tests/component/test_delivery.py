@@ -18,12 +18,12 @@ import httpx
 import pytest
 
 from edgecrab.config import DingTalkConfig
-from edgecrab.delivery import Delivery
 from edgecrab.dingtalk.convert import to_message
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown
 from edgecrab.dingtalk.rest import DingTalkSender, SendResult
 from edgecrab.events import ReplyRoute
-from edgecrab.replies import Format
+from edgecrab.replies.delivery import Delivery
+from edgecrab.replies.format import Format
 from edgecrab.store import SENT, SQLiteStore
 from edgecrab.testing.fakedingtalk import FakeDingTalk, OutboundRecord
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from edgecrab.chunking import Chunk, join_chunks, json_bytes, split_text
+from edgecrab.replies.chunking import Chunk, join_chunks, json_bytes, split_text
 
 # ---------------------------------------------------------------------------------------------------------
 # An independent, deliberately naive fence reader: 0 outside, 1 on a fence line, 2 inside code.

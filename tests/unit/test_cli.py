@@ -287,7 +287,7 @@ def test_hooks_list_prints_the_listing(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no hooks/ folder here, and no config: the built-in default
     fake_module(
-        monkeypatch, "edgecrab.plugins", hooks_list_text=lambda config: f"Hooks: {len(config.hooks.paths)}"
+        monkeypatch, "edgecrab.hooks.manager", hooks_list_text=lambda config: f"Hooks: {len(config.hooks.paths)}"
     )
     assert run(capsys, "hooks", "list") == (0, "Hooks: 0\n", "")
 
@@ -298,7 +298,7 @@ def test_hooks_that_cannot_load_exit_2(
     def hooks_list_text(config: Config) -> str:
         raise HookLoadError(Problem("hooks/10_bad.py", "SyntaxError: invalid syntax", line=4))
 
-    fake_module(monkeypatch, "edgecrab.plugins", hooks_list_text=hooks_list_text)
+    fake_module(monkeypatch, "edgecrab.hooks.manager", hooks_list_text=hooks_list_text)
     code, _, err = run(capsys, "hooks", "list")
     assert code == 2
     assert "hooks could not be loaded: 1 problem\n  - hooks/10_bad.py (line 4): SyntaxError" in err

@@ -1,4 +1,4 @@
-"""The hook engine: loading (edgecrab.hookload), calling (edgecrab.hookcall), listing (edgecrab.plugins),
+"""The hook engine: loading (edgecrab.hooks.load), calling (edgecrab.hooks.call), listing (edgecrab.hooks.manager),
 the test harness, the shipped examples in hooks/, and meta-tests keeping hookspecs, docs/hooks.md and tests
 in step."""
 
@@ -22,13 +22,14 @@ import anyio.to_thread
 import pytest
 from syrupy.assertion import SnapshotAssertion
 
-from edgecrab import hookimpl, hookspecs
+from edgecrab import hookimpl
 from edgecrab.config import Config, DingTalkConfig, HooksConfig
 from edgecrab.errors import ConfigError, HookLoadError
 from edgecrab.events import AgentResult, Command, SessionInfo
-from edgecrab.hookcall import mode_of
-from edgecrab.hookload import HOOK_NAMES
-from edgecrab.plugins import HookManager, hooks_list_text
+from edgecrab.hooks import specs as hookspecs
+from edgecrab.hooks.call import mode_of
+from edgecrab.hooks.load import HOOK_NAMES
+from edgecrab.hooks.manager import HookManager, hooks_list_text
 from edgecrab.testing.hooks import HookHarness, make_message, make_request
 
 REPO = Path(__file__).resolve().parents[2]

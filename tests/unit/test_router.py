@@ -2,8 +2,8 @@
 
 import pytest
 
+from edgecrab.core.router import BUILTIN_COMMANDS, HelpEntry, help_text, parse_command, resolve_alias
 from edgecrab.events import Command
-from edgecrab.router import BUILTIN_COMMANDS, HelpEntry, help_text, parse_command, resolve_alias
 
 
 @pytest.mark.parametrize(

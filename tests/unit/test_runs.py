@@ -13,9 +13,9 @@ import pytest
 
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import SessionsConfig
+from edgecrab.core.runs import NO_RETRY_TEXT, Runner, failure_text
+from edgecrab.core.sessions import session_key
 from edgecrab.events import AgentRequest, AgentResult, Conversation, Message, Sender, Usage
-from edgecrab.runs import NO_RETRY_TEXT, Runner, failure_text
-from edgecrab.sessions import session_key
 from edgecrab.store import SQLiteStore
 
 _ids = itertools.count(1)

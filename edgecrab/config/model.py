@@ -3,7 +3,7 @@
 Nothing downstream reads raw dicts: the gateway is assembled from :class:`Config`. This module owns the
 dataclasses (the contract other modules read), :func:`load_config` (the one way to make them) and
 :func:`redacted_dict` (what ``edgecrab config show`` prints). Parsing and ``${VAR}`` expansion live in
-:mod:`edgecrab._configsource`, schema checks and readable problems in :mod:`edgecrab._configcheck`; the schema
+:mod:`edgecrab.config.source`, schema checks and readable problems in :mod:`edgecrab.config.check`; the schema
 is ``schemas/config.schema.json``.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from edgecrab import _configcheck as check
-from edgecrab import _configsource as reader
+from edgecrab.config import check
+from edgecrab.config import source as reader
 from edgecrab.errors import ConfigError, Problem
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """The hooks of one gateway: :class:`HookManager` calls them and lists them.
 
 :meth:`HookManager.load` makes one pluggy ``PluginManager`` per gateway and loads every configured hook into
-it (:mod:`edgecrab.hookload`: load order, hook names, errors at load). Calls go through
-:mod:`edgecrab.hookcall` (isolation, timeouts, tracing); :meth:`HookManager.listing_text` is both the
+it (:mod:`edgecrab.hooks.load`: load order, hook names, errors at load). Calls go through
+:mod:`edgecrab.hooks.call` (isolation, timeouts, tracing); :meth:`HookManager.listing_text` is both the
 ``/hooks`` answer and the ``edgecrab hooks list`` output.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 
 import pluggy
 
-from edgecrab import router
 from edgecrab.config import Config, HooksConfig
-from edgecrab.hookcall import HookCommand, HookRunner
-from edgecrab.hookload import HOOK_NAMES, HookRecord, load_hooks, new_plugin_manager
+from edgecrab.core import router
+from edgecrab.hooks.call import HookCommand, HookRunner
+from edgecrab.hooks.load import HOOK_NAMES, HookRecord, load_hooks, new_plugin_manager
 
 BUILTIN_COMMANDS: tuple[str, ...] = tuple(router.BUILTIN_COMMANDS)
 
@@ -54,7 +54,7 @@ class HookInfo:
 
 
 class HookManager:
-    """The loaded hooks of one gateway: call them (:mod:`edgecrab.hookcall`) and list them."""
+    """The loaded hooks of one gateway: call them (:mod:`edgecrab.hooks.call`) and list them."""
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 This module owns finding and loading ``config.schema.json``, turning strings that came from the environment
 into the numbers and booleans the schema asks for, and translating every JSON Schema error into a
 :class:`~edgecrab.errors.Problem` a person can act on (key path, line, hint such as "did you mean").
-Reading the YAML and expanding ``${VAR}`` is :mod:`edgecrab._configsource`.
+Reading the YAML and expanding ``${VAR}`` is :mod:`edgecrab.config.source`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from edgecrab import router
-from edgecrab._configsource import ENV_HINTS, KeyPath, format_path, line_of, type_word_of
+from edgecrab.config.source import ENV_HINTS, KeyPath, format_path, line_of, type_word_of
+from edgecrab.core import router
 from edgecrab.errors import Problem
 
 _SECRET_NAME = re.compile(
@@ -53,7 +53,7 @@ def _schema() -> dict[str, Any]:
     if packaged.is_file():
         text = packaged.read_text(encoding="utf-8")
     else:
-        text = (Path(__file__).resolve().parent.parent / "schemas" / "config.schema.json").read_text("utf-8")
+        text = (Path(__file__).resolve().parents[2] / "schemas" / "config.schema.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 

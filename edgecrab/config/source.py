@@ -3,7 +3,7 @@
 This module owns parsing (one pass that keeps the node tree, so any key path maps back to its line, and
 duplicate keys are caught), key-path formatting (``platforms.dingtalk.app_key``) and the expansion of
 ``${VAR}`` / ``${VAR:-default}`` in string values. It knows nothing about the schema: that is
-:mod:`edgecrab._configcheck`.
+:mod:`edgecrab.config.check`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One-pass scan of reply text for the chunker: code fences, tables and grapheme boundaries.
 
-:mod:`edgecrab.chunking` needs to know, for any offset, whether a split there would fall inside a code
+:mod:`edgecrab.replies.chunking` needs to know, for any offset, whether a split there would fall inside a code
 fence (so the fence must be closed and reopened), inside a markdown table (so the header can be repeated),
 or inside a fence delimiter line or a user-perceived character (so the split should move). This module
 answers those questions after one pass over the text (``str.find`` for candidate lines, then one anchored

@@ -1,7 +1,7 @@
 """Agent runs: one run per session at a time, the busy policy, /stop, /new and /retry.
 
 Session keys and what a session holds in memory (its queue, the run in flight, its epochs) are
-:mod:`edgecrab.sessions`.
+:mod:`edgecrab.core.sessions`.
 
 Each busy session has one worker task (in the runner's task group) that takes queued messages in order.
 A session is *busy* from the moment its worker takes a message until that run's reply is handed to
@@ -23,11 +23,11 @@ import anyio.abc
 
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import SessionsConfig
+from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, session_key
 from edgecrab.events import AgentRequest, AgentResult, Message
-from edgecrab.sessions import QueuedMessage, RunStatus, Session, session_key
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
 
-log = logging.getLogger("edgecrab.runs")
+log = logging.getLogger("edgecrab.core.runs")
 
 Reply = Callable[[Message, str, str], Awaitable[None]]
 """reply(message, text, session_key): send text to the message's conversation."""

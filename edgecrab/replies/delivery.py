@@ -1,7 +1,7 @@
 """Delivery: reply text -> formatted chunks in the ledger -> sent in order, once, paced.
 
 Every reply (agent answers, command answers, notices) goes through :meth:`Delivery.enqueue`, which
-formats it, splits it (:mod:`edgecrab.replies`) and records all its chunks in the store's outbox before
+formats it, splits it (:mod:`edgecrab.replies.format`) and records all its chunks in the store's outbox before
 anything is sent. One worker per conversation then sends that conversation's chunks strictly in order:
 chunk k+1 leaves only after chunk k succeeded, at least ``chunk_interval_s`` after it (DingTalk shows
 messages sent within the same second out of order). The pause is kept per conversation, not per worker,
@@ -30,12 +30,12 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from edgecrab.chunking import split_text
 from edgecrab.events import Message, ReplyRoute
-from edgecrab.replies import Format, PreparedReply, conversation_key, prepare_reply
+from edgecrab.replies.chunking import split_text
+from edgecrab.replies.format import Format, PreparedReply, conversation_key, prepare_reply
 from edgecrab.store.base import PENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
 
-log = logging.getLogger("edgecrab.delivery")
+log = logging.getLogger("edgecrab.replies.delivery")
 
 TOO_LONG_CODES = frozenset({"460101", "InvalidParameter.BodyTooLarge"})
 STOP_GRACE_S = 0.5

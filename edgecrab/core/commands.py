@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgecrab.config import CommandsConfig
+from edgecrab.core.router import BUILTIN_COMMANDS, HelpEntry, help_text, resolve_alias, unknown_command_text
+from edgecrab.core.runs import Runner
 from edgecrab.events import Command, Message, SessionInfo
-from edgecrab.router import BUILTIN_COMMANDS, HelpEntry, help_text, resolve_alias, unknown_command_text
-from edgecrab.runs import Runner
 
 Reply = Callable[[Message, str, str], Awaitable[None]]
 

@@ -42,7 +42,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edgecrab._textscan import TextScan, is_grapheme_boundary
+from edgecrab.replies.textscan import TextScan, is_grapheme_boundary
 
 __all__ = ["Chunk", "join_chunks", "json_bytes", "split_text"]
 

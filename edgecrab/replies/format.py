@@ -1,8 +1,8 @@
 """A reply as the delivery ledger records it, before anything is sent: the text rendered for the platform
-(:class:`Format`), split into chunks that fit DingTalk's limits (:mod:`edgecrab.chunking`), each titled and
+(:class:`Format`), split into chunks that fit DingTalk's limits (:mod:`edgecrab.replies.chunking`), each titled and
 made an :class:`~edgecrab.store.base.OutboxChunk` row (:func:`prepare_reply`). No store, no network.
 
-:mod:`edgecrab.delivery` records the rows and sends them.
+:mod:`edgecrab.replies.delivery` records the rows and sends them.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgecrab.chunking import json_bytes, split_text
 from edgecrab.events import Message, ReplyRoute
+from edgecrab.replies.chunking import json_bytes, split_text
 from edgecrab.store.base import PENDING, OutboxChunk
 
-log = logging.getLogger("edgecrab.replies")
+log = logging.getLogger("edgecrab.replies.format")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ def conversation_key(route: ReplyRoute) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PreparedReply:
-    """A reply's ledger chunks before they are recorded (:meth:`edgecrab.delivery.Delivery.prepare`)."""
+    """A reply's ledger chunks before they are recorded (:meth:`edgecrab.replies.delivery.Delivery.prepare`)."""
 
     reply_id: str
     conversation_key: str

@@ -1,11 +1,11 @@
 """Loading hooks: where they come from, in what order, and what happens when one cannot be loaded.
 
 :func:`load_hooks` fills one gateway's pluggy ``PluginManager`` (made by :func:`new_plugin_manager`) and
-returns a :class:`HookRecord` per hook for :class:`~edgecrab.plugins.HookManager`, which calls and lists them.
+returns a :class:`HookRecord` per hook for :class:`~edgecrab.hooks.manager.HookManager`, which calls and lists them.
 
-Load order (also the call order, see :mod:`edgecrab.hookcall`):
+Load order (also the call order, see :mod:`edgecrab.hooks.call`):
 
-1. ``add_hookspecs(edgecrab.hookspecs)``, before anything is registered;
+1. ``add_hookspecs(edgecrab.hooks.specs)``, before anything is registered;
 2. built-ins (objects the gateway passes in, registered exactly like user hooks);
 3. the ``edgecrab`` entry-point group (pip-installed hook packages), by entry-point name, unless
    ``hooks.entry_points`` is false;
@@ -47,10 +47,10 @@ from typing import Any
 
 import pluggy
 
-from edgecrab import hookspecs
 from edgecrab.config import HooksConfig
 from edgecrab.errors import HookLoadError, Problem
-from edgecrab.hookcall import HookSource, def_line
+from edgecrab.hooks import specs as hookspecs
+from edgecrab.hooks.call import HookSource, def_line
 
 log = logging.getLogger("edgecrab.hooks")
 

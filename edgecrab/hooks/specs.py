@@ -10,7 +10,7 @@ The names follow one grammar (see STYLE.md), and the call mode follows from the 
 - ``handle_<noun>`` **first**: the first non-``None`` result wins; the rest are not called.
 
 Implementations (``@edgecrab.hookimpl``) may be ``def`` or ``async def`` and take only the arguments they
-name. :mod:`edgecrab.hookcall` calls them (pluggy does not await) with a per-call timeout and error
+name. :mod:`edgecrab.hooks.call` calls them (pluggy does not await) with a per-call timeout and error
 isolation. ``docs/hooks.md`` documents each hook with an example; a meta-test keeps the two in step.
 """
 
