@@ -6,7 +6,8 @@ group (``...:<sender>`` with ``group_scope: per_user``), so DM and group session
 robots never share history. The same key scopes history, the run slot, the queue and ``/stop``.
 
 What a session keeps across restarts (history, usage) is in the store; a :class:`Session` is the rest,
-which :class:`~edgecrab.core.runs.Runner` drives: the messages waiting, the run in flight and its cancel scope,
+which :class:`~edgecrab.core.runs.Runner`
+drives: the messages waiting, the run in flight and its cancel scope,
 and the epochs that ``/stop``, ``/new`` and the ``interrupt`` policy bump.
 """
 

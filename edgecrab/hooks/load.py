@@ -1,7 +1,8 @@
 """Loading hooks: where they come from, in what order, and what happens when one cannot be loaded.
 
 :func:`load_hooks` fills one gateway's pluggy ``PluginManager`` (made by :func:`new_plugin_manager`) and
-returns a :class:`HookRecord` per hook for :class:`~edgecrab.hooks.manager.HookManager`, which calls and lists them.
+returns a :class:`HookRecord` per hook for
+:class:`~edgecrab.hooks.manager.HookManager`, which calls and lists them.
 
 Load order (also the call order, see :mod:`edgecrab.hooks.call`):
 

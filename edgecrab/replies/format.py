@@ -1,6 +1,7 @@
 """A reply as the delivery ledger records it, before anything is sent: the text rendered for the platform
-(:class:`Format`), split into chunks that fit DingTalk's limits (:mod:`edgecrab.replies.chunking`), each titled and
-made an :class:`~edgecrab.store.base.OutboxChunk` row (:func:`prepare_reply`). No store, no network.
+(:class:`Format`), split into chunks that fit DingTalk's limits (:mod:`edgecrab.replies.chunking`), each
+titled and made an :class:`~edgecrab.store.base.OutboxChunk` row (:func:`prepare_reply`).
+No store, no network.
 
 :mod:`edgecrab.replies.delivery` records the rows and sends them.
 """
@@ -41,7 +42,8 @@ def conversation_key(route: ReplyRoute) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PreparedReply:
-    """A reply's ledger chunks before they are recorded (:meth:`edgecrab.replies.delivery.Delivery.prepare`)."""
+    """A reply's ledger chunks before they are recorded (:meth:`~edgecrab.replies.delivery.Delivery.prepare`).
+    """
 
     reply_id: str
     conversation_key: str

@@ -287,7 +287,9 @@ def test_hooks_list_prints_the_listing(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no hooks/ folder here, and no config: the built-in default
     fake_module(
-        monkeypatch, "edgecrab.hooks.manager", hooks_list_text=lambda config: f"Hooks: {len(config.hooks.paths)}"
+        monkeypatch,
+        "edgecrab.hooks.manager",
+        hooks_list_text=lambda config: f"Hooks: {len(config.hooks.paths)}",
     )
     assert run(capsys, "hooks", "list") == (0, "Hooks: 0\n", "")
 

@@ -1,4 +1,5 @@
-"""The hook engine: loading (edgecrab.hooks.load), calling (edgecrab.hooks.call), listing (edgecrab.hooks.manager),
+"""The hook engine: loading (edgecrab.hooks.load), calling (edgecrab.hooks.call), listing
+(edgecrab.hooks.manager),
 the test harness, the shipped examples in hooks/, and meta-tests keeping hookspecs, docs/hooks.md and tests
 in step."""
 
