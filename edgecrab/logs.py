@@ -98,5 +98,5 @@ def setup_logging(level: str | int = "info") -> None:
     root.setLevel(numeric)
     # httpx logs every request URL at INFO; legacy DingTalk endpoints carry the access token in the query.
     quiet = logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING
-    for name in ("httpx", "httpcore", "websockets", "dingtalk_stream", "asyncio"):
+    for name in ("httpx", "httpcore", "websockets", "asyncio"):
         logging.getLogger(name).setLevel(quiet)

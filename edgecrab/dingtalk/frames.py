@@ -10,8 +10,9 @@ Pure functions with no I/O:
 Every defect in a frame or its data (not UTF-8, bad JSON, a header that is a list) raises :class:`FrameError`
 with a short ``reason``; nothing else escapes, so the connection loop can log the reason and move on.
 :func:`edgecrab.dingtalk.convert.to_message` raises the same error for a payload it cannot use. The
-constants mirror ``dingtalk_stream`` (a test checks they agree); the module does not import the SDK because
-it captures ``DINGTALK_OPENAPI_ENDPOINT`` at import time and is slow to load.
+constants are the protocol's wire values (protocol reference, sections 3 and 4). edgecrab does not depend on
+the official ``dingtalk-stream`` SDK; the tests use it as a conformance oracle and check that these values
+equal its own (``tests/e2e/test_sdk_oracle.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ TYPE_CALLBACK = "CALLBACK"
 TOPIC_PING = "ping"
 TOPIC_DISCONNECT = "disconnect"
 TOPIC_ROBOT_MESSAGE = "/v1.0/im/bot/messages/get"
-"""``dingtalk_stream.ChatbotMessage.TOPIC``."""
 TOPIC_ROBOT_DELEGATE = "/v1.0/im/bot/messages/delegate"
 STATUS_OK = 200
 STATUS_BAD_REQUEST = 400

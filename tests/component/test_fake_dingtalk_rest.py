@@ -286,3 +286,37 @@ async def test_fault_injection(fake: FakeDingTalk, http: httpx.AsyncClient) -> N
     faulted = [r.fault for r in fake.requests if r.fault]
     assert "reset" in faulted and "qps_limit" in faulted and "api_count_limit" in faulted
     assert all(r.t <= s.t for r, s in zip(fake.requests, fake.requests[1:], strict=False))
+
+
+async def test_unknown_routes_answer_like_dingtalk_and_are_recorded(
+    fake: FakeDingTalk, http: httpx.AsyncClient
+) -> None:
+    assert fake.stats()["unknown_routes"] == 0
+    new_api = await http.post("/v1.0/robot/noSuchApi", json={"robotCode": DEFAULT_APP_KEY})
+    assert new_api.status_code == 404
+    assert new_api.headers["content-type"] == "application/json;charset=utf-8"
+    body = new_api.json()
+    assert set(body) == {"code", "message", "requestid"} and body["code"] == "InvalidAction.NotFound"
+    assert new_api.headers["x-acs-request-id"] == body["requestid"]
+    wrong_method = await http.get("/v1.0/robot/oToMessages/batchSend")  # a known path, the wrong method
+    assert wrong_method.status_code == 404 and wrong_method.json()["code"] == "InvalidAction.NotFound"
+    legacy = await http.post("/topapi/message/corpconversation/asyncsend_v2", json={})
+    assert legacy.status_code == 200 and legacy.json() == {"errcode": 404, "errmsg": "请求的URI地址不存在"}
+    known = await http.post("/v1.0/oauth2/accessToken", json={"appKey": "x", "appSecret": "y"})
+    assert known.status_code == 400  # a served route keeps its own errors and is not "unknown"
+
+    assert [(r.method, r.path, r.status) for r in fake.unknown_routes] == [
+        ("POST", "/v1.0/robot/noSuchApi", 404),
+        ("GET", "/v1.0/robot/oToMessages/batchSend", 404),
+        ("POST", "/topapi/message/corpconversation/asyncsend_v2", 200),
+    ]
+    assert fake.unknown_routes[0].body == {"robotCode": DEFAULT_APP_KEY}
+    assert all(r in fake.requests for r in fake.unknown_routes) and len(fake.requests) == 4
+    assert fake.stats()["unknown_routes"] == 3
+    listed = (await http.get("/_fake/unknown_routes", params={"since": 2})).json()["unknown_routes"]
+    assert [r["path"] for r in listed] == ["/topapi/message/corpconversation/asyncsend_v2"]
+    # A typo in a control call is the control API's own error, not a DingTalk call.
+    typo = await http.get("/_fake/unknown_route")
+    assert typo.status_code == 404 and "GET /_fake/ lists them" in typo.json()["error"]
+    fake.reset_records()
+    assert fake.unknown_routes == [] and fake.stats()["unknown_routes"] == 0

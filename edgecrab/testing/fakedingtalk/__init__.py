@@ -53,7 +53,9 @@ Public API of :class:`FakeDingTalk` (``fake``):
   ids), ``webhook_dies_after_s``, ``webhook_per_minute``; ``fake.expire_tokens_now(app=None)``,
   ``fake.expire_webhooks_now(app=None, conversation_id=None)``, ``fake.advance_clock(seconds)``.
 - observation (monotonic ``t`` on every record, arrival order): ``acks`` (:class:`AckRecord`),
-  ``outbound`` (:class:`OutboundRecord`), ``requests`` (:class:`RestRecord`), ``open_requests``
+  ``outbound`` (:class:`OutboundRecord`), ``requests`` (:class:`RestRecord`), ``unknown_routes``
+  (the requests to a method and path the fake does not serve, answered with DingTalk's "no such API"
+  error: HTTP 404 ``InvalidAction.NotFound`` under ``/v1.0/``, errcode 404 elsewhere), ``open_requests``
   (:class:`OpenRequest`), ``pings`` (:class:`PingRecord`), ``connections`` (live),
   ``all_connections``, ``connections_opened``, ``tickets_issued``, ``redeliveries``, ``stats()``,
   ``messages_for(cid)``, ``acks_for(message_id)``, ``deliveries_of(message_id)``, ``reset_records()``;

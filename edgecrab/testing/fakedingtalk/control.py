@@ -22,6 +22,7 @@ GET|POST /_fake/settings   live settings (``zombie``, ``redeliver_after_s``, ``w
 GET|POST /_fake/faults     fault spec (see ``FaultPlan.configure``)
 POST /_fake/clock      ``{"advance_s": n}``;  POST /_fake/reset  clear records
 GET  /_fake/outbound   ``?conversation_id=&since=``;  GET /_fake/acks  ``?since=``;  GET /_fake/requests
+GET  /_fake/unknown_routes  REST calls to a method and path the fake does not serve (``?since=``)
 GET  /_fake/connections, /_fake/open_requests, /_fake/pings
 GET  /_fake/events     websocket (or SSE without an upgrade) of event dicts; ``?replay=1`` sends recent ones
 ====================  ======================================================================================
@@ -107,6 +108,7 @@ class ControlApi:
             ("GET", "/_fake/outbound", self.outbound),
             ("GET", "/_fake/acks", self.acks),
             ("GET", "/_fake/requests", self.requests),
+            ("GET", "/_fake/unknown_routes", self.unknown_routes),
             ("GET", "/_fake/connections", self.connections),
             ("GET", "/_fake/open_requests", self.open_requests),
             ("GET", "/_fake/pings", self.pings),
@@ -267,6 +269,9 @@ class ControlApi:
         if "path" in request.query:
             items = [r for r in items if r.path == request.query["path"]]
         return reply({"requests": _since(request, items)})
+
+    async def unknown_routes(self, request: web.Request) -> web.Response:
+        return reply({"unknown_routes": _since(request, self.fake.unknown_routes)})
 
     async def connections(self, request: web.Request) -> web.Response:
         return reply({"connections": [c.info() for c in self.fake.all_connections]})

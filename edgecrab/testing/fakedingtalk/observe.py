@@ -50,6 +50,11 @@ class Observation:
         return self.state.requests
 
     @property
+    def unknown_routes(self) -> list[RestRecord]:
+        """REST calls to a method and path the fake does not serve (answered "no such API")."""
+        return self.state.unknown_routes
+
+    @property
     def open_requests(self) -> list[OpenRequest]:
         return self.state.open_requests
 
@@ -117,6 +122,7 @@ class Observation:
             "outbound": len(self.state.outbound),
             "requests": len(self.state.requests),
             "rest_errors": rest_errors,
+            "unknown_routes": len(self.state.unknown_routes),
             "tokens_issued": c["tokens_issued"],
             "disconnects_sent": c["disconnects_sent"],
             "aborts": c["aborts"],

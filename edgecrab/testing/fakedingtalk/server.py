@@ -2,7 +2,9 @@
 
 HTTP and websocket share one loopback port. Every REST call (accepted or not) passes a middleware that applies
 faults first and records a :class:`RestRecord` after; ``/_fake/`` control calls and the ``/connect`` websocket
-are not recorded there.
+are not recorded there. A method and path the fake does not serve gets DingTalk's "no such API" answer
+(:func:`wire.unknown_route`) and is recorded in ``unknown_routes`` too, so a test can assert that a client
+(the official SDK in ``tests/e2e/test_sdk_oracle.py``) called nothing the fake does not know.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
+from edgecrab.testing.fakedingtalk import wire
 from edgecrab.testing.fakedingtalk.connect import StreamGateway
 from edgecrab.testing.fakedingtalk.connection import FakeConnection
-from edgecrab.testing.fakedingtalk.control import ControlApi
+from edgecrab.testing.fakedingtalk.control import ControlApi, reply
 from edgecrab.testing.fakedingtalk.faults import FaultPlan, ResetConnection
 from edgecrab.testing.fakedingtalk.models import (
     CALLBACK_TOPIC,
@@ -229,6 +232,7 @@ class FakeDingTalk(PayloadBuilder, Observation):
             self.state.acks,
             self.state.outbound,
             self.state.requests,
+            self.state.unknown_routes,
             self.state.open_requests,
             self.state.pings,
         ):
@@ -343,7 +347,13 @@ class FakeDingTalk(PayloadBuilder, Observation):
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/_fake") or request.match_info.route in self._unrecorded:
+        unknown = request.match_info.http_exception is not None  # no route for this method and path
+        if request.path.startswith("/_fake"):
+            if unknown:
+                message = f"no control endpoint {request.method} {request.path}; GET /_fake/ lists them"
+                return reply({"error": message}, 404)
+            return await handler(request)
+        if request.match_info.route in self._unrecorded:
             return await handler(request)
         body: Any = None
         if request.can_read_body and not request.content_type.startswith("multipart/"):
@@ -363,16 +373,25 @@ class FakeDingTalk(PayloadBuilder, Observation):
                 request.transport.abort()
             raise asyncio.CancelledError from None
         if response is None:
-            response = await handler(request)
+            response = wire.unknown_route(request.path) if unknown else await handler(request)
         if not isinstance(response, web.WebSocketResponse):  # a rejected handshake is recorded too
             answer: Any = None
             if isinstance(response, web.Response) and response.body is not None:
                 with contextlib.suppress(ValueError, TypeError):
                     answer = json.loads(response.body)  # type: ignore[arg-type]
-            self._record(request, body, response.status, answer, fault)
+            self._record(request, body, response.status, answer, fault, unknown=unknown)
         return response
 
-    def _record(self, request: web.Request, body: Any, status: int, answer: Any, fault: str | None) -> None:
+    def _record(
+        self,
+        request: web.Request,
+        body: Any,
+        status: int,
+        answer: Any,
+        fault: str | None,
+        *,
+        unknown: bool = False,
+    ) -> None:
         record = RestRecord(
             request.method,
             request.path,
@@ -384,12 +403,15 @@ class FakeDingTalk(PayloadBuilder, Observation):
             fault=fault,
         )
         self.state.requests.append(record)
+        if unknown:
+            self.state.unknown_routes.append(record)
         self.state.bus.emit(
             "rest",
             method=record.method,
             path=record.path,
             status=status,
             fault=fault,
+            unknown_route=unknown,
             response=answer,
             body=body if len(json.dumps(body, default=str)) < 4000 else "<large>",
         )

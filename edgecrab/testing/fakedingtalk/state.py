@@ -101,6 +101,7 @@ class FakeState:
         self.acks: list[AckRecord] = []
         self.outbound: list[OutboundRecord] = []
         self.requests: list[RestRecord] = []
+        self.unknown_routes: list[RestRecord] = []  # also in ``requests``
         self.open_requests: list[OpenRequest] = []
         self.pings: list[PingRecord] = []
         self.counters: Counter[str] = Counter()

@@ -32,6 +32,10 @@ TOO_LONG = (460101, "message too long, exceed {limit} bytes")
 WEBHOOK_TOO_FAST = (130101, "send too fast, exceed 20 times per minute")
 LEGACY_BAD_TOKEN = (40014, "不合法的access_token")
 LEGACY_BAD_PARAM = (40035, "不合法的参数")  # inferred for malformed webhook bodies
+# No such API (a path or method the server does not implement). New API: HTTP 404 (field reports:
+# zhayujie/CowAgent #2490); legacy API: HTTP 200 with errcode 404 (DingTalk's global error code list).
+NOT_FOUND = ("InvalidAction.NotFound", "Specified api is not found, please check your url and method.")
+LEGACY_NOT_FOUND = (404, "请求的URI地址不存在")
 
 
 def json_response(body: Any, status: int = 200, *, new_api: bool = True) -> web.Response:
@@ -54,6 +58,13 @@ def legacy_error(errcode: int, errmsg: str, status: int = 200) -> web.Response:
 
 def is_new_api(path: str) -> bool:
     return path.startswith("/v1.0/")
+
+
+def unknown_route(path: str) -> web.Response:
+    """DingTalk's answer to a method and path it does not serve, in the dialect of ``path``."""
+    if is_new_api(path):
+        return api_error(404, *NOT_FOUND)
+    return legacy_error(*LEGACY_NOT_FOUND)
 
 
 def generic_error(path: str, status: int, *, code: str, message: str, errcode: int) -> web.Response:
