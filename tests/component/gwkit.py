@@ -14,7 +14,7 @@ from edgecrab.agents.base import Agent
 from edgecrab.config import Config, DingTalkConfig, HooksConfig, SessionsConfig, StorageConfig
 from edgecrab.events import AgentRequest, AgentResult, Usage
 from edgecrab.gateway import Gateway
-from edgecrab.testing.fakedingtalk import FakeDingTalk
+from edgecrab.testing.fakedingtalk import FakeDingTalk, FakeUser
 
 
 class ScriptedAgent(Agent):
@@ -70,3 +70,42 @@ async def running_gateway(config: Config, agent: Agent, **kw: Any) -> AsyncItera
             yield gateway
         finally:
             tg.cancel_scope.cancel()
+
+
+async def quiescent(fake: FakeDingTalk, gateway: Gateway, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Wait until nothing more can reach DingTalk: the fake has no frame left to (re)deliver, and the
+    gateway no message unfinished in its inbox and no reply chunk unsent in its ledger.
+
+    This is what a test waits on before asserting that something did *not* happen (no duplicate, no
+    second notice, no reply to a refused message): a message is marked done only after its replies are in
+    the ledger, and a chunk leaves the ledger's open states only once DingTalk has answered its send.
+    """
+    with anyio.fail_after(timeout):
+        while True:
+            stats = fake.stats()
+            if (
+                not stats["pending"]
+                and not stats["queued"]
+                and not await gateway.store.inbox_unfinished(gateway.robot)
+                and not await gateway.store.outbox_pending()
+            ):
+                return
+            await anyio.sleep(0.01)
+
+
+PROBE = FakeUser("probe0001", "Probe")
+
+
+async def routed(fake: FakeDingTalk, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    """Wait until the gateway has routed every callback pushed before this call.
+
+    A probe user (added on first use, in its own DM) sends ``/help``: the gateway routes callbacks one after
+    the other, so when the probe's answer arrives, every earlier message was decided on (refused, answered
+    by a command, queued or handed to the runner) and the replies that decision made are in the ledger.
+    """
+    if not any(u.staff_id == PROBE.staff_id for u in fake.users):
+        fake.add_user(FakeUser(PROBE.staff_id, PROBE.name))
+    data = fake.dm(PROBE.staff_id, "/help")
+    before = len(fake.messages_for(data["conversationId"]))
+    await fake.push(data)
+    await fake.wait_for(lambda: len(fake.messages_for(data["conversationId"])) > before, timeout)
