@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 ACK_P99_GOAL_S = 0.020
 """Scenario 2: edgecrab's ack p99 at ``ack_rate`` while the agent takes ``agent_delay_s`` (issue 14; DingTalk
 redelivers an unacked callback after about 2 s)."""

@@ -18,7 +18,8 @@ from edgecrab.testing.fakedingtalk import FakeDingTalk, FakeUser
 
 
 class ScriptedAgent(Agent):
-    """Answers ``You said: <text>`` after ``delay`` seconds; records requests and cancellations."""
+    """Answers ``You said: <text>`` after ``delay`` seconds; records requests, cancellations and how many
+    runs it had at once."""
 
     name = "scripted"
 
@@ -27,15 +28,22 @@ class ScriptedAgent(Agent):
         self.reply = reply
         self.requests: list[AgentRequest] = []
         self.cancelled = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        """The most runs this agent had at once."""
 
     async def run(self, request: AgentRequest) -> AgentResult:
         self.requests.append(request)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             if self.delay:
                 await anyio.sleep(self.delay)
         except anyio.get_cancelled_exc_class():
             self.cancelled += 1
             raise
+        finally:
+            self.in_flight -= 1
         text = self.reply if self.reply is not None else f"You said: {request.messages[-1]['content']}"
         return AgentResult(text, usage=Usage(prompt_tokens=7, completion_tokens=3))
 
@@ -93,7 +101,7 @@ async def quiescent(fake: FakeDingTalk, gateway: Gateway, timeout: float = 10.0)
             await anyio.sleep(0.01)
 
 
-PROBE = FakeUser("probe0001", "Probe")
+PROBE_STAFF_ID = "probe0001"
 
 
 async def routed(fake: FakeDingTalk, timeout: float = 5.0) -> None:  # noqa: ASYNC109
@@ -103,9 +111,9 @@ async def routed(fake: FakeDingTalk, timeout: float = 5.0) -> None:  # noqa: ASY
     the other, so when the probe's answer arrives, every earlier message was decided on (refused, answered
     by a command, queued or handed to the runner) and the replies that decision made are in the ledger.
     """
-    if not any(u.staff_id == PROBE.staff_id for u in fake.users):
-        fake.add_user(FakeUser(PROBE.staff_id, PROBE.name))
-    data = fake.dm(PROBE.staff_id, "/help")
+    if not any(u.staff_id == PROBE_STAFF_ID for u in fake.users):
+        fake.add_user(FakeUser(PROBE_STAFF_ID, "Probe"))
+    data = fake.dm(PROBE_STAFF_ID, "/help")
     before = len(fake.messages_for(data["conversationId"]))
     await fake.push(data)
     await fake.wait_for(lambda: len(fake.messages_for(data["conversationId"])) > before, timeout)

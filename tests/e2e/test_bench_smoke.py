@@ -77,8 +77,11 @@ def test_every_contender_produced_numbers(smoke: tuple[dict[str, Any], str]) -> 
             assert positive(r["p50_s"]) and positive(r["cpu_s"]), where
     for contender, r in s["echo_rest_instant"]["contenders"].items():  # CPU per message, every contender
         assert positive(r["cpu_ms_per_message"]), f"{contender}: {r}"
-    for contender, r in s["ack_latency"]["contenders"].items():
-        assert r["sent"] == SMOKE.ack_messages and r["acked"] > 0 and positive(r["p50_s"]), f"{contender}: {r}"
+    for contender, r in s["ack_latency"]["contenders"].items():  # the SDK bot may ack only a few in time
+        assert r["sent"] == SMOKE.ack_messages, f"{contender}: {r}"
+        assert r["acked"] > 0 and positive(r["max_s"]), f"{contender}: {r}"
+    edgecrab = s["ack_latency"]["contenders"]["edgecrab"]
+    assert edgecrab["acked"] == edgecrab["sent"] and positive(edgecrab["p99_s"]), edgecrab
     edgecrab = s["burst"]["contenders"]["edgecrab"]
     assert edgecrab["complete"] and positive(edgecrab["wall_s"]), edgecrab
     for contender, r in s["memory"]["contenders"].items():

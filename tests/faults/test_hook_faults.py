@@ -15,7 +15,6 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-import anyio
 import pytest
 
 from edgecrab.config import HooksConfig

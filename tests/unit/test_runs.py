@@ -125,7 +125,7 @@ class Bench:
 
     async def until(self, predicate: Callable[[], bool]) -> None:
         with anyio.fail_after(5):
-            while not predicate():
+            while not predicate():  # noqa: ASYNC110 - the runner has no event for these
                 await anyio.sleep(0.005)
 
     async def settle(self) -> None:
