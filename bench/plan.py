@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+ACK_P99_GOAL_S = 0.020
+"""Scenario 2: edgecrab's ack p99 at ``ack_rate`` while the agent takes ``agent_delay_s`` (issue 14; DingTalk
+redelivers an unacked callback after about 2 s)."""
+ECHO_VS_SDK_GOAL = 1.2
+"""Scenario 1a: edgecrab's echo throughput at least this many times the SDK quick-start bot's (issue 14).
+The raw limit is still measured and reported beside it, but no longer judged."""
+ECHO_SLOW_VS_SDK_GOAL = 10.0
+"""Scenario 1b: edgecrab's echo throughput at 50 ms per REST call, against the SDK bot's."""
+BURST_SLACK_S = 1.5
+"""Scenario 3: every conversation answered within the agent's delay plus this (3.5 s with a 2 s agent)."""
+IDLE_RSS_GOAL_MB = 60.0
+SESSION_GOAL_KB = 2.0
+CHUNKING_GOAL_S = 0.050
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -38,8 +52,8 @@ class Plan:
 
     @property
     def burst_goal_s(self) -> float:
-        """Issue 8 asks for 3 s with a 2 s agent: the agent's delay plus one second."""
-        return self.agent_delay_s + 1.0
+        """Issue 14 asks for 3.5 s with a 2 s agent: the agent's delay plus one and a half seconds."""
+        return self.agent_delay_s + BURST_SLACK_S
 
     @property
     def users_needed(self) -> int:

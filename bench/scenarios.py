@@ -21,7 +21,15 @@ from bench import contenders
 from bench.contenders import ALL, EDGECRAB, RAW, SDK, Running
 from bench.drive import LaneSpec, LoadResult, text_for
 from bench.fakes import BenchFake, FakeUser
-from bench.plan import Plan
+from bench.plan import (
+    ACK_P99_GOAL_S,
+    CHUNKING_GOAL_S,
+    ECHO_SLOW_VS_SDK_GOAL,
+    ECHO_VS_SDK_GOAL,
+    IDLE_RSS_GOAL_MB,
+    SESSION_GOAL_KB,
+    Plan,
+)
 from bench.report import Line, finite, ms, num, percentile, verdict
 
 WARM_NUMBER = 9_999_999
@@ -119,17 +127,19 @@ def echo_throughput(ctx: Context, slow: bool) -> tuple[dict[str, Any], list[Line
     )
     ec, sdk, raw = rate.get(EDGECRAB, 0.0), rate.get(SDK, 0.0), rate.get(RAW, 0.0)
     if slow:
-        ok = bool(sdk) and ec >= 10 * sdk
-        goal = "edgecrab ≥ 10× SDK bot"
+        ok = bool(sdk) and ec >= ECHO_SLOW_VS_SDK_GOAL * sdk
+        goal = f"edgecrab ≥ {ECHO_SLOW_VS_SDK_GOAL:g}× SDK bot"
         detail = f"{ec / sdk:.1f}× SDK" if sdk else "SDK bot not measured"
     else:
-        ok = bool(sdk and raw) and ec >= sdk and ec >= 0.5 * raw
-        goal = "edgecrab ≥ SDK bot and ≥ 50 % of raw"
-        detail = (
-            f"{ec / sdk:.2f}× SDK, {100 * ec / raw:.0f} % of raw"
-            if sdk and raw
-            else "a reference contender was not measured"
+        # Judged against the SDK bot only; the raw limit is reported beside it (issue 14).
+        ok = bool(sdk) and ec >= ECHO_VS_SDK_GOAL * sdk
+        goal = f"edgecrab ≥ {ECHO_VS_SDK_GOAL:g}× SDK bot"
+        detail = f"{ec / sdk:.2f}× SDK" if sdk else "SDK bot not measured"
+        detail += f", {100 * ec / raw:.0f} % of raw (reported, not judged)" if raw else ", raw not measured"
+        cpu = ", ".join(
+            f"{n} {r['cpu_ms_per_message']:.2f}" for n, r in results.items()
         )
+        detail += f"; CPU ms/msg: {cpu}"
     line = Line(
         "1b" if slow else "1a",
         title,
@@ -180,7 +190,7 @@ def ack_latency(ctx: Context, llm_url: str) -> tuple[dict[str, Any], list[Line]]
             cells[name] += f" ({r['acked']:,} of {r['sent']:,} acked within {r['budget_s']:g} s)"
     ec = results.get(EDGECRAB, {})
     p99 = ec.get("p99_s")
-    ok = p99 is not None and p99 < 0.005
+    ok = p99 is not None and p99 < ACK_P99_GOAL_S
     title = (
         f"ack latency, {plan.ack_messages:,} DMs at {plan.ack_rate:g} msg/s, "
         f"agent takes {plan.agent_delay_s:g} s"
@@ -190,7 +200,7 @@ def ack_latency(ctx: Context, llm_url: str) -> tuple[dict[str, Any], list[Line]]
         title,
         "ack latency p50 · p99",
         cells,
-        "edgecrab p99 < 5 ms",
+        f"edgecrab p99 < {ACK_P99_GOAL_S * 1000:g} ms",
         verdict(ok),
         f"p99 {ms(p99)}" if p99 is not None else "not all acked",
         results,
@@ -299,8 +309,8 @@ def memory(ctx: Context) -> tuple[dict[str, Any], list[Line]]:
             "memory, idle after start and one message",
             "RSS (VmRSS)",
             idle_cells,
-            "edgecrab ≤ 60 MB",
-            verdict(idle_mb <= 60),
+            f"edgecrab ≤ {IDLE_RSS_GOAL_MB:g} MB",
+            verdict(idle_mb <= IDLE_RSS_GOAL_MB),
             f"{idle_mb:.1f} MB",
             results,
         ),
@@ -309,8 +319,8 @@ def memory(ctx: Context) -> tuple[dict[str, Any], list[Line]]:
             f"memory after {len(users):,} sessions, idle again",
             "RSS growth per session",
             per_cells,
-            "edgecrab ≤ 2 KB per idle session",
-            verdict(per_kb <= 2 and bool(ec.get("complete"))),
+            f"edgecrab ≤ {SESSION_GOAL_KB:g} KB per idle session",
+            verdict(per_kb <= SESSION_GOAL_KB and bool(ec.get("complete"))),
             f"{per_kb:.2f} KB",
             {},
         ),
@@ -329,8 +339,8 @@ def chunking(ctx: Context) -> tuple[dict[str, Any], list[Line]]:
         "split a 1 MB markdown reply (edgecrab.replies.chunking.split_text, in-process)",
         "best of 3",
         {EDGECRAB: ms(best)},
-        "< 50 ms",
-        verdict(best < 0.050),
+        f"< {CHUNKING_GOAL_S * 1000:g} ms",
+        verdict(best < CHUNKING_GOAL_S),
         ms(best),
         {"value_s": best},
     )

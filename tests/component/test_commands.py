@@ -21,7 +21,7 @@ from edgecrab.events import AgentRequest, AgentResult
 from edgecrab.gateway import Gateway
 from edgecrab.hooks.manager import HookManager
 from edgecrab.testing.fakedingtalk import FakeDingTalk
-from tests.component.gwkit import ScriptedAgent, make_config, running_gateway
+from tests.component.gwkit import ScriptedAgent, make_config, quiescent, routed, running_gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -74,13 +74,21 @@ class Chat:
         before = len(self.texts)
         await self.send(text)
         await self.wait(before + answers)
-        await anyio.sleep(0.1)  # nothing more may come
+        await self.settled()  # nothing more may come
         got = self.texts[before:]
         assert len(got) == answers, got
         return got
 
     async def wait(self, count: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         await self.fake.wait_for(lambda: len(self.texts) >= count, timeout)
+
+    async def settled(self) -> None:
+        """Every message sent so far was routed and every reply its routing made was sent. (A run still
+        going on may answer later: that answer is not part of what a message produced at once.)"""
+        await routed(self.fake)
+        with anyio.fail_after(5):
+            while await self.gateway.store.outbox_pending():  # noqa: ASYNC110 - polling the ledger
+                await anyio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
@@ -229,7 +237,7 @@ async def test_stop_cancels_the_run_and_clears_the_queue(tmp_path: Path) -> None
             (stopped,) = await chat.ask("/stop")
         assert stopped == "⏹ Stopped the answer in progress. Cleared 2 queued messages."
         assert agent.cancelled == 1
-        await anyio.sleep(0.3)
+        await quiescent(fake, gw)  # nothing left unfinished: had the queued ones run, they have by now
         assert len(agent.requests) == 1  # the queued ones never ran
         assert [t[:22] for t in chat.texts[:2]] == ["⏳ Queued — position 1.", "⏳ Queued — position 2."]
         assert await gw.store.inbox_unfinished(gw.robot) == []  # a restart revives none of them
@@ -247,7 +255,7 @@ async def test_stop_during_a_long_reply_stops_the_remaining_chunks(tmp_path: Pat
             await chat.wait(1)
             await chat.send("/stop")
             await fake.wait_for(lambda: any(t.startswith("⏹") for t in chat.texts), 5)
-            await anyio.sleep(0.7)
+            await quiescent(fake, gw)  # the rest of the answer, had it not been dropped, is out by now
             texts = chat.texts
             assert texts[-1] == "⏹ Stopped — the rest of the answer won't be sent."
             assert 1 <= len(texts) - 1 <= 2 and all(t.startswith("paragraph") for t in texts[:-1])
@@ -317,7 +325,7 @@ async def test_interrupt_policy_replaces_the_running_answer(tmp_path: Path) -> N
         agent.delay = 0.1
         await chat.send("two")
         await chat.wait(2)
-        await anyio.sleep(0.3)
+        await quiescent(fake, gw)  # the interrupted run's answer, had it been sent, is out by now
         assert chat.texts == ["⏹ Stopped the previous answer — working on your new message.", "You said: two"]
         assert agent.cancelled == 1
         assert agent.requests[-1].messages == [{"role": "user", "content": "two"}]
@@ -358,12 +366,12 @@ async def test_max_concurrent_runs_bounds_parallel_sessions(tmp_path: Path) -> N
         await first.send("first")
         await fake.wait_for(lambda: len(agent.requests) == 1, 5)
         await second.send("second")
-        await anyio.sleep(0.2)
-        assert len(agent.requests) == 1  # waiting for the only slot
         (status,) = await second.ask("/status")
         assert "Running" in status  # its turn has been taken, it waits for a slot
         await second.wait(2)
         assert second.texts[-1] == "You said: second"
+        # The second run reached the agent only once the first had finished: it waited for the slot.
+        assert agent.most_in_flight == 1
 
 
 async def test_history_limit_and_idle_expiry(tmp_path: Path) -> None:

@@ -107,6 +107,13 @@ def _tries(fake: FakeDingTalk, path: str) -> int:
     return sum(1 for r in fake.requests if r.path == path)
 
 
+async def _all_sent(d: Delivery) -> None:
+    """Wait until the ledger has no chunk left to send: after that, DingTalk receives nothing more."""
+    with anyio.fail_after(10):
+        while await d.store.outbox_pending():  # noqa: ASYNC110 - polling the ledger
+            await anyio.sleep(0.01)
+
+
 def _gaps(records: list[OutboundRecord]) -> list[float]:
     return [b.t - a.t for a, b in zip(records, records[1:], strict=False)]
 
@@ -119,8 +126,7 @@ async def test_three_chunk_group_reply_request_bodies(tmp_path: Path, snapshot: 
         route = _route(fake, group=True)
         text = "## Plan\n\n" + _paragraphs(3, 50)
         await d.enqueue(route, text, session_key="s1")
-        sent = await fake.wait_for_outbound(3, route.conversation_id)
-        await anyio.sleep(3 * INTERVAL)
+        await _all_sent(d)
         sent = fake.messages_for(route.conversation_id)
         assert len(sent) == 3
         assert [r.via for r in sent] == ["webhook"] * 3
@@ -145,7 +151,7 @@ async def test_chunks_are_fifo_and_paced_also_between_replies(tmp_path: Path) ->
         sent = await fake.wait_for_outbound(4, route.conversation_id)
         assert [r.text[:7] for r in sent] == ["part 01", "part 02", "part 03", "second "]
         # A reply arriving after the worker went idle is still paced against the previous message.
-        await anyio.sleep(0.05)
+        await _all_sent(d)
         await d.enqueue(route, "third reply")
         sent = await fake.wait_for_outbound(5, route.conversation_id)
         gaps = _gaps(sent)
@@ -169,8 +175,9 @@ async def test_order_and_exactly_once_under_injected_faults(tmp_path: Path) -> N
             await d.enqueue(route, _paragraphs(4).replace("part", "more"))
         expected = [f"part {i:02d}" for i in range(1, 7)] + [f"more {i:02d}" for i in range(1, 5)]
         for route in (dm, group):
-            sent = await fake.wait_for_outbound(10, route.conversation_id, timeout=20)
-            await anyio.sleep(3 * INTERVAL)
+            await fake.wait_for_outbound(10, route.conversation_id, timeout=20)
+        await _all_sent(d)
+        for route in (dm, group):
             sent = fake.messages_for(route.conversation_id)
             assert [r.text[:7] for r in sent] == expected
             assert min(_gaps(sent)) >= INTERVAL
@@ -187,7 +194,7 @@ async def test_too_long_chunk_is_resplit_and_nothing_is_lost(tmp_path: Path) -> 
         text = _paragraphs(30, 45)  # ~1,400 characters: one chunk for us
         await d.enqueue(route, text)
         await fake.wait_for(lambda: d.sent_chunks >= 3, 10)
-        await anyio.sleep(3 * INTERVAL)
+        await _all_sent(d)
         sent = fake.messages_for(route.conversation_id)
         assert d.resplits >= 2  # 1,400 -> 2 x 700 (still too long) -> 4 x 350
         assert all(r.body_bytes <= 700 for r in sent)
@@ -228,8 +235,8 @@ async def test_restart_sends_only_the_chunks_left_in_order(tmp_path: Path) -> No
             await store.outbox_mark(reply_id, index, SENT)
         await store.close()
         async with delivering(fake, db) as (d, _):
-            sent = await fake.wait_for_outbound(3, route.conversation_id)
-            await anyio.sleep(5 * INTERVAL)
+            await fake.wait_for_outbound(3, route.conversation_id)
+            await _all_sent(d)
             sent = fake.messages_for(route.conversation_id)
             assert [r.text[:7] for r in sent] == ["part 03", "part 04", "part 05"]
             assert await d.store.outbox_pending() == []
@@ -269,7 +276,7 @@ async def test_stop_mid_reply_sends_nothing_more(tmp_path: Path) -> None:
         assert dropped in (5, 6)
         await d.enqueue(route, "⏹ Stopped.")
         await fake.wait_for_outbound(2, route.conversation_id)
-        await anyio.sleep(0.5)
+        await _all_sent(d)  # the rest of the reply, had it not been cancelled, would be out by now
         sent = fake.messages_for(route.conversation_id)
         assert [r.text[:7] for r in sent] == ["part 01", "⏹ Stopped."[:7]]
         assert _gaps(sent)[0] >= 0.2
@@ -287,7 +294,7 @@ async def test_cancel_for_one_session_spares_another_in_the_same_group(tmp_path:
         # Alice's part 1 may still be in flight (DingTalk has it, the ledger says "sending"): 3 or 4.
         assert await d.cancel(route, session_key="g:alice") in (3, 4)
         await fake.wait_for_outbound(3, route.conversation_id)
-        await anyio.sleep(0.3)
+        await _all_sent(d)
         sent = fake.messages_for(route.conversation_id)
         assert [r.text[:7] for r in sent] == ["part 01", "bobs 01", "bobs 02"]
 
@@ -300,11 +307,13 @@ async def test_stop_during_retry_wait_stops_retrying(tmp_path: Path) -> None:
         await d.enqueue(route, "never arrives")
         await fake.wait_for(lambda: _tries(fake, BATCH) >= 2, 5)
         await d.cancel(route)
-        await anyio.sleep(0.15)
-        tries = _tries(fake, BATCH)
-        await anyio.sleep(0.4)
-        assert _tries(fake, BATCH) == tries
-        assert fake.messages_for(route.conversation_id) == []
+        # DingTalk works again, and a later reply to the same conversation goes out after anything still
+        # queued there: had the cancelled one been retried, DingTalk would now have it first.
+        fake.faults.clear()
+        await d.enqueue(route, "after the stop")
+        await fake.wait_for_outbound(1, route.conversation_id)
+        await _all_sent(d)
+        assert [r.text for r in fake.messages_for(route.conversation_id)] == ["after the stop"]
 
 
 async def test_permanent_failure_gives_up_and_reports(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from edgecrab.gateway import GAVE_UP_TEXT, MAX_RUN_ATTEMPTS
 from edgecrab.store import SQLiteStore
 from edgecrab.testing.fakedingtalk import FakeDingTalk
-from tests.component.gwkit import ScriptedAgent, make_config, running_gateway
+from tests.component.gwkit import ScriptedAgent, make_config, quiescent, running_gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -47,13 +47,13 @@ async def test_dm_is_acked_fast_and_answered(tmp_path: Path) -> None:
 async def test_redelivery_and_duplicates_answered_once(tmp_path: Path) -> None:
     async with FakeDingTalk() as fake:
         agent = ScriptedAgent()
-        async with running_gateway(make_config(fake, tmp_path), agent):
+        async with running_gateway(make_config(fake, tmp_path), agent) as gw:
             data = fake.dm(fake.users[0], "only once")
             await fake.push(data)
             await fake.push(data)  # same msgId, new frame id: a redelivery
             await fake.push(data, message_id="aa11_bb2_cc33_dd4")
             await _replies(fake, data["conversationId"], 1)
-            await anyio.sleep(0.3)
+            await quiescent(fake, gw)  # all three acked and done, every reply sent
             assert len(fake.messages_for(data["conversationId"])) == 1
             assert len(agent.requests) == 1
             assert all(a.code == 200 for a in fake.acks)
@@ -71,10 +71,10 @@ async def test_duplicate_after_restart_is_not_processed(tmp_path: Path) -> None:
             # cannot know whether DingTalk took it, and sends it again after the restart: at least once).
             await fake.wait_for(lambda: gw.delivery.sent_chunks >= 1, 3)
         agent2 = ScriptedAgent()
-        async with running_gateway(config, agent2):
+        async with running_gateway(config, agent2) as gw:
             await fake.push(data)
             await fake.wait_for(lambda: len(fake.acks) >= 2, 3)
-            await anyio.sleep(0.3)
+            await quiescent(fake, gw)
         assert agent2.requests == []
         assert len(fake.messages_for(data["conversationId"])) == 1
 
@@ -134,11 +134,11 @@ async def test_messages_picked_up_after_a_restart_get_no_second_queued_notice(tm
             notices = await _replies(fake, fake.dm(user, "x")["conversationId"], 1)
             assert notices[0].startswith("⏳ Queued")
         agent = ScriptedAgent()
-        async with running_gateway(config, agent):
+        async with running_gateway(config, agent) as gw:
             conversation = fake.dm(user, "x")["conversationId"]
             texts = await _replies(fake, conversation, 3)  # the notice from before, then two answers
+            await quiescent(fake, gw)  # both picked-up messages done, every reply sent
         assert texts[1].startswith("You said: first") and texts[2].startswith("You said: second")
-        await anyio.sleep(0.2)
         assert len(fake.messages_for(conversation)) == 3  # no second "Queued" notice
 
 
@@ -219,7 +219,7 @@ async def test_invalid_frames_never_drop_the_connection(tmp_path: Path) -> None:
 async def test_group_needs_mention_and_outsiders_are_refused(tmp_path: Path) -> None:
     async with FakeDingTalk() as fake:
         agent = ScriptedAgent()
-        async with running_gateway(make_config(fake, tmp_path), agent):
+        async with running_gateway(make_config(fake, tmp_path), agent) as gw:
             member = fake.users[0]
             silent = fake.group(member, "no mention", at_bot=False, conversation_id="cidGroupA==")
             await fake.push(silent)
@@ -232,7 +232,7 @@ async def test_group_needs_mention_and_outsiders_are_refused(tmp_path: Path) -> 
             texts = await _replies(fake, "cidGroupA==", 1)
             assert len(texts) == 1 and "with mention" in texts[0]
             await fake.wait_for(lambda: len(fake.messages_for(denied["conversationId"])) >= 1, 3)
-            await anyio.sleep(0.2)
+            await quiescent(fake, gw)  # "again" was decided on too, and anything it sent is out
             notices = fake.messages_for(denied["conversationId"])
             assert len(notices) == 1  # one notice per hour, not one per message
             assert all("let me in" not in r.messages[-1]["content"] for r in agent.requests)
@@ -326,10 +326,10 @@ async def test_unsupported_types_get_a_reply_and_quotes_reach_the_agent(tmp_path
 async def test_group_mention_rule_applies_even_if_dingtalk_delivers(tmp_path: Path) -> None:
     async with FakeDingTalk(deliver_unmentioned=True) as fake:
         agent = ScriptedAgent()
-        async with running_gateway(make_config(fake, tmp_path), agent):
+        async with running_gateway(make_config(fake, tmp_path), agent) as gw:
             mid = await fake.push(fake.group(fake.users[0], "chatting among ourselves", at_bot=False))
             await fake.wait_for_ack(mid)
-            await anyio.sleep(0.3)
+            await quiescent(fake, gw)
             assert agent.requests == []
             assert fake.outbound == []
 
@@ -356,8 +356,8 @@ async def test_a_send_on_the_wire_when_the_gateway_stops_is_finished_not_repeate
             stopping = time.monotonic()
         assert time.monotonic() - stopping < 1.0  # the stop waited for the send, not for much more
         assert len(fake.messages_for(data["conversationId"])) == 1
-        async with running_gateway(config, ScriptedAgent()):  # nothing left to send after the restart
-            await anyio.sleep(0.5)
+        async with running_gateway(config, ScriptedAgent()) as gw:  # nothing left to send after the restart
+            await quiescent(fake, gw)
         assert len(fake.messages_for(data["conversationId"])) == 1
 
 

@@ -145,9 +145,13 @@ async def test_send_pushes_like_dingtalk_and_history_keeps_the_chat(
     ).json()
     assert fake.stats()["dropped_unmentioned"] == 1  # DingTalk never pushes a group message without @robot
 
-    await anyio.sleep(0.05)  # let the recorder see the frame events
-    events = (await http.get("/sandbox/history")).json()["events"]
-    chats = [e for e in events if e["kind"] == "chat"]
+    with anyio.fail_after(5):  # the recorder sees the frame events on its own task
+        while True:
+            events = (await http.get("/sandbox/history")).json()["events"]
+            chats = [e for e in events if e["kind"] == "chat"]
+            if len(chats) >= 3 and sum(e["kind"] == "frame" for e in events) >= 3:
+                break
+            await anyio.sleep(0.02)
     assert [(c["text"], c["at_bot"], c["conversation_type"]) for c in chats] == [
         ("hi bot", None, "1"),
         ("hi all", True, "2"),

@@ -1,17 +1,31 @@
-"""``python -m bench --smoke`` still runs end to end: every scenario, every contender, a JSON file.
+"""``python -m bench --smoke`` still runs end to end: every scenario, every contender, numbers, a JSON file.
 
-Benchmarks are not timed unit tests: this checks that the machinery works and that every line carries a
-verdict, never what the verdict is (a shared CI machine proves nothing about speed).
+Benchmarks are not timed unit tests: a shared CI machine proves nothing about speed, so this never asks
+for a pass. It asks that every scenario ran every contender and measured something (answers, rates, CPU,
+latencies, memory), that each goal is the one in ``bench.plan``, and that each verdict follows from the
+numbers next to it (a verdict computed wrongly, or a line without numbers, fails here).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from bench.plan import (
+    ACK_P99_GOAL_S,
+    CHUNKING_GOAL_S,
+    ECHO_SLOW_VS_SDK_GOAL,
+    ECHO_VS_SDK_GOAL,
+    IDLE_RSS_GOAL_MB,
+    SESSION_GOAL_KB,
+    SMOKE,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 LINE_IDS = {"1a", "1b", "2", "3", "4a", "4b", "5"}
@@ -21,23 +35,95 @@ CONTENDERS = {"edgecrab", "sdk", "raw"}
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def test_smoke_run_produces_every_scenario(tmp_path: Path) -> None:
-    out = tmp_path / "smoke.json"
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "smoke.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--json", str(out), "--keep", str(tmp_path / "work")],
+        [sys.executable, "-m", "bench", "--smoke", "--json", str(out), "--keep", str(tmp / "work")],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=280,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    doc = json.loads(out.read_text(encoding="utf-8"))
+    return json.loads(out.read_text(encoding="utf-8")), proc.stdout
+
+
+def test_every_scenario_ran_every_contender(smoke: tuple[dict[str, Any], str]) -> None:
+    doc, stdout = smoke
     assert doc["meta"]["mode"] == "smoke"
     assert set(doc["scenarios"]) == SCENARIOS
     assert {line["id"] for line in doc["lines"]} == LINE_IDS
-    assert all(line["verdict"] in ("pass", "miss") for line in doc["lines"])
-    for name in ("echo_rest_instant", "echo_rest_50ms", "ack_latency", "burst"):
+    for name in ("echo_rest_instant", "echo_rest_50ms", "ack_latency", "burst", "memory"):
         assert set(doc["scenarios"][name]["contenders"]) == CONTENDERS, name
-    # The markdown table is the user-facing output: one row per line, with the verdict.
-    rows = [row for row in proc.stdout.splitlines() if row.startswith("| ") and row.endswith("** |")]
-    assert len(rows) == len(LINE_IDS), proc.stdout
+    # The markdown table is the user-facing output: one row per line, with a verdict and a measured value.
+    rows = [row for row in stdout.splitlines() if row.startswith("| ") and row.endswith("** |")]
+    assert len(rows) == len(LINE_IDS), stdout
+    assert all(row.endswith(("| **pass** |", "| **miss** |")) for row in rows), rows
+    assert doc["summary"]["pass"] + doc["summary"]["miss"] == len(LINE_IDS)
+
+
+def test_every_contender_produced_numbers(smoke: tuple[dict[str, Any], str]) -> None:
+    s = smoke[0]["scenarios"]
+    for name in ("echo_rest_instant", "echo_rest_50ms", "burst"):
+        for contender, r in s[name]["contenders"].items():
+            where = f"{name}/{contender}: {r}"
+            assert r["answered"] > 0 and positive(r["messages_per_s"]), where
+            assert positive(r["p50_s"]) and positive(r["cpu_s"]), where
+    for contender, r in s["echo_rest_instant"]["contenders"].items():  # CPU per message, every contender
+        assert positive(r["cpu_ms_per_message"]), f"{contender}: {r}"
+    for contender, r in s["ack_latency"]["contenders"].items():  # the SDK bot may ack only a few in time
+        assert r["sent"] == SMOKE.ack_messages, f"{contender}: {r}"
+        assert r["acked"] > 0 and positive(r["max_s"]), f"{contender}: {r}"
+    edgecrab = s["ack_latency"]["contenders"]["edgecrab"]
+    assert edgecrab["acked"] == edgecrab["sent"] and positive(edgecrab["p99_s"]), edgecrab
+    edgecrab = s["burst"]["contenders"]["edgecrab"]
+    assert edgecrab["complete"] and positive(edgecrab["wall_s"]), edgecrab
+    for contender, r in s["memory"]["contenders"].items():
+        assert positive(r["idle_rss_kb"]), f"{contender}: {r}"
+    edgecrab = s["memory"]["contenders"]["edgecrab"]
+    assert edgecrab["complete"] and edgecrab["sessions"] == SMOKE.sessions, edgecrab
+    assert isinstance(edgecrab["per_session_bytes"], int | float), edgecrab
+    assert positive(s["chunking"]["best_s"])
+
+
+def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[dict[str, Any], str]) -> None:
+    doc = smoke[0]
+    lines = {line["id"]: line for line in doc["lines"]}
+    s = doc["scenarios"]
+
+    def contender(name: str, who: str = "edgecrab") -> dict[str, Any]:
+        return dict(s[name]["contenders"][who])
+
+    echo = {who: contender("echo_rest_instant", who)["messages_per_s"] for who in CONTENDERS}
+    slow = {who: contender("echo_rest_50ms", who)["messages_per_s"] for who in CONTENDERS}
+    ack_p99 = contender("ack_latency")["p99_s"]
+    burst = contender("burst")
+    memory = contender("memory")
+    expected = {
+        "1a": (f"≥ {ECHO_VS_SDK_GOAL:g}× SDK", echo["edgecrab"] >= ECHO_VS_SDK_GOAL * echo["sdk"]),
+        "1b": (f"≥ {ECHO_SLOW_VS_SDK_GOAL:g}× SDK", slow["edgecrab"] >= ECHO_SLOW_VS_SDK_GOAL * slow["sdk"]),
+        "2": (f"p99 < {ACK_P99_GOAL_S * 1000:g} ms", ack_p99 is not None and ack_p99 < ACK_P99_GOAL_S),
+        "3": (
+            f"≤ {SMOKE.burst_goal_s:g} s",
+            burst["complete"] and burst["wall_s"] <= SMOKE.burst_goal_s,
+        ),
+        "4a": (f"≤ {IDLE_RSS_GOAL_MB:g} MB", memory["idle_rss_kb"] / 1024 <= IDLE_RSS_GOAL_MB),
+        "4b": (
+            f"≤ {SESSION_GOAL_KB:g} KB",
+            memory["complete"] and memory["per_session_bytes"] / 1024 <= SESSION_GOAL_KB,
+        ),
+        "5": (f"< {CHUNKING_GOAL_S * 1000:g} ms", s["chunking"]["best_s"] < CHUNKING_GOAL_S),
+    }
+    for line_id, (goal, ok) in expected.items():
+        line = lines[line_id]
+        assert goal in line["goal"], (line_id, line["goal"])
+        assert line["verdict"] == ("pass" if ok else "miss"), (line_id, line["verdict"], line["detail"])
+        assert line["detail"], line_id  # the measured value shows next to the goal
+    assert "raw" not in lines["1a"]["goal"] and "% of raw" in lines["1a"]["detail"]  # reported, not judged
+    assert all(f"{who} " in lines["1a"]["detail"] for who in CONTENDERS), lines["1a"]["detail"]

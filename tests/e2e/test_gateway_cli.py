@@ -137,10 +137,10 @@ async def test_stop_ends_a_slow_stream_within_a_second(stack) -> None:
         await llm.wait_disconnects(before + 1)
         assert time.monotonic() - started < 1.0
         await fake.wait_for(lambda: len(fake.messages_for(cid)) >= 1, 5)
-        await anyio.sleep(0.5)
-        texts = [m.text for m in fake.messages_for(cid)]
-        assert len(texts) == 1 and texts[0].startswith("⏹ Stopped")
+        # "Idle" means the stopped run has ended, and anything it recorded goes out before this answer
+        # (one conversation's replies are sent in order): a late part of the story would show up here.
         texts = await say(fake, fake.dm(user, "/status"), 2)
+        assert len(texts) == 2 and texts[0].startswith("⏹ Stopped"), texts
         assert "Idle" in texts[1]
     finally:
         await stop_gateway(gw)
@@ -189,8 +189,11 @@ async def _two_quick_messages(stack, busy_policy: str, replies: int) -> tuple[li
         await llm.wait_requests(1)
         await fake.push(fake.dm(fake.users[3], "two"))
         await fake.wait_for(lambda: len(fake.messages_for(cid)) >= replies, 10)
-        await anyio.sleep(0.3)
-        return [m.text for m in fake.messages_for(cid)], llm
+        # A later /status answering "Idle": no run is left, and one conversation's replies go out in
+        # order, so any further reply to "one" or "two" would have arrived before it.
+        texts = await say(fake, fake.dm(fake.users[3], "/status"), replies + 1)
+        assert "Idle" in texts[-1], texts
+        return texts[:-1], llm
     finally:
         await stop_gateway(gw)
 

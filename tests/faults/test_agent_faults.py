@@ -142,11 +142,12 @@ async def test_unexpected_error_in_one_run_does_not_stop_the_gateway(
         async with gateway_running(fault_config(fake, tmp_path), ScriptedAgent(), store=store) as gw:
             await fake.push(fake.dm(victim, "the first run, which meets the store error"))
             await fake.wait_for(lambda: store.failures == 1, 5)
-            await anyio.sleep(0.3)
-            assert gw.stream is not None and gw.stream.state == "connected", "the gateway stopped"
+            # Had the error escaped the run, the gateway's task group would have stopped by the time a
+            # later message is answered.
             data = fake.dm(bystander, "are you still there?")
             await fake.push(data)
             await fake.wait_for(lambda: len(fake.messages_for(data["conversationId"])) >= 1, 5)
+            assert gw.stream is not None and gw.stream.state == "connected", "the gateway stopped"
             victim_replies = fake.messages_for(fake.dm_conversation_id(victim))
     print(f"[runner-isolation] victim replies={[r.text[:60] for r in victim_replies]}")
     assert victim_replies, "the victim was left without any answer"

@@ -26,7 +26,7 @@ from edgecrab.store import OutboxChunk, SQLiteStore
 from edgecrab.testing.fake_openai import FakeOpenAI
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from edgecrab.testing.gatewayconfig import write_gateway_config
-from tests.component.gwkit import ScriptedAgent
+from tests.component.gwkit import ScriptedAgent, quiescent
 from tests.faults.conftest import SecretWatch
 from tests.faults.kit import WORD, fault_config, gateway_running, tally, word, words
 
@@ -34,13 +34,15 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
 LLM_KEY = "sk-crash-llm-key-9876543210"
 N_WORDS = 30
+CLOSING = "q99999z"
+"""The words of the answer to a question without a counted word (the closing questions)."""
 
 
 def long_reply(messages: list[dict[str, Any]]) -> str:
     """30 numbered words per question (``q00003z-00 ... q00003z-29``): four chunks at 100 characters."""
     question = str(messages[-1].get("content", ""))
     found = WORD.findall(question)
-    base = found[0] if found else "q99999z"
+    base = found[0] if found else CLOSING
     return " ".join(f"{base}-{j:02d}" for j in range(N_WORDS))
 
 
@@ -133,7 +135,19 @@ async def test_sigkill_mid_run_and_restart_answers_each_accepted_message_once(
             proc = await start(fake, config, log_path)
             with anyio.move_on_after(25):
                 await fake.wait_for(lambda: tally("x", fake, expected).answered == len(expected), 25)
-            await anyio.sleep(0.8)  # anything repeated would arrive now
+            # Anything repeated would be sent before a later message in the same conversation: callbacks
+            # are routed in order, runs of a conversation queue, and its chunks go out in order.
+            await fake.wait_for(lambda: not fake.stats()["pending"], 10)  # no redelivery still to come
+            closing = [fake.dm(u, "closing question") for u in (asker, latecomer)]
+            for data in closing:
+                await fake.push(data)
+            for data in closing:
+                await fake.wait_for(
+                    lambda c=data["conversationId"]: any(
+                        f"{CLOSING}-{N_WORDS - 1:02d}" in r.text for r in fake.messages_for(c)
+                    ),
+                    15,
+                )
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
@@ -142,7 +156,7 @@ async def test_sigkill_mid_run_and_restart_answers_each_accepted_message_once(
         acked = {w for w, mid in frame_ids.items() if any(a.code == 200 for a in fake.acks_for(mid))}
         with_words = [(r.conversation_id, r.text) for r in fake.outbound if WORD.search(r.text)]
         repeated = [t for t, n in Counter(with_words).items() if n > 1]
-        order = [w for r in fake.messages_for(cid) for w in WORD.findall(r.text)]
+        order = [w for r in fake.messages_for(cid) for w in WORD.findall(r.text) if not w.startswith(CLOSING)]
         notices = Counter(r.text for r in fake.outbound if not WORD.search(r.text))
         result = tally(
             "sigkill-restart",
@@ -214,13 +228,14 @@ async def test_crash_between_reply_ledger_and_inbox_done_answers_once(
         try:
             async with gateway_running(config, ScriptedAgent(), store=store):
                 await fake.push(data)
-                await anyio.sleep(5)
+                with anyio.fail_after(5):
+                    await anyio.sleep_forever()  # ended by the "killed" store stopping the gateway
         except BaseExceptionGroup as group:
             assert group.subgroup(lambda e: isinstance(e, ProcessKilled)) is not None, group
         assert store.dead and fake.messages_for(data["conversationId"]) == []
-        async with gateway_running(config, ScriptedAgent()):
+        async with gateway_running(config, ScriptedAgent()) as gw:
             await fake.wait_for(lambda: len(fake.messages_for(data["conversationId"])) >= 1, 5)
-            await anyio.sleep(0.5)
+            await quiescent(fake, gw)
         result = tally("crash-after-ledger", fake, {word(1): [word(1)]})
         print(result)
     assert result.ok, result

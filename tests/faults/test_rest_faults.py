@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from edgecrab.testing.fakedingtalk import FakeDingTalk
-from tests.component.gwkit import ScriptedAgent
+from tests.component.gwkit import ScriptedAgent, quiescent
 from tests.faults.conftest import SecretWatch
 from tests.faults.kit import (
     WORD,
@@ -78,7 +78,7 @@ async def test_20_percent_of_sends_fail_every_reply_delivered_in_order(
                 await anyio.sleep(0.05)
             with anyio.move_on_after(40):
                 await fake.wait_for(lambda: tally("x", fake, expected).answered == len(expected), 40)
-            await anyio.sleep(0.3)
+            await quiescent(fake, gw)  # a late duplicate would have been sent by now
             faults = Counter(r.fault for r in fake.requests if r.fault)
             result = tally(
                 "rest-20%-fail",
@@ -131,7 +131,7 @@ async def test_access_token_expires_mid_run_refreshed_nothing_lost(
                 with anyio.move_on_after(20):
                     await fake.wait_for(lambda: tally("x", fake, expected).answered == total, 20)
                 tg.cancel_scope.cancel()
-            await anyio.sleep(0.3)
+            await quiescent(fake, gw)  # a late duplicate would have been sent by now
             rejected = [
                 r
                 for r in fake.requests
@@ -187,7 +187,7 @@ async def test_session_webhook_expired_falls_back_to_openapi(
                 with anyio.move_on_after(20):
                     await fake.wait_for(lambda: tally("x", fake, expected).answered == total, 20)
                 tg.cancel_scope.cancel()
-            await anyio.sleep(0.3)
+            await quiescent(fake, gw)  # a late duplicate would have been sent by now
             gone = [
                 r
                 for r in fake.requests

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from edgecrab.testing.fakedingtalk import FakeDingTalk
-from tests.component.gwkit import ScriptedAgent
+from tests.component.gwkit import ScriptedAgent, quiescent
 from tests.faults.conftest import SecretWatch
 from tests.faults.kit import add_users, every, fault_config, gateway_running, tally, word
 
@@ -48,7 +48,7 @@ async def test_socket_aborted_every_2s_during_1000_messages(
             pushed_in = time.monotonic() - started
             with anyio.move_on_after(30):
                 await fake.wait_for(lambda: tally("abort", fake, expected).answered >= total, 30)
-            await anyio.sleep(0.5)  # late duplicates would show up here
+            await quiescent(fake, gw)  # every frame acked, every message done and sent: no late duplicate
             stats = fake.stats()
             result = tally(
                 "abort-every-2s",
@@ -85,7 +85,7 @@ async def test_disconnect_frames_during_traffic_make_before_break(
             for cid in await fake.disconnect():
                 disconnects.append((time.monotonic(), cid))
 
-        async with gateway_running(fault_config(fake, tmp_path), agent):
+        async with gateway_running(fault_config(fake, tmp_path), agent) as gw:
             await fake.wait_for(lambda: len(fake.connections) == 1, 5)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(every, 0.6, disconnect)
@@ -97,7 +97,7 @@ async def test_disconnect_frames_during_traffic_make_before_break(
                 await fake.wait_for(lambda: tally("d", fake, expected).answered >= total, 20)
                 tg.cancel_scope.cancel()
             await fake.wait_for(lambda: all(c.closed for c in fake.all_connections if c.draining), 5)
-            await anyio.sleep(0.3)
+            await quiescent(fake, gw)
             conns = {c.connection_id: c for c in fake.all_connections}
             result = tally(
                 "disconnect",

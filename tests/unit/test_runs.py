@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -75,11 +75,18 @@ class Echo(Agent):
         self.requests: list[AgentRequest] = []
         self.fail_next = False
         self.gate: anyio.Event | None = None
+        self.in_flight = 0
+        self.most_in_flight = 0
 
     async def run(self, request: AgentRequest) -> AgentResult:
         self.requests.append(request)
-        if self.gate is not None:
-            await self.gate.wait()
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+        finally:
+            self.in_flight -= 1
         if self.fail_next:
             self.fail_next = False
             raise AgentError("the agent is rate-limited (HTTP 429) — /retry in a moment")
@@ -115,6 +122,11 @@ class Bench:
     async def submit(self, message: Message, **kw: Any) -> None:
         await self.store.inbox_claim(message.robot, message.id, "", "{}", 0.0)
         await self.runner.submit(message, **kw)
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        with anyio.fail_after(5):
+            while not predicate():  # noqa: ASYNC110 - the runner has no event for these
+                await anyio.sleep(0.005)
 
     async def settle(self) -> None:
         with anyio.fail_after(5):
@@ -198,7 +210,7 @@ async def test_queue_positions_status_and_stop_dropping_the_queue() -> None:
             "⏳ Queued — position 1. I'll answer when the current reply is done (/stop cancels).",
             "⏳ Queued — position 2. I'll answer when the current reply is done (/stop cancels).",
         ]
-        await anyio.sleep(0.05)
+        await b.until(lambda: len(b.agent.requests) == 1)
         st = b.runner.status("robotA:dm:u1")
         assert (st.running, st.queued, st.preview) == (True, 2, "one")
         running, dropped = await b.runner.stop("robotA:dm:u1")
@@ -238,11 +250,13 @@ async def test_different_sessions_run_concurrently_up_to_the_bound() -> None:
         b.agent.gate = anyio.Event()
         for sender in ("a", "b", "c"):
             await b.submit(msg("hi", sender=sender))
-        await anyio.sleep(0.05)
-        assert len(b.agent.requests) == 2  # the third waits for a slot
+        # All three runs started and two reached the agent; the third waits for a slot, so it can only
+        # reach the agent once one of the two finished: never three at once.
+        await b.until(lambda: b.runner.runs_started == 3 and len(b.agent.requests) >= 2)
         b.agent.gate.set()
         await b.settle()
         assert len(b.agent.requests) == 3 and len(b.replies) == 3
+        assert b.agent.most_in_flight == 2
 
 
 @pytest.mark.anyio
@@ -258,7 +272,7 @@ async def test_reject_and_interrupt_policies() -> None:
     async with bench(busy_policy="interrupt") as b:
         b.agent.gate = anyio.Event()
         await b.submit(msg("one"))
-        await anyio.sleep(0.02)
+        await b.until(lambda: len(b.agent.requests) == 1)  # "one" is running: "two" interrupts it
         await b.submit(msg("two"))
         b.agent.gate.set()
         await b.settle()
