@@ -28,28 +28,22 @@ async def call_agent(
 ) -> AgentResult:
     """``agent.run(request)``, cut off after ``timeout_s`` plus 5 s of slack."""
     started = time.monotonic()
+
+    def failed(error: str) -> AgentResult:
+        return AgentResult("", duration_s=time.monotonic() - started, failed=True, error=error)
+
     try:
         with anyio.fail_after(timeout_s + 5):
             result = await agent.run(request)
     except AgentError as exc:
         log.warning("[runs] agent failed for message %s: %s", message_id, exc.cause)
-        return AgentResult("", duration_s=time.monotonic() - started, failed=True, error=exc.user_message)
+        return failed(exc.user_message)
     except TimeoutError:
         log.warning("[runs] agent timed out for message %s", message_id)
-        return AgentResult(
-            "",
-            duration_s=time.monotonic() - started,
-            failed=True,
-            error=f"the agent timed out after {timeout_s:.0f} s — /retry to try again",
-        )
+        return failed(f"the agent timed out after {timeout_s:.0f} s — /retry to try again")
     except Exception as exc:
         log.exception("[runs] agent crashed for message %s", message_id)
-        return AgentResult(
-            "",
-            duration_s=time.monotonic() - started,
-            failed=True,
-            error=f"the agent failed ({type(exc).__name__}) — /retry to try again",
-        )
+        return failed(f"the agent failed ({type(exc).__name__}) — /retry to try again")
     return result
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edgecrab.testing.fake_openai import wire
+import edgecrab.testing.fake_openai.wire as wire
 from edgecrab.testing.fake_openai.wire import error_response, split_tokens
 
 MODES = ("ok", "json", "hang", "garbage", "error500", "error429_then_ok", "error401")
