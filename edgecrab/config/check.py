@@ -15,7 +15,7 @@ import importlib.resources
 import json
 import re
 import shlex
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -210,90 +210,152 @@ def schema_problems(
     return list(problems.values())
 
 
+_Translation = Iterator[tuple[KeyPath, Problem]]
+
+
 def _translate(
     error: ValidationError, lines: Mapping[KeyPath, int], origins: Mapping[KeyPath, str]
-) -> Iterator[tuple[KeyPath, Problem]]:
-    path: KeyPath = tuple(error.absolute_path)
-    schema: Mapping[str, Any] = error.schema if isinstance(error.schema, Mapping) else {}
-    kind, value, instance = error.validator, error.validator_value, error.instance
-
-    # Never echo a value that may be a secret: by its key name, or by the variable it came from.
-    hidden = is_secret_name(str(path[-1]) if path else "") or (
-        path in origins and is_secret_name(origins[path].strip("${}").split(":-")[0])
-    )
-
-    def shown(raw: Any, text: str) -> str:
-        return "a value that is not shown (it may be a secret)" if hidden else text
-
-    def problem(at: KeyPath, message: str, hint: str = "") -> tuple[KeyPath, Problem]:
-        if at in origins:
-            message += f" (from `{origins[at]}`)"
-        return at, Problem(format_path(at), message, line=line_of(at, lines), hint=hint)
-
+) -> _Translation:
+    """One schema error as Problems (with the key path each is about), by the validator that failed."""
+    e = _Error(error, lines, origins)
     if "propertyNames" in error.schema_path:
-        # jsonschema reports a bad key at the mapping's path, with the key itself as the instance.
-        key_path = (*path, str(instance))
-        if path == _ALIASES:
-            yield problem(key_path, f"alias `{instance}` must start with / and contain no spaces",
-                          f"write `{_as_command(instance)}`")
-        else:
-            yield problem(key_path, f"key `{instance}` is not in the expected form",
-                          (subschema(path) or {}).get("description", ""))
-        return
-    if kind == "additionalProperties" and isinstance(instance, dict):
-        allowed = list(schema.get("properties", {}))
-        for key in instance:
-            if key not in allowed:
-                yield problem((*path, key), f"unknown key `{key}`", _unknown_key_hint(key, allowed))
-        return
-    if kind == "required" and isinstance(instance, dict):
-        for key in value:
-            if key not in instance:
-                at = (*path, key)
-                yield problem(at, f"missing required key `{key}`", PATH_HINTS.get(at, ""))
-        return
-
-    own = subschema(path) or {}
-    name = path[-1] if path else ""
-    default = own.get("default")
-    if kind == "type":
-        expected = [value] if isinstance(value, str) else list(value)
-        words = " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
-        hint = ""
-        if expected == ["object"]:
-            hint = f"write the keys of `{name}` on the lines below it, indented" if name else ""
-        elif default not in (None, "", [], {}) and isinstance(name, str):
-            hint = f"for example `{name}: {json.dumps(_number(default), ensure_ascii=False)}`"
-        if isinstance(instance, str) and path not in origins and _coerce(instance, expected) is not instance:
-            hint = (hint + "; " if hint else "") + "remove the quotes"
-        got = type_word_of(instance)
-        if hidden:
-            got = got.split(" ")[0] + " (value not shown: it may be a secret)"
-        yield problem(path, f"expected {words}, got {got}", hint)
-    elif kind == "enum":
-        choices = ", ".join(f"`{c}`" for c in value)
-        close = difflib.get_close_matches(str(instance), [str(c) for c in value], n=1, cutoff=0.5)
-        hint = f"did you mean `{close[0]}`?" if close else f"use one of {choices}"
-        yield problem(path, f"{shown(instance, f'`{instance}`')} is not one of {choices}", hint)
-    elif kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-        words = {"minimum": "at least", "exclusiveMinimum": "greater than",
-                 "maximum": "at most", "exclusiveMaximum": "less than"}[kind]
-        if "minimum" in own and "maximum" in own:
-            hint = f"use a value from {own['minimum']} to {own['maximum']}"
-        else:
-            hint = f"the default is {_number(default)}" if default is not None else ""
-        yield problem(path, f"must be {words} {value}, got {shown(instance, str(instance))}", hint)
-    elif kind == "minLength" and value == 1:
-        yield problem(path, "must not be empty", PATH_HINTS.get(path, own.get("description", "")))
-    elif kind == "pattern" and path[:-1] == _ALIASES:
-        yield problem(path, f"alias target `{instance}` must start with / and contain no spaces",
-                      f"write `{_as_command(instance)}`")
-    elif kind == "pattern":
-        form = _FORMS.get(str(name), "in the form the description asks for")
-        text = shown(instance, json.dumps(instance, ensure_ascii=False))
-        yield problem(path, f"{text} is not {form}", own.get("description", ""))
+        yield from _bad_key(e)
     else:
-        yield problem(path, error.message)
+        yield from _TRANSLATORS.get(str(e.kind), _as_is)(e)
+
+
+class _Error:
+    """A schema error and what translating it needs: where it is, whether its value may be shown."""
+
+    def __init__(
+        self, error: ValidationError, lines: Mapping[KeyPath, int], origins: Mapping[KeyPath, str]
+    ) -> None:
+        self.path: KeyPath = tuple(error.absolute_path)
+        self.schema: Mapping[str, Any] = error.schema if isinstance(error.schema, Mapping) else {}
+        self.kind, self.value, self.instance = error.validator, error.validator_value, error.instance
+        self.message = error.message
+        self.name = self.path[-1] if self.path else ""
+        self.lines, self.origins = lines, origins
+        # Never echo a value that may be a secret: by its key name, or by the variable it came from.
+        path = self.path
+        self.hidden = is_secret_name(str(path[-1]) if path else "") or (
+            path in origins and is_secret_name(origins[path].strip("${}").split(":-")[0])
+        )
+
+    @functools.cached_property
+    def own(self) -> Mapping[str, Any]:
+        """The schema of the value's key (empty for unknown keys)."""
+        return subschema(self.path) or {}
+
+    def shown(self, text: str) -> str:
+        return "a value that is not shown (it may be a secret)" if self.hidden else text
+
+    def problem(self, at: KeyPath, message: str, hint: str = "") -> tuple[KeyPath, Problem]:
+        if at in self.origins:
+            message += f" (from `{self.origins[at]}`)"
+        return at, Problem(format_path(at), message, line=line_of(at, self.lines), hint=hint)
+
+
+def _as_is(e: _Error) -> _Translation:
+    yield e.problem(e.path, e.message)
+
+
+def _bad_key(e: _Error) -> _Translation:
+    # jsonschema reports a bad key at the mapping's path, with the key itself as the instance.
+    key_path = (*e.path, str(e.instance))
+    if e.path == _ALIASES:
+        yield e.problem(key_path, f"alias `{e.instance}` must start with / and contain no spaces",
+                        f"write `{_as_command(e.instance)}`")
+    else:
+        yield e.problem(key_path, f"key `{e.instance}` is not in the expected form",
+                        (subschema(e.path) or {}).get("description", ""))
+
+
+def _unknown_keys(e: _Error) -> _Translation:
+    if not isinstance(e.instance, dict):
+        yield from _as_is(e)
+        return
+    allowed = list(e.schema.get("properties", {}))
+    for key in e.instance:
+        if key not in allowed:
+            yield e.problem((*e.path, key), f"unknown key `{key}`", _unknown_key_hint(key, allowed))
+
+
+def _missing_keys(e: _Error) -> _Translation:
+    if not isinstance(e.instance, dict):
+        yield from _as_is(e)
+        return
+    for key in e.value:
+        if key not in e.instance:
+            at = (*e.path, key)
+            yield e.problem(at, f"missing required key `{key}`", PATH_HINTS.get(at, ""))
+
+
+def _wrong_type(e: _Error) -> _Translation:
+    expected = [e.value] if isinstance(e.value, str) else list(e.value)
+    words = " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
+    name, default, hint = e.name, e.own.get("default"), ""
+    if expected == ["object"]:
+        hint = f"write the keys of `{name}` on the lines below it, indented" if name else ""
+    elif default not in (None, "", [], {}) and isinstance(name, str):
+        hint = f"for example `{name}: {json.dumps(_number(default), ensure_ascii=False)}`"
+    quoted = isinstance(e.instance, str) and e.path not in e.origins
+    if quoted and _coerce(e.instance, expected) is not e.instance:
+        hint = (hint + "; " if hint else "") + "remove the quotes"
+    got = type_word_of(e.instance)
+    if e.hidden:
+        got = got.split(" ")[0] + " (value not shown: it may be a secret)"
+    yield e.problem(e.path, f"expected {words}, got {got}", hint)
+
+
+def _not_a_choice(e: _Error) -> _Translation:
+    choices = ", ".join(f"`{c}`" for c in e.value)
+    close = difflib.get_close_matches(str(e.instance), [str(c) for c in e.value], n=1, cutoff=0.5)
+    hint = f"did you mean `{close[0]}`?" if close else f"use one of {choices}"
+    yield e.problem(e.path, f"{e.shown(f'`{e.instance}`')} is not one of {choices}", hint)
+
+
+_BOUND_WORDS = {"minimum": "at least", "exclusiveMinimum": "greater than",
+                "maximum": "at most", "exclusiveMaximum": "less than"}
+
+
+def _out_of_bounds(e: _Error) -> _Translation:
+    own, default = e.own, e.own.get("default")
+    if "minimum" in own and "maximum" in own:
+        hint = f"use a value from {own['minimum']} to {own['maximum']}"
+    else:
+        hint = f"the default is {_number(default)}" if default is not None else ""
+    words = _BOUND_WORDS[str(e.kind)]
+    yield e.problem(e.path, f"must be {words} {e.value}, got {e.shown(str(e.instance))}", hint)
+
+
+def _too_short(e: _Error) -> _Translation:
+    if e.value != 1:
+        yield from _as_is(e)
+        return
+    yield e.problem(e.path, "must not be empty", PATH_HINTS.get(e.path, e.own.get("description", "")))
+
+
+def _no_match(e: _Error) -> _Translation:
+    if e.path[:-1] == _ALIASES:
+        yield e.problem(e.path, f"alias target `{e.instance}` must start with / and contain no spaces",
+                        f"write `{_as_command(e.instance)}`")
+        return
+    form = _FORMS.get(str(e.name), "in the form the description asks for")
+    text = e.shown(json.dumps(e.instance, ensure_ascii=False))
+    yield e.problem(e.path, f"{text} is not {form}", e.own.get("description", ""))
+
+
+_TRANSLATORS: dict[str, Callable[[_Error], _Translation]] = {
+    "additionalProperties": _unknown_keys,
+    "required": _missing_keys,
+    "type": _wrong_type,
+    "enum": _not_a_choice,
+    **dict.fromkeys(_BOUND_WORDS, _out_of_bounds),
+    "minLength": _too_short,
+    "pattern": _no_match,
+}
+"""A translator per JSON Schema validator; any other validator's own message is shown as it is."""
 
 
 _FORMS = {

@@ -21,8 +21,9 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from edgecrab.agents.base import Agent, AgentError
+from edgecrab.agents.base import Agent
 from edgecrab.config import SessionsConfig
+from edgecrab.core.agentcall import call_agent, failure_text
 from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, session_key
 from edgecrab.events import AgentRequest, AgentResult, Message
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
@@ -38,12 +39,6 @@ runner records together with the rest of the run's end (``Store.finish_turn``), 
 
 NO_RETRY_TEXT = "🤷 There's no earlier message to retry — just send me a new one."
 EMPTY_ANSWER_TEXT = "(the agent returned an empty answer — /retry to ask again)"
-
-
-def failure_text(error: str) -> str:
-    """An agent failure as the user sees it: ``⚠️ The agent timed out after 120 s — /retry to try again.``"""
-    error = error.strip() or "the agent failed to answer — /retry to try again"
-    return f"⚠️ {error[:1].upper()}{error[1:]}"
 
 
 def _plural(n: int, word: str) -> str:
@@ -188,43 +183,11 @@ class Runner:
     async def _run_one(self, s: Session, item: QueuedMessage, epoch: int, resets: int) -> None:
         message, key = item.message, s.key
         now = time.time()
-        await self._expire_if_idle(key, now)
-        await self.store.turn_started(key, robot=message.robot, msg_id=message.id, now=now)
-        text = message.agent_text()
-        if item.retry:
-            text = await self._retry_text(key)
-            if not text:
-                await self._reply(message, NO_RETRY_TEXT, key)
-                await self.store.inbox_set_state(message.robot, message.id, DONE, "nothing to retry")
-                return
-        if s.epoch != epoch:
-            await self.store.inbox_set_state(message.robot, message.id, DONE, "stopped before it started")
+        begun = await self._begin(s, item, epoch, now)
+        if begun is None:
             return
-        history = await self.store.history(key, self.config.history_limit)
-        request = AgentRequest(
-            messages=[{"role": t.role, "content": t.content} for t in history]
-            + [{"role": "user", "content": text}],
-            system_prompt=self.system_prompt,
-            session_key=key,
-            message_id=message.id,
-        )
-        if self.hooks is not None:
-            request = await self.hooks.pipeline("prepare_agent_request", "request", request, message=message)
-        scope = s.scope or anyio.CancelScope()
-        self.runs_started += 1
-        result: AgentResult | None = None
-        started = time.monotonic()
-        try:
-            with scope:
-                if s.epoch != epoch:
-                    scope.cancel()  # stopped while the request was being prepared
-                async with self._limiter:
-                    result = await self._call_agent(request, message)
-        finally:
-            self.runs_finished += 1
-        elapsed = time.monotonic() - started
-        if result is None:  # cancelled by /stop, /new or interrupt
-            result = AgentResult(text="", duration_s=elapsed, stopped=True)
+        text, request = begun
+        result, elapsed = await self._call_stoppably(s, epoch, request, message)
         user_turn = Turn("user", text, message.id, now)
         delta = UsageDelta(
             messages_in=1,
@@ -247,11 +210,7 @@ class Runner:
             await self._finish(message, key, DONE, "stopped", usage=delta, last_user=user_turn)
             return
         if result.failed:
-            text_out = failure_text(result.error)
-            if self.hooks is not None:
-                custom = await self.hooks.first("handle_error", error=result.error, message=message)
-                if isinstance(custom, str) and custom:
-                    text_out = custom
+            text_out = await self._failure_answer(result.error, message)
             await self._finish(
                 message, key, FAILED, result.error, usage=delta, last_user=user_turn, answer=text_out
             )
@@ -266,6 +225,68 @@ class Runner:
             last_user=user_turn,
             answer=reply or EMPTY_ANSWER_TEXT,
         )
+
+    async def _begin(
+        self, s: Session, item: QueuedMessage, epoch: int, now: float
+    ) -> tuple[str, AgentRequest] | None:
+        """Record the turn's start and build the agent request: ``(user text, request)``, or None when
+        there is nothing to run (nothing to retry, or stopped already; the message is then done)."""
+        message, key = item.message, s.key
+        await self._expire_if_idle(key, now)
+        await self.store.turn_started(key, robot=message.robot, msg_id=message.id, now=now)
+        text = message.agent_text()
+        if item.retry:
+            text = await self._retry_text(key)
+            if not text:
+                await self._reply(message, NO_RETRY_TEXT, key)
+                await self.store.inbox_set_state(message.robot, message.id, DONE, "nothing to retry")
+                return None
+        if s.epoch != epoch:
+            await self.store.inbox_set_state(message.robot, message.id, DONE, "stopped before it started")
+            return None
+        history = await self.store.history(key, self.config.history_limit)
+        request = AgentRequest(
+            messages=[{"role": t.role, "content": t.content} for t in history]
+            + [{"role": "user", "content": text}],
+            system_prompt=self.system_prompt,
+            session_key=key,
+            message_id=message.id,
+        )
+        if self.hooks is not None:
+            request = await self.hooks.pipeline("prepare_agent_request", "request", request, message=message)
+        return text, request
+
+    async def _call_stoppably(
+        self, s: Session, epoch: int, request: AgentRequest, message: Message
+    ) -> tuple[AgentResult, float]:
+        """The agent call in the session's cancel scope (``/stop``, ``/new``, interrupt): its result (a
+        stopped one if cancelled) and how long it took."""
+        scope = s.scope or anyio.CancelScope()
+        self.runs_started += 1
+        result: AgentResult | None = None
+        started = time.monotonic()
+        try:
+            with scope:
+                if s.epoch != epoch:
+                    scope.cancel()  # stopped while the request was being prepared
+                async with self._limiter:
+                    result = await call_agent(
+                        self.agent, request, timeout_s=self.agent_timeout_s, message_id=message.id
+                    )
+        finally:
+            self.runs_finished += 1
+        elapsed = time.monotonic() - started
+        if result is None:  # cancelled by /stop, /new or interrupt
+            result = AgentResult(text="", duration_s=elapsed, stopped=True)
+        return result, elapsed
+
+    async def _failure_answer(self, error: str, message: Message) -> str:
+        """What the user is told when the agent failed: a ``handle_error`` hook's text, or ours."""
+        if self.hooks is not None:
+            custom = await self.hooks.first("handle_error", error=error, message=message)
+            if isinstance(custom, str) and custom:
+                return custom
+        return failure_text(error)
 
     async def _finish(
         self,
@@ -301,32 +322,6 @@ class Runner:
         )
         if recorded is not None:
             recorded()
-
-    async def _call_agent(self, request: AgentRequest, message: Message) -> AgentResult:
-        started = time.monotonic()
-        try:
-            with anyio.fail_after(self.agent_timeout_s + 5):
-                result = await self.agent.run(request)
-        except AgentError as exc:
-            log.warning("[runs] agent failed for message %s: %s", message.id, exc.cause)
-            return AgentResult("", duration_s=time.monotonic() - started, failed=True, error=exc.user_message)
-        except TimeoutError:
-            log.warning("[runs] agent timed out for message %s", message.id)
-            return AgentResult(
-                "",
-                duration_s=time.monotonic() - started,
-                failed=True,
-                error=f"the agent timed out after {self.agent_timeout_s:.0f} s — /retry to try again",
-            )
-        except Exception as exc:
-            log.exception("[runs] agent crashed for message %s", message.id)
-            return AgentResult(
-                "",
-                duration_s=time.monotonic() - started,
-                failed=True,
-                error=f"the agent failed ({type(exc).__name__}) — /retry to try again",
-            )
-        return result
 
     async def _expire_if_idle(self, key: str, now: float) -> None:
         """``idle_expiry_s``: a session idle for longer starts afresh (housekeeping also prunes them)."""

@@ -284,6 +284,31 @@ def _mentions(data: Mapping[str, Any]) -> tuple[Mention, ...]:
     return tuple(found)
 
 
+def _sender(data: Mapping[str, Any], dingtalk_id: str) -> Sender:
+    return Sender(
+        id=_str(data, "senderStaffId"),
+        name=_str(data, "senderNick"),
+        dingtalk_id=dingtalk_id,
+        corp_id=_str(data, "senderCorpId"),
+        is_admin=_flag(data, "isAdmin"),
+    )
+
+
+def _route(
+    data: Mapping[str, Any], robot: str, conversation_id: str, is_group: bool, sender: Sender
+) -> ReplyRoute:
+    """Everything needed to answer in this message's conversation (persisted with the message)."""
+    return ReplyRoute(
+        robot_code=robot,
+        conversation_id=conversation_id,
+        is_group=is_group,
+        sender_staff_id=sender.id,
+        sender_name=sender.name,
+        session_webhook=_str(data, "sessionWebhook"),
+        session_webhook_expires_at=_epoch_s(data, "sessionWebhookExpiredTime"),
+    )
+
+
 def to_message(
     data: Mapping[str, Any],
     *,
@@ -309,27 +334,13 @@ def to_message(
         raise FrameError("missing robotCode")
 
     is_group = _is_group(data)
-    sender = Sender(
-        id=_str(data, "senderStaffId"),
-        name=_str(data, "senderNick"),
-        dingtalk_id=dingtalk_id,
-        corp_id=_str(data, "senderCorpId"),
-        is_admin=_flag(data, "isAdmin"),
-    )
+    sender = _sender(data, dingtalk_id)
     bot_mentioned = _flag(data, "isInAtList") and is_group
     text, attachments, quote, unsupported = _body(data, msgtype)
     if is_group and bot_mentioned:
         text = _strip_leading_mention(text)
 
-    route = ReplyRoute(
-        robot_code=robot,
-        conversation_id=conversation_id,
-        is_group=is_group,
-        sender_staff_id=sender.id,
-        sender_name=sender.name,
-        session_webhook=_str(data, "sessionWebhook"),
-        session_webhook_expires_at=_epoch_s(data, "sessionWebhookExpiredTime"),
-    )
+    route = _route(data, robot, conversation_id, is_group, sender)
     return Message(
         id=msg_id,
         robot=robot,

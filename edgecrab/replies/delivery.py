@@ -9,9 +9,8 @@ so it also holds between two replies. A restart resumes from the ledger, so chun
 repeated.
 
 A chunk DingTalk rejects as too long (``460101``, or the OpenAPI's body-size error) is never dropped: it
-is split again with half the character budget and the pieces are sent in its place, halving again if a
-piece is still refused. The pieces still to send are kept in the store (``kv``) while that happens, so a
-restart half-way through a re-split chunk repeats nothing either.
+is split again and the pieces are sent in its place (:mod:`edgecrab.replies.resplit`, which also keeps the
+pieces still to send in the store, so a restart half-way through a re-split chunk repeats nothing either).
 
 ``/stop`` and ``/new`` call :meth:`Delivery.cancel`: the unsent chunks are marked cancelled in the ledger
 and the conversation's epoch is bumped, so a worker that has already read them re-reads the ledger
@@ -20,7 +19,6 @@ before its next send (and gives up waiting to retry one).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,18 +29,16 @@ import anyio.abc
 import anyio.lowlevel
 
 from edgecrab.events import Message, ReplyRoute
-from edgecrab.replies.chunking import split_text
 from edgecrab.replies.format import Format, PreparedReply, conversation_key, prepare_reply
+from edgecrab.replies.resplit import TOO_LONG_CODES, Resplits
 from edgecrab.store.base import PENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
 
 log = logging.getLogger("edgecrab.replies.delivery")
 
-TOO_LONG_CODES = frozenset({"460101", "InvalidParameter.BodyTooLarge"})
 STOP_GRACE_S = 0.5
 """How long a send already on the wire may go on when the gateway stops. DingTalk may well take it, and
 only a finished send is known to be delivered: one cut off is sent again after the restart (a duplicate
 whenever DingTalk had taken it). A send that needs longer is cut off, and is sent again."""
-""""Message too long": ``460101`` from the sessionWebhook; the OpenAPI's body-size code (inferred)."""
 
 
 class SendOutcome(Protocol):
@@ -57,10 +53,6 @@ class ChunkSender(Protocol):
 
 
 Notifier = Callable[[str, str, Any, Message | None], Awaitable[None]]
-
-
-def _split_key(chunk: OutboxChunk) -> str:
-    return f"delivery:split:{chunk.reply_id}:{chunk.index}"
 
 
 # What sending one message came to.
@@ -99,9 +91,7 @@ class Delivery:
         """Monotonic time of each conversation's last accepted message (the pacing reference)."""
         self._replies: dict[str, tuple[str, Message | None]] = {}
         """Replies recorded by this process and not finished yet: their text and message, for hooks."""
-        self._resplit: dict[str, set[int]] = {}
-        """Chunk indexes of those replies re-split by this process, by reply: the others have no pieces in
-        ``kv``, which :meth:`_load_pieces` then need not read."""
+        self._resplits = Resplits(store)
         self._on_the_wire: set[anyio.CancelScope] = set()
         """The sends in progress, each shielded from the gateway's stop (see :data:`STOP_GRACE_S`)."""
         self._stop_by: float | None = None
@@ -109,7 +99,11 @@ class Delivery:
         self.sent_chunks = 0
         """Messages DingTalk accepted (a re-split chunk counts once per piece)."""
         self.failed_replies = 0
-        self.resplits = 0
+
+    @property
+    def resplits(self) -> int:
+        """Chunks (or pieces) DingTalk refused as too long and that were split again."""
+        return self._resplits.count
 
     # -- enqueue -----------------------------------------------------------------------------------
     async def enqueue(
@@ -170,7 +164,7 @@ class Delivery:
                 dropped += await self.store.outbox_cancel(ckey, reply_id)
         for reply_id in reply_ids:
             self._replies.pop(reply_id, None)
-            self._resplit.pop(reply_id, None)
+            self._resplits.forget(reply_id)
         if dropped:
             log.info("[delivery] %d unsent chunk(s) to %s cancelled", dropped, ckey)
         return dropped
@@ -241,18 +235,10 @@ class Delivery:
     async def _deliver(self, chunk: OutboxChunk, epoch: int) -> bool:
         """Send one ledger chunk (as several messages if DingTalk finds it too long). True when sent."""
         route = ReplyRoute.from_dict(chunk.route)
-        pieces = await self._load_pieces(chunk)
+        pieces = await self._pieces_left(chunk)
         split = pieces is not None
         if pieces is None:
             pieces = [chunk.text]
-        elif pieces:
-            log.info(
-                "[delivery] resuming re-split chunk %d/%d of %s: %d piece(s) left",
-                chunk.index + 1,
-                chunk.total,
-                chunk.reply_id,
-                len(pieces),
-            )
         whole_sent = False
         while pieces:
             # The chunker keeps boundary whitespace at the end of the earlier chunk (lossless joins);
@@ -269,33 +255,37 @@ class Delivery:
                 pieces.pop(0)
                 if split:
                     # Re-split (rare): progress and the session's count are saved piece by piece.
-                    with anyio.CancelScope(shield=True):  # a piece went out: see the SENT mark below
-                        await self._save_pieces(chunk, pieces)
+                    with anyio.CancelScope(shield=True):  # a piece went out: see _mark_sent
+                        await self._resplits.save(chunk, pieces)
                         await self._count_sent(chunk)
                 else:
-                    whole_sent = True  # counted with the SENT mark below, in one write
+                    whole_sent = True  # counted with the SENT mark, in one write
                 continue
             if outcome == _CANCELLED:
                 return False
-            if outcome == _TOO_LONG:
-                smaller = self._smaller(pieces[0])
-                if smaller is not None:
-                    self.resplits += 1
-                    log.warning(
-                        "[delivery] chunk %d/%d of %s too long for DingTalk (%s); sending it as %d "
-                        "smaller pieces",
-                        chunk.index + 1,
-                        chunk.total,
-                        chunk.reply_id,
-                        error,
-                        len(smaller),
-                    )
-                    pieces[:1] = smaller
-                    split = True
-                    await self._save_pieces(chunk, pieces)
-                    continue
+            if outcome == _TOO_LONG and await self._resplits.split(chunk, pieces, error, self.format):
+                split = True
+                continue
             await self._give_up(chunk, error)
             return False
+        await self._mark_sent(chunk, whole_sent=whole_sent, split=split)
+        return True
+
+    async def _pieces_left(self, chunk: OutboxChunk) -> list[str] | None:
+        """What is still to send of a chunk re-split before a restart; None if it was never re-split."""
+        pieces = await self._resplits.load(chunk, recorded_here=chunk.reply_id in self._replies)
+        if pieces:
+            log.info(
+                "[delivery] resuming re-split chunk %d/%d of %s: %d piece(s) left",
+                chunk.index + 1,
+                chunk.total,
+                chunk.reply_id,
+                len(pieces),
+            )
+        return pieces
+
+    async def _mark_sent(self, chunk: OutboxChunk, *, whole_sent: bool, split: bool) -> None:
+        """Record the chunk as sent (``whole_sent``: counted here, not piece by piece)."""
         # Shielded: the chunk is out, and a stop must not lose the record of it (the next start would
         # send it again). The write waits at most one group commit window.
         with anyio.CancelScope(shield=True):
@@ -307,10 +297,9 @@ class Delivery:
                 now=time.time(),
             )
         if split:
-            self._resplit.get(chunk.reply_id, set()).discard(chunk.index)
+            self._resplits.sent(chunk)
         if chunk.index == chunk.total - 1:
             await self._finished(chunk.reply_id, None)
-        return True
 
     async def _send(
         self, chunk: OutboxChunk, route: ReplyRoute, text: str, mention: bool, epoch: int
@@ -378,40 +367,6 @@ class Delivery:
         if chunk.session_key:
             await self.store.usage_add(chunk.session_key, UsageDelta(chunks_sent=1), time.time())
 
-    def _smaller(self, text: str) -> list[str] | None:
-        """``text`` split with half its character budget (fences closed and reopened); None if it can't be."""
-        if len(text) < 2:
-            return None
-        fmt = self.format
-        try:
-            parts = split_text(
-                text,
-                max_chars=(len(text) + 1) // 2,
-                max_bytes=fmt.max_bytes,
-                overhead_bytes=fmt.overhead_bytes,
-            )
-        except ValueError:
-            return None
-        return [p.text for p in parts] if len(parts) > 1 else None
-
-    async def _load_pieces(self, chunk: OutboxChunk) -> list[str] | None:
-        """The pieces of a re-split chunk still to send (after a restart), or None if never re-split."""
-        key = _split_key(chunk)
-        if chunk.reply_id in self._replies and chunk.index not in self._resplit.get(chunk.reply_id, ()):
-            return None  # recorded by this process, which never re-split it
-        raw = await self.store.kv_get(key)
-        if not raw:
-            return None
-        try:
-            pieces = json.loads(raw)
-        except ValueError:
-            return None
-        return [str(p) for p in pieces] if isinstance(pieces, list) else None
-
-    async def _save_pieces(self, chunk: OutboxChunk, pieces: list[str]) -> None:
-        self._resplit.setdefault(chunk.reply_id, set()).add(chunk.index)
-        await self.store.kv_set(_split_key(chunk), json.dumps(pieces, ensure_ascii=False))
-
     async def _give_up(self, chunk: OutboxChunk, error: str) -> None:
         log.error("[delivery] giving up on reply %s to %s: %s", chunk.reply_id, chunk.conversation_key, error)
         await self.store.outbox_cancel(chunk.conversation_key, chunk.reply_id)
@@ -421,7 +376,7 @@ class Delivery:
 
     async def _finished(self, reply_id: str, error: str | None) -> None:
         text, message = self._replies.pop(reply_id, ("", None))
-        self._resplit.pop(reply_id, None)
+        self._resplits.forget(reply_id)
         if self._notify is None:
             return
         if error is None:

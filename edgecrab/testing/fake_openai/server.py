@@ -1,48 +1,20 @@
-"""A fake OpenAI-compatible chat server for tests, end-to-end runs and benchmarks.
-
-:class:`FakeOpenAI` is an aiohttp server on ``127.0.0.1`` (a free port by default) that answers
-``POST /v1/chat/completions`` like OpenAI does: Server-Sent Events when the body says ``"stream": true``
-(content deltas, a ``finish_reason`` chunk, a ``usage`` chunk when ``stream_options.include_usage`` is set,
-then ``data: [DONE]``), one JSON body otherwise. Its ``mode`` switches to a failure on purpose:
-
-=====================  ====================================================================
-``ok``                 answer normally (after ``delay_s``, ``token_delay_s`` between tokens)
-``json``               ignore ``stream: true`` and answer with one JSON body (like some proxies)
-``hang``               accept the request and never answer (until the client goes away)
-``garbage``            answer 200 with a body no OpenAI client can parse
-``error500``           answer 500 every time
-``error429_then_ok``   answer 429 ``errors_before_ok`` times, then ``ok`` (the count restarts when set)
-``error401``           answer 401 every time (also the answer to a wrong key when ``api_key`` is set)
-=====================  ====================================================================
-
-Usage is deterministic: ``prompt_tokens`` is the number of whitespace-separated words in all request messages
-and ``completion_tokens`` the number of streamed tokens (words), unless fixed values are given.
-
-The server notices a client that disconnects mid-answer (``disconnects``,
-:meth:`FakeOpenAI.wait_disconnects`), which is how tests prove that ``/stop`` closes the HTTP stream.
-
-Run it as a process for end-to-end tests::
-
-    python -m edgecrab.testing.fake_openai --port 0 --delay 2 --token-delay 0.05
-
-It prints one JSON line (``{"base_url": ..., "control_url": ..., "port": ...}``) when ready and serves
-``/_fake/state``: ``GET`` returns counters, usage totals and the last requests; ``POST`` a JSON object with
-any of ``mode``, ``delay_s``, ``token_delay_s``, ``reply``, ``prompt_tokens``, ``completion_tokens``,
-``errors_before_ok``, ``api_key``, ``reset`` changes them.
+"""The fake OpenAI server: the settings and counters tests control, the aiohttp app, and the chat
+handler that answers like OpenAI (or fails on purpose, by ``mode``). The package docstring
+(:mod:`edgecrab.testing.fake_openai`) lists the modes; :mod:`edgecrab.testing.fake_openai.wire` shapes
+the bodies.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import re
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+
+import edgecrab.testing.fake_openai.wire as wire
+from edgecrab.testing.fake_openai.wire import error_response, split_tokens
 
 MODES = ("ok", "json", "hang", "garbage", "error500", "error429_then_ok", "error401")
 
@@ -55,15 +27,6 @@ def default_reply(messages: list[dict[str, Any]]) -> str:
         if message.get("role") == "user":
             return f"You said: {message.get('content', '')}"
     return "You said nothing."
-
-
-def split_tokens(text: str) -> list[str]:
-    """Words with their leading whitespace (as OpenAI streams them); joined they give back ``text``."""
-    tokens = re.findall(r"\s*\S+", text)
-    rest = text[len("".join(tokens)) :]
-    if rest:
-        tokens.append(rest)
-    return tokens
 
 
 class _ClientGone(Exception):
@@ -268,7 +231,7 @@ class FakeOpenAI:
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, "invalid JSON body", "invalid_request_error")
+            return error_response(400, "invalid JSON body", "invalid_request_error")
         self.requests.append(body)
         self.request_headers.append(dict(request.headers))
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -284,15 +247,21 @@ class FakeOpenAI:
 
     async def _answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return _error(401, "Incorrect API key provided.", "invalid_request_error", code="invalid_api_key")
+            return error_response(
+                401, "Incorrect API key provided.", "invalid_request_error", code="invalid_api_key"
+            )
         mode = self.mode
         if mode == "error401":
-            return _error(401, "Incorrect API key provided.", "invalid_request_error", code="invalid_api_key")
+            return error_response(
+                401, "Incorrect API key provided.", "invalid_request_error", code="invalid_api_key"
+            )
         if mode == "error500":
-            return _error(500, "The server had an error while processing your request.", "server_error")
+            return error_response(
+                500, "The server had an error while processing your request.", "server_error"
+            )
         if mode == "error429_then_ok" and self._errors_left > 0:
             self._errors_left -= 1
-            return _error(429, "Rate limit reached, please retry.", "rate_limit_error")
+            return error_response(429, "Rate limit reached, please retry.", "rate_limit_error")
         if mode == "hang":
             await self._sleep(request, float("inf"))
         messages = body.get("messages") or []
@@ -302,13 +271,15 @@ class FakeOpenAI:
             return web.Response(body=b"data: <html>502 Bad Gateway{{{\n\n", content_type=kind)
         text = self.reply(messages) if callable(self.reply) else self.reply
         tokens = split_tokens(text)
-        usage = self._usage(messages, tokens)
+        usage = wire.usage(
+            messages, tokens, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens
+        )
         await self._sleep(request, self.delay_s)
         if not stream:
             self.usages.append(usage)
             self.completed += 1
             self._notify()
-            return web.json_response(self._completion(text, usage))
+            return web.json_response(wire.completion(len(self.requests), self.model, text, usage))
         return await self._stream(request, body, tokens, usage)
 
     async def _stream(
@@ -338,8 +309,11 @@ class FakeOpenAI:
         self._notify()
         return response
 
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return wire.chunk(len(self.requests), self.model, delta, finish_reason)
+
     async def _send(self, response: web.StreamResponse, payload: dict[str, Any]) -> None:
-        await response.write(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
+        await response.write(wire.event(payload))
 
     async def _sleep(self, request: web.Request, seconds: float) -> None:
         """Sleep, but notice within ~20 ms when the client has gone away."""
@@ -352,94 +326,3 @@ class FakeOpenAI:
             if left <= 0:
                 return
             await asyncio.sleep(min(left, 0.02))
-
-    def _usage(self, messages: list[dict[str, Any]], tokens: list[str]) -> dict[str, int]:
-        prompt = self.prompt_tokens
-        if prompt is None:
-            prompt = sum(len(str(m.get("content") or "").split()) for m in messages)
-        completion = self.completion_tokens if self.completion_tokens is not None else len(tokens)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {
-            "id": f"chatcmpl-fake-{len(self.requests)}",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
-
-    def _completion(self, text: str, usage: dict[str, int]) -> dict[str, Any]:
-        return {
-            "id": f"chatcmpl-fake-{len(self.requests)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            ],
-            "usage": usage,
-        }
-
-
-def _error(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": kind, "code": code}}, status=status)
-
-
-# -- running as a process --------------------------------------------------------------------------
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m edgecrab.testing.fake_openai", description="A fake OpenAI-compatible chat server."
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds before the first token")
-    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
-    parser.add_argument("--reply", default=None, help="fixed reply (default: 'You said: <last message>')")
-    parser.add_argument("--mode", default="ok", choices=MODES)
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer <key>'")
-    parser.add_argument("--prompt-tokens", type=int, default=None)
-    parser.add_argument("--completion-tokens", type=int, default=None)
-    return parser.parse_args(argv)
-
-
-async def _serve(args: argparse.Namespace) -> None:
-    import signal
-
-    fake = FakeOpenAI(
-        reply=args.reply if args.reply is not None else default_reply,
-        delay_s=args.delay,
-        token_delay_s=args.token_delay,
-        prompt_tokens=args.prompt_tokens,
-        completion_tokens=args.completion_tokens,
-        api_key=args.api_key,
-        mode=args.mode,
-        host=args.host,
-        port=args.port,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except NotImplementedError:  # Windows: Ctrl-C still raises KeyboardInterrupt
-            pass
-    async with fake:
-        ready = {"base_url": fake.base_url, "control_url": fake.control_url, "port": fake.port}
-        print(json.dumps(ready), flush=True)
-        await stop.wait()
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    try:
-        asyncio.run(_serve(args))
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
