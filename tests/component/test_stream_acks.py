@@ -17,6 +17,7 @@ import pytest
 
 from edgecrab.dingtalk.frames import Frame
 from edgecrab.dingtalk.stream import BOT_TOPIC, AckDecision, StreamClient
+from edgecrab.dingtalk.streamconn import MAX_FRAME_BYTES
 from edgecrab.gateway import Gateway
 from edgecrab.store import SQLiteStore
 from edgecrab.testing.fakedingtalk import FakeDingTalk
@@ -150,6 +151,20 @@ async def test_a_disconnect_is_acked_and_the_next_connection_opens_before_this_o
             ]
             mid = await fake.push(fake.dm(fake.users[0], "on the new connection"))
             assert (await _acked(fake, [mid]))[mid].connection_id == new.connection_id
+
+
+async def test_a_frame_over_max_size_closes_the_connection_with_1009_and_it_reconnects(
+    tmp_path: Path,
+) -> None:
+    async with FakeDingTalk() as fake:
+        handlers = Handlers("now")
+        async with stream_client(fake, tmp_path, handlers, reconnect_initial_s=0.05):
+            [first] = fake.all_connections
+            await fake.push_raw("x" * (MAX_FRAME_BYTES + 1))
+            await fake.wait_for(lambda: first.closed and fake.connections_opened == 2, 5)
+            assert first.close_code == 1009  # "message too big", from websockets' max_size
+            mid = await fake.push(fake.dm(fake.users[0], "after the reconnect"))
+            assert (await _acked(fake, [mid]))[mid].code == 200
 
 
 async def test_the_idle_watchdog_goes_by_the_last_frame(tmp_path: Path) -> None:
