@@ -8,10 +8,11 @@ Message flow::
     runner: agent run per session (busy policy) -> reply text
     delivery: format + chunk -> outbox ledger -> ordered, paced sends (sessionWebhook, OpenAPI fallback)
 
-Everything runs on one event loop. The ack path (read a frame, record it, ack it) does no more than that,
-in the step of the loop that read the frame (:meth:`Gateway.on_callbacks_now`, one commit for the callbacks
-of a read); the message then waits in the ingest queue. The store commits the other writes in groups
-(2 ms windows), which keeps the loop's steps, and so the wait of a frame that arrives during one, short.
+Everything runs on one event loop. The ack path (read a frame, record it, ack it) does no more than that:
+the Stream connection records the frame as soon as ``recv()`` returns it (:meth:`Gateway.on_callbacks_now`,
+one synchronous commit) and then sends its ack; the message then waits in the ingest queue. The store
+commits the other writes in groups (2 ms windows), which keeps the loop's steps, and so the wait of a frame
+that arrives during one, short.
 (The ack path ran in a thread of its own for a while: under load the two threads queued for the GIL, which
 cost a fifth of the throughput and, once the main loop became cheaper, made acks slower, not faster:
 BENCHMARKS.md, fix 6.)
@@ -103,9 +104,9 @@ class Gateway:
         return self._claimed(frame, msg_id, data, is_new)
 
     def on_callbacks_now(self, frames: list[Frame]) -> list[AckDecision]:
-        """:meth:`on_callback` for the callbacks of one read of the socket, in one step and one commit,
-        for a store that records at once (:attr:`Store.records_at_once`): the Stream client acks them in
-        the same step of the event loop that read them."""
+        """:meth:`on_callback` for callbacks at once, in one step and one commit, for a store that records
+        at once (:attr:`Store.records_at_once`): the Stream connection calls it with the frame ``recv()``
+        just returned, then sends its ack."""
         checked = [self._check(frame) for frame in frames]
         claims = [
             (c[0], f.headers.get("messageId", ""), f.data_text)

@@ -1,4 +1,4 @@
-"""The DingTalk Stream connection manager: open-connection POST, websocket, frames, acks, reconnects.
+"""The DingTalk Stream connection manager: open-connection POST, websocket, reconnects.
 
 We own this loop instead of running ``dingtalk_stream.DingTalkStreamClient`` because the 0.24.3 client
 blocks the event loop in its open-connection call, swallows cancellation and leaks keepalive tasks
@@ -6,14 +6,16 @@ blocks the event loop in its open-connection call, swallows cancellation and lea
 
 * ``POST {api_base}/v1.0/gateway/connections/open`` returns an endpoint and a single-use ticket;
 * the websocket at ``endpoint?ticket=...`` carries JSON text frames; every frame is acked on the
-  connection that carried it;
+  connection that carried it (:class:`~edgecrab.dingtalk.streamconn.StreamConnection`, which reads and
+  acks through websockets' public ``connect()`` / ``recv()`` / ``send()``);
 * SYSTEM ``ping`` is echoed; SYSTEM ``disconnect`` means "this connection will be dropped": we open the
   next connection **before** closing this one (make before break), so nothing is lost in between;
-* robot callbacks are handed to ``on_callback``, which records them durably and returns the ack code.
-  The agent never runs here: the ack leaves within milliseconds. With ``on_callbacks_now`` (a store that
-  records in microseconds, as SQLite does) the callbacks of one read are recorded (one commit) and acked
-  inside the read of the socket, before the event loop runs anything else
-  (:class:`~edgecrab.dingtalk.streamconn.AckingWebSocket`).
+* robot callbacks are recorded durably before their ack leaves: ``on_callbacks_now`` (a store that records
+  at once, as SQLite does: one synchronous commit right after ``recv()`` returns the frame) or else the
+  awaited ``on_callback``. The agent never runs here: the ack leaves within milliseconds.
+
+This module hands each connection only what it needs (the websocket, the recorders, the idle timeout);
+:mod:`~edgecrab.dingtalk.streamconn` does not import it back.
 
 The gateway runs this client on its one event loop. (It ran in a thread of its own for a while, so acks
 would not wait behind the main loop's tasks; under load the two threads queued for the GIL, which cost
@@ -45,10 +47,10 @@ from edgecrab.config import DingTalkConfig
 from edgecrab.dingtalk.streamconn import (
     BOT_TOPIC,
     AckDecision,
-    AckingWebSocket,
     CallbackHandler,
     NowHandler,
     StreamConnection,
+    open_websocket,
 )
 from edgecrab.httpclient import async_client
 
@@ -160,21 +162,17 @@ class StreamClient:
     async def _open(self, http: httpx.AsyncClient) -> StreamConnection:
         url = await self.open_ticket(http)
         try:
-            # compression=None: no permessage-deflate. Frames are a few KB of JSON on a connection that
-            # idles most of the time; deflating every ack and inflating every frame cost more CPU per
-            # message than anything else on the ack path but SQLite (BENCHMARKS.md, fix 6).
-            ws = await websockets.connect(
-                url,
-                open_timeout=10,
-                max_size=2**20,
-                close_timeout=1,
-                compression=None,
-                create_connection=AckingWebSocket,
-            )
+            ws = await open_websocket(url)
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             raise OpenFailed(f"websocket handshake failed: {type(exc).__name__}: {exc}") from exc
         self.connections_opened += 1
-        return StreamConnection(self, ws, uuid.uuid4().hex[:8])
+        return StreamConnection(
+            ws,
+            uuid.uuid4().hex[:8],
+            on_callback=self.on_callback,
+            on_callbacks_now=self.on_callbacks_now,
+            idle_timeout_s=self.config.idle_timeout_s,
+        )
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         own_http = self._http is None

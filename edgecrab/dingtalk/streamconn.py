@@ -1,11 +1,27 @@
-"""One Stream websocket (:class:`StreamConnection`) and the ack path on it; the connection manager around
-it, with its reconnects, is :mod:`edgecrab.dingtalk.stream`.
+"""One Stream websocket (:class:`StreamConnection`): it reads frames and acks each on the connection that
+carried it. The connection manager around it (open-connection call, reconnects) is
+:mod:`edgecrab.dingtalk.stream`, which hands in only what a connection needs: the websocket, the two
+recorders and the idle timeout. This module does not know the client object (no import cycle).
 
-Every frame is acked on the connection that carried it. A robot callback goes to the client's
-``on_callbacks_now`` (record a read's callbacks in one commit, return their acks) inside the read of
-the socket
-(:class:`AckingWebSocket`); when that declines, and for every other frame, the frame takes the ordinary
-``recv()`` path: ``on_callback`` for callbacks, pings echoed, ``disconnect`` acked and reported.
+websockets is used through its public API only: :func:`open_websocket` calls
+``websockets.asyncio.client.connect``, :meth:`StreamConnection.serve` reads with ``await ws.recv()`` and
+acks with ``await ws.send(ack)``. Each frame is handled to the end (recorded, acked) before the next
+``recv()``, so acks leave in the order the frames arrived:
+
+* a robot callback is recorded durably first, then acked (the durable-ack rule: never ack what a crash
+  would lose). With ``on_callbacks_now`` (a store that records in microseconds without awaiting, as SQLite
+  does) the frame is recorded in one synchronous commit right after ``recv()`` returns; otherwise
+  ``on_callback`` is awaited. A recorder that raises gets a 500 ack (DingTalk delivers the frame again);
+* SYSTEM ``ping`` is echoed; ``disconnect`` is acked and reported (``end_reason == "disconnect"``), and the
+  manager opens the next connection before it closes this one;
+* the idle watchdog goes by the time of the last frame: no frame for ``idle_timeout_s`` ends the connection.
+
+The ack path used to run inside websockets' read callback, overriding its private ``process_event`` and
+``data_received`` to save the hop from the read to the task awaiting ``recv()``; issue 14 took that out (a
+websockets release could silently change when acks leave). The price is that hop: one more pass of the event
+loop between the read and the ack. With CPU to spare the two paths measured the same (bench scenario 2, ack
+p99 5.7 ms against 6.3 ms in the same quiet moment); when the gateway is short of CPU the extra pass shows
+(median p99 231 ms against 97 ms over 19 alternated runs on an overloaded, shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -15,23 +31,24 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import anyio
 import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.frames import Frame as WsFrame
-from websockets.frames import Opcode
-from websockets.protocol import State
+from websockets.asyncio.client import ClientConnection, connect
 
 from edgecrab.dingtalk.frames import Frame, FrameError, ack_frame, parse_frame
-
-if TYPE_CHECKING:
-    from edgecrab.dingtalk.stream import StreamClient
 
 log = logging.getLogger("edgecrab.dingtalk.stream")
 
 BOT_TOPIC = "/v1.0/im/bot/messages/get"
+
+MAX_FRAME_BYTES = 2**20
+"""Largest websocket message accepted (1 MiB, the official Python SDK's limit: websockets' default). Robot
+callbacks are a few KB of JSON; the Java SDK caps frames at 256 KiB. A larger message closes the connection
+with 1009."""
+CLOSE_TIMEOUT_S = 0.5
+"""How long a close waits for the server's side of the closing handshake before websockets aborts the TCP
+connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,80 +58,47 @@ class AckDecision:
 
 
 CallbackHandler = Callable[[Frame], Awaitable[AckDecision]]
+"""Records one robot callback durably and returns its ack."""
 NowHandler = Callable[[list[Frame]], list[AckDecision]]
-"""Records the robot callbacks of one read of the socket at once (one commit for all) and returns their
-acks, in order: the fast path."""
+"""Records robot callbacks at once, without awaiting (one commit for all), and returns their acks in order."""
 
 
-class AckingWebSocket(ClientConnection):
-    """A websocket that answers robot callbacks in the step of the event loop that read them.
-
-    websockets hands each complete frame of a read to ``process_event`` from ``data_received``; the base
-    class queues it for ``recv()``, a task switch (and a turn of the event loop's queue) later. When
-    ``on_text`` is set and takes a frame (returns True), that hop is skipped, and once the read's frames
-    are all handed over ``on_read_end`` records the taken ones (one commit for all: under load a read
-    holds three frames on average) and writes their acks, before the loop runs anything else. Anything
-    ``on_text`` declines (and fragmented messages) takes the ordinary ``recv()`` path.
-    """
-
-    on_text: Callable[[str], bool] | None = None
-    on_read_end: Callable[[], None] | None = None
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            super().data_received(data)
-        finally:
-            if self.on_read_end is not None:
-                self.on_read_end()
-
-    def eof_received(self) -> None:
-        try:
-            super().eof_received()
-        finally:
-            if self.on_read_end is not None:
-                self.on_read_end()
-
-    def process_event(self, event: object) -> None:
-        on_text = self.on_text
-        if (
-            on_text is not None
-            and self.response is not None  # past the handshake
-            and isinstance(event, WsFrame)
-            and event.opcode is Opcode.TEXT
-            and event.fin
-        ):
-            try:
-                text = bytes(event.data).decode("utf-8")
-            except UnicodeDecodeError:
-                text = None  # recv() closes the connection with 1007, as the protocol says
-            if text is not None and on_text(text):
-                return
-        super().process_event(event)  # type: ignore[arg-type]
-
-    def send_now(self, text: str) -> bool:
-        """Send a text frame without awaiting (no flow control: acks are a few hundred bytes)."""
-        if self.protocol.state is not State.OPEN:
-            return False
-        self.protocol.send_text(text.encode("utf-8"))
-        self.send_data()
-        return True
+async def open_websocket(url: str) -> ClientConnection:
+    """The websocket of one Stream connection (raises ``OSError``, ``TimeoutError`` or
+    ``websockets.InvalidHandshake`` when it cannot be opened)."""
+    # compression=None: no permessage-deflate. Frames are a few KB of JSON on a connection that idles most
+    # of the time; deflating every ack and inflating every frame cost more CPU per message than anything
+    # else on the ack path but SQLite (BENCHMARKS.md, fix 6).
+    return await connect(
+        url,
+        open_timeout=10,
+        close_timeout=CLOSE_TIMEOUT_S,
+        max_size=MAX_FRAME_BYTES,
+        compression=None,
+    )
 
 
 class StreamConnection:
     """One websocket: reads frames until it closes, idles out, or is told to go away."""
 
-    def __init__(self, client: StreamClient, ws: ClientConnection, cid: str) -> None:
-        self.client = client
+    def __init__(
+        self,
+        ws: ClientConnection,
+        cid: str,
+        *,
+        on_callback: CallbackHandler,
+        on_callbacks_now: NowHandler | None = None,
+        idle_timeout_s: float,
+    ) -> None:
         self.ws = ws
         self.cid = cid
+        self.on_callback = on_callback
+        self.on_callbacks_now = on_callbacks_now
+        self.idle_timeout_s = idle_timeout_s
         self.server_id = ""
         self.opened_at = time.monotonic()
         self.last_frame_at = self.opened_at
         self.frames = 0
-        self._taken: list[Frame] = []
-        if isinstance(ws, AckingWebSocket) and client.on_callbacks_now is not None:
-            ws.on_text = self._take
-            ws.on_read_end = self._ack_taken
         self.ended = anyio.Event()
         self.end_reason = ""
 
@@ -124,11 +108,11 @@ class StreamConnection:
             self.ended.set()
 
     async def serve(self) -> None:
-        idle = self.client.config.idle_timeout_s
+        idle = self.idle_timeout_s
         try:
             while True:
                 raw: str | bytes | None = None
-                # Frames acked on the fast path never reach recv(): the watchdog goes by the last frame.
+                # Cancelling recv() loses nothing (websockets documents it): the next call returns the frame.
                 with anyio.move_on_after(max(0.0, self.last_frame_at + idle - time.monotonic())):
                     raw = await self.ws.recv()
                 if raw is None:
@@ -156,50 +140,16 @@ class StreamConnection:
         except websockets.ConnectionClosed:
             log.warning("[dingtalk] conn %s: closed before an ack could be sent", self.cid)
 
-    def _take(self, raw: str) -> bool:
-        """The fast path (see :class:`AckingWebSocket`): True for a robot callback, kept for
-        :meth:`_ack_taken`; False for every other frame (``_handle`` takes those)."""
+    async def _record(self, frame: Frame) -> AckDecision:
+        """Record a robot callback durably; its ack (500 when it could not be recorded: DingTalk may
+        deliver it again)."""
         try:
-            frame = parse_frame(raw)
-        except FrameError:
-            return False  # _handle logs it and salvages the messageId
-        if frame.type != "CALLBACK" or frame.headers.get("topic") != BOT_TOPIC:
-            return False
-        self._taken.append(frame)
-        return True
-
-    def _ack_taken(self) -> None:
-        """Record the callbacks taken from this read, at once, and ack each of them."""
-        frames, self._taken = self._taken, []
-        if not frames:
-            return
-        on_callbacks_now = self.client.on_callbacks_now
-        assert on_callbacks_now is not None
-        try:
-            decisions = on_callbacks_now(frames)
+            if self.on_callbacks_now is not None:
+                return self.on_callbacks_now([frame])[0]
+            return await self.on_callback(frame)
         except Exception:
-            # Not recorded, so not acked as OK: DingTalk may deliver them again.
-            log.exception(
-                "[dingtalk] conn %s: could not record %s",
-                self.cid,
-                ", ".join(str(f.message_id) for f in frames),
-            )
-            decisions = [AckDecision(500, "internal error")] * len(frames)
-        self.frames += len(frames)
-        self.last_frame_at = time.monotonic()
-        if not self.server_id and frames[0].headers.get("connectionId"):
-            self._learn_server_id(frames[0].headers["connectionId"])
-        assert isinstance(self.ws, AckingWebSocket)
-        for frame, decision in zip(frames, decisions, strict=True):
-            ack = ack_frame(frame.message_id, code=decision.code, message=decision.message)
-            try:
-                sent = self.ws.send_now(ack)
-            except Exception as exc:  # the transport failed under us: recv() reports the closed connection
-                log.warning("[dingtalk] conn %s: ack for %s not sent: %s", self.cid, frame.message_id, exc)
-                return
-            if not sent:
-                log.warning("[dingtalk] conn %s: closed before an ack could be sent", self.cid)
-                return
+            log.exception("[dingtalk] conn %s: could not record message %s", self.cid, frame.message_id)
+            return AckDecision(500, "internal error")
 
     def _learn_server_id(self, server_id: str) -> None:
         self.server_id = server_id
@@ -219,6 +169,10 @@ class StreamConnection:
         mid = frame.message_id
         if not self.server_id and headers.get("connectionId"):
             self._learn_server_id(headers["connectionId"])
+        if frame.type == "CALLBACK" and topic == BOT_TOPIC:
+            decision = await self._record(frame)
+            await self._send(ack_frame(mid, code=decision.code, message=decision.message))
+            return
         if frame.type == "SYSTEM":
             if topic == "ping":
                 await self._send(ack_frame(mid, data=frame.data_text))
@@ -233,24 +187,16 @@ class StreamConnection:
             else:
                 log.debug("[dingtalk] conn %s: SYSTEM %s", self.cid, topic)
             return
-        if frame.type == "CALLBACK" and topic == BOT_TOPIC:
-            try:
-                decision = await self.client.on_callback(frame)
-            except Exception:
-                # Not recorded, so not acked as OK: DingTalk may deliver it again.
-                log.exception("[dingtalk] conn %s: could not record message %s", self.cid, mid)
-                decision = AckDecision(500, "internal error")
-            await self._send(ack_frame(mid, code=decision.code, message=decision.message))
-            return
         log.info("[dingtalk] conn %s: %s topic %r is not handled; acked 404", self.cid, frame.type, topic)
         await self._send(ack_frame(mid, code=404, message="not implement", data=frame.data_text or "{}"))
 
     async def close(self) -> None:
+        """Close the websocket: websockets waits up to ``CLOSE_TIMEOUT_S`` for the server, then aborts."""
         self._end("closed by us")
-        with anyio.move_on_after(0.5, shield=True):
+        # The outer bound only guards against a close that waits on a full write buffer (a peer that
+        # stopped reading); websockets' keepalive ping then ends the connection on its own.
+        with anyio.move_on_after(CLOSE_TIMEOUT_S + 1.0, shield=True):
             await self.ws.close()
-        if self.ws.transport is not None and not self.ws.transport.is_closing():
-            self.ws.transport.abort()
 
 
 def _salvage_message_id(raw: str | bytes) -> str:

@@ -129,7 +129,8 @@ class Store(abc.ABC):
 
     records_at_once: bool = False
     """True for a store that commits in microseconds (SQLite): :meth:`inbox_claim_now` works, and the
-    Stream client records and acks callbacks in the step of the event loop that read them."""
+    Stream connection records each callback with it right after ``recv()`` returns the frame, without
+    awaiting, then acks it."""
 
     def inbox_claim_now(
         self, robot: str, items: Sequence[tuple[str, str, str]], received_at: float
