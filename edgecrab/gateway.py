@@ -9,8 +9,9 @@ Message flow::
     delivery: format + chunk -> outbox ledger -> ordered, paced sends (sessionWebhook, OpenAPI fallback)
 
 Everything runs on one event loop. The ack path (read a frame, record it, ack it) does no more than that:
-the Stream connection records the frame as soon as ``recv()`` returns it (:meth:`Gateway.on_callbacks_now`,
-one synchronous commit) and then sends its ack; the message then waits in the ingest queue. The store
+the Stream connection records the frame as soon as ``recv()`` returns it
+(:meth:`~edgecrab.dingtalk.intake.Intake.on_callbacks_now`, one synchronous commit) and then sends its ack;
+the message then waits in the ingest queue. The store
 commits the other writes in groups (2 ms windows), which keeps the loop's steps, and so the wait of a frame
 that arrives during one, short.
 (The ack path ran in a thread of its own for a while: under load the two threads queued for the GIL, which
@@ -40,10 +41,11 @@ from edgecrab.core.commands import Commands, ConnectionInfo
 from edgecrab.core.router import parse_command
 from edgecrab.core.runs import Runner
 from edgecrab.dingtalk.access import AccessPolicy
-from edgecrab.dingtalk.convert import Frame, FrameError, decode_data, decode_payload, to_message
+from edgecrab.dingtalk.convert import FrameError, decode_payload, to_message
+from edgecrab.dingtalk.intake import Intake
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
 from edgecrab.dingtalk.rest import DingTalkSender
-from edgecrab.dingtalk.stream import AckDecision, StreamClient
+from edgecrab.dingtalk.stream import StreamClient
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
 from edgecrab.httpclient import async_client
@@ -55,8 +57,6 @@ from edgecrab.store.upkeep import housekeeping, store_upkeep
 
 log = logging.getLogger("edgecrab.gateway")
 
-_Item = tuple[str, str, str, "dict[str, Any] | None"]
-"""(msg_id, stream message id, payload JSON, the payload decoded if the ack path already did)."""
 MAX_RUN_ATTEMPTS = 3
 """Runs of one message started (and never finished: the process stopped) before it is given up on."""
 GAVE_UP_TEXT = (
@@ -85,84 +85,14 @@ class Gateway:
         self.access = AccessPolicy(dt)
         self.stream: StreamClient | None = None
         self.started = anyio.Event()
-        self._send, self._receive = anyio.create_memory_object_stream[_Item](max_buffer_size=4096)
-        self._overflow: deque[_Item] = deque()
+        self.intake = Intake(self.store, self.robot)
         self._states: deque[tuple[str, str]] = deque()
         self._states_added = anyio.Event()
-        self.received = 0
-        self.duplicates = 0
-
-    # -- the ack path --------------------------------------------------------------------------------
-    async def on_callback(self, frame: Frame) -> AckDecision:
-        """Record the callback durably, then let the stream ack it. Must stay in the millisecond range."""
-        checked = self._check(frame)
-        if isinstance(checked, AckDecision):
-            return checked
-        msg_id, data = checked
-        stream_mid = frame.headers.get("messageId", "")
-        is_new = await self.store.inbox_claim(self.robot, msg_id, stream_mid, frame.data_text, time.time())
-        return self._claimed(frame, msg_id, data, is_new)
-
-    def on_callbacks_now(self, frames: list[Frame]) -> list[AckDecision]:
-        """:meth:`on_callback` for callbacks at once, in one step and one commit, for a store that records
-        at once (:attr:`Store.records_at_once`): the Stream connection calls it with the frame ``recv()``
-        just returned, then sends its ack."""
-        checked = [self._check(frame) for frame in frames]
-        claims = [
-            (c[0], f.headers.get("messageId", ""), f.data_text)
-            for f, c in zip(frames, checked, strict=True)
-            if not isinstance(c, AckDecision)
-        ]
-        news = iter(self.store.inbox_claim_now(self.robot, claims, time.time()) if claims else ())
-        return [
-            c if isinstance(c, AckDecision) else self._claimed(f, *c, next(news))
-            for f, c in zip(frames, checked, strict=True)
-        ]
-
-    def _check(self, frame: Frame) -> tuple[str, dict[str, Any]] | AckDecision:
-        """The callback's msgId and decoded payload, or the ack refusing it."""
-        try:
-            data = decode_data(frame)
-        except FrameError as exc:
-            log.warning("[dingtalk] rejected callback %s: %s", frame.headers.get("messageId"), exc.reason)
-            return AckDecision(400, f"bad request: {exc.reason}")
-        msg_id = data.get("msgId")
-        if not isinstance(msg_id, str) or not msg_id:
-            log.warning("[dingtalk] rejected callback %s: no msgId", frame.headers.get("messageId"))
-            return AckDecision(400, "bad request: no msgId")
-        return msg_id, data
-
-    def _claimed(self, frame: Frame, msg_id: str, data: dict[str, Any], is_new: bool) -> AckDecision:
-        stream_mid = frame.headers.get("messageId", "")
-        if not is_new:
-            self.duplicates += 1
-            log.info(
-                "[dingtalk] duplicate delivery of %s (frame %s): acked, not processed again",
-                msg_id,
-                stream_mid,
-            )
-            return AckDecision()
-        self.received += 1
-        self._accept((msg_id, stream_mid, frame.data_text, data))
-        return AckDecision()
-
-    def _accept(self, item: _Item) -> None:
-        try:
-            self._send.send_nowait(item)
-        except anyio.WouldBlock:
-            self._overflow.append(item)  # already durable; ingest drains this when it catches up
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass  # stopping; already durable, picked up on the next start
 
     # -- ingest --------------------------------------------------------------------------------------
     async def _ingest(self) -> None:
-        async with self._receive:
-            while True:
-                if self._overflow and self._receive.statistics().current_buffer_used == 0:
-                    item = self._overflow.popleft()
-                else:
-                    item = await self._receive.receive()
-                await self._process(*item)
+        while True:
+            await self._process(*await self.intake.get())
 
     async def _process(self, msg_id: str, stream_mid: str, payload: str, data: dict[str, Any] | None) -> None:
         message: Message | None = None
@@ -350,9 +280,9 @@ class Gateway:
         # The Stream client opens its own HTTP client: its open-connection call has its own timeouts.
         self.stream = StreamClient(
             dt,
-            self.on_callback,
+            self.intake.on_callback,
             on_state=self._on_state,
-            on_callbacks_now=self.on_callbacks_now if self.store.records_at_once else None,
+            on_callbacks_now=self.intake.on_callbacks_now if self.store.records_at_once else None,
         )
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -362,8 +292,7 @@ class Gateway:
             await self.store.open()
         except BaseException:
             # Start-up refused (a hook file that cannot load, storage that cannot open): close what exists.
-            self._send.close()
-            self._receive.close()
+            self.intake.close()
             raise
         http = async_client(
             timeout=self.config.dingtalk.send_timeout_s, max_connections=_DINGTALK_CONNECTIONS
@@ -375,8 +304,7 @@ class Gateway:
                 await tg.start(self.delivery.run)
                 await tg.start(self.runner.run)
                 self.commands.hook_commands = dict(await self.hooks.register_commands())
-                unfinished = await self._unfinished()
-                self._overflow.extend((e.msg_id, e.stream_message_id, e.payload, None) for e in unfinished)
+                self.intake.requeue(await self._unfinished())
                 tg.start_soon(self._ingest)
                 tg.start_soon(housekeeping, self.store, self.config.sessions.idle_expiry_s)
                 tg.start_soon(store_upkeep, self.store)
@@ -400,8 +328,7 @@ class Gateway:
                         await self.hooks.notify("gateway_stopping", gateway=self)
                     tg.cancel_scope.cancel()
         finally:
-            self._send.close()
-            self._receive.close()
+            self.intake.close()
             with anyio.move_on_after(1, shield=True):
                 await self.agent.aclose()
                 await http.aclose()

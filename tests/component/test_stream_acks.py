@@ -197,13 +197,12 @@ async def test_the_gateway_records_callbacks_at_once_in_one_commit(tmp_path: Pat
             no_msg_id = {k: v for k, v in a.items() if k != "msgId"}
             frames = [frame(a, "f1"), frame(no_msg_id, "f2"), frame(b, "f3"), frame(a, "f4")]
             commits = store.commits
-            decisions = gateway.on_callbacks_now(frames)
+            decisions = gateway.intake.on_callbacks_now(frames)
             assert [d.code for d in decisions] == [200, 400, 200, 200]  # f4: a duplicate, acked
             assert store.commits == commits + 1
-            assert (gateway.received, gateway.duplicates) == (2, 1)
+            assert (gateway.intake.received, gateway.intake.duplicates) == (2, 1)
             unfinished = await store.inbox_unfinished(gateway.robot)
             assert [e.msg_id for e in unfinished] == [a["msgId"], b["msgId"]]
-            gateway._send.close()  # never ran: its ingest queue is closed here
-            gateway._receive.close()
+            gateway.intake.close()  # never ran: its ingest queue is closed here
         finally:
             await store.close()

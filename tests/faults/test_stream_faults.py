@@ -58,7 +58,7 @@ async def test_socket_aborted_every_2s_during_1000_messages(
                 pushed_in=f"{pushed_in:.1f}s",
                 connections=fake.connections_opened,
                 redeliveries=fake.redeliveries,
-                dedup_acks=gw.duplicates,
+                dedup_acks=gw.intake.duplicates,
                 fake_gave_up=stats["gave_up"],
             )
     print(result)
