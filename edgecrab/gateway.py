@@ -40,10 +40,9 @@ from edgecrab.delivery import Delivery
 from edgecrab.dingtalk.access import AccessPolicy
 from edgecrab.dingtalk.convert import Frame, FrameError, decode_data, decode_payload, to_message
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
-from edgecrab.dingtalk.rest import DingTalkSender
+from edgecrab.dingtalk.rest import DingTalkSender, http_client
 from edgecrab.dingtalk.stream import AckDecision, StreamClient
 from edgecrab.events import Message
-from edgecrab.httpclient import async_client
 from edgecrab.plugins import HookManager
 from edgecrab.replies import Format
 from edgecrab.router import parse_command
@@ -364,9 +363,7 @@ class Gateway:
             self._send.close()
             self._receive.close()
             raise
-        http = async_client(
-            timeout=self.config.dingtalk.send_timeout_s, max_connections=_DINGTALK_CONNECTIONS
-        )
+        http = http_client(timeout=self.config.dingtalk.send_timeout_s, max_connections=_DINGTALK_CONNECTIONS)
         self._build(http)
         assert self.stream is not None
         try:
