@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import AgentConfig
@@ -49,6 +50,7 @@ _SSE_FIELDS = frozenset({"", "data", "event", "id", "retry"})
 _NOT_READABLE = "the agent sent a response edgecrab could not read"
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_MAX_CONNECTIONS = 10_000
 
 
 class _Retry(Exception):
@@ -106,11 +108,12 @@ class OpenAIAgent(Agent):
             headers["Authorization"] = f"Bearer {config.api_key}"
         # No read timeout of its own: the whole call is bounded by fail_after(timeout_s).
         timeout = httpx.Timeout(None, connect=10.0)
-        # No connection limit here: the runner already lets at most sessions.max_concurrent_runs agent calls
-        # run at once, and a second, smaller limit only queued requests behind it. Idle connections are
-        # kept for httpx's default 5 s.
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        self._client = httpx.AsyncClient(
+        # No real connection limit here: the runner already lets at most sessions.max_concurrent_runs agent
+        # calls run at once, and a second, smaller limit only queued requests behind it. (None would not do:
+        # httpx-aiohttp reads it as aiohttp's default of 100.) Idle connections are kept for 5 s.
+        limits = httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=None)
+        # aiohttp's pool under httpx's API (httpx-aiohttp): see pyproject.toml for why.
+        self._client = HttpxAiohttpClient(
             headers=headers,
             timeout=timeout,
             limits=limits,

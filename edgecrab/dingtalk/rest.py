@@ -29,6 +29,7 @@ from typing import Any
 
 import anyio
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 
 from edgecrab.config import DingTalkConfig
 from edgecrab.dingtalk.ratelimit import Clock, RateLimiter, Sleep
@@ -85,11 +86,11 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def http_client(*, timeout: float, max_connections: int = 100) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` for DingTalk: at most ``max_connections`` at once, all of them kept alive
-    between sends (httpx's default keeps 20 and closes and reopens the rest under load), redirects not
-    followed, ``timeout`` for each of connect, pool wait and every read; proxies from the environment."""
+    """An ``httpx.AsyncClient`` for DingTalk on aiohttp's connection pool (``httpx-aiohttp``): at most
+    ``max_connections`` at once, redirects not followed, ``timeout`` for each of connect, pool wait and every
+    read; proxies from the environment. Why aiohttp's pool and not httpcore's: see pyproject.toml."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return httpx.AsyncClient(limits=limits, timeout=timeout, follow_redirects=False, trust_env=True)
+    return HttpxAiohttpClient(limits=limits, timeout=timeout, follow_redirects=False, trust_env=True)
 
 
 class DingTalkSender:
