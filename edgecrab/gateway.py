@@ -44,11 +44,10 @@ from edgecrab.dingtalk.access import AccessPolicy
 from edgecrab.dingtalk.convert import FrameError, decode_payload, to_message
 from edgecrab.dingtalk.intake import Intake
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
-from edgecrab.dingtalk.rest import DingTalkSender
+from edgecrab.dingtalk.rest import DingTalkSender, http_client
 from edgecrab.dingtalk.stream import StreamClient
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
-from edgecrab.httpclient import async_client
 from edgecrab.replies.delivery import Delivery
 from edgecrab.replies.format import Format
 from edgecrab.store import open_store
@@ -294,9 +293,7 @@ class Gateway:
             # Start-up refused (a hook file that cannot load, storage that cannot open): close what exists.
             self.intake.close()
             raise
-        http = async_client(
-            timeout=self.config.dingtalk.send_timeout_s, max_connections=_DINGTALK_CONNECTIONS
-        )
+        http = http_client(timeout=self.config.dingtalk.send_timeout_s, max_connections=_DINGTALK_CONNECTIONS)
         self._build(http)
         assert self.stream is not None
         try:

@@ -15,10 +15,10 @@ with the api key redacted):
 - a body that is neither SSE nor JSON, or does not parse -> "could not read";
 - the whole call (retries included) is bounded by ``agent.timeout_s``.
 
-Cancellation (``/stop``) exits the ``open_stream(...)`` context, which closes the HTTP connection at once.
-The request goes through :func:`edgecrab.httpclient.open_stream`: straight on the aiohttp session under the
-client (no httpx ``Request``/``Response`` per call), or ``client.stream(...)`` on any other client (a proxy
-from the environment, a test's ``transport``).
+Cancellation (``/stop``) exits the ``client.stream(...)`` context before the body's end, which closes the
+HTTP connection at once. The stream is split into lines on SSE's line ends only (``\r\n``, ``\r``, ``\n``):
+httpx's ``aiter_lines`` also splits on U+2028 and the other ``str.splitlines`` breaks, which may appear raw
+inside a JSON string.
 """
 
 from __future__ import annotations
@@ -27,19 +27,20 @@ import contextlib
 import json
 import logging
 import random
+import re
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult, Usage
-from edgecrab.httpclient import StreamingResponse, async_client, open_stream
 
 log = logging.getLogger("edgecrab.agents.openai")
 
@@ -48,6 +49,8 @@ _DRAIN_AFTER_DONE_S = 0.25
 _SSE_FIELDS = frozenset({"", "data", "event", "id", "retry"})
 _NOT_READABLE = "the agent sent a response edgecrab could not read"
 _JSON_HEADERS = {"Content-Type": "application/json"}
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_MAX_CONNECTIONS = 10_000
 
 
 class _Retry(Exception):
@@ -105,13 +108,19 @@ class OpenAIAgent(Agent):
             headers["Authorization"] = f"Bearer {config.api_key}"
         # No read timeout of its own: the whole call is bounded by fail_after(timeout_s).
         timeout = httpx.Timeout(None, connect=10.0)
-        if transport is not None:
-            self._client = httpx.AsyncClient(headers=headers, timeout=timeout, transport=transport)
-        else:
-            # No connection limit here: the runner already lets at most sessions.max_concurrent_runs agent
-            # calls run at once, and a second, smaller limit only queued requests behind it (and made
-            # httpcore's pool walk the queue on every request).
-            self._client = async_client(headers=headers, timeout=timeout, max_connections=None)
+        # No real connection limit here: the runner already lets at most sessions.max_concurrent_runs agent
+        # calls run at once, and a second, smaller limit only queued requests behind it. (None would not do:
+        # httpx-aiohttp reads it as aiohttp's default of 100.) Idle connections are kept for 5 s.
+        limits = httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=None)
+        # aiohttp's pool under httpx's API (httpx-aiohttp): see pyproject.toml for why.
+        self._client = HttpxAiohttpClient(
+            headers=headers,
+            timeout=timeout,
+            limits=limits,
+            follow_redirects=False,
+            trust_env=True,
+            transport=transport,
+        )
         if not config.model:
             log.warning("[agent] agent.model is empty: requests to %s will carry no model", self._url)
 
@@ -187,10 +196,8 @@ class OpenAIAgent(Agent):
 
     async def _attempt(self, body: dict[str, Any]) -> _Answer:
         answer = _Answer()
-        # The bytes httpx's json= would send (httpx._content.encode_json); ValueError for NaN, as there.
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         try:
-            async with open_stream(self._client, self._url, content, _JSON_HEADERS) as response:
+            async with self._client.stream("POST", self._url, json=body) as response:
                 if response.status_code >= 300:
                     raw = await _read_some(response)
                     if response.status_code == 400 and b"stream_options" in raw and self._stream_options:
@@ -252,10 +259,10 @@ class OpenAIAgent(Agent):
         reason = f": {detail}" if detail else ""
         return AgentError(f"the agent rejected the request (HTTP {status}){reason}", cause=cause)
 
-    async def _read_stream(self, response: StreamingResponse, answer: _Answer, *, checked: bool) -> None:
+    async def _read_stream(self, response: httpx.Response, answer: _Answer, *, checked: bool) -> None:
         pending: list[str] = []
         # aclosing: leaving early (at [DONE], on an error) must close the generator now, not at GC.
-        lines_iter = cast(AsyncGenerator[str, None], response.aiter_lines())
+        lines_iter = cast(AsyncGenerator[str, None], _sse_lines(response))
         async with contextlib.aclosing(lines_iter) as lines:
             async for line in lines:
                 if not checked and line.strip():
@@ -370,7 +377,23 @@ class OpenAIAgent(Agent):
         return text.replace(self._api_key, "***") if self._api_key else text
 
 
-async def _read_some(response: StreamingResponse, limit: int = _ERROR_BODY_LIMIT) -> bytes:
+async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The body's lines, split on ``\r\n``, ``\r`` or ``\n`` (SSE's line ends), without them."""
+    pending = ""  # the start of a line whose end has not arrived
+    cr = False  # the last piece ended with "\r": a "\n" first in the next is part of that line end
+    async for text in response.aiter_text():
+        if cr and text.startswith("\n"):
+            text = text[1:]
+        cr = text.endswith("\r")
+        lines = _LINE_BREAK.split(pending + text)
+        pending = lines.pop()
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
+
+async def _read_some(response: httpx.Response, limit: int = _ERROR_BODY_LIMIT) -> bytes:
     """At most ``limit`` bytes of the body (error pages can be large; only the start is useful)."""
     data = b""
     async for piece in response.aiter_bytes():

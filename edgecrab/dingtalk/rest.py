@@ -29,6 +29,7 @@ from typing import Any
 
 import anyio
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 
 from edgecrab.config import DingTalkConfig
 from edgecrab.dingtalk.ratelimit import Clock, RateLimiter, Sleep
@@ -59,8 +60,6 @@ from edgecrab.dingtalk.webhook import (
     webhook_body,
 )
 from edgecrab.events import ReplyRoute
-from edgecrab.httpclient import async_client, post_bytes
-from edgecrab.httpresponses import FastResponse
 
 __all__ = [
     "DingTalkError",
@@ -68,6 +67,7 @@ __all__ = [
     "RateLimiter",
     "SendResult",
     "TokenCache",
+    "http_client",
     "openapi_body",
     "redact_url",
     "webhook_body",
@@ -82,15 +82,15 @@ BACKOFF_CAP_S = 8.0
 QUOTA_PAUSE_S = 3600.0
 """After ApiCountLimitForOrg, OpenAPI sends are not even tried for this long."""
 DEAD_WEBHOOKS_MAX = 4096
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-def _request_headers(client: httpx.AsyncClient) -> dict[str, str]:
-    """The headers of every send: JSON, and the client's own User-Agent (``post_bytes`` adds none)."""
-    headers = {"Content-Type": "application/json"}
-    user_agent = client.headers.get("user-agent")
-    if user_agent:
-        headers["User-Agent"] = user_agent
-    return headers
+def http_client(*, timeout: float, max_connections: int = 100) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` for DingTalk on aiohttp's connection pool (``httpx-aiohttp``): at most
+    ``max_connections`` at once, redirects not followed, ``timeout`` for each of connect, pool wait and every
+    read; proxies from the environment. Why aiohttp's pool and not httpcore's: see pyproject.toml."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return HttpxAiohttpClient(limits=limits, timeout=timeout, follow_redirects=False, trust_env=True)
 
 
 class DingTalkSender:
@@ -110,14 +110,13 @@ class DingTalkSender:
         ``sleep``: limiter and backoff waits; ``rand`` (0..1): backoff jitter."""
         self._config = config
         self._owns_client = client is None
-        self._client = client or async_client(timeout=config.send_timeout_s, follow_redirects=False)
+        self._client = client or http_client(timeout=config.send_timeout_s)
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
         self._random = rand
         self._api_base = config.api_base.rstrip("/")
         self._timeout = config.send_timeout_s
-        self._headers = _request_headers(self._client)
         self._limiters: dict[str, RateLimiter] = {}
         self._webhook_limiter = RateLimiter(config.webhook_qps, clock=monotonic, sleep=sleep)
         self._dead_webhooks: OrderedDict[str, None] = OrderedDict()
@@ -212,11 +211,14 @@ class DingTalkSender:
             return webhook_failure
         return result
 
-    async def _post(self, url: str, content: bytes, headers: dict[str, str], what: str) -> FastResponse:
-        """One POST of a JSON body (``headers`` include the Content-Type), redirects not followed."""
+    async def _post(self, url: str, content: bytes, headers: dict[str, str], what: str) -> httpx.Response:
+        """One POST of a JSON body (``headers`` include the Content-Type), redirects not followed; the
+        whole exchange bounded by the send timeout, as each of its steps is."""
         try:
             with anyio.fail_after(self._timeout):
-                return await post_bytes(self._client, url, content, headers, self._timeout)
+                return await self._client.post(
+                    url, content=content, headers=headers, timeout=self._timeout, follow_redirects=False
+                )
         except (TimeoutError, httpx.RequestError) as exc:
             raise transport_error(exc, what) from None
 
@@ -226,7 +228,7 @@ class DingTalkSender:
 
         async def attempt() -> SendResult:
             await self._webhook_limiter.acquire()
-            response = await self._post(url, content, self._headers, "sessionWebhook")
+            response = await self._post(url, content, JSON_HEADERS, "sessionWebhook")
             try:
                 return webhook_result(response)
             except DingTalkError as err:
@@ -267,7 +269,7 @@ class DingTalkSender:
         async def attempt() -> SendResult:
             token = await self.tokens.get()
             await limiter.acquire()
-            headers = {**self._headers, "x-acs-dingtalk-access-token": token}
+            headers = {**JSON_HEADERS, "x-acs-dingtalk-access-token": token}
             response = await self._post(url, content, headers, via)
             try:
                 return openapi_result(response, via, route.sender_staff_id)

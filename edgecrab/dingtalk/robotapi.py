@@ -18,10 +18,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from edgecrab.dingtalk.tokens import DingTalkError, error_from_response
 from edgecrab.dingtalk.webhook import append_mention
 from edgecrab.events import ReplyRoute
-from edgecrab.httpresponses import FastResponse
 
 BATCH_SEND_PATH = "/v1.0/robot/oToMessages/batchSend"
 GROUP_SEND_PATH = "/v1.0/robot/groupMessages/send"
@@ -89,7 +90,7 @@ def _webhook_ok(content: bytes) -> bool:
     )
 
 
-def webhook_result(response: FastResponse) -> SendResult:
+def webhook_result(response: httpx.Response) -> SendResult:
     """The sessionWebhook's answer to one send, or :class:`DingTalkError` when the chunk was refused."""
     if response.is_success and _webhook_ok(response.content):
         return SendResult(True, "webhook", False, "", "", response.headers.get("x-acs-request-id", ""))
@@ -105,7 +106,7 @@ def webhook_result(response: FastResponse) -> SendResult:
     raise err
 
 
-def openapi_result(response: FastResponse, via: str, staff_id: str) -> SendResult:
+def openapi_result(response: httpx.Response, via: str, staff_id: str) -> SendResult:
     """The answer of batchSend or groupMessages/send (``via``) to one send, or :class:`DingTalkError`
     when the chunk was refused; ``staff_id`` is the recipient's, named when DingTalk says it is invalid."""
     request_id = response.headers.get("x-acs-request-id", "")

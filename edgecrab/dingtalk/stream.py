@@ -44,6 +44,7 @@ import websockets
 
 from edgecrab import __version__
 from edgecrab.config import DingTalkConfig
+from edgecrab.dingtalk.rest import http_client
 from edgecrab.dingtalk.streamconn import (
     BOT_TOPIC,
     AckDecision,
@@ -52,7 +53,6 @@ from edgecrab.dingtalk.streamconn import (
     StreamConnection,
     open_websocket,
 )
-from edgecrab.httpclient import async_client
 
 log = logging.getLogger("edgecrab.dingtalk.stream")
 
@@ -176,7 +176,7 @@ class StreamClient:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         own_http = self._http is None
-        http = self._http or async_client(max_connections=4)
+        http = self._http or http_client(timeout=10.0, max_connections=4)
         started = False
         try:
             async with anyio.create_task_group() as tg:

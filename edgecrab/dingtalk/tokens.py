@@ -22,7 +22,6 @@ import httpx
 
 from edgecrab import errors
 from edgecrab.dingtalk.ratelimit import Clock, RateLimiter
-from edgecrab.httpresponses import FastResponse
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +115,14 @@ class DingTalkError(errors.DingTalkError):
         return max(floor, self.retry_after)
 
 
-AnyResponse = httpx.Response | FastResponse
-"""What a DingTalk call answered: httpx's response, or :func:`edgecrab.httpclient.post_bytes`'s."""
-
-
-def _json_or_none(response: AnyResponse) -> Any:
+def _json_or_none(response: httpx.Response) -> Any:
     try:
         return json.loads(response.content)
     except ValueError:
         return None
 
 
-def _retry_after(response: AnyResponse) -> float:
+def _retry_after(response: httpx.Response) -> float:
     raw = response.headers.get("retry-after", "")
     try:
         return min(max(float(raw), 0.0), 60.0)
@@ -135,7 +130,7 @@ def _retry_after(response: AnyResponse) -> float:
         return 0.0
 
 
-def error_from_response(response: AnyResponse, what: str) -> DingTalkError:
+def error_from_response(response: httpx.Response, what: str) -> DingTalkError:
     """Turn a failed response of either API style into a :class:`DingTalkError`."""
     data = _json_or_none(response)
     request_id = response.headers.get("x-acs-request-id", "")

@@ -16,8 +16,6 @@ from typing import Any
 
 import httpx
 
-from edgecrab.httptransport import simple_url_parts
-
 DINGTALK_HOSTS = ("api.dingtalk.com", "oapi.dingtalk.com")
 
 
@@ -109,9 +107,9 @@ class WebhookGuard:
     of ``api_base``, and each ``extra_hosts`` entry (``host`` means the default port, ``host:port`` that
     port). The scheme must be https, or http for a loopback host.
 
-    URLs are read as httpx reads them (:func:`edgecrab.httptransport.simple_url_parts` takes a short cut
-    for the plain ones, with the same reading), and verdicts are remembered per (scheme, host, port): the
-    guard runs before every webhook send, and ``httpx.URL`` plus ``ipaddress`` cost more than the rest of it.
+    URLs are read by ``httpx.URL``, the parser of the client that sends to them, so the host judged is the
+    host contacted (user info, backslashes, IDN, default ports and the rest read alike). Verdicts are
+    remembered per (scheme, host, port): the hosts come from inbound messages, and most repeat.
     """
 
     VERDICTS_MAX = 1024
@@ -127,15 +125,11 @@ class WebhookGuard:
 
     def refusal(self, url: str) -> str:
         """Why ``url`` must not be contacted, or ``""`` when it may."""
-        parts = simple_url_parts(url) if isinstance(url, str) else None
-        if parts is None:
-            try:
-                parsed = httpx.URL(url)
-            except (httpx.InvalidURL, TypeError):
-                return "not a valid URL"
-            parts = (parsed.scheme, parsed.host, parsed.port)
-        scheme, host, port = parts
-        key = (scheme, host.rstrip(".").lower(), port)
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError):
+            return "not a valid URL"
+        key = (parsed.scheme, parsed.host.rstrip(".").lower(), parsed.port)
         if self._verdicts_for is not self.allowed:  # the allow-list was replaced: judge again
             self._verdicts, self._verdicts_for = {}, self.allowed
         verdict = self._verdicts.get(key)
