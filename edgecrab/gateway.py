@@ -44,10 +44,11 @@ from edgecrab.dingtalk.access import AccessPolicy
 from edgecrab.dingtalk.convert import FrameError, decode_payload, to_message
 from edgecrab.dingtalk.intake import Intake
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
-from edgecrab.dingtalk.rest import DingTalkSender, http_client
+from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import StreamClient
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
+from edgecrab.outbound import http_client
 from edgecrab.replies.delivery import Delivery
 from edgecrab.replies.format import Format
 from edgecrab.store import open_store

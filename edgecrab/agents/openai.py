@@ -36,11 +36,11 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx
-from httpx_aiohttp import HttpxAiohttpClient
 
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult, Usage
+from edgecrab.outbound import failure_kind, http_client
 
 log = logging.getLogger("edgecrab.agents.openai")
 
@@ -111,14 +111,11 @@ class OpenAIAgent(Agent):
         # No real connection limit here: the runner already lets at most sessions.max_concurrent_runs agent
         # calls run at once, and a second, smaller limit only queued requests behind it. (None would not do:
         # httpx-aiohttp reads it as aiohttp's default of 100.) Idle connections are kept for 5 s.
-        limits = httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=None)
-        # aiohttp's pool under httpx's API (httpx-aiohttp): see pyproject.toml for why.
-        self._client = HttpxAiohttpClient(
-            headers=headers,
+        self._client = http_client(
             timeout=timeout,
-            limits=limits,
-            follow_redirects=False,
-            trust_env=True,
+            max_connections=_MAX_CONNECTIONS,
+            max_keepalive=None,
+            headers=headers,
             transport=transport,
         )
         if not config.model:
@@ -225,7 +222,8 @@ class OpenAIAgent(Agent):
             return AgentError(_NOT_READABLE, cause=cause)
         if answer.parts:
             return AgentError("the agent's answer was cut off — /retry to try again", cause=cause)
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.ProxyError):
+        kind = failure_kind(exc)
+        if kind in ("refused", "timeout") or isinstance(exc, httpx.ProxyError):
             error = AgentError(
                 f"could not reach the agent at {self._host} — is it running? /retry to try again", cause=cause
             )

@@ -29,7 +29,6 @@ from typing import Any
 
 import anyio
 import httpx
-from httpx_aiohttp import HttpxAiohttpClient
 
 from edgecrab.config import DingTalkConfig
 from edgecrab.dingtalk.ratelimit import Clock, RateLimiter, Sleep
@@ -60,6 +59,7 @@ from edgecrab.dingtalk.webhook import (
     webhook_body,
 )
 from edgecrab.events import ReplyRoute
+from edgecrab.outbound import http_client
 
 __all__ = [
     "DingTalkError",
@@ -67,7 +67,6 @@ __all__ = [
     "RateLimiter",
     "SendResult",
     "TokenCache",
-    "http_client",
     "openapi_body",
     "redact_url",
     "webhook_body",
@@ -83,14 +82,6 @@ QUOTA_PAUSE_S = 3600.0
 """After ApiCountLimitForOrg, OpenAPI sends are not even tried for this long."""
 DEAD_WEBHOOKS_MAX = 4096
 JSON_HEADERS = {"Content-Type": "application/json"}
-
-
-def http_client(*, timeout: float, max_connections: int = 100) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` for DingTalk on aiohttp's connection pool (``httpx-aiohttp``): at most
-    ``max_connections`` at once, redirects not followed, ``timeout`` for each of connect, pool wait and every
-    read; proxies from the environment. Why aiohttp's pool and not httpcore's: see pyproject.toml."""
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return HttpxAiohttpClient(limits=limits, timeout=timeout, follow_redirects=False, trust_env=True)
 
 
 class DingTalkSender:

@@ -44,7 +44,6 @@ import websockets
 
 from edgecrab import __version__
 from edgecrab.config import DingTalkConfig
-from edgecrab.dingtalk.rest import http_client
 from edgecrab.dingtalk.streamconn import (
     BOT_TOPIC,
     AckDecision,
@@ -53,6 +52,7 @@ from edgecrab.dingtalk.streamconn import (
     StreamConnection,
     open_websocket,
 )
+from edgecrab.outbound import http_client
 
 log = logging.getLogger("edgecrab.dingtalk.stream")
 

@@ -22,6 +22,7 @@ import httpx
 
 from edgecrab import errors
 from edgecrab.dingtalk.ratelimit import Clock, RateLimiter
+from edgecrab.outbound import failure_kind
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +164,19 @@ def error_from_response(response: httpx.Response, what: str) -> DingTalkError:
 
 
 def transport_error(exc: BaseException, what: str) -> DingTalkError:
-    """A call that got no response: timed out, or the connection failed."""
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+    """A call that got no response: timed out, refused, hung up on, or another network failure."""
+    kind = failure_kind(exc)
+    if kind == "timeout":
         return DingTalkError(f"{what}: timed out", code="timeout")
-    # The class name is enough: some transport messages embed the URL, which may carry a credential.
-    return DingTalkError(f"{what}: {type(exc).__name__}", code="network")
+    # No exception text: some transport messages embed the URL, which may carry a credential.
+    return DingTalkError(f"{what}: {_FAILURE_WORDS[kind]}", code="network")
+
+
+_FAILURE_WORDS = {
+    "refused": "connection refused or host unreachable",
+    "disconnected": "the server closed the connection",
+    "network": "network error",
+}
 
 
 def _register_secret(value: str) -> None:

@@ -194,12 +194,12 @@ async def _stalls_in_the_body(reader: asyncio.StreamReader, writer: asyncio.Stre
 
 
 # httpx-aiohttp maps a hang-up before the answer (aiohttp's ServerDisconnectedError) and a refused connection
-# onto httpx.ConnectTimeout, so they read as "timed out"; both are transient either way.
+# onto httpx.ConnectTimeout; edgecrab.outbound.failure_kind reads the cause, so neither is called a timeout.
 @pytest.mark.parametrize(
     ("handler", "code", "message"),
     [
-        (_hang_up, "timeout", "sessionWebhook: timed out"),
-        (_truncated, "network", "sessionWebhook: ReadError"),
+        (_hang_up, "network", "sessionWebhook: the server closed the connection"),
+        (_truncated, "network", "sessionWebhook: the server closed the connection"),
         (_silent, "timeout", "sessionWebhook: timed out"),
         (_stalls_in_the_body, "timeout", "sessionWebhook: timed out"),
     ],
@@ -227,8 +227,8 @@ async def test_a_refused_connection_is_a_transient_failure(caplog: pytest.LogCap
     assert (result.ok, result.permanent, result.code, result.message) == (
         False,
         False,
-        "timeout",
-        "sessionWebhook: timed out",
+        "network",
+        "sessionWebhook: connection refused or host unreachable",
     )
     assert_no_secret(result, caplog)
 
