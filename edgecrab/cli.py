@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import traceback
+from asyncio import CancelledError
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -55,7 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = level <= logging.DEBUG
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        try:
+            return handler(args)
+        except BaseExceptionGroup as group:
+            # anyio task groups wrap a failure (a hook file that cannot load, a port in use) in an
+            # ExceptionGroup, even several levels deep; the user is told the cause, never about the group.
+            raise root_cause(group) from group
     except ConfigError as exc:
         return _fail(str(exc), exc.exit_code, debug)
     except EdgecrabError as exc:
@@ -68,6 +74,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not debug:
             message += "\n(run again with --log-level debug to see the traceback)"
         return _fail(message, EXIT_RUNTIME, debug)
+
+
+def root_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception to report for ``group``: its first :class:`EdgecrabError` (what we raise on purpose
+    and word for the user), else its first exception that is not a cancellation, at any depth."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, EdgecrabError):
+            return leaf
+    real = [leaf for leaf in leaves if not isinstance(leaf, CancelledError)]
+    return (real or leaves)[0]
 
 
 def _fail(message: str, code: int, debug: bool) -> int:
