@@ -18,10 +18,8 @@ from asyncio import CancelledError
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-
 from edgecrab import __version__
-from edgecrab.config import BUILTIN_SOURCE, Config, load_config, load_schema, redacted_dict, secret_values
+from edgecrab.config import BUILTIN_SOURCE, Config, load_config, load_schema, secret_values
 from edgecrab.errors import ConfigError, EdgecrabError
 from edgecrab.logs import LEVELS, parse_level, redact, register_secret, setup_logging
 
@@ -195,8 +193,9 @@ def _config_validate(args: argparse.Namespace) -> int:
 
 def _config_show(args: argparse.Namespace) -> int:
     config = _load(args)
-    print(f"# effective configuration ({config.source or BUILTIN_SOURCE}); secrets shown as ***")
-    print(yaml.safe_dump(redacted_dict(config), sort_keys=False, allow_unicode=True), end="")
+    from edgecrab.config.show import effective_yaml
+
+    print(redact(effective_yaml(config)), end="")
     return EXIT_OK
 
 
