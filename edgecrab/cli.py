@@ -129,14 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     gateway = group("gateway", "run the gateway")
     start = action(gateway, "start", "connect to DingTalk and answer messages", _gateway_start)
-    start.add_argument("--sandbox", action="store_true",
-                       help="run against the built-in DingTalk emulator; no DingTalk app needed")
+    start.add_argument("--sandbox", action="store_true", help=_SANDBOX_HELP)
     start.add_argument("--port", type=_port_arg, default=None,
-                       help="port of the sandbox emulator (default: automatic)")
+                       help=f"with --sandbox: port of the emulator's web chat (default: {SANDBOX_PORT}; "
+                       "0 picks a free one)")
 
     config = group("config", "check or print the configuration")
-    action(config, "validate", "check the configuration and print every problem", _config_validate)
-    action(config, "show", "print the effective configuration, secrets hidden", _config_show)
+    validate = action(config, "validate", "check the configuration and print every problem", _config_validate)
+    show = action(config, "show", "print the effective configuration, secrets hidden", _config_show)
+    for sub in (validate, show):
+        sub.add_argument("--sandbox", action="store_true",
+                         help="as `gateway start --sandbox` reads it (no credentials needed, sandbox state)")
     action(config, "schema", "print the JSON Schema of the configuration", _config_schema)
 
     hooks = group("hooks", "inspect hooks")
@@ -144,9 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = commands.add_parser("sandbox", parents=[common], help="run only the DingTalk emulator")
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    sandbox.add_argument("--port", type=_port_arg, default=8765, help="port to listen on (default: 8765)")
+    sandbox.add_argument("--port", type=_port_arg, default=SANDBOX_PORT,
+                         help=f"port to listen on (default: {SANDBOX_PORT}; 0 picks a free one)")
     sandbox.set_defaults(handler=_sandbox)
     return parser
+
+
+_SANDBOX_HELP = (
+    "run against the built-in DingTalk emulator; no DingTalk app needed. State is kept in sandbox.db in "
+    "$EDGECRAB_HOME (default ~/.edgecrab), never in storage.url"
+)
+SANDBOX_PORT = 8765
+"""The emulator's default port (``edgecrab.sandbox.DEFAULT_PORT``, not imported: the CLI starts fast)."""
 
 
 def _level_arg(text: str) -> str:
@@ -186,13 +198,14 @@ def _gateway_start(args: argparse.Namespace) -> int:
 
 
 def _config_validate(args: argparse.Namespace) -> int:
-    config = _load(args)
-    print(f"config OK: {config.source or BUILTIN_SOURCE}")
+    config = _load(args, sandbox=args.sandbox)
+    mode = " (as the sandbox runs it)" if args.sandbox else ""
+    print(f"config OK{mode}: {config.source or BUILTIN_SOURCE}")
     return EXIT_OK
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _load(args, sandbox=args.sandbox)
     from edgecrab.config.show import effective_yaml
 
     print(redact(effective_yaml(config)), end="")

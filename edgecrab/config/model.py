@@ -198,7 +198,8 @@ def load_config(
 
     ``path`` None means ``$EDGECRAB_CONFIG`` if set, else the built-in default that reads the ``DINGTALK_*``
     variables. ``env`` is the environment for ``${VAR}`` references (default ``os.environ``). ``sandbox``
-    fills in dummy DingTalk credentials where none are configured, for the local emulator.
+    (the local emulator) fills in dummy DingTalk credentials where none are configured and keeps state
+    in :func:`sandbox_storage_url` instead of ``storage.url`` (an in-memory store stays in memory).
     """
     environ: Mapping[str, str] = os.environ if env is None else env
     if path is None and environ.get("EDGECRAB_CONFIG"):
@@ -259,7 +260,24 @@ def _check(
         raise ConfigError(problems, source=label)
     config = _build(data, env, source)
     sources = _sources(config, parsed.lines, expanded.origins, from_env, dummies, env)
+    if sandbox and config.storage.url != MEMORY_URL:
+        config = replace(config, storage=StorageConfig(url=sandbox_storage_url(env)))
+        sources["storage.url"] = "sandbox (apart from the gateway's own state)"
     return replace(config, sources=_frozen_map(sources))
+
+
+MEMORY_URL = "sqlite:///:memory:"
+
+
+def state_dir(env: Mapping[str, str]) -> str:
+    """Where state lives by default: ``$EDGECRAB_HOME``, else ``~/.edgecrab`` (not expanded)."""
+    return (env.get("EDGECRAB_HOME") or "~/.edgecrab").rstrip("/")
+
+
+def sandbox_storage_url(env: Mapping[str, str]) -> str:
+    """The sandbox's store: ``sandbox.db`` in the state directory, never the configured ``storage.url``, so
+    that chats with the emulator never become history (or unfinished messages) of the real gateway."""
+    return f"sqlite:///{state_dir(env)}/sandbox.db"
 
 
 def _apply_env_defaults(data: Any, env: Mapping[str, str]) -> dict[reader.KeyPath, str]:
@@ -339,7 +357,7 @@ def _build(data: dict[str, Any], env: Mapping[str, str], source: Path | None) ->
     hooks = dict(data.get("hooks", {}))
     hooks["paths"] = _hook_paths(hooks.get("paths"), source)
     storage = dict(data.get("storage", {}))
-    storage.setdefault("url", f"sqlite:///{(env.get('EDGECRAB_HOME') or '~/.edgecrab').rstrip('/')}/state.db")
+    storage.setdefault("url", f"sqlite:///{state_dir(env)}/state.db")
     return Config(
         dingtalk=_make(DingTalkConfig, dingtalk),
         agent=_make(AgentConfig, agent),

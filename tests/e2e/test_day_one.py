@@ -4,14 +4,21 @@ hooks, wrong credentials, a busy port, and who may talk to the bot."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -153,3 +160,115 @@ def test_config_show_says_where_each_value_came_from(tmp_path: Path, snapshot: A
     for secret in ("my-secret-value-42", "sk-file-secret-0123"):
         assert secret not in done.stdout
     assert done.stdout.replace(str(tmp_path), "<tmp>") == snapshot
+
+
+# --- 3. config validate --sandbox; 4. the sandbox never touches the gateway's own state -----------------
+
+URL = re.compile(r"open (http://127\.0\.0\.1:\d+)/ to chat")
+
+
+@contextlib.contextmanager
+def sandbox_process(tmp_path: Path, config: Path, env: dict[str, str]) -> Iterator[tuple[str, list[str]]]:
+    """``edgecrab gateway start --sandbox --port 0``; yields the emulator's base URL and its stdout lines
+    so far, and stops it with SIGTERM (asserting a clean exit) afterwards."""
+    argv = [*EDGECRAB, "--config", str(config), "gateway", "start", "--sandbox", "--port", "0"]
+    with open(tmp_path / "sandbox.log", "wb") as log:
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    lines: list[str] = []
+    urls: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if match := URL.search(line):
+                urls.put(match.group(1))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        try:
+            url = urls.get(timeout=20)
+        except queue.Empty:
+            raise AssertionError((tmp_path / "sandbox.log").read_text()) from None
+        yield url, lines
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=10)
+        reader.join(5)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert code == 0, (tmp_path / "sandbox.log").read_text()
+
+
+def chat(base: str, text: str) -> str:
+    """Send ``text`` to the bot as the emulator's first user, in a DM; the bot's first reply."""
+    with httpx.Client(base_url=base, timeout=5) as client:
+        data = client.post("/_fake/push", json={"kind": "dm", "text": text}).json()["data"]
+        cid = data["conversationId"]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            out = client.get("/_fake/outbound", params={"conversation_id": cid}).json()["outbound"]
+            if out:
+                return str(out[0]["text"])
+            time.sleep(0.05)
+    raise AssertionError(f"no reply to {text!r}")
+
+
+def test_config_validate_sandbox_checks_the_way_the_sandbox_runs(tmp_path: Path) -> None:
+    config = tmp_path / "edgecrab.yaml"
+    config.write_text("agent:\n  type: echo\n", encoding="utf-8")  # no credentials anywhere
+    env = clean_env(tmp_path)
+    assert edgecrab("--config", str(config), "config", "validate", cwd=tmp_path, env=env).returncode == 2
+    done = edgecrab("--config", str(config), "config", "validate", "--sandbox", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"config OK (as the sandbox runs it): {config}\n"
+    shown = edgecrab("--config", str(config), "config", "show", "--sandbox", cwd=tmp_path, env=env).stdout
+    assert re.search(r"url: sqlite:///.*/home/sandbox\.db +# sandbox", shown), shown
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("agent:\n  type: echoo\n", encoding="utf-8")
+    done = edgecrab("--config", str(bad), "config", "validate", "--sandbox", cwd=tmp_path, env=env)
+    assert done.returncode == 2 and "did you mean `echo`?" in done.stderr
+
+
+def test_the_sandbox_keeps_its_state_apart_from_the_gateways(tmp_path: Path) -> None:
+    production = tmp_path / "prod" / "state.db"
+    production.parent.mkdir()
+    config = tmp_path / "edgecrab.yaml"
+    config.write_text(f"agent:\n  type: echo\nstorage:\n  url: sqlite:///{production}\n", encoding="utf-8")
+    env = clean_env(tmp_path)
+    with sandbox_process(tmp_path, config, env) as (base, lines):
+        assert "hello sandbox" in chat(base, "hello sandbox")
+        assert any(str(tmp_path / "home" / "sandbox.db") in line for line in lines), lines
+    assert not production.exists() and list(production.parent.iterdir()) == []
+    assert (tmp_path / "home" / "sandbox.db").exists()
+
+
+# --- 7. --port: the real default in the help; a busy port says which and how to pick another -----------
+
+
+def test_port_help_says_the_real_default(tmp_path: Path) -> None:
+    from edgecrab import cli
+    from edgecrab.sandbox import DEFAULT_PORT
+
+    done = edgecrab("gateway", "start", "--help", cwd=tmp_path, env=clean_env(tmp_path))
+    assert done.returncode == 0
+    help_text = " ".join(done.stdout.split())
+    assert f"(default: {DEFAULT_PORT}; 0 picks a free one)" in help_text, help_text
+    assert "automatic" not in help_text
+    assert cli.SANDBOX_PORT == DEFAULT_PORT
+
+
+def test_a_busy_port_says_which_and_how_to_pick_another(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = edgecrab(
+            "gateway", "start", "--sandbox", "--port", str(port), cwd=tmp_path, env=clean_env(tmp_path)
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "--port N" in done.stderr and "--port 0" in done.stderr
+    for wrong in ("ExceptionGroup", "Traceback", "unexpected error"):
+        assert wrong not in done.stderr
