@@ -5,9 +5,11 @@ hooks, wrong credentials, a busy port, and who may talk to the bot."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -168,10 +170,13 @@ URL = re.compile(r"open (http://127\.0\.0\.1:\d+)/ to chat")
 
 
 @contextlib.contextmanager
-def sandbox_process(tmp_path: Path, config: Path, env: dict[str, str]) -> Iterator[tuple[str, list[str]]]:
+def sandbox_process(
+    tmp_path: Path, config: Path | None, env: dict[str, str]
+) -> Iterator[tuple[str, list[str]]]:
     """``edgecrab gateway start --sandbox --port 0``; yields the emulator's base URL and its stdout lines
     so far, and stops it with SIGTERM (asserting a clean exit) afterwards."""
-    argv = [*EDGECRAB, "--config", str(config), "gateway", "start", "--sandbox", "--port", "0"]
+    argv = [*EDGECRAB, *(["--config", str(config)] if config else []), "gateway", "start", "--sandbox"]
+    argv += ["--port", "0"]
     with open(tmp_path / "sandbox.log", "wb") as log:
         proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     lines: list[str] = []
@@ -242,6 +247,44 @@ def test_the_sandbox_keeps_its_state_apart_from_the_gateways(tmp_path: Path) -> 
         assert any(str(tmp_path / "home" / "sandbox.db") in line for line in lines), lines
     assert not production.exists() and list(production.parent.iterdir()) == []
     assert (tmp_path / "home" / "sandbox.db").exists()
+
+
+# --- 5. the shipped example hooks are inert until switched on ---------------------------------------------
+
+
+def test_the_example_hooks_do_nothing_until_switched_on(tmp_path: Path) -> None:
+    # The quick start from the repository root: no config, ./hooks is the repository's examples.
+    shutil.copytree(ROOT / "hooks", tmp_path / "hooks", ignore=shutil.ignore_patterns("__pycache__"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with sandbox_process(tmp_path, None, clean_env(tmp_path)) as (base, _):
+        reply = chat(base, "my private words")
+    assert "my private words" in reply and "sent by edgecrab" not in reply, reply  # the old default footer
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "home", "sandbox.log"])  # no audit
+    log = (tmp_path / "sandbox.log").read_text()
+    for name in ("10_audit_log", "20_keyword_veto", "30_ping_command", "40_reply_footer"):
+        assert len(re.findall(rf"\[hooks\] loaded {name} from .*{name}\.py: ", log)) == 1, log
+    assert "10_audit_log is off: set hooks.config.10_audit_log.path" in log
+    assert "40_reply_footer is off: set hooks.config.40_reply_footer.footer" in log
+
+
+def test_the_example_hooks_work_once_their_settings_turn_them_on(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "hooks", tmp_path / "hooks", ignore=shutil.ignore_patterns("__pycache__"))
+    config = tmp_path / "edgecrab.yaml"
+    config.write_text(
+        "hooks:\n  config:\n"
+        "    10_audit_log: {path: audit.jsonl}\n    40_reply_footer: {footer: '-- a bot'}\n",
+        encoding="utf-8",
+    )
+    with sandbox_process(tmp_path, config, clean_env(tmp_path)) as (base, _):
+        reply = chat(base, "hello hooks")
+        audit = tmp_path / "audit.jsonl"
+        deadline = time.monotonic() + 5  # the reply_sent line follows the send
+        while audit.read_text(encoding="utf-8").count("\n") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert reply.endswith("\n\n-- a bot"), reply
+    assert [json.loads(line)["event"] for line in audit.read_text(encoding="utf-8").splitlines()] == [
+        "message", "reply"
+    ]
 
 
 # --- 7. --port: the real default in the help; a busy port says which and how to pick another -----------
