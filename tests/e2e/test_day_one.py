@@ -315,3 +315,101 @@ def test_a_busy_port_says_which_and_how_to_pick_another(tmp_path: Path) -> None:
     assert "--port N" in done.stderr and "--port 0" in done.stderr
     for wrong in ("ExceptionGroup", "Traceback", "unexpected error"):
         assert wrong not in done.stderr
+
+
+# --- 6. started once up, connected or not; wrong credentials at start-up exit 2 ----------------------------
+
+
+@contextlib.contextmanager
+def process(
+    argv: list[str], tmp_path: Path, env: dict[str, str], name: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``edgecrab argv`` with stdout and stderr in ``tmp_path/name``; killed afterwards if still running."""
+    with open(tmp_path / name, "wb") as log:
+        proc = subprocess.Popen(
+            [*EDGECRAB, *argv], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text(encoding="utf-8", errors="replace")
+        if text in content:
+            return content
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in:\n{path.read_text(encoding='utf-8', errors='replace')}")
+
+
+@contextlib.contextmanager
+def emulator(tmp_path: Path) -> Iterator[str]:
+    """``edgecrab sandbox --port 0``, the DingTalk emulator alone; yields its api_base."""
+    with process(["sandbox", "--port", "0"], tmp_path, clean_env(tmp_path), "emulator.log") as proc:
+        text = wait_for_text(tmp_path / "emulator.log", "DINGTALK_API_BASE=")
+        yield re.findall(r"DINGTALK_API_BASE=(\S+)", text)[0]
+        proc.send_signal(signal.SIGINT)
+
+
+def test_started_is_logged_while_dingtalk_cannot_be_reached(tmp_path: Path) -> None:
+    env = clean_env(
+        tmp_path, DINGTALK_APP_KEY="k", DINGTALK_APP_SECRET="s",
+        DINGTALK_API_BASE=f"http://127.0.0.1:{closed_port()}",
+    )
+    with process(["gateway", "start"], tmp_path, env, "gateway.log") as proc:
+        log = wait_for_text(tmp_path / "gateway.log", "[gateway] started")
+        assert "[dingtalk] connected" not in log
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_wrong_credentials_at_start_up_exit_2_with_the_hint(tmp_path: Path) -> None:
+    from edgecrab.config import SANDBOX_APP_KEY
+
+    with emulator(tmp_path) as api_base:
+        env = clean_env(
+            tmp_path, DINGTALK_APP_KEY=SANDBOX_APP_KEY, DINGTALK_APP_SECRET="not-the-secret",
+            DINGTALK_API_BASE=api_base,
+        )
+        started = time.monotonic()
+        done = edgecrab("gateway", "start", cwd=tmp_path, env=env, timeout=20)
+    assert done.returncode == 2, done.stderr
+    assert time.monotonic() - started < 5
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgecrab: DingTalk refused the app credentials"), done.stderr
+    assert "DINGTALK_APP_KEY / DINGTALK_APP_SECRET" in last and "not-the-secret" not in done.stderr
+    assert "[gateway] started" in done.stderr
+    for wrong in ("ExceptionGroup", "Traceback", "unexpected error"):
+        assert wrong not in done.stderr
+
+
+def test_a_401_after_a_connection_worked_keeps_retrying(tmp_path: Path) -> None:
+    from edgecrab.config import SANDBOX_APP_KEY, SANDBOX_APP_SECRET
+
+    config = tmp_path / "edgecrab.yaml"
+    config.write_text(
+        "platforms:\n  dingtalk:\n    reconnect_initial_s: 0.1\n    reconnect_max_s: 0.5\n", encoding="utf-8"
+    )
+    with emulator(tmp_path) as api_base, httpx.Client(base_url=api_base, timeout=5) as fake:
+        env = clean_env(
+            tmp_path, DINGTALK_APP_KEY=SANDBOX_APP_KEY, DINGTALK_APP_SECRET=SANDBOX_APP_SECRET,
+            DINGTALK_API_BASE=api_base,
+        )
+        argv = ["--config", str(config), "gateway", "start"]
+        with process(argv, tmp_path, env, "gateway.log") as proc:
+            wait_for_text(tmp_path / "gateway.log", "[dingtalk] connected")
+            fake.post("/_fake/faults", json={"reject_credentials": True}).raise_for_status()
+            fake.post("/_fake/abort", json={}).raise_for_status()
+            log = wait_for_text(tmp_path / "gateway.log", "authentication failed")
+            deadline = time.monotonic() + 10  # a second refusal: it retried instead of stopping
+            while log.count("authentication failed") < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                log = (tmp_path / "gateway.log").read_text()
+            assert log.count("authentication failed") >= 2 and proc.poll() is None, log
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
