@@ -38,7 +38,10 @@ class DingTalkConfig:
     """Empty in YAML means: use ``app_key`` (resolved by the loader, so never empty here)."""
     api_base: str = "https://api.dingtalk.com"
     allowed_users: tuple[str, ...] = ()
-    """Empty: members of the robot's own organisation. ``("*",)``: everyone."""
+    """Staff ids, or DingTalk ids (``senderId``) for people outside the organisation. ``("*",)``: everyone."""
+    allow_own_org: bool | None = None
+    """Members of the robot's own organisation may talk too. None (the default): only when
+    ``allowed_users`` is empty (:class:`~edgecrab.dingtalk.access.AccessPolicy` decides)."""
     allowed_groups: tuple[str, ...] = ()
     """Empty: every group. Otherwise only these conversation ids."""
     require_mention: bool = True
@@ -333,6 +336,8 @@ def _sources(
                 where = "default (env EDGECRAB_HOME)"
             elif path == (*_DINGTALK, "robot_code"):
                 where = "default (the app key)"
+            elif path == (*_DINGTALK, "allow_own_org"):
+                where = "default (true when allowed_users is empty)"
             else:
                 where = "default"
             found[reader.format_path(path)] = where

@@ -206,10 +206,14 @@ def sandbox_process(
     assert code == 0, (tmp_path / "sandbox.log").read_text()
 
 
-def chat(base: str, text: str) -> str:
-    """Send ``text`` to the bot as the emulator's first user, in a DM; the bot's first reply."""
+def chat(base: str, text: str, user: str | None = None, overrides: dict[str, str] | None = None) -> str:
+    """Send ``text`` to the bot in a DM, as ``user`` (staff id, nick or DingTalk id; default the emulator's
+    first user) with ``overrides`` of payload fields; the bot's first reply."""
+    body: dict[str, Any] = {"kind": "dm", "text": text, "overrides": overrides or {}}
+    if user is not None:
+        body["user"] = user
     with httpx.Client(base_url=base, timeout=5) as client:
-        data = client.post("/_fake/push", json={"kind": "dm", "text": text}).json()["data"]
+        data = client.post("/_fake/push", json=body).json()["data"]
         cid = data["conversationId"]
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -413,3 +417,33 @@ def test_a_401_after_a_connection_worked_keeps_retrying(tmp_path: Path) -> None:
             assert log.count("authentication failed") >= 2 and proc.poll() is None, log
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
+
+
+# --- 8. access: the organisation and a few guests -------------------------------------------------------
+
+GUEST = "王五 (external)"  # the emulator's one user from another organisation (no staff id)
+
+
+def test_allow_own_org_lets_the_organisation_in_beside_a_listed_guest(tmp_path: Path) -> None:
+    with sandbox_process(tmp_path, None, clean_env(tmp_path)) as (base, _):
+        users = httpx.get(f"{base}/_fake/users", timeout=5).json()["users"]
+    guest_id = next(u["dingtalk_id"] for u in users if u["nick"] == GUEST)
+    config = tmp_path / "edgecrab.yaml"
+    config.write_text(
+        f"platforms:\n  dingtalk:\n    allowed_users: ['{guest_id}']\n    allow_own_org: true\n",
+        encoding="utf-8",
+    )
+    with sandbox_process(tmp_path, config, clean_env(tmp_path)) as (base, _):
+        assert "echo: from a member" in chat(base, "from a member", user="manager807")
+        assert "echo: from the guest" in chat(base, "from the guest", user=GUEST)
+    listed_only = tmp_path / "listed.yaml"
+    listed_only.write_text(f"platforms:\n  dingtalk:\n    allowed_users: ['{guest_id}']\n", encoding="utf-8")
+    with sandbox_process(tmp_path, listed_only, clean_env(tmp_path)) as (base, _):
+        assert "not on this bot's allowed list" in chat(base, "from a member", user="user1001")
+
+
+def test_a_sender_whose_organisation_is_unknown_is_told_so(tmp_path: Path) -> None:
+    with sandbox_process(tmp_path, None, clean_env(tmp_path)) as (base, _):
+        notice = chat(base, "hello", user="user1002", overrides={"senderCorpId": ""})
+    assert "didn't say which organisation" in notice and "`user1002`" in notice
+    assert "another organisation" not in notice
