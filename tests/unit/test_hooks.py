@@ -609,7 +609,7 @@ async def test_example_audit_log_is_off_until_a_path_is_set(
     message = make_message(text="private words")
     await h.message_received(message)
     await h.reply_sent("hello!", message)
-    assert list(tmp_path.iterdir()) == []
+    assert not any(tmp_path.iterdir())  # noqa: ASYNC240 - a test's own temp folder
 
 
 async def test_example_keyword_veto() -> None:
