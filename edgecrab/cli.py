@@ -14,13 +14,12 @@ import logging
 import os
 import sys
 import traceback
+from asyncio import CancelledError
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-
 from edgecrab import __version__
-from edgecrab.config import BUILTIN_SOURCE, Config, load_config, load_schema, redacted_dict, secret_values
+from edgecrab.config import BUILTIN_SOURCE, Config, load_config, load_schema, secret_values
 from edgecrab.errors import ConfigError, EdgecrabError
 from edgecrab.logs import LEVELS, parse_level, redact, register_secret, setup_logging
 
@@ -55,7 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = level <= logging.DEBUG
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        try:
+            return handler(args)
+        except BaseExceptionGroup as group:
+            # anyio task groups wrap a failure (a hook file that cannot load, a port in use) in an
+            # ExceptionGroup, even several levels deep; the user is told the cause, never about the group.
+            raise root_cause(group) from group
     except ConfigError as exc:
         return _fail(str(exc), exc.exit_code, debug)
     except EdgecrabError as exc:
@@ -68,6 +72,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not debug:
             message += "\n(run again with --log-level debug to see the traceback)"
         return _fail(message, EXIT_RUNTIME, debug)
+
+
+def root_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception to report for ``group``: its first :class:`EdgecrabError` (what we raise on purpose
+    and word for the user), else its first exception that is not a cancellation, at any depth."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, EdgecrabError):
+            return leaf
+    real = [leaf for leaf in leaves if not isinstance(leaf, CancelledError)]
+    return (real or leaves)[0]
 
 
 def _fail(message: str, code: int, debug: bool) -> int:
@@ -105,14 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     gateway = group("gateway", "run the gateway")
     start = action(gateway, "start", "connect to DingTalk and answer messages", _gateway_start)
-    start.add_argument("--sandbox", action="store_true",
-                       help="run against the built-in DingTalk emulator; no DingTalk app needed")
+    start.add_argument("--sandbox", action="store_true", help=_SANDBOX_HELP)
     start.add_argument("--port", type=_port_arg, default=None,
-                       help="port of the sandbox emulator (default: automatic)")
+                       help=f"with --sandbox: port of the emulator's web chat (default: {SANDBOX_PORT}; "
+                       "0 picks a free one)")
 
     config = group("config", "check or print the configuration")
-    action(config, "validate", "check the configuration and print every problem", _config_validate)
-    action(config, "show", "print the effective configuration, secrets hidden", _config_show)
+    validate = action(config, "validate", "check the configuration and print every problem", _config_validate)
+    show = action(config, "show", "print the effective configuration, secrets hidden", _config_show)
+    for sub in (validate, show):
+        sub.add_argument("--sandbox", action="store_true",
+                         help="as `gateway start --sandbox` reads it (no credentials needed, sandbox state)")
     action(config, "schema", "print the JSON Schema of the configuration", _config_schema)
 
     hooks = group("hooks", "inspect hooks")
@@ -120,9 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = commands.add_parser("sandbox", parents=[common], help="run only the DingTalk emulator")
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    sandbox.add_argument("--port", type=_port_arg, default=8765, help="port to listen on (default: 8765)")
+    sandbox.add_argument("--port", type=_port_arg, default=SANDBOX_PORT,
+                         help=f"port to listen on (default: {SANDBOX_PORT}; 0 picks a free one)")
     sandbox.set_defaults(handler=_sandbox)
     return parser
+
+
+_SANDBOX_HELP = (
+    "run against the built-in DingTalk emulator; no DingTalk app needed. State is kept in sandbox.db in "
+    "$EDGECRAB_HOME (default ~/.edgecrab), never in storage.url"
+)
+SANDBOX_PORT = 8765
+"""The emulator's default port (``edgecrab.sandbox.DEFAULT_PORT``, not imported: the CLI starts fast)."""
 
 
 def _level_arg(text: str) -> str:
@@ -162,15 +198,17 @@ def _gateway_start(args: argparse.Namespace) -> int:
 
 
 def _config_validate(args: argparse.Namespace) -> int:
-    config = _load(args)
-    print(f"config OK: {config.source or BUILTIN_SOURCE}")
+    config = _load(args, sandbox=args.sandbox)
+    mode = " (as the sandbox runs it)" if args.sandbox else ""
+    print(f"config OK{mode}: {config.source or BUILTIN_SOURCE}")
     return EXIT_OK
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    config = _load(args)
-    print(f"# effective configuration ({config.source or BUILTIN_SOURCE}); secrets shown as ***")
-    print(yaml.safe_dump(redacted_dict(config), sort_keys=False, allow_unicode=True), end="")
+    config = _load(args, sandbox=args.sandbox)
+    from edgecrab.config.show import effective_yaml
+
+    print(redact(effective_yaml(config)), end="")
     return EXIT_OK
 
 

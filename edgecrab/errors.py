@@ -5,7 +5,7 @@
     EdgecrabError                 base of everything below; ``exit_code`` 1
      ├── ConfigError              the configuration cannot be used; a list of Problems; ``exit_code`` 2
      │    └── HookLoadError       a hook file or module cannot be loaded (import error, unknown hook name)
-     ├── StartupError             the gateway cannot start (port in use, store unusable, bad credentials)
+     ├── StartupError             the gateway cannot start (port in use or bad credentials: ``exit_code`` 2)
      └── DingTalkError            DingTalk refused or failed a call (``errcode`` and HTTP status kept)
 
 Agent backends raise :class:`edgecrab.agents.base.AgentError`, which carries a message meant for the chat user
@@ -95,7 +95,14 @@ class HookLoadError(ConfigError):
 
 
 class StartupError(EdgecrabError):
-    """The gateway could not start; the message says what to check."""
+    """The gateway could not start; the message says what to check.
+
+    ``exit_code`` 2 when the fix is in how it is run (a port in use, wrong DingTalk credentials), like a
+    configuration error; 1 (the default) for a failure of the machine (a store that cannot be opened)."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class DingTalkError(EdgecrabError):

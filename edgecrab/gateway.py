@@ -40,12 +40,14 @@ from edgecrab.config import Config
 from edgecrab.core.commands import Commands, ConnectionInfo
 from edgecrab.core.router import parse_command
 from edgecrab.core.runs import Runner
+from edgecrab.dingtalk import stream as stream_states
 from edgecrab.dingtalk.access import AccessPolicy
 from edgecrab.dingtalk.convert import FrameError, decode_payload, to_message
 from edgecrab.dingtalk.intake import Intake
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import StreamClient
+from edgecrab.errors import StartupError
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
 from edgecrab.outbound import http_client
@@ -88,6 +90,7 @@ class Gateway:
         self.intake = Intake(self.store, self.robot)
         self._states: deque[tuple[str, str]] = deque()
         self._states_added = anyio.Event()
+        self._refused_now = anyio.Event()
 
     # -- ingest --------------------------------------------------------------------------------------
     async def _ingest(self) -> None:
@@ -202,8 +205,24 @@ class Gateway:
     async def _on_state(self, state: str, detail: str) -> None:
         """The Stream client's state listener. It only queues the change: the Stream client must not wait
         for hooks while it reconnects."""
+        if state == stream_states.FAILED and self.stream is not None and not self.stream.connections_opened:
+            self._refused_now.set()  # credentials refused before any connection: see _refuse_to_start
         self._states.append((state, detail))
         self._states_added.set()
+
+    async def _refuse_to_start(self) -> None:
+        """Stop start-up when DingTalk refuses the credentials (401) before a connection ever worked.
+
+        Wrong AppKey/AppSecret at start-up is a configuration error, so retrying forever would only hide it.
+        Once a connection has worked, a 401 is DingTalk's passing trouble: the Stream client retries it."""
+        await self._refused_now.wait()
+        raise StartupError(
+            "DingTalk refused the app credentials (HTTP 401) before any connection worked, so the gateway "
+            "is not starting: check DINGTALK_APP_KEY / DINGTALK_APP_SECRET (or platforms.dingtalk.app_key / "
+            "app_secret) against the app's 'Credentials and basic info' page at open.dingtalk.com (app key "
+            f"{self.config.dingtalk.app_key}, api_base {self.config.dingtalk.api_base})",
+            exit_code=2,
+        )
 
     async def _notify_states(self) -> None:
         """``connection_changed`` hooks, on the main loop, one change after the other."""
@@ -307,6 +326,7 @@ class Gateway:
                 tg.start_soon(housekeeping, self.store, self.config.sessions.idle_expiry_s)
                 tg.start_soon(store_upkeep, self.store)
                 tg.start_soon(self._notify_states)
+                tg.start_soon(self._refuse_to_start)
                 await tg.start(self._serve_stream)
                 log.info("%s", self.access.posture())
                 log.info(

@@ -1,6 +1,7 @@
 """Audit log: one JSON line per inbound message and per reply sent.
 
-Settings (``hooks.config.10_audit_log``)::
+Off until switched on: it writes what people say to a file, so it does nothing (and writes nothing) until
+``path`` is set. Settings (``hooks.config.10_audit_log``)::
 
     path: edgecrab-audit.jsonl   # appended to; relative to the gateway's working directory
 
@@ -11,6 +12,7 @@ conversation and sender, and the text.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -20,16 +22,21 @@ from typing import Any
 from edgecrab import hookimpl
 from edgecrab.events import Message
 
-DEFAULT_PATH = "edgecrab-audit.jsonl"
+log = logging.getLogger(__name__)
 
-_path = Path(DEFAULT_PATH)
+_path: Path | None = None
+"""None: off (no ``path`` configured)."""
 _lock = threading.Lock()  # sync hooks run in worker threads; keep lines whole
 
 
 @hookimpl
-def hook_loaded(config: Mapping[str, Any]) -> None:
+def hook_loaded(name: str, config: Mapping[str, Any]) -> None:
     global _path
-    _path = Path(str(config.get("path", DEFAULT_PATH))).expanduser()
+    path = config.get("path")
+    if not path:
+        log.info("[hooks] %s is off: set hooks.config.%s.path to write the audit log", name, name)
+        return
+    _path = Path(str(path)).expanduser()
 
 
 @hookimpl
@@ -60,6 +67,8 @@ def reply_sent(reply: str, message: Message | None) -> None:
 
 
 def _write(record: dict[str, Any]) -> None:
+    if _path is None:
+        return
     line = json.dumps({"ts": round(time.time(), 3), **record}, ensure_ascii=False)
     with _lock:
         _path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -37,7 +38,10 @@ class DingTalkConfig:
     """Empty in YAML means: use ``app_key`` (resolved by the loader, so never empty here)."""
     api_base: str = "https://api.dingtalk.com"
     allowed_users: tuple[str, ...] = ()
-    """Empty: members of the robot's own organisation. ``("*",)``: everyone."""
+    """Staff ids, or DingTalk ids (``senderId``) for people outside the organisation. ``("*",)``: everyone."""
+    allow_own_org: bool | None = None
+    """Members of the robot's own organisation may talk too. None (the default): only when
+    ``allowed_users`` is empty (:class:`~edgecrab.dingtalk.access.AccessPolicy` decides)."""
     allowed_groups: tuple[str, ...] = ()
     """Empty: every group. Otherwise only these conversation ids."""
     require_mention: bool = True
@@ -145,6 +149,10 @@ class Config:
     http: HttpConfig = HttpConfig()
     source: Path | None = None
     """The YAML file it came from; None for the built-in env-only default."""
+    sources: Mapping[str, str] = field(default_factory=_frozen_map, compare=False, repr=False)
+    """Where each key's value came from, by key path (``platforms.dingtalk.app_key``): ``file line 4``
+    (plus the variables it reads), ``env DINGTALK_APP_KEY``, ``sandbox`` or ``default``; ``config show``
+    prints them."""
 
 
 # --- loading ---------------------------------------------------------------------------------------------
@@ -167,19 +175,22 @@ _SANDBOX_CREDENTIALS = {
 }
 _SECTIONS = ("platforms", "agent", "sessions", "commands", "hooks", "storage", "http")
 
-# The configuration used without a file: the product page's environment variables, and the echo agent.
+ENV_DEFAULTS: dict[reader.KeyPath, str] = {
+    (*_DINGTALK, "app_key"): "DINGTALK_APP_KEY",
+    (*_DINGTALK, "app_secret"): "DINGTALK_APP_SECRET",
+    (*_DINGTALK, "robot_code"): "DINGTALK_ROBOT_CODE",
+    (*_DINGTALK, "api_base"): "DINGTALK_API_BASE",
+    (*_DINGTALK, "allowed_users"): "DINGTALK_ALLOWED_USERS",
+    ("http", "port"): "DINGTALK_WEBHOOK_PORT",
+}
+"""The product page's environment variables: each is the default of its key, with or without a config file.
+A key the file leaves out (or leaves empty) takes the variable when it is set; a value in the file wins."""
+
+# The configuration used without a file: the credentials must come from the environment (the message for a
+# missing one names the variable); the other variables of ENV_DEFAULTS apply as they do to a file.
 _BUILTIN_DEFAULT: dict[str, Any] = {
-    "platforms": {
-        "dingtalk": {
-            "app_key": "${DINGTALK_APP_KEY}",
-            "app_secret": "${DINGTALK_APP_SECRET}",
-            "robot_code": "${DINGTALK_ROBOT_CODE:-}",
-            "api_base": "${DINGTALK_API_BASE:-https://api.dingtalk.com}",
-            "allowed_users": "${DINGTALK_ALLOWED_USERS:-}",
-        }
-    },
+    "platforms": {"dingtalk": {"app_key": "${DINGTALK_APP_KEY}", "app_secret": "${DINGTALK_APP_SECRET}"}},
     "agent": {"type": "echo"},
-    "http": {"port": "${DINGTALK_WEBHOOK_PORT:-0}"},
 }
 
 
@@ -190,7 +201,8 @@ def load_config(
 
     ``path`` None means ``$EDGECRAB_CONFIG`` if set, else the built-in default that reads the ``DINGTALK_*``
     variables. ``env`` is the environment for ``${VAR}`` references (default ``os.environ``). ``sandbox``
-    fills in dummy DingTalk credentials where none are configured, for the local emulator.
+    (the local emulator) fills in dummy DingTalk credentials where none are configured and keeps state
+    in :func:`sandbox_storage_url` instead of ``storage.url`` (an in-memory store stays in memory).
     """
     environ: Mapping[str, str] = os.environ if env is None else env
     if path is None and environ.get("EDGECRAB_CONFIG"):
@@ -226,6 +238,7 @@ def _check(
     parsed: reader.ParsedYaml, env: Mapping[str, str], *, sandbox: bool, source: Path | None, label: str
 ) -> Config:
     problems = list(parsed.problems)
+    from_env = _apply_env_defaults(parsed.data, env)
     expanded = reader.expand_env(parsed.data, env, parsed.lines)
     data: dict[str, Any] = expanded.data
     missing = dict(expanded.missing)
@@ -235,18 +248,106 @@ def _check(
     platforms = data["platforms"]
     if isinstance(platforms, dict) and platforms.get("dingtalk") is None:
         platforms["dingtalk"] = {}
+    dummies: set[reader.KeyPath] = set()
     if sandbox and isinstance(platforms, dict) and isinstance(platforms["dingtalk"], dict):
         for key_path, dummy in _SANDBOX_CREDENTIALS.items():
             missing.pop(key_path, None)
             if not platforms["dingtalk"].get(key_path[-1]):
                 platforms["dingtalk"][key_path[-1]] = dummy
+                dummies.add(key_path)
     problems += missing.values()
     check.coerce_env_strings(data, expanded.origins)
     problems += check.schema_problems(data, parsed.lines, expanded.origins, skip=set(missing))
     problems += check.semantic_problems(data, parsed.lines)
     if problems:
         raise ConfigError(problems, source=label)
-    return _build(data, env, source)
+    config = _build(data, env, source)
+    sources = _sources(config, parsed.lines, expanded.origins, from_env, dummies, env)
+    if sandbox and config.storage.url != MEMORY_URL:
+        config = replace(config, storage=StorageConfig(url=sandbox_storage_url(env)))
+        sources["storage.url"] = "sandbox (apart from the gateway's own state)"
+    return replace(config, sources=_frozen_map(sources))
+
+
+MEMORY_URL = "sqlite:///:memory:"
+
+
+def state_dir(env: Mapping[str, str]) -> str:
+    """Where state lives by default: ``$EDGECRAB_HOME``, else ``~/.edgecrab`` (not expanded)."""
+    return (env.get("EDGECRAB_HOME") or "~/.edgecrab").rstrip("/")
+
+
+def sandbox_storage_url(env: Mapping[str, str]) -> str:
+    """The sandbox's store: ``sandbox.db`` in the state directory, never the configured ``storage.url``, so
+    that chats with the emulator never become history (or unfinished messages) of the real gateway."""
+    return f"sqlite:///{state_dir(env)}/sandbox.db"
+
+
+def _apply_env_defaults(data: Any, env: Mapping[str, str]) -> dict[reader.KeyPath, str]:
+    """Fill each key of :data:`ENV_DEFAULTS` that ``data`` leaves out with a ``${VAR}`` reference, when the
+    variable is set; return the keys filled. A reference (rather than the value) lets the usual expansion
+    convert it to the key's type and name the variable in any error about it."""
+    filled: dict[reader.KeyPath, str] = {}
+    if not isinstance(data, dict):
+        return filled
+    for path, name in ENV_DEFAULTS.items():
+        if not env.get(name):
+            continue
+        node: Any = data
+        for part in path[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                break
+        else:
+            if node.get(path[-1]) is None:
+                node[path[-1]] = "${" + name + "}"
+                filled[path] = name
+    return filled
+
+
+_REF_NAME = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _sources(
+    config: Config,
+    lines: Mapping[reader.KeyPath, int],
+    origins: Mapping[reader.KeyPath, str],
+    from_env: Mapping[reader.KeyPath, str],
+    dummies: set[reader.KeyPath],
+    env: Mapping[str, str],
+) -> dict[str, str]:
+    """Where each key of ``config`` came from; see :attr:`Config.sources`."""
+    found: dict[str, str] = {}
+    for section, value in _section_values(config):
+        for f in fields(value):
+            path: reader.KeyPath = (*section, f.name)
+            names = ", ".join(dict.fromkeys(_REF_NAME.findall(origins.get(path, ""))))
+            if path in dummies:
+                where = "sandbox (dummy credentials)"
+            elif path in from_env:
+                where = f"env {from_env[path]}"
+            elif path in lines:
+                where = f"file line {lines[path]}" + (f" ({names})" if names else "")
+            elif names:
+                where = f"env {names}"  # the built-in configuration's references
+            elif path == ("storage", "url") and env.get("EDGECRAB_HOME"):
+                where = "default (env EDGECRAB_HOME)"
+            elif path == (*_DINGTALK, "robot_code"):
+                where = "default (the app key)"
+            elif path == (*_DINGTALK, "allow_own_org"):
+                where = "default (true when allowed_users is empty)"
+            else:
+                where = "default"
+            found[reader.format_path(path)] = where
+    return found
+
+
+def _section_values(config: Config) -> list[tuple[reader.KeyPath, Any]]:
+    return [(_DINGTALK, config.dingtalk)] + [
+        ((name,), getattr(config, name)) for name in _SECTIONS if name != "platforms"
+    ]
 
 
 def _build(data: dict[str, Any], env: Mapping[str, str], source: Path | None) -> Config:
@@ -261,7 +362,7 @@ def _build(data: dict[str, Any], env: Mapping[str, str], source: Path | None) ->
     hooks = dict(data.get("hooks", {}))
     hooks["paths"] = _hook_paths(hooks.get("paths"), source)
     storage = dict(data.get("storage", {}))
-    storage.setdefault("url", f"sqlite:///{(env.get('EDGECRAB_HOME') or '~/.edgecrab').rstrip('/')}/state.db")
+    storage.setdefault("url", f"sqlite:///{state_dir(env)}/state.db")
     return Config(
         dingtalk=_make(DingTalkConfig, dingtalk),
         agent=_make(AgentConfig, agent),

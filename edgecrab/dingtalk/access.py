@@ -7,9 +7,11 @@ send back. Checks run in this order, the first that fails wins:
 1. groups must @mention the bot when ``require_mention`` is on (silent; DingTalk only pushes group
    messages that @ the bot anyway, so this mostly guards against relays and future changes);
 2. ``allowed_groups``, when set, lists the only groups served (silent);
-3. ``allowed_users``: ``*`` lets everyone in; a list admits exact staff ids or encrypted DingTalk ids;
-   no list admits members of the robot's own organisation (``senderCorpId == chatbotCorpId``). A denied
-   person is told once per ``denied_notice_interval_s`` what their id is and whom to ask;
+3. ``allowed_users``: ``*`` lets everyone in; a list admits exact staff ids or encrypted DingTalk ids
+   (``senderId``: people outside the organisation have no staff id); ``allow_own_org`` admits members of
+   the robot's own organisation (``senderCorpId == chatbotCorpId``), by default only when there is no list.
+   A sender whose organisation the payload does not give (no corp ids) is not a member. A denied person is
+   told once per ``denied_notice_interval_s`` what their id is and whom to ask;
 4. messages older than ``max_message_age_s`` on arrival follow ``backlog_policy``
    (``process`` | ``drop`` | ``notify``).
 
@@ -33,6 +35,7 @@ NOT_MENTIONED = "not mentioned"
 USER_NOT_ALLOWED = "user not allowed"
 GROUP_NOT_ALLOWED = "group not allowed"
 OTHER_ORGANISATION = "other organisation"
+UNKNOWN_ORGANISATION = "organisation unknown"
 TOO_OLD = "too old"
 
 BACKLOG_POLICIES = ("process", "drop", "notify")
@@ -73,6 +76,8 @@ class AccessPolicy:
         self.require_mention = config.require_mention
         self.everyone = "*" in config.allowed_users
         self.allowed_users = frozenset(u for u in config.allowed_users if u and u != "*")
+        own_org = config.allow_own_org
+        self.own_org = not self.allowed_users if own_org is None else own_org
         self.allowed_groups = frozenset(g for g in config.allowed_groups if g)
         self.max_message_age_s = config.max_message_age_s
         self.backlog_policy = config.backlog_policy
@@ -110,34 +115,48 @@ class AccessPolicy:
         sender = message.sender
         if self.everyone:
             return None
-        if self.allowed_users:
-            if sender.id in self.allowed_users or sender.dingtalk_id in self.allowed_users:
-                return None
+        if sender.id in self.allowed_users or sender.dingtalk_id in self.allowed_users:
+            return None
+        # Unknown corp ids (an older or relayed payload) fail closed: not known to be a member.
+        bot_corp, corp = message.bot_corp_id, sender.corp_id
+        member = bool(bot_corp) and corp == bot_corp
+        if self.own_org and member:
+            return None
+        if not (bot_corp and corp):
+            notice = self._unknown_org_notice(sender.id or sender.dingtalk_id)
+            return Decision(False, UNKNOWN_ORGANISATION, notice)
+        if self.own_org or not sender.id:
+            # Outside the organisation: without a staff id (DingTalk gives none to outsiders) the id to list
+            # is the encrypted senderId.
+            reason = OTHER_ORGANISATION if self.own_org else USER_NOT_ALLOWED
             if sender.id:
+                listed = " and the people on its list" if self.allowed_users else ""
                 text = (
-                    "Sorry, you're not on this bot's allowed list. Your DingTalk user id is "
-                    f"`{sender.id}` — ask your admin to add it to {ALLOWED_USERS_ENV}."
+                    f"Sorry, this bot only answers members of its own organisation{listed}. Your DingTalk "
+                    f"user id is `{sender.id}` — ask your admin to add it to {ALLOWED_USERS_ENV}."
                 )
             else:
                 text = self._outsider_notice(sender.dingtalk_id)
-            return Decision(False, USER_NOT_ALLOWED, text)
-        # No list: the robot's own organisation only. Unknown corp ids fail closed.
-        if message.bot_corp_id and sender.corp_id == message.bot_corp_id:
-            return None
-        if sender.id:
-            text = (
-                "Sorry, this bot only answers members of its own organisation. "
-                f"Your DingTalk user id is `{sender.id}` — ask your admin to add it to {ALLOWED_USERS_ENV}."
-            )
-        else:
-            text = self._outsider_notice(sender.dingtalk_id)
-        return Decision(False, OTHER_ORGANISATION, text)
+            return Decision(False, reason, text)
+        text = (
+            "Sorry, you're not on this bot's allowed list. Your DingTalk user id is "
+            f"`{sender.id}` — ask your admin to add it to {ALLOWED_USERS_ENV}."
+        )
+        return Decision(False, USER_NOT_ALLOWED, text)
 
     @staticmethod
     def _outsider_notice(dingtalk_id: str) -> str:
         return (
             "Sorry, you're from another organisation, so this bot doesn't answer you by default. "
             f"Your DingTalk id is `{dingtalk_id}` — ask the bot's admin to add it to {ALLOWED_USERS_ENV}."
+        )
+
+    @staticmethod
+    def _unknown_org_notice(user_id: str) -> str:
+        return (
+            "Sorry, DingTalk didn't say which organisation you belong to, so this bot doesn't answer you "
+            f"by default. Your DingTalk id is `{user_id}` — ask the bot's admin to add it to "
+            f"{ALLOWED_USERS_ENV}."
         )
 
     def _check_age(self, message: Message, now: float) -> Decision:
@@ -194,10 +213,17 @@ class AccessPolicy:
         mention = "groups need @mention" if self.require_mention else "groups need no @mention"
         if self.everyone:
             users = "everyone"
+        elif self.allowed_users and self.own_org:
+            users = (
+                f"members of the robot's own organisation and {len(self.allowed_users)} listed "
+                f"({_preview(self.allowed_users)})"
+            )
         elif self.allowed_users:
             users = f"{len(self.allowed_users)} listed ({_preview(self.allowed_users)})"
-        else:
+        elif self.own_org:
             users = "members of the robot's own organisation only"
+        else:
+            users = "nobody (allowed_users is empty and allow_own_org is false)"
         groups = f"{len(self.allowed_groups)} listed" if self.allowed_groups else "all"
         return (
             f"[dingtalk] access: {mention}; users: {users}; groups: {groups}; "

@@ -175,6 +175,8 @@ class _Loader:
             return
         if not record.hooks:
             log.warning("[hooks] %s implements no hooks (forgot @hookimpl?)", c.label)
+        else:
+            log.info("[hooks] loaded %s from %s: %s", c.name, record.path, ", ".join(record.hooks))
         self.records.append(record)
 
     def _import(self, c: _Candidate) -> Any:

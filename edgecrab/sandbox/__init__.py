@@ -62,9 +62,9 @@ async def open_emulator(
     try:
         await fake.start()
     except OSError as exc:
-        hint = " (pass --port 0 to pick a free one)" if port else ""
+        hint = "; pass --port N to use port N instead, or --port 0 to pick a free one" if port else ""
         raise StartupError(
-            f"the sandbox cannot listen on {host}:{port}: {exc.strerror or exc}{hint}"
+            f"the sandbox cannot listen on {host}:{port}: {exc.strerror or exc}{hint}", exit_code=2
         ) from None
     try:
         async with anyio.create_task_group() as tg:
@@ -124,6 +124,7 @@ async def serve_with_sandbox(
             async def announce() -> None:
                 await gateway.started.wait()
                 _say(f"open {fake.base_url}/ to chat with the bot")
+                _say(f"state kept apart from the gateway's own, in {_state_place(config)}")
                 if ready is not None:
                     ready(fake, gateway)
 
@@ -131,6 +132,11 @@ async def serve_with_sandbox(
             tg.start_soon(announce)
             await _wait_for(signals)
             tg.cancel_scope.cancel()
+
+
+def _state_place(config: Config) -> str:
+    path = config.storage.sqlite_path
+    return "memory" if path is None or str(path) == ":memory:" else str(path)
 
 
 async def _serve_alone(host: str, port: int) -> None:

@@ -13,7 +13,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from edgecrab.gateway import GAVE_UP_TEXT, MAX_RUN_ATTEMPTS
+from edgecrab.cli import root_cause
+from edgecrab.errors import StartupError
+from edgecrab.gateway import GAVE_UP_TEXT, MAX_RUN_ATTEMPTS, Gateway
 from edgecrab.store import SQLiteStore
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from tests.component.gwkit import ScriptedAgent, make_config, quiescent, running_gateway
@@ -184,17 +186,20 @@ async def test_idle_watchdog_reconnects_a_zombie(tmp_path: Path) -> None:
             assert texts[0].startswith("You said: zombie")
 
 
-async def test_auth_failure_logs_hint_and_keeps_retrying(
+async def test_auth_failure_before_any_connection_stops_start_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Issue 15: wrong credentials at start-up are a configuration error (the CLI exits 2), not something to
+    # retry forever. After a connection has worked, 401s are retried (tests/e2e/test_day_one.py).
     caplog.set_level(logging.INFO)
     async with FakeDingTalk() as fake:
         config = make_config(fake, tmp_path, app_secret="wrong-secret", reconnect_max_s=0.1)
-        async with running_gateway(config, ScriptedAgent()) as gw:
-            await fake.wait_for(lambda: len(fake.open_requests) >= 3, 3)
-            assert gw.stream is not None and gw.stream.state == "failed"
-    assert "check DINGTALK_APP_KEY / DINGTALK_APP_SECRET" in caplog.text
-    assert "wrong-secret" not in caplog.text
+        with anyio.fail_after(5), pytest.raises(BaseExceptionGroup) as raised:
+            await Gateway(config, agent=ScriptedAgent()).run()
+    error = root_cause(raised.value)
+    assert isinstance(error, StartupError) and error.exit_code == 2
+    assert "check DINGTALK_APP_KEY / DINGTALK_APP_SECRET" in str(error) and len(fake.open_requests) == 1
+    assert "wrong-secret" not in caplog.text + str(error)
 
 
 async def test_invalid_frames_never_drop_the_connection(tmp_path: Path) -> None:

@@ -340,6 +340,6 @@ def test_a_busy_port_fails_the_command_with_a_hint(tmp_path: Path) -> None:
             env=env,
             cwd=tmp_path,
         )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr  # a usage error: pick another port
     assert f"the sandbox cannot listen on 127.0.0.1:{port}" in result.stderr and "--port 0" in result.stderr
     assert "Traceback" not in result.stderr

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from edgecrab import cli, logs
@@ -285,9 +286,14 @@ async def test_failing_agent_and_refused_stream_leak_no_secret(
             await fake.wait_for(lambda: len(fake.messages_for(data["conversationId"])) >= 1, 5)
             reply = fake.messages_for(data["conversationId"])[0].text
         refused = replace(config.dingtalk, app_secret=wrong_secret, reconnect_max_s=0.1)
-        async with gateway_running(replace(config, dingtalk=refused), ScriptedAgent()) as gw:
-            await fake.wait_for(lambda: len(fake.open_requests) >= 3, 5)
-            state = gw.stream.state if gw.stream else "?"
+        # A secret refused before any connection worked stops start-up (issue 15): its message is checked too.
+        from edgecrab.gateway import Gateway
+
+        with anyio.fail_after(5), pytest.raises(BaseExceptionGroup) as raised:
+            await Gateway(replace(config, dingtalk=refused), agent=ScriptedAgent()).run()
+        error = cli.root_cause(raised.value)
+        secret_watch.text("start-up refused", str(error))
+        state = type(error).__name__
     print(f"[secrets] agent 401 reply={reply!r}; stream with a wrong secret: {state}")
     assert "api_key" in reply and wrong_key not in reply, reply
-    assert state == "failed"
+    assert state == "StartupError"

@@ -16,6 +16,7 @@ from edgecrab.dingtalk.access import (
     NOT_MENTIONED,
     OTHER_ORGANISATION,
     TOO_OLD,
+    UNKNOWN_ORGANISATION,
     USER_NOT_ALLOWED,
     AccessPolicy,
     Decision,
@@ -151,10 +152,28 @@ def test_outsider_sample_is_denied_by_default_with_a_notice() -> None:
     assert denied.notice is not None and "another" in denied.notice
 
 
-def test_unknown_corp_ids_fail_closed() -> None:
+def test_unknown_corp_ids_fail_closed_and_the_notice_says_the_organisation_is_unknown() -> None:
     policy = AccessPolicy(config())
-    assert policy.decide(message(bot_corp="", corp=""), NOW).reason == OTHER_ORGANISATION
-    assert policy.decide(message(bot_corp=CORP, corp=""), NOW).reason == OTHER_ORGANISATION
+    for bot_corp in ("", CORP):
+        denied = policy.decide(message(bot_corp=bot_corp, corp="", staff_id=f"s{bot_corp}"), NOW)
+        assert denied.reason == UNKNOWN_ORGANISATION
+        assert denied.notice is not None and "didn't say which organisation" in denied.notice
+        assert "another organisation" not in denied.notice and f"`s{bot_corp}`" in denied.notice
+
+
+def test_allow_own_org_admits_the_organisation_besides_the_listed_guests() -> None:
+    guest = "$:LWCP_v1:$Guest01=="
+    both = AccessPolicy(config(allowed_users=(guest,), allow_own_org=True))
+    assert both.decide(message(corp=CORP, staff_id="member1"), NOW).allowed
+    assert both.decide(message(staff_id="", dingtalk_id=guest, corp=OTHER_CORP), NOW).allowed
+    other = both.decide(message(staff_id="", dingtalk_id="$:other", corp=OTHER_CORP), NOW)
+    assert (other.allowed, other.reason) == (False, OTHER_ORGANISATION)
+    # The default with a list keeps its meaning: only those listed.
+    listed = AccessPolicy(config(allowed_users=(guest,)))
+    assert listed.decide(message(corp=CORP, staff_id="member1"), NOW).reason == USER_NOT_ALLOWED
+    # And allow_own_org: false without a list lets nobody in.
+    assert not AccessPolicy(config(allow_own_org=False)).decide(message(corp=CORP), NOW).allowed
+    assert "members of the robot's own organisation and 1 listed" in both.posture()
 
 
 def test_notice_texts(snapshot: Any) -> None:

@@ -597,7 +597,19 @@ async def test_example_audit_log_writes_jsonl(tmp_path: Path) -> None:
     assert records[0]["text"] == "你好 crab" and records[0]["sender_name"] == "张三"
     assert records[1] == records[1] | {"message_id": message.id, "text": "hello!"}
     assert all(isinstance(r["ts"], float) for r in records)
-    assert HookHarness.from_file(EXAMPLES / "10_audit_log.py").module._path == Path("edgecrab-audit.jsonl")
+
+
+
+async def test_example_audit_log_is_off_until_a_path_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    h = HookHarness.from_file(EXAMPLES / "10_audit_log.py")
+    assert h.module._path is None
+    message = make_message(text="private words")
+    await h.message_received(message)
+    await h.reply_sent("hello!", message)
+    assert not any(tmp_path.iterdir())  # noqa: ASYNC240 - a test's own temp folder
 
 
 async def test_example_keyword_veto() -> None:
@@ -619,12 +631,12 @@ async def test_example_ping_command() -> None:
 
 
 async def test_example_reply_footer() -> None:
-    h = HookHarness.from_file(EXAMPLES / "40_reply_footer.py")
-    assert await h.prepare_reply("Answer") == "Answer\n\n— sent by edgecrab"
-    assert await h.prepare_reply("Answer\n\n— sent by edgecrab") == "Answer\n\n— sent by edgecrab"
+    unconfigured = HookHarness.from_file(EXAMPLES / "40_reply_footer.py")
+    assert await unconfigured.prepare_reply("Answer") == "Answer"  # off until a footer is set
+    h = HookHarness.from_file(EXAMPLES / "40_reply_footer.py", config={"footer": "_AI, may be wrong_"})
+    assert await h.prepare_reply("Answer") == "Answer\n\n_AI, may be wrong_"
+    assert await h.prepare_reply("Answer\n\n_AI, may be wrong_") == "Answer\n\n_AI, may be wrong_"
     assert await h.prepare_reply("") == ""
-    custom = HookHarness.from_file(EXAMPLES / "40_reply_footer.py", config={"footer": "_AI, may be wrong_"})
-    assert await custom.prepare_reply("Answer") == "Answer\n\n_AI, may be wrong_"
     off = HookHarness.from_file(EXAMPLES / "40_reply_footer.py", config={"footer": ""})
     assert await off.prepare_reply("Answer") == "Answer"
 
