@@ -391,20 +391,43 @@ def test_dm_is_never_bot_mentioned() -> None:
     assert m.text == "@someone hi"  # DMs are never mention-stripped
 
 
+BOT_ONLY = [{"dingtalkId": BOT_UID}]
+
+
 @pytest.mark.parametrize(
     ("content", "mentioned", "expected"),
     [
         (" @EdgeCrab /retry now", True, "/retry now"),
         ("@EdgeCrab", True, ""),
         ("@EdgeCrab\n\nline two", True, "line two"),
-        ("  hello @EdgeCrab", True, "hello @EdgeCrab"),  # only a leading token
+        ("@EdgeCrab/retry now", True, "/retry now"),  # glued: only the name goes, never the request
+        ("  hello @EdgeCrab", True, "hello @EdgeCrab"),  # only a leading run
         ("@Tom look", False, "@Tom look"),  # not mentioned: left alone
         ("email a@b.c", True, "email a@b.c"),
+        ("@/retry", True, "@/retry"),  # no name: not a run
     ],
 )
-def test_leading_mention_rule(content: str, mentioned: bool, expected: str) -> None:
-    m = to_message(base(text={"content": content}, isInAtList=mentioned))
+def test_leading_mention_rule_when_only_the_robot_is_mentioned(
+    content: str, mentioned: bool, expected: str
+) -> None:
+    m = to_message(base(text={"content": content}, isInAtList=mentioned, atUsers=BOT_ONLY))
     assert m.text == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "expected", "name"),
+    [
+        (" @Tom /retry now", "@Tom /retry now", "Tom"),  # Tom's run: kept, and Tom is named
+        ("@Tom", "@Tom", "Tom"),
+        ("please ask @汤姆 about it", "please ask @汤姆 about it", "汤姆"),
+        ("@Tom @Ann hi", "@Tom @Ann hi", ""),  # two runs, one other person: no pairing
+    ],
+)
+def test_another_persons_leading_mention_is_never_removed(content: str, expected: str, name: str) -> None:
+    # group_text_at mentions the robot (removed by DingTalk) and Tom
+    m = to_message(base(text={"content": content}))
+    assert m.text == expected
+    assert [mention.name for mention in m.mentions] == [name]
 
 
 def test_mentions_without_chatbot_user_id_drop_entries_without_staff_id() -> None:
