@@ -298,7 +298,7 @@ def _chat_record(content: dict[str, Any], where: str) -> str:
         if not isinstance(record, dict):
             continue
         who = next((v for k in ("senderName", "senderNick") if isinstance(v := record.get(k), str) and v), "")
-        said = record.get("content", record.get("text"))
+        said = record.get("content", record.get("text", record.get("message")))
         if isinstance(said, dict):
             said = said.get("text")
         if isinstance(said, str) and said.strip():
