@@ -39,8 +39,20 @@ class Conversation:
 
 @dataclass(frozen=True, slots=True)
 class Mention:
+    """Someone other than the robot @-mentioned in a group message (DingTalk's ``atUsers``)."""
+
     dingtalk_id: str
     staff_id: str = ""
+    name: str = ""
+    """The name shown in the message (``@Tom``), when the message text lets us tell whose it is."""
+
+    def describe(self) -> str:
+        ids = ", ".join(
+            f"{label} {value}"
+            for label, value in (("staffId", self.staff_id), ("dingtalkId", self.dingtalk_id))
+            if value
+        )
+        return f"@{self.name} ({ids})" if self.name else ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +63,19 @@ class Attachment:
     file_name: str = ""
     extra: tuple[tuple[str, str], ...] = ()
     """Other string facts (duration, videoType, ...), as sorted pairs so the dataclass stays hashable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One piece of a message body in display order: a run of text or a picture (richText)."""
+
+    kind: str
+    """``text`` or ``picture``."""
+    text: str = ""
+    download_code: str = ""
+
+    def render(self) -> str:
+        return self.text if self.kind == "text" else f"[{self.kind}]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,24 +144,40 @@ class Message:
     """``chatbotCorpId``: the robot's own organisation."""
     stream_message_id: str = ""
     """``headers.messageId`` of the frame that carried it (secondary dedup key)."""
+    parts: tuple[Part, ...] = ()
+    """The body in display order when it mixes text and pictures (richText): text runs and pictures
+    where the sender put them. Empty for other messages; ``text`` and ``attachments`` say it all."""
 
     def replace(self, **changes: Any) -> Message:
         """A copy with some fields changed (what ``prepare_message`` hooks return)."""
         return dataclasses.replace(self, **changes)
 
     def agent_text(self) -> str:
-        """The text given to the agent: the quote (as context) followed by the message text."""
+        """The text given to the agent: the quote (as context), who else was mentioned, then the body.
+
+        A richText body keeps its pictures where they were, as ``[picture]`` between the text runs;
+        other attachments are listed before the text."""
         parts: list[str] = []
         if self.quote is not None and self.quote.text:
             who = f" from {self.quote.sender_name}" if self.quote.sender_name else ""
             quoted = "\n".join("> " + line for line in self.quote.text[:2000].splitlines())
             parts.append(f"(quoting a message{who})\n{quoted}")
-        for att in self.attachments:
-            label = att.file_name or att.kind
-            parts.append(f"[{att.kind}: {label}]")
-        if self.text:
-            parts.append(self.text)
+        if self.mentions:
+            parts.append("(also mentioned: " + "; ".join(m.describe() for m in self.mentions) + ")")
+        if self.parts and self.text == _text_of_parts(self.parts):
+            parts.append("\n".join(part.render() for part in self.parts))
+        else:  # no ordered body, or a hook rewrote the text: the text as it now is
+            for att in self.attachments:
+                label = att.file_name or att.kind
+                parts.append(f"[{att.kind}: {label}]")
+            if self.text:
+                parts.append(self.text)
         return "\n\n".join(parts)
+
+
+def _text_of_parts(parts: tuple[Part, ...]) -> str:
+    """``Message.text`` of an ordered body: its text runs, one per line."""
+    return "\n".join(part.text for part in parts if part.kind == "text" and part.text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from edgecrab.dingtalk.frames import (
     parse_frame,
     ping_ack,
 )
-from edgecrab.events import Attachment, Mention, Message, Quote
+from edgecrab.events import Attachment, Mention, Message, Part, Quote
 
 FRAMES = Path(__file__).parents[1] / "data" / "frames"
 INVALID = FRAMES / "invalid"
@@ -349,6 +349,99 @@ def test_outsider_dm_has_no_staff_id() -> None:
     assert m.route is not None and m.route.sender_staff_id == ""
 
 
+# --------------------------------------------------------------------------- issue 15: real payload shapes
+
+
+def test_harmony_at_runs_without_spaces_keep_the_request() -> None:
+    # @EdgeCrab/status: the old first-word rule removed the whole text, and the user got the greeting.
+    m = convert_sample("group_rich_text_at_runs")
+    assert m.text == "/status"
+    both = convert_sample("group_rich_text_at_runs_request")
+    assert both.text == "@Ann review Ann's merge request"  # only the robot's run went
+    assert both.mentions == (Mention("$:LWCP_v1:$Ann7pQmember2==", "ann2203", name="Ann"),)
+
+
+def test_quoted_rich_text_in_dingtalks_own_msgtype_content_keys() -> None:
+    m = convert_sample("quoted_rich_text_msgtype_keys")
+    assert m.quote == Quote(text="@傲小天\n[picture]\n测试11111", sender_name="傲小天", msgtype="richText")
+    legacy = convert_sample("quoted_rich_text_mixed_keys")
+    assert legacy.quote is not None and legacy.quote.text == "你好\n[picture]\n@Tom"
+
+
+def test_quoted_chat_record_keeps_its_title_and_summary() -> None:
+    m = convert_sample("quoted_chat_record")
+    assert m.text == "重新学习一下"
+    assert m.quote is not None and m.quote.msgtype == "chatRecord"
+    assert m.quote.text.splitlines() == [
+        "[chat record: 溯煜与祝欣莹的聊天记录]",
+        "祝欣莹:[消息]",
+        "溯煜:[分享]",
+        "溯煜:[图片]",
+        "溯煜:这个就是",
+    ]
+    assert QUOTE_UNAVAILABLE not in m.agent_text()
+    records = convert_sample("quoted_chat_record_with_records").quote
+    assert records is not None and records.text.endswith("祝欣莹: 原始正文\n溯煜: 这个就是")
+    forwarded = convert_sample("chat_record")
+    assert (forwarded.unsupported, forwarded.text.splitlines()[-2:]) == (
+        False,
+        ["祝欣莹: 第一条", "溯煜: 第二条"],
+    )
+
+
+def test_rich_text_pictures_stay_where_they_were() -> None:
+    m = convert_sample("group_rich_text_pictures_between")
+    assert m.parts == (
+        Part("text", "这个问题示例图如下："),
+        Part("picture", download_code="mIofexample7A=="),
+        Part("text", "通过以上示意图可以明白完整的交互流程"),
+        Part("picture", download_code="mIofexample8B=="),
+        Part("text", "第二张图是结果"),
+    )
+    assert m.agent_text() == (
+        "这个问题示例图如下：\n[picture]\n通过以上示意图可以明白完整的交互流程\n[picture]\n第二张图是结果"
+    )
+    # the download codes are still attachments, in order, for whoever fetches them
+    assert [a.download_code for a in m.attachments] == ["mIofexample7A==", "mIofexample8B=="]
+    # a hook that rewrites the text gets its text used, with the pictures listed before it
+    assert m.replace(text="rewritten").agent_text() == "[picture: picture]\n\n[picture: picture]\n\nrewritten"
+
+
+def test_other_people_mentioned_are_told_to_the_agent() -> None:
+    m = convert_sample("group_text_other_mentions")
+    assert m.mentions == (
+        Mention("$:LWCP_v1:$Zq1xMemberTom0aB9==", "16650123698", name="Tom"),
+        Mention("$:LWCP_v1:$Ann7pQmember2==", "ann2203", name="Ann"),
+    )
+    assert m.agent_text().splitlines()[0] == (
+        "(also mentioned: @Tom (staffId 16650123698, dingtalkId $:LWCP_v1:$Zq1xMemberTom0aB9==); "
+        "@Ann (staffId ann2203, dingtalkId $:LWCP_v1:$Ann7pQmember2==))"
+    )
+    # without a name in the text, the ids alone
+    plain = convert_sample("group_text_at")
+    assert (
+        "(also mentioned: staffId 16650123698, dingtalkId $:LWCP_v1:$Zq1xMemberTom0aB9==)"
+        in plain.agent_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("group_interactive_card_title_link", "[shared card: 项目看板]\nhttps://dingtalk.com/doc/kanban"),
+        (
+            "interactive_card_file",
+            "[shared card: report.pdf]\ndingtalk://dingtalkclient/page/yunpan?route=previewDentry"
+            "&spaceId=space_attach_concat&fileId=file_attach_concat&type=file",
+        ),
+    ],
+)
+def test_shared_document_card_passes_its_title_and_link(name: str, expected: str) -> None:
+    m = convert_sample(name)
+    assert (m.msgtype, m.unsupported, m.text) == ("interactiveCard", False, expected)
+    assert convert_sample("interactive_card_bare").unsupported is True
+
+
 @pytest.mark.parametrize("name", ROBOT_SAMPLES)
 def test_sample_snapshot(name: str, snapshot: Any) -> None:
     assert dataclasses.asdict(convert_sample(name)) == snapshot
@@ -391,20 +484,43 @@ def test_dm_is_never_bot_mentioned() -> None:
     assert m.text == "@someone hi"  # DMs are never mention-stripped
 
 
+BOT_ONLY = [{"dingtalkId": BOT_UID}]
+
+
 @pytest.mark.parametrize(
     ("content", "mentioned", "expected"),
     [
         (" @EdgeCrab /retry now", True, "/retry now"),
         ("@EdgeCrab", True, ""),
         ("@EdgeCrab\n\nline two", True, "line two"),
-        ("  hello @EdgeCrab", True, "hello @EdgeCrab"),  # only a leading token
+        ("@EdgeCrab/retry now", True, "/retry now"),  # glued: only the name goes, never the request
+        ("  hello @EdgeCrab", True, "hello @EdgeCrab"),  # only a leading run
         ("@Tom look", False, "@Tom look"),  # not mentioned: left alone
         ("email a@b.c", True, "email a@b.c"),
+        ("@/retry", True, "@/retry"),  # no name: not a run
     ],
 )
-def test_leading_mention_rule(content: str, mentioned: bool, expected: str) -> None:
-    m = to_message(base(text={"content": content}, isInAtList=mentioned))
+def test_leading_mention_rule_when_only_the_robot_is_mentioned(
+    content: str, mentioned: bool, expected: str
+) -> None:
+    m = to_message(base(text={"content": content}, isInAtList=mentioned, atUsers=BOT_ONLY))
     assert m.text == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "expected", "name"),
+    [
+        (" @Tom /retry now", "@Tom /retry now", "Tom"),  # Tom's run: kept, and Tom is named
+        ("@Tom", "@Tom", "Tom"),
+        ("please ask @汤姆 about it", "please ask @汤姆 about it", "汤姆"),
+        ("@Tom @Ann hi", "@Tom @Ann hi", ""),  # two runs, one other person: no pairing
+    ],
+)
+def test_another_persons_leading_mention_is_never_removed(content: str, expected: str, name: str) -> None:
+    # group_text_at mentions the robot (removed by DingTalk) and Tom
+    m = to_message(base(text={"content": content}))
+    assert m.text == expected
+    assert [mention.name for mention in m.mentions] == [name]
 
 
 def test_mentions_without_chatbot_user_id_drop_entries_without_staff_id() -> None:
