@@ -47,10 +47,11 @@ class Backoff:
         """The un-jittered wait before retry number ``retry + 1`` (``retry`` counts from 0)."""
         return min(self.cap_s, self.first_s * 2 ** min(retry, 62))
 
-    def delay(self, retry: int, rng: random.Random | None = None) -> float:
-        """The wait before retry number ``retry + 1``: half the step, plus up to half again at random."""
+    def delay(self, retry: int, rand: Callable[[], float] = random.random) -> float:
+        """The wait before retry number ``retry + 1``: half the step, plus up to half again at random
+        (``rand()`` in [0, 1))."""
         step = self.step(retry)
-        return step / 2 + (rng or random).random() * step / 2
+        return step / 2 + rand() * step / 2
 
     def worst_case_wait_s(self) -> float:
         """The longest the waits of one call can add up to (``inf`` without an attempt limit)."""
@@ -81,7 +82,8 @@ async def retrying(
     retry_error: Callable[[BaseException], bool] = lambda error: False,
     min_wait: Callable[[T | None, BaseException | None], float] = lambda result, error: 0.0,
     on_retry: Callable[[RetryNotice], None] | None = None,
-    rng: random.Random | None = None,
+    rand: Callable[[], float] = random.random,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> T:
     """Await ``call()`` until it gives a result ``retry_result`` does not want repeated, or raises an error
     ``retry_error`` does not, or ``backoff.attempts`` ran out. Then return that last result or raise that
@@ -90,7 +92,7 @@ async def retrying(
 
     def wait(state: RetryCallState) -> float:
         result, error = _outcome(state)
-        return max(backoff.delay(state.attempt_number - 1, rng), min_wait(result, error))
+        return max(backoff.delay(state.attempt_number - 1, rand), min_wait(result, error))
 
     def before_sleep(state: RetryCallState) -> None:
         if on_retry is None:
@@ -100,7 +102,7 @@ async def retrying(
         on_retry(RetryNotice(state.attempt_number, max(backoff.attempts - 1, 0), delay, result, error))
 
     policy = AsyncRetrying(
-        sleep=anyio.sleep,
+        sleep=sleep,
         stop=stop_after_attempt(backoff.attempts) if backoff.attempts > 0 else _never,
         wait=wait,
         retry=retry_if_result(retry_result) | retry_if_exception(retry_error),

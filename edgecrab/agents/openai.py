@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -41,6 +40,7 @@ from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult, Usage
 from edgecrab.outbound import failure_kind, http_client
+from edgecrab.retry import Backoff, RetryNotice, retrying
 
 log = logging.getLogger("edgecrab.agents.openai")
 
@@ -98,9 +98,7 @@ class OpenAIAgent(Agent):
         self._config = config
         self._api_key = config.api_key
         self._timeout_s = config.timeout_s
-        self._max_retries = max(config.max_retries, 0)
-        self._retry_base_s = retry_base_s
-        self._retry_max_s = retry_max_s
+        self._backoff = Backoff(max(config.max_retries, 0) + 1, retry_base_s, retry_max_s)
         self._stream_options = True
         """Turned off for good if the server rejects ``stream_options`` (some older proxies do)."""
         headers = {"Accept": "text/event-stream, application/json", "User-Agent": "edgecrab"}
@@ -164,32 +162,48 @@ class OpenAIAgent(Agent):
         return AgentResult(text=answer.text, usage=usage, duration_s=duration)
 
     async def _call(self, request: AgentRequest, deadline: float) -> _Answer:
-        attempt = 0
-        while True:
+        """The call under the retry policy (:mod:`edgecrab.retry`): ``max_retries`` more attempts of a
+        failure worth retrying, while the pause still ends before ``deadline``. A request the server
+        refused for one of its options is adjusted and repeated at once: part of the attempt."""
+        attempts = 0
+
+        async def once() -> _Answer:
+            nonlocal attempts
+            attempts += 1
             try:
                 return await self._attempt(self.build_body(request))
             except _Retry as retry:
-                if retry.free:
-                    continue
-                delay = self._backoff(attempt, retry.retry_after)
-                if attempt >= self._max_retries or time.monotonic() + delay >= deadline:
-                    raise retry.error from None
-                attempt += 1
-                log.warning(
-                    "[agent] %s; retry %d/%d in %.2fs (message %s)",
-                    retry.error.cause,
-                    attempt,
-                    self._max_retries,
-                    delay,
-                    request.message_id,
-                )
-                await anyio.sleep(delay)
+                if not retry.free:
+                    raise
+            return await self._attempt(self.build_body(request))
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        delay = min(self._retry_max_s, self._retry_base_s * 2**attempt) * random.uniform(0.5, 1.0)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return delay
+        def again(exc: BaseException) -> bool:
+            if not isinstance(exc, _Retry):
+                return False
+            shortest = max(self._backoff.step(attempts - 1) / 2, exc.retry_after or 0.0)
+            return time.monotonic() + shortest < deadline
+
+        def warn(notice: RetryNotice) -> None:
+            cause = notice.error.error.cause if isinstance(notice.error, _Retry) else notice.error
+            log.warning(
+                "[agent] %s; retry %d/%d in %.2fs (message %s)",
+                cause,
+                notice.retry,
+                notice.of,
+                notice.delay_s,
+                request.message_id,
+            )
+
+        try:
+            return await retrying(
+                once,
+                self._backoff,
+                retry_error=again,
+                min_wait=lambda _, exc: (exc.retry_after or 0.0) if isinstance(exc, _Retry) else 0.0,
+                on_retry=warn,
+            )
+        except _Retry as retry:
+            raise retry.error from None
 
     async def _attempt(self, body: dict[str, Any]) -> _Answer:
         answer = _Answer()

@@ -60,6 +60,7 @@ from edgecrab.dingtalk.webhook import (
 )
 from edgecrab.events import ReplyRoute
 from edgecrab.outbound import http_client
+from edgecrab.retry import Backoff, RetryNotice, retrying
 
 __all__ = [
     "DingTalkError",
@@ -112,6 +113,8 @@ class DingTalkSender:
         self._webhook_limiter = RateLimiter(config.webhook_qps, clock=monotonic, sleep=sleep)
         self._dead_webhooks: OrderedDict[str, None] = OrderedDict()
         self._quota_paused_until = 0.0
+        self.backoff_policy = Backoff(config.send_retries + 1, BACKOFF_BASE_S, BACKOFF_CAP_S)
+        """The retry policy of every send (:mod:`edgecrab.retry`); tests may shorten its waits."""
         self.guard = WebhookGuard(config.api_base, config.extra_allowed_hosts)
         install_httpx_redaction()
         self.tokens = TokenCache(
@@ -274,54 +277,68 @@ class DingTalkSender:
     # -- retries and outcomes ----------------------------------------------------------------------
 
     def backoff(self, retry: int, floor: float = 0.0) -> float:
-        """Pause before retry ``retry + 1``: exponential, capped, jittered, never below ``floor``."""
-        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**retry)
-        # "Equal jitter": at least half the exponential step, so retries still spread out under load.
-        return max(floor, ceiling / 2 + self._random() * ceiling / 2)
+        """Pause before retry ``retry + 1`` (:class:`~edgecrab.retry.Backoff`), never below ``floor``."""
+        return max(floor, self.backoff_policy.delay(retry, self._random))
 
     async def _retrying(
         self, via: str, route: ReplyRoute, attempt: Callable[[], Awaitable[SendResult]]
     ) -> SendResult:
-        retries = 0
+        """``attempt`` under the retry policy: ``send_retries`` more tries of a transient failure, each
+        after :meth:`backoff` (or longer, when DingTalk asked for a pause). A token DingTalk rejects is
+        renewed and the call repeated at once, once: that repeat is part of the attempt, not a retry."""
         refreshed = False
-        while True:
+
+        async def once() -> SendResult | DingTalkError:
+            nonlocal refreshed
             try:
-                result = await attempt()
+                return await attempt()
             except DingTalkError as err:
-                if err.needs_new_token and not refreshed and via != "webhook":
-                    refreshed = True
-                    log.info(
-                        "[dingtalk] %s for conversation %s: access token rejected (code=%s requestid=%s); "
-                        "refreshing it and retrying once",
-                        via,
-                        route.conversation_id,
-                        err.code or err.status,
-                        err.request_id or "-",
-                    )
-                    continue
-                if err.retryable and retries < self._config.send_retries:
-                    delay = self.backoff(retries, err.min_wait)
-                    retries += 1
-                    log.warning(
-                        "[dingtalk] %s to conversation %s failed: %s; retry %d/%d in %.1fs",
-                        via,
-                        route.conversation_id,
-                        err,
-                        retries,
-                        self._config.send_retries,
-                        delay,
-                    )
-                    await self._sleep(delay)
-                    continue
-                return self._failed(via, route, err)
-            log.debug(
-                "[dingtalk] sent via %s to conversation %s (requestid=%s processQueryKey=%s)",
+                if not (err.needs_new_token and not refreshed and via != "webhook"):
+                    return err
+                refreshed = True
+                log.info(
+                    "[dingtalk] %s for conversation %s: access token rejected (code=%s requestid=%s); "
+                    "refreshing it and retrying once",
+                    via,
+                    route.conversation_id,
+                    err.code or err.status,
+                    err.request_id or "-",
+                )
+            try:
+                return await attempt()
+            except DingTalkError as err:
+                return err
+
+        def warn(notice: RetryNotice) -> None:
+            log.warning(
+                "[dingtalk] %s to conversation %s failed: %s; retry %d/%d in %.1fs",
                 via,
                 route.conversation_id,
-                result.request_id or "-",
-                result.process_query_key or "-",
+                notice.result,
+                notice.retry,
+                notice.of,
+                notice.delay_s,
             )
-            return result
+
+        outcome = await retrying(
+            once,
+            self.backoff_policy,
+            retry_result=lambda r: isinstance(r, DingTalkError) and r.retryable,
+            min_wait=lambda r, _: r.min_wait if isinstance(r, DingTalkError) else 0.0,
+            on_retry=warn,
+            rand=self._random,
+            sleep=self._sleep,
+        )
+        if isinstance(outcome, DingTalkError):
+            return self._failed(via, route, outcome)
+        log.debug(
+            "[dingtalk] sent via %s to conversation %s (requestid=%s processQueryKey=%s)",
+            via,
+            route.conversation_id,
+            outcome.request_id or "-",
+            outcome.process_query_key or "-",
+        )
+        return outcome
 
     def _failed(self, via: str, route: ReplyRoute, err: DingTalkError) -> SendResult:
         cid = route.conversation_id

@@ -53,6 +53,7 @@ from edgecrab.dingtalk.streamconn import (
     open_websocket,
 )
 from edgecrab.outbound import http_client
+from edgecrab.retry import Backoff
 
 log = logging.getLogger("edgecrab.dingtalk.stream")
 
@@ -87,13 +88,6 @@ def local_ip() -> str:
         return ""
 
 
-def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random | None = None) -> float:
-    """``initial * 2**(failures-1)`` capped at ``cap``, +-20 % jitter so fleets don't reconnect in step."""
-    base = min(cap, initial * (2 ** max(0, failures - 1)))
-    jitter = (rng or random).uniform(-0.2, 0.2) * base
-    return max(0.0, min(cap, base + jitter))
-
-
 class StreamClient:
     """Keeps one robot's Stream connection alive. ``run()`` returns only when cancelled."""
 
@@ -117,6 +111,8 @@ class StreamClient:
         self.connections_opened = 0
         self.current: StreamConnection | None = None
         self._rng = random.Random()
+        self._backoff = Backoff(0, config.reconnect_initial_s, config.reconnect_max_s)
+        """Reconnects never stop (:mod:`edgecrab.retry`); the waits grow from 1 s to 60 s by default."""
 
     @property
     def robot(self) -> str:
@@ -193,40 +189,17 @@ class StreamClient:
     async def _supervise(
         self, tg: anyio.abc.TaskGroup, http: httpx.AsyncClient, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
-        cfg = self.config
         failures = 0
         draining: StreamConnection | None = None
         # State first: whoever waits for the start (in another thread, too) finds it connecting, not stopped.
         await self._set_state(CONNECTING, "")
         task_status.started()
         while True:
-            attempt = failures + 1
-            log.info("[dingtalk] connecting to %s (attempt %d)", cfg.api_base, attempt)
-            try:
-                conn = await self._open(http)
-            except AuthFailed as exc:
+            log.info("[dingtalk] connecting to %s (attempt %d)", self.config.api_base, failures + 1)
+            conn = await self._connect(http, failures)
+            if conn is None:
                 failures += 1
-                delay = cfg.reconnect_max_s
-                log.error(
-                    "[dingtalk] authentication failed (%s): check DINGTALK_APP_KEY / DINGTALK_APP_SECRET "
-                    "(app credentials page at open.dingtalk.com); retrying in %.0f s (attempt %d)",
-                    exc,
-                    delay,
-                    attempt,
-                )
-                await self._set_state(
-                    FAILED, "authentication failed: check DINGTALK_APP_KEY / DINGTALK_APP_SECRET"
-                )
-                await anyio.sleep(delay)
                 continue
-            except OpenFailed as exc:
-                failures += 1
-                delay = backoff_delay(failures, cfg.reconnect_initial_s, cfg.reconnect_max_s, self._rng)
-                log.warning("[dingtalk] %s; reconnecting in %.1f s (attempt %d)", exc, delay, attempt + 1)
-                await self._set_state(RECONNECTING, str(exc))
-                await anyio.sleep(delay)
-                continue
-
             tg.start_soon(conn.serve)
             self.current = conn
             if draining is not None:
@@ -235,27 +208,55 @@ class StreamClient:
                 draining = None
             log.info("[dingtalk] connected: conn %s (connection #%d)", conn.cid, self.connections_opened)
             await self._set_state(CONNECTED, conn.cid)
-
             await conn.ended.wait()
-            lived = time.monotonic() - conn.opened_at
-            if lived >= cfg.healthy_after_s or conn.end_reason == "disconnect":
-                failures = 0
+            failures = await self._ended(conn, failures)
             if conn.end_reason == "disconnect":
                 draining = conn
-                await self._set_state(RECONNECTING, "server requested disconnect")
-                continue
-            failures += 1
-            delay = backoff_delay(failures, cfg.reconnect_initial_s, cfg.reconnect_max_s, self._rng)
-            log.warning(
-                "[dingtalk] conn %s ended: %s after %.1f s; reconnecting in %.1f s (attempt %d)",
-                conn.cid,
-                conn.end_reason,
-                lived,
+
+    async def _connect(self, http: httpx.AsyncClient, failures: int) -> StreamConnection | None:
+        """A new connection, or None after logging why there is none and waiting before the next try."""
+        try:
+            return await self._open(http)
+        except AuthFailed as exc:
+            delay = self.config.reconnect_max_s
+            log.error(
+                "[dingtalk] authentication failed (%s): check DINGTALK_APP_KEY / DINGTALK_APP_SECRET "
+                "(app credentials page at open.dingtalk.com); retrying in %.0f s (attempt %d)",
+                exc,
                 delay,
                 failures + 1,
             )
-            await self._set_state(RECONNECTING, conn.end_reason)
-            await anyio.sleep(delay)
+            await self._set_state(
+                FAILED, "authentication failed: check DINGTALK_APP_KEY / DINGTALK_APP_SECRET"
+            )
+        except OpenFailed as exc:
+            delay = self._backoff.delay(failures, self._rng.random)
+            log.warning("[dingtalk] %s; reconnecting in %.1f s (attempt %d)", exc, delay, failures + 2)
+            await self._set_state(RECONNECTING, str(exc))
+        await anyio.sleep(delay)
+        return None
+
+    async def _ended(self, conn: StreamConnection, failures: int) -> int:
+        """After ``conn`` ended: the failure count to go on with, once any wait before reconnecting is over.
+        A ``disconnect`` frame asks for a new connection at once (the old one drains meanwhile)."""
+        lived = time.monotonic() - conn.opened_at
+        if lived >= self.config.healthy_after_s or conn.end_reason == "disconnect":
+            failures = 0
+        if conn.end_reason == "disconnect":
+            await self._set_state(RECONNECTING, "server requested disconnect")
+            return failures
+        delay = self._backoff.delay(failures, self._rng.random)
+        log.warning(
+            "[dingtalk] conn %s ended: %s after %.1f s; reconnecting in %.1f s (attempt %d)",
+            conn.cid,
+            conn.end_reason,
+            lived,
+            delay,
+            failures + 2,
+        )
+        await self._set_state(RECONNECTING, conn.end_reason)
+        await anyio.sleep(delay)
+        return failures + 1
 
 
 def _error_text(resp: httpx.Response) -> str:
@@ -278,6 +279,5 @@ __all__ = [
     "AuthFailed",
     "OpenFailed",
     "StreamClient",
-    "backoff_delay",
     "local_ip",
 ]

@@ -67,20 +67,14 @@ class Delivery:
         fmt: Format,
         *,
         chunk_interval_s: float = 0.3,
-        retry_delay_s: float = 2.0,
-        max_retry_delay_s: float = 30.0,
-        max_rounds: int = 5,
         notify: Notifier | None = None,
     ) -> None:
-        """``retry_delay_s`` doubles per round up to ``max_retry_delay_s``; ``max_rounds`` tries per
-        message (on top of the sender's own retries) before the reply is given up as undeliverable."""
+        """Each message is one ``sender.send`` call: the sender retries transient failures itself, under
+        :mod:`edgecrab.retry`'s policy, and what it returns is final for that message."""
         self.store = store
         self.sender = sender
         self.format = fmt
         self.chunk_interval_s = chunk_interval_s
-        self.retry_delay_s = retry_delay_s
-        self.max_retry_delay_s = max_retry_delay_s
-        self.max_rounds = max_rounds
         self._notify = notify
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers: dict[str, anyio.Event] = {}
@@ -94,6 +88,9 @@ class Delivery:
         self._resplits = Resplits(store)
         self._on_the_wire: set[anyio.CancelScope] = set()
         """The sends in progress, each shielded from the gateway's stop (see :data:`STOP_GRACE_S`)."""
+        self._sending: dict[str, tuple[str, anyio.CancelScope]] = {}
+        """By conversation: the reply whose message is being sent (retries included), and the scope that
+        ``/stop`` cancels so that a send still retrying is not waited for."""
         self._stop_by: float | None = None
         """Once the gateway stops: the moment (anyio's clock) by which sends in progress are cut off."""
         self.sent_chunks = 0
@@ -165,6 +162,9 @@ class Delivery:
         for reply_id in reply_ids:
             self._replies.pop(reply_id, None)
             self._resplits.forget(reply_id)
+        sending = self._sending.get(ckey)
+        if sending is not None and (session_key is None or sending[0] in reply_ids):
+            sending[1].cancel()
         if dropped:
             log.info("[delivery] %d unsent chunk(s) to %s cancelled", dropped, ckey)
         return dropped
@@ -304,49 +304,28 @@ class Delivery:
     async def _send(
         self, chunk: OutboxChunk, route: ReplyRoute, text: str, mention: bool, epoch: int
     ) -> tuple[str, str]:
-        """One message, retried in rounds with a growing pause; ``(outcome, error)``."""
-        error = ""
-        for round_ in range(self.max_rounds):
-            try:
-                result = await self._send_once(route, text, chunk.title, mention)
-                if result is None:
-                    return _CANCELLED, ""  # the gateway stopped and the send did not finish in time
-            except Exception as exc:  # a bug or an unexpected transport failure: retry, then give up
-                log.exception(
-                    "[delivery] sending chunk %d/%d of %s failed",
-                    chunk.index + 1,
-                    chunk.total,
-                    chunk.reply_id,
-                )
-                error = f"{type(exc).__name__}: {exc}"
-            else:
-                if result.ok:
-                    self._last_sent[chunk.conversation_key] = time.monotonic()
-                    self.sent_chunks += 1
-                    return _OK, ""
-                error = f"{result.code} {result.message}".strip()
-                if result.code in TOO_LONG_CODES:
-                    return _TOO_LONG, error
-                if result.permanent:
-                    return _FAILED, error
-            if round_ == self.max_rounds - 1:
-                break
-            delay = min(self.max_retry_delay_s, self.retry_delay_s * 2**round_)
-            log.warning(
-                "[delivery] chunk %d/%d for %s not delivered (%s); trying again in %.1f s",
-                chunk.index + 1,
-                chunk.total,
-                chunk.conversation_key,
-                error,
-                delay,
+        """One message, ``(outcome, error)``. The sender has retried what was worth retrying."""
+        try:
+            result = await self._send_once(chunk, route, text, mention)
+        except Exception as exc:  # a bug, or a failure the sender did not expect: the reply is given up
+            log.exception(
+                "[delivery] sending chunk %d/%d of %s failed", chunk.index + 1, chunk.total, chunk.reply_id
             )
-            await anyio.sleep(delay)
-            if self._cancelled(chunk, epoch):
-                return _CANCELLED, ""
-        return _FAILED, error
+            return _FAILED, f"{type(exc).__name__}: {exc}"
+        if result is None or self._cancelled(chunk, epoch):
+            return _CANCELLED, ""  # /stop, or the gateway stopped and the send did not finish in time
+        if result.ok:
+            self._last_sent[chunk.conversation_key] = time.monotonic()
+            self.sent_chunks += 1
+            return _OK, ""
+        error = f"{result.code} {result.message}".strip()
+        return (_TOO_LONG if result.code in TOO_LONG_CODES else _FAILED), error
 
-    async def _send_once(self, route: ReplyRoute, text: str, title: str, mention: bool) -> SendOutcome | None:
-        """One send, which a stop of the gateway does not cut off at once (:data:`STOP_GRACE_S`)."""
+    async def _send_once(
+        self, chunk: OutboxChunk, route: ReplyRoute, text: str, mention: bool
+    ) -> SendOutcome | None:
+        """One send (the sender's retries included), which a stop of the gateway does not cut off at once
+        (:data:`STOP_GRACE_S`) and ``/stop`` does. None when it was cut off."""
         if self._stop_by is not None:
             await anyio.lowlevel.checkpoint()  # stopping: start nothing new (this raises the stop)
         with anyio.CancelScope(shield=True) as scope:
@@ -354,10 +333,14 @@ class Delivery:
                 scope.deadline = self._stop_by
             self._on_the_wire.add(scope)
             try:
-                return await self.sender.send(
-                    route, text=text, title=title, mention=mention, fmt=self.format.fmt
-                )
+                with anyio.CancelScope() as stoppable:
+                    self._sending[chunk.conversation_key] = (chunk.reply_id, stoppable)
+                    return await self.sender.send(
+                        route, text=text, title=chunk.title, mention=mention, fmt=self.format.fmt
+                    )
+                return None  # /stop cancelled it
             finally:
+                self._sending.pop(chunk.conversation_key, None)
                 self._on_the_wire.discard(scope)
         # Cut off at the end of the grace period: the stop itself is pending on this task.
         await anyio.lowlevel.checkpoint()

@@ -24,6 +24,7 @@ from edgecrab.dingtalk.rest import DingTalkSender, SendResult
 from edgecrab.events import ReplyRoute
 from edgecrab.replies.delivery import Delivery
 from edgecrab.replies.format import Format
+from edgecrab.retry import Backoff
 from edgecrab.store import SENT, SQLiteStore
 from edgecrab.testing.fakedingtalk import FakeDingTalk, OutboundRecord
 
@@ -72,6 +73,7 @@ async def delivering(
     markers: bool = False,
     interval: float = INTERVAL,
     crash_after: int | None = None,
+    send_retries: int = 4,  # 5 attempts, as the Delivery's own rounds were before there was one policy
     **kw: Any,
 ) -> AsyncIterator[tuple[Delivery, _Sender]]:
     app = fake.apps[0]
@@ -81,14 +83,16 @@ async def delivering(
         robot_code=app.robot_code or app.client_id,
         api_base=fake.base_url,
         webhook_expiry_margin_s=0,
-        send_retries=0,  # the Delivery's own (fast) retry rounds are under test
+        send_retries=send_retries,
     )
     fmt = Format("markdown", to_dingtalk_markdown, title_preview, max_chars, 20000, markers)
     store = SQLiteStore(db)
     await store.open()
     async with httpx.AsyncClient() as http:
-        sender = _Sender(DingTalkSender(config, client=http), crash_after)
-        delivery = Delivery(store, sender, fmt, chunk_interval_s=interval, retry_delay_s=0.01, **kw)
+        dingtalk = DingTalkSender(config, client=http)
+        dingtalk.backoff_policy = Backoff(send_retries + 1, 0.01, 0.1)  # the real policy, shorter waits
+        sender = _Sender(dingtalk, crash_after)
+        delivery = Delivery(store, sender, fmt, chunk_interval_s=interval, **kw)
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(delivery.run)
@@ -162,7 +166,7 @@ async def test_chunks_are_fifo_and_paced_also_between_replies(tmp_path: Path) ->
 async def test_order_and_exactly_once_under_injected_faults(tmp_path: Path) -> None:
     async with (
         FakeDingTalk(seed=7) as fake,
-        delivering(fake, tmp_path / "d.db", max_chars=60, max_rounds=30) as (
+        delivering(fake, tmp_path / "d.db", max_chars=60, send_retries=30) as (
             d,
             _,
         ),
@@ -300,8 +304,7 @@ async def test_cancel_for_one_session_spares_another_in_the_same_group(tmp_path:
 
 
 async def test_stop_during_retry_wait_stops_retrying(tmp_path: Path) -> None:
-    async with FakeDingTalk() as fake, delivering(fake, tmp_path / "d.db", max_rounds=50) as (d, _):
-        d.retry_delay_s = d.max_retry_delay_s = 0.1
+    async with FakeDingTalk() as fake, delivering(fake, tmp_path / "d.db", send_retries=50) as (d, _):
         route = _route(fake, session_webhook="")  # OpenAPI only
         fake.faults.fail(BATCH, status=503, times=1000)
         await d.enqueue(route, "never arrives")

@@ -104,10 +104,9 @@ class FastRetryGateway(Gateway):
     """The product gateway, with every send back-off ``time_scale`` times shorter.
 
     The product has no configuration for its REST back-off (``rest.BACKOFF_BASE_S`` = 0.5 s doubling to 8 s,
-    a 1 s floor after a QpsLimit answer, ``Delivery.retry_delay_s`` = 2 s): a run with hundreds of injected
-    failures would take minutes. ``DingTalkSender`` accepts a ``sleep`` function, so the sender is rebuilt
-    with a scaled one right after the gateway assembled itself. Retry *counts* and the order of events are
-    untouched.
+    a 1 s floor after a QpsLimit answer): a run with hundreds of injected failures would take minutes.
+    ``DingTalkSender`` accepts a ``sleep`` function, so the sender is rebuilt with a scaled one right after
+    the gateway assembled itself. Retry *counts* and the order of events are untouched.
     """
 
     time_scale = 0.02
@@ -121,7 +120,6 @@ class FastRetryGateway(Gateway):
 
         self.sender = DingTalkSender(self.config.dingtalk, client=http, sleep=sleep)
         self.delivery.sender = self.sender
-        self.delivery.retry_delay_s *= scale
 
 
 @contextlib.asynccontextmanager

@@ -235,7 +235,8 @@ async def test_command_cancel_kills_grandchildren(tmp_path: Path) -> None:
         grandchild = read_pid(pid_file)
         assert grandchild is not None
         tg.cancel_scope.cancel()
-    await poll(lambda: pid_gone(grandchild), within_s=1.0)
+    # Killed at once; on a loaded machine the kernel may take a moment to reap it.
+    await poll(lambda: pid_gone(grandchild), within_s=5.0)
 
 
 # -- python ----------------------------------------------------------------------------------------

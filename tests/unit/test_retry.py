@@ -18,7 +18,8 @@ def test_steps_double_to_the_cap_and_jitter_stays_in_the_upper_half() -> None:
     rng = random.Random(7)
     for n in range(6):
         for _ in range(50):
-            assert backoff.step(n) / 2 <= backoff.delay(n, rng) <= backoff.step(n)
+            assert backoff.step(n) / 2 <= backoff.delay(n, rng.random) <= backoff.step(n)
+    assert backoff.delay(2, lambda: 0.0) == 1.0 and backoff.delay(2, lambda: 1.0) == 2.0
 
 
 def test_worst_case_wait_is_the_sum_of_the_steps_between_attempts() -> None:
