@@ -1,16 +1,33 @@
-"""Logging set-up for the process, and the guarantee that registered secrets never reach a log line.
+"""Logging set-up for the process, and two guarantees about every line it prints.
 
-Any module that learns a secret (the CLI for ``app_secret`` and ``agent.api_key``, the token cache for each
-access token) calls :func:`register_secret`. :class:`SecretFilter`, installed on the handler by
-:func:`setup_logging`, replaces every registered value with ``***`` in the final text of each record (the
-formatted message, exception and stack text), so a secret inside an exception message or a URL is caught too.
+**Registered secrets never reach a log line.** Any module that learns a secret (the CLI for ``app_secret``
+and ``agent.api_key``, the token cache for each access token) calls :func:`register_secret`.
+:class:`SecretFilter`, installed on the handler by :func:`setup_logging`, replaces every registered value
+with ``***`` in the final text of each record (the formatted message, exception and stack text), so a
+secret inside an exception message or a URL is caught too. The same :func:`redact` is applied to every text
+sent to DingTalk (:func:`edgecrab.replies.format.prepare_reply`).
+
+**Log lines cannot be forged.** Values interpolated into a record (its ``args``: message ids, user text,
+an agent's stderr) come from outside; a ``msgId`` of ``"x\n2026-01-01 ... ERROR ..."`` would print a second,
+fake line. The filter escapes control characters in every argument (``\n`` -> ``\\n``, ESC -> ``\\x1b``,
+also DEL, C1 controls and U+2028/U+2029) before the message is formatted; the format string, written by us,
+and traceback text are left alone. Escaped text holds no control character, so a JSON formatter's output
+stays one valid line too.
+
+**Third-party libraries stay at INFO under ``--log-level debug``**: websockets' debug lines print the Stream
+URL with its single-use ticket and every frame (users' text), httpx/httpcore and aiohttp print URLs and
+headers. Set ``EDGECRAB_DEBUG_LIBS=1`` to let their debug lines through when debugging the libraries
+themselves; those lines then show tickets and message text (registered secrets are still redacted).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4
@@ -18,6 +35,9 @@ MIN_SECRET_LENGTH = 4
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 FORMAT = "%(asctime)s %(levelname)s %(message)s"
+LIBRARIES = ("httpx", "httpcore", "websockets", "aiohttp", "asyncio")
+"""Third-party loggers kept quieter than ours: WARNING normally, INFO at debug (see the module docstring)."""
+DEBUG_LIBS_ENV = "EDGECRAB_DEBUG_LIBS"
 
 # Process-wide on purpose: logging itself is process-wide, and a secret learned by one component (a token
 # fetched by the REST client) must be hidden from every other component's log lines.
@@ -55,10 +75,49 @@ def clear_secrets() -> None:
         _ordered = ()
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROLS.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters as escapes (``\\n``, ``\\x1b``): one line, no terminal codes."""
+    return text.translate(_CONTROLS)
+
+
+class _Escaped:
+    """A log argument printed escaped by ``%s`` and ``%r`` alike."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return escape(str(self.value))
+
+    def __repr__(self) -> str:
+        return escape(repr(self.value))
+
+
+def _escaped(arg: Any) -> Any:
+    # Numbers stay numbers (``%d``, ``%.1f`` need them) and cannot hold a line break.
+    return arg if isinstance(arg, int | float) else _Escaped(arg)
+
+
+def escape_args(args: tuple[Any, ...] | Mapping[str, Any]) -> tuple[Any, ...] | Mapping[str, Any]:
+    """A record's ``args`` with every non-numeric value escaped when formatted."""
+    if isinstance(args, Mapping):
+        return {key: _escaped(value) for key, value in args.items()}
+    return tuple(_escaped(arg) for arg in args)
+
+
 class SecretFilter(logging.Filter):
-    """Rewrites each record so its message, exception and stack text contain no registered secret."""
+    """Rewrites each record: arguments escaped (no forged lines), and no registered secret in its message,
+    exception or stack text."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = escape_args(record.args)
         if not _ordered:
             return True
         message = record.getMessage()
@@ -97,6 +156,12 @@ def setup_logging(level: str | int = "info") -> None:
     root.addHandler(handler)
     root.setLevel(numeric)
     # httpx logs every request URL at INFO; legacy DingTalk endpoints carry the access token in the query.
-    quiet = logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING
-    for name in ("httpx", "httpcore", "websockets", "asyncio"):
+    # At debug, the libraries stay at INFO unless EDGECRAB_DEBUG_LIBS=1 (see the module docstring).
+    if numeric > logging.DEBUG:
+        quiet = logging.WARNING
+    elif os.environ.get(DEBUG_LIBS_ENV, "").strip().lower() in ("1", "true", "yes"):
+        quiet = logging.DEBUG
+    else:
+        quiet = logging.INFO
+    for name in LIBRARIES:
         logging.getLogger(name).setLevel(quiet)

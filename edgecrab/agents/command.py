@@ -5,9 +5,15 @@
     {"messages": [{"role": "user", "content": "hi"}, ...], "system_prompt": "...",
      "session_key": "...", "message_id": "...", "metadata": {...}}
 
-and its stdout, stripped, is the reply. ``agent.env`` is added to the gateway's environment. A non-zero exit
-becomes an error whose text is the first line of stderr. On timeout or cancellation (``/stop``) the process
-(and, on POSIX, its whole process group, so ``sh -c`` children go too) gets SIGTERM, then SIGKILL 0.5 s later.
+and its stdout, stripped, is the reply. On timeout or cancellation (``/stop``) the process (and, on POSIX, its
+whole process group, so ``sh -c`` children go too) gets SIGTERM, then SIGKILL 0.5 s later.
+
+The program gets only what it needs: its environment is :data:`INHERITED` taken from the gateway's (``PATH``
+to find programs, ``HOME``, locale and time zone, ``TMPDIR``) plus ``agent.env``, and nothing else, so the
+gateway's own secrets (``DINGTALK_APP_SECRET``, ``OPENAI_API_KEY``, ...) never reach it; pass one on purpose
+through ``agent.env`` (``MY_KEY: ${MY_KEY}``). Its stderr goes to the gateway's log (capped at
+:data:`STDERR_LOGGED` characters, control characters escaped by the log set-up), never to the chat: a failure
+tells the user only "the agent command failed (exit N)".
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 
 import anyio
 import anyio.abc
@@ -31,6 +38,17 @@ _POSIX = os.name == "posix"
 _STDOUT_LIMIT = 8 * 1024 * 1024
 _STDERR_LIMIT = 64 * 1024
 _KILL_GRACE_S = 0.5
+INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+"""The gateway's environment variables the command sees (when set); ``agent.env`` adds to them."""
+STDERR_LOGGED = 2000
+"""The last this many characters of the command's stderr go to the log."""
+
+
+def command_env(extra: Mapping[str, str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The command's whole environment: :data:`INHERITED` from ``environ`` plus ``extra`` (``agent.env``)."""
+    env = {name: environ[name] for name in INHERITED if name in environ}
+    env.update({str(k): str(v) for k, v in extra.items()})
+    return env
 
 
 class CommandAgent(Agent):
@@ -42,7 +60,7 @@ class CommandAgent(Agent):
                 "agent.command (an argv list, e.g. ['python', 'bot.py']) is required for type 'command'"
             )
         self.argv = [str(arg) for arg in config.command]
-        self._env = {**os.environ, **{str(k): str(v) for k, v in config.env.items()}}
+        self._env = command_env(config.env)
         self._timeout_s = config.timeout_s
         self._system_prompt = config.system_prompt
 
@@ -90,20 +108,20 @@ class CommandAgent(Agent):
         return self._result(process.returncode, bytes(stdout), bytes(stderr), time.monotonic() - started)
 
     def _result(self, code: int | None, stdout: bytes, stderr: bytes, duration: float) -> AgentResult:
-        err_text = stderr.decode("utf-8", "replace")
-        cause = f"{self.argv[0]} exited with {code}; stderr: {err_text[-2000:].strip() or '(empty)'}"
+        # stderr holds diagnostics: the log gets it (the AgentError cause is logged), the chat never.
+        err_text = stderr.decode("utf-8", "replace").strip()[-STDERR_LOGGED:]
+        cause = f"{self.argv[0]} exited with {code}; stderr: {err_text or '(empty)'}"
         if code:
-            first = next((line.strip() for line in err_text.splitlines() if line.strip()), "")
             if code < 0:
                 what = f"the agent command was killed by signal {-code}"
             else:
                 what = f"the agent command failed (exit {code})"
-            raise AgentError(f"{what}: {first[:200]}" if first else what, cause=cause)
+            raise AgentError(f"{what} — the gateway's log has its error output", cause=cause)
         reply = stdout.decode("utf-8", "replace").strip()
         if not reply:
             raise AgentError("the agent command printed no reply", cause=cause)
-        if err_text.strip():
-            log.debug("[agent] %s wrote to stderr: %s", self.argv[0], err_text[-500:].strip())
+        if err_text:
+            log.info("[agent] %s wrote to stderr: %s", self.argv[0], err_text)
         return AgentResult(text=reply, duration_s=duration)
 
 

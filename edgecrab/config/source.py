@@ -91,12 +91,81 @@ class _Loader(yaml.SafeLoader):
         return mapping
 
 
+MAX_VALUES = 100_000
+"""Values (mappings, lists and scalars) a configuration may expand to once aliases are followed. A real one
+has a few hundred; a "billion laughs" document (nine lines, each alias list repeating the one above) has
+10**9, and reading it took 51 s and 2.2 GB before this limit."""
+
+_ALIAS_HINT = (
+    "an alias (*name) repeats the whole value its anchor (&name) marks; write the values out, or repeat "
+    "fewer of them (a 'billion laughs' document is refused on purpose)"
+)
+
+
+def _alias_problem(root: yaml.Node) -> Problem | None:
+    """A problem if following the aliases of the composed node tree ``root`` gives more than
+    :data:`MAX_VALUES` values or loops; ``None`` otherwise.
+
+    Counted on the node graph, in which an alias is the anchored node itself (shared, not copied): each
+    node's expanded size is computed once (memoised), so the check is linear in the file's size whatever
+    the aliases multiply to. The problem names the first key, in document order, whose value is too big.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    found: list[Problem] = []
+
+    def size(node: yaml.Node, path: KeyPath) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise _Loop(path, node)
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                value = size(value_node, (*path, name))
+                if value > MAX_VALUES and not found:
+                    what = f"expands to more than {MAX_VALUES:,} values through aliases"
+                    line = key_node.start_mark.line + 1
+                    found.append(Problem(format_path((*path, name)), what, line=line, hint=_ALIAS_HINT))
+                total += size(key_node, path) + value
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                total += size(item, (*path, index))
+        active.discard(key)
+        sizes[key] = total = min(total, MAX_VALUES + 1)  # capped: the exact number of a bomb is huge
+        return total
+
+    try:
+        if size(root, ()) > MAX_VALUES:
+            what = f"the file expands to more than {MAX_VALUES:,} values through aliases"
+            return found[0] if found else Problem("", what, line=1, hint=_ALIAS_HINT)
+    except _Loop as loop:
+        return Problem(format_path(loop.path), "contains itself through an alias",
+                       line=loop.node.start_mark.line + 1,
+                       hint="an alias (*name) cannot be used inside the value its anchor (&name) marks")
+    return None
+
+
+class _Loop(Exception):
+    def __init__(self, path: KeyPath, node: yaml.Node) -> None:
+        self.path, self.node = path, node
+
+
 def parse_yaml(text: str) -> ParsedYaml:
     """Parse once, keeping the node tree so every key path can be mapped back to its line."""
     result = ParsedYaml()
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
+        problem = None if node is None else _alias_problem(node)
+        if problem is not None:
+            # Refused before anything walks or constructs the expanded tree.
+            result.problems.append(problem)
+            result.fatal = True
+            return result
         if node is not None:
             # Before constructing: that resolves `<<` merge keys in place, which would look like duplicates.
             _map_lines(node, (), result)

@@ -1,7 +1,7 @@
 """A reply as the delivery ledger records it, before anything is sent: the text rendered for the platform
 (:class:`Format`), split into chunks that fit DingTalk's limits (:mod:`edgecrab.replies.chunking`), each
-titled and made an :class:`~edgecrab.store.base.OutboxChunk` row (:func:`prepare_reply`).
-No store, no network.
+titled and made an :class:`~edgecrab.store.base.OutboxChunk` row (:func:`prepare_reply`), registered secrets
+replaced by ``***`` first. No store, no network.
 
 :mod:`edgecrab.replies.delivery` records the rows and sends them.
 """
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgecrab.events import Message, ReplyRoute
+from edgecrab.logs import redact
 from edgecrab.replies.chunking import json_bytes, split_text
 from edgecrab.store.base import PENDING, OutboxChunk
 
@@ -72,7 +73,12 @@ def prepare_reply(
     mention: bool | None = None,
 ) -> PreparedReply:
     """``text`` formatted with ``fmt`` and split into ledger chunks for ``route``, not yet recorded.
-    ``mention`` (default: in groups) @-mentions the sender in the last chunk."""
+    ``mention`` (default: in groups) @-mentions the sender in the last chunk.
+
+    Every reply, notice and error text bound for DingTalk passes here, so this is where the secrets the logs
+    hide (:func:`edgecrab.logs.redact`: the app secret, API keys, access tokens) are hidden from the chat too:
+    an agent that echoes its environment or an upstream error that echoes a key posts ``***``."""
+    text = redact(text)
     rendered = fmt.render(text)
     title = fmt.title(text)
     chunks = split_text(

@@ -7,11 +7,14 @@ sessionWebhooks, OpenAPI sends), not a second implementation, plus a web chat se
 * ``edgecrab sandbox`` -> :func:`run_sandbox`: the emulator alone, until SIGINT/SIGTERM; it prints the chat
   URL and the ``api_base`` and credentials to point a gateway at.
 * ``edgecrab gateway start --sandbox`` -> :func:`serve_with_sandbox`: the emulator and the gateway in one
-  process and one task group; the emulator's robot app takes the configured credentials (dummy ones from
-  ``load_config(..., sandbox=True)`` when none are set) and the gateway's ``api_base`` is pointed at it.
+  process and one task group; the gateway's ``api_base`` is pointed at the emulator and its credentials are
+  replaced by the sandbox's own (``SANDBOX_APP_KEY``/``SANDBOX_APP_SECRET``): configured, real credentials
+  never reach the emulator, which records what it receives.
 
 The emulator listens on 127.0.0.1 by default and has no authentication: anyone who can reach the port can
-read the chat and drive the control API under ``/_fake/``.
+read the chat and drive the control API under ``/_fake/``. Browsers cannot: foreign ``Host`` and ``Origin``
+headers (DNS rebinding, cross-site pages) and non-JSON bodies are refused
+(:mod:`edgecrab.testing.fakedingtalk.guard`), and recorded requests are scrubbed of credentials.
 """
 
 from __future__ import annotations
@@ -110,8 +113,12 @@ async def serve_with_sandbox(
     Runs until SIGINT/SIGTERM or cancellation. ``ready(fake, gateway)`` is called once both run and the chat
     URL is printed.
     """
-    dt = config.dingtalk
-    app = FakeApp(dt.app_key, dt.app_secret, robot_code=dt.robot_code or dt.app_key)
+    # The emulator never holds the configured (real) credentials: it records what it receives and serves it
+    # to anyone on this machine. The gateway talks to it with the sandbox's own pair instead.
+    dt = replace(
+        config.dingtalk, app_key=SANDBOX_APP_KEY, app_secret=SANDBOX_APP_SECRET, robot_code=SANDBOX_APP_KEY
+    )
+    app = FakeApp(SANDBOX_APP_KEY, SANDBOX_APP_SECRET)
     with _single_errors(), _signals() as signals:
         async with (
             open_emulator(app, port=DEFAULT_PORT if port is None else port) as fake,

@@ -29,6 +29,9 @@ checkpoints are off; :meth:`SQLiteConnection.maintain` (the gateway calls it eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +61,36 @@ past which :meth:`SQLiteConnection.maintain` starts it over itself."""
 
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+log = logging.getLogger("edgecrab.store")
+
+
+def make_private(path: Path) -> None:
+    """Prepare ``path`` so the database is readable by its owner only, before SQLite writes a byte.
+
+    The state holds conversations and live ``sessionWebhook`` URLs (whoever has one can post as the bot).
+    A missing directory is created 0700 (its missing parents too); an existing one is left as the operator
+    made it: it may be shared on purpose (``/var/lib/edgecrab`` from systemd), and the files are private
+    anyway. The database file is created empty with mode 0600 here, so SQLite opens an existing file, and
+    SQLite gives the ``-wal`` and ``-shm`` files it creates the database file's mode. Files left looser by
+    an older version are tightened to 0600 (they are edgecrab's own files).
+    """
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            directory.mkdir(mode=DIR_MODE)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if file.stat().st_mode & 0o077:
+                file.chmod(FILE_MODE)
+        except FileNotFoundError:
+            continue
+        except PermissionError as exc:
+            log.warning("[store] %s is readable by others and cannot be made private: %s", file, exc)
 
 
 class SQLiteConnection:
@@ -151,7 +184,7 @@ class SQLiteConnection:
 
     def _connect(self) -> sqlite3.Connection:
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private(self.path)
         target = MEMORY if self.path is None else str(self.path)
         # isolation_level=None: the sqlite3 module never opens transactions behind our back; we say
         # BEGIN/COMMIT ourselves where several statements must be atomic.

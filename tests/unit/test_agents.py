@@ -150,23 +150,26 @@ async def test_command_request_system_prompt_wins_and_unicode_survives() -> None
     assert result.text == "hook prompt 你好 🦀"
 
 
-async def test_command_env_is_merged(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_command_env_is_the_allow_list_plus_agent_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EC_FROM_OS", "os-value")
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
     agent = command_agent(
-        "import os; print(os.environ['EC_FROM_OS'], os.environ['EC_FROM_CONFIG'])",
+        "import os; print(os.environ.get('EC_FROM_OS'), os.environ['EC_FROM_CONFIG'], os.environ['TZ'])",
         env={"EC_FROM_CONFIG": "config-value"},
     )
-    assert (await agent.run(req("q"))).text == "os-value config-value"
+    assert (await agent.run(req("q"))).text == "None config-value Asia/Shanghai"
 
 
-async def test_command_nonzero_exit_shows_first_stderr_line() -> None:
+async def test_command_nonzero_exit_keeps_stderr_for_the_log() -> None:
     agent = command_agent(
         "import sys; sys.stderr.write('\\nboom: model missing\\ntraceback...\\n'); sys.exit(3)"
     )
     with pytest.raises(AgentError) as info:
         await agent.run(req("q"))
-    assert info.value.user_message == "the agent command failed (exit 3): boom: model missing"
-    assert "traceback..." in info.value.cause
+    assert info.value.user_message == (
+        "the agent command failed (exit 3) — the gateway's log has its error output"
+    )
+    assert "boom: model missing" in info.value.cause and "traceback..." in info.value.cause
 
 
 async def test_command_empty_output_is_an_error() -> None:

@@ -74,7 +74,10 @@ class StreamGateway:
         except ValueError:
             body = raw.decode("utf-8", "replace")
         response, ticket = self._open(body)
-        self.state.open_requests.append(OpenRequest(body, headers, response.status, ticket))
+        scrub = self.state.scrub
+        self.state.open_requests.append(
+            OpenRequest(scrub(body), scrub(headers), response.status, scrub({"ticket": ticket})["ticket"])
+        )
         return response
 
     def _open(self, body: Any) -> tuple[web.Response, str | None]:

@@ -1,7 +1,9 @@
 """``FakeDingTalk``: assembles state, stream hub, REST, faults and control API into one aiohttp server.
 
-HTTP and websocket share one loopback port. Every REST call (accepted or not) passes a middleware that applies
-faults first and records a :class:`RestRecord` after; ``/_fake/`` control calls and the ``/connect`` websocket
+HTTP and websocket share one loopback port. :mod:`~edgecrab.testing.fakedingtalk.guard` refuses foreign
+``Host``/``Origin`` headers and non-JSON bodies before anything else, and scrubs credentials from records.
+Every REST call (accepted or not) passes a middleware that applies faults first and records a
+:class:`RestRecord` after; ``/_fake/`` control calls and the ``/connect`` websocket
 are not recorded there. A method and path the fake does not serve gets DingTalk's "no such API" answer
 (:func:`wire.unknown_route`) and is recorded in ``unknown_routes`` too, so a test can assert that a client
 (the official SDK in ``tests/e2e/test_sdk_oracle.py``) called nothing the fake does not know.
@@ -15,6 +17,7 @@ import json
 import secrets
 import socket
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +27,7 @@ from edgecrab.testing.fakedingtalk.connect import StreamGateway
 from edgecrab.testing.fakedingtalk.connection import FakeConnection
 from edgecrab.testing.fakedingtalk.control import ControlApi, reply
 from edgecrab.testing.fakedingtalk.faults import FaultPlan, ResetConnection
+from edgecrab.testing.fakedingtalk.guard import HostPolicy, guard_middleware
 from edgecrab.testing.fakedingtalk.models import (
     CALLBACK_TOPIC,
     FakeApp,
@@ -85,6 +89,7 @@ class FakeDingTalk(PayloadBuilder, Observation):
         duplicate_after_ack: float = 0.0,
         media_size: int = 2048,
         seed: int | None = None,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
         self.settings = Settings(
             redeliver_after_s=redeliver_after_s,
@@ -103,6 +108,7 @@ class FakeDingTalk(PayloadBuilder, Observation):
             apps or default_apps(), default_users() if users is None else users, self.settings, seed
         )
         self.host, self._port = host, port
+        self.hosts = HostPolicy(host, allowed_hosts)  # Host/Origin names served besides loopback ones
         self.faults = FaultPlan(self.state)
         self.hub = StreamHub(self.state)
         self.gateway = StreamGateway(self.state, self.hub, self.faults)
@@ -125,7 +131,9 @@ class FakeDingTalk(PayloadBuilder, Observation):
             sock.close()  # a busy port must not leak the socket (the sandbox reports it and exits)
             raise
         self._port = sock.getsockname()[1]
-        app = web.Application(middlewares=[self._middleware], client_max_size=16 << 20)
+        app = web.Application(
+            middlewares=[guard_middleware(self.hosts), self._middleware], client_max_size=16 << 20
+        )
         app.add_routes(
             self.gateway.routes() + self.rest.routes() + self.webhooks.routes() + self.control.routes()
         )
@@ -392,14 +400,15 @@ class FakeDingTalk(PayloadBuilder, Observation):
         *,
         unknown: bool = False,
     ) -> None:
+        scrub = self.state.scrub
         record = RestRecord(
             request.method,
             request.path,
             status,
-            body,
-            dict(request.headers),
-            query=dict(request.query),
-            response=answer,
+            scrub(body),
+            scrub(dict(request.headers)),
+            query=scrub(dict(request.query)),
+            response=scrub(answer),
             fault=fault,
         )
         self.state.requests.append(record)
@@ -412,6 +421,6 @@ class FakeDingTalk(PayloadBuilder, Observation):
             status=status,
             fault=fault,
             unknown_route=unknown,
-            response=answer,
-            body=body if len(json.dumps(body, default=str)) < 4000 else "<large>",
+            response=record.response,
+            body=record.body if len(json.dumps(record.body, default=str)) < 4000 else "<large>",
         )

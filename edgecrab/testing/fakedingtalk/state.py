@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from edgecrab.testing.fakedingtalk.bus import EventBus
+from edgecrab.testing.fakedingtalk.guard import Scrubber
 from edgecrab.testing.fakedingtalk.models import (
     AckRecord,
     FakeApp,
@@ -105,6 +106,8 @@ class FakeState:
         self.open_requests: list[OpenRequest] = []
         self.pings: list[PingRecord] = []
         self.counters: Counter[str] = Counter()
+        # Applied to every recorded request: the control API and the event bus serve records to anyone local.
+        self.scrub = Scrubber(lambda: [a.client_secret for a in self.apps.values()])
 
     # clock -----------------------------------------------------------------------------------------------
     def now(self) -> float:
