@@ -88,22 +88,41 @@ async def retrying(
     """Await ``call()`` until it gives a result ``retry_result`` does not want repeated, or raises an error
     ``retry_error`` does not, or ``backoff.attempts`` ran out. Then return that last result or raise that
     last error, as they are: callers never see a tenacity type.
+
+    The first attempt runs before any tenacity object is made: almost every call succeeds at once, and
+    setting up ``AsyncRetrying`` cost a send about a tenth of its CPU (BENCHMARKS.md, issue 14).
     """
+    try:
+        first: T = await call()
+    except Exception as exc:
+        if backoff.attempts == 1 or not retry_error(exc):
+            raise
+        first_error: BaseException | None = exc
+        first_result: Any = None
+    else:
+        if backoff.attempts == 1 or not retry_result(first):
+            return first
+        first_error, first_result = None, first
 
     def wait(state: RetryCallState) -> float:
         result, error = _outcome(state)
-        return max(backoff.delay(state.attempt_number - 1, rand), min_wait(result, error))
+        return max(backoff.delay(state.attempt_number, rand), min_wait(result, error))
+
+    def notify(retry: int, delay: float, result: Any, error: BaseException | None) -> None:
+        if on_retry is not None:
+            on_retry(RetryNotice(retry, max(backoff.attempts - 1, 0), delay, result, error))
 
     def before_sleep(state: RetryCallState) -> None:
-        if on_retry is None:
-            return
         result, error = _outcome(state)
         delay = state.next_action.sleep if state.next_action is not None else 0.0
-        on_retry(RetryNotice(state.attempt_number, max(backoff.attempts - 1, 0), delay, result, error))
+        notify(state.attempt_number + 1, delay, result, error)
 
+    delay = max(backoff.delay(0, rand), min_wait(first_result, first_error))
+    notify(1, delay, first_result, first_error)
+    await sleep(delay)
     policy = AsyncRetrying(
         sleep=sleep,
-        stop=stop_after_attempt(backoff.attempts) if backoff.attempts > 0 else _never,
+        stop=stop_after_attempt(backoff.attempts - 1) if backoff.attempts > 0 else _never,
         wait=wait,
         retry=retry_if_result(retry_result) | retry_if_exception(retry_error),
         before_sleep=before_sleep,
