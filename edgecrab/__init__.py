@@ -1,9 +1,10 @@
 """edgecrab: a DingTalk gateway for AI agents.
 
-Read the modules in message order: ``dingtalk.stream`` receives frames (``dingtalk.frames`` parses them),
-``dingtalk.convert`` turns their data into :class:`~edgecrab.events.Message`, ``router`` parses commands
-and applies the busy policy, ``runs`` drives the agent, ``delivery`` chunks and sends the reply through
-``dingtalk.rest``.
+Read the packages in message order: ``dingtalk.stream`` receives frames and ``dingtalk.intake`` records
+them before their ack; ``dingtalk.convert`` turns their data into :class:`~edgecrab.events.Message`;
+``gateway`` routes it (access, hooks, commands); ``core.runs`` applies the busy policy and drives the agent
+(``agents``); ``replies.delivery`` chunks the answer into the ledger and sends it through ``dingtalk.rest``.
+``config``, ``hooks`` and ``store`` are what all of them stand on.
 """
 
 from edgecrab.hooks.specs import hookimpl
