@@ -28,7 +28,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -37,31 +37,22 @@ import anyio
 import httpx
 
 from edgecrab.agents.base import Agent, AgentError
+from edgecrab.agents.openai_errors import NOT_READABLE as _NOT_READABLE
+from edgecrab.agents.openai_errors import Retry as _Retry
+from edgecrab.agents.openai_errors import error_detail as _error_detail
+from edgecrab.agents.openai_errors import read_some, status_error, transport_error
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult, Usage
-from edgecrab.outbound import failure_kind, http_client
+from edgecrab.outbound import http_client
 from edgecrab.retry import Backoff, RetryNotice, retrying
 
 log = logging.getLogger("edgecrab.agents.openai")
 
-_ERROR_BODY_LIMIT = 4096
 _DRAIN_AFTER_DONE_S = 0.25
 _SSE_FIELDS = frozenset({"", "data", "event", "id", "retry"})
-_NOT_READABLE = "the agent sent a response edgecrab could not read"
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _MAX_CONNECTIONS = 10_000
-
-
-class _Retry(Exception):
-    """A failure worth another attempt; ``error`` is raised when the attempts run out."""
-
-    def __init__(self, error: AgentError, retry_after: float | None = None, *, free: bool = False) -> None:
-        super().__init__(error.cause)
-        self.error = error
-        self.retry_after = retry_after
-        self.free = free
-        """Retry at once without counting it (the request itself was adjusted)."""
 
 
 @dataclass
@@ -210,12 +201,14 @@ class OpenAIAgent(Agent):
         try:
             async with self._client.stream("POST", self._url, json=body) as response:
                 if response.status_code >= 300:
-                    raw = await _read_some(response)
+                    raw = await read_some(response)
                     if response.status_code == 400 and b"stream_options" in raw and self._stream_options:
                         self._stream_options = False
                         log.info("[agent] %s rejects stream_options; asking again without it", self._host)
                         raise _Retry(AgentError("stream_options rejected"), free=True)
-                    raise self._status_error(response.status_code, raw, response.headers)
+                    raise status_error(
+                        response.status_code, raw, response.headers, url=self._url, redact=self._redact
+                    )
                 content_type = response.headers.get("content-type", "").lower()
                 if "json" in content_type:
                     raw = await response.aread()
@@ -227,49 +220,10 @@ class OpenAIAgent(Agent):
                     # Also for a missing or wrong content type, as long as the body looks like SSE.
                     await self._read_stream(response, answer, checked="text/event-stream" in content_type)
         except (httpx.TransportError, httpx.DecodingError) as exc:
-            raise self._transport_error(exc, answer) from None
+            raise transport_error(
+                exc, answered=bool(answer.parts), url=self._url, host=self._host, redact=self._redact
+            ) from None
         return self._finish(answer)
-
-    def _transport_error(self, exc: Exception, answer: _Answer) -> Exception:
-        cause = self._redact(f"{type(exc).__name__} on POST {self._url}: {exc}")
-        if isinstance(exc, httpx.DecodingError):
-            return AgentError(_NOT_READABLE, cause=cause)
-        if answer.parts:
-            return AgentError("the agent's answer was cut off — /retry to try again", cause=cause)
-        kind = failure_kind(exc)
-        if kind in ("refused", "timeout") or isinstance(exc, httpx.ProxyError):
-            error = AgentError(
-                f"could not reach the agent at {self._host} — is it running? /retry to try again", cause=cause
-            )
-        elif isinstance(exc, httpx.UnsupportedProtocol):
-            return AgentError(
-                f"could not reach the agent at {self._host} — check agent.base_url", cause=cause
-            )
-        else:
-            error = AgentError(
-                "the agent closed the connection unexpectedly — /retry to try again", cause=cause
-            )
-        return _Retry(error)
-
-    def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> Exception:
-        cause = self._redact(f"POST {self._url} -> HTTP {status}: {raw[:500].decode('utf-8', 'replace')}")
-        if status in (401, 403):
-            return AgentError(f"the agent returned {status}: check agent.api_key", cause=cause)
-        if status == 404:
-            return AgentError("the agent returned 404: check agent.base_url and agent.model", cause=cause)
-        if status == 429:
-            error = AgentError("the agent is rate-limited (HTTP 429) — /retry in a moment", cause=cause)
-            return _Retry(error, _retry_after(headers.get("retry-after")))
-        if status >= 500 or status == 408:
-            error = AgentError(f"the agent service failed (HTTP {status}) — /retry to try again", cause=cause)
-            return _Retry(error, _retry_after(headers.get("retry-after")))
-        if status < 400:
-            return AgentError(
-                f"the agent answered with a redirect (HTTP {status}): check agent.base_url", cause=cause
-            )
-        detail = self._redact(_error_detail(raw))
-        reason = f": {detail}" if detail else ""
-        return AgentError(f"the agent rejected the request (HTTP {status}){reason}", cause=cause)
 
     async def _read_stream(self, response: httpx.Response, answer: _Answer, *, checked: bool) -> None:
         pending: list[str] = []
@@ -405,34 +359,6 @@ async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
         yield pending
 
 
-async def _read_some(response: httpx.Response, limit: int = _ERROR_BODY_LIMIT) -> bytes:
-    """At most ``limit`` bytes of the body (error pages can be large; only the start is useful)."""
-    data = b""
-    async for piece in response.aiter_bytes():
-        data += piece
-        if len(data) >= limit:
-            break
-    return data[:limit]
-
-
-def _error_detail(raw: bytes) -> str:
-    """The server's own reason: ``{"error": {"message": ...}}``, ``{"message": ...}`` or the text."""
-    text = raw.decode("utf-8", "replace").strip()
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        return text[:200] if text and not text.lstrip().startswith("<") else ""
-    if isinstance(payload, dict):
-        error = payload.get("error", payload)
-        if isinstance(error, dict):
-            message = error.get("message") or error.get("msg") or error.get("detail")
-            if message:
-                return str(message)[:200]
-        elif isinstance(error, str):
-            return error[:200]
-    return text[:200]
-
-
 def _parse_usage(value: Any) -> Usage | None:
     if not isinstance(value, dict):
         return None
@@ -441,11 +367,3 @@ def _parse_usage(value: Any) -> Usage | None:
         prompt_tokens=prompt if isinstance(prompt, int) else 0,
         completion_tokens=completion if isinstance(completion, int) else 0,
     )
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds (the HTTP-date form is rare on these APIs and ignored)."""
-    try:
-        return max(float(value), 0.0) if value is not None else None
-    except ValueError:
-        return None

@@ -11,7 +11,9 @@ from typing import Any
 
 import yaml
 
-from edgecrab.config.model import BUILTIN_SOURCE, Config, redacted_dict
+from edgecrab.config.load import BUILTIN_SOURCE
+from edgecrab.config.model import Config
+from edgecrab.config.redact import redacted_dict
 from edgecrab.config.source import KeyPath, format_path
 
 COMMENT_COLUMN = 44

@@ -8,7 +8,6 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import httpx
-import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -37,12 +36,6 @@ async def connect(fake: FakeDingTalk, subs: list[dict[str, str]] = SUBS) -> Clie
 
 async def recv(ws: ClientConnection, within: float = 2.0) -> dict[str, Any]:
     return json.loads(await asyncio.wait_for(ws.recv(), within))
-
-
-async def assert_silent(ws: ClientConnection, seconds: float) -> None:
-    with pytest.raises(TimeoutError):
-        raw = await asyncio.wait_for(ws.recv(), seconds)
-        pytest.fail(f"unexpected frame {raw!r}")
 
 
 def ack(frame: dict[str, Any], code: int = 200, data: str = '{"response": null}') -> str:

@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 from edgecrab.testing.fakedingtalk import CALLBACK_TOPIC, DEFAULT_APP_KEY, DEFAULT_APP_SECRET, FakeDingTalk
-from tests.component.fakeclient import OPEN, SUBS, ack, assert_silent, connect, open_ticket, recv
+from tests.component.fakeclient import OPEN, SUBS, ack, connect, open_ticket, recv
 
 pytestmark = pytest.mark.anyio
 
@@ -109,8 +109,10 @@ async def test_callback_envelope_and_identical_redelivery(fake: FakeDingTalk) ->
     second_raw = await asyncio.wait_for(ws.recv(), 1)
     third_raw = await asyncio.wait_for(ws.recv(), 1)
     assert first_raw == second_raw == third_raw
-    await assert_silent(ws, 0.6)
-    assert fake.deliveries_of(mid) == 3 and fake.redeliveries == 2 and fake.stats()["gave_up"] == 1
+    await fake.wait_for(lambda: fake.stats()["gave_up"] == 1)  # the timer fired and sent nothing
+    assert fake.deliveries_of(mid) == 3 and fake.redeliveries == 2
+    await fake.push_raw("after giving up")  # frames keep their order: nothing came before this one
+    assert await asyncio.wait_for(ws.recv(), 2) == "after giving up"
     await ws.close()
 
 
@@ -122,15 +124,24 @@ async def test_no_redelivery_after_200_ack_but_after_500(fake: FakeDingTalk) -> 
     record = await fake.wait_for_ack(ok_id)
     assert record.code == 200 and record.data == {"response": None} and record.latency_s is not None
     assert record.connection_id == fake.connections[0].connection_id and record.attempt == 1
-    await assert_silent(ws, 0.6)
+    # Redelivery is the clock: a frame pushed later is redelivered later, and frames keep their order, so
+    # a redelivery of an acked frame would arrive before the next one's.
     failed_id = await fake.push(fake.dm("user1001", "two"))
-    await ws.send(ack(await recv(ws), code=500))
+    first = await recv(ws)
+    assert first["headers"]["messageId"] == failed_id
+    await ws.send(ack(first, code=500))
     again = await recv(ws, 1)
-    assert again["headers"]["messageId"] == failed_id
+    assert again["headers"]["messageId"] == failed_id  # not "one" again
     await ws.send(ack(again))
     await fake.wait_for_ack(failed_id)
-    await assert_silent(ws, 0.5)
-    assert [a.code for a in fake.acks] == [200, 500, 200]
+    last_id = await fake.push(fake.dm("user1001", "three"))
+    assert (await recv(ws))["headers"]["messageId"] == last_id
+    redelivered = await recv(ws, 1)
+    assert redelivered["headers"]["messageId"] == last_id  # not "two" again
+    await ws.send(ack(redelivered))
+    await fake.wait_for_ack(last_id)
+    assert [a.code for a in fake.acks] == [200, 500, 200, 200]
+    assert fake.deliveries_of(ok_id) == 1 and fake.deliveries_of(failed_id) == 2
     await ws.close()
 
 
@@ -200,7 +211,7 @@ async def test_zombie_keeps_pings_alive_but_pushes_nothing(fake: FakeDingTalk) -
     mid = await fake.push(fake.dm("manager807", "held back"))
     pong = await ws.ping()
     await asyncio.wait_for(pong, 1)  # the websocket itself is healthy
-    await assert_silent(ws, 0.5)
+    assert fake.stats()["queued"] == 1 and fake.deliveries_of(mid) == 0  # held back, not sent
     fake.zombie = False
     assert (await recv(ws))["headers"]["messageId"] == mid
     await ws.close()
@@ -234,18 +245,20 @@ async def test_only_subscribed_topics_and_events(fake: FakeDingTalk) -> None:
     await events_ws.send(ack(again, data=json.dumps({"status": "SUCCESS", "message": "ok"})))
     await fake.wait_for(lambda: fake.stats()["acked_ok"] == 1)
     callback_id = await fake.push(fake.dm("manager807", "robots only"))
-    await assert_silent(events_ws, 0.2)  # not subscribed to the robot topic: queued
+    assert fake.stats()["queued"] == 1  # not subscribed to the robot topic: queued
     robot_ws = await connect(fake)
     assert (await recv(robot_ws))["headers"]["messageId"] == callback_id
-    assert mid != callback_id
+    assert mid != callback_id and fake.deliveries_of(callback_id) == 1
+    later = await fake.push_event("user_leave_org", {"timeStamp": "2", "userId": ["u1"]})
+    assert (await recv(events_ws))["headers"]["messageId"] == later  # and nothing came before it
     await events_ws.close()
     await robot_ws.close()
 
 
 async def test_group_without_mention_is_not_pushed(fake: FakeDingTalk) -> None:
     ws = await connect(fake)
-    await fake.push(fake.group("user1002", "chatting, not asking", at_bot=False))
-    await assert_silent(ws, 0.2)
+    dropped = await fake.push(fake.group("user1002", "chatting, not asking", at_bot=False))
+    assert fake.stats()["dropped_unmentioned"] == 1 and fake.deliveries_of(dropped) == 0
     fake.deliver_unmentioned = True
     await fake.push(fake.group("user1002", "now delivered", at_bot=False))
     data = json.loads((await recv(ws))["data"])

@@ -36,17 +36,15 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from edgecrab.testing.fakedingtalk.actions import FakeActions
 from edgecrab.testing.fakedingtalk.bus import Subscription
 from edgecrab.testing.fakedingtalk.models import CALLBACK_TOPIC, FakeUser
 from edgecrab.testing.fakedingtalk.payloads import DEFAULT_GROUP_ID
 from edgecrab.testing.fakedingtalk.state import Settings
-
-if TYPE_CHECKING:
-    from edgecrab.testing.fakedingtalk.server import FakeDingTalk
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -81,7 +79,7 @@ def _since(request: web.Request, items: list[Any]) -> list[dict[str, Any]]:
 
 
 class ControlApi:
-    def __init__(self, fake: FakeDingTalk) -> None:
+    def __init__(self, fake: FakeActions) -> None:
         self.fake = fake
 
     def routes(self) -> list[web.RouteDef]:
