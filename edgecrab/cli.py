@@ -1,7 +1,8 @@
 """The ``edgecrab`` command: arguments, logging, configuration, then hand over to the part that does the work.
 
 Exit codes: 0 ok, 2 configuration or usage error, 1 runtime failure (130 on Ctrl-C outside the gateway,
-which handles its own signals). Errors print on stderr as one paragraph, never a traceback, unless
+which handles its own signals: 0 after a stop, 130/143 for a second SIGINT/SIGTERM, 1 when the stop did not
+finish in time; :mod:`edgecrab.shutdown`). Errors print on stderr as one paragraph, never a traceback, unless
 ``--log-level debug``. The gateway, hooks and sandbox modules are imported only by the commands that need
 them, so ``--version`` and ``config validate`` stay fast and work even when those cannot be imported.
 """
