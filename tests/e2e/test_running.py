@@ -3,14 +3,19 @@ it, what it logs, and what users are told."""
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from tests.e2e.test_day_one import EDGECRAB, clean_env, wait_for_text
+from tests.e2e.test_day_one import EDGECRAB, clean_env, sandbox_process, wait_for_text
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,3 +92,77 @@ def test_a_second_signal_exits_at_once_without_a_traceback(
     assert f"second {signum.name}: exiting at once" in text
     for wrong in ("Traceback", "KeyboardInterrupt", "unexpected error"):
         assert wrong not in text, text
+
+
+# --- 2. one INFO line per message and per reply; --log-format json ---------------------------------------
+
+
+def push(base: str, body: dict[str, Any], replies: int = 1) -> list[str]:
+    """Push a message through the emulator's control API; the conversation's replies once there are
+    ``replies`` of them."""
+    with httpx.Client(base_url=base, timeout=5) as client:
+        data = client.post("/_fake/push", json=body).json()["data"]
+        cid = data["conversationId"]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            out = client.get("/_fake/outbound", params={"conversation_id": cid}).json()["outbound"]
+            if len(out) >= replies:
+                return [str(o["text"]) for o in out]
+            time.sleep(0.05)
+    raise AssertionError(f"fewer than {replies} replies to {body}")
+
+
+def wait_for_lines(path: Path, count: int, what: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 10
+    while True:
+        entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        found = [e for e in entries if what(e)]
+        if len(found) >= count or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.05)
+
+
+def test_json_logs_have_one_line_per_message_and_per_reply(tmp_path: Path) -> None:
+    config = tmp_path / "edgecrab.yaml"
+    config.write_text("platforms:\n  dingtalk:\n    allowed_users: [user1001, user1002]\n", encoding="utf-8")
+    env = clean_env(tmp_path, EDGECRAB_LOG_FORMAT="json")
+    with sandbox_process(tmp_path, config, env) as (base, _):
+        push(base, {"kind": "dm", "user": "user1001", "text": "my secret words"})
+        push(base, {"kind": "dm", "user": "user1001", "text": "/status"}, replies=2)
+        push(base, {"kind": "group", "user": "user1002", "text": "group words", "at_bot": True})
+        push(base, {"kind": "dm", "user": "manager807", "text": "let me in"})
+        sent = httpx.post(f"{base}/_fake/push", json={"kind": "dm", "user": "user1002", "text": "twice"})
+        first = sent.json()["message_id"]
+        httpx.post(f"{base}/_fake/duplicate", json={"message_id": first}).raise_for_status()
+        log_path = tmp_path / "sandbox.log"
+        entries = wait_for_lines(log_path, 1, lambda e: e.get("outcome") == "duplicate")
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= set(entry), entry
+    messages = [e for e in entries if e["logger"] == "edgecrab.activity" and "sender" in e]
+    seen = [(e["chat"], e["sender"], e["outcome"], e["detail"]) for e in messages]
+    assert ("dm", "user1001", "run", "") in seen, seen
+    assert ("dm", "user1001", "command", "/status") in seen, seen
+    assert ("group", "user1002", "run", "") in seen, seen
+    assert ("dm", "user1002", "duplicate") in [s[:3] for s in seen], seen
+    denied = [e for e in messages if e["outcome"] == "denied"]
+    assert [e["sender"] for e in denied] == ["manager807"], seen
+    assert all(e["level"] == "INFO" and e["msg_id"] and e["conversation"] for e in messages)
+    replies = [e for e in entries if e["logger"] == "edgecrab.activity" and "chunks" in e]
+    assert len(replies) >= 5, replies  # the answers, /status, the notice for the one not allowed
+    for reply in replies:
+        assert reply["outcome"] == "sent" and reply["via"] == "webhook" and reply["chunks"] == 1, reply
+        assert reply["msg_id"] and 0 <= reply["latency_s"] < 10, reply
+    text = log_path.read_text(encoding="utf-8")
+    assert "my secret words" not in text and "group words" not in text  # what people wrote: DEBUG only
+
+
+def test_log_level_debug_shows_edgecrabs_debug_lines_and_the_text(tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    with sandbox_process(tmp_path, None, env, extra=("--log-level", "debug")) as (base, _):
+        push(base, {"kind": "dm", "user": "user1001", "text": "my words"})
+        log_path = tmp_path / "sandbox.log"
+        text = wait_for_text(log_path, "[reply] to ")
+    assert re.search(r" INFO \[message\] \S+ dm from user1001: run\n", text), text
+    assert re.search(r" DEBUG \[message\] \S+ text: my words\n", text), text
+    reply = r" INFO \[reply\] to \S+ in dm \S+: sent via webhook, 1 chunk\(s\), [\d.]+ s after the message"
+    assert re.search(reply, text), text
