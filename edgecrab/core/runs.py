@@ -299,7 +299,7 @@ class Runner:
             custom = await self.hooks.first("handle_error", error=error, message=message)
             if isinstance(custom, str) and custom:
                 return custom
-        return failure_text(error)
+        return failure_text(error, admin=message.sender.is_admin)
 
     async def _finish(
         self,

@@ -3,12 +3,15 @@ it, what it logs, and what users are told."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import re
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +169,51 @@ def test_log_level_debug_shows_edgecrabs_debug_lines_and_the_text(tmp_path: Path
     assert re.search(r" DEBUG \[message\] \S+ text: my words\n", text), text
     reply = r" INFO \[reply\] to \S+ in dm \S+: sent via webhook, 1 chunk\(s\), [\d.]+ s after the message"
     assert re.search(reply, text), text
+
+
+# --- 3. users see user words; admins and the log get the detail --------------------------------------------
+
+
+@contextlib.contextmanager
+def refusing_llm() -> Iterator[str]:
+    """An OpenAI-compatible endpoint that answers every request with 401; yields its base URL."""
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_failed_run_gives_users_user_words_and_admins_the_detail(tmp_path: Path, snapshot: Any) -> None:
+    with refusing_llm() as llm:
+        config = tmp_path / "edgecrab.yaml"
+        config.write_text(
+            f"agent:\n  type: openai\n  base_url: {llm}\n  model: m\n  api_key: sk-wrong-key-000\n",
+            encoding="utf-8",
+        )
+        with sandbox_process(tmp_path, config, clean_env(tmp_path)) as (base, _):
+            user = push(base, {"kind": "dm", "user": "user1001", "text": "hello"})[0]
+            admin = push(base, {"kind": "dm", "user": "manager807", "text": "hello"})[0]
+    assert {"user": user, "admin": admin} == snapshot
+    assert "/retry" in user and "agent.api_key" not in user and "401" not in user
+    assert "The agent returned 401: check agent.api_key" in admin
+    log = (tmp_path / "sandbox.log").read_text(encoding="utf-8")
+    detail = r"agent failed for message \S+: the agent returned 401: check agent\.api_key \(POST "
+    assert re.search(detail, log), log
