@@ -217,3 +217,18 @@ def test_a_failed_run_gives_users_user_words_and_admins_the_detail(tmp_path: Pat
     log = (tmp_path / "sandbox.log").read_text(encoding="utf-8")
     detail = r"agent failed for message \S+: the agent returned 401: check agent\.api_key \(POST "
     assert re.search(detail, log), log
+
+
+# --- 4. /status names the session the way a person would ----------------------------------------------------
+
+
+def test_status_names_the_session_by_person_and_group_title(tmp_path: Path, snapshot: Any) -> None:
+    with sandbox_process(tmp_path, None, clean_env(tmp_path)) as (base, _):
+        dm = push(base, {"kind": "dm", "user": "user1002", "text": "/status"})[0]
+        group = push(base, {"kind": "group", "user": "user1002", "text": "/status", "at_bot": True})[0]
+    texts = {"dm": dm, "group": group}
+    for text in texts.values():
+        assert ":dm:" not in text and ":group:" not in text and "cid" not in text  # no session keys
+    normalised = {k: re.sub(r"\d+ s, \d+ connection", "N s, N connection", v) for k, v in texts.items()}
+    assert normalised == snapshot
+    assert "direct message with Alice Chen" in dm and 'group "测试群", shared by everyone' in group
