@@ -1,7 +1,8 @@
 """The ``edgecrab`` command: arguments, logging, configuration, then hand over to the part that does the work.
 
 Exit codes: 0 ok, 2 configuration or usage error, 1 runtime failure (130 on Ctrl-C outside the gateway,
-which handles its own signals). Errors print on stderr as one paragraph, never a traceback, unless
+which handles its own signals: 0 after a stop, 130/143 for a second SIGINT/SIGTERM, 1 when the stop did not
+finish in time; :mod:`edgecrab.shutdown`). Errors print on stderr as one paragraph, never a traceback, unless
 ``--log-level debug``. The gateway, hooks and sandbox modules are imported only by the commands that need
 them, so ``--version`` and ``config validate`` stay fast and work even when those cannot be imported.
 """
@@ -21,7 +22,15 @@ from pathlib import Path
 from edgecrab import __version__
 from edgecrab.config import BUILTIN_SOURCE, Config, load_config, load_schema, secret_values
 from edgecrab.errors import ConfigError, EdgecrabError
-from edgecrab.logs import LEVELS, parse_level, redact, register_secret, setup_logging
+from edgecrab.logs import (
+    FORMATS,
+    LEVELS,
+    parse_format,
+    parse_level,
+    redact,
+    register_secret,
+    setup_logging,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"edgecrab: EDGECRAB_LOG_LEVEL: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(level)
+    format_name = getattr(args, "log_format", None) or os.environ.get("EDGECRAB_LOG_FORMAT") or "text"
+    try:
+        log_format = parse_format(format_name)
+    except ValueError as exc:
+        print(f"edgecrab: EDGECRAB_LOG_FORMAT: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(level, log_format)
     debug = level <= logging.DEBUG
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
@@ -109,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML configuration file (default: $EDGECRAB_CONFIG, else DINGTALK_* variables)")
     common.add_argument("--log-level", metavar="LEVEL", type=_level_arg, default=argparse.SUPPRESS,
                         help=f"one of {', '.join(LEVELS)} (default: $EDGECRAB_LOG_LEVEL or info)")
+    common.add_argument("--log-format", metavar="FORMAT", choices=FORMATS, type=str.lower,
+                        default=argparse.SUPPRESS,
+                        help="text, or json: one JSON object per line, for log shippers "
+                        "(default: $EDGECRAB_LOG_FORMAT or text)")
 
     parser = argparse.ArgumentParser(
         prog="edgecrab", parents=[common], description="A DingTalk gateway for AI agents.", epilog=_EPILOG,

@@ -34,6 +34,7 @@ import anyio
 import anyio.abc
 import httpx
 
+from edgecrab.activity import COMMAND, DENIED, EMPTY, UNSUPPORTED, VETOED, message_event
 from edgecrab.agents import build_agent
 from edgecrab.agents.base import Agent
 from edgecrab.config import Config
@@ -135,9 +136,7 @@ class Gateway:
     async def _route(self, message: Message, *, resumed: bool = False) -> None:
         decision = self.access.decide(message, time.time())
         if not decision.allowed:
-            log.info(
-                "[dingtalk] message %s from %s dropped: %s", message.id, message.sender.key, decision.reason
-            )
+            message_event(message, DENIED, decision.reason)
             if decision.notice:
                 await self.reply(message, decision.notice, self.runner.key(message))
             await self.store.inbox_set_state(self.robot, message.id, DONE, decision.reason)
@@ -146,12 +145,13 @@ class Gateway:
         if hooks is not None:
             await hooks.notify("message_received", message=message)
             if not await hooks.allow("allow_message", message=message):
-                log.info("[hooks] message %s vetoed by allow_message", message.id)
+                message_event(message, VETOED, "by an allow_message hook")
                 await self.store.inbox_set_state(self.robot, message.id, DONE, "vetoed by hook")
                 return
             message = await hooks.pipeline("prepare_message", "message", message)
         key = self.runner.key(message)
         if message.unsupported:
+            message_event(message, UNSUPPORTED, message.msgtype)
             await self.reply(
                 message,
                 f"⚠️ Sorry, I can't read this kind of message yet ({message.msgtype}). "
@@ -169,10 +169,12 @@ class Gateway:
             ):
                 handled = await self.commands.handle(command, message)
                 if handled:
-                    if command.name != "/retry":
+                    if command.name != "/retry":  # /retry: the runner's line says what became of it
+                        message_event(message, COMMAND, command.name)
                         await self.store.inbox_set_state(self.robot, message.id, DONE)
                     return
         if not message.text.strip() and not message.attachments and message.quote is None:
+            message_event(message, EMPTY)
             await self.reply(message, "👋 Hi! Ask me anything — or send /help to see what I can do.", key)
             await self.store.inbox_set_state(self.robot, message.id, DONE, "empty")
             return

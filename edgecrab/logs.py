@@ -22,11 +22,13 @@ themselves; those lines then show tickets and message text (registered secrets a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import threading
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 REDACTED = "***"
@@ -38,6 +40,8 @@ FORMAT = "%(asctime)s %(levelname)s %(message)s"
 LIBRARIES = ("httpx", "httpcore", "websockets", "aiohttp", "asyncio")
 """Third-party loggers kept quieter than ours: WARNING normally, INFO at debug (see the module docstring)."""
 DEBUG_LIBS_ENV = "EDGECRAB_DEBUG_LIBS"
+FORMATS = ("text", "json")
+"""``--log-format``: ``text`` (the line above) or ``json`` (:class:`JsonFormatter`)."""
 
 # Process-wide on purpose: logging itself is process-wide, and a secret learned by one component (a token
 # fetched by the REST client) must be hidden from every other component's log lines.
@@ -143,15 +147,52 @@ def parse_level(name: str) -> int:
         raise ValueError(f"unknown log level {name!r}: use one of {', '.join(LEVELS)}") from None
 
 
-def setup_logging(level: str | int = "info") -> None:
-    """Send log records of ``level`` and above to stderr as ``time LEVEL message``, secrets redacted."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers: ``time`` (ISO 8601, UTC), ``level``, ``logger``,
+    ``message``, every field the log call passed with ``extra=`` as a key of its own (the message and
+    reply lines of :mod:`edgecrab.activity`), and ``exc`` with the traceback when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRIBUTES and key not in entry:
+                entry[key] = redact(value) if isinstance(value, str) else value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+"""What every record has; the rest came with ``extra=``."""
+
+
+def parse_format(name: str) -> str:
+    """``text``/``json`` in any case; ValueError otherwise."""
+    fmt = name.strip().lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {name!r}: use one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def setup_logging(level: str | int = "info", fmt: str = "text") -> None:
+    """Send log records of ``level`` and above to stderr as ``time LEVEL message`` (``fmt="json"``: one JSON
+    object per line), secrets redacted."""
     numeric = parse_level(level) if isinstance(level, str) else level
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _EdgecrabHandler)]:
         root.removeHandler(old)
     # sys.stderr is looked up now, not at import, so a replaced stderr (pytest's capsys) is honoured.
     handler = _EdgecrabHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(JsonFormatter() if parse_format(fmt) == "json" else logging.Formatter(FORMAT))
     handler.addFilter(SecretFilter())
     root.addHandler(handler)
     root.setLevel(numeric)

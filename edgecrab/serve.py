@@ -12,7 +12,6 @@ import gc
 import logging
 import os
 import resource
-import signal
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ import anyio
 
 from edgecrab.config import Config
 from edgecrab.gateway import Gateway
+from edgecrab.shutdown import SignalStop, leave
 
 log = logging.getLogger("edgecrab.serve")
 
@@ -30,14 +30,15 @@ FD_RESERVE = 4096
 
 
 def run_gateway(config: Config, *, sandbox: bool = False, port: int | None = None) -> int:
-    """Entry point of ``edgecrab gateway start``; returns the process exit code."""
+    """Entry point of ``edgecrab gateway start``; returns the process exit code (0 after SIGINT/SIGTERM;
+    :mod:`edgecrab.shutdown` for a stop that does not finish)."""
     if sandbox:
         from edgecrab.sandbox import serve_with_sandbox
 
         anyio.run(serve_with_sandbox, config, port)
-        return 0
-    anyio.run(serve, config)
-    return 0
+    else:
+        anyio.run(serve, config)
+    return leave(0)
 
 
 async def serve(config: Config, *, ready: Any = None) -> None:
@@ -50,10 +51,8 @@ async def serve(config: Config, *, ready: Any = None) -> None:
         await tg.start(gateway.run)
         if ready is not None:
             ready(gateway)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("[gateway] %s received; stopping", signal.Signals(signum).name)
-                break
+        with SignalStop() as signals:
+            await signals.wait()
         tg.cancel_scope.cancel()
 
 

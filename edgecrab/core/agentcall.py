@@ -1,5 +1,6 @@
 """One call to the agent: under a time limit, with every failure turned into an :class:`AgentResult`
-carrying the text the user sees (:func:`failure_text`), so a broken or hanging backend never breaks a run.
+carrying what went wrong (:func:`failure_text` words it for the person who asked), so a broken or hanging
+backend never breaks a run.
 
 :mod:`edgecrab.core.runs` makes the call stoppable (``/stop``, ``/new``) and decides what is recorded.
 """
@@ -17,10 +18,19 @@ from edgecrab.events import AgentRequest, AgentResult
 log = logging.getLogger("edgecrab.core.agentcall")
 
 
-def failure_text(error: str) -> str:
-    """An agent failure as the user sees it: ``⚠️ The agent timed out after 120 s — /retry to try again.``"""
+USER_FAILURE_TEXT = "⚠️ Sorry — I couldn't answer this time. Send /retry to try again."
+"""What an ordinary user is told when the run failed: the detail is for admins and the log."""
+ADMIN_NOTE = "_(Only admins see this detail; everyone else is asked to /retry.)_"
+
+
+def failure_text(error: str, *, admin: bool = False) -> str:
+    """An agent failure as the person who asked sees it. An ordinary user: :data:`USER_FAILURE_TEXT`. A
+    DingTalk admin (the payload's ``isAdmin``) gets the detail, which says what to fix:
+    ``⚠️ The agent returned 401: check agent.api_key``."""
+    if not admin:
+        return USER_FAILURE_TEXT
     error = error.strip() or "the agent failed to answer — /retry to try again"
-    return f"⚠️ {error[:1].upper()}{error[1:]}"
+    return f"⚠️ {error[:1].upper()}{error[1:]}\n\n{ADMIN_NOTE}"
 
 
 async def call_agent(
@@ -36,7 +46,8 @@ async def call_agent(
         with anyio.fail_after(timeout_s + 5):
             result = await agent.run(request)
     except AgentError as exc:
-        log.warning("[runs] agent failed for message %s: %s", message_id, exc.cause)
+        detail = exc.user_message if exc.cause == exc.user_message else f"{exc.user_message} ({exc.cause})"
+        log.warning("[runs] agent failed for message %s: %s", message_id, detail)
         return failed(exc.user_message)
     except TimeoutError:
         log.warning("[runs] agent timed out for message %s", message_id)
@@ -47,4 +58,4 @@ async def call_agent(
     return result
 
 
-__all__ = ["call_agent", "failure_text"]
+__all__ = ["USER_FAILURE_TEXT", "call_agent", "failure_text"]

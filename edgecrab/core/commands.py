@@ -159,11 +159,15 @@ class Commands:
         return text
 
     def _scope(self, message: Message) -> str:
+        """The session as a person names it: ``direct message with 张三``, ``group "测试群", shared by
+        everyone`` (the session key stays in the logs)."""
         if not message.conversation.is_group:
-            return "direct message"
+            return f"direct message with {message.sender.name or message.sender.key}"
+        title = message.conversation.title
+        group = f'group "{title}"' if title else "this group"
         if self.runner.config.group_scope == "per_user":
-            return "group, one conversation per member"
-        return "group, shared by everyone"
+            return f"{group}, your own conversation (one per member)"
+        return f"{group}, shared by everyone"
 
     def _status(self, message: Message, key: str) -> str:
         st = self.runner.status(key)
@@ -179,7 +183,7 @@ class Commands:
                 "",
                 f"- Queue: {_plural(st.queued, 'message')} waiting",
                 f"- DingTalk: {self.connection.state()}",
-                f"- Session: {self._scope(message)} (`{key}`)",
+                f"- Session: {self._scope(message)}",
             ]
         )
 

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from edgecrab.activity import QUEUED, REJECTED, RUN, message_event
 from edgecrab.agents.base import Agent
 from edgecrab.config import SessionsConfig
 from edgecrab.core.agentcall import call_agent, failure_text
@@ -39,6 +40,10 @@ runner records together with the rest of the run's end (``Store.finish_turn``), 
 
 NO_RETRY_TEXT = "🤷 There's no earlier message to retry — just send me a new one."
 EMPTY_ANSWER_TEXT = "(the agent returned an empty answer — /retry to ask again)"
+
+
+def _join(*parts: str) -> str:
+    return ", ".join(p for p in parts if p)
 
 
 def _plural(n: int, word: str) -> str:
@@ -101,7 +106,9 @@ class Runner:
         # Messages waiting: the queue's head is not waiting when no run is in flight (it starts next).
         waiting = len(s.queue) - (1 if s.current is None and s.queue else 0)
         policy = self.config.busy_policy
+        how = "retry" if retry else "picked up after a restart" if quiet else ""
         if busy and policy == "reject":
+            message_event(message, REJECTED, "busy with the previous message")
             await self._reply(
                 message,
                 "⏳ I'm still working on your previous message. Wait for the answer, "
@@ -111,6 +118,7 @@ class Runner:
             await self.store.inbox_set_state(message.robot, message.id, DONE, "rejected: busy")
             return
         if busy and policy == "interrupt":
+            message_event(message, RUN, _join(how, "interrupting the previous run"))
             running, dropped = s.cancel()
             s.queue.append(QueuedMessage(message, retry))
             self._start_worker(s)
@@ -121,6 +129,7 @@ class Runner:
                 )
             return
         if busy and waiting >= self.config.queue_limit:
+            message_event(message, REJECTED, f"queue full ({self.config.queue_limit} waiting)")
             await self._reply(
                 message,
                 f"⏳ The queue is full ({_plural(self.config.queue_limit, 'message')} waiting). "
@@ -131,6 +140,10 @@ class Runner:
             return
         s.queue.append(QueuedMessage(message, retry))
         self._start_worker(s)
+        if busy:
+            message_event(message, QUEUED, _join(how, f"position {waiting + 1}"))
+        else:
+            message_event(message, RUN, how)
         if busy and not quiet:
             await self._reply(
                 message,
@@ -286,7 +299,7 @@ class Runner:
             custom = await self.hooks.first("handle_error", error=error, message=message)
             if isinstance(custom, str) and custom:
                 return custom
-        return failure_text(error)
+        return failure_text(error, admin=message.sender.is_admin)
 
     async def _finish(
         self,

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from edgecrab.activity import DUPLICATE, message_line
 from edgecrab.dingtalk.convert import Frame, FrameError, decode_data
 from edgecrab.dingtalk.streamconn import AckDecision
 from edgecrab.store.base import InboxEntry, Store
@@ -98,10 +99,13 @@ class Intake:
         stream_mid = frame.headers.get("messageId", "")
         if not is_new:
             self.duplicates += 1
-            log.info(
-                "[dingtalk] duplicate delivery of %s (frame %s): acked, not processed again",
+            message_line(
                 msg_id,
-                stream_mid,
+                group=str(data.get("conversationType")) == "2",
+                sender=str(data.get("senderStaffId") or data.get("senderId") or ""),
+                conversation=str(data.get("conversationId") or ""),
+                outcome=DUPLICATE,
+                detail=f"duplicate delivery, frame {stream_mid}: acked, not processed again",
             )
             return AckDecision()
         self.received += 1

@@ -28,6 +28,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from edgecrab.activity import reply_line
 from edgecrab.events import Message, ReplyRoute
 from edgecrab.replies.format import Format, PreparedReply, conversation_key, prepare_reply
 from edgecrab.replies.resplit import TOO_LONG_CODES, Resplits
@@ -86,6 +87,8 @@ class Delivery:
         self._replies: dict[str, tuple[str, Message | None]] = {}
         """Replies recorded by this process and not finished yet: their text and message, for hooks."""
         self._resplits = Resplits(store)
+        self._via: dict[str, str] = {}
+        """The route the last sent chunk of each unfinished reply took (for its log line)."""
         self._on_the_wire: set[anyio.CancelScope] = set()
         """The sends in progress, each shielded from the gateway's stop (see :data:`STOP_GRACE_S`)."""
         self._sending: dict[str, tuple[str, anyio.CancelScope]] = {}
@@ -161,6 +164,7 @@ class Delivery:
                 dropped += await self.store.outbox_cancel(ckey, reply_id)
         for reply_id in reply_ids:
             self._replies.pop(reply_id, None)
+            self._via.pop(reply_id, None)
             self._resplits.forget(reply_id)
         sending = self._sending.get(ckey)
         if sending is not None and (session_key is None or sending[0] in reply_ids):
@@ -299,7 +303,7 @@ class Delivery:
         if split:
             self._resplits.sent(chunk)
         if chunk.index == chunk.total - 1:
-            await self._finished(chunk.reply_id, None)
+            await self._finished(chunk, None)
 
     async def _send(
         self, chunk: OutboxChunk, route: ReplyRoute, text: str, mention: bool, epoch: int
@@ -315,6 +319,7 @@ class Delivery:
         if result is None or self._cancelled(chunk, epoch):
             return _CANCELLED, ""  # /stop, or the gateway stopped and the send did not finish in time
         if result.ok:
+            self._via[chunk.reply_id] = getattr(result, "via", "")
             self._last_sent[chunk.conversation_key] = time.monotonic()
             self.sent_chunks += 1
             return _OK, ""
@@ -355,11 +360,22 @@ class Delivery:
         await self.store.outbox_cancel(chunk.conversation_key, chunk.reply_id)
         await self.store.outbox_mark(chunk.reply_id, chunk.index, UNDELIVERABLE, error)
         self.failed_replies += 1
-        await self._finished(chunk.reply_id, error or "undeliverable")
+        await self._finished(chunk, error or "undeliverable")
 
-    async def _finished(self, reply_id: str, error: str | None) -> None:
+    async def _finished(self, chunk: OutboxChunk, error: str | None) -> None:
+        reply_id = chunk.reply_id
         text, message = self._replies.pop(reply_id, ("", None))
         self._resplits.forget(reply_id)
+        reply_line(
+            reply_id,
+            message,
+            conversation=chunk.route.get("conversation_id", ""),
+            group=bool(chunk.route.get("is_group")),
+            chunks=chunk.total,
+            via=self._via.pop(reply_id, ""),
+            error=error,
+            text=text,
+        )
         if self._notify is None:
             return
         if error is None:

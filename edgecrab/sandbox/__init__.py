@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
@@ -33,6 +32,7 @@ import anyio
 from edgecrab.config import SANDBOX_APP_KEY, SANDBOX_APP_SECRET, Config
 from edgecrab.errors import StartupError
 from edgecrab.sandbox.webchat import WebChat
+from edgecrab.shutdown import SignalStop, leave
 from edgecrab.testing.fakedingtalk import DEFAULT_GROUP_ID, FakeApp, FakeDingTalk
 from edgecrab.testing.fakedingtalk.models import conversation_id_for
 from edgecrab.testing.fakedingtalk.payloads import DEFAULT_GROUP_TITLE
@@ -83,15 +83,9 @@ def _say(line: str) -> None:
     print(f"edgecrab sandbox: {line}", flush=True)
 
 
-def _signals() -> contextlib.AbstractContextManager[AsyncIterator[signal.Signals]]:
+def _signals() -> SignalStop:
     # Opened before anything starts, so a signal during start-up also stops cleanly instead of killing us.
-    return anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
-
-
-async def _wait_for(signals: AsyncIterator[signal.Signals]) -> None:
-    async for signum in signals:
-        log.info("[sandbox] %s received; stopping", signal.Signals(signum).name)
-        return
+    return SignalStop("sandbox")
 
 
 @contextlib.contextmanager
@@ -137,7 +131,7 @@ async def serve_with_sandbox(
 
             tg.start_soon(gateway.run)
             tg.start_soon(announce)
-            await _wait_for(signals)
+            await signals.wait()
             tg.cancel_scope.cancel()
 
 
@@ -160,7 +154,7 @@ async def _serve_alone(host: str, port: int) -> None:
             )
             if not _is_loopback(host):
                 _say(f"warning: listening on {host} without authentication; anyone who can reach it can chat")
-            await _wait_for(signals)
+            await signals.wait()
 
 
 def _is_loopback(host: str) -> bool:
@@ -174,4 +168,4 @@ def run_sandbox(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> int:
     """Entry point of ``edgecrab sandbox``: run the emulator alone until SIGINT/SIGTERM; returns 0."""
     anyio.run(_serve_alone, host, port)
     sys.stdout.flush()
-    return 0
+    return leave(0)

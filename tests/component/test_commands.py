@@ -17,6 +17,7 @@ import pytest
 from edgecrab import hookimpl
 from edgecrab.agents.base import AgentError
 from edgecrab.config import CommandsConfig, HooksConfig, SessionsConfig
+from edgecrab.core.agentcall import USER_FAILURE_TEXT
 from edgecrab.events import AgentRequest, AgentResult
 from edgecrab.gateway import Gateway
 from edgecrab.hooks.manager import HookManager
@@ -288,7 +289,7 @@ async def test_retry_after_a_failure_runs_the_failed_message(tmp_path: Path) -> 
         assert await chat.ask("first") == ["You said: first"]
         agent.failures = 1
         (failed,) = await chat.ask("second")
-        assert failed == "⚠️ The agent service failed (HTTP 502) — /retry to try again"
+        assert failed == USER_FAILURE_TEXT  # the detail (HTTP 502) is for admins and the log
         assert await chat.ask("/retry") == ["You said: second"]
         # The answered first exchange stays; the failed message now has its answer after it.
         assert agent.requests[-1].messages == [

@@ -171,12 +171,12 @@ URL = re.compile(r"open (http://127\.0\.0\.1:\d+)/ to chat")
 
 @contextlib.contextmanager
 def sandbox_process(
-    tmp_path: Path, config: Path | None, env: dict[str, str]
+    tmp_path: Path, config: Path | None, env: dict[str, str], extra: tuple[str, ...] = ()
 ) -> Iterator[tuple[str, list[str]]]:
     """``edgecrab gateway start --sandbox --port 0``; yields the emulator's base URL and its stdout lines
     so far, and stops it with SIGTERM (asserting a clean exit) afterwards."""
     argv = [*EDGECRAB, *(["--config", str(config)] if config else []), "gateway", "start", "--sandbox"]
-    argv += ["--port", "0"]
+    argv += ["--port", "0", *extra]
     with open(tmp_path / "sandbox.log", "wb") as log:
         proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     lines: list[str] = []

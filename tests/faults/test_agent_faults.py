@@ -73,7 +73,10 @@ async def test_backend_failure_is_explained_and_isolated(
             max_retries=1,
         )
         config = replace(fault_config(fake, tmp_path), agent=agent)
-        victim, bystander = fake.users[1], fake.users[2]
+        # The victim is an admin (manager807): admins are told what went wrong; other people get a short
+        # apology with /retry (tests/e2e/test_running.py).
+        victim, bystander = fake.users[0], fake.users[2]
+        assert victim.is_admin
         broken = fake.dm(victim, f"please {TRIGGER} now")
         cid_victim = broken["conversationId"]
         async with gateway_running(config, agent=_build(config)):
@@ -138,7 +141,10 @@ async def test_unexpected_error_in_one_run_does_not_stop_the_gateway(
     async with FakeDingTalk() as fake:
         secret_watch.watch(fake)
         store = FlakyHistoryStore(tmp_path / "state.db")
-        victim, bystander = fake.users[1], fake.users[2]
+        # The victim is an admin (manager807): admins are told what went wrong; other people get a short
+        # apology with /retry (tests/e2e/test_running.py).
+        victim, bystander = fake.users[0], fake.users[2]
+        assert victim.is_admin
         async with gateway_running(fault_config(fake, tmp_path), ScriptedAgent(), store=store) as gw:
             await fake.push(fake.dm(victim, "the first run, which meets the store error"))
             await fake.wait_for(lambda: store.failures == 1, 5)

@@ -281,7 +281,7 @@ async def test_failing_agent_and_refused_stream_leak_no_secret(
         from edgecrab.agents import build_agent
 
         async with gateway_running(config, build_agent(agent)):
-            data = fake.dm(fake.users[1], "hello with a wrong key")
+            data = fake.dm(fake.users[0], "hello with a wrong key")  # an admin: told the detail
             await fake.push(data)
             await fake.wait_for(lambda: len(fake.messages_for(data["conversationId"])) >= 1, 5)
             reply = fake.messages_for(data["conversationId"])[0].text

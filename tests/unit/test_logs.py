@@ -75,3 +75,30 @@ def test_parse_level(name: str, level: int) -> None:
 def test_parse_level_rejects_unknown_names() -> None:
     with pytest.raises(ValueError, match="use one of debug, info, warning, error"):
         logs.parse_level("verbose")
+
+
+def test_json_format_writes_one_object_per_line_with_the_extra_fields(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    logs.setup_logging("info", "json")
+    logs.register_secret("tok-1234567890")
+    log = logging.getLogger("edgecrab.activity")
+    log.info("[message] %s: run", "msg1", extra={"msg_id": "msg1", "chunks": 2, "detail": "tok-1234567890"})
+    try:
+        raise ValueError("bad\nthing")
+    except ValueError:
+        log.exception("failed")
+    first, second = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert first["message"] == "[message] msg1: run" and first["level"] == "INFO"
+    assert (first["logger"], first["msg_id"], first["chunks"], first["detail"]) == (
+        "edgecrab.activity", "msg1", 2, "***"
+    )
+    assert first["time"].endswith("+00:00") and "args" not in first
+    assert second["level"] == "ERROR" and "ValueError: bad\nthing" in second["exc"]
+
+
+def test_unknown_log_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="use one of text, json"):
+        logs.parse_format("xml")

@@ -13,6 +13,7 @@ import pytest
 
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import SessionsConfig
+from edgecrab.core.agentcall import USER_FAILURE_TEXT
 from edgecrab.core.runs import NO_RETRY_TEXT, Runner, failure_text
 from edgecrab.core.sessions import session_key
 from edgecrab.events import AgentRequest, AgentResult, Conversation, Message, Sender, Usage
@@ -61,10 +62,10 @@ def test_sender_without_staff_id_is_keyed_by_dingtalk_id() -> None:
 
 
 def test_failure_text() -> None:
-    assert failure_text("the agent returned 401: check agent.api_key") == (
-        "⚠️ The agent returned 401: check agent.api_key"
-    )
-    assert failure_text("").startswith("⚠️ The agent failed to answer")
+    error = "the agent returned 401: check agent.api_key"
+    assert failure_text(error) == USER_FAILURE_TEXT and "/retry" in USER_FAILURE_TEXT
+    assert failure_text(error, admin=True).startswith("⚠️ The agent returned 401: check agent.api_key\n\n")
+    assert failure_text("", admin=True).startswith("⚠️ The agent failed to answer")
 
 
 # -- the runner --------------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ async def test_retry_reruns_the_right_message() -> None:
         b.agent.fail_next = True
         await b.submit(msg("second"))
         await b.settle()
-        assert b.replies[-1][1].startswith("⚠️ The agent is rate-limited")
+        assert b.replies[-1][1] == USER_FAILURE_TEXT
         await b.submit(msg("/retry"), retry=True)  # the failed one, on top of the kept first exchange
         await b.settle()
         assert [t["content"] for t in b.agent.requests[-1].messages] == ["first", "echo first", "second"]
