@@ -25,7 +25,7 @@ from edgecrab.activity import QUEUED, REJECTED, RUN, message_event
 from edgecrab.agents.base import Agent
 from edgecrab.config import SessionsConfig
 from edgecrab.core.agentcall import call_agent, failure_text
-from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, session_key
+from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, retry_text, session_key
 from edgecrab.events import AgentRequest, AgentResult, Message
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
 
@@ -249,7 +249,7 @@ class Runner:
         await self.store.turn_started(key, robot=message.robot, msg_id=message.id, now=now)
         text = message.agent_text()
         if item.retry:
-            text = await self._retry_text(key)
+            text = await retry_text(self.store, key)
             if not text:
                 await self._reply(message, NO_RETRY_TEXT, key)
                 await self.store.inbox_set_state(message.robot, message.id, DONE, "nothing to retry")
@@ -347,24 +347,6 @@ class Runner:
                 "[runs] %s: idle for %.0f s; starting a fresh conversation", key, now - stats.last_active_at
             )
             await self.store.session_reset(key, now)
-
-    async def _retry_text(self, key: str) -> str:
-        """The user text ``/retry`` runs again, after dropping its answer from the history.
-
-        If the last message was answered, that exchange is popped from the history. If it failed or was
-        stopped, it never reached the history: it is run again as it is (from the session's stats).
-        """
-        stats = await self.store.session_stats(key)
-        last_text = stats.last_user_text if stats else ""
-        last_id = stats.last_user_msg_id if stats else ""
-        tail = await self.store.history(key, 2)
-        asked = next((t for t in reversed(tail) if t.role == "user"), None)
-        answered = asked is not None and (asked.msg_id == last_id if last_id else asked.content == last_text)
-        if answered or not last_text:
-            popped = await self.store.history_pop_last_exchange(key)
-            if popped is not None:
-                return popped.content
-        return last_text
 
     # -- control ---------------------------------------------------------------------------------------
     async def _drop(self, messages: list[Message], reason: str) -> None:

@@ -6,9 +6,9 @@ group (``...:<sender>`` with ``group_scope: per_user``), so DM and group session
 robots never share history. The same key scopes history, the run slot, the queue and ``/stop``.
 
 What a session keeps across restarts (history, usage) is in the store; a :class:`Session` is the rest,
-which :class:`~edgecrab.core.runs.Runner`
-drives: the messages waiting, the run in flight and its cancel scope,
-and the epochs that ``/stop``, ``/new`` and the ``interrupt`` policy bump.
+which :class:`~edgecrab.core.runs.Runner` drives: the messages waiting, the run in flight and its cancel
+scope, and the epochs that ``/stop``, ``/new`` and the ``interrupt`` policy bump. :func:`retry_text` reads
+the store for what ``/retry`` asks again.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from edgecrab.events import Message
+from edgecrab.store.base import Store
 
 
 def session_key(message: Message, group_scope: str = "shared") -> str:
@@ -73,3 +74,22 @@ class Session:
         if self.current is None:
             return RunStatus(False, 0.0, len(self.queue), "")
         return RunStatus(True, time.monotonic() - self.started, len(self.queue), self.current.text)
+
+
+async def retry_text(store: Store, key: str) -> str:
+    """The user text ``/retry`` runs again, after dropping its answer from the history.
+
+    If the last message was answered, that exchange is popped from the history. If it failed or was
+    stopped, it never reached the history: it is run again as it is (from the session's stats).
+    """
+    stats = await store.session_stats(key)
+    last_text = stats.last_user_text if stats else ""
+    last_id = stats.last_user_msg_id if stats else ""
+    tail = await store.history(key, 2)
+    asked = next((t for t in reversed(tail) if t.role == "user"), None)
+    answered = asked is not None and (asked.msg_id == last_id if last_id else asked.content == last_text)
+    if answered or not last_text:
+        popped = await store.history_pop_last_exchange(key)
+        if popped is not None:
+            return popped.content
+    return last_text
