@@ -39,6 +39,7 @@ import httpx
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult, Usage
+from edgecrab.logs import redact
 from edgecrab.outbound import failure_kind, http_client
 from edgecrab.retry import Backoff, RetryNotice, retrying
 
@@ -92,7 +93,16 @@ class OpenAIAgent(Agent):
         base_url = config.base_url.rstrip("/")
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"agent.base_url must be an http(s) URL, got {config.base_url!r}")
+            raise ValueError(f"agent.base_url must be an http(s) URL, got {redact(config.base_url)!r}")
+        # Credentials in the URL (https://user:pass@host/v1) become a Basic Authorization header and leave
+        # the URL: it is written into log lines and errors, and aiohttp refuses a URL with userinfo next to
+        # an Authorization header. An api_key (Bearer) wins over them.
+        auth: httpx.BasicAuth | None = None
+        if parts.username is not None or parts.password is not None:
+            url = httpx.URL(base_url)
+            if not config.api_key:
+                auth = httpx.BasicAuth(url.username, url.password)
+            base_url = str(url.copy_with(userinfo=b"")).rstrip("/")
         self._url = base_url + "/chat/completions"
         self._host = parts.hostname + (f":{parts.port}" if parts.port else "")
         self._config = config
@@ -115,6 +125,7 @@ class OpenAIAgent(Agent):
             max_keepalive=None,
             headers=headers,
             transport=transport,
+            auth=auth,
         )
         if not config.model:
             log.warning("[agent] agent.model is empty: requests to %s will carry no model", self._url)
@@ -386,7 +397,8 @@ class OpenAIAgent(Agent):
         raise AgentError(_NOT_READABLE, cause=f"the stream from {self._url} ended without any answer")
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        """The api key, every registered secret and URL credentials as ``***``."""
+        return redact(text, (self._api_key,))
 
 
 async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:

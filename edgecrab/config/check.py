@@ -27,7 +27,7 @@ from edgecrab.core import router
 from edgecrab.errors import Problem
 
 _SECRET_NAME = re.compile(
-    r"secret|token|passw|credential|private|api_?key|access_?key|(^|_)key$", re.IGNORECASE
+    r"secret|token|passw|pwd|credential|private|api_?key|access_?key|(^|_)(key|pass)$", re.IGNORECASE
 )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from edgecrab.config import check
 from edgecrab.config import source as reader
 from edgecrab.errors import ConfigError, Problem
+from edgecrab.logs import redact
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,10 @@ class Config:
     """Where each key's value came from, by key path (``platforms.dingtalk.app_key``): ``file line 4``
     (plus the variables it reads), ``env DINGTALK_APP_KEY``, ``sandbox`` or ``default``; ``config show``
     prints them."""
+    secret_refs: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    """Values of the ``${VAR}`` references whose variable names look secret (``DB_PASS``, ``*_TOKEN``,
+    ``*_KEY``, ``*_SECRET``...), wherever they are used: :func:`secret_values` includes them, so logs, the
+    chat and ``config show`` hide them even inside a URL or a key whose own name looks harmless."""
 
 
 # --- loading ---------------------------------------------------------------------------------------------
@@ -266,7 +271,13 @@ def _check(
     if sandbox and config.storage.url != MEMORY_URL:
         config = replace(config, storage=StorageConfig(url=sandbox_storage_url(env)))
         sources["storage.url"] = "sandbox (apart from the gateway's own state)"
-    return replace(config, sources=_frozen_map(sources))
+    return replace(config, sources=_frozen_map(sources), secret_refs=secret_refs(expanded.origins, env))
+
+
+def secret_refs(origins: Mapping[reader.KeyPath, str], env: Mapping[str, str]) -> tuple[str, ...]:
+    """The values of the secret-named variables that the ``${VAR}`` references in ``origins`` read."""
+    names = {name for text in origins.values() for name in _REF_NAME.findall(text)}
+    return tuple(sorted({env[n] for n in names if check.is_secret_name(n) and env.get(n)}))
 
 
 MEMORY_URL = "sqlite:///:memory:"
@@ -430,6 +441,7 @@ def secret_values(config: Config) -> list[str]:
 
     walk(config.agent.env, "")
     walk(config.hooks.config, "")
+    found.extend(config.secret_refs)
     return sorted({s for s in found if s}, key=len, reverse=True)
 
 
@@ -453,8 +465,7 @@ def redacted_dict(config: Config) -> dict[str, Any]:
         if isinstance(value, str) and value and is_secret_key(name):
             return REDACTED
         if isinstance(value, str):
-            for secret in secrets:
-                value = value.replace(secret, REDACTED)
+            value = redact(value, secrets)  # also URL userinfo and secret query values
         return value
 
     result: dict[str, Any] = scrub(config_to_dict(config), "")
