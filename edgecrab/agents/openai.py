@@ -73,6 +73,9 @@ class _Answer:
     usage: Usage | None = None
     finish_reason: str | None = None
     done: bool = False
+    chars: int = 0
+    truncated: bool = False
+    """The answer reached ``agent.max_answer_chars``: reading stopped there."""
 
     @property
     def text(self) -> str:
@@ -108,6 +111,7 @@ class OpenAIAgent(Agent):
         self._config = config
         self._api_key = config.api_key
         self._timeout_s = config.timeout_s
+        self._max_chars = config.max_answer_chars
         self._backoff = Backoff(max(config.max_retries, 0) + 1, retry_base_s, retry_max_s)
         self._stream_options = True
         """Turned off for good if the server rejects ``stream_options`` (some older proxies do)."""
@@ -299,7 +303,7 @@ class OpenAIAgent(Agent):
                 self._feed_line(line, pending, answer)
                 if answer.done:
                     break
-            if answer.done:
+            if answer.done and not answer.truncated:
                 # Read the (normally empty) rest so the connection can be reused; a server that keeps the
                 # stream open after [DONE] is not waited for.
                 with anyio.move_on_after(_DRAIN_AFTER_DONE_S):
@@ -376,11 +380,27 @@ class OpenAIAgent(Agent):
         message = choice.get(key) or choice.get("delta") or choice.get("message") or {}
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str) and content:
-            answer.parts.append(content)
+            self._add(answer, content)
         if choice.get("finish_reason"):
             answer.finish_reason = str(choice["finish_reason"])
 
+    def _add(self, answer: _Answer, content: str) -> None:
+        """Append ``content``, up to ``agent.max_answer_chars`` in all: past that, the answer is marked
+        truncated and done, so reading stops and the stream is closed (the rest is never downloaded)."""
+        room = self._max_chars - answer.chars
+        if len(content) > room:
+            content = content[: max(room, 0)]
+            answer.truncated = answer.done = True
+        answer.parts.append(content)
+        answer.chars += len(content)
+
     def _finish(self, answer: _Answer) -> _Answer:
+        if answer.truncated:
+            log.warning(
+                "[agent] %s: answer cut at %d characters (agent.max_answer_chars)", self._host, answer.chars
+            )
+            answer.parts.append(f"\n\n…(answer truncated at {self._max_chars:,} characters)")
+            return answer
         if answer.text.strip():
             if not answer.done and answer.finish_reason is None:
                 log.warning("[agent] %s ended the stream without [DONE] or finish_reason", self._host)

@@ -48,6 +48,10 @@ class DingTalkConfig:
     require_mention: bool = True
     max_message_length: int = 6000
     max_message_bytes: int = 20000
+    max_chunks_per_reply: int = 20
+    """At most this many messages per reply; the rest becomes an "answer truncated" note. 0: no limit."""
+    max_inbound_chars: int = 20000
+    """Longer inbound text is cut to this many characters, with a note the agent sees. 0: no limit."""
     reply_format: str = "markdown"
     chunk_interval_ms: int = 300
     chunk_markers: bool = False
@@ -79,6 +83,8 @@ class AgentConfig:
     temperature: float | None = None
     timeout_s: float = 120.0
     max_retries: int = 2
+    max_answer_chars: int = 100_000
+    """The OpenAI agent stops reading an answer at this many characters and keeps it, marked truncated."""
     command: tuple[str, ...] = ()
     """argv for ``type: command``."""
     callable: str = ""

@@ -17,7 +17,7 @@ import pytest
 
 from edgecrab.dingtalk.frames import Frame
 from edgecrab.dingtalk.stream import BOT_TOPIC, AckDecision, StreamClient
-from edgecrab.dingtalk.streamconn import MAX_FRAME_BYTES
+from edgecrab.dingtalk.streamconn import MAX_FRAME_BYTES, READ_LIMIT_BYTES
 from edgecrab.gateway import Gateway
 from edgecrab.store import SQLiteStore
 from edgecrab.testing.fakedingtalk import FakeDingTalk
@@ -153,15 +153,26 @@ async def test_a_disconnect_is_acked_and_the_next_connection_opens_before_this_o
             assert (await _acked(fake, [mid]))[mid].connection_id == new.connection_id
 
 
-async def test_a_frame_over_max_size_closes_the_connection_with_1009_and_it_reconnects(
+async def test_a_frame_over_max_size_is_dropped_and_the_connection_stays(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        handlers = Handlers("now")
+        async with stream_client(fake, tmp_path, handlers, reconnect_initial_s=0.05):
+            [first] = fake.all_connections
+            await fake.push_raw("x" * (MAX_FRAME_BYTES + 1))  # no messageId to ack: dropped, logged
+            mid = await fake.push(fake.dm(fake.users[0], "after the big frame"))
+            assert (await _acked(fake, [mid]))[mid].code == 200
+            assert not first.closed and fake.connections_opened == 1
+
+
+async def test_a_frame_over_the_read_ceiling_closes_the_connection_with_1009_and_it_reconnects(
     tmp_path: Path,
 ) -> None:
     async with FakeDingTalk() as fake:
         handlers = Handlers("now")
         async with stream_client(fake, tmp_path, handlers, reconnect_initial_s=0.05):
             [first] = fake.all_connections
-            await fake.push_raw("x" * (MAX_FRAME_BYTES + 1))
-            await fake.wait_for(lambda: first.closed and fake.connections_opened == 2, 5)
+            await fake.push_raw("x" * (READ_LIMIT_BYTES + 1))
+            await fake.wait_for(lambda: first.closed and fake.connections_opened == 2, 10)
             assert first.close_code == 1009  # "message too big", from websockets' max_size
             mid = await fake.push(fake.dm(fake.users[0], "after the reconnect"))
             assert (await _acked(fake, [mid]))[mid].code == 200
