@@ -24,6 +24,7 @@ from jsonschema.exceptions import ValidationError
 
 from edgecrab.config.source import ENV_HINTS, KeyPath, format_path, line_of, type_word_of
 from edgecrab.core import router
+from edgecrab.dingtalk.webhook import host_entry_problem
 from edgecrab.errors import Problem
 
 _SECRET_NAME = re.compile(
@@ -184,6 +185,17 @@ def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> lis
             add(("platforms", "dingtalk", "reconnect_max_s"),
                 f"must be at least reconnect_initial_s ({first}), got {most}",
                 "the longest delay cannot be shorter than the first one")
+        hosts = dingtalk.get("extra_allowed_hosts")
+        entries: list[tuple[int | None, Any]] = list(enumerate(hosts)) if isinstance(hosts, list) else []
+        if isinstance(hosts, str):  # comma-separated (from the environment): the key itself is the path
+            entries = [(None, item) for item in hosts.split(",") if item.strip()]
+        for index, entry in entries:
+            problem = host_entry_problem(entry) if isinstance(entry, str) else ""
+            if problem:
+                key: KeyPath = ("platforms", "dingtalk", "extra_allowed_hosts")
+                add(key if index is None else (*key, index), f"`{entry}`: {problem}",
+                    "list plain host names or IP addresses, each optionally with :port, e.g. "
+                    "[hooks.example.com, 10.0.0.5:8443]")
     return found
 
 
