@@ -192,8 +192,8 @@ def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> lis
         for index, entry in entries:
             problem = host_entry_problem(entry) if isinstance(entry, str) else ""
             if problem:
-                key: KeyPath = ("platforms", "dingtalk", "extra_allowed_hosts")
-                add(key if index is None else (*key, index), f"`{entry}`: {problem}",
+                hosts_at: KeyPath = ("platforms", "dingtalk", "extra_allowed_hosts")
+                add(hosts_at if index is None else (*hosts_at, index), f"`{entry}`: {problem}",
                     "list plain host names or IP addresses, each optionally with :port, e.g. "
                     "[hooks.example.com, 10.0.0.5:8443]")
     return found
