@@ -12,6 +12,7 @@ import copy
 import difflib
 import functools
 import importlib.resources
+import ipaddress
 import json
 import re
 import shlex
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
@@ -396,3 +398,32 @@ def _unknown_key_hint(key: str, allowed: list[str]) -> str:
     if home is not None:
         return f"`{key}` belongs under `{home}`" if home else f"`{key}` is a top-level section: unindent it"
     return "allowed keys here: " + ", ".join(allowed) if allowed else ""
+
+
+def cleartext_warnings(api_base: str, agent_type: str, base_url: str) -> list[str]:
+    """A warning for each URL secrets are sent to in clear text: plain ``http://`` to a host that is not
+    loopback (``api_base`` carries the app secret, an openai ``base_url`` the api key and conversations)."""
+    urls = [("platforms.dingtalk.api_base", api_base, "the app secret and every message")]
+    if agent_type == "openai":
+        urls.append(("agent.base_url", base_url, "agent.api_key and the conversations"))
+    found = []
+    for key, url, what in urls:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            continue
+        if parsed.scheme == "http" and not _is_loopback(parsed.host):
+            found.append(
+                f"{key} uses plain http:// to {parsed.host}, which is not this machine: {what} would "
+                "travel in clear text; use https://"
+            )
+    return found
+
+
+def _is_loopback(host: str) -> bool:
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -36,3 +36,50 @@ def test_extra_allowed_hosts_that_are_not_hosts_are_errors_with_the_key_and_a_hi
     assert "extra_allowed_hosts[3] (line 9): `https://relay.example.org/robot`: a URL" in err
     assert "hint: list plain host names or IP addresses" in err
     assert "extra_allowed_hosts[0]" not in err
+
+
+def test_plain_http_off_this_machine_is_warned_about_by_validate(tmp_path: Path) -> None:
+    done = validate(
+        tmp_path,
+        HEAD + "    api_base: http://dingtalk-proxy.example.com:8080\n"
+        "agent:\n  type: openai\n  model: m\n  base_url: http://10.0.0.7:8000/v1\n",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "warning: platforms.dingtalk.api_base uses plain http:// to dingtalk-proxy.example.com" in (
+        done.stderr
+    )
+    assert "warning: agent.base_url uses plain http:// to 10.0.0.7" in done.stderr
+    assert "clear text" in done.stderr
+    quiet = validate(
+        tmp_path,
+        HEAD + "    api_base: http://127.0.0.1:8080\n"
+        "agent:\n  type: openai\n  model: m\n  base_url: http://localhost:11434/v1\n",
+    )
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr
+
+
+def test_plain_http_off_this_machine_is_warned_about_at_start_up(tmp_path: Path) -> None:
+    config = tmp_path / "edgecrab.yaml"
+    # The sandbox (its own emulator on loopback) is enough: the warning comes before the gateway starts.
+    config.write_text(
+        HEAD + "agent:\n  type: openai\n  model: m\n  base_url: http://10.0.0.7:8000/v1\n"
+        f"storage:\n  url: sqlite:///{tmp_path / 'state.db'}\n",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DINGTALK_", "EDGECRAB_"))}
+    env["EDGECRAB_HOME"] = str(tmp_path)
+    with subprocess.Popen(
+        [sys.executable, "-m", "edgecrab", "--config", str(config), "gateway", "start", "--sandbox"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if "agent.base_url uses plain http://" in line:
+                    assert " WARNING [config] " in line
+                    break
+            else:
+                raise AssertionError("no warning before the output ended")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
