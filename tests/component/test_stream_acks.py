@@ -217,3 +217,21 @@ async def test_the_gateway_records_callbacks_at_once_in_one_commit(tmp_path: Pat
             gateway.intake.close()  # never ran: its ingest queue is closed here
         finally:
             await store.close()
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:1/connect", "not a url at all", "wss://", 42])
+async def test_an_endpoint_that_is_not_ws_backs_off_and_retries(
+    tmp_path: Path, endpoint: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """open-connection answering an endpoint that is not ws:// or wss:// used to crash the client (an
+    InvalidURI out of websockets); now it is an OpenFailed like any other: logged, backed off, retried."""
+    async with FakeDingTalk() as fake:
+        fake.faults.fail("/v1.0/gateway/connections/open", status=200,
+                         body={"endpoint": endpoint, "ticket": "t-1"}, times=2)
+        handlers = Handlers("now")
+        with caplog.at_level("WARNING", logger="edgecrab.dingtalk.stream"):
+            async with stream_client(fake, tmp_path, handlers, reconnect_initial_s=0.05):
+                mid = await fake.push(fake.dm(fake.users[0], "after two bad endpoints"))
+                assert (await _acked(fake, [mid]))[mid].code == 200
+    assert fake.tickets_issued == 1 and fake.connections_opened == 1
+    assert caplog.text.count("open-connection answered") == 2, caplog.text
