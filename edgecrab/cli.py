@@ -209,8 +209,17 @@ def _load(args: argparse.Namespace, *, sandbox: bool = False) -> Config:
     return config
 
 
+def _cleartext_warnings(config: Config) -> list[str]:
+    from edgecrab.config.check import cleartext_warnings
+
+    agent = config.agent
+    return cleartext_warnings(config.dingtalk.api_base, agent.type, agent.base_url)
+
+
 def _gateway_start(args: argparse.Namespace) -> int:
     config = _load(args, sandbox=args.sandbox)
+    for warning in _cleartext_warnings(config):
+        log.warning("[config] %s", warning)
     from edgecrab.serve import run_gateway
 
     return _code(run_gateway(config, sandbox=args.sandbox, port=args.port))
@@ -219,6 +228,8 @@ def _gateway_start(args: argparse.Namespace) -> int:
 def _config_validate(args: argparse.Namespace) -> int:
     config = _load(args, sandbox=args.sandbox)
     mode = " (as the sandbox runs it)" if args.sandbox else ""
+    for warning in _cleartext_warnings(config):
+        print(redact(f"warning: {warning}"), file=sys.stderr)
     print(f"config OK{mode}: {config.source or BUILTIN_SOURCE}")
     return EXIT_OK
 

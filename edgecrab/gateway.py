@@ -131,7 +131,7 @@ class Gateway:
             robot_code_fallback=self.robot,
             scrubbed=True,
         )
-        return message.replace(robot=self.robot)
+        return cap_text(message.replace(robot=self.robot), self.config.dingtalk.max_inbound_chars)
 
     async def _route(self, message: Message, *, resumed: bool = False) -> None:
         decision = self.access.decide(message, time.time())
@@ -269,6 +269,7 @@ class Gateway:
             max_chars=dt.max_message_length,
             max_bytes=dt.max_message_bytes,
             markers=dt.chunk_markers,
+            max_chunks=dt.max_chunks_per_reply,
         )
         self.sender = DingTalkSender(dt, client=http)
         self.delivery = Delivery(
@@ -388,3 +389,14 @@ def _nothing() -> None:
 
 
 __all__ = ["Gateway"]
+
+
+def cap_text(message: Message, limit: int) -> Message:
+    """``message`` with its text cut to ``limit`` characters (0: no limit) and a note saying so, which the
+    agent sees: a 900 KB paste would otherwise be sent to the model whole, and echoed back as 150 replies."""
+    if not limit or len(message.text) <= limit:
+        return message
+    log.info("[dingtalk] message %s: text of %d characters cut to %d (max_inbound_chars)",
+             message.id, len(message.text), limit)
+    note = f"\n\n[edgecrab: the message was cut to its first {limit:,} of {len(message.text):,} characters]"
+    return message.replace(text=message.text[:limit] + note, parts=())

@@ -25,11 +25,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
+
+import httpx
 
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4
@@ -63,12 +67,72 @@ def register_secret(value: str | None) -> None:
         _ordered = tuple(sorted(_secrets, key=len, reverse=True))
 
 
-def redact(text: str) -> str:
-    """``text`` with every registered secret replaced by ``***``."""
-    for secret in _ordered:
-        if secret in text:
+def redact(text: str, extra: Iterable[str] = ()) -> str:
+    """``text`` with every registered secret (and each of ``extra``) replaced by ``***``, and the credentials
+    of every URL in it: the password of its userinfo (the whole userinfo when it is one name: a token), and
+    the value of each query parameter whose name looks secret (:func:`is_secret_param`).
+
+    The one redaction: log lines, every text sent to DingTalk, errors the CLI prints and ``config show``.
+    """
+    for secret in (*_ordered, *sorted(extra, key=len, reverse=True)):
+        if secret and secret in text:
             text = text.replace(secret, REDACTED)
+    if "://" in text:
+        text = _URL.sub(_redact_url_match, text)
     return text
+
+
+_SECRET_PARAM = re.compile(
+    r"token|secret|passw|pwd|credential|private|signature|api_?key|access_?key"
+    r"|(^|[_-])(key|pass|sign|sig|ticket|session|auth|authorization)$",
+    re.IGNORECASE,
+)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s<>\"'`]+")
+_TRAILING = ".,;:!?)]}"
+"""Punctuation that ends a sentence rather than the URL (``see https://x/?key=1.``)."""
+
+
+def is_secret_param(name: str) -> bool:
+    """True for URL query parameter names that carry credentials: ``key``, ``access_token``, ``token``,
+    ``secret``, ``password``, ``sign``, ``signature``, ``ticket`` (Stream), ``session`` (sessionWebhook)..."""
+    return bool(_SECRET_PARAM.search(name))
+
+
+def _redact_url_match(match: re.Match[str]) -> str:
+    candidate = match.group(0)
+    core = candidate.rstrip(_TRAILING)
+    return redact_url_credentials(core) + candidate[len(core) :]
+
+
+def redact_url_credentials(url: str) -> str:
+    """``url`` as written, with its userinfo password and secret query values replaced by ``***``.
+
+    The URL is parsed with :class:`httpx.URL` to find its userinfo and query; only those parts of the text
+    are rewritten, so everything else reads as it was. A URL httpx cannot parse is shown as its scheme and
+    ``<unparseable url>`` when it could hold a credential (``@`` or ``=``)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        if "@" in url or "=" in url:
+            return url.split("://", 1)[0] + "://<unparseable url>"
+        return url
+    result = url
+    userinfo = parsed.userinfo.decode("ascii", "replace")
+    if userinfo:
+        name, colon, _ = userinfo.partition(":")
+        hidden = f"{name}:{REDACTED}" if colon and name else REDACTED
+        result = result.replace(f"//{userinfo}@", f"//{hidden}@", 1)
+    query = parsed.query.decode("ascii", "replace")
+    if query:
+        pairs = []
+        for pair in query.split("&"):
+            name, equals, value = pair.partition("=")
+            secret = equals and value and is_secret_param(unquote(name))
+            pairs.append(f"{name}={REDACTED}" if secret else pair)
+        hidden_query = "&".join(pairs)
+        if hidden_query != query:
+            result = result.replace(f"?{query}", f"?{hidden_query}", 1)
+    return result
 
 
 def clear_secrets() -> None:
@@ -122,10 +186,10 @@ class SecretFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
             record.args = escape_args(record.args)
-        if not _ordered:
-            return True
         message = record.getMessage()
         record.msg, record.args = redact(message), None
+        if not _ordered and not record.exc_info and not record.stack_info:
+            return True
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

@@ -43,6 +43,7 @@ from edgecrab.agents.openai_errors import error_detail as _error_detail
 from edgecrab.agents.openai_errors import read_some, status_error, transport_error
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult, Usage
+from edgecrab.logs import redact
 from edgecrab.outbound import http_client
 from edgecrab.retry import Backoff, RetryNotice, retrying
 
@@ -63,6 +64,9 @@ class _Answer:
     usage: Usage | None = None
     finish_reason: str | None = None
     done: bool = False
+    chars: int = 0
+    truncated: bool = False
+    """The answer reached ``agent.max_answer_chars``: reading stopped there."""
 
     @property
     def text(self) -> str:
@@ -83,12 +87,22 @@ class OpenAIAgent(Agent):
         base_url = config.base_url.rstrip("/")
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"agent.base_url must be an http(s) URL, got {config.base_url!r}")
+            raise ValueError(f"agent.base_url must be an http(s) URL, got {redact(config.base_url)!r}")
+        # Credentials in the URL (https://user:pass@host/v1) become a Basic Authorization header and leave
+        # the URL: it is written into log lines and errors, and aiohttp refuses a URL with userinfo next to
+        # an Authorization header. An api_key (Bearer) wins over them.
+        auth: httpx.BasicAuth | None = None
+        if parts.username is not None or parts.password is not None:
+            url = httpx.URL(base_url)
+            if not config.api_key:
+                auth = httpx.BasicAuth(url.username, url.password)
+            base_url = str(url.copy_with(userinfo=b"")).rstrip("/")
         self._url = base_url + "/chat/completions"
         self._host = parts.hostname + (f":{parts.port}" if parts.port else "")
         self._config = config
         self._api_key = config.api_key
         self._timeout_s = config.timeout_s
+        self._max_chars = config.max_answer_chars
         self._backoff = Backoff(max(config.max_retries, 0) + 1, retry_base_s, retry_max_s)
         self._stream_options = True
         """Turned off for good if the server rejects ``stream_options`` (some older proxies do)."""
@@ -106,6 +120,7 @@ class OpenAIAgent(Agent):
             max_keepalive=None,
             headers=headers,
             transport=transport,
+            auth=auth,
         )
         if not config.model:
             log.warning("[agent] agent.model is empty: requests to %s will carry no model", self._url)
@@ -242,7 +257,7 @@ class OpenAIAgent(Agent):
                 self._feed_line(line, pending, answer)
                 if answer.done:
                     break
-            if answer.done:
+            if answer.done and not answer.truncated:
                 # Read the (normally empty) rest so the connection can be reused; a server that keeps the
                 # stream open after [DONE] is not waited for.
                 with anyio.move_on_after(_DRAIN_AFTER_DONE_S):
@@ -319,11 +334,27 @@ class OpenAIAgent(Agent):
         message = choice.get(key) or choice.get("delta") or choice.get("message") or {}
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str) and content:
-            answer.parts.append(content)
+            self._add(answer, content)
         if choice.get("finish_reason"):
             answer.finish_reason = str(choice["finish_reason"])
 
+    def _add(self, answer: _Answer, content: str) -> None:
+        """Append ``content``, up to ``agent.max_answer_chars`` in all: past that, the answer is marked
+        truncated and done, so reading stops and the stream is closed (the rest is never downloaded)."""
+        room = self._max_chars - answer.chars
+        if len(content) > room:
+            content = content[: max(room, 0)]
+            answer.truncated = answer.done = True
+        answer.parts.append(content)
+        answer.chars += len(content)
+
     def _finish(self, answer: _Answer) -> _Answer:
+        if answer.truncated:
+            log.warning(
+                "[agent] %s: answer cut at %d characters (agent.max_answer_chars)", self._host, answer.chars
+            )
+            answer.parts.append(f"\n\n…(answer truncated at {self._max_chars:,} characters)")
+            return answer
         if answer.text.strip():
             if not answer.done and answer.finish_reason is None:
                 log.warning("[agent] %s ended the stream without [DONE] or finish_reason", self._host)
@@ -340,7 +371,8 @@ class OpenAIAgent(Agent):
         raise AgentError(_NOT_READABLE, cause=f"the stream from {self._url} ended without any answer")
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        """The api key, every registered secret and URL credentials as ``***``."""
+        return redact(text, (self._api_key,))
 
 
 async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:

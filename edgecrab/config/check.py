@@ -12,6 +12,7 @@ import copy
 import difflib
 import functools
 import importlib.resources
+import ipaddress
 import json
 import re
 import shlex
@@ -19,15 +20,17 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from edgecrab.config.source import ENV_HINTS, KeyPath, format_path, line_of, type_word_of
 from edgecrab.core import router
+from edgecrab.dingtalk.webhook import host_entry_problem
 from edgecrab.errors import Problem
 
 _SECRET_NAME = re.compile(
-    r"secret|token|passw|credential|private|api_?key|access_?key|(^|_)key$", re.IGNORECASE
+    r"secret|token|passw|pwd|credential|private|api_?key|access_?key|(^|_)(key|pass)$", re.IGNORECASE
 )
 
 
@@ -184,6 +187,17 @@ def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> lis
             add(("platforms", "dingtalk", "reconnect_max_s"),
                 f"must be at least reconnect_initial_s ({first}), got {most}",
                 "the longest delay cannot be shorter than the first one")
+        hosts = dingtalk.get("extra_allowed_hosts")
+        entries: list[tuple[int | None, Any]] = list(enumerate(hosts)) if isinstance(hosts, list) else []
+        if isinstance(hosts, str):  # comma-separated (from the environment): the key itself is the path
+            entries = [(None, item) for item in hosts.split(",") if item.strip()]
+        for index, entry in entries:
+            problem = host_entry_problem(entry) if isinstance(entry, str) else ""
+            if problem:
+                hosts_at: KeyPath = ("platforms", "dingtalk", "extra_allowed_hosts")
+                add(hosts_at if index is None else (*hosts_at, index), f"`{entry}`: {problem}",
+                    "list plain host names or IP addresses, each optionally with :port, e.g. "
+                    "[hooks.example.com, 10.0.0.5:8443]")
     return found
 
 
@@ -384,3 +398,32 @@ def _unknown_key_hint(key: str, allowed: list[str]) -> str:
     if home is not None:
         return f"`{key}` belongs under `{home}`" if home else f"`{key}` is a top-level section: unindent it"
     return "allowed keys here: " + ", ".join(allowed) if allowed else ""
+
+
+def cleartext_warnings(api_base: str, agent_type: str, base_url: str) -> list[str]:
+    """A warning for each URL secrets are sent to in clear text: plain ``http://`` to a host that is not
+    loopback (``api_base`` carries the app secret, an openai ``base_url`` the api key and conversations)."""
+    urls = [("platforms.dingtalk.api_base", api_base, "the app secret and every message")]
+    if agent_type == "openai":
+        urls.append(("agent.base_url", base_url, "agent.api_key and the conversations"))
+    found = []
+    for key, url, what in urls:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            continue
+        if parsed.scheme == "http" and not _is_loopback(parsed.host):
+            found.append(
+                f"{key} uses plain http:// to {parsed.host}, which is not this machine: {what} would "
+                "travel in clear text; use https://"
+            )
+    return found
+
+
+def _is_loopback(host: str) -> bool:
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -145,7 +145,13 @@ def _check(
     if sandbox and config.storage.url != MEMORY_URL:
         config = replace(config, storage=StorageConfig(url=sandbox_storage_url(env)))
         sources["storage.url"] = "sandbox (apart from the gateway's own state)"
-    return replace(config, sources=frozen_map(sources))
+    return replace(config, sources=frozen_map(sources), secret_refs=secret_refs(expanded.origins, env))
+
+
+def secret_refs(origins: Mapping[reader.KeyPath, str], env: Mapping[str, str]) -> tuple[str, ...]:
+    """The values of the secret-named variables that the ``${VAR}`` references in ``origins`` read."""
+    names = {name for text in origins.values() for name in _REF_NAME.findall(text)}
+    return tuple(sorted({env[n] for n in names if check.is_secret_name(n) and env.get(n)}))
 
 
 MEMORY_URL = "sqlite:///:memory:"

@@ -42,6 +42,10 @@ class DingTalkConfig:
     require_mention: bool = True
     max_message_length: int = 6000
     max_message_bytes: int = 20000
+    max_chunks_per_reply: int = 20
+    """At most this many messages per reply; the rest becomes an "answer truncated" note. 0: no limit."""
+    max_inbound_chars: int = 20000
+    """Longer inbound text is cut to this many characters, with a note the agent sees. 0: no limit."""
     reply_format: str = "markdown"
     chunk_interval_ms: int = 300
     chunk_markers: bool = False
@@ -73,6 +77,8 @@ class AgentConfig:
     temperature: float | None = None
     timeout_s: float = 120.0
     max_retries: int = 2
+    max_answer_chars: int = 100_000
+    """The OpenAI agent stops reading an answer at this many characters and keeps it, marked truncated."""
     command: tuple[str, ...] = ()
     """argv for ``type: command``."""
     callable: str = ""
@@ -148,3 +154,8 @@ class Config:
     """Where each key's value came from, by key path (``platforms.dingtalk.app_key``): ``file line 4``
     (plus the variables it reads), ``env DINGTALK_APP_KEY``, ``sandbox`` or ``default``; ``config show``
     prints them."""
+    secret_refs: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    """Values of the ``${VAR}`` references whose variable names look secret (``DB_PASS``, ``*_TOKEN``,
+    ``*_KEY``, ``*_SECRET``...), wherever they are used: :func:`~edgecrab.config.redact.secret_values`
+    includes them, so logs, the chat and ``config show`` hide them even inside a URL or a key whose own name
+    looks harmless."""

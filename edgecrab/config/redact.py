@@ -14,6 +14,7 @@ from typing import Any
 from edgecrab.config import check
 from edgecrab.config.load import SECTIONS
 from edgecrab.config.model import Config
+from edgecrab.logs import redact
 
 REDACTED = "***"
 
@@ -36,6 +37,7 @@ def secret_values(config: Config) -> list[str]:
 
     walk(config.agent.env, "")
     walk(config.hooks.config, "")
+    found.extend(config.secret_refs)
     return sorted({s for s in found if s}, key=len, reverse=True)
 
 
@@ -59,8 +61,7 @@ def redacted_dict(config: Config) -> dict[str, Any]:
         if isinstance(value, str) and value and is_secret_key(name):
             return REDACTED
         if isinstance(value, str):
-            for secret in secrets:
-                value = value.replace(secret, REDACTED)
+            value = redact(value, secrets)  # also URL userinfo and secret query values
         return value
 
     result: dict[str, Any] = scrub(config_to_dict(config), "")

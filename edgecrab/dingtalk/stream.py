@@ -52,6 +52,7 @@ from edgecrab.dingtalk.streamconn import (
     StreamConnection,
     open_websocket,
 )
+from edgecrab.logs import redact
 from edgecrab.outbound import http_client
 from edgecrab.retry import Backoff
 
@@ -153,14 +154,19 @@ class StreamClient:
             raise OpenFailed("open-connection answered without endpoint/ticket") from exc
         if not endpoint or not ticket:
             raise OpenFailed("open-connection answered an empty endpoint or ticket")
+        if not isinstance(endpoint, str) or not isinstance(ticket, str):
+            raise OpenFailed("open-connection answered an endpoint or ticket that is not a string")
+        problem = _endpoint_problem(endpoint)
+        if problem:
+            raise OpenFailed(f"open-connection answered endpoint {redact(endpoint)[:200]!r}: {problem}")
         return f"{endpoint}?ticket={quote_plus(ticket)}"
 
     async def _open(self, http: httpx.AsyncClient) -> StreamConnection:
         url = await self.open_ticket(http)
         try:
             ws = await open_websocket(url)
-        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
-            raise OpenFailed(f"websocket handshake failed: {type(exc).__name__}: {exc}") from exc
+        except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            raise OpenFailed(f"websocket handshake failed: {type(exc).__name__}: {redact(str(exc))}") from exc
         self.connections_opened += 1
         return StreamConnection(
             ws,
@@ -257,6 +263,19 @@ class StreamClient:
         await self._set_state(RECONNECTING, conn.end_reason)
         await anyio.sleep(delay)
         return failures + 1
+
+
+def _endpoint_problem(endpoint: str) -> str:
+    """Why ``endpoint`` (from open-connection) is not a websocket URL to connect to, or ``""``."""
+    try:
+        url = httpx.URL(endpoint)
+    except httpx.InvalidURL:
+        return "not a URL"
+    if url.scheme not in ("ws", "wss"):
+        return "not a ws:// or wss:// URL"
+    if not url.host:
+        return "no host"
+    return ""
 
 
 def _error_text(resp: httpx.Response) -> str:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import anyio
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.frames import CloseCode
 
 from edgecrab.dingtalk.frames import Frame, FrameError, ack_frame, parse_frame
 
@@ -43,9 +44,15 @@ log = logging.getLogger("edgecrab.dingtalk.stream")
 BOT_TOPIC = "/v1.0/im/bot/messages/get"
 
 MAX_FRAME_BYTES = 2**20
-"""Largest websocket message accepted (1 MiB, the official Python SDK's limit: websockets' default). Robot
-callbacks are a few KB of JSON; the Java SDK caps frames at 256 KiB. A larger message closes the connection
-with 1009."""
+"""Largest frame processed (1 MiB, the official Python SDK's limit: websockets' default). Robot callbacks
+are a few KB of JSON; the Java SDK caps frames at 256 KiB. A larger frame, up to :data:`READ_LIMIT_BYTES`,
+is read, acked 200 (so DingTalk does not deliver it again), dropped and logged as an ERROR."""
+READ_LIMIT_BYTES = 16 * 2**20
+"""websockets' ``max_size``: the largest message read at all. With websockets' own limit at 1 MiB, a larger
+frame closed the connection with 1009 before anyone could read its id; unacked, DingTalk delivered it again
+on the next connection, which it closed again: a reconnect loop that also held back the frames queued
+behind it. Above this ceiling that still happens (a frame nobody read cannot be acked): the close is logged
+as an ERROR naming the cause, and reconnects back off as after any short-lived connection."""
 CLOSE_TIMEOUT_S = 0.5
 """How long a close waits for the server's side of the closing handshake before websockets aborts the TCP
 connection."""
@@ -73,7 +80,7 @@ async def open_websocket(url: str) -> ClientConnection:
         url,
         open_timeout=10,
         close_timeout=CLOSE_TIMEOUT_S,
-        max_size=MAX_FRAME_BYTES,
+        max_size=READ_LIMIT_BYTES,
         compression=None,
     )
 
@@ -125,9 +132,21 @@ class StreamConnection:
                     return
                 self.frames += 1
                 self.last_frame_at = time.monotonic()
+                if len(raw) > MAX_FRAME_BYTES:
+                    await self._drop_oversize(raw)
+                    continue
                 await self._handle(raw)
         except websockets.ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else 1006
+            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                log.error(
+                    "[dingtalk] conn %s: a frame over %d MiB arrived; it cannot be read, so it cannot be "
+                    "acked, and DingTalk may deliver it again after the reconnect (closed with 1009)",
+                    self.cid,
+                    READ_LIMIT_BYTES // 2**20,
+                )
+                self._end("frame too large (1009)")
+                return
+            code = exc.rcvd.code if exc.rcvd else exc.sent.code if exc.sent else 1006
             self._end(f"closed ({code})")
         except OSError as exc:
             self._end(f"network error: {exc}")
@@ -150,6 +169,20 @@ class StreamConnection:
         except Exception:
             log.exception("[dingtalk] conn %s: could not record message %s", self.cid, frame.message_id)
             return AckDecision(500, "internal error")
+
+    async def _drop_oversize(self, raw: str | bytes) -> None:
+        """Ack a frame over :data:`MAX_FRAME_BYTES` without processing it: acked, it is not delivered again
+        (it never would fit); dropped, it costs nothing more."""
+        mid = _salvage_message_id(raw)
+        log.error(
+            "[dingtalk] conn %s: frame %s of %d bytes is over the 1 MiB limit: acknowledged and dropped, "
+            "not processed",
+            self.cid,
+            mid or "(no messageId)",
+            len(raw),
+        )
+        if mid:
+            await self._send(ack_frame(mid, message="dropped: frame over 1 MiB"))
 
     def _learn_server_id(self, server_id: str) -> None:
         self.server_id = server_id

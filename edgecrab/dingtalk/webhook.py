@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -94,6 +95,52 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+WEBHOOK_PATH = "/robot/sendBySession"
+"""The only path a sessionWebhook has: exactly this on DingTalk's hosts, at the end of the path elsewhere
+(``api_base`` or an extra host may put a prefix in front, as a proxy does)."""
+
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$", re.I
+)
+
+
+def host_entry_problem(entry: str) -> str:
+    """Why ``entry`` is not an ``extra_allowed_hosts`` entry (a host name or IP address, optionally with
+    ``:port``), or ``""``. A CIDR, ``*``, a URL with a scheme or path would otherwise be read as one host
+    that never matches, or as something else than meant."""
+    text = entry.strip()
+    if not text:
+        return "an empty entry"
+    if "*" in text:
+        return "wildcards are not supported: list each host"
+    if "://" in text:
+        return "a URL: write the host name only (the scheme is https, or http on loopback)"
+    if "/" in text:
+        return "a CIDR range or a path: write a host name or one IP address"
+    if any(c in text for c in "@?# \t\\"):
+        return "not a host name"
+    host, port = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return "not a host name"
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        return f"port `{port}` is not a port number (1-65535)"
+    try:
+        ipaddress.ip_address(host)
+        return ""
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "not a host name"
+    return "" if _HOST_NAME.match(ascii_host) else "not a host name"
+
+
 def _host_port(entry: str) -> tuple[str, int | None]:
     """``host``, ``host:port`` or a URL -> (host, port); port None means the scheme's default."""
     url = httpx.URL(entry if "://" in entry else f"https://{entry}")
@@ -105,7 +152,9 @@ class WebhookGuard:
 
     Allowed: ``api.dingtalk.com`` and ``oapi.dingtalk.com`` on the default https port, the host and port
     of ``api_base``, and each ``extra_hosts`` entry (``host`` means the default port, ``host:port`` that
-    port). The scheme must be https, or http for a loopback host.
+    port; entries are checked at config load by :func:`host_entry_problem`). The scheme must be https, or
+    http for a loopback host. The path is pinned: exactly ``/robot/sendBySession`` on DingTalk's hosts,
+    ending with it elsewhere.
 
     URLs are read by ``httpx.URL``, the parser of the client that sends to them, so the host judged is the
     host contacted (user info, backslashes, IDN, default ports and the rest read alike). Verdicts are
@@ -120,7 +169,7 @@ class WebhookGuard:
         allowed.add(_host_port(api_base))
         allowed.update(_host_port(entry) for entry in extra_hosts if entry.strip())
         self.allowed = frozenset(allowed)
-        self._verdicts: dict[tuple[str, str, int | None], str] = {}
+        self._verdicts: dict[tuple[str, str, int | None, str], str] = {}
         self._verdicts_for = self.allowed
 
     def refusal(self, url: str) -> str:
@@ -129,7 +178,7 @@ class WebhookGuard:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, TypeError):
             return "not a valid URL"
-        key = (parsed.scheme, parsed.host.rstrip(".").lower(), parsed.port)
+        key = (parsed.scheme, parsed.host.rstrip(".").lower(), parsed.port, parsed.path)
         if self._verdicts_for is not self.allowed:  # the allow-list was replaced: judge again
             self._verdicts, self._verdicts_for = {}, self.allowed
         verdict = self._verdicts.get(key)
@@ -140,7 +189,7 @@ class WebhookGuard:
             self._verdicts[key] = verdict
         return verdict
 
-    def _judge(self, scheme: str, host: str, port: int | None) -> str:
+    def _judge(self, scheme: str, host: str, port: int | None, path: str) -> str:
         if scheme == "http":
             if not _is_loopback(host):
                 return "plain http is only allowed for loopback hosts"
@@ -148,4 +197,8 @@ class WebhookGuard:
             return f"scheme {scheme or '(none)'} not allowed"
         if (host, port) not in self.allowed:
             return "not in allow-list"
+        if host in DINGTALK_HOSTS and port is None and path != WEBHOOK_PATH:
+            return f"path is not {WEBHOOK_PATH}"
+        if not path.endswith(WEBHOOK_PATH):
+            return f"path does not end with {WEBHOOK_PATH}"
         return ""

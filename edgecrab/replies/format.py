@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from edgecrab.events import Message, ReplyRoute
 from edgecrab.logs import redact
-from edgecrab.replies.chunking import json_bytes, split_text
+from edgecrab.replies.chunking import Chunk, json_bytes, split_text
 from edgecrab.store.base import PENDING, OutboxChunk
 
 log = logging.getLogger("edgecrab.replies.format")
@@ -35,6 +35,9 @@ class Format:
     markers: bool
     overhead_bytes: int = 400
     """Room for the rest of the request body (msgtype, title, at block)."""
+    max_chunks: int = 0
+    """At most this many messages per reply (``max_chunks_per_reply``); the rest is replaced by a short
+    "answer truncated" note at the end of the last one. 0: no limit."""
 
 
 def conversation_key(route: ReplyRoute) -> str:
@@ -81,14 +84,9 @@ def prepare_reply(
     text = redact(text)
     rendered = fmt.render(text)
     title = fmt.title(text)
-    chunks = split_text(
-        rendered,
-        max_chars=fmt.max_chars,
-        max_bytes=fmt.max_bytes,
-        markers=fmt.markers,
-        # The title travels in the same body, JSON-escaped, with " (i/n)" appended when split.
-        overhead_bytes=fmt.overhead_bytes + json_bytes(title) + len(" (9999/9999)"),
-    )
+    chunks = _split(fmt, rendered, title)
+    if fmt.max_chunks and len(chunks) > fmt.max_chunks:
+        chunks = _truncated(fmt, rendered, title, chunks)
     if mention is None:
         mention = route.is_group
     reply_id = new_reply_id()
@@ -114,3 +112,32 @@ def prepare_reply(
     if not rows:
         log.warning("[delivery] empty reply to %s not sent", ckey)
     return PreparedReply(reply_id, ckey, rows, text, message)
+
+
+def _split(fmt: Format, rendered: str, title: str) -> list[Chunk]:
+    return split_text(
+        rendered,
+        max_chars=fmt.max_chars,
+        max_bytes=fmt.max_bytes,
+        markers=fmt.markers,
+        # The title travels in the same body, JSON-escaped, with " (i/n)" appended when split.
+        overhead_bytes=fmt.overhead_bytes + json_bytes(title) + len(" (9999/9999)"),
+    )
+
+
+def _truncated(fmt: Format, rendered: str, title: str, chunks: list[Chunk]) -> list[Chunk]:
+    """The first ``fmt.max_chunks`` chunks' worth of ``rendered``, its end making room for a note saying
+    how much was left out (a 900 KB answer is 20 messages, not 150)."""
+    fits = sum(len(chunk.body) for chunk in chunks[: fmt.max_chunks])
+    reserve = 0
+    while True:
+        cut = max(fits - reserve, 0)
+        note = f"\n\n…(answer truncated: {len(rendered) - cut:,} more characters not sent)"
+        kept = _split(fmt, rendered[:cut] + note, title)
+        if len(kept) <= fmt.max_chunks or cut == 0:
+            break
+        reserve = max(2 * reserve, len(note) + 16)
+    log.warning(
+        "[delivery] reply of %d chunks truncated to %d (max_chunks_per_reply)", len(chunks), len(kept)
+    )
+    return kept

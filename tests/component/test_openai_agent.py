@@ -292,3 +292,19 @@ async def test_fake_runs_as_a_process_with_a_control_endpoint() -> None:
             await process.wait()
         await process.aclose()
     assert process.returncode == 0
+
+
+# -- limits ----------------------------------------------------------------------------------------
+
+
+async def test_a_huge_answer_is_cut_at_max_answer_chars_and_the_stream_closed(fake: FakeOpenAI) -> None:
+    fake.reply = "word " * 100_000  # 500,000 characters, one token a millisecond: ~2 minutes in full
+    fake.token_delay_s = 0.001
+    started = time.monotonic()
+    result = await run(make_agent(fake.base_url, max_answer_chars=1000), conversation("everything"))
+    assert result.text.startswith("word " * 200)
+    assert result.text[1000:] == "\n\n…(answer truncated at 1,000 characters)"
+    assert time.monotonic() - started < 10
+    with anyio.fail_after(2):
+        await fake.wait_disconnects(1)  # we hung up: the rest was never sent
+    assert fake.completed == 0 and fake.tokens_sent < 2000

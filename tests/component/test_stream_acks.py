@@ -17,7 +17,7 @@ import pytest
 
 from edgecrab.dingtalk.frames import Frame
 from edgecrab.dingtalk.stream import BOT_TOPIC, AckDecision, StreamClient
-from edgecrab.dingtalk.streamconn import MAX_FRAME_BYTES
+from edgecrab.dingtalk.streamconn import MAX_FRAME_BYTES, READ_LIMIT_BYTES
 from edgecrab.gateway import Gateway
 from edgecrab.store import SQLiteStore
 from edgecrab.testing.fakedingtalk import FakeDingTalk
@@ -153,15 +153,26 @@ async def test_a_disconnect_is_acked_and_the_next_connection_opens_before_this_o
             assert (await _acked(fake, [mid]))[mid].connection_id == new.connection_id
 
 
-async def test_a_frame_over_max_size_closes_the_connection_with_1009_and_it_reconnects(
+async def test_a_frame_over_max_size_is_dropped_and_the_connection_stays(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        handlers = Handlers("now")
+        async with stream_client(fake, tmp_path, handlers, reconnect_initial_s=0.05):
+            [first] = fake.all_connections
+            await fake.push_raw("x" * (MAX_FRAME_BYTES + 1))  # no messageId to ack: dropped, logged
+            mid = await fake.push(fake.dm(fake.users[0], "after the big frame"))
+            assert (await _acked(fake, [mid]))[mid].code == 200
+            assert not first.closed and fake.connections_opened == 1
+
+
+async def test_a_frame_over_the_read_ceiling_closes_the_connection_with_1009_and_it_reconnects(
     tmp_path: Path,
 ) -> None:
     async with FakeDingTalk() as fake:
         handlers = Handlers("now")
         async with stream_client(fake, tmp_path, handlers, reconnect_initial_s=0.05):
             [first] = fake.all_connections
-            await fake.push_raw("x" * (MAX_FRAME_BYTES + 1))
-            await fake.wait_for(lambda: first.closed and fake.connections_opened == 2, 5)
+            await fake.push_raw("x" * (READ_LIMIT_BYTES + 1))
+            await fake.wait_for(lambda: first.closed and fake.connections_opened == 2, 10)
             assert first.close_code == 1009  # "message too big", from websockets' max_size
             mid = await fake.push(fake.dm(fake.users[0], "after the reconnect"))
             assert (await _acked(fake, [mid]))[mid].code == 200
@@ -206,3 +217,21 @@ async def test_the_gateway_records_callbacks_at_once_in_one_commit(tmp_path: Pat
             gateway.intake.close()  # never ran: its ingest queue is closed here
         finally:
             await store.close()
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:1/connect", "not a url at all", "wss://", 42])
+async def test_an_endpoint_that_is_not_ws_backs_off_and_retries(
+    tmp_path: Path, endpoint: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """open-connection answering an endpoint that is not ws:// or wss:// used to crash the client (an
+    InvalidURI out of websockets); now it is an OpenFailed like any other: logged, backed off, retried."""
+    async with FakeDingTalk() as fake:
+        fake.faults.fail("/v1.0/gateway/connections/open", status=200,
+                         body={"endpoint": endpoint, "ticket": "t-1"}, times=2)
+        handlers = Handlers("now")
+        with caplog.at_level("WARNING", logger="edgecrab.dingtalk.stream"):
+            async with stream_client(fake, tmp_path, handlers, reconnect_initial_s=0.05):
+                mid = await fake.push(fake.dm(fake.users[0], "after two bad endpoints"))
+                assert (await _acked(fake, [mid]))[mid].code == 200
+    assert fake.tickets_issued == 1 and fake.connections_opened == 1
+    assert caplog.text.count("open-connection answered") == 2, caplog.text

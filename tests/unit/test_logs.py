@@ -102,3 +102,34 @@ def test_json_format_writes_one_object_per_line_with_the_extra_fields(
 def test_unknown_log_format_is_refused() -> None:
     with pytest.raises(ValueError, match="use one of text, json"):
         logs.parse_format("xml")
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("GET https://user:p%40ss@h.example:8443/v1?key=abc&q=1#f.", "GET https://user:***@h.example:8443/v1?key=***&q=1#f."),
+        ("'https://ghp_token123@h.example/x'", "'https://***@h.example/x'"),
+        ("wss://wss.example/connect?ticket=t-1", "wss://wss.example/connect?ticket=***"),
+        ("(see https://h.example/?access_token=a&sign=b&timestamp=1)", "(see https://h.example/?access_token=***&sign=***&timestamp=1)"),
+        ("https://h.example/?api_key=a&client_secret=b&password=c&token=d", "https://h.example/?api_key=***&client_secret=***&password=***&token=***"),
+        ("https://api.openai.com/v1/chat/completions?stream=true", "https://api.openai.com/v1/chat/completions?stream=true"),
+        ("no url at all: key=value", "no url at all: key=value"),
+    ],
+)
+def test_redact_hides_url_credentials_and_keeps_the_rest_as_written(text: str, shown: str) -> None:
+    assert logs.redact(text) == shown
+
+
+def test_url_credentials_never_reach_stderr_even_with_no_registered_secret(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.setup_logging("info")
+    log = logging.getLogger("edgecrab.x")
+    log.warning("[x] calling %s", "https://bot:hunter2-canary@llm.example/v1")
+    try:
+        raise OSError("refused: https://h.example/?token=tok-canary-1")
+    except OSError:
+        log.exception("[x] failed")
+    err = capsys.readouterr().err
+    assert "hunter2-canary" not in err and "tok-canary-1" not in err
+    assert "https://bot:***@llm.example/v1" in err and "?token=***" in err

@@ -517,8 +517,11 @@ async def test_webhook_to_foreign_host_is_refused_and_never_contacted(
         ("https://OAPI.dingtalk.com./robot/sendBySession?session=1", True),
         ("https://oapi.dingtalk.com:443/robot/sendBySession", True),
         ("http://127.0.0.1:8080/robot/sendBySession", True),
-        ("http://localhost:9000/hook", True),
-        ("https://hooks.example.org/x", True),
+        ("http://localhost:9000/robot/sendBySession", True),
+        ("https://hooks.example.org/relay/robot/sendBySession", True),
+        ("http://localhost:9000/hook", False),  # the path is pinned
+        ("https://hooks.example.org/x", False),
+        ("https://oapi.dingtalk.com/robot/send?access_token=1", False),
         ("http://oapi.dingtalk.com/robot/sendBySession", False),
         ("https://oapi.dingtalk.com:8443/robot/sendBySession", False),
         ("https://oapi.dingtalk.com.evil.example/robot/sendBySession", False),

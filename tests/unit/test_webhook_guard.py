@@ -1,7 +1,7 @@
 """The SSRF guard's URL reading and its memory of verdicts.
 
 The guard reads webhook URLs with ``httpx.URL`` (the parser of the client that sends to them) and remembers
-verdicts per (scheme, host, port). These tests hold it to a reference that parses every URL afresh and
+verdicts per (scheme, host, port, path). These tests hold it to a reference that parses every URL afresh and
 judges it without memory, on hand-picked and generated URLs: a URL the guard reads differently from the
 client would be an SSRF hole, and so would a remembered verdict given to the wrong URL.
 """
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgecrab.dingtalk.webhook import WebhookGuard
+from edgecrab.dingtalk.webhook import WebhookGuard, host_entry_problem
 
 API_BASE = "http://127.0.0.1:8080"
 EXTRA = ["hooks.example.org", "localhost:9000", "10.1.2.3:8443"]
@@ -41,12 +41,21 @@ def reference_refusal(guard: WebhookGuard, url: str) -> str:
         return f"scheme {parsed.scheme or '(none)'} not allowed"
     if (host, parsed.port) not in guard.allowed:
         return "not in allow-list"
+    if host in ("oapi.dingtalk.com", "api.dingtalk.com") and parsed.port is None:
+        if parsed.path != "/robot/sendBySession":
+            return "path is not /robot/sendBySession"
+    if not parsed.path.endswith("/robot/sendBySession"):
+        return "path does not end with /robot/sendBySession"
     return ""
 
 
 KNOWN = [
     "https://oapi.dingtalk.com/robot/sendBySession?session=1",
     "https://api.dingtalk.com/robot/sendBySession?session=1",
+    "https://oapi.dingtalk.com/robot/send?access_token=1",  # the path is pinned too
+    "https://oapi.dingtalk.com/prefix/robot/sendBySession",
+    "https://hooks.example.org/proxy/robot/sendBySession",
+    "https://localhost:9000/robot/sendBySessionX",
     "https://OAPI.dingtalk.com./robot/sendBySession?session=1",
     "https://oapi.dingtalk.com./robot/sendBySession?session=1",
     "https://oapi.dingtalk.com:443/robot/sendBySession",
@@ -105,7 +114,7 @@ def test_private_and_loopback_targets_stay_refused_unless_allowed() -> None:
     assert guard.refusal("http://127.0.0.1:8081/robot/sendBySession?session=a") == "not in allow-list"
     assert guard.refusal("https://127.0.0.1:8080/robot/sendBySession?session=b") == ""
     assert guard.refusal("http://10.1.2.3:8443/x") == "plain http is only allowed for loopback hosts"
-    assert guard.refusal("https://10.1.2.3:8443/x") == ""
+    assert guard.refusal("https://10.1.2.3:8443/robot/sendBySession") == ""
     assert guard.refusal("https://10.1.2.4:8443/x") == "not in allow-list"
     assert guard.refusal("https://192.168.0.1/x") == "not in allow-list"
     assert guard.refusal("http://169.254.169.254/latest/meta-data") == (
@@ -114,24 +123,24 @@ def test_private_and_loopback_targets_stay_refused_unless_allowed() -> None:
     assert guard.refusal(None) == "not a valid URL"  # type: ignore[arg-type]
     # A replaced allow-list is not shadowed by remembered verdicts.
     guard.allowed = frozenset({("10.1.2.4", 8443)})
-    assert guard.refusal("https://10.1.2.4:8443/x") == ""
+    assert guard.refusal("https://10.1.2.4:8443/robot/sendBySession") == ""
     assert guard.refusal("https://10.1.2.3:8443/x") == "not in allow-list"
 
 
 def test_verdicts_are_remembered_per_host_and_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     guard = WebhookGuard(API_BASE, EXTRA)
-    judged: list[tuple[str, str, int | None]] = []
+    judged: list[tuple[str, str, int | None, str]] = []
     judge = guard._judge
 
-    def counting(scheme: str, host: str, port: int | None) -> str:
-        judged.append((scheme, host, port))
-        return judge(scheme, host, port)
+    def counting(scheme: str, host: str, port: int | None, path: str) -> str:
+        judged.append((scheme, host, port, path))
+        return judge(scheme, host, port, path)
 
     monkeypatch.setattr(guard, "_judge", counting)
     for session in range(100):
         assert guard.refusal(f"https://oapi.dingtalk.com/robot/sendBySession?session={session:04x}") == ""
         assert guard.refusal(f"https://OAPI.dingtalk.com./robot/sendBySession?session={session:04x}") == ""
-    assert judged == [("https", "oapi.dingtalk.com", None)]
+    assert judged == [("https", "oapi.dingtalk.com", None, "/robot/sendBySession")]
     for n in range(guard.VERDICTS_MAX * 2):
         assert guard.refusal(f"https://h{n}.evil.example/x") == "not in allow-list"
     assert len(guard._verdicts) <= guard.VERDICTS_MAX
@@ -183,3 +192,39 @@ def test_generated_urls_are_read_as_httpx_reads_them(url: str) -> None:
     expected = reference_refusal(fresh, url)
     assert fresh.refusal(url) == expected
     assert _SHARED.refusal(url) == expected  # with a memory of earlier examples
+
+
+def test_the_path_is_pinned() -> None:
+    guard = WebhookGuard(API_BASE, EXTRA)
+    assert guard.refusal("https://oapi.dingtalk.com/robot/sendBySession?session=1") == ""
+    assert guard.refusal("https://oapi.dingtalk.com/robot/send?access_token=1") == (
+        "path is not /robot/sendBySession"
+    )
+    assert guard.refusal("https://oapi.dingtalk.com/v1.0/robot/sendBySession") == (
+        "path is not /robot/sendBySession"
+    )
+    assert guard.refusal("https://hooks.example.org/proxy/robot/sendBySession") == ""
+    assert guard.refusal("https://hooks.example.org/admin") == "path does not end with /robot/sendBySession"
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ("hooks.example.org", ""),
+        ("10.1.2.3:8443", ""),
+        ("[::1]:8080", ""),
+        ("::1", ""),
+        ("bücher.example", ""),
+        ("10.0.0.0/8", "a CIDR range or a path: write a host name or one IP address"),
+        ("*", "wildcards are not supported: list each host"),
+        ("*.example.org", "wildcards are not supported: list each host"),
+        ("https://hooks.example.org", "a URL: write the host name only (the scheme is https, or http on "
+                                      "loopback)"),
+        ("hooks.example.org/robot", "a CIDR range or a path: write a host name or one IP address"),
+        ("hooks.example.org:99999", "port `99999` is not a port number (1-65535)"),
+        ("user@hooks.example.org", "not a host name"),
+        ("under_score.example", "not a host name"),
+    ],
+)
+def test_extra_host_entries_are_checked(entry: str, problem: str) -> None:
+    assert host_entry_problem(entry) == problem
