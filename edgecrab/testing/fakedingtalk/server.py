@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from edgecrab.testing.fakedingtalk import wire
+from edgecrab.testing.fakedingtalk.cards import CardApi
 from edgecrab.testing.fakedingtalk.connect import StreamGateway
 from edgecrab.testing.fakedingtalk.connection import FakeConnection
 from edgecrab.testing.fakedingtalk.control import ControlApi, reply
@@ -113,6 +114,7 @@ class FakeDingTalk(PayloadBuilder, Observation):
         self.hub = StreamHub(self.state)
         self.gateway = StreamGateway(self.state, self.hub, self.faults)
         self.rest = RestApi(self.state, self.faults)
+        self.cards = CardApi(self.state, self.hub)  # AI cards: fake.cards.card(out_track_id)
         self.webhooks = WebhookApi(self.state, self.faults)
         self.control = ControlApi(self)
         self._runner: web.AppRunner | None = None
@@ -135,7 +137,8 @@ class FakeDingTalk(PayloadBuilder, Observation):
             middlewares=[guard_middleware(self.hosts), self._middleware], client_max_size=16 << 20
         )
         app.add_routes(
-            self.gateway.routes() + self.rest.routes() + self.webhooks.routes() + self.control.routes()
+            self.gateway.routes() + self.rest.routes() + self.cards.routes() + self.webhooks.routes()
+            + self.control.routes()
         )
         self._unrecorded = set(app.add_routes(self._extra_routes))
         self.web_app = app
