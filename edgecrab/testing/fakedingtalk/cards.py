@@ -36,12 +36,25 @@ import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 
 from edgecrab.testing.fakedingtalk import wire
+from edgecrab.testing.fakedingtalk.cardstate import (
+    FLOW_STATUS,
+    INSTANCE_SCOPE,
+    PUBLIC_AI_TEMPLATE,
+    RICH_AI_TEMPLATE,
+    SDK_AI_TEMPLATE,
+    STREAMING_SCOPE,
+    CardDelivery,
+    CardFrame,
+    CardTemplate,
+    FakeCard,
+    default_templates,
+)
 from edgecrab.testing.fakedingtalk.models import CARD_CALLBACK_TOPIC, FakeApp
 from edgecrab.testing.fakedingtalk.rest import (
     TOKEN_HEADER,
@@ -52,13 +65,6 @@ from edgecrab.testing.fakedingtalk.rest import (
 )
 from edgecrab.testing.fakedingtalk.state import FakeState
 from edgecrab.testing.fakedingtalk.stream import StreamHub
-
-PUBLIC_AI_TEMPLATE = "02fcf2f4-5e02-4a85-b672-46d1f715543e.schema"
-"""DingTalk's public AI card template (key ``msgContent``), usable by every app."""
-SDK_AI_TEMPLATE = "382e4302-551d-4880-bf29-a30acfab2e71.schema"
-RICH_AI_TEMPLATE = "675cde2f-f526-40cb-b828-f5b2b57b8b77.schema"
-INSTANCE_SCOPE = "Card.Instance.Write"
-STREAMING_SCOPE = "Card.Streaming.Write"
 
 CREATE = "/v1.0/card/instances"
 DELIVER = "/v1.0/card/instances/deliver"
@@ -77,116 +83,21 @@ BAD_SPACE_ID = ("param.openSpaceIdInvalid", "openSpaceId 不合法")  # inferred
 UNKNOWN_ERROR = ("unknownError", "unknownError")
 
 DELIVER_ERROR = "deliver failed: user not reachable"  # inferred wording
-FLOW_STATUS = {"1": "processing", "2": "inputting", "3": "finished", "4": "executing", "5": "failed"}
 SPACE_PREFIX = "dtv1.card//"
 
-
-@dataclass
-class CardTemplate:
-    """A template the fake knows: its streaming variables, and whether it was published."""
-
-    template_id: str
-    streaming_keys: tuple[str, ...] = ("msgContent",)
-    published: bool = True
-
-
-def default_templates() -> dict[str, CardTemplate]:
-    return {
-        PUBLIC_AI_TEMPLATE: CardTemplate(PUBLIC_AI_TEMPLATE, ("msgContent",)),
-        SDK_AI_TEMPLATE: CardTemplate(SDK_AI_TEMPLATE, ("msgContent",)),
-        RICH_AI_TEMPLATE: CardTemplate(RICH_AI_TEMPLATE, ("content",)),
-    }
-
-
-@dataclass
-class CardFrame:
-    """One accepted streaming call."""
-
-    guid: str
-    key: str
-    content: str
-    is_full: bool
-    is_finalize: bool
-    is_error: bool
-    t: float
-    after_finalize: bool = False
-
-
-@dataclass
-class CardDelivery:
-    """One space a deliver call named, and what came of it."""
-
-    space_type: str  # IM_GROUP | IM_ROBOT
-    space_id: str  # conversation id (group) or staff id (DM)
-    conversation_id: str
-    robot_code: str
-    success: bool
-    error_msg: str = ""
-    dropped: bool = False  # accepted but never shown (no deliver model): DingTalk's silent failure
-
-
-@dataclass
-class FakeCard:
-    """One card instance, as DingTalk holds it and as its recipients see it."""
-
-    out_track_id: str
-    app: str
-    template_id: str
-    params: dict[str, str]
-    main_key: str
-    spaces: tuple[str, ...]  # space models given at create: IM_GROUP, IM_ROBOT
-    process_query_key: str
-    created_t: float
-    frames: list[CardFrame] = field(default_factory=list)
-    updates: list[dict[str, Any]] = field(default_factory=list)
-    deliveries: list[CardDelivery] = field(default_factory=list)
-    stream_finalized: bool = False
-    stream_error: bool = False
-
-    @property
-    def flow_status(self) -> str:
-        return self.params.get("flowStatus", "")
-
-    @property
-    def status(self) -> str:
-        """``processing`` ``inputting`` ``finished`` ``executing`` ``failed``, or ``""`` when never set."""
-        return FLOW_STATUS.get(self.flow_status, self.flow_status)
-
-    @property
-    def text(self) -> str:
-        """What a recipient reads on the card: the template's streaming variable."""
-        return self.params.get(self.main_key, "")
-
-    @property
-    def visible(self) -> bool:
-        return any(d.success and not d.dropped for d in self.deliveries)
-
-    @property
-    def conversation_ids(self) -> list[str]:
-        return [d.conversation_id for d in self.deliveries if d.success and not d.dropped]
-
-    def public(self, *, frames: bool = False) -> dict[str, Any]:
-        data = {
-            "out_track_id": self.out_track_id,
-            "app": self.app,
-            "template_id": self.template_id,
-            "status": self.status,
-            "flow_status": self.flow_status,
-            "text": self.text,
-            "params": dict(self.params),
-            "visible": self.visible,
-            "conversation_ids": self.conversation_ids,
-            "stream_finalized": self.stream_finalized,
-            "stream_error": self.stream_error,
-            "frame_count": len(self.frames),
-            "update_count": len(self.updates),
-            "deliveries": [asdict(d) for d in self.deliveries],
-            "process_query_key": self.process_query_key,
-        }
-        if frames:
-            data["frames"] = [asdict(f) for f in self.frames]
-            data["updates"] = list(self.updates)
-        return data
+__all__ = [
+    "FLOW_STATUS",
+    "INSTANCE_SCOPE",
+    "PUBLIC_AI_TEMPLATE",
+    "RICH_AI_TEMPLATE",
+    "SDK_AI_TEMPLATE",
+    "STREAMING_SCOPE",
+    "CardApi",
+    "CardDelivery",
+    "CardFrame",
+    "CardTemplate",
+    "FakeCard",
+]
 
 
 def reply(body: Any, status: int = 200) -> web.Response:
@@ -565,9 +476,7 @@ class CardApi:
         for item in spec.get("revoke", []):
             self.revoke(*((item, None) if isinstance(item, str) else (item["scope"], item.get("app"))))
         if "deliver_failures" in spec:
-            self.fail_deliveries(
-                spec["deliver_failures"], spec.get("deliver_error", DELIVER_ERROR)
-            )
+            self.fail_deliveries(spec["deliver_failures"], spec.get("deliver_error", DELIVER_ERROR))
         for item in spec.get("templates", []):
             keys = item.get("keys", ["content"])
             self.register_template(item["id"], keys, published=item.get("published", True))
