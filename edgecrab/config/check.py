@@ -35,8 +35,11 @@ _SECRET_NAME = re.compile(
 
 
 def is_secret_name(name: str) -> bool:
-    """True for key or variable names whose values must never be shown (``app_key`` is an id)."""
-    return name.lower() not in ("app_key", "dingtalk_app_key") and bool(_SECRET_NAME.search(name))
+    """True for key or variable names whose values must never be shown (``app_key`` is an id,
+    ``card.content_key`` a template variable's name)."""
+    return name.lower() not in ("app_key", "dingtalk_app_key", "content_key") and bool(
+        _SECRET_NAME.search(name)
+    )
 
 
 PATH_HINTS: dict[KeyPath, str] = {

@@ -26,6 +26,21 @@ _frozen_map = frozen_map
 
 
 @dataclass(frozen=True)
+class CardConfig:
+    """``platforms.dingtalk.card``: how answers stream into DingTalk AI cards (``reply_mode: card``)."""
+
+    template_id: str = "02fcf2f4-5e02-4a85-b672-46d1f715543e.schema"
+    """DingTalk's public AI card template; a template of your own must be published with streaming on."""
+    content_key: str = "msgContent"
+    """The template's streaming variable."""
+    update_interval_ms: int = 800
+    qps: float = 20.0
+    """Card API calls per second for the robot, shared by all its cards."""
+    max_chars: int = 20000
+    stop_button: bool = False
+
+
+@dataclass(frozen=True)
 class DingTalkConfig:
     app_key: str
     app_secret: str = field(repr=False)
@@ -65,6 +80,14 @@ class DingTalkConfig:
     denied_notice_interval_s: float = 3600.0
     extra_allowed_hosts: tuple[str, ...] = ()
     """Hosts besides api.dingtalk.com, oapi.dingtalk.com and the api_base host that replies may go to."""
+    reply_mode: str = "markdown"
+    """``markdown`` (chunked messages) | ``card`` (one AI card per run, streamed)."""
+    card: CardConfig = CardConfig()
+
+    def __post_init__(self) -> None:
+        # The loader builds sections from plain mappings; the nested card section arrives as one.
+        if isinstance(self.card, Mapping):
+            object.__setattr__(self, "card", CardConfig(**self.card))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from edgecrab.config import (
     load_schema,
     redacted_dict,
 )
+from edgecrab.config.model import CardConfig
 from edgecrab.errors import ConfigError, HookLoadError, Problem
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +116,29 @@ def test_values_from_env_are_converted_to_the_schema_type(tmp_path: Path) -> Non
     assert config.dingtalk.max_message_length == 3500
     assert config.agent.temperature is None
     assert config.http.port == 8080 and isinstance(config.http.port, int)
+
+
+def test_card_section_is_read_into_its_dataclass(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "    reply_mode: card\n    card:\n      update_interval_ms: ${INTERVAL}\n      qps: 5\n"
+        "      content_key: content\n"
+    )
+    config = load_text(tmp_path, text, {"INTERVAL": "400"})
+    assert config.dingtalk.reply_mode == "card"
+    card = config.dingtalk.card
+    assert isinstance(card, CardConfig)
+    assert (card.update_interval_ms, card.qps, card.content_key) == (400, 5, "content")
+    assert card.template_id == "02fcf2f4-5e02-4a85-b672-46d1f715543e.schema" and card.max_chars == 20000
+    assert load_config(None, env=CREDS).dingtalk.card == CardConfig()
+
+
+def test_card_section_problems_name_the_nested_key(tmp_path: Path) -> None:
+    text = MINIMAL + "    reply_mode: cards\n    card:\n      update_interval_ms: 10\n      colour: red\n"
+    assert [p.path for p in problems_of(tmp_path, text)] == [
+        "platforms.dingtalk.reply_mode",
+        "platforms.dingtalk.card.update_interval_ms",
+        "platforms.dingtalk.card.colour",
+    ]
 
 
 def test_env_value_that_is_not_a_number_is_reported_with_its_reference(tmp_path: Path) -> None:
@@ -432,6 +456,7 @@ def test_every_property_is_documented_and_every_object_closed() -> None:
 
 SECTIONS = {
     "platforms.dingtalk": DingTalkConfig,
+    "platforms.dingtalk.card": CardConfig,
     "agent": AgentConfig,
     "sessions": SessionsConfig,
     "commands": CommandsConfig,

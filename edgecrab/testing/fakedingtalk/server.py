@@ -27,6 +27,7 @@ from aiohttp import web
 
 from edgecrab.testing.fakedingtalk import wire
 from edgecrab.testing.fakedingtalk.actions import FakeActions
+from edgecrab.testing.fakedingtalk.cards import CardApi
 from edgecrab.testing.fakedingtalk.connect import StreamGateway
 from edgecrab.testing.fakedingtalk.control import ControlApi, reply
 from edgecrab.testing.fakedingtalk.faults import FaultPlan, ResetConnection
@@ -111,6 +112,7 @@ class FakeDingTalk(FakeActions):
         self.hub = StreamHub(self.state)
         self.gateway = StreamGateway(self.state, self.hub, self.faults)
         self.rest = RestApi(self.state, self.faults)
+        self.cards = CardApi(self.state, self.hub)  # AI cards: fake.cards.card(out_track_id)
         self.webhooks = WebhookApi(self.state, self.faults)
         self.control = ControlApi(self)
         self._runner: web.AppRunner | None = None
@@ -133,7 +135,8 @@ class FakeDingTalk(FakeActions):
             middlewares=[guard_middleware(self.hosts), self._middleware], client_max_size=16 << 20
         )
         app.add_routes(
-            self.gateway.routes() + self.rest.routes() + self.webhooks.routes() + self.control.routes()
+            self.gateway.routes() + self.rest.routes() + self.cards.routes() + self.webhooks.routes()
+            + self.control.routes()
         )
         self._unrecorded = set(app.add_routes(self._extra_routes))
         self.web_app = app

@@ -1,0 +1,426 @@
+"""One robot's DingTalk AI cards: open a card in a conversation, stream the answer into it, finish it.
+
+:class:`CardClient` makes the card API calls of ``wave2.md`` section 1 in the order every peer that stopped
+getting "stuck thinking" reports converged on, with the fewest calls::
+
+    open()    POST /v1.0/card/instances/createAndDeliver   the card, already "inputting" (flowStatus "2"),
+                                                           delivered to the DM or group in the same call
+    update()  PUT  /v1.0/card/streaming                    the full text so far (isFull), a new guid each call
+    finish()  PUT  /v1.0/card/streaming                    the final text with isFinalize, then
+              PUT  /v1.0/card/instances                    flowStatus "3" (finished, also when stopped, with a
+                                                           stop mark) or "5" (failed), updateCardDataByKey
+
+so a reply costs ``3 + updates`` calls. Every call of the robot takes a token from one
+:class:`~edgecrab.dingtalk.ratelimit.RateLimiter` at ``card.qps``, shared by all its cards: DingTalk counts
+QPS per app, and peers without a shared budget hit ``QpsLimit`` storms with three users.
+
+What a failure means for the caller (each is a :class:`~edgecrab.dingtalk.tokens.DingTalkError`)::
+
+    CardError              a card call failed
+     ├── CardsUnavailable  cards cannot work for this robot now: a missing permission (403, the scope is in
+     │                     ``required_scopes`` and the message), an unknown or unpublished template, the
+     │                     template does not stream ``content_key`` (500 unknownError), the monthly quota,
+     │                     5xx that outlasted the retries. Reply through markdown and leave cards alone
+     │                     for a while.
+     ├── CardThrottled     transient (QpsLimit, 429, 5xx, network): try again later with the newest text.
+     └── CardRejected      this card failed (a space refused it inside HTTP 200 ``deliverResults``, a DM
+                           sender without staff id, a parameter DingTalk refused): markdown for this reply.
+
+``open`` and ``finish`` retry transient failures under :mod:`edgecrab.retry`'s policy (a QpsLimit waits at
+least a second); ``update`` tries once, because a later update carries newer text anyway: pacing and
+coalescing are :class:`~edgecrab.dingtalk.cardstream.CardStreamer`'s job. A streaming retry always carries
+a new ``guid`` (DingTalk refuses a repeated one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import httpx
+
+from edgecrab.config.model import CardConfig, DingTalkConfig
+from edgecrab.dingtalk.ratelimit import Clock, RateLimiter, Sleep
+from edgecrab.dingtalk.tokens import (
+    PERMISSION_CODE,
+    DingTalkError,
+    TokenCache,
+    error_from_response,
+    transport_error,
+)
+from edgecrab.events import ReplyRoute
+from edgecrab.outbound import http_client
+from edgecrab.retry import Backoff, RetryNotice, retrying
+
+log = logging.getLogger(__name__)
+
+PUBLIC_AI_TEMPLATE = "02fcf2f4-5e02-4a85-b672-46d1f715543e.schema"
+INSTANCE_SCOPE = "Card.Instance.Write"
+STREAMING_SCOPE = "Card.Streaming.Write"
+CREATE_AND_DELIVER_PATH = "/v1.0/card/instances/createAndDeliver"
+INSTANCES_PATH = "/v1.0/card/instances"
+STREAMING_PATH = "/v1.0/card/streaming"
+TOKEN_HEADER = "x-acs-dingtalk-access-token"
+
+FLOW_INPUTTING = "2"
+FLOW_FINISHED = "3"
+FLOW_FAILED = "5"
+STOPPED_MARK = "⏹️ 已停止 (stopped)"
+"""Appended to the text of a card whose run was stopped."""
+UNKNOWN_ERROR = "unknownError"
+"""500 on streaming when the template does not stream the key sent (a template/key mismatch)."""
+BACKOFF_FIRST_S = 0.5
+BACKOFF_CAP_S = 8.0
+
+CardState = Literal["finished", "failed", "stopped"]
+
+
+class CardError(DingTalkError):
+    """A card call failed. ``out_track_id`` names the card ("" before it existed)."""
+
+    out_track_id: str = ""
+
+    @classmethod
+    def wrap(cls, err: DingTalkError, message: str, out_track_id: str = "") -> CardError:
+        wrapped = cls(
+            message,
+            status=err.status,
+            code=err.code,
+            request_id=err.request_id,
+            required_scopes=err.required_scopes,
+            retry_after=err.retry_after,
+        )
+        wrapped.out_track_id = out_track_id
+        return wrapped
+
+
+class CardsUnavailable(CardError):
+    """Cards cannot work for this robot until an operator changes something (or the outage passes)."""
+
+
+class CardThrottled(CardError):
+    """A transient failure: the same card may be updated later."""
+
+
+class CardRejected(CardError):
+    """This one card failed; others may work."""
+
+
+def classify(err: DingTalkError, what: str, out_track_id: str = "", *, exhausted: bool = False) -> CardError:
+    """The :class:`CardError` a failed card call is, with an operator-readable message (the fix included)."""
+    if isinstance(err, CardError):
+        return err
+    if err.code == PERMISSION_CODE:
+        scopes = ", ".join(err.required_scopes) or f"{INSTANCE_SCOPE} and {STREAMING_SCOPE}"
+        message = (
+            f"{what}: the app lacks the permission {scopes}; grant it in the DingTalk developer console "
+            f"(app > Permissions) ({err})"
+        )
+        return CardsUnavailable.wrap(err, message, out_track_id)
+    if err.code.startswith("param.template"):
+        message = (
+            f"{what}: the card template is unknown or not published ({err}); publish it, or set "
+            f"platforms.dingtalk.card.template_id to {PUBLIC_AI_TEMPLATE}"
+        )
+        return CardsUnavailable.wrap(err, message, out_track_id)
+    if err.code == UNKNOWN_ERROR:
+        message = (
+            f"{what}: DingTalk answered unknownError, which means the template does not stream the "
+            f"variable in platforms.dingtalk.card.content_key ({err})"
+        )
+        return CardsUnavailable.wrap(err, message, out_track_id)
+    if err.quota_exhausted:
+        return CardsUnavailable.wrap(err, f"{what}: the monthly API quota is used up ({err})", out_track_id)
+    if err.retryable:
+        if exhausted and err.status >= 500:
+            message = f"{what}: DingTalk keeps failing ({err})"
+            return CardsUnavailable.wrap(err, message, out_track_id)
+        return CardThrottled.wrap(err, f"{what}: {err}", out_track_id)
+    return CardRejected.wrap(err, f"{what}: {err}", out_track_id)
+
+
+@dataclass
+class CardHandle:
+    """One open card: its id, where it is, and how many API calls it has cost."""
+
+    out_track_id: str
+    route: ReplyRoute
+    content_key: str
+    process_query_key: str = ""
+    calls: int = 0
+    """Card API requests made for this card, retries included."""
+    state: str = "open"
+    """``open``, then the :data:`CardState` it was finished in."""
+
+
+def space_id(route: ReplyRoute) -> str:
+    """The card ``openSpaceId`` of a conversation: the group, or the DM keyed by the sender's staff id."""
+    if route.is_group:
+        return f"dtv1.card//IM_GROUP.{route.conversation_id}"
+    return f"dtv1.card//IM_ROBOT.{route.sender_staff_id}"
+
+
+def open_body(card: CardConfig, route: ReplyRoute, out_track_id: str, robot_code: str) -> dict[str, Any]:
+    """The createAndDeliver body (wave2.md 1.2): created "inputting", delivered with the robot's code."""
+    params = {"config": '{"autoLayout":true}', card.content_key: "", "flowStatus": FLOW_INPUTTING}
+    if card.template_id == PUBLIC_AI_TEMPLATE:
+        params["sys_full_json_obj"] = json.dumps({"order": [card.content_key]})
+    if card.stop_button:
+        params.update(hasAction="true", stop_action="true")
+    body: dict[str, Any] = {
+        "cardTemplateId": card.template_id,
+        "outTrackId": out_track_id,
+        "cardData": {"cardParamMap": params},
+        "callbackType": "STREAM",
+        "imGroupOpenSpaceModel": {"supportForward": True},
+        "imRobotOpenSpaceModel": {"supportForward": True},
+        "openSpaceId": space_id(route),
+        "userIdType": 1,
+    }
+    extension = {"dynamicSummary": "true"}
+    if route.is_group:
+        body["imGroupOpenDeliverModel"] = {"robotCode": robot_code, "extension": extension}
+    else:  # the Deliver model, not the Space one, and with robotCode (peers that omit it fail in DMs)
+        body["imRobotOpenDeliverModel"] = {
+            "spaceType": "IM_ROBOT",
+            "robotCode": robot_code,
+            "extension": extension,
+        }
+    return body
+
+
+def streaming_body(handle: CardHandle, text: str, *, final: bool) -> dict[str, Any]:
+    """One streaming frame carrying the full text, with a fresh guid."""
+    return {
+        "outTrackId": handle.out_track_id,
+        "guid": uuid.uuid4().hex,
+        "key": handle.content_key,
+        "content": text if final else text.rstrip("\n"),
+        "isFull": True,
+        "isFinalize": final,
+        "isError": False,
+    }
+
+
+def failed_deliveries(data: Any) -> list[str]:
+    """``errorMsg`` of each ``success: false`` deliver result in a 200 answer (createAndDeliver, deliver)."""
+    result = data.get("result") if isinstance(data, dict) else None
+    results = result.get("deliverResults") if isinstance(result, dict) else result
+    if not isinstance(results, list):
+        return []
+    return [
+        str(r.get("errorMsg") or "delivery failed")
+        for r in results
+        if isinstance(r, dict) and r.get("success") is False
+    ]
+
+
+class CardClient:
+    """The card API calls of one robot. Safe to share across tasks; all cards share one rate budget."""
+
+    def __init__(
+        self,
+        config: DingTalkConfig,
+        *,
+        tokens: TokenCache | None = None,
+        client: httpx.AsyncClient | None = None,
+        limiter: RateLimiter | None = None,
+        monotonic: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        """``tokens``: the robot's token cache (the sender's, so the robot fetches one token);
+        ``client``: an httpx client (one is made and closed here when not given)."""
+        self.config = config
+        self.card = config.card
+        self._owns_client = client is None
+        self._client = client or http_client(timeout=config.send_timeout_s)
+        self._api_base = config.api_base.rstrip("/")
+        self._timeout = config.send_timeout_s
+        self._sleep = sleep
+        self._random = rand
+        self.limiter = limiter or RateLimiter(self.card.qps, clock=monotonic, sleep=sleep)
+        """The robot's card budget: every card API call of every card takes a token here."""
+        self.tokens = tokens or TokenCache(
+            self._client,
+            config.api_base,
+            config.app_key,
+            config.app_secret,
+            clock=monotonic,
+            timeout_s=config.send_timeout_s,
+        )
+        self.backoff_policy = Backoff(config.send_retries + 1, BACKOFF_FIRST_S, BACKOFF_CAP_S)
+        """Retries of ``open`` and ``finish`` (:mod:`edgecrab.retry`); tests may shorten its waits."""
+        self.calls = 0
+        """Card API requests made by this client, all cards together."""
+
+    @property
+    def robot_code(self) -> str:
+        return self.config.robot_code or self.config.app_key
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> CardClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- the three steps ---------------------------------------------------------------------------
+
+    async def open(self, route: ReplyRoute) -> CardHandle:
+        """Create the card in the conversation of ``route``, "inputting" and empty."""
+        handle = CardHandle(f"edgecrab_{uuid.uuid4().hex}", route, self.card.content_key)
+        what = f"card for conversation {route.conversation_id}"
+        if not route.is_group and not route.sender_staff_id:
+            raise CardRejected(f"{what}: a DM card needs the sender's staff id (outside the organisation?)")
+        body = open_body(self.card, route, handle.out_track_id, route.robot_code or self.robot_code)
+        data = await self._call("POST", CREATE_AND_DELIVER_PATH, lambda: body, handle, what, retry=True)
+        failures = failed_deliveries(data)
+        if failures:
+            handle.state = "failed"
+            message = f"{what}: DingTalk did not deliver it: {'; '.join(failures)}"
+            raise CardRejected(message, status=200, code="deliverResults")
+        result = data.get("result")
+        if isinstance(result, dict):
+            handle.process_query_key = str(result.get("processQueryKey") or "")
+        log.debug("[cards] opened card %s in conversation %s", handle.out_track_id, route.conversation_id)
+        return handle
+
+    async def update(self, handle: CardHandle, text: str) -> None:
+        """Show ``text`` (the full text so far) on the card: one try, plus one with a renewed token."""
+        what = f"update of card {handle.out_track_id}"
+        await self._call(
+            "PUT", STREAMING_PATH, lambda: streaming_body(handle, text, final=False), handle, what
+        )
+
+    async def finish(self, handle: CardHandle, text: str, state: CardState) -> None:
+        """The final frame, then the card's final state. Both are tried even when the first fails, so a
+        card is not left "thinking"; the first failure is raised after."""
+        if state == "stopped":
+            text = f"{text.rstrip()}\n\n{STOPPED_MARK}" if text.strip() else STOPPED_MARK
+        what = f"finishing card {handle.out_track_id} ({state})"
+        first: CardError | None = None
+        try:
+            await self._call(
+                "PUT",
+                STREAMING_PATH,
+                lambda: streaming_body(handle, text, final=True),
+                handle,
+                what,
+                retry=True,
+            )
+        except CardError as err:
+            first = err
+        params = {"flowStatus": FLOW_FAILED if state == "failed" else FLOW_FINISHED, handle.content_key: text}
+        if self.card.stop_button:
+            params.update(hasAction="false", stop_action="false")
+        body = {
+            "outTrackId": handle.out_track_id,
+            "cardData": {"cardParamMap": params},
+            "cardUpdateOptions": {"updateCardDataByKey": True},
+        }
+        try:
+            await self._call("PUT", INSTANCES_PATH, lambda: body, handle, what, retry=True)
+        except CardError as err:
+            first = first or err
+        handle.state = state
+        if first is not None:
+            raise first
+
+    # -- one call ----------------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Callable[[], dict[str, Any]],
+        handle: CardHandle,
+        what: str,
+        *,
+        retry: bool = False,
+    ) -> dict[str, Any]:
+        """One card API call (a new body per attempt: a streaming retry needs a new guid); a rejected token
+        is renewed and the call repeated once. With ``retry``, transient failures are retried under
+        :attr:`backoff_policy`. Raises :class:`CardError`."""
+        refreshed = False
+
+        async def once() -> dict[str, Any] | DingTalkError:
+            nonlocal refreshed
+            while True:
+                token = ""
+                try:
+                    token = await self.tokens.get()
+                    return await self._request(method, path, body(), token, handle, what)
+                except DingTalkError as err:
+                    if not (err.needs_new_token and token and not refreshed):
+                        return err
+                    refreshed = True
+                    self.tokens.invalidate(token)
+
+        def warn(notice: RetryNotice) -> None:
+            log.warning(
+                "[cards] %s failed: %s; retry %d/%d in %.1fs",
+                what,
+                notice.result,
+                notice.retry,
+                notice.of,
+                notice.delay_s,
+            )
+
+        if retry:
+            outcome = await retrying(
+                once,
+                self.backoff_policy,
+                retry_result=lambda r: isinstance(r, DingTalkError) and r.retryable,
+                min_wait=lambda r, _: r.min_wait if isinstance(r, DingTalkError) else 0.0,
+                on_retry=warn,
+                rand=self._random,
+                sleep=self._sleep,
+            )
+        else:
+            outcome = await once()
+        if isinstance(outcome, DingTalkError):
+            raise classify(outcome, what, handle.out_track_id, exhausted=retry)
+        return outcome
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any], token: str, handle: CardHandle, what: str
+    ) -> dict[str, Any]:
+        await self.limiter.acquire()
+        handle.calls += 1
+        self.calls += 1
+        headers = {"Content-Type": "application/json", TOKEN_HEADER: token}
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            with anyio.fail_after(self._timeout):
+                response = await self._client.request(
+                    method,
+                    self._api_base + path,
+                    content=content,
+                    headers=headers,
+                    timeout=self._timeout,
+                    follow_redirects=False,
+                )
+        except (TimeoutError, httpx.RequestError) as exc:
+            raise transport_error(exc, what) from None
+        if not response.is_success:
+            raise error_from_response(response, what)
+        try:
+            data = json.loads(response.content)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise DingTalkError(f"{what}: the answer is not a JSON object", status=response.status_code)
+        if data.get("success") is False:
+            raise error_from_response(response, what)
+        return data
