@@ -210,7 +210,7 @@ def _load(args: argparse.Namespace, *, sandbox: bool = False) -> Config:
 
 
 def _cleartext_warnings(config: Config) -> list[str]:
-    from edgecrab.config.check import cleartext_warnings
+    from edgecrab.config.rules import cleartext_warnings
 
     agent = config.agent
     return cleartext_warnings(config.dingtalk.api_base, agent.type, agent.base_url)

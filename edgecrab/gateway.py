@@ -39,7 +39,7 @@ from edgecrab.agents import build_agent
 from edgecrab.agents.base import Agent
 from edgecrab.config import Config
 from edgecrab.core.commands import Commands, ConnectionInfo
-from edgecrab.core.router import parse_command
+from edgecrab.core.router import cap_text, parse_command
 from edgecrab.core.runs import Runner
 from edgecrab.dingtalk import stream as stream_states
 from edgecrab.dingtalk.access import AccessPolicy
@@ -389,14 +389,3 @@ def _nothing() -> None:
 
 
 __all__ = ["Gateway"]
-
-
-def cap_text(message: Message, limit: int) -> Message:
-    """``message`` with its text cut to ``limit`` characters (0: no limit) and a note saying so, which the
-    agent sees: a 900 KB paste would otherwise be sent to the model whole, and echoed back as 150 replies."""
-    if not limit or len(message.text) <= limit:
-        return message
-    log.info("[dingtalk] message %s: text of %d characters cut to %d (max_inbound_chars)",
-             message.id, len(message.text), limit)
-    note = f"\n\n[edgecrab: the message was cut to its first {limit:,} of {len(message.text):,} characters]"
-    return message.replace(text=message.text[:limit] + note, parts=())

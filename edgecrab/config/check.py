@@ -12,21 +12,17 @@ import copy
 import difflib
 import functools
 import importlib.resources
-import ipaddress
 import json
 import re
-import shlex
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from edgecrab.config.source import ENV_HINTS, KeyPath, format_path, line_of, type_word_of
 from edgecrab.core import router
-from edgecrab.dingtalk.webhook import host_entry_problem
 from edgecrab.errors import Problem
 
 _SECRET_NAME = re.compile(
@@ -141,71 +137,6 @@ def _coerce(text: str, types: list[str]) -> Any:
 
 BUILTIN_COMMANDS: tuple[str, ...] = tuple(router.BUILTIN_COMMANDS)
 
-
-def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> list[Problem]:
-    """Rules JSON Schema cannot say clearly. Each guards its own types: the schema reports those."""
-    found: list[Problem] = []
-
-    def add(path: KeyPath, message: str, hint: str) -> None:
-        found.append(Problem(format_path(path), message, line=line_of(path, lines), hint=hint))
-
-    commands = data.get("commands")
-    aliases = commands.get("aliases") if isinstance(commands, dict) else None
-    for alias, target in (aliases or {}).items() if isinstance(aliases, dict) else ():
-        if not isinstance(target, str) or not target.startswith("/"):
-            continue
-        at = ("commands", "aliases", alias)
-        if alias in BUILTIN_COMMANDS:
-            add(at, f"`{alias}` is a built-in command and cannot be redefined", "choose another name")
-        elif target not in BUILTIN_COMMANDS:
-            close = difflib.get_close_matches(target, BUILTIN_COMMANDS, n=1, cutoff=0.6)
-            hint = f"did you mean `{close[0]}`? " if close else ""
-            hint += f"aliases can point at {' '.join(BUILTIN_COMMANDS)}"
-            hint += " (commands added by hooks cannot be aliased yet)"
-            add(at, f"alias target `{target}` is not a built-in command", hint)
-
-    agent = data.get("agent")
-    if isinstance(agent, dict):
-        kind = agent.get("type", "echo")
-        needs = {
-            "command": ("command", "command: [python, -m, mybot]"),
-            "python": ("callable", "callable: mybot:answer"),
-            "openai": ("model", "model: deepseek-chat"),
-        }
-        if isinstance(kind, str) and kind in needs and not agent.get(needs[kind][0]):
-            key, example = needs[kind]
-            add(("agent", key), f"required when agent.type is `{kind}`", f"for example `{example}`")
-        if isinstance(agent.get("command"), str):
-            try:
-                shlex.split(agent["command"])
-            except ValueError as exc:
-                add(("agent", "command"), f"cannot split into arguments: {exc}",
-                    "balance the quotes, or write a list")
-
-    platforms = data.get("platforms")
-    dingtalk = platforms.get("dingtalk") if isinstance(platforms, dict) else None
-    if isinstance(dingtalk, dict):
-        first, most = dingtalk.get("reconnect_initial_s", 1.0), dingtalk.get("reconnect_max_s", 60.0)
-        if _is_number(first) and _is_number(most) and most < first:
-            add(("platforms", "dingtalk", "reconnect_max_s"),
-                f"must be at least reconnect_initial_s ({first}), got {most}",
-                "the longest delay cannot be shorter than the first one")
-        hosts = dingtalk.get("extra_allowed_hosts")
-        entries: list[tuple[int | None, Any]] = list(enumerate(hosts)) if isinstance(hosts, list) else []
-        if isinstance(hosts, str):  # comma-separated (from the environment): the key itself is the path
-            entries = [(None, item) for item in hosts.split(",") if item.strip()]
-        for index, entry in entries:
-            problem = host_entry_problem(entry) if isinstance(entry, str) else ""
-            if problem:
-                hosts_at: KeyPath = ("platforms", "dingtalk", "extra_allowed_hosts")
-                add(hosts_at if index is None else (*hosts_at, index), f"`{entry}`: {problem}",
-                    "list plain host names or IP addresses, each optionally with :port, e.g. "
-                    "[hooks.example.com, 10.0.0.5:8443]")
-    return found
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 # --- schema errors -> problems --------------------------------------------------------------------------
 
@@ -401,32 +332,3 @@ def _unknown_key_hint(key: str, allowed: list[str]) -> str:
     if home is not None:
         return f"`{key}` belongs under `{home}`" if home else f"`{key}` is a top-level section: unindent it"
     return "allowed keys here: " + ", ".join(allowed) if allowed else ""
-
-
-def cleartext_warnings(api_base: str, agent_type: str, base_url: str) -> list[str]:
-    """A warning for each URL secrets are sent to in clear text: plain ``http://`` to a host that is not
-    loopback (``api_base`` carries the app secret, an openai ``base_url`` the api key and conversations)."""
-    urls = [("platforms.dingtalk.api_base", api_base, "the app secret and every message")]
-    if agent_type == "openai":
-        urls.append(("agent.base_url", base_url, "agent.api_key and the conversations"))
-    found = []
-    for key, url, what in urls:
-        try:
-            parsed = httpx.URL(url)
-        except httpx.InvalidURL:
-            continue
-        if parsed.scheme == "http" and not _is_loopback(parsed.host):
-            found.append(
-                f"{key} uses plain http:// to {parsed.host}, which is not this machine: {what} would "
-                "travel in clear text; use https://"
-            )
-    return found
-
-
-def _is_loopback(host: str) -> bool:
-    if host.rstrip(".").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -18,7 +18,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from edgecrab.config import check
+from edgecrab.config import check, rules
 from edgecrab.config import source as reader
 from edgecrab.config.model import (
     AgentConfig,
@@ -137,7 +137,7 @@ def _check(
     problems += missing.values()
     check.coerce_env_strings(data, expanded.origins)
     problems += check.schema_problems(data, parsed.lines, expanded.origins, skip=set(missing))
-    problems += check.semantic_problems(data, parsed.lines)
+    problems += rules.semantic_problems(data, parsed.lines)
     if problems:
         raise ConfigError(problems, source=label)
     config = _build(data, env, source)

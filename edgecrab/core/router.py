@@ -7,11 +7,14 @@ it has to stop.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from edgecrab.events import Command
+from edgecrab.events import Command, Message
+
+log = logging.getLogger(__name__)
 
 #: The product page's command table: the contract. Order is the order /help shows.
 BUILTIN_COMMANDS: dict[str, str] = {
@@ -86,3 +89,14 @@ def help_text(
 
 def unknown_command_text(command: Command) -> str:
     return f"❓ Unknown command `{command.name}` — try /help"
+
+
+def cap_text(message: Message, limit: int) -> Message:
+    """``message`` with its text cut to ``limit`` characters (0: no limit) and a note saying so, which the
+    agent sees: a 900 KB paste would otherwise be sent to the model whole, and echoed back as 150 replies."""
+    if not limit or len(message.text) <= limit:
+        return message
+    log.info("[gateway] message %s: text of %d characters cut to %d (max_inbound_chars)",
+             message.id, len(message.text), limit)
+    note = f"\n\n[edgecrab: the message was cut to its first {limit:,} of {len(message.text):,} characters]"
+    return message.replace(text=message.text[:limit] + note, parts=())
