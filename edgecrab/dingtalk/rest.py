@@ -151,13 +151,14 @@ class DingTalkSender:
 
     # -- route choice ------------------------------------------------------------------------------
 
-    def _webhook_usable(self, route: ReplyRoute) -> bool:
+    def _webhook_usable(self, route: ReplyRoute) -> httpx.URL | None:
+        """The route's sessionWebhook, parsed, when a reply may go through it."""
         url = route.session_webhook
         if not url:
-            return False
+            return None
         if url in self._dead_webhooks:
             log.debug("[dingtalk] sessionWebhook of conversation %s is known dead", route.conversation_id)
-            return False
+            return None
         expires_at = expiry_seconds(route.session_webhook_expires_at)
         # 0 means unknown: try it; a dead webhook answers 300001 and we fall back.
         if expires_at and self._clock() >= expires_at - self._config.webhook_expiry_margin_s:
@@ -166,12 +167,12 @@ class DingTalkSender:
                 route.conversation_id,
                 self._config.webhook_expiry_margin_s,
             )
-            return False
-        reason = self.guard.refusal(url)
+            return None
+        reason, parsed = self.guard.check(url)
         if reason:
             log.warning("[dingtalk] refusing sessionWebhook to host %s (%s)", url_host(url), reason)
-            return False
-        return True
+            return None
+        return parsed
 
     def _mark_dead(self, url: str) -> None:
         self._dead_webhooks[url] = None
@@ -187,9 +188,10 @@ class DingTalkSender:
         if fmt not in ("markdown", "text"):
             raise ValueError(f"unknown reply format {fmt!r}")
         webhook_failure: SendResult | None = None
-        if self._webhook_usable(route):
+        webhook = self._webhook_usable(route)
+        if webhook is not None:
             at = route.sender_staff_id if mention and route.is_group else ""
-            result = await self._send_webhook(route, webhook_body(text, title, fmt, at))
+            result = await self._send_webhook(route, webhook, webhook_body(text, title, fmt, at))
             if result.ok or result.code == TOO_LONG:
                 return result
             webhook_failure = result
@@ -205,7 +207,9 @@ class DingTalkSender:
             return webhook_failure
         return result
 
-    async def _post(self, url: str, content: bytes, headers: dict[str, str], what: str) -> httpx.Response:
+    async def _post(
+        self, url: str | httpx.URL, content: bytes, headers: dict[str, str], what: str
+    ) -> httpx.Response:
         """One POST of a JSON body (``headers`` include the Content-Type), redirects not followed; the
         whole exchange bounded by the send timeout, as each of its steps is."""
         try:
@@ -216,13 +220,13 @@ class DingTalkSender:
         except (TimeoutError, httpx.RequestError) as exc:
             raise transport_error(exc, what) from None
 
-    async def _send_webhook(self, route: ReplyRoute, body: dict[str, Any]) -> SendResult:
+    async def _send_webhook(self, route: ReplyRoute, webhook: httpx.URL, body: dict[str, Any]) -> SendResult:
         url = route.session_webhook
         content = encode_body(body)
 
         async def attempt() -> SendResult:
             await self._webhook_limiter.acquire()
-            response = await self._post(url, content, JSON_HEADERS, "sessionWebhook")
+            response = await self._post(webhook, content, JSON_HEADERS, "sessionWebhook")
             try:
                 return webhook_result(response)
             except DingTalkError as err:

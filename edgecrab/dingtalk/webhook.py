@@ -174,10 +174,17 @@ class WebhookGuard:
 
     def refusal(self, url: str) -> str:
         """Why ``url`` must not be contacted, or ``""`` when it may."""
+        return self.check(url)[0]
+
+    def check(self, url: str) -> tuple[str, httpx.URL | None]:
+        """:meth:`refusal`, and the URL as parsed, for the client to send to without parsing it again."""
         try:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, TypeError):
-            return "not a valid URL"
+            return "not a valid URL", None
+        return self._verdict(parsed), parsed
+
+    def _verdict(self, parsed: httpx.URL) -> str:
         key = (parsed.scheme, parsed.host.rstrip(".").lower(), parsed.port, parsed.path)
         if self._verdicts_for is not self.allowed:  # the allow-list was replaced: judge again
             self._verdicts, self._verdicts_for = {}, self.allowed
