@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import importlib
+import logging
 import os
 import shutil
 import socket
@@ -63,7 +64,15 @@ class Check:
 
 def run_doctor(config: Config, *, sandbox: bool = False, say: Callable[[str], None] = print) -> int:
     """Run every check, printing each line as it completes; the exit code (0 or 1)."""
-    checks = anyio.run(_doctor, config, sandbox, say)
+    # The checks report what fails on their own lines; the DingTalk client's error log would say it twice.
+    quiet = logging.getLogger("edgecrab.dingtalk")
+    level = quiet.level
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        quiet.setLevel(logging.CRITICAL)
+    try:
+        checks = anyio.run(_doctor, config, sandbox, say)
+    finally:
+        quiet.setLevel(level)
     failed = [c.name for c in checks if c.status == FAILED]
     say(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed" + (
         f"; failed: {', '.join(failed)}" if failed else ""))
