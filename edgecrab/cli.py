@@ -161,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="as `gateway start --sandbox` reads it (no credentials needed, sandbox state)")
     action(config, "schema", "print the JSON Schema of the configuration", _config_schema)
 
+    doctor = commands.add_parser(
+        "doctor", parents=[common],
+        help="check a deployment: config, hooks, state directory, DingTalk credentials and Stream mode, "
+        "clock, agent, port",
+    )
+    doctor.add_argument("--sandbox", action="store_true",
+                        help="as `gateway start --sandbox` runs: DingTalk checks against the emulator")
+    doctor.set_defaults(handler=_doctor)
+
     hooks = group("hooks", "inspect hooks")
     action(hooks, "list", "load the configured hooks and list them", _hooks_list)
 
@@ -245,6 +254,13 @@ def _config_show(args: argparse.Namespace) -> int:
 def _config_schema(args: argparse.Namespace) -> int:
     print(json.dumps(load_schema(), indent=2, ensure_ascii=False))
     return EXIT_OK
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    config = _load(args, sandbox=args.sandbox)  # an invalid configuration exits 2 here, with every problem
+    from edgecrab.ops.doctor import run_doctor
+
+    return run_doctor(config, sandbox=args.sandbox)
 
 
 def _hooks_list(args: argparse.Namespace) -> int:

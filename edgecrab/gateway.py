@@ -51,6 +51,9 @@ from edgecrab.dingtalk.stream import StreamClient
 from edgecrab.errors import StartupError
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
+from edgecrab.ops.metrics import GatewayMetrics
+from edgecrab.ops.parts import GatewayParts
+from edgecrab.ops.server import OpsServer
 from edgecrab.outbound import http_client
 from edgecrab.replies.delivery import Delivery
 from edgecrab.replies.format import Format
@@ -250,6 +253,9 @@ class Gateway:
             with anyio.move_on_after(0.5, shield=True):
                 await self._drain_states()  # "stopped", as the client ended
 
+    def _ops_url(self) -> str:
+        return self.ops.url if self.ops.port else ""
+
     def connection_state(self) -> str:
         s = self.stream
         if s is None:
@@ -294,18 +300,28 @@ class Gateway:
             self.runner,
             self.reply,
             hooks=self.hooks,
-            connection=ConnectionInfo(self.connection_state),
+            connection=ConnectionInfo(self.connection_state, ops=self._ops_url),
             cancel_outbox=lambda m: (
                 self.delivery.cancel(m.route, session_key=self.runner.key(m)) if m.route else _zero()
             ),
         )
-        # The Stream client opens its own HTTP client: its open-connection call has its own timeouts.
+        # The Stream client has an HTTP client of its own (the one it would make itself: its open-connection
+        # call has its own timeouts), made here so that the metrics count its calls too.
+        self._stream_http = http_client(timeout=10.0, max_connections=4)
         self.stream = StreamClient(
             dt,
             self.intake.on_callback,
             on_state=self._on_state,
+            http=self._stream_http,
             on_callbacks_now=self.intake.on_callbacks_now if self.store.records_at_once else None,
         )
+        self.parts = GatewayParts(
+            self.robot, self.stream, self.intake, self.sender, self.delivery, self.runner, self.store,
+            agent=self.agent.name,
+        )
+        self.metrics = GatewayMetrics(self.parts)
+        self.metrics.attach(http, self._stream_http)
+        self.ops = OpsServer(self.config.http, self.parts, self.metrics)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -321,6 +337,7 @@ class Gateway:
         assert self.stream is not None
         try:
             async with anyio.create_task_group() as tg:
+                await tg.start(self.ops.run)  # first: /healthz answers while the rest starts
                 await tg.start(self.delivery.run)
                 await tg.start(self.runner.run)
                 self.commands.hook_commands = dict(await self.hooks.register_commands())
@@ -353,6 +370,7 @@ class Gateway:
             with anyio.move_on_after(1, shield=True):
                 await self.agent.aclose()
                 await http.aclose()
+                await self._stream_http.aclose()
                 await self.store.close()
             log.info("[gateway] stopped")
 

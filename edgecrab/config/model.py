@@ -158,8 +158,13 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
+    """The gateway's own HTTP port (:mod:`edgecrab.ops.server`): always on, loopback by default."""
+
     host: str = "127.0.0.1"
     port: int = 0
+    """0: a free port, logged at start and shown by ``/status``."""
+    token: str = field(default="", repr=False)
+    """When set, ``/metrics`` and ``/status`` need ``Authorization: Bearer <token>``."""
 
 
 @dataclass(frozen=True)

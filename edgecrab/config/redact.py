@@ -26,7 +26,7 @@ def is_secret_key(name: str) -> bool:
 
 def secret_values(config: Config) -> list[str]:
     """Every secret string in ``config``, longest first, for redacting logs and ``config show``."""
-    found = [config.dingtalk.app_secret, config.agent.api_key]
+    found = [config.dingtalk.app_secret, config.agent.api_key, config.http.token]
 
     def walk(value: Any, name: str) -> None:
         if isinstance(value, Mapping):

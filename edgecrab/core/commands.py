@@ -38,6 +38,8 @@ class ConnectionInfo:
     """What /status says about the DingTalk side; filled by the gateway."""
 
     state: Callable[[], str]
+    ops: Callable[[], str] = lambda: ""
+    """The ops port's URL (``http://127.0.0.1:PORT``), shown to DingTalk admins; empty: not shown."""
 
 
 def duration(seconds: float) -> str:
@@ -177,15 +179,17 @@ class Commands:
                 head += f" — “{_preview(st.preview)}”"
         else:
             head = "🟢 **Idle** — ready for your next message"
-        return "\n".join(
-            [
-                head,
-                "",
-                f"- Queue: {_plural(st.queued, 'message')} waiting",
-                f"- DingTalk: {self.connection.state()}",
-                f"- Session: {self._scope(message)}",
-            ]
-        )
+        lines = [
+            head,
+            "",
+            f"- Queue: {_plural(st.queued, 'message')} waiting",
+            f"- DingTalk: {self.connection.state()}",
+            f"- Session: {self._scope(message)}",
+        ]
+        ops = self.connection.ops() if message.sender.is_admin else ""
+        if ops:
+            lines.append(f"- Ops port (admins only): {ops} (/healthz /readyz /metrics /status)")
+        return "\n".join(lines)
 
     async def _usage(self, key: str) -> str:
         stats = await self.store.session_stats(key)

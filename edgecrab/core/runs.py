@@ -80,6 +80,8 @@ class Runner:
         self._tg: anyio.abc.TaskGroup | None = None
         self.runs_started = 0
         self.runs_finished = 0
+        self.on_agent_result: Callable[[AgentResult, float], None] | None = None
+        """Told every agent call's result (the ops port's latency and token metrics)."""
 
     def key(self, message: Message) -> str:
         return session_key(message, self.config.group_scope)
@@ -291,6 +293,8 @@ class Runner:
         elapsed = time.monotonic() - started
         if result is None:  # cancelled by /stop, /new or interrupt
             result = AgentResult(text="", duration_s=elapsed, stopped=True)
+        if self.on_agent_result is not None:
+            self.on_agent_result(result, elapsed)
         return result, elapsed
 
     async def _failure_answer(self, error: str, message: Message) -> str:
@@ -384,3 +388,8 @@ class Runner:
     @property
     def active_runs(self) -> int:
         return sum(1 for s in self._sessions.values() if s.current is not None)
+
+    @property
+    def queued_total(self) -> int:
+        """Messages waiting behind a run, over all sessions."""
+        return sum(len(s.queue) for s in self._sessions.values())

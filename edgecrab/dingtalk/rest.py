@@ -25,6 +25,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -43,9 +44,11 @@ from edgecrab.dingtalk.robotapi import (
 )
 from edgecrab.dingtalk.tokens import (
     PERMISSION_CODE,
+    QPS_CODES,
     SESSION_GONE,
     TOKEN_PATH,
     TOO_LONG,
+    WEBHOOK_THROTTLED,
     DingTalkError,
     TokenCache,
     transport_error,
@@ -67,6 +70,7 @@ __all__ = [
     "DingTalkSender",
     "RateLimiter",
     "SendResult",
+    "SendStats",
     "TokenCache",
     "openapi_body",
     "redact_url",
@@ -83,6 +87,27 @@ QUOTA_PAUSE_S = 3600.0
 """After ApiCountLimitForOrg, OpenAPI sends are not even tried for this long."""
 DEAD_WEBHOOKS_MAX = 4096
 JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@dataclass(slots=True)
+class SendStats:
+    """What one robot's sends came to, for the ops port's ``/metrics``: plain counts, read at scrape time.
+    ``on_latency`` (when set) is told each send's route and seconds, its retries included."""
+
+    sends: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    """By ``(route, "ok" | "failed", DingTalk's code or "")``."""
+    throttled: dict[str, int] = field(default_factory=dict)
+    """Retries DingTalk's rate limits forced (QpsLimit, the webhook's 20 a minute), by code."""
+    on_latency: Callable[[str, float], None] | None = None
+
+    def count(self, via: str, result: SendResult | DingTalkError, seconds: float) -> None:
+        if isinstance(result, SendResult):
+            key = (via, "ok", "") if result.ok else (via, "failed", result.code)
+        else:
+            key = (via, "failed", result.code or str(result.status))
+        self.sends[key] = self.sends.get(key, 0) + 1
+        if self.on_latency is not None:
+            self.on_latency(via, seconds)
 
 
 class DingTalkSender:
@@ -115,6 +140,7 @@ class DingTalkSender:
         self._quota_paused_until = 0.0
         self.backoff_policy = Backoff(config.send_retries + 1, BACKOFF_BASE_S, BACKOFF_CAP_S)
         """The retry policy of every send (:mod:`edgecrab.retry`); tests may shorten its waits."""
+        self.stats = SendStats()
         self.guard = WebhookGuard(config.api_base, config.extra_allowed_hosts)
         install_httpx_redaction()
         self.tokens = TokenCache(
@@ -314,6 +340,9 @@ class DingTalkSender:
                 return err
 
         def warn(notice: RetryNotice) -> None:
+            code = getattr(notice.result, "code", "")
+            if code in QPS_CODES or code == WEBHOOK_THROTTLED:
+                self.stats.throttled[code] = self.stats.throttled.get(code, 0) + 1
             log.warning(
                 "[dingtalk] %s to conversation %s failed: %s; retry %d/%d in %.1fs",
                 via,
@@ -324,6 +353,7 @@ class DingTalkSender:
                 notice.delay_s,
             )
 
+        started = self._monotonic()
         outcome = await retrying(
             once,
             self.backoff_policy,
@@ -333,6 +363,7 @@ class DingTalkSender:
             rand=self._random,
             sleep=self._sleep,
         )
+        self.stats.count(via, outcome, self._monotonic() - started)
         if isinstance(outcome, DingTalkError):
             return self._failed(via, route, outcome)
         log.debug(

@@ -50,6 +50,7 @@ from edgecrab.dingtalk.streamconn import (
     CallbackHandler,
     NowHandler,
     StreamConnection,
+    StreamStats,
     open_websocket,
 )
 from edgecrab.logs import redact
@@ -111,6 +112,8 @@ class StreamClient:
         self.state_since = time.monotonic()
         self.connections_opened = 0
         self.current: StreamConnection | None = None
+        self.stats = StreamStats()
+        """Frames by topic, reconnects by reason, the last frame's time: for the ops port."""
         self._rng = random.Random()
         self._backoff = Backoff(0, config.reconnect_initial_s, config.reconnect_max_s)
         """Reconnects never stop (:mod:`edgecrab.retry`); the waits grow from 1 s to 60 s by default."""
@@ -128,6 +131,9 @@ class StreamClient:
                 await self._on_state(state, detail)
             except Exception:
                 log.exception("[dingtalk] state listener failed")
+
+    def _count_reconnect(self, reason: str) -> None:
+        self.stats.reconnects[reason] = self.stats.reconnects.get(reason, 0) + 1
 
     async def open_ticket(self, http: httpx.AsyncClient) -> str:
         """The open-connection call; returns the websocket URL with its single-use ticket."""
@@ -174,6 +180,7 @@ class StreamClient:
             on_callback=self.on_callback,
             on_callbacks_now=self.on_callbacks_now,
             idle_timeout_s=self.config.idle_timeout_s,
+            stats=self.stats,
         )
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -224,6 +231,7 @@ class StreamClient:
         try:
             return await self._open(http)
         except AuthFailed as exc:
+            self._count_reconnect("auth_failed")
             delay = self.config.reconnect_max_s
             log.error(
                 "[dingtalk] authentication failed (%s): check DINGTALK_APP_KEY / DINGTALK_APP_SECRET "
@@ -236,6 +244,7 @@ class StreamClient:
                 FAILED, "authentication failed: check DINGTALK_APP_KEY / DINGTALK_APP_SECRET"
             )
         except OpenFailed as exc:
+            self._count_reconnect("open_failed")
             delay = self._backoff.delay(failures, self._rng.random)
             log.warning("[dingtalk] %s; reconnecting in %.1f s (attempt %d)", exc, delay, failures + 2)
             await self._set_state(RECONNECTING, str(exc))
@@ -246,6 +255,7 @@ class StreamClient:
         """After ``conn`` ended: the failure count to go on with, once any wait before reconnecting is over.
         A ``disconnect`` frame asks for a new connection at once (the old one drains meanwhile)."""
         lived = time.monotonic() - conn.opened_at
+        self._count_reconnect(reason_label(conn.end_reason))
         if lived >= self.config.healthy_after_s or conn.end_reason == "disconnect":
             failures = 0
         if conn.end_reason == "disconnect":
@@ -278,6 +288,14 @@ def _endpoint_problem(endpoint: str) -> str:
     return ""
 
 
+def reason_label(end_reason: str) -> str:
+    """A connection's end reason as a bounded metrics label: ``idle``, ``disconnect``, ``closed`` or
+    ``network`` (the reason itself may carry a close code or an error's text)."""
+    if end_reason in ("idle", "disconnect"):
+        return end_reason
+    return "network" if end_reason.startswith("network") else "closed"
+
+
 def _error_text(resp: httpx.Response) -> str:
     try:
         data = resp.json()
@@ -298,5 +316,7 @@ __all__ = [
     "AuthFailed",
     "OpenFailed",
     "StreamClient",
+    "StreamStats",
     "local_ip",
+    "reason_label",
 ]

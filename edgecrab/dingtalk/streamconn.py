@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import websockets
@@ -42,6 +42,10 @@ from edgecrab.dingtalk.frames import Frame, FrameError, ack_frame, parse_frame
 log = logging.getLogger("edgecrab.dingtalk.stream")
 
 BOT_TOPIC = "/v1.0/im/bot/messages/get"
+
+_TOPICS = frozenset({BOT_TOPIC, "ping", "disconnect", "KEEPALIVE", "CONNECTED", "REGISTERED"})
+"""Topics counted by name in :attr:`StreamStats.frames`; any other is ``other`` (a label stays bounded
+whatever the server sends)."""
 
 MAX_FRAME_BYTES = 2**20
 """Largest frame processed (1 MiB, the official Python SDK's limit: websockets' default). Robot callbacks
@@ -56,6 +60,21 @@ as an ERROR naming the cause, and reconnects back off as after any short-lived c
 CLOSE_TIMEOUT_S = 0.5
 """How long a close waits for the server's side of the closing handshake before websockets aborts the TCP
 connection."""
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """What one robot's Stream side counts, across its connections, for the ops port (``/metrics``,
+    ``/readyz``): plain ints and a timestamp, so the ack path pays a dict increment, not a metrics call.
+    ``on_ack`` (when set) is told each callback's seconds from ``recv()`` to its ack."""
+
+    frames: dict[str, int] = field(default_factory=dict)
+    """Frames received, by topic (``ping``, the robot topic, ...)."""
+    reconnects: dict[str, int] = field(default_factory=dict)
+    """Connections lost or not made, by reason (:func:`~edgecrab.dingtalk.stream.reason_label`)."""
+    last_frame_at: float = 0.0
+    """``time.monotonic()`` of the last frame on any connection; 0 before the first."""
+    on_ack: Callable[[float], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +115,10 @@ class StreamConnection:
         on_callback: CallbackHandler,
         on_callbacks_now: NowHandler | None = None,
         idle_timeout_s: float,
+        stats: StreamStats | None = None,
     ) -> None:
         self.ws = ws
+        self.stats = stats if stats is not None else StreamStats()
         self.cid = cid
         self.on_callback = on_callback
         self.on_callbacks_now = on_callbacks_now
@@ -131,7 +152,7 @@ class StreamConnection:
                     self._end("idle")
                     return
                 self.frames += 1
-                self.last_frame_at = time.monotonic()
+                self.last_frame_at = self.stats.last_frame_at = time.monotonic()
                 if len(raw) > MAX_FRAME_BYTES:
                     await self._drop_oversize(raw)
                     continue
@@ -202,9 +223,14 @@ class StreamConnection:
         mid = frame.message_id
         if not self.server_id and headers.get("connectionId"):
             self._learn_server_id(headers["connectionId"])
+        frames = self.stats.frames
+        label = topic if topic in _TOPICS else "other"
+        frames[label] = frames.get(label, 0) + 1
         if frame.type == "CALLBACK" and topic == BOT_TOPIC:
             decision = await self._record(frame)
             await self._send(ack_frame(mid, code=decision.code, message=decision.message))
+            if self.stats.on_ack is not None:
+                self.stats.on_ack(time.monotonic() - self.last_frame_at)
             return
         if frame.type == "SYSTEM":
             if topic == "ping":

@@ -99,6 +99,8 @@ class Delivery:
         self.sent_chunks = 0
         """Messages DingTalk accepted (a re-split chunk counts once per piece)."""
         self.failed_replies = 0
+        self.failed_in_a_row = 0
+        """Messages that failed since the last one DingTalk accepted (the ops port's readiness)."""
 
     @property
     def resplits(self) -> int:
@@ -315,6 +317,7 @@ class Delivery:
             log.exception(
                 "[delivery] sending chunk %d/%d of %s failed", chunk.index + 1, chunk.total, chunk.reply_id
             )
+            self.failed_in_a_row += 1
             return _FAILED, f"{type(exc).__name__}: {exc}"
         if result is None or self._cancelled(chunk, epoch):
             return _CANCELLED, ""  # /stop, or the gateway stopped and the send did not finish in time
@@ -322,9 +325,13 @@ class Delivery:
             self._via[chunk.reply_id] = getattr(result, "via", "")
             self._last_sent[chunk.conversation_key] = time.monotonic()
             self.sent_chunks += 1
+            self.failed_in_a_row = 0
             return _OK, ""
         error = f"{result.code} {result.message}".strip()
-        return (_TOO_LONG if result.code in TOO_LONG_CODES else _FAILED), error
+        if result.code in TOO_LONG_CODES:
+            return _TOO_LONG, error
+        self.failed_in_a_row += 1
+        return _FAILED, error
 
     async def _send_once(
         self, chunk: OutboxChunk, route: ReplyRoute, text: str, mention: bool

@@ -146,6 +146,13 @@ class Store(abc.ABC):
     async def inbox_unfinished(self, robot: str) -> list[InboxEntry]:
         """Entries in RECEIVED or PROCESSING state, oldest first (picked up again on start)."""
 
+    async def inbox_backlog(self, robot: str) -> tuple[int, float | None]:
+        """How many of ``robot``'s messages are unfinished, and when the oldest arrived (epoch seconds;
+        None when there is none): the ops port's inbox depth and age. Stores override it with a cheaper
+        query; this default reads the unfinished entries."""
+        entries = await self.inbox_unfinished(robot)
+        return len(entries), min((e.received_at for e in entries), default=None)
+
     @abc.abstractmethod
     async def inbox_prune(self, older_than: float) -> int:
         """Forget finished entries received before ``older_than`` (epoch s); returns how many."""

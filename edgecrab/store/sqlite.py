@@ -110,6 +110,15 @@ class SQLiteStore(SQLiteConnection, Store):
         )
         return [InboxEntry(*row) for row in rows]
 
+    async def inbox_backlog(self, robot: str) -> tuple[int, float | None]:
+        # The inbox_state index (robot, state, received_at) answers both without reading a payload.
+        rows = self._all(
+            "SELECT COUNT(*), MIN(received_at) FROM inbox WHERE robot = ? AND state IN (?, ?)",
+            (robot, RECEIVED, PROCESSING),
+        )
+        count, oldest = rows[0]
+        return int(count), (float(oldest) if oldest is not None else None)
+
     async def inbox_prune(self, older_than: float) -> int:
         # Robot by robot, so the inbox_state index (robot, state, received_at) finds the rows: without a
         # robot the delete read the whole table, a day of callbacks, once a minute. The robots themselves

@@ -1,0 +1,186 @@
+"""``GET /metrics``: the gateway's numbers in Prometheus' text format, through ``prometheus-client``.
+
+Each gateway has its own :class:`~prometheus_client.CollectorRegistry` (never the library's global one:
+two gateways in one process, as in the tests, must not share or collide). Most numbers are counts the
+code keeps anyway (intake's received/duplicates, the Stream client's frames by topic and reconnects by
+reason, the sender's sends by route/result/code, delivery's chunks): a custom collector reads them at
+scrape time, so the ack path pays a dict increment, not a metrics call. What needs a distribution is a
+:class:`~prometheus_client.Histogram` observed at the source: ack latency, send latency, agent latency.
+
+Every series is labelled by ``robot`` (the robot code, which the logs show anyway). Other labels are
+bounded sets: topics (unknown ones are ``other``), reconnect reasons, send routes, DingTalk's error codes,
+API names (unknown paths are ``other``). Never a user id, a conversation id or message text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from edgecrab.agents.base import AgentResult
+from edgecrab.dingtalk.robotapi import BATCH_SEND_PATH, GROUP_SEND_PATH
+from edgecrab.dingtalk.stream import CONNECTED, OPEN_PATH
+from edgecrab.dingtalk.tokens import TOKEN_PATH
+from edgecrab.ops.parts import GatewayParts
+
+ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+"""Acks take about a millisecond; DingTalk gives up on one after about 2 s."""
+SEND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+AGENT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+API_NAMES = {
+    TOKEN_PATH: "accessToken",
+    BATCH_SEND_PATH: "batchSend",
+    GROUP_SEND_PATH: "groupSend",
+    OPEN_PATH: "connections/open",
+    "/robot/sendBySession": "sessionWebhook",
+}
+"""Request paths counted by name in ``edgecrab_dingtalk_api_calls_total``; any other path is ``other``."""
+
+
+class GatewayMetrics:
+    """One gateway's registry: the histograms observed at their source, and the collector that reads the
+    rest at scrape time. :meth:`refresh` (awaited before each scrape) reads what needs the store."""
+
+    def __init__(self, parts: GatewayParts) -> None:
+        self.parts = parts
+        robot = parts.robot
+        self.registry = CollectorRegistry()
+        self._ack = Histogram(
+            "edgecrab_ack_seconds", "Robot callback from recv() to its ack leaving.",
+            ["robot"], registry=self.registry, buckets=ACK_BUCKETS,
+        ).labels(robot)
+        self._send = Histogram(
+            "edgecrab_send_seconds", "One reply message sent to DingTalk, retries included, by route.",
+            ["robot", "route"], registry=self.registry, buckets=SEND_BUCKETS,
+        )
+        self._agent = Histogram(
+            "edgecrab_agent_seconds", "Agent calls, by outcome (ok, failed, stopped).",
+            ["robot", "outcome"], registry=self.registry, buckets=AGENT_BUCKETS,
+        )
+        self._tokens = Counter(
+            "edgecrab_agent_tokens", "Tokens the agent reported, by kind (prompt, completion).",
+            ["robot", "kind"], registry=self.registry,
+        )
+        self._api = Counter(
+            "edgecrab_dingtalk_api_calls", "Requests to DingTalk's REST APIs, by API (the monthly quota "
+            "counts calls).", ["robot", "api"], registry=self.registry,
+        )
+        self.backlog: tuple[int, float | None] = (0, None)
+        self.registry.register(_Collector(self))
+
+    # -- wiring: what the gateway's parts call -------------------------------------------------------
+    def attach(self, *clients: httpx.AsyncClient) -> None:
+        """Observe at the sources: acks, sends, agent calls, and every request on ``clients`` (the
+        gateway's HTTP clients to DingTalk), through httpx's public ``event_hooks``."""
+        parts = self.parts
+        parts.stream.stats.on_ack = self._ack.observe
+        parts.sender.stats.on_latency = self._observe_send
+        parts.runner.on_agent_result = self._observe_agent
+        for http in clients:
+            hooks = dict(http.event_hooks)
+            hooks["request"] = [*hooks.get("request", []), self._count_request]
+            http.event_hooks = hooks
+
+    def _observe_send(self, route: str, seconds: float) -> None:
+        self._send.labels(self.parts.robot, route).observe(seconds)
+
+    def _observe_agent(self, result: AgentResult, seconds: float) -> None:
+        outcome = "stopped" if result.stopped else "failed" if result.failed else "ok"
+        robot = self.parts.robot
+        self._agent.labels(robot, outcome).observe(seconds)
+        if result.usage.prompt_tokens:
+            self._tokens.labels(robot, "prompt").inc(result.usage.prompt_tokens)
+        if result.usage.completion_tokens:
+            self._tokens.labels(robot, "completion").inc(result.usage.completion_tokens)
+
+    async def _count_request(self, request: httpx.Request) -> None:
+        self._api.labels(self.parts.robot, API_NAMES.get(request.url.path, "other")).inc()
+
+    async def refresh(self) -> None:
+        """Read what lives in the store (the inbox backlog) before a scrape."""
+        self.backlog = await self.parts.store.inbox_backlog(self.parts.robot)
+
+
+class _Collector(Collector):
+    """The counts the gateway's parts keep, read at scrape time."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        p = self.metrics.parts
+        robot = p.robot
+        stream, stats = p.stream, p.stream.stats
+
+        def counter(name: str, text: str, value: float, **labels: str) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, text, labels=["robot", *labels])
+            family.add_metric([robot, *labels.values()], value)
+            return family
+
+        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, text, labels=["robot"])
+            family.add_metric([robot], value)
+            return family
+
+        frames = CounterMetricFamily("edgecrab_stream_frames", "Stream frames received, by topic.",
+                                     labels=["robot", "topic"])
+        for topic, n in sorted(stats.frames.items()):
+            frames.add_metric([robot, topic], n)
+        yield frames
+        reconnects = CounterMetricFamily(
+            "edgecrab_stream_reconnects", "Stream connections lost or not made, by reason.",
+            labels=["robot", "reason"],
+        )
+        for reason, n in sorted(stats.reconnects.items()):
+            reconnects.add_metric([robot, reason], n)
+        yield reconnects
+        yield counter("edgecrab_stream_connections_opened", "Stream connections opened.",
+                      stream.connections_opened)
+        yield gauge("edgecrab_stream_connected", "1 while the Stream connection is up.",
+                    1.0 if stream.state == CONNECTED else 0.0)
+        yield gauge("edgecrab_stream_last_frame_age_seconds",
+                    "Seconds since the last Stream frame (since the start before the first).",
+                    p.last_frame_age_s())
+        yield counter("edgecrab_messages_received", "Robot messages recorded in the inbox (new ones).",
+                      p.intake.received)
+        yield counter("edgecrab_duplicates", "Redeliveries recognised and not processed again.",
+                      p.intake.duplicates)
+        sends = CounterMetricFamily(
+            "edgecrab_sends", "Reply messages sent to DingTalk, by route, result and DingTalk's code.",
+            labels=["robot", "route", "result", "code"],
+        )
+        for (route, result, code), n in sorted(p.sender.stats.sends.items()):
+            sends.add_metric([robot, route, result, code], n)
+        yield sends
+        throttled = CounterMetricFamily(
+            "edgecrab_send_throttled", "Send retries DingTalk's rate limits forced (QpsLimit...), by code.",
+            labels=["robot", "code"],
+        )
+        for code, n in sorted(p.sender.stats.throttled.items()):
+            throttled.add_metric([robot, code], n)
+        yield throttled
+        yield counter("edgecrab_reply_chunks_sent", "Reply messages DingTalk accepted.",
+                      p.delivery.sent_chunks)
+        yield counter("edgecrab_replies_failed", "Replies given up on (undeliverable).",
+                      p.delivery.failed_replies)
+        yield gauge("edgecrab_sends_failed_in_a_row", "Reply messages failed since the last one accepted.",
+                    p.delivery.failed_in_a_row)
+        yield counter("edgecrab_token_fetches", "Access tokens fetched.", p.sender.tokens.fetches)
+        depth, oldest = self.metrics.backlog
+        yield gauge("edgecrab_inbox_depth", "Messages recorded and not finished yet.", depth)
+        yield gauge("edgecrab_inbox_oldest_age_seconds", "Age of the oldest unfinished message (0: none).",
+                    max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+        yield gauge("edgecrab_queue_depth", "Messages waiting behind a run, over all sessions.",
+                    p.queue_depth())
+        yield gauge("edgecrab_runs_active", "Agent runs in progress.", p.runner.active_runs)
+        yield gauge("edgecrab_start_time_seconds", "When the gateway started (Unix time).", p.started_wall)
+
+
+__all__ = ["API_NAMES", "GatewayMetrics"]

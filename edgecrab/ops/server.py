@@ -1,0 +1,158 @@
+"""The gateway's own HTTP port: ``/healthz``, ``/readyz``, ``/metrics``, ``/status``.
+
+Always on, and loopback by default: ``http.host`` (default ``127.0.0.1``) and ``http.port`` (default 0, a
+free port, or ``DINGTALK_WEBHOOK_PORT``). The port in use is logged at start (``[ops] listening on
+http://127.0.0.1:PORT``) and shown by ``/status``. Always on because a gateway nobody can ask whether it
+is ready is the problem this port solves, and a free loopback port costs nothing and reaches nobody else.
+
+It is aiohttp's server through its public API (``web.AppRunner`` + ``web.TCPSite``, as the emulator's),
+run by the gateway as one task of its task group: cancelling the gateway closes the port (a request in
+flight gets half a second).
+
+* ``GET /healthz``: 200 while the event loop answers (liveness; nothing else is checked).
+* ``GET /readyz``: 200 when every check of :mod:`edgecrab.ops.ready` passes, else 503; the JSON body names
+  each check and what fails.
+* ``GET /metrics``: Prometheus text (or OpenMetrics, by ``Accept``) from :mod:`edgecrab.ops.metrics`.
+* ``GET /status``: the facts chat ``/status`` gives, as JSON: robot, connection state, uptime, runs,
+  queue depth, the port.
+
+With ``http.token`` set, ``/metrics`` and ``/status`` need ``Authorization: Bearer <token>`` (compared in
+constant time); ``/healthz`` and ``/readyz`` stay open for probes. No answer carries a secret, message
+text or a user id.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+import anyio
+import anyio.abc
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from edgecrab import __version__
+from edgecrab.config.model import HttpConfig
+from edgecrab.errors import StartupError
+from edgecrab.ops.metrics import GatewayMetrics
+from edgecrab.ops.parts import GatewayParts
+from edgecrab.ops.ready import readiness
+
+log = logging.getLogger("edgecrab.ops")
+
+SHUTDOWN_S = 0.5
+"""How long a request in flight may finish when the gateway stops."""
+
+
+class OpsServer:
+    """The ops port of one gateway. :meth:`run` serves until cancelled; :attr:`port` is the bound port."""
+
+    def __init__(self, config: HttpConfig, parts: GatewayParts, metrics: GatewayMetrics) -> None:
+        self.config = config
+        self.parts = parts
+        self.metrics = metrics
+        self.host = config.host
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
+        return app
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_S)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.config.port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"the ops port {self.host}:{self.config.port} cannot be opened ({exc.strerror or exc}): "
+                    "set http.port (or DINGTALK_WEBHOOK_PORT) to a free port, or 0 for any free one",
+                    exit_code=2,
+                ) from None
+            self.port = int(runner.addresses[0][1])
+            log.info("[ops] listening on %s (/healthz /readyz /metrics /status)", self.url)
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.move_on_after(SHUTDOWN_S + 0.5, shield=True):
+                await runner.cleanup()
+
+    # -- handlers -----------------------------------------------------------------------------------
+    def _authorized(self, request: web.Request) -> bool:
+        token = self.config.token
+        if not token:
+            return True
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+    def _refuse(self) -> web.Response:
+        return _json({"error": "unauthorized: send Authorization: Bearer <http.token>"}, 401,
+                     headers={"WWW-Authenticate": 'Bearer realm="edgecrab"'})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        checks = await readiness(self.parts)
+        failing = sorted(name for name, result in checks.items() if result != "ok")
+        body = {"ready": not failing, "robot": self.parts.robot, "failing": failing, "checks": checks}
+        return _json(body, 503 if failing else 200)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._refuse()
+        await self.metrics.refresh()
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self.metrics.registry), headers={"Content-Type": content_type})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._refuse()
+        return _json(self.status())
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /status`` answers (also what chat ``/status`` draws its port line from)."""
+        p = self.parts
+        stream = p.stream
+        return {
+            "robot": p.robot,
+            "version": __version__,
+            "agent": p.agent,
+            "connection": {
+                "state": stream.state,
+                "detail": stream.state_detail,
+                "for_s": round(time.monotonic() - stream.state_since, 1),
+                "connections_opened": stream.connections_opened,
+                "last_frame_age_s": round(p.last_frame_age_s(), 1),
+            },
+            "uptime_s": round(p.uptime_s, 1),
+            "runs_active": p.runner.active_runs,
+            "queue_depth": p.queue_depth(),
+            "messages_received": p.intake.received,
+            "ops": {"host": self.host, "port": self.port},
+        }
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=json.dumps(body, ensure_ascii=False), status=status, content_type="application/json",
+        headers=headers,
+    )
+
+
+__all__ = ["OpsServer"]
