@@ -116,9 +116,9 @@ def _fail(message: str, code: int, debug: bool) -> int:
     return code
 
 
-def build_parser() -> argparse.ArgumentParser:
-    # --config and --log-level are accepted before or after the command (`edgecrab gateway start --config f`);
-    # SUPPRESS keeps a sub-command's absent option from overwriting one given earlier.
+def _common_options() -> argparse.ArgumentParser:
+    """--config and --log-level are accepted before or after the command (`edgecrab gateway start --config
+    f`); SUPPRESS keeps a sub-command's absent option from overwriting one given earlier."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="YAML configuration file (default: $EDGECRAB_CONFIG, else DINGTALK_* variables)")
@@ -128,7 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                         default=argparse.SUPPRESS,
                         help="text, or json: one JSON object per line, for log shippers "
                         "(default: $EDGECRAB_LOG_FORMAT or text)")
+    return common
 
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
     parser = argparse.ArgumentParser(
         prog="edgecrab", parents=[common], description="A DingTalk gateway for AI agents.", epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -25,13 +25,13 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import httpx
 
 from edgecrab.config import DingTalkConfig
+from edgecrab.dingtalk.outcomes import QUOTA_PAUSE_S, SendStats, log_failure
 from edgecrab.dingtalk.ratelimit import Clock, RateLimiter, Sleep
 from edgecrab.dingtalk.robotapi import (
     BATCH_SEND_PATH,
@@ -43,12 +43,9 @@ from edgecrab.dingtalk.robotapi import (
     webhook_result,
 )
 from edgecrab.dingtalk.tokens import (
-    PERMISSION_CODE,
-    QPS_CODES,
     SESSION_GONE,
     TOKEN_PATH,
     TOO_LONG,
-    WEBHOOK_THROTTLED,
     DingTalkError,
     TokenCache,
     transport_error,
@@ -63,7 +60,7 @@ from edgecrab.dingtalk.webhook import (
 )
 from edgecrab.events import ReplyRoute
 from edgecrab.outbound import http_client
-from edgecrab.retry import Backoff, RetryNotice, retrying
+from edgecrab.retry import Backoff, retrying
 
 __all__ = [
     "DingTalkError",
@@ -83,31 +80,8 @@ QUOTA_CODE = "Forbidden.AccessDenied.ApiCountLimitForOrg"
 UNDELIVERABLE = "undeliverable"
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
-QUOTA_PAUSE_S = 3600.0
-"""After ApiCountLimitForOrg, OpenAPI sends are not even tried for this long."""
 DEAD_WEBHOOKS_MAX = 4096
 JSON_HEADERS = {"Content-Type": "application/json"}
-
-
-@dataclass(slots=True)
-class SendStats:
-    """What one robot's sends came to, for the ops port's ``/metrics``: plain counts, read at scrape time.
-    ``on_latency`` (when set) is told each send's route and seconds, its retries included."""
-
-    sends: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    """By ``(route, "ok" | "failed", DingTalk's code or "")``."""
-    throttled: dict[str, int] = field(default_factory=dict)
-    """Retries DingTalk's rate limits forced (QpsLimit, the webhook's 20 a minute), by code."""
-    on_latency: Callable[[str, float], None] | None = None
-
-    def count(self, via: str, result: SendResult | DingTalkError, seconds: float) -> None:
-        if isinstance(result, SendResult):
-            key = (via, "ok", "") if result.ok else (via, "failed", result.code)
-        else:
-            key = (via, "failed", result.code or str(result.status))
-        self.sends[key] = self.sends.get(key, 0) + 1
-        if self.on_latency is not None:
-            self.on_latency(via, seconds)
 
 
 class DingTalkSender:
@@ -339,27 +313,13 @@ class DingTalkSender:
             except DingTalkError as err:
                 return err
 
-        def warn(notice: RetryNotice) -> None:
-            code = getattr(notice.result, "code", "")
-            if code in QPS_CODES or code == WEBHOOK_THROTTLED:
-                self.stats.throttled[code] = self.stats.throttled.get(code, 0) + 1
-            log.warning(
-                "[dingtalk] %s to conversation %s failed: %s; retry %d/%d in %.1fs",
-                via,
-                route.conversation_id,
-                notice.result,
-                notice.retry,
-                notice.of,
-                notice.delay_s,
-            )
-
         started = self._monotonic()
         outcome = await retrying(
             once,
             self.backoff_policy,
             retry_result=lambda r: isinstance(r, DingTalkError) and r.retryable,
             min_wait=lambda r, _: r.min_wait if isinstance(r, DingTalkError) else 0.0,
-            on_retry=warn,
+            on_retry=lambda notice: self.stats.retrying(via, route.conversation_id, notice),
             rand=self._random,
             sleep=self._sleep,
         )
@@ -376,55 +336,9 @@ class DingTalkSender:
         return outcome
 
     def _failed(self, via: str, route: ReplyRoute, err: DingTalkError) -> SendResult:
-        cid = route.conversation_id
-        rid = err.request_id or "-"
         if err.quota_exhausted and via != "webhook":
             self._quota_paused_until = self._monotonic() + QUOTA_PAUSE_S
-            log.error(
-                "[dingtalk] %s to conversation %s refused with %s (requestid=%s): the organisation's monthly "
-                "OpenAPI call quota is used up. Until it resets next month (or the plan is upgraded in the "
-                "DingTalk developer console), replies can only go through the sessionWebhook of a recent "
-                "message. OpenAPI sends are paused for %.0f minutes.",
-                via,
-                cid,
-                err.code,
-                rid,
-                QUOTA_PAUSE_S / 60,
-            )
-        elif err.code == PERMISSION_CODE:
-            scopes = ", ".join(err.required_scopes) or "unknown"
-            log.error(
-                "[dingtalk] %s to conversation %s refused: the app lacks permission (code=%s "
-                "requiredScopes=%s requestid=%s message=%s); grant it in the DingTalk developer console",
-                via,
-                cid,
-                err.code,
-                scopes,
-                rid,
-                err.message,
-            )
-        elif via == "webhook" and err.code == SESSION_GONE:
-            # Routine: webhooks die early and often (field notes 1.3); the fallback takes over.
-            log.info("[dingtalk] sessionWebhook of conversation %s is gone: %s", cid, err)
-        elif via == "webhook" and err.code != TOO_LONG:
-            log.warning("[dingtalk] sessionWebhook send to conversation %s failed: %s", cid, err)
-        elif err.retryable:
-            log.warning(
-                "[dingtalk] %s to conversation %s still failing after %d retries: %s",
-                via,
-                cid,
-                self._config.send_retries,
-                err,
-            )
-        else:
-            log.error(
-                "[dingtalk] %s to conversation %s failed permanently: code=%s message=%s requestid=%s",
-                via,
-                cid,
-                err.code or err.status,
-                err.message,
-                rid,
-            )
+        log_failure(via, route.conversation_id, err, self._config.send_retries)
         return SendResult(
             False, via, not err.retryable, err.code or str(err.status), err.message, err.request_id
         )

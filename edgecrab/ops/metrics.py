@@ -15,7 +15,7 @@ API names (unknown paths are ``other``). Never a user id, a conversation id or m
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -115,72 +115,74 @@ class _Collector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Any]:
+        yield from self._stream()
+        yield from self._replies()
+        yield from self._work()
+
+    def _counter(self, name: str, text: str, value: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, text, labels=["robot"])
+        family.add_metric([self.metrics.parts.robot], value)
+        return family
+
+    def _gauge(self, name: str, text: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, text, labels=["robot"])
+        family.add_metric([self.metrics.parts.robot], value)
+        return family
+
+    def _by(self, name: str, text: str, labels: list[str], counts: Mapping[Any, int]) -> CounterMetricFamily:
+        """A counter family from a dict of counts keyed by one label value, or a tuple of them."""
+        family = CounterMetricFamily(name, text, labels=["robot", *labels])
+        for key, n in sorted(counts.items()):
+            values = list(key) if isinstance(key, tuple) else [key]
+            family.add_metric([self.metrics.parts.robot, *values], n)
+        return family
+
+    def _stream(self) -> Iterator[Any]:
         p = self.metrics.parts
-        robot = p.robot
         stream, stats = p.stream, p.stream.stats
+        yield self._by("edgecrab_stream_frames", "Stream frames received, by topic.", ["topic"], stats.frames)
+        yield self._by("edgecrab_stream_reconnects", "Stream connections lost or not made, by reason.",
+                       ["reason"], stats.reconnects)
+        yield self._counter("edgecrab_stream_connections_opened", "Stream connections opened.",
+                            stream.connections_opened)
+        yield self._gauge("edgecrab_stream_connected", "1 while the Stream connection is up.",
+                          1.0 if stream.state == CONNECTED else 0.0)
+        yield self._gauge("edgecrab_stream_last_frame_age_seconds",
+                          "Seconds since the last Stream frame (since the start before the first).",
+                          p.last_frame_age_s())
+        yield self._counter("edgecrab_messages_received", "Robot messages recorded in the inbox (new ones).",
+                            p.intake.received)
+        yield self._counter("edgecrab_duplicates", "Redeliveries recognised and not processed again.",
+                            p.intake.duplicates)
 
-        def counter(name: str, text: str, value: float, **labels: str) -> CounterMetricFamily:
-            family = CounterMetricFamily(name, text, labels=["robot", *labels])
-            family.add_metric([robot, *labels.values()], value)
-            return family
+    def _replies(self) -> Iterator[Any]:
+        p = self.metrics.parts
+        yield self._by("edgecrab_sends",
+                       "Reply messages sent to DingTalk, by route, result and DingTalk's code.",
+                       ["route", "result", "code"], p.sender.stats.sends)
+        yield self._by("edgecrab_send_throttled",
+                       "Send retries DingTalk's rate limits forced (QpsLimit...), by code.",
+                       ["code"], p.sender.stats.throttled)
+        yield self._counter("edgecrab_reply_chunks_sent", "Reply messages DingTalk accepted.",
+                            p.delivery.sent_chunks)
+        yield self._counter("edgecrab_replies_failed", "Replies given up on (undeliverable).",
+                            p.delivery.failed_replies)
+        yield self._gauge("edgecrab_sends_failed_in_a_row",
+                          "Reply messages failed since the last one accepted.", p.delivery.failed_in_a_row)
+        yield self._counter("edgecrab_token_fetches", "Access tokens fetched.", p.sender.tokens.fetches)
 
-        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, text, labels=["robot"])
-            family.add_metric([robot], value)
-            return family
-
-        frames = CounterMetricFamily("edgecrab_stream_frames", "Stream frames received, by topic.",
-                                     labels=["robot", "topic"])
-        for topic, n in sorted(stats.frames.items()):
-            frames.add_metric([robot, topic], n)
-        yield frames
-        reconnects = CounterMetricFamily(
-            "edgecrab_stream_reconnects", "Stream connections lost or not made, by reason.",
-            labels=["robot", "reason"],
-        )
-        for reason, n in sorted(stats.reconnects.items()):
-            reconnects.add_metric([robot, reason], n)
-        yield reconnects
-        yield counter("edgecrab_stream_connections_opened", "Stream connections opened.",
-                      stream.connections_opened)
-        yield gauge("edgecrab_stream_connected", "1 while the Stream connection is up.",
-                    1.0 if stream.state == CONNECTED else 0.0)
-        yield gauge("edgecrab_stream_last_frame_age_seconds",
-                    "Seconds since the last Stream frame (since the start before the first).",
-                    p.last_frame_age_s())
-        yield counter("edgecrab_messages_received", "Robot messages recorded in the inbox (new ones).",
-                      p.intake.received)
-        yield counter("edgecrab_duplicates", "Redeliveries recognised and not processed again.",
-                      p.intake.duplicates)
-        sends = CounterMetricFamily(
-            "edgecrab_sends", "Reply messages sent to DingTalk, by route, result and DingTalk's code.",
-            labels=["robot", "route", "result", "code"],
-        )
-        for (route, result, code), n in sorted(p.sender.stats.sends.items()):
-            sends.add_metric([robot, route, result, code], n)
-        yield sends
-        throttled = CounterMetricFamily(
-            "edgecrab_send_throttled", "Send retries DingTalk's rate limits forced (QpsLimit...), by code.",
-            labels=["robot", "code"],
-        )
-        for code, n in sorted(p.sender.stats.throttled.items()):
-            throttled.add_metric([robot, code], n)
-        yield throttled
-        yield counter("edgecrab_reply_chunks_sent", "Reply messages DingTalk accepted.",
-                      p.delivery.sent_chunks)
-        yield counter("edgecrab_replies_failed", "Replies given up on (undeliverable).",
-                      p.delivery.failed_replies)
-        yield gauge("edgecrab_sends_failed_in_a_row", "Reply messages failed since the last one accepted.",
-                    p.delivery.failed_in_a_row)
-        yield counter("edgecrab_token_fetches", "Access tokens fetched.", p.sender.tokens.fetches)
+    def _work(self) -> Iterator[Any]:
+        p = self.metrics.parts
         depth, oldest = self.metrics.backlog
-        yield gauge("edgecrab_inbox_depth", "Messages recorded and not finished yet.", depth)
-        yield gauge("edgecrab_inbox_oldest_age_seconds", "Age of the oldest unfinished message (0: none).",
-                    max(0.0, time.time() - oldest) if oldest is not None else 0.0)
-        yield gauge("edgecrab_queue_depth", "Messages waiting behind a run, over all sessions.",
-                    p.queue_depth())
-        yield gauge("edgecrab_runs_active", "Agent runs in progress.", p.runner.active_runs)
-        yield gauge("edgecrab_start_time_seconds", "When the gateway started (Unix time).", p.started_wall)
+        yield self._gauge("edgecrab_inbox_depth", "Messages recorded and not finished yet.", depth)
+        yield self._gauge("edgecrab_inbox_oldest_age_seconds",
+                          "Age of the oldest unfinished message (0: none).",
+                          max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+        yield self._gauge("edgecrab_queue_depth", "Messages waiting behind a run, over all sessions.",
+                          p.queue_depth())
+        yield self._gauge("edgecrab_runs_active", "Agent runs in progress.", p.runner.active_runs)
+        yield self._gauge("edgecrab_start_time_seconds", "When the gateway started (Unix time).",
+                          p.started_wall)
 
 
 __all__ = ["API_NAMES", "GatewayMetrics"]
