@@ -39,6 +39,12 @@ def positive(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
+def measured(value: Any) -> bool:
+    """A CPU time read from /proc in clock ticks (10 ms): a contender that answered two messages of a smoke
+    run may well have used less than one tick, so zero is a measurement too; a missing or negative one not."""
+    return isinstance(value, int | float) and math.isfinite(value) and value >= 0
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     tmp = tmp_path_factory.mktemp("bench")
