@@ -80,7 +80,7 @@ def test_every_contender_produced_numbers(smoke: tuple[dict[str, Any], str]) -> 
         for contender, r in s[name]["contenders"].items():
             where = f"{name}/{contender}: {r}"
             assert r["answered"] > 0 and positive(r["messages_per_s"]), where
-            assert positive(r["p50_s"]) and positive(r["cpu_s"]), where
+            assert positive(r["p50_s"]) and measured(r["cpu_s"]), where
     for contender, r in s["echo_rest_instant"]["contenders"].items():  # CPU per message, every contender
         assert positive(r["cpu_ms_per_message"]), f"{contender}: {r}"
     for contender, r in s["ack_latency"]["contenders"].items():  # the SDK bot may ack only a few in time
