@@ -160,13 +160,22 @@ class CardStreamer:
     async def __aenter__(self) -> CardStreamer:
         stack = AsyncExitStack()
         group = await stack.enter_async_context(anyio.create_task_group())
-        group.start_soon(self._run)
+        group.start_soon(self.run)
         self._stack = stack
         return self
 
-    def _close(self) -> None:
+    async def run(self) -> None:
+        """The update loop, for a caller that hosts it in a task group of its own rather than using
+        ``async with`` (then :meth:`finish` or :meth:`close` may be called from any task). It returns once
+        the card is being finished or closed."""
+        await self._run()
+
+    def close(self) -> None:
+        """Stop sending updates (the card is left as it is)."""
         self._closing.set()
         self._wake.set()
+
+    _close = close
 
     async def __aexit__(
         self,
