@@ -115,7 +115,9 @@ async def test_card_opens_at_run_start_streams_and_ends_with_the_markdown_reply(
 
 
 @pytest.mark.parametrize("how", ["/stop", "button", "/new"])
-async def test_stopping_finishes_the_card_at_once_and_closes_the_agent_stream(tmp_path: Path, how: str) -> None:
+async def test_stopping_finishes_the_card_at_once_and_closes_the_agent_stream(
+    tmp_path: Path, how: str
+) -> None:
     agent = GatedAgent()
     async with card_gateway(tmp_path, agent, stop_button=True) as (fake, _gateway):
         user = fake.users[1]
