@@ -27,6 +27,7 @@ from edgecrab.dingtalk.cardtext import to_card_markdown
 from edgecrab.events import AgentRequest, AgentResult
 from edgecrab.gateway import Gateway
 from edgecrab.testing.fakedingtalk import FakeDingTalk
+from edgecrab.testing.fakedingtalk.cardcontrol import press
 from edgecrab.testing.fakedingtalk.cardstate import FakeCard
 
 from .gwkit import make_config, quiescent, running_gateway
@@ -125,7 +126,7 @@ async def test_stopping_finishes_the_card_at_once_and_closes_the_agent_stream(
         await until(fake, lambda: cards(fake) and cards(fake)[0].text == "Hello")
         card = cards(fake)[0]
         if how == "button":
-            await fake.cards.push_callback(card.out_track_id)
+            await press(fake.cards, card.out_track_id)
         else:
             await fake.push(fake.dm(user, how))
         await until(fake, lambda: card.status == "finished")
