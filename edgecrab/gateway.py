@@ -43,6 +43,7 @@ from edgecrab.core.router import cap_text, parse_command
 from edgecrab.core.runs import Runner
 from edgecrab.dingtalk import stream as stream_states
 from edgecrab.dingtalk.access import AccessPolicy
+from edgecrab.dingtalk.cardreply import CARD_CALLBACK_TOPIC, card_replies
 from edgecrab.dingtalk.convert import FrameError, decode_payload, to_message
 from edgecrab.dingtalk.intake import Intake
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
@@ -278,6 +279,7 @@ class Gateway:
             max_chunks=dt.max_chunks_per_reply,
         )
         self.sender = DingTalkSender(dt, client=http)
+        self.cards = card_replies(dt, self.sender.tokens, http, self.store, lambda m: self.commands.stop(m))
         self.delivery = Delivery(
             self.store,
             self.sender,
@@ -294,6 +296,7 @@ class Gateway:
             agent_timeout_s=self.config.agent.timeout_s,
             hooks=self.hooks,
             prepare=self._prepare_reply,
+            live=self.cards,
         )
         self.commands = Commands(
             self.config.commands,
@@ -314,6 +317,7 @@ class Gateway:
             on_state=self._on_state,
             http=self._stream_http,
             on_callbacks_now=self.intake.on_callbacks_now if self.store.records_at_once else None,
+            topics={CARD_CALLBACK_TOPIC: self.cards.on_callback} if self.cards is not None else None,
         )
         self.parts = GatewayParts(
             self.robot, self.stream, self.intake, self.sender, self.delivery, self.runner, self.store,
@@ -339,6 +343,8 @@ class Gateway:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.ops.run)  # first: /healthz answers while the rest starts
                 await tg.start(self.delivery.run)
+                if self.cards is not None:
+                    await tg.start(self.cards.run)
                 await tg.start(self.runner.run)
                 self.commands.hook_commands = dict(await self.hooks.register_commands())
                 self.intake.requeue(await self._unfinished())

@@ -5,8 +5,10 @@
     {"messages": [{"role": "user", "content": "hi"}, ...], "system_prompt": "...",
      "session_key": "...", "message_id": "...", "metadata": {...}}
 
-and its stdout, stripped, is the reply. On timeout or cancellation (``/stop``) the process (and, on POSIX, its
-whole process group, so ``sh -c`` children go too) gets SIGTERM, then SIGKILL 0.5 s later.
+and its stdout, stripped, is the reply. When the answer is shown live (``reply_mode: card``), each line the
+program writes is shown as soon as it ends: flush stdout after each line (``print(..., flush=True)``).
+On timeout or cancellation (``/stop``) the process (and, on POSIX, its whole process group, so ``sh -c``
+children go too) gets SIGTERM, then SIGKILL 0.5 s later.
 
 The program gets only what it needs: its environment is :data:`INHERITED` taken from the gateway's (``PATH``
 to find programs, ``HOME``, locale and time zone, ``TMPDIR``) plus ``agent.env``, and nothing else, so the
@@ -18,6 +20,7 @@ tells the user only "the agent command failed (exit N)".
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -28,7 +31,7 @@ from collections.abc import Mapping
 import anyio
 import anyio.abc
 
-from edgecrab.agents.base import Agent, AgentError
+from edgecrab.agents.base import Agent, AgentError, Deltas, ignore_deltas
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult
 
@@ -76,6 +79,10 @@ class CommandAgent(Agent):
         return json.dumps(document, ensure_ascii=False, default=str).encode("utf-8") + b"\n"
 
     async def run(self, request: AgentRequest) -> AgentResult:
+        return await self.stream(request, ignore_deltas)
+
+    async def stream(self, request: AgentRequest, on_delta: Deltas) -> AgentResult:
+        """Run the command; each stdout line goes to ``on_delta`` as soon as it ends."""
         started = time.monotonic()
         payload = self.build_input(request)
         try:
@@ -91,7 +98,7 @@ class CommandAgent(Agent):
             with anyio.fail_after(self._timeout_s):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_feed, process, payload)
-                    tg.start_soon(_drain, process.stdout, stdout, _STDOUT_LIMIT)
+                    tg.start_soon(_drain, process.stdout, stdout, _STDOUT_LIMIT, _Lines(on_delta))
                     tg.start_soon(_drain, process.stderr, stderr, _STDERR_LIMIT)
                 await process.wait()
             finished = True
@@ -136,13 +143,39 @@ async def _feed(process: anyio.abc.Process, payload: bytes) -> None:
         await process.stdin.aclose()
 
 
-async def _drain(stream: anyio.abc.ByteReceiveStream | None, into: bytearray, limit: int) -> None:
+class _Lines:
+    """Turns stdout bytes into whole lines for ``on_delta`` (the text of a line that has not ended yet is
+    held back: the next piece may complete a UTF-8 sequence or the line)."""
+
+    def __init__(self, on_delta: Deltas) -> None:
+        self.on_delta = on_delta
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending = ""
+
+    def feed(self, data: bytes, *, final: bool = False) -> None:
+        if self.on_delta is ignore_deltas:
+            return
+        text = self._pending + self._decoder.decode(data, final)
+        cut = len(text) if final else text.rfind("\n") + 1
+        self._pending = text[cut:]
+        if text[:cut]:
+            self.on_delta(text[:cut])
+
+
+async def _drain(
+    stream: anyio.abc.ByteReceiveStream | None, into: bytearray, limit: int, lines: _Lines | None = None
+) -> None:
     """Read to EOF, keeping the first ``limit`` bytes (reading on: a full pipe blocks the command)."""
     if stream is None:
         return
     async for chunk in stream:
         if len(into) < limit:
-            into.extend(chunk[: limit - len(into)])
+            kept = chunk[: limit - len(into)]
+            into.extend(kept)
+            if lines is not None:
+                lines.feed(kept)
+    if lines is not None:
+        lines.feed(b"", final=True)
 
 
 def _signal(process: anyio.abc.Process, sig: int) -> None:

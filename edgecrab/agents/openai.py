@@ -26,21 +26,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
 
-from edgecrab.agents.base import Agent, AgentError
+from edgecrab.agents.base import Agent, AgentError, Deltas, ignore_deltas
 from edgecrab.agents.openai_errors import NOT_READABLE as _NOT_READABLE
 from edgecrab.agents.openai_errors import Retry as _Retry
 from edgecrab.agents.openai_errors import error_detail as _error_detail
 from edgecrab.agents.openai_errors import read_some, status_error, transport_error
+from edgecrab.agents.openai_stream import Answer, parse_usage, sse_lines
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult, Usage
 from edgecrab.logs import redact
@@ -52,25 +51,7 @@ log = logging.getLogger("edgecrab.agents.openai")
 _DRAIN_AFTER_DONE_S = 0.25
 _SSE_FIELDS = frozenset({"", "data", "event", "id", "retry"})
 _JSON_HEADERS = {"Content-Type": "application/json"}
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _MAX_CONNECTIONS = 10_000
-
-
-@dataclass
-class _Answer:
-    """What has arrived so far for one attempt."""
-
-    parts: list[str] = field(default_factory=list)
-    usage: Usage | None = None
-    finish_reason: str | None = None
-    done: bool = False
-    chars: int = 0
-    truncated: bool = False
-    """The answer reached ``agent.max_answer_chars``: reading stopped there."""
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 class OpenAIAgent(Agent):
@@ -145,10 +126,14 @@ class OpenAIAgent(Agent):
         return body
 
     async def run(self, request: AgentRequest) -> AgentResult:
+        return await self.stream(request, ignore_deltas)
+
+    async def stream(self, request: AgentRequest, on_delta: Deltas) -> AgentResult:
+        """The answer, each token handed to ``on_delta`` as it arrives."""
         started = time.monotonic()
         try:
             with anyio.fail_after(self._timeout_s):
-                answer = await self._call(request, started + self._timeout_s)
+                answer = await self._call(request, started + self._timeout_s, on_delta)
         except TimeoutError:
             raise AgentError(
                 f"the agent timed out after {self._timeout_s:g} s — /retry to try again",
@@ -167,21 +152,21 @@ class OpenAIAgent(Agent):
         )
         return AgentResult(text=answer.text, usage=usage, duration_s=duration)
 
-    async def _call(self, request: AgentRequest, deadline: float) -> _Answer:
+    async def _call(self, request: AgentRequest, deadline: float, on_delta: Deltas) -> Answer:
         """The call under the retry policy (:mod:`edgecrab.retry`): ``max_retries`` more attempts of a
         failure worth retrying, while the pause still ends before ``deadline``. A request the server
         refused for one of its options is adjusted and repeated at once: part of the attempt."""
         attempts = 0
 
-        async def once() -> _Answer:
+        async def once() -> Answer:
             nonlocal attempts
             attempts += 1
             try:
-                return await self._attempt(self.build_body(request))
+                return await self._attempt(self.build_body(request), on_delta)
             except _Retry as retry:
                 if not retry.free:
                     raise
-            return await self._attempt(self.build_body(request))
+            return await self._attempt(self.build_body(request), on_delta)
 
         def again(exc: BaseException) -> bool:
             if not isinstance(exc, _Retry):
@@ -211,8 +196,8 @@ class OpenAIAgent(Agent):
         except _Retry as retry:
             raise retry.error from None
 
-    async def _attempt(self, body: dict[str, Any]) -> _Answer:
-        answer = _Answer()
+    async def _attempt(self, body: dict[str, Any], on_delta: Deltas) -> Answer:
+        answer = Answer(on_delta)
         try:
             async with self._client.stream("POST", self._url, json=body) as response:
                 if response.status_code >= 300:
@@ -240,10 +225,10 @@ class OpenAIAgent(Agent):
             ) from None
         return self._finish(answer)
 
-    async def _read_stream(self, response: httpx.Response, answer: _Answer, *, checked: bool) -> None:
+    async def _read_stream(self, response: httpx.Response, answer: Answer, *, checked: bool) -> None:
         pending: list[str] = []
         # aclosing: leaving early (at [DONE], on an error) must close the generator now, not at GC.
-        lines_iter = cast(AsyncGenerator[str, None], _sse_lines(response))
+        lines_iter = cast(AsyncGenerator[str, None], sse_lines(response))
         async with contextlib.aclosing(lines_iter) as lines:
             async for line in lines:
                 if not checked and line.strip():
@@ -266,7 +251,7 @@ class OpenAIAgent(Agent):
             elif pending:
                 self._on_data("\n".join(pending), answer, final=True)
 
-    def _read_sse_text(self, text: str, answer: _Answer) -> None:
+    def _read_sse_text(self, text: str, answer: Answer) -> None:
         pending: list[str] = []
         for line in text.splitlines():
             self._feed_line(line, pending, answer)
@@ -275,7 +260,7 @@ class OpenAIAgent(Agent):
         if pending:
             self._on_data("\n".join(pending), answer, final=True)
 
-    def _feed_line(self, line: str, pending: list[str], answer: _Answer) -> None:
+    def _feed_line(self, line: str, pending: list[str], answer: Answer) -> None:
         """One line of SSE: ``data:`` lines accumulate in ``pending`` until they form a whole payload."""
         if not line:
             if pending:  # the end of an event whose data never parsed
@@ -290,7 +275,7 @@ class OpenAIAgent(Agent):
         if self._on_data("\n".join(pending), answer, final=False):
             pending.clear()
 
-    def _on_data(self, data: str, answer: _Answer, *, final: bool) -> bool:
+    def _on_data(self, data: str, answer: Answer, *, final: bool) -> bool:
         """Apply one SSE ``data`` payload; ``False`` if it is incomplete (and not ``final``)."""
         if data.strip() == "[DONE]":
             answer.done = True
@@ -306,7 +291,7 @@ class OpenAIAgent(Agent):
         self._apply(chunk, answer, key="delta")
         return True
 
-    def _read_json(self, raw: bytes, answer: _Answer) -> None:
+    def _read_json(self, raw: bytes, answer: Answer) -> None:
         try:
             payload = json.loads(raw)
         except ValueError:
@@ -316,7 +301,7 @@ class OpenAIAgent(Agent):
         self._apply(payload, answer, key="message")
         answer.done = True
 
-    def _apply(self, chunk: Any, answer: _Answer, *, key: str) -> None:
+    def _apply(self, chunk: Any, answer: Answer, *, key: str) -> None:
         if not isinstance(chunk, dict):
             raise AgentError(
                 _NOT_READABLE, cause=self._redact(f"unexpected payload from {self._url}: {chunk!r:.200}")
@@ -324,7 +309,7 @@ class OpenAIAgent(Agent):
         if chunk.get("error"):
             detail = self._redact(_error_detail(json.dumps(chunk).encode()))
             raise AgentError(f"the agent reported an error: {detail}", cause=self._redact(f"{chunk!r:.500}"))
-        usage = _parse_usage(chunk.get("usage"))
+        usage = parse_usage(chunk.get("usage"))
         if usage is not None:
             answer.usage = usage
         choices = chunk.get("choices")
@@ -338,7 +323,7 @@ class OpenAIAgent(Agent):
         if choice.get("finish_reason"):
             answer.finish_reason = str(choice["finish_reason"])
 
-    def _add(self, answer: _Answer, content: str) -> None:
+    def _add(self, answer: Answer, content: str) -> None:
         """Append ``content``, up to ``agent.max_answer_chars`` in all: past that, the answer is marked
         truncated and done, so reading stops and the stream is closed (the rest is never downloaded)."""
         room = self._max_chars - answer.chars
@@ -347,13 +332,17 @@ class OpenAIAgent(Agent):
             answer.truncated = answer.done = True
         answer.parts.append(content)
         answer.chars += len(content)
+        if content:
+            answer.on_delta(content)
 
-    def _finish(self, answer: _Answer) -> _Answer:
+    def _finish(self, answer: Answer) -> Answer:
         if answer.truncated:
             log.warning(
                 "[agent] %s: answer cut at %d characters (agent.max_answer_chars)", self._host, answer.chars
             )
-            answer.parts.append(f"\n\n…(answer truncated at {self._max_chars:,} characters)")
+            note = f"\n\n…(answer truncated at {self._max_chars:,} characters)"
+            answer.parts.append(note)
+            answer.on_delta(note)
             return answer
         if answer.text.strip():
             if not answer.done and answer.finish_reason is None:
@@ -373,29 +362,3 @@ class OpenAIAgent(Agent):
     def _redact(self, text: str) -> str:
         """The api key, every registered secret and URL credentials as ``***``."""
         return redact(text, (self._api_key,))
-
-
-async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
-    """The body's lines, split on ``\r\n``, ``\r`` or ``\n`` (SSE's line ends), without them."""
-    pending = ""  # the start of a line whose end has not arrived
-    cr = False  # the last piece ended with "\r": a "\n" first in the next is part of that line end
-    async for text in response.aiter_text():
-        if cr and text.startswith("\n"):
-            text = text[1:]
-        cr = text.endswith("\r")
-        lines = _LINE_BREAK.split(pending + text)
-        pending = lines.pop()
-        for line in lines:
-            yield line
-    if pending:
-        yield pending
-
-
-def _parse_usage(value: Any) -> Usage | None:
-    if not isinstance(value, dict):
-        return None
-    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
-    return Usage(
-        prompt_tokens=prompt if isinstance(prompt, int) else 0,
-        completion_tokens=completion if isinstance(completion, int) else 0,
-    )

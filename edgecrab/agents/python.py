@@ -6,6 +6,11 @@ function runs in a worker thread so it cannot block the gateway (on ``/stop`` th
 it; a thread cannot be killed, so it finishes in the background). It returns the reply as ``str``, an
 :class:`~edgecrab.events.AgentResult`, or a ``dict`` with ``text`` and optionally ``usage``
 (``{"prompt_tokens": ..., "completion_tokens": ...}``).
+
+A function that streams is an ``async def`` generator (or returns an async iterator): each string it
+yields is a piece of the answer (shown live with ``reply_mode: card``), and the answer is their
+concatenation. It may also yield an :class:`~edgecrab.events.AgentResult` or a ``dict`` last, to report
+usage (its ``text``, when not empty, is then the answer).
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ import functools
 import importlib
 import inspect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio.to_thread
 
-from edgecrab.agents.base import Agent, AgentError
+from edgecrab.agents.base import Agent, AgentError, Deltas, ignore_deltas
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult, Usage
 
@@ -68,17 +73,50 @@ class PythonAgent(Agent):
         self._is_async = _is_async(self.func)
 
     async def run(self, request: AgentRequest) -> AgentResult:
+        return await self.stream(request, ignore_deltas)
+
+    async def stream(self, request: AgentRequest, on_delta: Deltas) -> AgentResult:
         started = time.monotonic()
-        if self._is_async:
+        if inspect.isasyncgenfunction(self.func):
+            value: Any = self.func(request)
+        elif self._is_async:
             value = await self.func(request)
         else:
             value = await anyio.to_thread.run_sync(self.func, request, abandon_on_cancel=True)
             if inspect.isawaitable(value):
                 value = await value
+        streamed = isinstance(value, AsyncIterator)
+        if streamed:
+            value = await self._collect(value, on_delta)
         result = self._to_result(value)
+        if not streamed and result.text:
+            on_delta(result.text)
         if not result.duration_s:
             result = dataclasses.replace(result, duration_s=time.monotonic() - started)
         return result
+
+    async def _collect(self, pieces: AsyncIterator[Any], on_delta: Deltas) -> Any:
+        """Read a streaming function's pieces: the answer, or its last non-string item with the text."""
+        parts: list[str] = []
+        last: Any = None
+        try:
+            async for piece in pieces:
+                if isinstance(piece, str):
+                    if piece:
+                        parts.append(piece)
+                        on_delta(piece)
+                else:
+                    last = piece
+        finally:
+            aclose = getattr(pieces, "aclose", None)
+            if aclose is not None:  # /stop: close the generator now, not when it is collected
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+        text = "".join(parts)
+        if last is None:
+            return text
+        result = self._to_result(last)
+        return dataclasses.replace(result, text=result.text or text)
 
     def _to_result(self, value: Any) -> AgentResult:
         if isinstance(value, AgentResult):

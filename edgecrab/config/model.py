@@ -38,6 +38,8 @@ class CardConfig:
     """Card API calls per second for the robot, shared by all its cards."""
     max_chars: int = 20000
     stop_button: bool = False
+    watchdog_s: float = 600.0
+    """A card with no update for this long is finished by the watchdog (never left "thinking")."""
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import anyio
 
-from edgecrab.agents.base import Agent, AgentError
-from edgecrab.events import AgentRequest, AgentResult
+from edgecrab.agents.base import Agent, AgentError, Deltas
+from edgecrab.events import AgentRequest, AgentResult, Message
 
 log = logging.getLogger("edgecrab.core.agentcall")
 
@@ -33,10 +34,20 @@ def failure_text(error: str, *, admin: bool = False) -> str:
     return f"⚠️ {error[:1].upper()}{error[1:]}\n\n{ADMIN_NOTE}"
 
 
+async def failure_answer(hooks: Any, error: str, message: Message) -> str:
+    """What the user is told when the agent failed: a ``handle_error`` hook's text, or ours."""
+    if hooks is not None:
+        custom = await hooks.first("handle_error", error=error, message=message)
+        if isinstance(custom, str) and custom:
+            return custom
+    return failure_text(error, admin=message.sender.is_admin)
+
+
 async def call_agent(
-    agent: Agent, request: AgentRequest, *, timeout_s: float, message_id: str
+    agent: Agent, request: AgentRequest, *, timeout_s: float, message_id: str, on_delta: Deltas | None = None
 ) -> AgentResult:
-    """``agent.run(request)``, cut off after ``timeout_s`` plus 5 s of slack."""
+    """``agent.run(request)`` (``agent.stream`` with ``on_delta``), cut off after ``timeout_s`` plus 5 s of
+    slack."""
     started = time.monotonic()
 
     def failed(error: str) -> AgentResult:
@@ -44,7 +55,10 @@ async def call_agent(
 
     try:
         with anyio.fail_after(timeout_s + 5):
-            result = await agent.run(request)
+            if on_delta is None:
+                result = await agent.run(request)
+            else:
+                result = await agent.stream(request, on_delta)
     except AgentError as exc:
         detail = exc.user_message if exc.cause == exc.user_message else f"{exc.user_message} ({exc.cause})"
         log.warning("[runs] agent failed for message %s: %s", message_id, detail)
@@ -58,4 +72,4 @@ async def call_agent(
     return result
 
 
-__all__ = ["USER_FAILURE_TEXT", "call_agent", "failure_text"]
+__all__ = ["USER_FAILURE_TEXT", "call_agent", "failure_answer", "failure_text"]

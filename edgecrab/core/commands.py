@@ -21,6 +21,7 @@ from edgecrab.config import CommandsConfig
 from edgecrab.core.router import BUILTIN_COMMANDS, HelpEntry, help_text, resolve_alias, unknown_command_text
 from edgecrab.core.runs import Runner
 from edgecrab.events import Command, Message, SessionInfo
+from edgecrab.store.base import SessionStats
 
 Reply = Callable[[Message, str, str], Awaitable[None]]
 
@@ -52,6 +53,16 @@ def duration(seconds: float) -> str:
     if seconds < 86400:
         return f"{seconds // 3600} h {seconds % 3600 // 60} min"
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def _api_calls(stats: SessionStats) -> list[str]:
+    """The DingTalk API calls the replies cost: one per markdown message, and the AI cards' calls."""
+    cards, replies = int(stats.extra.get("card_calls", 0)), int(stats.extra.get("card_replies", 0))
+    total = stats.chunks_sent + cards
+    if not cards:
+        return []
+    per_reply = f", {total / stats.messages_out:.1f} per reply" if stats.messages_out else ""
+    return [f"- DingTalk API calls: {total}{per_reply} ({cards} for {_plural(replies, 'AI card')})"]
 
 
 def _plural(n: int, word: str) -> str:
@@ -145,6 +156,10 @@ class Commands:
             text += f" Dropped {_plural(len(dropped), 'queued message')}."
         return text
 
+    async def stop(self, message: Message) -> None:
+        """``/stop`` without its answer: the card's stop button (the card shows that it stopped)."""
+        await self._stop(message, self.runner.key(message))
+
     async def _stop(self, message: Message, key: str) -> str:
         running, dropped = await self.runner.stop(key)
         unsent = await self._cancel_outbox(message)
@@ -206,6 +221,7 @@ class Commands:
                 f"- Agent time: {stats.agent_seconds:.1f} s",
                 f"- Session age: {duration(age)}",
                 f"- Chunks sent: {stats.chunks_sent}",
+                *_api_calls(stats),
             ]
         )
 

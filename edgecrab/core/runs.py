@@ -6,7 +6,9 @@ Session keys and what a session holds in memory (its queue, the run in flight, i
 Each busy session has one worker task (in the runner's task group) that takes queued messages in order.
 A session is *busy* from the moment its worker takes a message until that run's reply is handed to
 delivery, so a message arriving while the run is still preparing is queued (or rejected, or interrupts)
-like any other. The agent call lives in its own cancel scope: ``/stop``, ``/new`` and the ``interrupt``
+like any other. With live replies (``reply_mode: card``, :mod:`edgecrab.core.live`) the run opens one when
+it starts, streams the agent's text into it, and settles it as the run ends. The agent call lives in its own
+cancel scope: ``/stop``, ``/new`` and the ``interrupt``
 policy cancel exactly that scope, which closes the backend's HTTP stream or kills its subprocess. They
 also bump the session's epoch, so a run stopped before or after its agent call sends nothing either.
 """
@@ -24,8 +26,17 @@ import anyio.abc
 from edgecrab.activity import QUEUED, REJECTED, RUN, message_event
 from edgecrab.agents.base import Agent
 from edgecrab.config import SessionsConfig
-from edgecrab.core.agentcall import call_agent, failure_text
-from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, retry_text, session_key
+from edgecrab.core.agentcall import call_agent, failure_answer
+from edgecrab.core.agentcall import failure_text as failure_text  # re-exported: tests and hooks read it here
+from edgecrab.core.live import LiveReplies, LiveReply, settle
+from edgecrab.core.sessions import (
+    QueuedMessage,
+    RunStatus,
+    Session,
+    expire_if_idle,
+    retry_text,
+    session_key,
+)
 from edgecrab.events import AgentRequest, AgentResult, Message
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
 
@@ -42,14 +53,6 @@ NO_RETRY_TEXT = "🤷 There's no earlier message to retry — just send me a new
 EMPTY_ANSWER_TEXT = "(the agent returned an empty answer — /retry to ask again)"
 
 
-def _join(*parts: str) -> str:
-    return ", ".join(p for p in parts if p)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 class Runner:
     """Owns the sessions' run slots and queues. ``run()`` hosts the worker tasks until cancelled."""
 
@@ -64,6 +67,7 @@ class Runner:
         agent_timeout_s: float = 120.0,
         hooks: Any = None,
         prepare: Prepare | None = None,
+        live: LiveReplies | None = None,
     ) -> None:
         """Without ``prepare``, a run's answer goes out through ``reply`` before the run is recorded as
         finished (a crash in between runs the message again); with it, in the same store transaction."""
@@ -72,6 +76,7 @@ class Runner:
         self.agent = agent
         self._reply = reply
         self._prepare = prepare
+        self.live = live
         self.system_prompt = system_prompt
         self.agent_timeout_s = agent_timeout_s
         self.hooks = hooks
@@ -120,7 +125,7 @@ class Runner:
             await self.store.inbox_set_state(message.robot, message.id, DONE, "rejected: busy")
             return
         if busy and policy == "interrupt":
-            message_event(message, RUN, _join(how, "interrupting the previous run"))
+            message_event(message, RUN, ", ".join(filter(None, (how, "interrupting the previous run"))))
             running, dropped = s.cancel()
             s.queue.append(QueuedMessage(message, retry))
             self._start_worker(s)
@@ -130,11 +135,12 @@ class Runner:
                     message, "⏹ Stopped the previous answer — working on your new message.", key
                 )
             return
-        if busy and waiting >= self.config.queue_limit:
-            message_event(message, REJECTED, f"queue full ({self.config.queue_limit} waiting)")
+        limit = self.config.queue_limit
+        if busy and waiting >= limit:
+            message_event(message, REJECTED, f"queue full ({limit} waiting)")
             await self._reply(
                 message,
-                f"⏳ The queue is full ({_plural(self.config.queue_limit, 'message')} waiting). "
+                f"⏳ The queue is full ({limit} message{'' if limit == 1 else 's'} waiting). "
                 "Try again when I've caught up, or send /stop to clear it.",
                 key,
             )
@@ -143,7 +149,7 @@ class Runner:
         s.queue.append(QueuedMessage(message, retry))
         self._start_worker(s)
         if busy:
-            message_event(message, QUEUED, _join(how, f"position {waiting + 1}"))
+            message_event(message, QUEUED, ", ".join(filter(None, (how, f"position {waiting + 1}"))))
         else:
             message_event(message, RUN, how)
         if busy and not quiet:
@@ -196,14 +202,32 @@ class Runner:
 
     # -- one run -------------------------------------------------------------------------------------
     async def _run_one(self, s: Session, item: QueuedMessage, epoch: int, resets: int) -> None:
-        message, key = item.message, s.key
-        now = time.time()
+        message, now = item.message, time.time()
         begun = await self._begin(s, item, epoch, now)
         if begun is None:
             return
-        text, request = begun
-        result, elapsed = await self._call_stoppably(s, epoch, request, message)
-        user_turn = Turn("user", text, message.id, now)
+        live = await self.live.open(message, s.key) if self.live is not None else None
+        try:
+            outcome = await self._call_stoppably(s, epoch, begun[1], message, live)
+            user_turn = Turn("user", begun[0], message.id, now)
+            await self._conclude(s, message, outcome, user_turn, live, (epoch, resets))
+        except Exception:
+            if live is not None:
+                await live.stopped()  # the crash is reported as ordinary text; the card must not stay open
+            raise
+
+    async def _conclude(
+        self,
+        s: Session,
+        message: Message,
+        outcome: tuple[AgentResult, float],
+        user_turn: Turn,
+        live: LiveReply | None,
+        marks: tuple[int, int],
+    ) -> None:
+        """The run's end: its reply (or failure notice) and records. ``outcome``: the agent's result and how
+        long the call took; ``marks``: the session's (epoch, resets) when the run started."""
+        key, (result, elapsed), (epoch, resets) = s.key, outcome, marks
         delta = UsageDelta(
             messages_in=1,
             agent_seconds=elapsed,
@@ -217,29 +241,31 @@ class Runner:
             reply = result.text
             if self.hooks is not None:
                 reply = await self.hooks.pipeline("prepare_reply", "reply", reply, message=message)
+        stopped = result.stopped or s.epoch != epoch or s.resets != resets
+        failure = (
+            await failure_answer(self.hooks, result.error, message) if result.failed and not stopped else None
+        )
+        answer: str | None = None if stopped or failure is not None else reply or EMPTY_ANSWER_TEXT
+        if live is not None:
+            answer = await settle(live, stopped=stopped, failure=failure, answer=answer)
+            delta.extra = {"card_calls": live.calls, "card_replies": 1}
+        elif failure is not None:
+            answer = failure
         if s.resets != resets:  # /new: this run belongs to a conversation that no longer exists
             await self.store.inbox_set_state(message.robot, message.id, DONE, "session reset")
             return
-        if result.stopped or s.epoch != epoch:
+        if stopped:
             log.info("[runs] %s: run for message %s stopped after %.1f s", key, message.id, elapsed)
             await self._finish(message, key, DONE, "stopped", usage=delta, last_user=user_turn)
             return
         if result.failed:
-            text_out = await self._failure_answer(result.error, message)
             await self._finish(
-                message, key, FAILED, result.error, usage=delta, last_user=user_turn, answer=text_out
+                message, key, FAILED, result.error, usage=delta, last_user=user_turn, answer=answer
             )
             return
         delta.turns, delta.messages_out = 1, 1
-        await self._finish(
-            message,
-            key,
-            DONE,
-            turns=[user_turn, Turn("assistant", reply, message.id, time.time())],
-            usage=delta,
-            last_user=user_turn,
-            answer=reply or EMPTY_ANSWER_TEXT,
-        )
+        turns = [user_turn, Turn("assistant", reply, message.id, time.time())]
+        await self._finish(message, key, DONE, turns=turns, usage=delta, last_user=user_turn, answer=answer)
 
     async def _begin(
         self, s: Session, item: QueuedMessage, epoch: int, now: float
@@ -247,7 +273,7 @@ class Runner:
         """Record the turn's start and build the agent request: ``(user text, request)``, or None when
         there is nothing to run (nothing to retry, or stopped already; the message is then done)."""
         message, key = item.message, s.key
-        await self._expire_if_idle(key, now)
+        await expire_if_idle(self.store, key, self.config.idle_expiry_s, now)
         await self.store.turn_started(key, robot=message.robot, msg_id=message.id, now=now)
         text = message.agent_text()
         if item.retry:
@@ -272,7 +298,7 @@ class Runner:
         return text, request
 
     async def _call_stoppably(
-        self, s: Session, epoch: int, request: AgentRequest, message: Message
+        self, s: Session, epoch: int, request: AgentRequest, message: Message, live: LiveReply | None = None
     ) -> tuple[AgentResult, float]:
         """The agent call in the session's cancel scope (``/stop``, ``/new``, interrupt): its result (a
         stopped one if cancelled) and how long it took."""
@@ -286,7 +312,11 @@ class Runner:
                     scope.cancel()  # stopped while the request was being prepared
                 async with self._limiter:
                     result = await call_agent(
-                        self.agent, request, timeout_s=self.agent_timeout_s, message_id=message.id
+                        self.agent,
+                        request,
+                        timeout_s=self.agent_timeout_s,
+                        message_id=message.id,
+                        on_delta=live.push if live is not None else None,
                     )
         finally:
             self.runs_finished += 1
@@ -296,14 +326,6 @@ class Runner:
         if self.on_agent_result is not None:
             self.on_agent_result(result, elapsed)
         return result, elapsed
-
-    async def _failure_answer(self, error: str, message: Message) -> str:
-        """What the user is told when the agent failed: a ``handle_error`` hook's text, or ours."""
-        if self.hooks is not None:
-            custom = await self.hooks.first("handle_error", error=error, message=message)
-            if isinstance(custom, str) and custom:
-                return custom
-        return failure_text(error, admin=message.sender.is_admin)
 
     async def _finish(
         self,
@@ -339,18 +361,6 @@ class Runner:
         )
         if recorded is not None:
             recorded()
-
-    async def _expire_if_idle(self, key: str, now: float) -> None:
-        """``idle_expiry_s``: a session idle for longer starts afresh (housekeeping also prunes them)."""
-        limit = self.config.idle_expiry_s
-        if limit <= 0:
-            return
-        stats = await self.store.session_stats(key)
-        if stats is not None and stats.last_active_at < now - limit:
-            log.info(
-                "[runs] %s: idle for %.0f s; starting a fresh conversation", key, now - stats.last_active_at
-            )
-            await self.store.session_reset(key, now)
 
     # -- control ---------------------------------------------------------------------------------------
     async def _drop(self, messages: list[Message], reason: str) -> None:

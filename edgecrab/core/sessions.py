@@ -13,6 +13,7 @@ the store for what ``/retry`` asks again.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ import anyio
 
 from edgecrab.events import Message
 from edgecrab.store.base import Store
+
+log = logging.getLogger("edgecrab.core.runs")
 
 
 def session_key(message: Message, group_scope: str = "shared") -> str:
@@ -74,6 +77,17 @@ class Session:
         if self.current is None:
             return RunStatus(False, 0.0, len(self.queue), "")
         return RunStatus(True, time.monotonic() - self.started, len(self.queue), self.current.text)
+
+
+async def expire_if_idle(store: Store, key: str, limit: float, now: float) -> None:
+    """``sessions.idle_expiry_s`` (``limit``): a session idle for longer starts afresh (housekeeping also
+    prunes them)."""
+    if limit <= 0:
+        return
+    stats = await store.session_stats(key)
+    if stats is not None and stats.last_active_at < now - limit:
+        log.info("[runs] %s: idle for %.0f s; starting a fresh conversation", key, now - stats.last_active_at)
+        await store.session_reset(key, now)
 
 
 async def retry_text(store: Store, key: str) -> str:

@@ -47,9 +47,19 @@ import anyio
 import httpx
 
 from edgecrab.config.model import CardConfig, DingTalkConfig
+from edgecrab.dingtalk.carderrors import (
+    INSTANCE_SCOPE,
+    PUBLIC_AI_TEMPLATE,
+    STREAMING_SCOPE,
+    UNKNOWN_ERROR,
+    CardError,
+    CardRejected,
+    CardsUnavailable,
+    CardThrottled,
+    classify,
+)
 from edgecrab.dingtalk.ratelimit import Clock, RateLimiter, Sleep
 from edgecrab.dingtalk.tokens import (
-    PERMISSION_CODE,
     DingTalkError,
     TokenCache,
     error_from_response,
@@ -61,9 +71,21 @@ from edgecrab.retry import Backoff, RetryNotice, retrying
 
 log = logging.getLogger(__name__)
 
-PUBLIC_AI_TEMPLATE = "02fcf2f4-5e02-4a85-b672-46d1f715543e.schema"
-INSTANCE_SCOPE = "Card.Instance.Write"
-STREAMING_SCOPE = "Card.Streaming.Write"
+__all__ = [
+    "INSTANCE_SCOPE",
+    "PUBLIC_AI_TEMPLATE",
+    "STREAMING_SCOPE",
+    "UNKNOWN_ERROR",
+    "CardClient",
+    "CardError",
+    "CardHandle",
+    "CardRejected",
+    "CardState",
+    "CardThrottled",
+    "CardsUnavailable",
+    "classify",
+]
+
 CREATE_AND_DELIVER_PATH = "/v1.0/card/instances/createAndDeliver"
 INSTANCES_PATH = "/v1.0/card/instances"
 STREAMING_PATH = "/v1.0/card/streaming"
@@ -74,76 +96,10 @@ FLOW_FINISHED = "3"
 FLOW_FAILED = "5"
 STOPPED_MARK = "⏹️ 已停止 (stopped)"
 """Appended to the text of a card whose run was stopped."""
-UNKNOWN_ERROR = "unknownError"
-"""500 on streaming when the template does not stream the key sent (a template/key mismatch)."""
 BACKOFF_FIRST_S = 0.5
 BACKOFF_CAP_S = 8.0
 
 CardState = Literal["finished", "failed", "stopped"]
-
-
-class CardError(DingTalkError):
-    """A card call failed. ``out_track_id`` names the card ("" before it existed)."""
-
-    out_track_id: str = ""
-
-    @classmethod
-    def wrap(cls, err: DingTalkError, message: str, out_track_id: str = "") -> CardError:
-        wrapped = cls(
-            message,
-            status=err.status,
-            code=err.code,
-            request_id=err.request_id,
-            required_scopes=err.required_scopes,
-            retry_after=err.retry_after,
-        )
-        wrapped.out_track_id = out_track_id
-        return wrapped
-
-
-class CardsUnavailable(CardError):
-    """Cards cannot work for this robot until an operator changes something (or the outage passes)."""
-
-
-class CardThrottled(CardError):
-    """A transient failure: the same card may be updated later."""
-
-
-class CardRejected(CardError):
-    """This one card failed; others may work."""
-
-
-def classify(err: DingTalkError, what: str, out_track_id: str = "", *, exhausted: bool = False) -> CardError:
-    """The :class:`CardError` a failed card call is, with an operator-readable message (the fix included)."""
-    if isinstance(err, CardError):
-        return err
-    if err.code == PERMISSION_CODE:
-        scopes = ", ".join(err.required_scopes) or f"{INSTANCE_SCOPE} and {STREAMING_SCOPE}"
-        message = (
-            f"{what}: the app lacks the permission {scopes}; grant it in the DingTalk developer console "
-            f"(app > Permissions) ({err})"
-        )
-        return CardsUnavailable.wrap(err, message, out_track_id)
-    if err.code.startswith("param.template"):
-        message = (
-            f"{what}: the card template is unknown or not published ({err}); publish it, or set "
-            f"platforms.dingtalk.card.template_id to {PUBLIC_AI_TEMPLATE}"
-        )
-        return CardsUnavailable.wrap(err, message, out_track_id)
-    if err.code == UNKNOWN_ERROR:
-        message = (
-            f"{what}: DingTalk answered unknownError, which means the template does not stream the "
-            f"variable in platforms.dingtalk.card.content_key ({err})"
-        )
-        return CardsUnavailable.wrap(err, message, out_track_id)
-    if err.quota_exhausted:
-        return CardsUnavailable.wrap(err, f"{what}: the monthly API quota is used up ({err})", out_track_id)
-    if err.retryable:
-        if exhausted and err.status >= 500:
-            message = f"{what}: DingTalk keeps failing ({err})"
-            return CardsUnavailable.wrap(err, message, out_track_id)
-        return CardThrottled.wrap(err, f"{what}: {err}", out_track_id)
-    return CardRejected.wrap(err, f"{what}: {err}", out_track_id)
 
 
 @dataclass

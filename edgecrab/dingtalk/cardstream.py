@@ -21,6 +21,7 @@ tests check them without a clock.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -114,10 +115,14 @@ class CardStreamer:
         open_gap_s: float = OPEN_GAP_S,
         close_gap_s: float = CLOSE_GAP_S,
         backoff: Backoff = THROTTLE_BACKOFF,
+        render: Callable[[str], str] = str,
     ) -> None:
-        """``opened_at``: when the card was delivered (``anyio.current_time()``; default: now)."""
+        """``opened_at``: when the card was delivered (``anyio.current_time()``; default: now).
+        ``render``: turns the card's part of the text (its first ``max_chars``) into what the card shows
+        (the card's markdown dialect); applied when an update is sent, not on every push."""
         self.client, self.handle = client, handle
         self.max_chars = max_chars
+        self.render = render
         self.backoff = backoff
         start = anyio.current_time() if opened_at is None else opened_at
         self.pacer = Pacer(interval_s, start, open_gap_s, close_gap_s)
@@ -143,22 +148,34 @@ class CardStreamer:
         return self._sent
 
     def push(self, text: str) -> None:
-        """The agent's whole text so far; the card will show it, or a newer one."""
-        card_text = split_for_card(text, self.max_chars)[0]
-        if card_text != self._pending:
-            self._pending = card_text
+        """The agent's whole text so far; the card will show it, or a newer one. Cheap: called per token."""
+        if text != self._pending:
+            self._pending = text
             self._wake.set()
+
+    def card_text(self, text: str) -> str:
+        """What the card shows for the whole text ``text``: its first part, rendered."""
+        return self.render(split_for_card(text, self.max_chars)[0])
 
     async def __aenter__(self) -> CardStreamer:
         stack = AsyncExitStack()
         group = await stack.enter_async_context(anyio.create_task_group())
-        group.start_soon(self._run)
+        group.start_soon(self.run)
         self._stack = stack
         return self
 
-    def _close(self) -> None:
+    async def run(self) -> None:
+        """The update loop, for a caller that hosts it in a task group of its own rather than using
+        ``async with`` (then :meth:`finish` or :meth:`close` may be called from any task). It returns once
+        the card is being finished or closed."""
+        await self._run()
+
+    def close(self) -> None:
+        """Stop sending updates (the card is left as it is)."""
         self._closing.set()
         self._wake.set()
+
+    _close = close
 
     async def __aexit__(
         self,
@@ -180,7 +197,7 @@ class CardStreamer:
         wait = self.pacer.final_due() - anyio.current_time()
         if wait > 0:
             await anyio.sleep(wait)
-        await self.client.finish(self.handle, split_for_card(text, self.max_chars)[0], state)
+        await self.client.finish(self.handle, self.card_text(text), state)
 
     async def _run(self) -> None:
         try:
@@ -198,7 +215,7 @@ class CardStreamer:
                 await self._closing.wait()
             if self._closing.is_set():
                 return
-            text = self._pending
+            text = self.card_text(self._pending)
             if text == self._sent:
                 continue
             started = anyio.current_time()

@@ -35,7 +35,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import quote_plus
 
 import anyio
@@ -101,10 +101,14 @@ class StreamClient:
         on_state: StateHandler | None = None,
         http: httpx.AsyncClient | None = None,
         on_callbacks_now: NowHandler | None = None,
+        topics: Mapping[str, CallbackHandler] | None = None,
     ) -> None:
+        """``topics``: other CALLBACK topics to subscribe to, each with the handler that answers its frames
+        (the card buttons' ``/v1.0/card/instances/callback``)."""
         self.config = config
         self.on_callback = on_callback
         self.on_callbacks_now = on_callbacks_now
+        self.topics = dict(topics or {})
         self._on_state = on_state
         self._http = http
         self.state = STOPPED
@@ -140,7 +144,9 @@ class StreamClient:
         body = {
             "clientId": self.config.app_key,
             "clientSecret": self.config.app_secret,
-            "subscriptions": [{"type": "CALLBACK", "topic": BOT_TOPIC}],
+            "subscriptions": [
+                {"type": "CALLBACK", "topic": topic} for topic in (BOT_TOPIC, *self.topics)
+            ],
             "ua": f"edgecrab/{__version__}",
             "localIp": local_ip(),
         }
@@ -179,6 +185,7 @@ class StreamClient:
             uuid.uuid4().hex[:8],
             on_callback=self.on_callback,
             on_callbacks_now=self.on_callbacks_now,
+            topics=self.topics,
             idle_timeout_s=self.config.idle_timeout_s,
             stats=self.stats,
         )

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import anyio
@@ -114,6 +114,7 @@ class StreamConnection:
         *,
         on_callback: CallbackHandler,
         on_callbacks_now: NowHandler | None = None,
+        topics: Mapping[str, CallbackHandler] | None = None,
         idle_timeout_s: float,
         stats: StreamStats | None = None,
     ) -> None:
@@ -122,6 +123,8 @@ class StreamConnection:
         self.cid = cid
         self.on_callback = on_callback
         self.on_callbacks_now = on_callbacks_now
+        self.topics = topics or {}
+        """Handlers of the other CALLBACK topics subscribed to (card buttons)."""
         self.idle_timeout_s = idle_timeout_s
         self.server_id = ""
         self.opened_at = time.monotonic()
@@ -191,6 +194,14 @@ class StreamConnection:
             log.exception("[dingtalk] conn %s: could not record message %s", self.cid, frame.message_id)
             return AckDecision(500, "internal error")
 
+    async def _answer(self, handler: CallbackHandler, frame: Frame) -> AckDecision:
+        """Another topic's callback (a card button): its handler decides the ack, quickly."""
+        try:
+            return await handler(frame)
+        except Exception:
+            log.exception("[dingtalk] conn %s: %s callback failed", self.cid, frame.headers.get("topic"))
+            return AckDecision(500, "internal error")
+
     async def _drop_oversize(self, raw: str | bytes) -> None:
         """Ack a frame over :data:`MAX_FRAME_BYTES` without processing it: acked, it is not delivered again
         (it never would fit); dropped, it costs nothing more."""
@@ -231,6 +242,10 @@ class StreamConnection:
             await self._send(ack_frame(mid, code=decision.code, message=decision.message))
             if self.stats.on_ack is not None:
                 self.stats.on_ack(time.monotonic() - self.last_frame_at)
+            return
+        if frame.type == "CALLBACK" and topic in self.topics:
+            decision = await self._answer(self.topics[topic], frame)
+            await self._send(ack_frame(mid, code=decision.code, message=decision.message))
             return
         if frame.type == "SYSTEM":
             if topic == "ping":

@@ -70,6 +70,8 @@ class SessionStats:
     chunks_sent: int = 0
     last_user_text: str = ""
     last_user_msg_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Other counters (``UsageDelta.extra``): ``card_calls`` and ``card_replies`` with AI cards."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ share in :mod:`edgecrab.store.sqlite_rows`.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -45,7 +46,15 @@ from edgecrab.store.sqlite_rows import (
     outbox_state_update,
 )
 
-_SESSION_COLUMNS = ("key", "created_at", "last_active_at", *COUNTERS, "last_user_text", "last_user_msg_id")
+_SESSION_COLUMNS = (
+    "key",
+    "created_at",
+    "last_active_at",
+    *COUNTERS,
+    "last_user_text",
+    "last_user_msg_id",
+    "extra",
+)
 _SESSION_SELECT = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE key = ?"
 _INBOX_SELECT = "SELECT robot, msg_id, stream_message_id, payload, received_at, state, attempts FROM inbox"
 # Unsent chunks. The states are SQL literals on purpose, here and in outbox_cancel: SQLite uses the partial
@@ -139,12 +148,12 @@ class SQLiteStore(SQLiteConnection, Store):
     # -- sessions ----------------------------------------------------------------------------------
     async def session_stats(self, key: str) -> SessionStats | None:
         rows = self._all(_SESSION_SELECT, (key,))
-        return SessionStats(*rows[0]) if rows else None
+        return _stats(rows[0]) if rows else None
 
     async def session_ensure(self, key: str, now: float) -> SessionStats:
         def ensure(conn: sqlite3.Connection) -> SessionStats:
             ensure_session(conn, key, now)
-            return SessionStats(*conn.execute(_SESSION_SELECT, (key,)).fetchone())
+            return _stats(conn.execute(_SESSION_SELECT, (key,)).fetchone())
 
         return await self._write(ensure)
 
@@ -318,3 +327,10 @@ class SQLiteStore(SQLiteConnection, Store):
                 params,
             )
         )
+
+
+def _stats(row: Any) -> SessionStats:
+    """A session row (:data:`_SESSION_COLUMNS`) as :class:`SessionStats`."""
+    fields: dict[str, Any] = dict(zip(_SESSION_COLUMNS, row, strict=True))
+    fields["extra"] = json.loads(fields["extra"] or "{}")
+    return SessionStats(**fields)

@@ -67,12 +67,35 @@ def _playwright() -> Any:
     return sync_playwright
 
 
+CARD_CONFIG = """\
+platforms:
+  dingtalk:
+    reply_mode: card
+    card:
+      update_interval_ms: 200
+agent:
+  type: echo
+storage:
+  url: sqlite:///{db}
+"""
+
+
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[str]:
     """``edgecrab gateway start --sandbox --port 0`` with the echo agent; yields the chat URL it printed."""
+    yield from _sandbox(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def card_sandbox() -> Iterator[str]:
+    """The sandbox with ``reply_mode: card`` (the echo agent streams its words into an AI card)."""
+    yield from _sandbox(CARD_CONFIG)
+
+
+def _sandbox(config_text: str) -> Iterator[str]:
     work = Path(tempfile.mkdtemp(prefix="edgecrab-webchat-"))
     config = work / "edgecrab.yaml"
-    config.write_text(CONFIG.format(db=work / "state.db"), encoding="utf-8")
+    config.write_text(config_text.format(db=work / "state.db"), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DINGTALK_", "EDGECRAB_"))}
     env["EDGECRAB_HOME"] = str(work)
     log_path = work / "gateway.log"
@@ -143,6 +166,15 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, sandbox: str) -> Iterator[Any]:
+    yield from _page(browser, sandbox)
+
+
+@pytest.fixture
+def card_page(browser: Any, card_sandbox: str) -> Iterator[Any]:
+    yield from _page(browser, card_sandbox)
+
+
+def _page(browser: Any, sandbox: str) -> Iterator[Any]:
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -343,3 +375,31 @@ def test_text_messages_keep_their_lines_and_show_no_markdown(page: Any) -> None:
         '(<a href="https://example.com" target="_blank" rel="noopener noreferrer">https://example.com</a>) '
         '<span class="mention" title="user1001">@李四</span>'
     )
+
+
+def test_a_card_grows_and_stops(card_page: Any) -> None:
+    """reply_mode: card: the echo agent's words appear in the card as they are written; its stop button
+    stops the run, and the card says so."""
+    from playwright.sync_api import expect
+
+    page = card_page
+    page.click("#people button:has-text('Alice Chen')")
+    words = " ".join(f"w{i:03d}" for i in range(120))  # ~10 s of echo at 80 ms a word
+    _send(page, words)
+    card = page.locator("#messages .bubble.card").last
+    expect(card).to_have_attribute("data-card-state", "inputting", timeout=REPLY_S)
+    expect(card).to_contain_text("w003", timeout=REPLY_S)
+    shown = card.locator(".card-content").inner_text()
+    expect(card).not_to_contain_text("w119")
+    expect(card.locator(".card-content")).not_to_have_text(shown, timeout=REPLY_S)  # it grows
+    page.locator("#messages .bubble.card .card-stop").last.click()
+    expect(card).to_have_attribute("data-card-state", "stopped", timeout=REPLY_S)
+    expect(card.locator(".card-state")).to_have_text("stopped")
+    expect(card).to_contain_text("已停止")
+    expect(card).not_to_contain_text("w119")
+    expect(card.locator(".card-stop")).to_be_hidden()
+    wire = page.locator("#wire")
+    expect(wire.locator("li.k-rest", has_text="/v1.0/card/streaming").first).to_be_attached()
+    expect(wire.locator("li.k-card_callback")).to_have_count(1)
+    (ROOT / "artifacts").mkdir(exist_ok=True)
+    page.screenshot(path=str(ROOT / "artifacts" / "webchat-card.png"))

@@ -19,6 +19,7 @@
     convs: new Map(), // conversation id -> {items: [], unread: 0}
     seen: new Set(), // bus seq numbers already applied to the chat
     sent: new Map(), // stream message id -> user item
+    cards: new Map(), // outTrackId -> card item (SandboxCards)
     atBot: true,
     ws: null,
   };
@@ -174,7 +175,7 @@
   function preview(c, dm) {
     const last = c.items[c.items.length - 1];
     if (!last) return dm ? "Direct message with the robot" : "Group chat · mention the robot with @";
-    if (last.type === "bot") return `${state.dir.bot.name}: ${last.title || last.text}`;
+    if (last.type === "bot" || last.type === "card") return `${state.dir.bot.name}: ${last.title || last.text}`;
     return `${last.sender.nick}: ${last.text}`;
   }
 
@@ -235,6 +236,13 @@
     const body = el("div", "body");
     const who = el("div", "who");
     let bubble;
+    if (item.type === "card") {
+      row.classList.add("bot");
+      row.append(botAvatar());
+      who.append(el("span", "", state.dir.bot.name), el("span", "tag robot", "AI card"), el("time", "", clock(item.ts)));
+      row.append(SandboxCards.node(item, who));
+      return row;
+    }
     if (item.type === "bot") {
       row.append(botAvatar());
       who.append(el("span", "", state.dir.bot.name), el("span", "tag robot", "Robot"), el("time", "", clock(item.ts)));
@@ -338,6 +346,18 @@
       const item = { type: "user", sender: ev.sender, text: ev.text, at_bot: ev.at_bot, ts: ev.ts, status: "sending" };
       state.sent.set(ev.message_id, item);
       addItem(ev.conversation_id, item);
+      return;
+    }
+    if (ev.kind === "card") {
+      const known = state.cards.get(ev.out_track_id);
+      if (known) SandboxCards.update(known, ev);
+      else {
+        const card = SandboxCards.item(ev);
+        if (card) {
+          state.cards.set(card.id, card);
+          addItem(card.cid, card);
+        }
+      }
       return;
     }
     if (ev.kind === "outbound") {

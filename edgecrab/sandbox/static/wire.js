@@ -11,7 +11,7 @@
 
   const MAX_LINES = 1500;
   const STREAM_KINDS = new Set(["connection", "frame", "ack", "redelivery"]);
-  const LABELS = { connection: "CONN", redelivery: "RETRY", outbound: "SEND" };
+  const LABELS = { connection: "CONN", redelivery: "RETRY", outbound: "SEND", card_callback: "BUTTON" };
   const filters = { stream: true, rest: true, chat: true };
   let chatName = (cid) => short(cid);
 
@@ -64,6 +64,12 @@
       case "outbound":
         return [`✉ ${ev.via} ${ev.msgtype} → ${chatName(ev.conversation_id)}${ev.title ? ` “${ev.title}”` : ""}` +
           (ev.at_user_ids && ev.at_user_ids.length ? ` @${ev.at_user_ids.join(",")}` : ""), ""];
+      case "card":
+        return [`▤ card ${short(ev.out_track_id.replace(/^edgecrab_/, ""))} ${ev.action} · ${ev.status || "–"}` +
+          ` · ${(ev.text || "").length} chars${ev.stream_finalized ? " · final" : ""}`,
+          ev.status === "failed" ? "bad" : ""];
+      case "card_callback":
+        return [`▤ button ${(ev.action_ids || []).join(",")} pressed on card ${short(ev.out_track_id.replace(/^edgecrab_/, ""))}`, "warn"];
       case "chat": {
         const at = ev.at_bot ? " (@robot)" : ev.at_bot === false ? " (no @)" : "";
         return [`${ev.sender.nick} → ${chatName(ev.conversation_id)}${at}: ${ev.text}`, ""];

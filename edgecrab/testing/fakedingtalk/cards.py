@@ -23,19 +23,16 @@ back as ``deliverResults[].success: false`` inside HTTP 200, also on demand (:me
 Codes marked "inferred" were not seen in the wild.
 
 Each card's state (:class:`FakeCard`: flow status, what a user would see, every frame and update) is kept by
-``outTrackId`` so tests assert what the user saw, and published: ``GET /_fake/cards``, ``card`` events on
-``/_fake/events``. ``POST /_fake/cards/{outTrackId}/callback`` presses a card button: a CALLBACK frame on the
-Stream topic ``/v1.0/card/instances/callback``, as DingTalk pushes it. Knobs:
-``GET|POST /_fake/cards/settings`` (:meth:`CardApi.configure`).
+``outTrackId``, published as ``card`` events on ``/_fake/events`` and through the control API
+(:mod:`~edgecrab.testing.fakedingtalk.cardcontrol`, which also sets the knobs and presses buttons).
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -55,7 +52,28 @@ from edgecrab.testing.fakedingtalk.cardstate import (
     FakeCard,
     default_templates,
 )
-from edgecrab.testing.fakedingtalk.models import CARD_CALLBACK_TOPIC, FakeApp
+from edgecrab.testing.fakedingtalk.cardwire import (
+    BAD_SPACE_ID,
+    CREATE,
+    CREATE_AND_DELIVER,
+    DELIVER,
+    DELIVER_ERROR,
+    DUPLICATE_GUID,
+    DUPLICATE_TRACK_ID,
+    NO_SUCH_CARD,
+    PERMISSION_DENIED,
+    SPACE_DELIVER_MODEL_EMPTY,
+    SPACE_PREFIX,
+    STREAMING,
+    UNKNOWN_ERROR,
+    UNKNOWN_TEMPLATE,
+    UNPUBLISHED,
+    error,
+    guarded,
+    ok,
+    param_map,
+)
+from edgecrab.testing.fakedingtalk.models import FakeApp
 from edgecrab.testing.fakedingtalk.rest import (
     TOKEN_HEADER,
     Rejection,
@@ -65,25 +83,6 @@ from edgecrab.testing.fakedingtalk.rest import (
 )
 from edgecrab.testing.fakedingtalk.state import FakeState
 from edgecrab.testing.fakedingtalk.stream import StreamHub
-
-CREATE = "/v1.0/card/instances"
-DELIVER = "/v1.0/card/instances/deliver"
-CREATE_AND_DELIVER = "/v1.0/card/instances/createAndDeliver"
-STREAMING = "/v1.0/card/streaming"
-
-PERMISSION_DENIED = "Forbidden.AccessDenied.AccessTokenPermissionDenied"
-UNPUBLISHED = ("param.templateUnpublished", "卡片模板未发布")
-UNKNOWN_TEMPLATE = ("param.templateNotExist", "卡片模板不存在")  # inferred
-DUPLICATE_TRACK_ID = ("param.outTrackIdExist", "outTrackId 已存在")  # inferred
-NO_SUCH_CARD = ("param.cardNotExist", "卡片实例不存在")  # inferred
-DUPLICATE_GUID = ("param.guidDuplicated", "guid 重复，每次流式更新需使用新的 guid")  # inferred
-NOT_STRING = ("param.cardParamMapInvalid", "cardParamMap 的值必须是字符串")  # inferred
-SPACE_DELIVER_MODEL_EMPTY = ("param.spaceDeliverModelEmpty", "spaceDeliverModel is empty")
-BAD_SPACE_ID = ("param.openSpaceIdInvalid", "openSpaceId 不合法")  # inferred
-UNKNOWN_ERROR = ("unknownError", "unknownError")
-
-DELIVER_ERROR = "deliver failed: user not reachable"  # inferred wording
-SPACE_PREFIX = "dtv1.card//"
 
 __all__ = [
     "FLOW_STATUS",
@@ -98,58 +97,6 @@ __all__ = [
     "CardTemplate",
     "FakeCard",
 ]
-
-
-def reply(body: Any, status: int = 200) -> web.Response:
-    """A control API answer (plain JSON, no DingTalk headers)."""
-    return web.Response(
-        text=json.dumps(body, ensure_ascii=False, default=str), status=status, content_type="application/json"
-    )
-
-
-def _error(code_message: tuple[str, str], status: int = 400, **extra: Any) -> Rejection:
-    return Rejection(wire.api_error(status, *code_message, **extra))
-
-
-def _ok(result: Any) -> web.Response:
-    return wire.json_response({"success": True, "result": result})
-
-
-def _param_map(body: dict[str, Any], *, required: bool) -> dict[str, str] | None:
-    data = body.get("cardData")
-    if data is None and not required:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("cardParamMap"), dict):
-        raise Rejection(wire.api_error(400, "MissingcardData", "cardData.cardParamMap is mandatory."))
-    params = data["cardParamMap"]
-    bad = sorted(k for k, v in params.items() if not isinstance(v, str))
-    if bad:
-        code, message = NOT_STRING
-        raise _error((code, f"{message}: {', '.join(bad)}"))
-    return dict(params)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _guarded(handler: Handler) -> Handler:
-    async def run(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except Rejection as rejection:
-            return rejection.response
-
-    return run
-
-
-def _control(handler: Handler) -> Handler:
-    async def run(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            return reply({"error": f"{type(exc).__name__}: {exc}"}, 400)
-
-    return run
 
 
 class CardApi:
@@ -221,16 +168,11 @@ class CardApi:
     # routes -----------------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.post(CREATE, _guarded(self.create)),
-            web.post(DELIVER, _guarded(self.deliver)),
-            web.post(CREATE_AND_DELIVER, _guarded(self.create_and_deliver)),
-            web.put(CREATE, _guarded(self.update)),
-            web.put(STREAMING, _guarded(self.streaming)),
-            web.get("/_fake/cards", _control(self.list_cards)),
-            web.get("/_fake/cards/settings", _control(self.settings)),
-            web.post("/_fake/cards/settings", _control(self.settings)),
-            web.get("/_fake/cards/{out_track_id}", _control(self.show_card)),
-            web.post("/_fake/cards/{out_track_id}/callback", _control(self.callback)),
+            web.post(CREATE, guarded(self.create)),
+            web.post(DELIVER, guarded(self.deliver)),
+            web.post(CREATE_AND_DELIVER, guarded(self.create_and_deliver)),
+            web.put(CREATE, guarded(self.update)),
+            web.put(STREAMING, guarded(self.streaming)),
         ]
 
     # checks shared by every card call ---------------------------------------------------------------------
@@ -242,9 +184,9 @@ class CardApi:
         api = f"{request.method} {request.path}"
         if self.qps_limit is not None and self._over_qps((app.client_id, api), self.qps_limit):
             self.throttled += 1
-            raise _error(wire.QPS_APP, 403)
+            raise error(wire.QPS_APP, 403)
         if (app.client_id, scope) in self.revoked or ("*", scope) in self.revoked:
-            raise _error(
+            raise error(
                 (PERMISSION_DENIED, f"没有调用该接口的权限，接口权限申请参考：{scope}"),
                 403,
                 accessdenieddetail={"requiredScopes": [scope]},
@@ -265,7 +207,7 @@ class CardApi:
     def _own_card(self, app: FakeApp, out_track_id: str) -> FakeCard:
         card = self.cards.get(out_track_id)
         if card is None or card.app != app.client_id:
-            raise _error(NO_SUCH_CARD)
+            raise error(NO_SUCH_CARD)
         return card
 
     def _emit(self, card: FakeCard, action: str) -> None:
@@ -287,12 +229,12 @@ class CardApi:
         out_track_id = require(body, "outTrackId")
         template = self.templates.get(template_id)
         if template is None:
-            raise _error(UNKNOWN_TEMPLATE)
+            raise error(UNKNOWN_TEMPLATE)
         if not template.published:
-            raise _error(UNPUBLISHED)
+            raise error(UNPUBLISHED)
         if out_track_id in self.cards:
-            raise _error(DUPLICATE_TRACK_ID)
-        params = _param_map(body, required=True) or {}
+            raise error(DUPLICATE_TRACK_ID)
+        params = param_map(body, required=True) or {}
         spaces = tuple(
             space
             for space, model in (("IM_GROUP", "imGroupOpenSpaceModel"), ("IM_ROBOT", "imRobotOpenSpaceModel"))
@@ -316,11 +258,11 @@ class CardApi:
         space = require(body, "openSpaceId")
         kind, _, space_id = space.removeprefix(SPACE_PREFIX).partition(".")
         if not space.startswith(SPACE_PREFIX) or kind not in ("IM_GROUP", "IM_ROBOT") or not space_id:
-            raise _error(BAD_SPACE_ID)
+            raise error(BAD_SPACE_ID)
         model_name = "imGroupOpenDeliverModel" if kind == "IM_GROUP" else "imRobotOpenDeliverModel"
         model = body.get(model_name)
         if kind == "IM_ROBOT" and not isinstance(model, dict):
-            raise _error(SPACE_DELIVER_MODEL_EMPTY)
+            raise error(SPACE_DELIVER_MODEL_EMPTY)
         delivery = self._delivery(app, card, kind, space_id, model if isinstance(model, dict) else None)
         card.deliveries.append(delivery)
         self._emit(card, "delivered")
@@ -366,13 +308,13 @@ class CardApi:
     async def create(self, request: web.Request) -> web.Response:
         app = self._admit(request, INSTANCE_SCOPE)
         card = self._create(app, await json_body(request))
-        return _ok(card.out_track_id)
+        return ok(card.out_track_id)
 
     async def deliver(self, request: web.Request) -> web.Response:
         app = self._admit(request, INSTANCE_SCOPE)
         body = await json_body(request)
         card = self._own_card(app, require(body, "outTrackId"))
-        return _ok(self._deliver(app, card, body))
+        return ok(self._deliver(app, card, body))
 
     async def create_and_deliver(self, request: web.Request) -> web.Response:
         app = self._admit(request, INSTANCE_SCOPE)
@@ -384,7 +326,7 @@ class CardApi:
         except Rejection:
             del self.cards[card.out_track_id]  # a refused call leaves nothing behind
             raise
-        return _ok(
+        return ok(
             {
                 "outTrackId": card.out_track_id,
                 "processQueryKey": card.process_query_key,
@@ -397,7 +339,7 @@ class CardApi:
         app = self._admit(request, INSTANCE_SCOPE)
         body = await json_body(request)
         card = self._own_card(app, require(body, "outTrackId"))
-        params = _param_map(body, required=False)
+        params = param_map(body, required=False)
         options = body.get("cardUpdateOptions") or {}
         by_key = isinstance(options, dict) and options.get("updateCardDataByKey") is True
         if params is not None:
@@ -407,7 +349,7 @@ class CardApi:
                 card.params = dict(params)
         card.updates.append({"params": params, "by_key": by_key, "t": self.state.now()})
         self._emit(card, "updated")
-        return _ok(True)
+        return ok(True)
 
     async def streaming(self, request: web.Request) -> web.Response:
         app = self._admit(request, STREAMING_SCOPE)
@@ -418,9 +360,9 @@ class CardApi:
         if not isinstance(content, str):
             raise Rejection(wire.api_error(400, "Missingcontent", "content is mandatory for this action."))
         if guid in self._guids:
-            raise _error(DUPLICATE_GUID)
+            raise error(DUPLICATE_GUID)
         if key not in self.templates[card.template_id].streaming_keys:
-            raise _error(UNKNOWN_ERROR, 500)  # what a key the template does not stream gets (reported)
+            raise error(UNKNOWN_ERROR, 500)  # what a key the template does not stream gets (reported)
         self._guids.add(guid)
         is_full = body.get("isFull") is True
         frame = CardFrame(
@@ -438,93 +380,4 @@ class CardApi:
         card.stream_finalized = card.stream_finalized or frame.is_finalize
         card.stream_error = card.stream_error or frame.is_error
         self._emit(card, "streamed")
-        return _ok(True)
-
-    # control API ------------------------------------------------------------------------------------------
-    async def list_cards(self, request: web.Request) -> web.Response:
-        cards = list(self.cards.values())
-        cid = request.query.get("conversation_id")
-        if cid:
-            cards = [c for c in cards if cid in c.conversation_ids]
-        start = int(request.query.get("since", "0"))
-        return reply({"cards": [c.public() for c in cards[start:]], "settings": self.describe()})
-
-    async def show_card(self, request: web.Request) -> web.Response:
-        card = self.cards.get(request.match_info["out_track_id"])
-        if card is None:
-            return reply({"error": "no such card"}, 404)
-        return reply(card.public(frames=True))
-
-    async def settings(self, request: web.Request) -> web.Response:
-        if request.method == "POST":
-            raw = await request.read()
-            spec = json.loads(raw) if raw else {}
-            if not isinstance(spec, dict):
-                raise ValueError("body must be a JSON object")
-            self.configure(spec)
-        return reply(self.describe())
-
-    def configure(self, spec: dict[str, Any]) -> None:
-        """Apply ``{"qps_limit", "revoke": [scope | {"scope","app"}], "grant": [...] | "all",
-        "deliver_failures": n | null, "deliver_error", "templates": [{"id","keys","published"}]}``."""
-        if "qps_limit" in spec:
-            self.qps_limit = None if spec["qps_limit"] is None else int(spec["qps_limit"])
-        if spec.get("grant") == "all":
-            self.grant()
-        for item in spec.get("grant", []) if isinstance(spec.get("grant"), list) else []:
-            self.grant(*((item, None) if isinstance(item, str) else (item["scope"], item.get("app"))))
-        for item in spec.get("revoke", []):
-            self.revoke(*((item, None) if isinstance(item, str) else (item["scope"], item.get("app"))))
-        if "deliver_failures" in spec:
-            self.fail_deliveries(spec["deliver_failures"], spec.get("deliver_error", DELIVER_ERROR))
-        for item in spec.get("templates", []):
-            keys = item.get("keys", ["content"])
-            self.register_template(item["id"], keys, published=item.get("published", True))
-
-    async def callback(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        body = json.loads(raw) if raw else {}
-        message_id, data = await self.push_callback(
-            request.match_info["out_track_id"],
-            user=body.get("user"),
-            action_ids=body.get("action_ids", ("stop",)),
-            params=body.get("params"),
-        )
-        return reply({"message_id": message_id, "data": data})
-
-    async def push_callback(
-        self,
-        out_track_id: str,
-        *,
-        user: str | None = None,
-        action_ids: Sequence[str] = ("stop",),
-        params: dict[str, Any] | None = None,
-    ) -> tuple[str, dict[str, Any]]:
-        """Press a button of a delivered card: push its callback to the app (topic
-        ``/v1.0/card/instances/callback``, ``content`` and ``extension`` as JSON strings, as DingTalk
-        sends them). ``user`` defaults to the DM recipient, or the first user, for a group card."""
-        card = self.cards.get(out_track_id)
-        if card is None:
-            raise KeyError(f"no card {out_track_id!r}")
-        delivered = next((d for d in card.deliveries if d.success and not d.dropped), None)
-        if delivered is None:
-            raise RuntimeError(f"card {out_track_id!r} was never shown to anyone")
-        app = self.state.app(card.app)
-        if user is None:
-            user = delivered.space_id if delivered.space_type == "IM_ROBOT" else self.state.users[0].staff_id
-        presser = self.state.user(user)
-        private = {"cardPrivateData": {"actionIds": list(action_ids), "params": params or {}}}
-        data = {
-            "outTrackId": out_track_id,
-            "corpId": app.corp_id,
-            "userId": presser.staff_id,
-            "userIdType": 1,
-            "spaceType": delivered.space_type,
-            "spaceId": delivered.space_id,
-            "type": "actionCallback",
-            "extension": json.dumps({}),
-            "content": json.dumps(private, ensure_ascii=False),
-        }
-        message_id = await self.hub.push(app, data, message_id=None, topic=CARD_CALLBACK_TOPIC)
-        self.state.bus.emit("card_callback", out_track_id=out_track_id, action_ids=list(action_ids))
-        return message_id, data
+        return ok(True)

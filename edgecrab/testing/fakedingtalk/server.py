@@ -27,6 +27,7 @@ from aiohttp import web
 
 from edgecrab.testing.fakedingtalk import wire
 from edgecrab.testing.fakedingtalk.actions import FakeActions
+from edgecrab.testing.fakedingtalk.cardcontrol import CardControl
 from edgecrab.testing.fakedingtalk.cards import CardApi
 from edgecrab.testing.fakedingtalk.connect import StreamGateway
 from edgecrab.testing.fakedingtalk.control import ControlApi, reply
@@ -136,6 +137,7 @@ class FakeDingTalk(FakeActions):
         )
         app.add_routes(
             self.gateway.routes() + self.rest.routes() + self.cards.routes() + self.webhooks.routes()
+            + CardControl(self.cards).routes()
             + self.control.routes()
         )
         self._unrecorded = set(app.add_routes(self._extra_routes))

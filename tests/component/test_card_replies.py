@@ -1,0 +1,229 @@
+"""``reply_mode: card`` end to end in one process: the gateway against the fake DingTalk over real sockets.
+
+What a user sees is read from the fake's card state (``fake.cards``) and its outbound messages. The agent
+is gated by events, so each test decides when the answer grows, fails or ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from edgecrab.agents.base import Agent, AgentError, Deltas, ignore_deltas
+from edgecrab.config.model import CardConfig
+from edgecrab.core.agentcall import USER_FAILURE_TEXT
+from edgecrab.dingtalk.cardreply import INTERRUPTED_TEXT, MARKDOWN_STAY_S
+from edgecrab.dingtalk.cards import STOPPED_MARK
+from edgecrab.dingtalk.cardstream import split_for_card
+from edgecrab.dingtalk.cardtext import to_card_markdown
+from edgecrab.events import AgentRequest, AgentResult
+from edgecrab.gateway import Gateway
+from edgecrab.testing.fakedingtalk import FakeDingTalk
+from edgecrab.testing.fakedingtalk.cardcontrol import press
+from edgecrab.testing.fakedingtalk.cardstate import FakeCard
+
+from .gwkit import make_config, quiescent, running_gateway
+
+pytestmark = pytest.mark.anyio
+
+REPLY = ["Hello", " there.\nA second line", "\n\n| a | b |\n|---|---|\n| 1 | 2 |"]
+
+
+class GatedAgent(Agent):
+    """Streams ``pieces``; waits for ``gate`` after the first; optionally fails there instead."""
+
+    name = "gated"
+
+    def __init__(self, pieces: list[str] | None = None, *, fail: bool = False) -> None:
+        self.pieces = pieces or REPLY
+        self.fail = fail
+        self.gate = anyio.Event()
+        self.cancelled = 0
+        self.runs = 0
+
+    async def run(self, request: AgentRequest) -> AgentResult:
+        return await self.stream(request, ignore_deltas)
+
+    async def stream(self, request: AgentRequest, on_delta: Deltas) -> AgentResult:
+        self.runs += 1
+        try:
+            for index, piece in enumerate(self.pieces):
+                if index == 1:
+                    await self.gate.wait()
+                    if self.fail:
+                        raise AgentError("the model fell over")
+                on_delta(piece)
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
+        return AgentResult("".join(self.pieces))
+
+
+@contextlib.asynccontextmanager
+async def card_gateway(
+    tmp_path: Path, agent: Agent, fake: FakeDingTalk | None = None, **card: Any
+) -> AsyncIterator[tuple[FakeDingTalk, Gateway]]:
+    async with contextlib.AsyncExitStack() as stack:
+        if fake is None:
+            fake = await stack.enter_async_context(FakeDingTalk())
+        settings = CardConfig(**{"update_interval_ms": 100, **card})
+        config = make_config(fake, tmp_path, reply_mode="card", card=settings)
+        gateway = await stack.enter_async_context(running_gateway(config, agent))
+        yield fake, gateway
+
+
+def cards(fake: FakeDingTalk) -> list[FakeCard]:
+    return list(fake.cards.cards.values())
+
+
+async def until(fake: FakeDingTalk, predicate: Any, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    await fake.wait_for(predicate, timeout)
+
+
+async def test_card_opens_at_run_start_streams_and_ends_with_the_markdown_reply(tmp_path: Path) -> None:
+    agent = GatedAgent()
+    async with card_gateway(tmp_path, agent) as (fake, gateway):
+        user = fake.users[1]
+        cid = fake.dm_conversation_id(user)
+        await fake.push(fake.dm(user, "first"))
+        await until(fake, lambda: cards(fake) and cards(fake)[0].text == "Hello")
+        first = cards(fake)[0]
+        assert first.status == "inputting" and first.visible
+        await fake.push(fake.dm(user, "second"))  # queued behind the first: no card yet
+        await until(fake, lambda: any("Queued" in m.text for m in fake.messages_for(cid)))
+        assert len(cards(fake)) == 1
+        agent.gate.set()
+        await until(fake, lambda: len(cards(fake)) == 2 and all(c.status == "finished" for c in cards(fake)))
+        whole = "".join(REPLY)
+        assert [c.text for c in cards(fake)] == [to_card_markdown(whole)] * 2
+        assert "<br>" in first.text and "\n\n| a | b |" in first.text
+        assert first.stream_finalized
+        assert [m.text for m in fake.messages_for(cid) if "Queued" not in m.text] == []  # no markdown copy
+        await quiescent(fake, gateway)
+        await fake.push(fake.dm(user, "/usage"))
+        await until(fake, lambda: any("API calls" in m.text for m in fake.messages_for(cid)))
+        usage = next(m.text for m in fake.messages_for(cid) if "API calls" in m.text)
+        assert "for 2 AI cards" in usage
+        assert await gateway.store.kv_get(f"cards.open.{gateway.robot}") == "{}"
+
+
+@pytest.mark.parametrize("how", ["/stop", "button", "/new"])
+async def test_stopping_finishes_the_card_at_once_and_closes_the_agent_stream(
+    tmp_path: Path, how: str
+) -> None:
+    agent = GatedAgent()
+    async with card_gateway(tmp_path, agent, stop_button=True) as (fake, _gateway):
+        user = fake.users[1]
+        await fake.push(fake.dm(user, "go"))
+        await until(fake, lambda: cards(fake) and cards(fake)[0].text == "Hello")
+        card = cards(fake)[0]
+        if how == "button":
+            await press(fake.cards, card.out_track_id)
+        else:
+            await fake.push(fake.dm(user, how))
+        await until(fake, lambda: card.status == "finished")
+        assert card.text == f"Hello\n\n{STOPPED_MARK}"
+        assert card.params.get("stop_action") == "false"  # the button is hidden once stopped
+        assert agent.cancelled == 1
+        if how == "button":
+            acks = [a for a in fake.acks if a.message_id and a.code == 200]
+            assert acks  # the card callback was acked like any callback
+
+
+async def test_agent_failure_finishes_the_card_as_failed(tmp_path: Path) -> None:
+    agent = GatedAgent(fail=True)
+    agent.gate.set()
+    async with card_gateway(tmp_path, agent) as (fake, gateway):
+        user = fake.users[1]
+        await fake.push(fake.dm(user, "go"))
+        await until(fake, lambda: cards(fake) and cards(fake)[0].status == "failed")
+        assert cards(fake)[0].text == USER_FAILURE_TEXT
+        assert fake.messages_for(fake.dm_conversation_id(user)) == []  # the card says it all
+
+
+async def test_group_card_names_the_asker_and_overflow_follows_as_markdown(tmp_path: Path) -> None:
+    long = [f"Paragraph {i}: " + "word " * 30 + "\n\n" for i in range(8)]
+    agent = GatedAgent(long)
+    agent.gate.set()
+    async with card_gateway(tmp_path, agent, max_chars=400) as (fake, gateway):
+        user = fake.users[1]
+        data = fake.group(user, "tell me a lot")
+        await fake.push(data)
+        cid = data["conversationId"]
+        await until(fake, lambda: cards(fake) and cards(fake)[0].status == "finished")
+        await until(fake, lambda: fake.messages_for(cid))
+        shown, rest = split_for_card("".join(long), 400)
+        assert cards(fake)[0].text == f"@{user.nick}\n\n" + to_card_markdown(shown)
+        assert rest and rest[:40] in fake.messages_for(cid)[0].text
+
+
+async def test_missing_permission_falls_back_to_markdown_and_stays_there(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = GatedAgent()
+    agent.gate.set()
+    async with card_gateway(tmp_path, agent) as (fake, gateway):
+        fake.cards.revoke("Card.Instance.Write")
+        user = fake.users[1]
+        cid = fake.dm_conversation_id(user)
+        with caplog.at_level(logging.ERROR, logger="edgecrab.dingtalk.cardreply"):
+            await fake.push(fake.dm(user, "one"))
+            await until(fake, lambda: len(fake.messages_for(cid)) == 1)
+            fake.cards.grant()
+            await fake.push(fake.dm(user, "two"))  # within 30 minutes: markdown, cards not even tried
+            await until(fake, lambda: len(fake.messages_for(cid)) == 2)
+        assert cards(fake) == []
+        assert "Hello there." in fake.messages_for(cid)[0].text
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "Card.Instance.Write" in errors[0] and "30 minutes" in errors[0]
+        assert gateway.cards is not None
+        assert gateway.cards.markdown_until - time.monotonic() > MARKDOWN_STAY_S - 60
+        gateway.cards.markdown_until = 0.0  # the 30 minutes are over
+        await fake.push(fake.dm(user, "three"))
+        await until(fake, lambda: cards(fake) and cards(fake)[0].status == "finished")
+        assert len(fake.messages_for(cid)) == 2
+
+
+async def test_restart_finishes_a_card_left_open(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        user = fake.users[1]
+        async with card_gateway(tmp_path, GatedAgent(), fake) as (_, _gateway):
+            await fake.push(fake.dm(user, "go"))
+            await until(fake, lambda: cards(fake) and cards(fake)[0].text == "Hello")
+        left = cards(fake)[0]
+        assert left.status == "inputting"  # the gateway stopped (as in a crash) with the card open
+        again = GatedAgent()
+        again.gate.set()
+        async with card_gateway(tmp_path, again, fake) as (_, gateway):
+            await until(fake, lambda: left.status == "failed")
+            assert left.text == INTERRUPTED_TEXT
+            # The message itself is answered again, in a new card.
+            await until(fake, lambda: len(cards(fake)) == 2 and cards(fake)[1].status == "finished")
+            assert gateway.cards is not None and gateway.cards.recovered == 1
+
+
+async def test_watchdog_finishes_a_silent_card_and_the_reply_still_arrives(tmp_path: Path) -> None:
+    agent = GatedAgent()
+    async with card_gateway(tmp_path, agent, watchdog_s=0.6) as (fake, _gateway):
+        user = fake.users[1]
+        cid = fake.dm_conversation_id(user)
+        await fake.push(fake.dm(user, "go"))
+        await until(fake, lambda: cards(fake) and cards(fake)[0].status == "failed")
+        assert cards(fake)[0].text.startswith("Hello\n\n⚠️ No answer came")
+        agent.gate.set()  # the answer comes after all: never lost, it goes out as markdown
+        await until(fake, lambda: fake.messages_for(cid))
+        assert "A second line" in fake.messages_for(cid)[0].text
+
+
+def test_card_config_defaults() -> None:
+    card = CardConfig()
+    assert (card.watchdog_s, card.update_interval_ms) == (600.0, 800)
+    assert replace(card, watchdog_s=1).watchdog_s == 1
