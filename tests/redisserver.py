@@ -48,9 +48,11 @@ def answers_ping(port: int) -> bool:
 class RedisServer:
     """``start()``/``stop()`` may be called again: the same port and directory, so the data survives (AOF)."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, extra: list[str] | None = None) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self.extra = extra or []
+        """More redis-server arguments; later ones win over the defaults."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,7 +71,7 @@ class RedisServer:
             "--dir",
             str(self.directory),
         ]
-        command += ["--save", "", "--appendonly", "yes", "--maxmemory-policy", "noeviction"]
+        command += ["--save", "", "--appendonly", "yes", "--maxmemory-policy", "noeviction", *self.extra]
         log = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         log.close()
