@@ -23,6 +23,7 @@ from edgecrab.store.base import (
     OutboxChunk,
     SessionStats,
     Store,
+    StoreUnavailableError,
     Turn,
     UsageDelta,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "SQLiteStore",
     "SessionStats",
     "Store",
+    "StoreUnavailableError",
     "Turn",
     "UsageDelta",
     "open_store",

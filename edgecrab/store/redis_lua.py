@@ -27,8 +27,9 @@ Cluster (docs/redis.md lists the keys).
 
 from __future__ import annotations
 
-OP_MEMO_S = 60
-"""How long a write's result is kept for a retry of the same run (redis-py retries within a second)."""
+OP_MEMO_S = 300
+"""How long a write's result is kept for a retry of the same run: longer than redis-py keeps retrying
+(:data:`~edgecrab.store.redis_rows.RETRY`, about a minute)."""
 
 _LIB = r"""
 local P, TOKEN, NOW, INBOX_TTL, OUTBOX_TTL = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]

@@ -15,8 +15,14 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from edgecrab.errors import EdgecrabError
-from edgecrab.store.base import InboxEntry, OutboxChunk, SessionStats, Turn, UsageDelta
+from edgecrab.store.base import (
+    InboxEntry,
+    OutboxChunk,
+    SessionStats,
+    StoreUnavailableError,
+    Turn,
+    UsageDelta,
+)
 
 CONNECT_TIMEOUT_S = 1.0
 """A refused or unroutable Redis fails the ack path fast: DingTalk waits about 2 s for the ack."""
@@ -24,25 +30,25 @@ COMMAND_TIMEOUT_S = 2.0
 """A Redis that stopped answering (paused, failing over) fails the call rather than hang it."""
 HEALTH_CHECK_S = 10
 """redis-py PINGs a connection idle this long before using it, so a dead one is replaced, not tried."""
-RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2)
-"""redis-py's reconnect: a broken connection is replaced and the command sent again twice, 50 and 100 ms
-apart (the scripts make that safe: see :mod:`edgecrab.store.redis_lua`). Then the call raises."""
+ACK_RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2)
+"""The ack path's reconnect (the claim): a broken connection is replaced and the command sent again twice,
+about 0.1 and 0.2 s apart, then the claim fails and the callback is answered 500 (DingTalk redelivers)."""
+RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=30)
+"""Everything else waits for Redis to come back: up to 30 retries, 0.2 s growing to 2 s apart (about a
+minute), so a run that ends, or a chunk that is sent, while Redis restarts is recorded once it is back
+instead of failing. The scripts make resending safe (:mod:`edgecrab.store.redis_lua`)."""
 
 
-class StoreUnavailableError(EdgecrabError):
-    """The store cannot be reached (Redis down, unreachable or refusing): nothing was recorded, or the
-    outcome is unknown. On the ack path this means no ack: DingTalk delivers the message again."""
-
-
-def connect(url: str) -> redis.asyncio.Redis:
-    """A client for ``url`` (``redis://`` or ``rediss://``), not connected until its first command."""
+def connect(url: str, retry: Retry) -> redis.asyncio.Redis:
+    """A client for ``url`` (``redis://`` or ``rediss://``) with its own connection pool and ``retry``
+    policy, not connected until its first command."""
     return redis.asyncio.from_url(  # type: ignore[no-any-return]
         url,
         decode_responses=True,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         socket_timeout=COMMAND_TIMEOUT_S,
         health_check_interval=HEALTH_CHECK_S,
-        retry=RETRY,
+        retry=retry,
         retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
     )
 

@@ -8,10 +8,12 @@ Reads are plain commands, pipelined where one method reads several keys. Every k
 ``storage.prefix``; docs/redis.md lists them with their types and expiries.
 
 The ack path awaits :meth:`RedisStore.inbox_claim` (``records_at_once`` is False): a message is acked
-only once Redis has answered that it is recorded. When Redis cannot be reached, redis-py reconnects and
-retries (:data:`~edgecrab.store.redis_rows.RETRY`), then the method raises
-:class:`~edgecrab.store.redis_rows.StoreUnavailableError`: the Stream connection answers that callback
-with a 500, DingTalk delivers it again later, and nothing is acked that was not recorded.
+only once Redis has answered that it is recorded. redis-py reconnects and retries on its own, in two
+pools: the claim gives up after ~0.3 s (:data:`~edgecrab.store.redis_rows.ACK_RETRY`) and raises
+:class:`~edgecrab.store.base.StoreUnavailableError`, so the Stream connection answers that callback
+with a 500 and DingTalk delivers it again later: nothing is acked that was not recorded. Every other call
+waits up to about a minute for Redis to come back (:data:`~edgecrab.store.redis_rows.RETRY`): a run that
+ends while Redis restarts is recorded, and answered, once it is back.
 """
 
 from __future__ import annotations
@@ -64,30 +66,37 @@ class RedisStore(Store):
         self.url = url
         self.prefix = prefix
         self._client: redis.asyncio.Redis | None = None
+        self._ack_client: redis.asyncio.Redis | None = None
         self._apply: Any = None
+        self._claim: Any = None
         self._sweep: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
         if self._client is not None:
             return
-        client = rows.connect(self.url)
+        # Two clients (two pools): the ack path's claim gives up within ~0.3 s (the callback is answered
+        # 500 and DingTalk redelivers); every other call waits up to a minute for Redis to come back.
+        client, ack_client = rows.connect(self.url, rows.RETRY), rows.connect(self.url, rows.ACK_RETRY)
         try:
             with rows.reachable(self.url):
-                await cast(Awaitable[bool], client.ping())
-                info = await client.info()
+                await cast(Awaitable[bool], ack_client.ping())
+                info = await ack_client.info()
         except BaseException:
             await client.aclose()
+            await ack_client.aclose()
             raise
-        self._client = client
+        self._client, self._ack_client = client, ack_client
         self._apply = client.register_script(APPLY)
+        self._claim = ack_client.register_script(APPLY)
         self._sweep = client.register_script(SWEEP)
         _warn_about_settings(info, rows.where(self.url))
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        for client in (self._client, self._ack_client):
+            if client is not None:
+                await client.aclose()
+        self._client = self._ack_client = None
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -98,14 +107,14 @@ class RedisStore(Store):
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    async def _run(self, ops: Ops, now: float | None = None) -> Any:
+    async def _run(self, ops: Ops, *, script: Any = None) -> Any:
         """One :data:`~edgecrab.store.redis_lua.APPLY` run of ``ops``, with a fresh idempotency token."""
-        header = [self.prefix, uuid.uuid4().hex, repr(time.time() if now is None else now)]
-        args = [*header, str(INBOX_TTL_S), str(OUTBOX_TTL_S), *ops.args]
+        args = [self.prefix, uuid.uuid4().hex, repr(time.time()), str(INBOX_TTL_S), str(OUTBOX_TTL_S)]
+        script = script or self._apply
+        if script is None:
+            raise RuntimeError("RedisStore is not open: await store.open() first")
         with rows.reachable(self.url):
-            if self._apply is None:
-                raise RuntimeError("RedisStore is not open: await store.open() first")
-            return await self._apply(keys=[], args=args)
+            return await script(keys=[], args=[*args, *ops.args])
 
     async def _sweep_all(self, what: str, horizon: float) -> int:
         deleted = 0
@@ -123,7 +132,7 @@ class RedisStore(Store):
         self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
     ) -> bool:
         ops = Ops().claim(robot, msg_id, stream_message_id, payload, received_at)
-        return int(await self._run(ops)) == 1
+        return int(await self._run(ops, script=self._claim)) == 1
 
     async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None:
         await self._run(Ops().inbox_state(robot, msg_id, state, error))
