@@ -39,11 +39,16 @@ minute), so a run that ends, or a chunk that is sent, while Redis restarts is re
 instead of failing. The scripts make resending safe (:mod:`edgecrab.store.redis_lua`)."""
 
 
-def connect(url: str, retry: Retry) -> redis.asyncio.Redis:
-    """A client for ``url`` (``redis://`` or ``rediss://``) with its own connection pool and ``retry``
-    policy, not connected until its first command."""
-    return redis.asyncio.from_url(  # type: ignore[no-any-return]
+def connect(url: str, retry: Retry, *, connections: int, wait_s: float) -> redis.asyncio.Redis:
+    """A client for ``url`` (``redis://`` or ``rediss://``) with its own pool of at most ``connections``
+    (a caller waits up to ``wait_s`` for a free one) and ``retry`` policy; it connects on first use.
+
+    A bounded, blocking pool: redis-py's default pool opens a connection per concurrent command, so a burst
+    of 2,000 callbacks opened 2,000 connections (1.7 s for the burst on loopback, against 0.2 s here)."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
+        max_connections=connections,
+        timeout=wait_s,
         decode_responses=True,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         socket_timeout=COMMAND_TIMEOUT_S,
@@ -51,6 +56,7 @@ def connect(url: str, retry: Retry) -> redis.asyncio.Redis:
         retry=retry,
         retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
     )
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 def where(url: str) -> str:

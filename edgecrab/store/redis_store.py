@@ -77,7 +77,8 @@ class RedisStore(Store):
             return
         # Two clients (two pools): the ack path's claim gives up within ~0.3 s (the callback is answered
         # 500 and DingTalk redelivers); every other call waits up to a minute for Redis to come back.
-        client, ack_client = rows.connect(self.url, rows.RETRY), rows.connect(self.url, rows.ACK_RETRY)
+        client = rows.connect(self.url, rows.RETRY, connections=32, wait_s=30.0)
+        ack_client = rows.connect(self.url, rows.ACK_RETRY, connections=16, wait_s=rows.COMMAND_TIMEOUT_S)
         try:
             with rows.reachable(self.url):
                 await cast(Awaitable[bool], ack_client.ping())
