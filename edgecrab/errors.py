@@ -6,7 +6,8 @@
      ├── ConfigError              the configuration cannot be used; a list of Problems; ``exit_code`` 2
      │    └── HookLoadError       a hook file or module cannot be loaded (import error, unknown hook name)
      ├── StartupError             the gateway cannot start (port in use or bad credentials: ``exit_code`` 2)
-     └── DingTalkError            DingTalk refused or failed a call (``errcode`` and HTTP status kept)
+     ├── DingTalkError            DingTalk refused or failed a call (``errcode`` and HTTP status kept)
+     └── StoreUnavailableError    the store (Redis) cannot be reached; in ``edgecrab.store.base``
 
 Agent backends raise :class:`edgecrab.agents.base.AgentError`, which carries a message meant for the chat user
 rather than for the operator, so it lives with the agents and is not part of this tree.

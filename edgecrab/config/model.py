@@ -146,6 +146,8 @@ class HooksConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     url: str = "sqlite:///~/.edgecrab/state.db"
+    prefix: str = "edgecrab:"
+    """Redis only: the start of every key, so that several gateways (or other programs) share one Redis."""
 
     @property
     def sqlite_path(self) -> Path | None:

@@ -38,6 +38,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.frames import CloseCode
 
 from edgecrab.dingtalk.frames import Frame, FrameError, ack_frame, parse_frame
+from edgecrab.errors import EdgecrabError
 
 log = logging.getLogger("edgecrab.dingtalk.stream")
 
@@ -190,6 +191,9 @@ class StreamConnection:
             if self.on_callbacks_now is not None:
                 return self.on_callbacks_now([frame])[0]
             return await self.on_callback(frame)
+        except EdgecrabError as exc:  # e.g. the store is unreachable: a known condition, one line
+            log.error("[dingtalk] conn %s: could not record message %s: %s", self.cid, frame.message_id, exc)
+            return AckDecision(500, "internal error")
         except Exception:
             log.exception("[dingtalk] conn %s: could not record message %s", self.cid, frame.message_id)
             return AckDecision(500, "internal error")

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgecrab.errors import EdgecrabError
+
 # Inbox states
 RECEIVED = "received"
 PROCESSING = "processing"
@@ -33,6 +35,11 @@ SENT = "sent"
 UNDELIVERABLE = "undeliverable"
 CANCELLED = "cancelled"
 """Set by :meth:`Store.outbox_cancel` (/stop, /new): never sent."""
+
+
+class StoreUnavailableError(EdgecrabError):
+    """A network-backed store (Redis) cannot be reached: nothing was recorded, or the outcome is unknown.
+    On the ack path this means no ack (a 500): DingTalk delivers the message again."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,14 @@
 """The storage contract: what every :class:`~edgecrab.store.Store` backend must do.
 
-Every test runs once per entry in ``BACKENDS``. A new backend (Redis, for replicas) adds a factory there
+Every test runs once per entry in ``BACKENDS``: SQLite, and Redis on a real ``redis-server`` (the
+session's ``redis_server`` fixture; each test under its own key prefix). A new backend adds a factory there
 and must pass this file unchanged; backend-specific behaviour (files, WAL, crashes) is tested elsewhere.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,15 @@ from edgecrab.store import (
     Turn,
     UsageDelta,
 )
+from edgecrab.store.redis_store import RedisStore
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {
-    "sqlite": lambda tmp_path: SQLiteStore(tmp_path / "state.db"),
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Store]] = {
+    "sqlite": lambda request, tmp_path: SQLiteStore(tmp_path / "state.db"),
+    "redis": lambda request, tmp_path: RedisStore(
+        request.getfixturevalue("redis_server").url, prefix=f"test-{uuid.uuid4().hex[:12]}:"
+    ),
 }
 
 ROBOT = "robot-1"
@@ -41,7 +47,7 @@ ROBOT = "robot-1"
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def store(request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: str) -> AsyncIterator[Store]:
-    backend = BACKENDS[request.param](tmp_path)
+    backend = BACKENDS[request.param](request, tmp_path)
     await backend.open()
     try:
         yield backend

@@ -638,7 +638,7 @@ def test_open_store_in_memory() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://user:s3cret@host:6379/0", "postgres://x", "sqlite://relative.db", "state.db"]
+    "url", ["mysql://user:s3cret@host:3306/0", "postgres://x", "sqlite://relative.db", "state.db"]
 )
 def test_open_store_refuses_other_schemes_without_echoing_the_url(url: str) -> None:
     with pytest.raises(

@@ -1,0 +1,291 @@
+"""The Redis implementation of :class:`~edgecrab.store.base.Store`, which several gateway replicas share
+(``storage.url: redis://[user:password@]host:port/db`` or ``rediss://`` for TLS), through redis-py's
+asyncio client.
+
+Every write is one run of a Lua script (:mod:`edgecrab.store.redis_lua`): atomic (one replica wins a
+``msgId``; a run's history, usage, reply and inbox state land together or not at all) and one round trip.
+Reads are plain commands, pipelined where one method reads several keys. Every key starts with
+``storage.prefix``; docs/redis.md lists them with their types and expiries.
+
+The ack path awaits :meth:`RedisStore.inbox_claim` (``records_at_once`` is False): a message is acked
+only once Redis has answered that it is recorded. redis-py reconnects and retries on its own, in two
+pools: the claim gives up after ~0.3 s (:data:`~edgecrab.store.redis_rows.ACK_RETRY`) and raises
+:class:`~edgecrab.store.base.StoreUnavailableError`, so the Stream connection answers that callback
+with a 500 and DingTalk delivers it again later: nothing is acked that was not recorded. Every other call
+waits up to about a minute for Redis to come back (:data:`~edgecrab.store.redis_rows.RETRY`): a run that
+ends while Redis restarts is recorded, and answered, once it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Sequence
+from typing import Any, cast
+
+import redis.asyncio
+
+from edgecrab.store import redis_rows as rows
+from edgecrab.store.base import (
+    PROCESSING,
+    SENT,
+    InboxEntry,
+    OutboxChunk,
+    SessionStats,
+    Store,
+    Turn,
+    UsageDelta,
+)
+from edgecrab.store.redis_lua import APPLY, SWEEP
+from edgecrab.store.redis_rows import Ops
+
+log = logging.getLogger("edgecrab.store.redis")
+
+INBOX_TTL_S = 2 * 86400
+"""A finished inbox entry expires after two days, even if no replica prunes it (housekeeping prunes after
+one): long enough to recognise any redelivery DingTalk makes."""
+OUTBOX_TTL_S = 86400
+"""A finished chunk expires after a day, as the SQLite store prunes it."""
+KV_TTL_S = 7 * 86400
+"""Small facts (a re-split chunk's pieces, when a denied user was told so) expire after a week."""
+SWEEP_BATCH = 500
+"""Keys deleted per script run when pruning, so that Redis never blocks long on a day of callbacks."""
+
+
+# redis-py's commands are typed for its sync and asyncio clients at once (``Awaitable[T] | T``): the casts
+# below say which one this is.
+
+
+class RedisStore(Store):
+    """Everything the gateway persists, in Redis under ``prefix``; shared by every replica on ``url``."""
+
+    records_at_once = False
+
+    def __init__(self, url: str, prefix: str = "edgecrab:") -> None:
+        self.url = url
+        self.prefix = prefix
+        self._client: redis.asyncio.Redis | None = None
+        self._ack_client: redis.asyncio.Redis | None = None
+        self._apply: Any = None
+        self._claim: Any = None
+        self._sweep: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        # Two clients (two pools): the ack path's claim gives up within ~0.3 s (the callback is answered
+        # 500 and DingTalk redelivers); every other call waits up to a minute for Redis to come back.
+        client = rows.connect(self.url, rows.RETRY, connections=32, wait_s=30.0)
+        ack_client = rows.connect(self.url, rows.ACK_RETRY, connections=16, wait_s=rows.COMMAND_TIMEOUT_S)
+        try:
+            with rows.reachable(self.url):
+                await cast(Awaitable[bool], ack_client.ping())
+                info = await ack_client.info()
+        except BaseException:
+            await client.aclose()
+            await ack_client.aclose()
+            raise
+        self._client, self._ack_client = client, ack_client
+        self._apply = client.register_script(APPLY)
+        self._claim = ack_client.register_script(APPLY)
+        self._sweep = client.register_script(SWEEP)
+        _warn_about_settings(info, rows.where(self.url))
+
+    async def close(self) -> None:
+        for client in (self._client, self._ack_client):
+            if client is not None:
+                await client.aclose()
+        self._client = self._ack_client = None
+
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        if self._client is None:
+            raise RuntimeError("RedisStore is not open: await store.open() first")
+        return self._client
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def _run(self, ops: Ops, *, script: Any = None) -> Any:
+        """One :data:`~edgecrab.store.redis_lua.APPLY` run of ``ops``, with a fresh idempotency token."""
+        args = [self.prefix, uuid.uuid4().hex, repr(time.time()), str(INBOX_TTL_S), str(OUTBOX_TTL_S)]
+        script = script or self._apply
+        if script is None:
+            raise RuntimeError("RedisStore is not open: await store.open() first")
+        with rows.reachable(self.url):
+            return await script(keys=[], args=[*args, *ops.args])
+
+    async def _sweep_all(self, what: str, horizon: float) -> int:
+        deleted = 0
+        while True:
+            with rows.reachable(self.url):
+                done, examined = await self._sweep(
+                    keys=[], args=[self.prefix, what, repr(horizon), SWEEP_BATCH]
+                )
+            deleted += int(done)
+            if int(examined) < SWEEP_BATCH:
+                return deleted
+
+    # -- inbox -------------------------------------------------------------------------------------
+    async def inbox_claim(
+        self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
+    ) -> bool:
+        ops = Ops().claim(robot, msg_id, stream_message_id, payload, received_at)
+        return int(await self._run(ops, script=self._claim)) == 1
+
+    async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None:
+        await self._run(Ops().inbox_state(robot, msg_id, state, error))
+
+    async def inbox_unfinished(self, robot: str) -> list[InboxEntry]:
+        with rows.reachable(self.url):
+            msg_ids = await self.client.zrange(self._key("inbox", robot, "open"), 0, -1)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for msg_id in msg_ids:
+                    pipe.hgetall(self._key("inbox", robot, "msg", msg_id))
+                hashes = await pipe.execute()
+        found = [(m, h) for m, h in zip(msg_ids, hashes, strict=True) if h]
+        found.sort(key=lambda mh: (float(mh[1]["received_at"]), int(mh[1]["seq"])))
+        return [rows.inbox_entry(robot, m, h) for m, h in found]
+
+    async def inbox_prune(self, older_than: float) -> int:
+        return await self._sweep_all("inbox", older_than)
+
+    # -- sessions ----------------------------------------------------------------------------------
+    async def session_stats(self, key: str) -> SessionStats | None:
+        with rows.reachable(self.url):
+            h = await cast(Awaitable[dict[str, str]], self.client.hgetall(self._key("session", key)))
+        return rows.session_stats(key, h) if h else None
+
+    async def session_ensure(self, key: str, now: float) -> SessionStats:
+        await self._run(Ops().add("ensure", key, now))
+        stats = await self.session_stats(key)
+        assert stats is not None  # made just now; only sessions_expire deletes one
+        return stats
+
+    async def turn_started(self, key: str, *, robot: str, msg_id: str, now: float) -> None:
+        await self._run(Ops().inbox_state(robot, msg_id, PROCESSING, "").add("ensure", key, now))
+
+    async def history(self, key: str, limit: int) -> list[Turn]:
+        if limit <= 0:
+            return []
+        with rows.reachable(self.url):
+            raw = await cast(Awaitable[list[str]], self.client.lrange(self._key("history", key), -limit, -1))
+        return [rows.turn(r) for r in raw]
+
+    async def history_append(self, key: str, turns: list[Turn]) -> None:
+        if not turns:
+            return
+        now = max(t.at for t in turns) or time.time()
+        # History never exists without its session, so /new and idle expiry always find it.
+        await self._run(Ops().add("ensure", key, now).turns(key, turns))
+
+    async def history_pop_last_exchange(self, key: str) -> Turn | None:
+        raw = await self._run(Ops().add("pop", key))
+        return rows.turn(raw) if raw else None
+
+    async def session_reset(self, key: str, now: float) -> None:
+        await self._run(Ops().add("reset", key, now))
+
+    async def usage_add(self, key: str, delta: UsageDelta, now: float, last_user: Turn | None = None) -> None:
+        await self._run(Ops().usage(key, now, delta, last_user))
+
+    async def sessions_expire(self, idle_before: float) -> int:
+        return await self._sweep_all("sessions", idle_before)
+
+    async def session_count(self) -> int:
+        with rows.reachable(self.url):
+            return int(await self.client.zcard(self._key("sessions")))
+
+    async def finish_turn(
+        self,
+        key: str,
+        *,
+        robot: str,
+        msg_id: str,
+        state: str,
+        now: float,
+        error: str = "",
+        turns: Sequence[Turn] = (),
+        usage: UsageDelta | None = None,
+        last_user: Turn | None = None,
+        reply: Sequence[OutboxChunk] = (),
+    ) -> None:
+        # One script run: after a crash either all of it happened or none (the message runs again).
+        ops = Ops()
+        if usage is not None or last_user is not None:
+            ops.usage(key, now, usage or UsageDelta(), last_user)  # makes the session if need be
+        elif turns:
+            ops.add("ensure", key, now)
+        if turns:
+            ops.turns(key, turns)
+        if reply:
+            ops.chunks(reply)
+        ops.inbox_state(robot, msg_id, state, error)
+        await self._run(ops)
+
+    # -- outbox (delivery ledger) ------------------------------------------------------------------
+    async def outbox_add(self, chunks: list[OutboxChunk]) -> None:
+        if chunks:
+            await self._run(Ops().chunks(chunks))
+
+    async def outbox_pending(self, conversation_key: str | None = None) -> list[OutboxChunk]:
+        index = (
+            self._key("outbox", "open")
+            if conversation_key is None
+            else self._key("outbox", "conv", conversation_key)
+        )
+        with rows.reachable(self.url):
+            ids = await self.client.zrange(index, 0, -1)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for chunk_id in ids:
+                    pipe.hgetall(self._key("outbox", "chunk", chunk_id))
+                hashes = await pipe.execute()
+        return [rows.chunk(h) for h in hashes if h]
+
+    async def outbox_mark(self, reply_id: str, index: int, state: str, error: str = "") -> None:
+        await self._run(Ops().add("mark", rows.chunk_id(reply_id, index), state, error))
+
+    async def outbox_sent(
+        self, reply_id: str, index: int, *, session_key: str, chunks_sent: int, now: float
+    ) -> None:
+        ops = Ops().add("mark", rows.chunk_id(reply_id, index), SENT, "")
+        if session_key and chunks_sent:
+            ops.usage(session_key, now, UsageDelta(chunks_sent=chunks_sent), None)
+        await self._run(ops)
+
+    async def outbox_prune(self, finished_before: float) -> int:
+        return await self._sweep_all("outbox", finished_before)
+
+    async def outbox_cancel(self, conversation_key: str, reply_id: str | None = None) -> int:
+        return int(await self._run(Ops().add("cancel", conversation_key, reply_id or "")))
+
+    # -- small facts -------------------------------------------------------------------------------
+    async def kv_get(self, key: str) -> str | None:
+        with rows.reachable(self.url):
+            value = await self.client.get(self._key("kv", key))
+        return None if value is None else str(value)
+
+    async def kv_set(self, key: str, value: str) -> None:
+        with rows.reachable(self.url):
+            await self.client.set(self._key("kv", key), value, ex=KV_TTL_S)
+
+
+def _warn_about_settings(info: dict[str, Any], where: str) -> None:
+    """The settings docs/redis.md asks for: without AOF a Redis restart loses what was acked; with an
+    evicting memory policy Redis may drop an unfinished message or unsent chunk to make room."""
+    if str(info.get("aof_enabled", "1")) != "1":
+        log.warning(
+            "[store] Redis at %s runs without AOF (appendonly no): a restart of Redis may lose "
+            "messages already acked; set appendonly yes (docs/redis.md)",
+            where,
+        )
+    policy = str(info.get("maxmemory_policy", "noeviction"))
+    if policy != "noeviction":
+        log.warning(
+            "[store] Redis at %s has maxmemory-policy %s: it may evict unfinished messages or "
+            "unsent replies; set maxmemory-policy noeviction (docs/redis.md)",
+            where,
+            policy,
+        )
