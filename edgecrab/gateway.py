@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -41,15 +40,14 @@ from edgecrab.config import Config
 from edgecrab.core.commands import Commands, ConnectionInfo
 from edgecrab.core.router import cap_text, parse_command
 from edgecrab.core.runs import Runner
-from edgecrab.dingtalk import stream as stream_states
 from edgecrab.dingtalk.access import AccessPolicy
 from edgecrab.dingtalk.cardreply import CARD_CALLBACK_TOPIC, card_replies
+from edgecrab.dingtalk.connwatch import ConnectionWatch
 from edgecrab.dingtalk.convert import FrameError, decode_payload, to_message
 from edgecrab.dingtalk.intake import Intake
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import StreamClient
-from edgecrab.errors import StartupError
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
 from edgecrab.ops.metrics import GatewayMetrics
@@ -93,9 +91,7 @@ class Gateway:
         self.stream: StreamClient | None = None
         self.started = anyio.Event()
         self.intake = Intake(self.store, self.robot)
-        self._states: deque[tuple[str, str]] = deque()
-        self._states_added = anyio.Event()
-        self._refused_now = anyio.Event()
+        self.watch = ConnectionWatch(self.robot, dt, lambda: self.hooks.notify if self.hooks else None)
 
     # -- ingest --------------------------------------------------------------------------------------
     async def _ingest(self) -> None:
@@ -208,41 +204,6 @@ class Gateway:
         else:
             await self.hooks.notify("send_failed", error=error, reply=reply, message=message)
 
-    async def _on_state(self, state: str, detail: str) -> None:
-        """The Stream client's state listener. It only queues the change: the Stream client must not wait
-        for hooks while it reconnects."""
-        if state == stream_states.FAILED and self.stream is not None and not self.stream.connections_opened:
-            self._refused_now.set()  # credentials refused before any connection: see _refuse_to_start
-        self._states.append((state, detail))
-        self._states_added.set()
-
-    async def _refuse_to_start(self) -> None:
-        """Stop start-up when DingTalk refuses the credentials (401) before a connection ever worked.
-
-        Wrong AppKey/AppSecret at start-up is a configuration error, so retrying forever would only hide it.
-        Once a connection has worked, a 401 is DingTalk's passing trouble: the Stream client retries it."""
-        await self._refused_now.wait()
-        raise StartupError(
-            "DingTalk refused the app credentials (HTTP 401) before any connection worked, so the gateway "
-            "is not starting: check DINGTALK_APP_KEY / DINGTALK_APP_SECRET (or platforms.dingtalk.app_key / "
-            "app_secret) against the app's 'Credentials and basic info' page at open.dingtalk.com (app key "
-            f"{self.config.dingtalk.app_key}, api_base {self.config.dingtalk.api_base})",
-            exit_code=2,
-        )
-
-    async def _notify_states(self) -> None:
-        """``connection_changed`` hooks, on the main loop, one change after the other."""
-        while True:
-            await self._states_added.wait()
-            self._states_added = anyio.Event()
-            await self._drain_states()
-
-    async def _drain_states(self) -> None:
-        while self._states:
-            state, detail = self._states.popleft()
-            if self.hooks is not None:
-                await self.hooks.notify("connection_changed", robot=self.robot, state=state, detail=detail)
-
     async def _serve_stream(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -252,18 +213,10 @@ class Gateway:
             await self.stream.run(task_status=task_status)
         finally:
             with anyio.move_on_after(0.5, shield=True):
-                await self._drain_states()  # "stopped", as the client ended
+                await self.watch.drain()  # "stopped", as the client ended
 
     def _ops_url(self) -> str:
         return self.ops.url if self.ops.port else ""
-
-    def connection_state(self) -> str:
-        s = self.stream
-        if s is None:
-            return "not started"
-        since = time.monotonic() - s.state_since
-        detail = f" ({s.state_detail})" if s.state_detail and s.state != "connected" else ""
-        return f"{s.state}{detail} for {int(since)} s, {s.connections_opened} connection(s) opened"
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def _build(self, http: httpx.AsyncClient) -> None:
@@ -303,22 +256,22 @@ class Gateway:
             self.runner,
             self.reply,
             hooks=self.hooks,
-            connection=ConnectionInfo(self.connection_state, ops=self._ops_url),
+            connection=ConnectionInfo(self.watch.describe, ops=self._ops_url),
             cancel_outbox=lambda m: (
                 self.delivery.cancel(m.route, session_key=self.runner.key(m)) if m.route else _zero()
             ),
         )
-        # The Stream client has an HTTP client of its own (the one it would make itself: its open-connection
-        # call has its own timeouts), made here so that the metrics count its calls too.
+        # The Stream client's own HTTP client (open-connection has its own timeouts), here for the metrics.
         self._stream_http = http_client(timeout=10.0, max_connections=4)
         self.stream = StreamClient(
             dt,
             self.intake.on_callback,
-            on_state=self._on_state,
+            on_state=self.watch.on_state,
             http=self._stream_http,
             on_callbacks_now=self.intake.on_callbacks_now if self.store.records_at_once else None,
             topics={CARD_CALLBACK_TOPIC: self.cards.on_callback} if self.cards is not None else None,
         )
+        self.watch.stream = self.stream
         self.parts = GatewayParts(
             self.robot, self.stream, self.intake, self.sender, self.delivery, self.runner, self.store,
             agent=self.agent.name,
@@ -351,8 +304,8 @@ class Gateway:
                 tg.start_soon(self._ingest)
                 tg.start_soon(housekeeping, self.store, self.config.sessions.idle_expiry_s)
                 tg.start_soon(store_upkeep, self.store)
-                tg.start_soon(self._notify_states)
-                tg.start_soon(self._refuse_to_start)
+                tg.start_soon(self.watch.notify)
+                tg.start_soon(self.watch.refuse_to_start)
                 await tg.start(self._serve_stream)
                 log.info("%s", self.access.posture())
                 log.info(

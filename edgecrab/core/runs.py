@@ -8,9 +8,9 @@ A session is *busy* from the moment its worker takes a message until that run's 
 delivery, so a message arriving while the run is still preparing is queued (or rejected, or interrupts)
 like any other. With live replies (``reply_mode: card``, :mod:`edgecrab.core.live`) the run opens one when
 it starts, streams the agent's text into it, and settles it as the run ends. The agent call lives in its own
-cancel scope: ``/stop``, ``/new`` and the ``interrupt``
-policy cancel exactly that scope, which closes the backend's HTTP stream or kills its subprocess. They
-also bump the session's epoch, so a run stopped before or after its agent call sends nothing either.
+cancel scope: ``/stop``, ``/new`` and the ``interrupt`` policy cancel exactly that scope, which closes the
+backend's HTTP stream or kills its subprocess. They also bump the session's epoch, so a run stopped before
+or after its agent call sends nothing either.
 """
 
 from __future__ import annotations
@@ -29,14 +29,7 @@ from edgecrab.config import SessionsConfig
 from edgecrab.core.agentcall import call_agent, failure_answer
 from edgecrab.core.agentcall import failure_text as failure_text  # re-exported: tests and hooks read it here
 from edgecrab.core.live import LiveReplies, LiveReply, settle
-from edgecrab.core.sessions import (
-    QueuedMessage,
-    RunStatus,
-    Session,
-    expire_if_idle,
-    retry_text,
-    session_key,
-)
+from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, expire_if_idle, retry_text, session_key
 from edgecrab.events import AgentRequest, AgentResult, Message
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
 
@@ -129,7 +122,7 @@ class Runner:
             running, dropped = s.cancel()
             s.queue.append(QueuedMessage(message, retry))
             self._start_worker(s)
-            await self._drop(dropped, "replaced by a newer message (interrupt)")
+            await self._finish_dropped(dropped, "replaced by a newer message (interrupt)")
             if running:
                 await self._reply(
                     message, "⏹ Stopped the previous answer — working on your new message.", key
@@ -363,33 +356,31 @@ class Runner:
             recorded()
 
     # -- control ---------------------------------------------------------------------------------------
-    async def _drop(self, messages: list[Message], reason: str) -> None:
-        """Queued messages that will never run: finished in the inbox so a restart does not revive them."""
-        for m in messages:
-            await self.store.inbox_set_state(m.robot, m.id, DONE, reason)
-
     def queued_messages(self, key: str) -> list[Message]:
         s = self._sessions.get(key)
         return [i.message for i in s.queue] if s else []
 
     async def stop(self, key: str) -> tuple[bool, list[Message]]:
         """``/stop``: cancel the running response and clear the queue. Returns (was running, dropped)."""
-        s = self._sessions.get(key)
-        if s is None:
-            return False, []
-        running, dropped = s.cancel()
-        await self._drop(dropped, "dropped by /stop")
-        return running, dropped
+        return await self._cancel(key, "/stop", reset=False)
 
     async def reset(self, key: str) -> tuple[bool, list[Message]]:
         """``/new``: like :meth:`stop`, and the run in flight writes nothing to the session afterwards."""
+        return await self._cancel(key, "/new", reset=True)
+
+    async def _cancel(self, key: str, command: str, *, reset: bool) -> tuple[bool, list[Message]]:
         s = self._sessions.get(key)
         if s is None:
             return False, []
-        s.resets += 1
+        s.resets += int(reset)
         running, dropped = s.cancel()
-        await self._drop(dropped, "dropped by /new")
+        await self._finish_dropped(dropped, f"dropped by {command}")
         return running, dropped
+
+    async def _finish_dropped(self, messages: list[Message], reason: str) -> None:
+        """Queued messages that will never run: finished in the inbox so a restart does not revive them."""
+        for m in messages:
+            await self.store.inbox_set_state(m.robot, m.id, DONE, reason)
 
     def status(self, key: str) -> RunStatus:
         s = self._sessions.get(key)
