@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import fields, replace
 from typing import Any
 
 import anyio
@@ -36,7 +37,7 @@ import httpx
 from edgecrab.activity import COMMAND, DENIED, EMPTY, UNSUPPORTED, VETOED, message_event
 from edgecrab.agents import build_agent
 from edgecrab.agents.base import Agent
-from edgecrab.config import Config
+from edgecrab.config import Config, load_config
 from edgecrab.core.commands import Commands, ConnectionInfo
 from edgecrab.core.router import cap_text, parse_command
 from edgecrab.core.runs import Runner
@@ -48,8 +49,10 @@ from edgecrab.dingtalk.intake import Intake
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import StreamClient
+from edgecrab.errors import ConfigError
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
+from edgecrab.ops.callback import callback_handler
 from edgecrab.ops.metrics import GatewayMetrics
 from edgecrab.ops.parts import GatewayParts
 from edgecrab.ops.server import OpsServer
@@ -91,6 +94,9 @@ class Gateway:
         self.stream: StreamClient | None = None
         self.started = anyio.Event()
         self.intake = Intake(self.store, self.robot)
+        self._reload_lock = anyio.Lock()
+        # Loaded with sandbox=True (dummy credentials, the sandbox store): a reload reads it the same way.
+        self._sandbox = any(str(v).startswith("sandbox") for v in config.sources.values())
         self.watch = ConnectionWatch(self.robot, dt, lambda: self.hooks.notify if self.hooks else None)
 
     # -- ingest --------------------------------------------------------------------------------------
@@ -276,9 +282,13 @@ class Gateway:
             self.robot, self.stream, self.intake, self.sender, self.delivery, self.runner, self.store,
             agent=self.agent.name,
         )
+        self.parts.mode = dt.mode
         self.metrics = GatewayMetrics(self.parts)
         self.metrics.attach(http, self._stream_http)
-        self.ops = OpsServer(self.config.http, self.parts, self.metrics)
+        callback = callback_handler(dt.app_secret, self.intake.on_callback) if dt.mode == "http" else None
+        self.ops = OpsServer(
+            self.config.http, self.parts, self.metrics, callback=callback, reload=self.reload
+        )
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -304,9 +314,15 @@ class Gateway:
                 tg.start_soon(self._ingest)
                 tg.start_soon(housekeeping, self.store, self.config.sessions.idle_expiry_s)
                 tg.start_soon(store_upkeep, self.store)
-                tg.start_soon(self.watch.notify)
-                tg.start_soon(self.watch.refuse_to_start)
-                await tg.start(self._serve_stream)
+                if self.config.dingtalk.mode == "http":
+                    log.info(
+                        "[dingtalk] http mode: receiving robot callbacks at %s%s (no Stream connection)",
+                        self.ops.url, self.config.http.callback_path,
+                    )
+                else:
+                    tg.start_soon(self.watch.notify)
+                    tg.start_soon(self.watch.refuse_to_start)
+                    await tg.start(self._serve_stream)
                 log.info("%s", self.access.posture())
                 log.info(
                     "[gateway] started: robot %s, agent %s, busy policy %s, group scope %s",
@@ -333,6 +349,46 @@ class Gateway:
                 await self.store.close()
             log.info("[gateway] stopped")
 
+    # -- reload --------------------------------------------------------------------------------------
+    async def reload(self) -> list[str]:
+        """Re-read the config file and the hooks (SIGHUP, ``POST /reload``) and apply what can change in
+        place: the access rules (:data:`RELOADED_DINGTALK_KEYS`), ``commands`` (aliases, forward_unknown),
+        ``agent.system_prompt`` and ``agent.timeout_s``, and ``hooks`` (loaded again, their commands
+        registered again). The Stream connection, the queues and the runs in flight are not touched. Any
+        other key that changed is logged as needing a restart and keeps its running value. Returns the
+        errors (empty when applied); with errors nothing changes."""
+        async with self._reload_lock:
+            try:
+                new = load_config(self.config.source, sandbox=self._sandbox)
+            except ConfigError as exc:
+                errors = [p.render() for p in exc.problems] or [str(exc)]
+                log.error("[gateway] reload refused, the running config is kept: %s", "; ".join(errors))
+                return errors
+            try:
+                hooks = HookManager.load(new.hooks)
+                hook_commands = dict(await hooks.register_commands())
+            except Exception as exc:
+                log.error("[gateway] reload refused, the running config and hooks are kept: hooks: %s", exc)
+                return [f"hooks: {exc}"]
+            old = self.config
+            dt = replace(old.dingtalk, **{k: getattr(new.dingtalk, k) for k in RELOADED_DINGTALK_KEYS})
+            agent = replace(old.agent, system_prompt=new.agent.system_prompt, timeout_s=new.agent.timeout_s)
+            applied = replace(old, dingtalk=dt, agent=agent, commands=new.commands, hooks=new.hooks)
+            kept = _changed(applied, new)
+            self.access = AccessPolicy(dt, notice_times=self.access.notice_times)
+            self.commands.config = new.commands
+            self.runner.system_prompt = agent.system_prompt
+            self.runner.agent_timeout_s = agent.timeout_s
+            self.hooks = self.runner.hooks = self.commands.hooks = hooks
+            self.commands.hook_commands = hook_commands
+            self.config = applied
+            log.info("[gateway] config reloaded from %s", old.source or "the environment")
+            log.info("%s", self.access.posture())
+            if kept:
+                log.warning("[gateway] reload: %s changed but need(s) a restart; running values kept",
+                            ", ".join(kept))
+            return []
+
     async def _unfinished(self) -> list[InboxEntry]:
         """Messages the last run left unfinished, to process again; those whose runs were already started
         ``MAX_RUN_ATTEMPTS`` times are given up on (a message that crashes the process on every start
@@ -355,6 +411,24 @@ class Gateway:
         except FrameError:
             return  # unreadable: nobody to tell
         await self.reply(message, GAVE_UP_TEXT.format(attempts=entry.attempts), self.runner.key(message))
+
+
+RELOADED_DINGTALK_KEYS = (
+    "allowed_users", "allow_own_org", "allowed_groups", "require_mention", "max_message_age_s",
+    "backlog_policy", "denied_notice_interval_s",
+)
+"""``platforms.dingtalk`` keys a reload applies (the access rules)."""
+
+
+def _changed(running: Config, new: Config) -> list[str]:
+    """The keys (``section.key``) whose value differs between two configs, ``source`` and the like aside."""
+    found = []
+    for section in ("dingtalk", "agent", "sessions", "commands", "hooks", "storage", "http"):
+        a, b = getattr(running, section), getattr(new, section)
+        for f in fields(a):
+            if getattr(a, f.name) != getattr(b, f.name):
+                found.append(f"{'platforms.dingtalk' if section == 'dingtalk' else section}.{f.name}")
+    return found
 
 
 async def _zero() -> int:

@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import resource
+import signal
 import time
 from typing import Any
 
@@ -42,7 +43,7 @@ def run_gateway(config: Config, *, sandbox: bool = False, port: int | None = Non
 
 
 async def serve(config: Config, *, ready: Any = None) -> None:
-    """Run the gateway until SIGINT/SIGTERM."""
+    """Run the gateway until SIGINT/SIGTERM; SIGHUP reloads its config (:meth:`Gateway.reload`)."""
     _prepare_fds()
     gateway = Gateway(config)
     _tune_gc()
@@ -51,9 +52,18 @@ async def serve(config: Config, *, ready: Any = None) -> None:
         await tg.start(gateway.run)
         if ready is not None:
             ready(gateway)
+        tg.start_soon(_reload_on_hangup, gateway)
         with SignalStop() as signals:
             await signals.wait()
         tg.cancel_scope.cancel()
+
+
+async def _reload_on_hangup(gateway: Gateway) -> None:
+    """SIGHUP: :meth:`Gateway.reload` (the config file and hooks again; errors logged, old config kept)."""
+    with anyio.open_signal_receiver(signal.SIGHUP) as hangups:
+        async for _ in hangups:
+            log.info("[gateway] SIGHUP received; reloading the config")
+            await gateway.reload()
 
 
 def _prepare_fds(reserve: int = FD_RESERVE) -> int:

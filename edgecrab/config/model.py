@@ -84,6 +84,9 @@ class DingTalkConfig:
     """Hosts besides api.dingtalk.com, oapi.dingtalk.com and the api_base host that replies may go to."""
     reply_mode: str = "markdown"
     """``markdown`` (chunked messages) | ``card`` (one AI card per run, streamed)."""
+    mode: str = "stream"
+    """How messages arrive: ``stream`` (the outbound websocket) or ``http`` (DingTalk POSTs them to
+    ``http.callback_path`` on the ops port, signed; :mod:`edgecrab.ops.callback`)."""
     card: CardConfig = CardConfig()
 
     def __post_init__(self) -> None:
@@ -168,7 +171,9 @@ class HttpConfig:
     port: int = 0
     """0: a free port, logged at start and shown by ``/status``."""
     token: str = field(default="", repr=False)
-    """When set, ``/metrics`` and ``/status`` need ``Authorization: Bearer <token>``."""
+    """When set, ``/metrics``, ``/status`` and ``POST /reload`` need ``Authorization: Bearer <token>``."""
+    callback_path: str = "/dingtalk/callback"
+    """Where DingTalk POSTs robot messages when ``platforms.dingtalk.mode`` is ``http``."""
 
 
 @dataclass(frozen=True)

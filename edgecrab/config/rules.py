@@ -80,6 +80,12 @@ def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> lis
                 add(hosts_at if index is None else (*hosts_at, index), f"`{entry}`: {problem}",
                     "list plain host names or IP addresses, each optionally with :port, e.g. "
                     "[hooks.example.com, 10.0.0.5:8443]")
+        http = data.get("http")
+        port = http.get("port", 0) if isinstance(http, dict) else 0
+        if dingtalk.get("mode") == "http" and port == 0:
+            add(("http", "port"), "required when platforms.dingtalk.mode is `http`",
+                "DingTalk POSTs messages to a URL registered in the developer console, so the port cannot "
+                "be a random one: set http.port (or DINGTALK_WEBHOOK_PORT), e.g. `port: 8080`")
     return found
 
 

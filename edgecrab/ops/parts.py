@@ -30,6 +30,8 @@ class GatewayParts:
     store: Store
     agent: str
     """The agent's name (``echo``, ``openai``, ...)."""
+    mode: str = "stream"
+    """``stream`` or ``http`` (``platforms.dingtalk.mode``): in http mode there is no Stream connection."""
     started_at: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
 

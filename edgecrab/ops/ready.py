@@ -6,6 +6,7 @@
   one that reconnects into another zombie stays not ready. (Websocket pongs are not counted: a zombie
   answers them, and websockets closes a connection whose pongs stop anyway.) Before the first frame the
   start of the gateway counts.
+  In http mode (``platforms.dingtalk.mode: http``) there is no Stream connection and no ``stream`` check.
 * ``token``: the sender's token cache has a token or can fetch one (the cached one costs nothing).
 * ``store``: the store accepts a write (one small key/value row).
 * ``sends``: fewer than :data:`FAILED_SENDS_IN_A_ROW` reply messages failed since the last one accepted.
@@ -31,12 +32,14 @@ PROBE_KEY = "ops.readyz.probe"
 
 async def readiness(parts: GatewayParts) -> dict[str, str]:
     """Every check's result: ``"ok"`` or what is wrong."""
-    return {
-        "stream": _stream(parts),
+    checks = {
         "token": await _bounded(_token(parts), "no token within"),
         "store": await _bounded(_store(parts), "no write within"),
         "sends": _sends(parts),
     }
+    if parts.mode == "http":  # no Stream connection: DingTalk POSTs, nothing to be deaf on
+        return checks
+    return {"stream": _stream(parts), **checks}
 
 
 def _stream(parts: GatewayParts) -> str:

@@ -15,10 +15,15 @@ flight gets half a second).
 * ``GET /metrics``: Prometheus text (or OpenMetrics, by ``Accept``) from :mod:`edgecrab.ops.metrics`.
 * ``GET /status``: the facts chat ``/status`` gives, as JSON: robot, connection state, uptime, runs,
   queue depth, the port.
+* ``POST /reload``: re-read the config and hooks (:meth:`Gateway.reload <edgecrab.gateway.Gateway.reload>`);
+  needs the token, and is refused (403) when none is configured. 200, or 422 with the errors (the running
+  config kept).
+* ``POST <http.callback_path>`` in http mode: DingTalk's signed robot callbacks
+  (:mod:`edgecrab.ops.callback`).
 
-With ``http.token`` set, ``/metrics`` and ``/status`` need ``Authorization: Bearer <token>`` (compared in
-constant time); ``/healthz`` and ``/readyz`` stay open for probes. No answer carries a secret, message
-text or a user id.
+With ``http.token`` set, ``/metrics``, ``/status`` and ``/reload`` need ``Authorization: Bearer <token>``
+(compared in constant time); ``/healthz`` and ``/readyz`` stay open for probes. No answer carries a
+secret, message text or a user id.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -43,6 +49,8 @@ from edgecrab.ops.ready import readiness
 
 log = logging.getLogger("edgecrab.ops")
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 SHUTDOWN_S = 0.5
 """How long a request in flight may finish when the gateway stops."""
 
@@ -50,10 +58,20 @@ SHUTDOWN_S = 0.5
 class OpsServer:
     """The ops port of one gateway. :meth:`run` serves until cancelled; :attr:`port` is the bound port."""
 
-    def __init__(self, config: HttpConfig, parts: GatewayParts, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        config: HttpConfig,
+        parts: GatewayParts,
+        metrics: GatewayMetrics,
+        *,
+        callback: Handler | None = None,
+        reload: Callable[[], Awaitable[list[str]]] | None = None,
+    ) -> None:
         self.config = config
         self.parts = parts
         self.metrics = metrics
+        self.callback = callback
+        self.reload = reload
         self.host = config.host
         self.port = 0
 
@@ -68,6 +86,9 @@ class OpsServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
+        app.router.add_post("/reload", self._reload)
+        if self.callback is not None:
+            app.router.add_post(self.config.callback_path, self.callback)
         return app
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -84,7 +105,9 @@ class OpsServer:
                     exit_code=2,
                 ) from None
             self.port = int(runner.addresses[0][1])
-            log.info("[ops] listening on %s (/healthz /readyz /metrics /status)", self.url)
+            callback = f" {self.config.callback_path}" if self.callback is not None else ""
+            log.info("[ops] listening on %s (/healthz /readyz /metrics /status /reload%s)", self.url,
+                     callback)
             task_status.started()
             await anyio.sleep_forever()
         finally:
@@ -125,6 +148,18 @@ class OpsServer:
             return self._refuse()
         return _json(self.status())
 
+    async def _reload(self, request: web.Request) -> web.Response:
+        if not self.config.token:
+            return _json({"error": "forbidden: POST /reload needs http.token to be set"}, 403)
+        if not self._authorized(request):
+            return self._refuse()
+        if self.reload is None:
+            return _json({"error": "reload is not available"}, 404)
+        errors = await self.reload()
+        if errors:
+            return _json({"reloaded": False, "errors": errors}, 422)
+        return _json({"reloaded": True})
+
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` answers (also what chat ``/status`` draws its port line from)."""
         p = self.parts
@@ -133,6 +168,7 @@ class OpsServer:
             "robot": p.robot,
             "version": __version__,
             "agent": p.agent,
+            "mode": p.mode,
             "connection": {
                 "state": stream.state,
                 "detail": stream.state_detail,

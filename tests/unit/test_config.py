@@ -350,7 +350,7 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path: Path) -> None
         (MINIMAL + "  agent:\n    type: echo\n", "`agent` is a top-level section: unindent it"),
         (MINIMAL + "sessions:\n  model: x\n", "`model` belongs under `agent`"),
         (MINIMAL + "http:\n  prot: 80\n", "did you mean `port`?"),
-        (MINIMAL + "http:\n  colour: red\n", "allowed keys here: host, port, token"),
+        (MINIMAL + "http:\n  colour: red\n", "allowed keys here: host, port, token, callback_path"),
     ],
 )
 def test_unknown_keys_get_a_hint(tmp_path: Path, text: str, hint: str) -> None:

@@ -10,9 +10,15 @@ does not depend on how the server is assembled.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import secrets
 import uuid
 from typing import Any
+
+import aiohttp
 
 from edgecrab.testing.fakedingtalk.connection import FakeConnection
 from edgecrab.testing.fakedingtalk.faults import FaultPlan
@@ -108,10 +114,38 @@ class FakeActions(PayloadBuilder, Observation):
         message_id: str | None = None,
         topic: str = CALLBACK_TOPIC,
     ) -> str:
-        """Push a CALLBACK (tracked, redelivered until acked 200) and return its ``headers.messageId``."""
+        """Push a CALLBACK (tracked, redelivered until acked 200) and return its ``headers.messageId``.
+        With ``settings.callback_url`` set, a robot message is POSTed there instead
+        (:meth:`post_callback`)."""
         if app is None and isinstance(data, dict) and data.get("robotCode"):
             app = self.state.app_by_robot_code(data["robotCode"])
+        if self.settings.callback_url and topic == CALLBACK_TOPIC:
+            await self.post_callback(data, app=app)
+            return message_id or ""
         return await self.hub.push(self.state.app(app), data, message_id=message_id, topic=topic)
+
+    async def post_callback(
+        self, data: dict[str, Any] | str, *, app: FakeApp | str | None = None, url: str = ""
+    ) -> int:
+        """HTTP-callback mode: POST a robot message to ``url`` (default ``settings.callback_url``) as
+        DingTalk does, with the ``timestamp`` (ms, the fake's clock) and ``sign`` headers (base64 of
+        HMAC-SHA256 keyed by the app secret over ``timestamp + "\n" + secret``); return the HTTP status.
+        Counted in ``stats()`` as ``http_callbacks`` and ``http_callbacks_<status>``; not retried."""
+        the_app = self.state.app(app)
+        timestamp = str(self.state.wall_ms())
+        digest = hmac.new(
+            the_app.client_secret.encode(), f"{timestamp}\n{the_app.client_secret}".encode(), hashlib.sha256
+        ).digest()
+        body = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+        headers = {"timestamp": timestamp, "sign": base64.b64encode(digest).decode(),
+                   "Content-Type": "application/json"}
+        async with aiohttp.ClientSession() as session, session.post(
+            url or self.settings.callback_url, data=body.encode(), headers=headers
+        ) as response:
+            status = response.status
+        self.state.counters["http_callbacks"] += 1
+        self.state.counters[f"http_callbacks_{status}"] += 1
+        return status
 
     async def push_event(
         self,

@@ -11,7 +11,9 @@ POST /_fake/users      add a user ``{"staff_id","nick","corp_id"?,"is_admin"?}``
 POST /_fake/build      build a robot message without pushing it -> ``{"data"}``
 POST /_fake/push       ``{"kind","user","text","conversation_id","title","at_bot","at_users","app",
                        "options","overrides","message_id","topic"}`` or ``{"data": {...}}``
-                       -> ``{"message_id","msg_id","data"}``
+                       -> ``{"message_id","msg_id","data"}``; with the setting ``callback_url``
+                       (HTTP-callback mode) it is signed and POSTed there
+                       -> ``{"callback_status","msg_id","data"}``
 POST /_fake/push_raw   ``{"frame": str}`` or ``{"frame_b64": str}`` (binary) -> ``{}``
 POST /_fake/push_event ``{"event_type","data","app"}`` -> ``{"message_id"}``
 POST /_fake/ping       ``{"connection_id"?, "opaque"?}`` -> ``{"opaque"}``
@@ -180,6 +182,9 @@ class ControlApi:
     async def push(self, request: web.Request) -> web.Response:
         body = await _body(request)
         data = self._build(body)
+        if self.fake.settings.callback_url and body.get("topic", CALLBACK_TOPIC) == CALLBACK_TOPIC:
+            status = await self.fake.post_callback(data, app=body.get("app"))
+            return reply({"callback_status": status, "msg_id": data.get("msgId"), "data": data})
         mid = await self.fake.push(
             data,
             app=body.get("app"),

@@ -117,6 +117,7 @@ class Observation:
             "dropped_unmentioned": c["dropped_unmentioned"],
             "acks": c["acks"],
             "acked_ok": c["acked_ok"],
+            "http_callbacks": c["http_callbacks"],
             "pending": len(self.hub.pending()),
             "queued": sum(len(q) for q in self.hub.queues.values()),
             "outbound": len(self.state.outbound),

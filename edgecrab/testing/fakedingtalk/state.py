@@ -42,6 +42,7 @@ class Settings:
     media_size: int = 2048  # default size of generated media bytes
     duplicate_after_ack: float = 0.0
     zombie: bool = False
+    callback_url: str = ""  # HTTP-callback mode: robot messages are signed and POSTed here, not streamed
 
 
 @dataclass
