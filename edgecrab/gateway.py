@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import fields, replace
 from typing import Any
 
 import anyio
@@ -37,7 +36,7 @@ import httpx
 from edgecrab.activity import COMMAND, DENIED, EMPTY, UNSUPPORTED, VETOED, message_event
 from edgecrab.agents import build_agent
 from edgecrab.agents.base import Agent
-from edgecrab.config import Config, load_config
+from edgecrab.config import Config
 from edgecrab.core.commands import Commands, ConnectionInfo
 from edgecrab.core.router import cap_text, parse_command
 from edgecrab.core.runs import Runner
@@ -46,10 +45,9 @@ from edgecrab.dingtalk.cardreply import CARD_CALLBACK_TOPIC, card_replies
 from edgecrab.dingtalk.connwatch import ConnectionWatch
 from edgecrab.dingtalk.convert import FrameError, decode_payload, to_message
 from edgecrab.dingtalk.intake import Intake
-from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
+from edgecrab.dingtalk.markdown import reply_format
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import StreamClient
-from edgecrab.errors import ConfigError
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
 from edgecrab.ops.callback import callback_handler
@@ -57,8 +55,8 @@ from edgecrab.ops.metrics import GatewayMetrics
 from edgecrab.ops.parts import GatewayParts
 from edgecrab.ops.server import OpsServer
 from edgecrab.outbound import http_client
+from edgecrab.reload import prepare_reload
 from edgecrab.replies.delivery import Delivery
-from edgecrab.replies.format import Format
 from edgecrab.store import open_store
 from edgecrab.store.base import DONE, FAILED, InboxEntry, OutboxChunk, Store
 from edgecrab.store.upkeep import housekeeping, store_upkeep
@@ -227,16 +225,7 @@ class Gateway:
     # -- lifecycle -----------------------------------------------------------------------------------
     def _build(self, http: httpx.AsyncClient) -> None:
         dt = self.config.dingtalk
-        markdown = dt.reply_format == "markdown"
-        fmt = Format(
-            fmt=dt.reply_format,
-            render=to_dingtalk_markdown if markdown else to_plain_text,
-            title=title_preview,
-            max_chars=dt.max_message_length,
-            max_bytes=dt.max_message_bytes,
-            markers=dt.chunk_markers,
-            max_chunks=dt.max_chunks_per_reply,
-        )
+        fmt = reply_format(dt)
         self.sender = DingTalkSender(dt, client=http)
         self.cards = card_replies(dt, self.sender.tokens, http, self.store, lambda m: self.commands.stop(m))
         self.delivery = Delivery(
@@ -352,41 +341,19 @@ class Gateway:
     # -- reload --------------------------------------------------------------------------------------
     async def reload(self) -> list[str]:
         """Re-read the config file and the hooks (SIGHUP, ``POST /reload``) and apply what can change in
-        place: the access rules (:data:`RELOADED_DINGTALK_KEYS`), ``commands`` (aliases, forward_unknown),
-        ``agent.system_prompt`` and ``agent.timeout_s``, and ``hooks`` (loaded again, their commands
-        registered again). The Stream connection, the queues and the runs in flight are not touched. Any
-        other key that changed is logged as needing a restart and keeps its running value. Returns the
-        errors (empty when applied); with errors nothing changes."""
+        place (:func:`edgecrab.reload.prepare_reload`). Returns the errors (empty when applied)."""
         async with self._reload_lock:
-            try:
-                new = load_config(self.config.source, sandbox=self._sandbox)
-            except ConfigError as exc:
-                errors = [p.render() for p in exc.problems] or [str(exc)]
-                log.error("[gateway] reload refused, the running config is kept: %s", "; ".join(errors))
-                return errors
-            try:
-                hooks = HookManager.load(new.hooks)
-                hook_commands = dict(await hooks.register_commands())
-            except Exception as exc:
-                log.error("[gateway] reload refused, the running config and hooks are kept: hooks: %s", exc)
-                return [f"hooks: {exc}"]
-            old = self.config
-            dt = replace(old.dingtalk, **{k: getattr(new.dingtalk, k) for k in RELOADED_DINGTALK_KEYS})
-            agent = replace(old.agent, system_prompt=new.agent.system_prompt, timeout_s=new.agent.timeout_s)
-            applied = replace(old, dingtalk=dt, agent=agent, commands=new.commands, hooks=new.hooks)
-            kept = _changed(applied, new)
-            self.access = AccessPolicy(dt, notice_times=self.access.notice_times)
+            ready = await prepare_reload(self.config, sandbox=self._sandbox)
+            if isinstance(ready, list):
+                return ready
+            new = self.config = ready.config
+            self.access = AccessPolicy(new.dingtalk, notice_times=self.access.notice_times)
             self.commands.config = new.commands
-            self.runner.system_prompt = agent.system_prompt
-            self.runner.agent_timeout_s = agent.timeout_s
-            self.hooks = self.runner.hooks = self.commands.hooks = hooks
-            self.commands.hook_commands = hook_commands
-            self.config = applied
-            log.info("[gateway] config reloaded from %s", old.source or "the environment")
+            self.runner.system_prompt = new.agent.system_prompt
+            self.runner.agent_timeout_s = new.agent.timeout_s
+            self.hooks = self.runner.hooks = self.commands.hooks = ready.hooks
+            self.commands.hook_commands = ready.hook_commands
             log.info("%s", self.access.posture())
-            if kept:
-                log.warning("[gateway] reload: %s changed but need(s) a restart; running values kept",
-                            ", ".join(kept))
             return []
 
     async def _unfinished(self) -> list[InboxEntry]:
@@ -411,24 +378,6 @@ class Gateway:
         except FrameError:
             return  # unreadable: nobody to tell
         await self.reply(message, GAVE_UP_TEXT.format(attempts=entry.attempts), self.runner.key(message))
-
-
-RELOADED_DINGTALK_KEYS = (
-    "allowed_users", "allow_own_org", "allowed_groups", "require_mention", "max_message_age_s",
-    "backlog_policy", "denied_notice_interval_s",
-)
-"""``platforms.dingtalk`` keys a reload applies (the access rules)."""
-
-
-def _changed(running: Config, new: Config) -> list[str]:
-    """The keys (``section.key``) whose value differs between two configs, ``source`` and the like aside."""
-    found = []
-    for section in ("dingtalk", "agent", "sessions", "commands", "hooks", "storage", "http"):
-        a, b = getattr(running, section), getattr(new, section)
-        for f in fields(a):
-            if getattr(a, f.name) != getattr(b, f.name):
-                found.append(f"{'platforms.dingtalk' if section == 'dingtalk' else section}.{f.name}")
-    return found
 
 
 async def _zero() -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -19,6 +19,8 @@ from edgecrab.config.check import BUILTIN_COMMANDS
 from edgecrab.config.source import KeyPath, format_path, line_of
 from edgecrab.dingtalk.webhook import host_entry_problem
 from edgecrab.errors import Problem
+
+Add = Callable[[KeyPath, str, str], None]
 
 
 def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> list[Problem]:
@@ -29,8 +31,19 @@ def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> lis
         found.append(Problem(format_path(path), message, line=line_of(path, lines), hint=hint))
 
     commands = data.get("commands")
-    aliases = commands.get("aliases") if isinstance(commands, dict) else None
-    for alias, target in (aliases or {}).items() if isinstance(aliases, dict) else ():
+    _alias_problems(commands.get("aliases") if isinstance(commands, dict) else None, add)
+    agent = data.get("agent")
+    if isinstance(agent, dict):
+        _agent_problems(agent, add)
+    platforms = data.get("platforms")
+    dingtalk = platforms.get("dingtalk") if isinstance(platforms, dict) else None
+    if isinstance(dingtalk, dict):
+        _dingtalk_problems(dingtalk, data.get("http"), add)
+    return found
+
+
+def _alias_problems(aliases: Any, add: Add) -> None:
+    for alias, target in aliases.items() if isinstance(aliases, dict) else ():
         if not isinstance(target, str) or not target.startswith("/"):
             continue
         at = ("commands", "aliases", alias)
@@ -43,50 +56,47 @@ def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> lis
             hint += " (commands added by hooks cannot be aliased yet)"
             add(at, f"alias target `{target}` is not a built-in command", hint)
 
-    agent = data.get("agent")
-    if isinstance(agent, dict):
-        kind = agent.get("type", "echo")
-        needs = {
-            "command": ("command", "command: [python, -m, mybot]"),
-            "python": ("callable", "callable: mybot:answer"),
-            "openai": ("model", "model: deepseek-chat"),
-        }
-        if isinstance(kind, str) and kind in needs and not agent.get(needs[kind][0]):
-            key, example = needs[kind]
-            add(("agent", key), f"required when agent.type is `{kind}`", f"for example `{example}`")
-        if isinstance(agent.get("command"), str):
-            try:
-                shlex.split(agent["command"])
-            except ValueError as exc:
-                add(("agent", "command"), f"cannot split into arguments: {exc}",
-                    "balance the quotes, or write a list")
 
-    platforms = data.get("platforms")
-    dingtalk = platforms.get("dingtalk") if isinstance(platforms, dict) else None
-    if isinstance(dingtalk, dict):
-        first, most = dingtalk.get("reconnect_initial_s", 1.0), dingtalk.get("reconnect_max_s", 60.0)
-        if _is_number(first) and _is_number(most) and most < first:
-            add(("platforms", "dingtalk", "reconnect_max_s"),
-                f"must be at least reconnect_initial_s ({first}), got {most}",
-                "the longest delay cannot be shorter than the first one")
-        hosts = dingtalk.get("extra_allowed_hosts")
-        entries: list[tuple[int | None, Any]] = list(enumerate(hosts)) if isinstance(hosts, list) else []
-        if isinstance(hosts, str):  # comma-separated (from the environment): the key itself is the path
-            entries = [(None, item) for item in hosts.split(",") if item.strip()]
-        for index, entry in entries:
-            problem = host_entry_problem(entry) if isinstance(entry, str) else ""
-            if problem:
-                hosts_at: KeyPath = ("platforms", "dingtalk", "extra_allowed_hosts")
-                add(hosts_at if index is None else (*hosts_at, index), f"`{entry}`: {problem}",
-                    "list plain host names or IP addresses, each optionally with :port, e.g. "
-                    "[hooks.example.com, 10.0.0.5:8443]")
-        http = data.get("http")
-        port = http.get("port", 0) if isinstance(http, dict) else 0
-        if dingtalk.get("mode") == "http" and port == 0:
-            add(("http", "port"), "required when platforms.dingtalk.mode is `http`",
-                "DingTalk POSTs messages to a URL registered in the developer console, so the port cannot "
-                "be a random one: set http.port (or DINGTALK_WEBHOOK_PORT), e.g. `port: 8080`")
-    return found
+def _agent_problems(agent: dict[str, Any], add: Add) -> None:
+    kind = agent.get("type", "echo")
+    needs = {
+        "command": ("command", "command: [python, -m, mybot]"),
+        "python": ("callable", "callable: mybot:answer"),
+        "openai": ("model", "model: deepseek-chat"),
+    }
+    if isinstance(kind, str) and kind in needs and not agent.get(needs[kind][0]):
+        key, example = needs[kind]
+        add(("agent", key), f"required when agent.type is `{kind}`", f"for example `{example}`")
+    if isinstance(agent.get("command"), str):
+        try:
+            shlex.split(agent["command"])
+        except ValueError as exc:
+            add(("agent", "command"), f"cannot split into arguments: {exc}",
+                "balance the quotes, or write a list")
+
+
+def _dingtalk_problems(dingtalk: dict[str, Any], http: Any, add: Add) -> None:
+    first, most = dingtalk.get("reconnect_initial_s", 1.0), dingtalk.get("reconnect_max_s", 60.0)
+    if _is_number(first) and _is_number(most) and most < first:
+        add(("platforms", "dingtalk", "reconnect_max_s"),
+            f"must be at least reconnect_initial_s ({first}), got {most}",
+            "the longest delay cannot be shorter than the first one")
+    hosts = dingtalk.get("extra_allowed_hosts")
+    entries: list[tuple[int | None, Any]] = list(enumerate(hosts)) if isinstance(hosts, list) else []
+    if isinstance(hosts, str):  # comma-separated (from the environment): the key itself is the path
+        entries = [(None, item) for item in hosts.split(",") if item.strip()]
+    for index, entry in entries:
+        problem = host_entry_problem(entry) if isinstance(entry, str) else ""
+        if problem:
+            hosts_at: KeyPath = ("platforms", "dingtalk", "extra_allowed_hosts")
+            add(hosts_at if index is None else (*hosts_at, index), f"`{entry}`: {problem}",
+                "list plain host names or IP addresses, each optionally with :port, e.g. "
+                "[hooks.example.com, 10.0.0.5:8443]")
+    port = http.get("port", 0) if isinstance(http, dict) else 0
+    if dingtalk.get("mode") == "http" and port == 0:
+        add(("http", "port"), "required when platforms.dingtalk.mode is `http`",
+            "DingTalk POSTs messages to a URL registered in the developer console, so the port cannot "
+            "be a random one: set http.port (or DINGTALK_WEBHOOK_PORT), e.g. `port: 8080`")
 
 
 def _is_number(value: Any) -> bool:

@@ -35,9 +35,11 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from edgecrab.config import DingTalkConfig
+from edgecrab.replies.format import Format
 from edgecrab.replies.textscan import is_grapheme_boundary
 
-__all__ = ["title_preview", "to_dingtalk_markdown", "to_plain_text"]
+__all__ = ["reply_format", "title_preview", "to_dingtalk_markdown", "to_plain_text"]
 
 _FENCE = re.compile(r"([ \t]*)(`{3,}|~{3,})(.*)")
 _HEADING = re.compile(r"( {0,3})(#{1,6})(?=[ \t]|$)(.*)")
@@ -328,3 +330,17 @@ def title_preview(text: str, limit: int = 20) -> str:
     while cut > 0 and not is_grapheme_boundary(preview, cut):
         cut -= 1
     return preview[:cut].rstrip() + "…"
+
+
+def reply_format(config: DingTalkConfig) -> Format:
+    """How replies are rendered for DingTalk: ``reply_format`` (markdown or text), the size limits of one
+    message, the chunk markers and the chunk cap."""
+    return Format(
+        fmt=config.reply_format,
+        render=to_dingtalk_markdown if config.reply_format == "markdown" else to_plain_text,
+        title=title_preview,
+        max_chars=config.max_message_length,
+        max_bytes=config.max_message_bytes,
+        markers=config.chunk_markers,
+        max_chunks=config.max_chunks_per_reply,
+    )
