@@ -178,3 +178,32 @@ def test_post_reload_is_refused_without_a_configured_token(tmp_path: Path) -> No
     with gateway(tmp_path) as (_, ops, _):
         assert ops.post("/reload").status_code == 403
         assert re.search(r"/reload", ops.post("/reload").json()["error"])
+
+
+def test_reloads_under_traffic_lose_and_repeat_nothing(tmp_path: Path) -> None:
+    """Messages keep arriving while the config is reloaded three times: each is answered exactly once, on the
+    same Stream connection."""
+    with gateway(tmp_path, _config("'*'")) as (fake, ops, proc):
+        log = tmp_path / "gateway.log"
+        opened = fake.get("/_fake/stats").json()["connections_opened"]
+        sent: list[tuple[str, str]] = []
+        for round_ in range(3):
+            for i in range(8):
+                text = f"round {round_} message {i}"
+                body = {"kind": "dm", "user": USER, "text": text}
+                data = fake.post("/_fake/push", json=body).json()["data"]
+                sent.append((str(data["conversationId"]), text))
+                if i == 3:  # mid-round: the reload lands among messages queued and running
+                    proc.send_signal(signal.SIGHUP)
+            wait_until(lambda r=round_: log.read_text(encoding="utf-8").count("config reloaded") == r + 1)
+        cid = sent[0][0]
+        expected = sorted(f"🦀 echo: {text}" for _, text in sent)
+
+        def answered() -> list[str]:
+            echoes = sorted(r for r in replies(fake, cid) if r.startswith("🦀 echo"))
+            return echoes if len(echoes) >= len(expected) else []
+
+        assert wait_until(answered) == expected  # each once: nothing lost, nothing repeated
+        assert log.read_text(encoding="utf-8").count("[gateway] config reloaded") == 3
+        stats = fake.get("/_fake/stats").json()
+        assert stats["connections_opened"] == opened and stats["connections"] == 1
