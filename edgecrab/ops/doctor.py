@@ -7,7 +7,8 @@ load, the state directory is writable, a token for the robot (DingTalk's token A
 :data:`CLOCK_FAIL_S` a failure), an open-connection ticket (what "Stream mode not enabled" or revoked
 credentials break; the ticket is single-use and left to expire), the agent reachable (``openai``: the
 server's model list, or a one-token completion where it has none; ``command``: the program exists;
-``python``: the callable imports), and the ops port free.
+``python``: the callable imports), and the ops port free. With ``reply_mode: card``, also the two card
+permissions (the 403's ``requiredScopes``).
 
 With ``--sandbox`` the DingTalk checks run against the built-in emulator, started for the occasion, with
 the sandbox's credentials, exactly as ``gateway start --sandbox`` would talk to it.
@@ -25,6 +26,7 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
@@ -33,6 +35,7 @@ import httpx
 
 from edgecrab.config import SANDBOX_APP_KEY, SANDBOX_APP_SECRET, Config
 from edgecrab.config.model import AgentConfig
+from edgecrab.dingtalk.cards import INSTANCE_SCOPE, INSTANCES_PATH, STREAMING_PATH, STREAMING_SCOPE
 from edgecrab.dingtalk.frames import Frame
 from edgecrab.dingtalk.stream import AuthFailed, OpenFailed, StreamClient
 from edgecrab.dingtalk.streamconn import AckDecision
@@ -143,7 +146,44 @@ async def _dingtalk(config: Config) -> list[Check]:
         token = await _token(http, config)
         clock = _clock(dates)
         ticket = await _ticket(http, config)
-    return [token, clock, ticket]
+        checks = [token, clock, ticket]
+        if config.dingtalk.reply_mode == "card" and token.status == OK:
+            checks.append(await _card_permissions(http, config))
+    return checks
+
+
+async def _card_permissions(http: httpx.AsyncClient, config: Config) -> Check:
+    """With ``reply_mode: card``: the two card permissions, probed with an update and a streaming frame for a
+    card that does not exist. DingTalk's gateway refuses a call the app has no permission for with a 403
+    naming ``requiredScopes`` before it looks for the card (the order is inferred from its answers; the
+    emulator checks in that order); any other answer means the permission is there."""
+    dt = config.dingtalk
+    token = await TokenCache(http, dt.api_base, dt.app_key, dt.app_secret, timeout_s=TIMEOUT_S).get()
+    probe = f"edgecrab-doctor-{uuid.uuid4().hex[:12]}"
+    calls = (
+        (INSTANCES_PATH, {"outTrackId": probe, "cardData": {"cardParamMap": {}}}),
+        (STREAMING_PATH, {"outTrackId": probe, "guid": uuid.uuid4().hex, "key": dt.card.content_key,
+                          "content": "", "isFull": True, "isFinalize": False}),
+    )
+    missing: list[str] = []
+    for path, body in calls:
+        try:
+            response = await http.put(dt.api_base.rstrip("/") + path, json=body,
+                                      headers={"x-acs-dingtalk-access-token": token})
+        except httpx.HTTPError as exc:
+            return Check("card permissions", FAILED, f"{path} could not be reached ({failure_kind(exc)})",
+                         f"check that {dt.api_base} can be reached")
+        if response.status_code == 403:
+            try:
+                detail = response.json().get("accessdenieddetail") or {}
+            except ValueError:
+                detail = {}
+            missing += [str(s) for s in detail.get("requiredScopes") or [path]]
+    if missing:
+        return Check("card permissions", FAILED, f"the app lacks {', '.join(missing)} (reply_mode: card)",
+                     "grant Card.Instance.Write and Card.Streaming.Write in the DingTalk developer console "
+                     "(the app's Permissions page), or set reply_mode: markdown")
+    return Check("card permissions", OK, f"{INSTANCE_SCOPE} and {STREAMING_SCOPE} granted")
 
 
 async def _token(http: httpx.AsyncClient, config: Config) -> Check:

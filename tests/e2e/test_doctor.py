@@ -77,3 +77,27 @@ def test_sandbox_mode_needs_no_emulator_and_an_invalid_config_exits_2(tmp_path: 
     bad.write_text("agent:\n  type: nonsense\n", encoding="utf-8")
     done = edgecrab("--config", str(bad), "doctor", "--sandbox", cwd=tmp_path, env=env)
     assert done.returncode == 2 and "agent.type" in done.stderr, done.stderr
+
+
+CARD_CONFIG = "agent:\n  type: echo\nplatforms:\n  dingtalk:\n    reply_mode: card\n"
+
+
+def test_card_mode_checks_the_card_permissions(tmp_path: Path) -> None:
+    import httpx
+
+    with emulator(tmp_path) as api_base:
+        code, output = doctor(tmp_path, api_base, CARD_CONFIG)
+        assert code == 0, output
+        assert line(output, "card permissions").startswith("ok "), output
+        httpx.post(f"{api_base}/_fake/cards/settings", json={"revoke": ["Card.Streaming.Write"]}, timeout=5)
+        code, output = doctor(tmp_path, api_base, CARD_CONFIG)
+    assert code == 1, output
+    assert line(output, "card permissions").startswith("FAILED"), output
+    assert "Card.Streaming.Write" in output and "Card.Instance.Write and Card.Streaming.Write" in output
+    assert "failed: card permissions" in output, output
+
+
+def test_markdown_mode_does_not_probe_cards(tmp_path: Path) -> None:
+    with emulator(tmp_path) as api_base:
+        code, output = doctor(tmp_path, api_base, "agent:\n  type: echo\n")
+    assert code == 0 and "card permissions" not in output, output
