@@ -271,7 +271,7 @@ class Gateway:
             self.robot, self.stream, self.intake, self.sender, self.delivery, self.runner, self.store,
             agent=self.agent.name,
         )
-        self.parts.mode = dt.mode
+        self.parts.mode, self.parts.cards = dt.mode, self.cards
         self.metrics = GatewayMetrics(self.parts)
         self.metrics.attach(http, self._stream_http)
         callback = callback_handler(dt.app_secret, self.intake.on_callback) if dt.mode == "http" else None

@@ -118,6 +118,20 @@ class _Collector(Collector):
         yield from self._stream()
         yield from self._replies()
         yield from self._work()
+        yield from self._cards()
+
+    def _cards(self) -> Iterator[Any]:
+        cards = self.metrics.parts.cards
+        if cards is None:
+            return
+        yield self._counter("edgecrab_cards_opened", "AI cards opened (reply_mode: card).", cards.opened)
+        yield self._counter("edgecrab_card_api_calls", "DingTalk card API calls (create, stream, finish).",
+                            cards.client.calls)
+        yield self._counter("edgecrab_cards_recovered", "Cards left open by a crash and finished at start.",
+                            cards.recovered)
+        yield self._gauge("edgecrab_cards_markdown_fallback",
+                          "1 while cards were found unavailable and replies go out as markdown.",
+                          1.0 if cards.clock() < cards.markdown_until else 0.0)
 
     def _counter(self, name: str, text: str, value: float) -> CounterMetricFamily:
         family = CounterMetricFamily(name, text, labels=["robot"])

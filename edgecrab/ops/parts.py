@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from edgecrab.core.runs import Runner
+from edgecrab.dingtalk.cardreply import CardReplies
 from edgecrab.dingtalk.intake import Intake
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import StreamClient
@@ -30,6 +31,8 @@ class GatewayParts:
     store: Store
     agent: str
     """The agent's name (``echo``, ``openai``, ...)."""
+    cards: CardReplies | None = None
+    """The AI-card side with ``reply_mode: card``; None otherwise."""
     mode: str = "stream"
     """``stream`` or ``http`` (``platforms.dingtalk.mode``): in http mode there is no Stream connection."""
     started_at: float = field(default_factory=time.monotonic)

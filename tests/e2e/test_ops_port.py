@@ -176,3 +176,25 @@ def test_a_busy_port_is_a_start_up_error(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert f"the ops port 127.0.0.1:{port} cannot be opened" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_card_mode_exports_card_counts(tmp_path: Path) -> None:
+    config = "agent:\n  type: echo\nplatforms:\n  dingtalk:\n    reply_mode: card\n"
+    with gateway(tmp_path, config) as (fake, ops, proc):
+        body = {"kind": "dm", "user": USER, "text": "a card, please"}
+        fake.post("/_fake/push", json=body).raise_for_status()
+
+        def finished() -> list[Any]:
+            cards = fake.get("/_fake/cards").json()["cards"]
+            return [c for c in cards if c["flow_status"] == "3"]  # DingTalk's "finished"
+
+        wait_until(finished)
+
+        def scraped() -> dict[Any, float] | None:
+            found = samples(ops.get("/metrics").text)
+            return found if value(found, "edgecrab_cards_opened_total") == 1 else None
+
+        found = wait_until(scraped)
+        assert value(found, "edgecrab_card_api_calls_total") >= 3  # open, at least one frame, the finish
+        assert value(found, "edgecrab_cards_markdown_fallback") == 0
+        assert value(found, "edgecrab_cards_recovered_total") == 0
