@@ -121,6 +121,9 @@ async def serve_with_sandbox(
             from edgecrab.gateway import Gateway  # here: `edgecrab sandbox` alone never needs the gateway
 
             gateway = Gateway(replace(config, dingtalk=replace(dt, api_base=fake.base_url)))
+            if dt.mode == "http":  # the emulator signs and POSTs each message to the callback path
+                host = "127.0.0.1" if config.http.host in ("", "0.0.0.0", "::") else config.http.host
+                fake.settings.callback_url = f"http://{host}:{config.http.port}{config.http.callback_path}"
 
             async def announce() -> None:
                 await gateway.started.wait()

@@ -207,3 +207,17 @@ def test_reloads_under_traffic_lose_and_repeat_nothing(tmp_path: Path) -> None:
         assert log.read_text(encoding="utf-8").count("[gateway] config reloaded") == 3
         stats = fake.get("/_fake/stats").json()
         assert stats["connections_opened"] == opened and stats["connections"] == 1
+
+
+def test_the_sandbox_runs_in_http_mode_too(tmp_path: Path) -> None:
+    from tests.e2e.test_day_one import chat, sandbox_process
+
+    config = tmp_path / "edgecrab.yaml"
+    config.write_text(
+        f"agent:\n  type: echo\nplatforms:\n  dingtalk:\n    mode: http\nhttp:\n  port: {free_port()}\n",
+        encoding="utf-8",
+    )
+    with sandbox_process(tmp_path, config, clean_env(tmp_path)) as (base, _):
+        assert chat(base, "signed and posted").startswith("🦀 echo: signed and posted")
+        stats = httpx.get(f"{base}/_fake/stats", timeout=5).json()
+        assert stats["http_callbacks"] >= 1 and stats["connections_opened"] == 0
