@@ -113,7 +113,12 @@ class CardHandle:
     calls: int = 0
     """Card API requests made for this card, retries included."""
     state: str = "open"
-    """``open``, then the :data:`CardState` it was finished in."""
+    """``open``, then the :data:`CardState` it was finished in: set once the card's final state was
+    accepted, so a card whose finish failed is still ``open`` (someone must finish it later)."""
+
+    @property
+    def finalized(self) -> bool:
+        return self.state != "open"
 
 
 def space_id(route: ReplyRoute) -> str:
@@ -287,9 +292,9 @@ class CardClient:
         }
         try:
             await self._call("PUT", INSTANCES_PATH, lambda: body, handle, what, retry=True)
+            handle.state = state  # out of "writing" (this call sets the text too), whatever the frame did
         except CardError as err:
             first = first or err
-        handle.state = state
         if first is not None:
             raise first
 
