@@ -28,7 +28,7 @@ from bench.plan import FULL, SMOKE
 from bench.report import MISS, Line, table, write_json
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
-KEYS = ("1a", "1b", "2", "3", "4", "5")
+KEYS = ("1a", "1b", "2", "3", "4", "5", "6")
 
 
 def machine() -> dict[str, Any]:
@@ -155,6 +155,7 @@ def run_all(ctx: scenarios.Context, only: list[str]) -> tuple[dict[str, Any], li
         ("2", "ack_latency", lambda: scenarios.ack_latency(ctx, agent_url())),
         ("3", "burst", lambda: scenarios.burst(ctx, agent_url())),
         ("4", "memory", lambda: scenarios.memory(ctx)),
+        ("6", "cards", lambda: scenarios.cards(ctx)),
     ]
     try:
         for key, name, step in steps:

@@ -30,7 +30,7 @@ MAX_CONCURRENT_RUNS = 2048
 """For the 2 s agent scenarios: 1,000 simultaneous conversations need more than the default 256 runs."""
 
 
-def edgecrab_config(path: Path, base_url: str, llm_url: str) -> Path:
+def edgecrab_config(path: Path, base_url: str, llm_url: str, dingtalk_extra: str = "") -> Path:
     """A config for the run: rate limits raised, storage in ``path``'s folder, echo or openai agent."""
     agent = (
         f"  type: openai\n  base_url: {llm_url}\n  model: fake-model\n  api_key: sk-bench\n  timeout_s: 60\n"
@@ -47,7 +47,7 @@ platforms:
     openapi_qps: {RAISED_QPS}
     webhook_qps: {RAISED_QPS}
     chunk_interval_ms: {CHUNK_INTERVAL_MS}
-agent:
+{dingtalk_extra}agent:
 {agent}sessions:
   max_concurrent_runs: {MAX_CONCURRENT_RUNS}
 storage:
@@ -95,12 +95,13 @@ class Running:
         return self.proc.returncode
 
 
-def start(name: str, fake: BenchFake, workdir: Path, llm_url: str = "") -> Running:
-    """Start contender ``name`` against ``fake`` and return once its stream connection is up."""
+def start(name: str, fake: BenchFake, workdir: Path, llm_url: str = "", dingtalk_extra: str = "") -> Running:
+    """Start contender ``name`` against ``fake`` and return once its stream connection is up
+    (``dingtalk_extra``: YAML lines added under ``platforms.dingtalk`` of edgecrab's config)."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = clean_env(DINGTALK_APP_KEY=APP_KEY, DINGTALK_APP_SECRET=APP_SECRET, EDGECRAB_HOME=str(workdir))
     if name == EDGECRAB:
-        config = edgecrab_config(workdir / "edgecrab.yaml", fake.base_url, llm_url)
+        config = edgecrab_config(workdir / "edgecrab.yaml", fake.base_url, llm_url, dingtalk_extra)
         argv = [sys.executable, "-m", "edgecrab", "--config", str(config), "gateway", "start"]
     elif name in (SDK, RAW):
         module = "bench.sdk_bot" if name == SDK else "bench.raw_bot"

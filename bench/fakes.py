@@ -231,10 +231,15 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
 class LlmServer:
     """:mod:`bench.llm` as a subprocess: an OpenAI-compatible server that answers after ``delay_s``."""
 
-    def __init__(self, delay_s: float, log_path: Path) -> None:
+    def __init__(
+        self, delay_s: float, log_path: Path, token_delay_s: float = 0.0, reply_words: int = 0
+    ) -> None:
         self._log = open(log_path, "wb")  # closed in close()
+        argv = [sys.executable, "-m", "bench.llm", "--delay", str(delay_s)]
+        if reply_words:
+            argv += ["--token-delay", str(token_delay_s), "--reply-words", str(reply_words)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.llm", "--delay", str(delay_s)],
+            argv,
             stdout=subprocess.PIPE,
             stderr=self._log,
             env=clean_env(),

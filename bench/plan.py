@@ -17,6 +17,10 @@ BURST_SLACK_S = 1.5
 IDLE_RSS_GOAL_MB = 60.0
 SESSION_GOAL_KB = 2.0
 CHUNKING_GOAL_S = 0.050
+CARD_FIRST_TEXT_GOAL_S = 0.300
+"""Scenario 6a: first agent token -> first visible card text, p50, with the default interval (issue 17)."""
+CARD_QPS_LIMIT = 20
+"""Scenario 6b/6c: the fake enforces DingTalk's 20 calls per second per API; edgecrab's ``card.qps`` is 20."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,17 @@ class Plan:
     sessions_budget_s: float
     settle_s: float
     """Pause before reading RSS, so the numbers are for an idle process."""
+    # 6. cards
+    card_first_samples: int
+    """Scenario 6a: this many replies, one at a time, for each of a 1 s and an instant first token."""
+    card_streams: int
+    """Scenarios 6b and 6c: concurrent streaming answers on one robot."""
+    card_duration_s: float
+    """How long each streamed answer lasts (its first token comes 1 s after the run starts)."""
+    card_token_s: float
+    """Seconds between the agent's tokens."""
+    card_ack_messages: int
+    card_ack_rate: float
 
     @property
     def echo_messages(self) -> int:
@@ -57,7 +72,13 @@ class Plan:
 
     @property
     def users_needed(self) -> int:
-        return max(self.echo_conversations, self.ack_messages, self.burst_conversations, self.sessions)
+        return max(
+            self.echo_conversations,
+            self.ack_messages,
+            self.burst_conversations,
+            self.sessions,
+            self.card_streams,
+        )
 
 
 FULL = Plan(
@@ -78,6 +99,12 @@ FULL = Plan(
     session_concurrency=500,
     sessions_budget_s=300.0,
     settle_s=2.0,
+    card_first_samples=20,
+    card_streams=200,
+    card_duration_s=20.0,
+    card_token_s=0.1,
+    card_ack_messages=1000,
+    card_ack_rate=100.0,
 )
 
 SMOKE = Plan(
@@ -98,4 +125,10 @@ SMOKE = Plan(
     session_concurrency=100,
     sessions_budget_s=30.0,
     settle_s=0.5,
+    card_first_samples=2,
+    card_streams=4,
+    card_duration_s=2.0,
+    card_token_s=0.1,
+    card_ack_messages=40,
+    card_ack_rate=100.0,
 )

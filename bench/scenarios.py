@@ -1,5 +1,6 @@
-"""The five scenarios of issue 8. Each runs its contenders one after the other, on the same machine,
-seconds apart, and returns its raw numbers and the judged :class:`~bench.report.Line` objects.
+"""The five scenarios of issue 8, and 6: the card scenarios of issue 17. Each runs its contenders one after
+the other, on the same machine, seconds apart, and returns its raw numbers and the judged
+:class:`~bench.report.Line` objects.
 
 Shared rules: a fresh fake process (and, for edgecrab, a fresh store) per contender run; one warm-up
 message per run before the clock starts (connection pools, token, lazy imports); budgets cut runs that would
@@ -17,12 +18,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import contenders
+import httpx
+
+from bench import cardbench, contenders
 from bench.contenders import ALL, EDGECRAB, RAW, SDK, Running
 from bench.drive import LaneSpec, LoadResult, text_for
-from bench.fakes import BenchFake, FakeUser
+from bench.fakes import BenchFake, FakeUser, LlmServer
 from bench.plan import (
     ACK_P99_GOAL_S,
+    CARD_FIRST_TEXT_GOAL_S,
+    CARD_QPS_LIMIT,
     CHUNKING_GOAL_S,
     ECHO_SLOW_VS_SDK_GOAL,
     ECHO_VS_SDK_GOAL,
@@ -136,9 +141,7 @@ def echo_throughput(ctx: Context, slow: bool) -> tuple[dict[str, Any], list[Line
         goal = f"edgecrab ≥ {ECHO_VS_SDK_GOAL:g}× SDK bot"
         detail = f"{ec / sdk:.2f}× SDK" if sdk else "SDK bot not measured"
         detail += f", {100 * ec / raw:.0f} % of raw (reported, not judged)" if raw else ", raw not measured"
-        cpu = ", ".join(
-            f"{n} {r['cpu_ms_per_message']:.2f}" for n, r in results.items()
-        )
+        cpu = ", ".join(f"{n} {r['cpu_ms_per_message']:.2f}" for n, r in results.items())
         detail += f"; CPU ms/msg: {cpu}"
     line = Line(
         "1b" if slow else "1a",
@@ -345,6 +348,133 @@ def chunking(ctx: Context) -> tuple[dict[str, Any], list[Line]]:
         {"value_s": best},
     )
     return {"best_s": best, "repeat": 3}, [line]
+
+
+# -- 6. streaming AI cards (issue 17) ---------------------------------------------------------------------
+def cards(ctx: Context) -> tuple[dict[str, Any], list[Line]]:
+    plan = ctx.plan
+    ctx.progress(
+        f"[bench] 6a card first text, {plan.card_first_samples} replies x (1 s, instant first token)"
+    )
+    first = cardbench.run_first_text(plan.card_first_samples)
+    ctx.progress(
+        f"[bench] 6b {plan.card_streams} cards x {plan.card_duration_s:g} s at {CARD_QPS_LIMIT} QPS: "
+        "edgecrab and the peer model"
+    )
+    many = cardbench.run_many_cards(plan.card_streams, plan.card_duration_s, CARD_QPS_LIMIT)
+    ctx.progress(f"[bench] 6c ack latency while {plan.card_streams} cards stream: edgecrab")
+    ack = card_ack(ctx)
+
+    typical, instant = first["typical"], first["instant"]
+    p50 = typical["p50_s"]
+    first_ok = p50 is not None and p50 <= CARD_FIRST_TEXT_GOAL_S and not typical["errors"]
+    ec, peer = many["edgecrab"], many["peer"]
+    calls_ok = ec["calls_per_reply_max"] is not None and ec["calls_per_reply_max"] <= ec["calls_goal"]
+    many_ok = (
+        ec["qps_limit_errors"] == 0
+        and ec["exact"] == ec["cards"] == plan.card_streams
+        and ec["error_count"] == 0
+        and calls_ok
+    )
+    p99 = ack["p99_s"]
+    ack_ok = p99 is not None and p99 < ACK_P99_GOAL_S and ack["acked"] == ack["sent"]
+
+    def calls(r: dict[str, Any]) -> str:
+        mean = r["calls_per_reply_mean"]
+        return f"{mean:.1f} (max {r['calls_per_reply_max']})" if mean is not None else "n/a"
+
+    nan = float("nan")
+    lines = [
+        Line(
+            "6a",
+            "card first text: one streaming reply, first token 1 s after the run starts (in-process)",
+            "first agent token → first visible card text, p50",
+            {EDGECRAB: f"{ms(p50 or nan)} (instant first token: {ms(instant['p50_s'] or nan)})"},
+            f"edgecrab p50 ≤ {CARD_FIRST_TEXT_GOAL_S * 1000:g} ms",
+            verdict(first_ok),
+            f"p50 {ms(p50 or nan)}, max {ms(typical['max_s'] or nan)}; instant first token p50 "
+            f"{ms(instant['p50_s'] or nan)} (the 0.5 s gap after delivery)",
+            first,
+        ),
+        Line(
+            "6b",
+            f"{plan.card_streams} concurrent {plan.card_duration_s:g} s card answers, one robot, fake at "
+            f"{CARD_QPS_LIMIT} QPS per API (in-process)",
+            "QpsLimit errors · exact finished cards · API calls per reply",
+            {
+                EDGECRAB: f"{ec['qps_limit_errors']} QpsLimit · {ec['exact']}/{ec['cards']} exact · "
+                f"{calls(ec)} calls/reply"
+            },
+            f"edgecrab 0 QpsLimit, every card exact, calls/reply ≤ 3 + duration / interval "
+            f"= {ec['calls_goal']}",
+            verdict(many_ok),
+            f"peer model (fixed {peer['interval_ms']} ms, no shared budget): "
+            f"{peer['qps_limit_errors']} QpsLimit, "
+            f"{peer['exact']}/{peer['cards']} exact, {calls(peer)} calls/reply; edgecrab wall "
+            f"{ec['wall_s']:.1f} s, first text p50 {ms(ec['first_text_p50_s'] or nan)}",
+            many,
+        ),
+        Line(
+            "6c",
+            f"ack latency, {ack['sent']:,} DMs at {plan.card_ack_rate:g} msg/s while "
+            f"{plan.card_streams} cards stream (gateway process)",
+            "ack latency p50 · p99",
+            {EDGECRAB: f"{ms(ack['p50_s'] or nan)} · {ms(p99 or nan)}"},
+            f"edgecrab p99 < {ACK_P99_GOAL_S * 1000:g} ms",
+            verdict(ack_ok),
+            f"p99 {ms(p99 or nan)}; {ack['cards_inputting']} cards writing at the end of the window",
+            ack,
+        ),
+    ]
+    return {"first_text": first, "many_cards": many, "ack_while_streaming": ack}, lines
+
+
+def card_ack(ctx: Context) -> dict[str, Any]:
+    """``edgecrab gateway start`` with ``reply_mode: card`` and the streaming fake LLM: start
+    ``card_streams`` answers, then time the acks of ``card_ack_messages`` more DMs from the same users
+    (queued behind their running answers) while the cards stream."""
+    plan = ctx.plan
+    workdir = ctx.workdir / "cards-edgecrab"
+    workdir.mkdir(parents=True, exist_ok=True)
+    users = ctx.users[: plan.card_streams]
+    words = max(1, int((plan.card_duration_s - 1.0) / plan.card_token_s))
+    llm = LlmServer(1.0, workdir / "llm.log", token_delay_s=plan.card_token_s, reply_words=words)
+    try:
+        with BenchFake([ctx.warm_user, *ctx.users], log_path=workdir / "fakedingtalk.log") as fake:
+            httpx.post(
+                f"{fake.base_url}/_fake/cards/settings", json={"qps_limit": CARD_QPS_LIMIT}
+            ).raise_for_status()
+            extra = f"    reply_mode: card\n    card:\n      qps: {CARD_QPS_LIMIT}\n"
+            running = contenders.start(EDGECRAB, fake, workdir, llm.base_url, dingtalk_extra=extra)
+            try:
+                starts = [(fake.index(u), text_for(i + 1)) for i, u in enumerate(users)]
+                fake.open_loop(starts, float(len(starts)), 10.0)
+                items = [
+                    (fake.index(users[i % len(users)]), text_for(len(users) + i + 1))
+                    for i in range(plan.card_ack_messages)
+                ]
+                res = fake.open_loop(
+                    items, plan.card_ack_rate, max(10.0, 2 * len(items) / plan.card_ack_rate)
+                )
+                state = httpx.get(f"{fake.base_url}/_fake/cards").json()
+            finally:
+                running.stop()
+    finally:
+        llm.close()
+    p50 = percentile(res.latencies_s, 50, res.sent)
+    p99 = percentile(res.latencies_s, 99, res.sent)
+    statuses = [c.get("status") for c in state.get("cards", [])]
+    return {
+        "streams": plan.card_streams,
+        "sent": res.sent,
+        "acked": len(res.latencies_s),
+        "p50_s": finite(p50),
+        "p99_s": finite(p99),
+        "max_s": finite(max(res.latencies_s, default=float("nan"))),
+        "cards_seen": len(statuses),
+        "cards_inputting": statuses.count("inputting"),
+        "qps_limit_errors": state.get("settings", {}).get("throttled"),
+    }
 
 
 def plan_dict(plan: Plan) -> dict[str, Any]:

@@ -11,7 +11,11 @@ cannot @ anyone.
 Never stuck "thinking":
 
 - open cards are recorded in the store (one kv key per robot); at the next start every card left open by
-  a crash or a stop is finished with :data:`INTERRUPTED_TEXT`;
+  a crash or a stop is finished with the text it showed (as last saved: at every watchdog tick, at most
+  every 30 s, and at shutdown) and :data:`INTERRUPTED_TEXT`;
+- a card is forgotten only once its final state was accepted: a card whose finish failed (cards became
+  unavailable mid-stream, QpsLimit to the end) stays recorded, and the watchdog (or the next start) finishes
+  it later, with the text it showed and :data:`~edgecrab.dingtalk.cardstream.CONTINUED_NOTICE`;
 - a watchdog finishes a card that had no new text for ``card.watchdog_s`` (10 minutes by default);
 - the card's stop button (topic :data:`CARD_CALLBACK_TOPIC`) does what ``/stop`` does (``on_stop``).
 
@@ -35,8 +39,15 @@ import anyio.abc
 import httpx
 
 from edgecrab.config.model import DingTalkConfig
-from edgecrab.dingtalk.cards import CardClient, CardError, CardHandle, CardState, CardsUnavailable
-from edgecrab.dingtalk.cardstream import CardStreamer, split_for_card
+from edgecrab.dingtalk.cards import (
+    CardClient,
+    CardError,
+    CardHandle,
+    CardState,
+    CardsUnavailable,
+    CardThrottled,
+)
+from edgecrab.dingtalk.cardstream import CONTINUED_NOTICE, CardStreamer, split_for_card
 from edgecrab.dingtalk.cardtext import mention_prefix, to_card_markdown
 from edgecrab.dingtalk.frames import Frame
 from edgecrab.dingtalk.streamconn import AckDecision
@@ -53,6 +64,11 @@ INTERRUPTED_TEXT = "⚠️ Interrupted — send your question again. (回复被�
 WATCHDOG_TEXT = "⚠️ No answer came for {minutes:g} minutes — send your question again."
 OPEN_CARDS_KEY = "cards.open."
 """kv key prefix (+ robot code): the cards this robot has open, as a JSON object by outTrackId."""
+SHOWN_TEXTS_KEY = "cards.shown."
+"""kv key prefix (+ robot code): the text each open card showed when last saved (a JSON object by
+outTrackId), kept apart from the records so that opening and closing cards stay small writes."""
+RETRY_FOR_S = 86400.0
+"""A card whose finish keeps failing is given up this long after it was opened (one day)."""
 
 StopHandler = Callable[[Message], Awaitable[None]]
 """on_stop(message): a card's stop button was pressed during the run answering ``message``."""
@@ -102,15 +118,18 @@ class LiveCard:
         if self.closed:
             return False
         self.closed = True
+        failed = False
         try:
             await self.streamer.finish(text, state)
             return True
         except CardError as err:
+            failed = True
             self.owner.card_failed(err)
             return False
         finally:
             self.streamer.close()
-            await self.owner.forget(self)
+            # Cancelled before the finish was made (a shutdown): the card stays recorded as open.
+            await self.owner.forget(self, state if failed or self.streamer.handle.finalized else None)
 
 
 class CardReplies:
@@ -135,6 +154,9 @@ class CardReplies:
         """``clock()`` time until which replies are markdown (cards were found unavailable)."""
         self.live: dict[str, LiveCard] = {}
         self._records: dict[str, dict[str, Any]] = {}
+        self._unfinished: dict[str, CardHandle] = {}
+        """Cards closed without a final state (their record carries the text and state to finish with)."""
+        self._shown_saved: dict[str, str] = {}
         self._lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
         self.opened = 0
@@ -143,12 +165,27 @@ class CardReplies:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         raw = await self.store.kv_get(OPEN_CARDS_KEY + self.robot)
         left_open = json.loads(raw) if raw else {}
+        raw = await self.store.kv_get(SHOWN_TEXTS_KEY + self.robot)
+        shown = json.loads(raw) if raw else {}
+        for card_id, rec in left_open.items():
+            if "state" not in rec:  # open when the last run ended: what it showed, then "interrupted"
+                text = str(shown.get(card_id) or "").rstrip()
+                rec.update(text=f"{text}\n\n{INTERRUPTED_TEXT}" if text else INTERRUPTED_TEXT, state="failed")
         self._records = dict(left_open)
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            task_status.started()
-            tg.start_soon(self._recover, list(left_open.values()))
-            await self._watch()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                tg.start_soon(self._recover, list(left_open.values()))
+                await self._watch()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._save_shown()  # a restart finishes the open cards with what they show now
+
+    @property
+    def unfinished(self) -> int:
+        """Cards closed without a final state, waiting for the watchdog (or the next start) to finish them."""
+        return len(self._unfinished)
 
     # -- opening -----------------------------------------------------------------------------------
     async def open(self, message: Message, session_key: str) -> LiveCard | None:
@@ -194,9 +231,27 @@ class CardReplies:
             )
         self.markdown_until = max(self.markdown_until, now + MARKDOWN_STAY_S)
 
-    async def forget(self, card: LiveCard) -> None:
-        self.live.pop(card.out_track_id, None)
-        self._records.pop(card.out_track_id, None)
+    async def forget(self, card: LiveCard, state: CardState | None) -> None:
+        """``card`` was closed: forgotten when its final state was accepted; else kept for a later finish
+        (its record then carries the text and ``state`` to finish with), or, with ``state`` None (the
+        finish was cancelled: a shutdown), left recorded as open for the next start."""
+        card_id = card.out_track_id
+        if state is None:
+            return  # still in ``live``, so that what it shows is saved as the gateway stops
+        self.live.pop(card_id, None)
+        handle = card.streamer.handle
+        if handle.finalized or card_id not in self._records:
+            self._records.pop(card_id, None)
+        else:
+            shown = card.streamer.shown.rstrip()
+            if state == "stopped":
+                text = shown
+            else:
+                state = "failed"
+                text = f"{shown}\n\n{CONTINUED_NOTICE}" if shown else CONTINUED_NOTICE
+            self._records[card_id].update(text=text, state=state)
+            self._unfinished[card_id] = handle
+            log.warning("[cards] card %s could not be finished; it is tried again later", card_id)
         with anyio.CancelScope(shield=True):
             await self._save()
 
@@ -219,10 +274,14 @@ class CardReplies:
 
     # -- never stuck -------------------------------------------------------------------------------
     async def _watch(self) -> None:
-        """Finish the cards that had no new text for ``watchdog_s``."""
+        """Finish the cards that had no new text for ``watchdog_s``, try again to finish the cards whose
+        finish failed, and save what the open cards show."""
         while True:
             await anyio.sleep(max(0.05, min(self.watchdog_s / 4, 30.0)))
             now = self.clock()
+            if self._unfinished and now >= self.markdown_until:
+                await self._finish_unfinished()
+            await self._save_shown()
             for card in list(self.live.values()):
                 if not card.closed and now - card.last_push >= self.watchdog_s:
                     log.warning(
@@ -234,23 +293,51 @@ class CardReplies:
                     self._tg.start_soon(card.expire, WATCHDOG_TEXT.format(minutes=self.watchdog_s / 60))
 
     async def _recover(self, left_open: list[dict[str, Any]]) -> None:
-        """Finish the cards the last run left open (a crash, a restart) with :data:`INTERRUPTED_TEXT`."""
+        """Finish the cards the last run left open (a crash, a restart) with the text they showed and
+        :data:`INTERRUPTED_TEXT`, or left unfinished (their finish failed) with the text recorded."""
         for rec in left_open:
             route = ReplyRoute(self.robot, str(rec.get("conversation", "")), bool(rec.get("group")))
             handle = CardHandle(str(rec["id"]), route, str(rec.get("content_key") or self.card.content_key))
-            try:
-                await self.client.finish(handle, INTERRUPTED_TEXT, "failed")
-                self.recovered += 1
-                log.info(
-                    "[cards] card %s left open by the last run: finished as interrupted", handle.out_track_id
-                )
-            except CardError as err:
-                log.warning(
-                    "[cards] could not finish card %s left open by the last run: %s", handle.out_track_id, err
-                )
-            self._records.pop(handle.out_track_id, None)
+            self._unfinished[handle.out_track_id] = handle
         if left_open:
-            await self._save()
+            await self._finish_unfinished()
+
+    async def _finish_unfinished(self) -> None:
+        """Finish the cards closed without a final state; keep those that fail for a passing reason."""
+        for card_id, handle in list(self._unfinished.items()):
+            rec = self._records.get(card_id)
+            if rec is None:
+                self._unfinished.pop(card_id, None)
+                continue
+            state: CardState = "stopped" if rec.get("state") == "stopped" else "failed"
+            try:
+                await self.client.finish(handle, str(rec.get("text") or INTERRUPTED_TEXT), state)
+            except CardError as err:
+                if handle.finalized:  # out of "writing", though its final frame failed
+                    pass
+                elif isinstance(err, CardsUnavailable | CardThrottled) and (
+                    time.time() - float(rec.get("opened_at", 0.0)) < RETRY_FOR_S
+                ):
+                    log.warning("[cards] could not finish card %s yet: %s", card_id, err)
+                    if isinstance(err, CardsUnavailable):
+                        self.card_failed(err)
+                        break
+                    continue
+                else:
+                    log.warning("[cards] gave up finishing card %s: %s", card_id, err)
+            else:
+                self.recovered += 1
+                log.info("[cards] card %s left unfinished: finished now (%s)", card_id, state)
+            self._unfinished.pop(card_id, None)
+            self._records.pop(card_id, None)
+        await self._save()
+
+    async def _save_shown(self) -> None:
+        """Save what each open card shows, when it changed (one small write; none when nothing did)."""
+        shown = {card_id: card.streamer.shown for card_id, card in self.live.items() if card.streamer.shown}
+        if shown != self._shown_saved:
+            await self.store.kv_set(SHOWN_TEXTS_KEY + self.robot, json.dumps(shown))
+            self._shown_saved = shown
 
     async def _save(self) -> None:
         async with self._lock:

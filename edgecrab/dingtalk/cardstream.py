@@ -20,6 +20,7 @@ tests check them without a clock.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -42,6 +43,8 @@ OPEN_GAP_S = 0.5
 CLOSE_GAP_S = 0.5
 THROTTLE_BACKOFF = Backoff(0, 1.0, 8.0)
 """Waits after throttled updates: 1 s doubling to 8 s (never fewer than DingTalk's 1 s for a QpsLimit)."""
+CONTINUED_NOTICE = "⚠️ The answer continues below as messages. (回复将以消息形式继续)"
+"""Ends a card that became unavailable mid-stream; the whole answer follows as markdown messages."""
 MAX_SERVER_ERRORS = 4
 """Consecutive 5xx answers to updates after which the card is given up as unavailable."""
 
@@ -189,14 +192,23 @@ class CardStreamer:
 
     async def finish(self, text: str, state: CardState) -> None:
         """Finish the card with ``text`` (cut to ``max_chars``; the caller sends the rest as markdown).
-        Raises :class:`CardsUnavailable` found while streaming, or the finish call's :class:`CardError`."""
+        Raises :class:`CardsUnavailable` found while streaming (after trying to finish the card in the
+        failed state with the text it shows and :data:`CONTINUED_NOTICE`), or the finish call's
+        :class:`CardError`. ``handle.finalized`` tells whether the card left "writing" either way."""
         self._close()
         await self._done.wait()
-        if isinstance(self.error, CardsUnavailable):
-            raise self.error
         wait = self.pacer.final_due() - anyio.current_time()
         if wait > 0:
             await anyio.sleep(wait)
+        if isinstance(self.error, CardsUnavailable):
+            # Cards became unavailable mid-stream: still try to take the card out of "writing", with what it
+            # shows and a notice, then raise so that the caller sends the answer as markdown. When even this
+            # fails, ``handle.finalized`` stays False and the caller keeps the card for a later finish.
+            shown = self._sent.rstrip()
+            text = f"{shown}\n\n{CONTINUED_NOTICE}" if shown else CONTINUED_NOTICE
+            with contextlib.suppress(CardError):
+                await self.client.finish(self.handle, text, "failed")
+            raise self.error
         await self.client.finish(self.handle, self.card_text(text), state)
 
     async def _run(self) -> None:

@@ -7,6 +7,7 @@ is gated by events, so each test decides when the answer grows, fails or ends.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from edgecrab.config.model import CardConfig
 from edgecrab.core.agentcall import USER_FAILURE_TEXT
 from edgecrab.dingtalk.cardreply import INTERRUPTED_TEXT, MARKDOWN_STAY_S
 from edgecrab.dingtalk.cards import STOPPED_MARK
-from edgecrab.dingtalk.cardstream import split_for_card
+from edgecrab.dingtalk.cardstream import CONTINUED_NOTICE, split_for_card
 from edgecrab.dingtalk.cardtext import to_card_markdown
 from edgecrab.events import AgentRequest, AgentResult
 from edgecrab.gateway import Gateway
@@ -204,7 +205,8 @@ async def test_restart_finishes_a_card_left_open(tmp_path: Path) -> None:
         again.gate.set()
         async with card_gateway(tmp_path, again, fake) as (_, gateway):
             await until(fake, lambda: left.status == "failed")
-            assert left.text == INTERRUPTED_TEXT
+            # What it showed (saved at shutdown), then the notice.
+            assert left.text == f"Hello\n\n{INTERRUPTED_TEXT}"
             # The message itself is answered again, in a new card.
             await until(fake, lambda: len(cards(fake)) == 2 and cards(fake)[1].status == "finished")
             assert gateway.cards is not None and gateway.cards.recovered == 1
@@ -221,6 +223,73 @@ async def test_watchdog_finishes_a_silent_card_and_the_reply_still_arrives(tmp_p
         agent.gate.set()  # the answer comes after all: never lost, it goes out as markdown
         await until(fake, lambda: fake.messages_for(cid))
         assert "A second line" in fake.messages_for(cid)[0].text
+
+
+class TwoGateAgent(Agent):
+    """Streams "Hello", waits for ``first``, streams the rest, waits for ``second``, answers."""
+
+    name = "two-gates"
+
+    def __init__(self) -> None:
+        self.first, self.second = anyio.Event(), anyio.Event()
+
+    async def run(self, request: AgentRequest) -> AgentResult:
+        return await self.stream(request, ignore_deltas)
+
+    async def stream(self, request: AgentRequest, on_delta: Deltas) -> AgentResult:
+        on_delta(REPLY[0])
+        await self.first.wait()
+        on_delta(REPLY[1])
+        await self.second.wait()
+        on_delta(REPLY[2])
+        return AgentResult("".join(REPLY))
+
+
+async def unavailable_mid_stream(
+    fake: FakeDingTalk, gateway: Gateway, agent: TwoGateAgent, *scopes: str
+) -> str:
+    """Start a card, let it show "Hello", revoke ``scopes``, let an update fail, end the run; returns the
+    DM's conversation id."""
+    user = fake.users[1]
+    await fake.push(fake.dm(user, "go"))
+    await until(fake, lambda: cards(fake) and cards(fake)[0].text == "Hello")
+    for scope in scopes:
+        fake.cards.revoke(scope)
+    assert gateway.cards is not None
+    live = list(gateway.cards.live.values())
+    agent.first.set()
+    await until(fake, lambda: live[0].streamer.error is not None)
+    agent.second.set()
+    cid = fake.dm_conversation_id(user)
+    await until(fake, lambda: fake.messages_for(cid))
+    assert "A second line" in fake.messages_for(cid)[0].text  # the whole answer, as markdown
+    return cid
+
+
+async def test_cards_unavailable_mid_stream_still_finish_the_card(tmp_path: Path) -> None:
+    agent = TwoGateAgent()
+    async with card_gateway(tmp_path, agent) as (fake, gateway):
+        await unavailable_mid_stream(fake, gateway, agent, "Card.Streaming.Write")
+        card = cards(fake)[0]
+        await until(fake, lambda: card.status == "failed")  # never left "writing"
+        assert card.text == f"Hello\n\n{CONTINUED_NOTICE}"
+        assert await gateway.store.kv_get(f"cards.open.{gateway.robot}") == "{}"
+
+
+async def test_a_card_that_cannot_be_finished_is_kept_and_finished_later(tmp_path: Path) -> None:
+    agent = TwoGateAgent()
+    async with card_gateway(tmp_path, agent, watchdog_s=0.6) as (fake, gateway):
+        await unavailable_mid_stream(fake, gateway, agent, "Card.Streaming.Write", "Card.Instance.Write")
+        card = cards(fake)[0]
+        assert card.status == "inputting" and gateway.cards is not None and gateway.cards.unfinished == 1
+        record = json.loads(await gateway.store.kv_get(f"cards.open.{gateway.robot}") or "{}")
+        assert record[card.out_track_id]["text"] == f"Hello\n\n{CONTINUED_NOTICE}"  # kept for later
+        fake.cards.grant()
+        assert gateway.cards is not None
+        gateway.cards.markdown_until = 0.0  # the 30 minutes on markdown are over: the watchdog tries again
+        await until(fake, lambda: card.status == "failed")
+        assert card.text == f"Hello\n\n{CONTINUED_NOTICE}"
+        await until(fake, lambda: gateway.cards is not None and gateway.cards.unfinished == 0)
 
 
 def test_card_config_defaults() -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from bench.plan import (
     ACK_P99_GOAL_S,
+    CARD_FIRST_TEXT_GOAL_S,
     CHUNKING_GOAL_S,
     ECHO_SLOW_VS_SDK_GOAL,
     ECHO_VS_SDK_GOAL,
@@ -28,8 +29,8 @@ from bench.plan import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-LINE_IDS = {"1a", "1b", "2", "3", "4a", "4b", "5"}
-SCENARIOS = {"echo_rest_instant", "echo_rest_50ms", "ack_latency", "burst", "memory", "chunking"}
+LINE_IDS = {"1a", "1b", "2", "3", "4a", "4b", "5", "6a", "6b", "6c"}
+SCENARIOS = {"echo_rest_instant", "echo_rest_50ms", "ack_latency", "burst", "memory", "chunking", "cards"}
 CONTENDERS = {"edgecrab", "sdk", "raw"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -96,6 +97,17 @@ def test_every_contender_produced_numbers(smoke: tuple[dict[str, Any], str]) -> 
     assert edgecrab["complete"] and edgecrab["sessions"] == SMOKE.sessions, edgecrab
     assert isinstance(edgecrab["per_session_bytes"], int | float), edgecrab
     assert positive(s["chunking"]["best_s"])
+    cards = s["cards"]
+    for kind in ("typical", "instant"):  # every reply showed text, and the figure is a time
+        first = cards["first_text"][kind]
+        assert len(first["values_s"]) == SMOKE.card_first_samples and positive(first["p50_s"]), first
+    for who in ("edgecrab", "peer"):
+        r = cards["many_cards"][who]
+        assert r["cards"] == SMOKE.card_streams and r["finished"] == r["exact"] == SMOKE.card_streams, r
+        assert positive(r["calls_per_reply_mean"]) and r["qps_limit_errors"] >= 0, r
+    ack = cards["ack_while_streaming"]
+    assert ack["acked"] == ack["sent"] == SMOKE.card_ack_messages and positive(ack["p99_s"]), ack
+    assert ack["cards_seen"] >= SMOKE.card_streams, ack
 
 
 def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[dict[str, Any], str]) -> None:
@@ -111,6 +123,8 @@ def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[d
     ack_p99 = contender("ack_latency")["p99_s"]
     burst = contender("burst")
     memory = contender("memory")
+    many = s["cards"]["many_cards"]["edgecrab"]
+    card_ack = s["cards"]["ack_while_streaming"]
     expected = {
         "1a": (f"≥ {ECHO_VS_SDK_GOAL:g}× SDK", echo["edgecrab"] >= ECHO_VS_SDK_GOAL * echo["sdk"]),
         "1b": (f"≥ {ECHO_SLOW_VS_SDK_GOAL:g}× SDK", slow["edgecrab"] >= ECHO_SLOW_VS_SDK_GOAL * slow["sdk"]),
@@ -125,6 +139,20 @@ def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[d
             memory["complete"] and memory["per_session_bytes"] / 1024 <= SESSION_GOAL_KB,
         ),
         "5": (f"< {CHUNKING_GOAL_S * 1000:g} ms", s["chunking"]["best_s"] < CHUNKING_GOAL_S),
+        "6a": (
+            f"p50 ≤ {CARD_FIRST_TEXT_GOAL_S * 1000:g} ms",
+            s["cards"]["first_text"]["typical"]["p50_s"] <= CARD_FIRST_TEXT_GOAL_S,
+        ),
+        "6b": (
+            "0 QpsLimit",
+            many["qps_limit_errors"] == 0
+            and many["exact"] == SMOKE.card_streams
+            and many["calls_per_reply_max"] <= many["calls_goal"],
+        ),
+        "6c": (
+            f"p99 < {ACK_P99_GOAL_S * 1000:g} ms",
+            card_ack["p99_s"] < ACK_P99_GOAL_S and card_ack["acked"] == card_ack["sent"],
+        ),
     }
     for line_id, (goal, ok) in expected.items():
         line = lines[line_id]
@@ -133,3 +161,4 @@ def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[d
         assert line["detail"], line_id  # the measured value shows next to the goal
     assert "raw" not in lines["1a"]["goal"] and "% of raw" in lines["1a"]["detail"]  # reported, not judged
     assert all(f"{who} " in lines["1a"]["detail"] for who in CONTENDERS), lines["1a"]["detail"]
+    assert "peer model" in lines["6b"]["detail"] and "instant first token" in lines["6a"]["detail"]

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from edgecrab.dingtalk.cards import CardHandle, CardState, CardsUnavailable, CardThrottled
-from edgecrab.dingtalk.cardstream import CardStreamer, Pacer, split_for_card
+from edgecrab.dingtalk.cardstream import CONTINUED_NOTICE, CardStreamer, Pacer, split_for_card
 from edgecrab.events import ReplyRoute
 from edgecrab.retry import Backoff
 
@@ -175,7 +175,7 @@ async def test_a_throttled_update_is_retried_with_the_newest_text_after_the_back
 
 
 @pytest.mark.anyio
-async def test_cards_unavailable_stops_updates_and_finish_raises_it() -> None:
+async def test_cards_unavailable_stops_updates_and_finish_still_ends_the_card_then_raises() -> None:
     denied = CardsUnavailable("no permission", status=403, required_scopes=("Card.Streaming.Write",))
     recorder, card = Recorder(fail=[denied]), handle()
     async with CardStreamer(recorder, card, interval_s=0.01, open_gap_s=0, close_gap_s=0) as streamer:
@@ -184,7 +184,8 @@ async def test_cards_unavailable_stops_updates_and_finish_raises_it() -> None:
         streamer.push("ab")
         with pytest.raises(CardsUnavailable):
             await streamer.finish("ab", "finished")
-    assert len(recorder.updates) == 1 and recorder.finished == []
+    # The card still leaves "writing" (failed, with what it shows and a notice); the answer goes as markdown.
+    assert len(recorder.updates) == 1 and recorder.finished == [(CONTINUED_NOTICE, "failed")]
 
 
 @pytest.mark.anyio
