@@ -7,6 +7,7 @@ is gated by events, so each test decides when the answer grows, fails or ends.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -19,7 +20,7 @@ import anyio
 import pytest
 
 from edgecrab.agents.base import Agent, AgentError, Deltas, ignore_deltas
-from edgecrab.config.model import CardConfig
+from edgecrab.config.model import CardConfig, SessionsConfig
 from edgecrab.core.agentcall import USER_FAILURE_TEXT
 from edgecrab.dingtalk.cardreply import INTERRUPTED_TEXT, MARKDOWN_STAY_S
 from edgecrab.dingtalk.cards import STOPPED_MARK
@@ -70,13 +71,19 @@ class GatedAgent(Agent):
 
 @contextlib.asynccontextmanager
 async def card_gateway(
-    tmp_path: Path, agent: Agent, fake: FakeDingTalk | None = None, **card: Any
+    tmp_path: Path,
+    agent: Agent,
+    fake: FakeDingTalk | None = None,
+    sessions: SessionsConfig | None = None,
+    **card: Any,
 ) -> AsyncIterator[tuple[FakeDingTalk, Gateway]]:
     async with contextlib.AsyncExitStack() as stack:
         if fake is None:
             fake = await stack.enter_async_context(FakeDingTalk())
         settings = CardConfig(**{"update_interval_ms": 100, **card})
         config = make_config(fake, tmp_path, reply_mode="card", card=settings)
+        if sessions is not None:
+            config = dataclasses.replace(config, sessions=sessions)
         gateway = await stack.enter_async_context(running_gateway(config, agent))
         yield fake, gateway
 
@@ -137,6 +144,22 @@ async def test_stopping_finishes_the_card_at_once_and_closes_the_agent_stream(
         if how == "button":
             acks = [a for a in fake.acks if a.message_id and a.code == 200]
             assert acks  # the card callback was acked like any callback
+
+
+async def test_the_interrupt_policy_finishes_the_running_card_as_stopped(tmp_path: Path) -> None:
+    agent = GatedAgent()
+    sessions = SessionsConfig(busy_policy="interrupt")
+    async with card_gateway(tmp_path, agent, sessions=sessions) as (fake, _gateway):
+        user = fake.users[1]
+        await fake.push(fake.dm(user, "first question"))
+        await until(fake, lambda: cards(fake) and cards(fake)[0].text == "Hello")
+        first = cards(fake)[0]
+        await fake.push(fake.dm(user, "a newer question"))  # interrupts the run in flight
+        await until(fake, lambda: first.status == "finished")
+        assert first.text == f"Hello\n\n{STOPPED_MARK}" and agent.cancelled == 1
+        agent.gate.set()  # the newer question's run streams into a card of its own, to the end
+        await until(fake, lambda: len(cards(fake)) == 2 and cards(fake)[1].status == "finished")
+        assert cards(fake)[1].text == to_card_markdown("".join(REPLY))
 
 
 async def test_agent_failure_finishes_the_card_as_failed(tmp_path: Path) -> None:
