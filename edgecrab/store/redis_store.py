@@ -30,6 +30,7 @@ from edgecrab.store import redis_rows as rows
 from edgecrab.store.base import (
     PROCESSING,
     SENT,
+    ChunkState,
     InboxEntry,
     OutboxChunk,
     SessionStats,
@@ -243,6 +244,23 @@ class RedisStore(Store):
                     pipe.hgetall(self._key("outbox", "chunk", chunk_id))
                 hashes = await pipe.execute()
         return [rows.chunk(h) for h in hashes if h]
+
+    async def outbox_reply(self, reply_id: str) -> list[ChunkState]:
+        fields = ("total", "state", "error")
+        with rows.reachable(self.url):
+            first = await self.client.hmget(self._key("outbox", "chunk", rows.chunk_id(reply_id, 0)), fields)
+            if first[0] is None:
+                return []
+            total = int(first[0])
+            async with self.client.pipeline(transaction=False) as pipe:
+                for index in range(1, total):
+                    pipe.hmget(self._key("outbox", "chunk", rows.chunk_id(reply_id, index)), fields)
+                rest = await pipe.execute()
+        return [
+            ChunkState(index, total, str(values[1] or ""), str(values[2] or ""))
+            for index, values in enumerate([first, *rest])
+            if values[1] is not None
+        ]
 
     async def outbox_mark(self, reply_id: str, index: int, state: str, error: str = "") -> None:
         await self._run(Ops().add("mark", rows.chunk_id(reply_id, index), state, error))
