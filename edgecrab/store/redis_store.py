@@ -246,19 +246,23 @@ class RedisStore(Store):
         return [rows.chunk(h) for h in hashes if h]
 
     async def outbox_reply(self, reply_id: str) -> list[ChunkState]:
-        fields = ("total", "state", "error")
+        fields = ["total", "state", "error"]
+
+        async def read(indexes: range) -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for index in indexes:
+                    pipe.hmget(self._key("outbox", "chunk", rows.chunk_id(reply_id, index)), fields)
+                return list(await pipe.execute())
+
         with rows.reachable(self.url):
-            first = await self.client.hmget(self._key("outbox", "chunk", rows.chunk_id(reply_id, 0)), fields)
+            first = (await read(range(1)))[0]
             if first[0] is None:
                 return []
             total = int(first[0])
-            async with self.client.pipeline(transaction=False) as pipe:
-                for index in range(1, total):
-                    pipe.hmget(self._key("outbox", "chunk", rows.chunk_id(reply_id, index)), fields)
-                rest = await pipe.execute()
+            found = [first, *await read(range(1, total))]
         return [
-            ChunkState(index, total, str(values[1] or ""), str(values[2] or ""))
-            for index, values in enumerate([first, *rest])
+            ChunkState(index, total, str(values[1]), str(values[2] or ""))
+            for index, values in enumerate(found)
             if values[1] is not None
         ]
 

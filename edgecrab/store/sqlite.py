@@ -20,7 +20,6 @@ from typing import Any
 
 from edgecrab.store.base import (
     CANCELLED,
-    ChunkState,
     DONE,
     FAILED,
     PENDING,
@@ -28,6 +27,7 @@ from edgecrab.store.base import (
     RECEIVED,
     SENDING,
     SENT,
+    ChunkState,
     InboxEntry,
     OutboxChunk,
     SessionStats,
