@@ -177,6 +177,33 @@ def build_parser() -> argparse.ArgumentParser:
     hooks = group("hooks", "inspect hooks")
     action(hooks, "list", "load the configured hooks and list them", _hooks_list)
 
+    send = commands.add_parser(
+        "send", parents=[common], help="send a proactive message (the robot speaks first)",
+        description=_SEND_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    target = send.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user", metavar="STAFF_ID", action="append",
+                        help="send a DM to this staff id (oToMessages/batchSend); repeat for several")
+    target.add_argument("--group", metavar="OPEN_CONVERSATION_ID",
+                        help="send into this group (groupMessages/send); the robot must be in it")
+    send.add_argument("--at", metavar="STAFF_ID", action="append", default=[],
+                      help="with --group: name this staff id at the end of the message (as text: "
+                      "groupMessages/send cannot notify anyone); repeat for several")
+    fmt = send.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", dest="format", action="store_const", const="markdown",
+                     help="send as markdown (default: platforms.dingtalk.reply_format)")
+    fmt.add_argument("--text", dest="format", action="store_const", const="text", help="send as plain text")
+    send.add_argument("--title", default="", help="the markdown title: what the notification shows "
+                      "(default: the start of the message)")
+    send.add_argument("--robot", metavar="NAME", default="default",
+                      help="the robot to send as; only 'default' until a gateway can have several robots")
+    send.add_argument("--direct", action="store_true",
+                      help="send from this process even when a gateway is running (not through its ledger)")
+    send.add_argument("--timeout", metavar="SECONDS", type=float, default=300.0,
+                      help="give up waiting for DingTalk's answers after this long (default: 300)")
+    send.add_argument("message", metavar="MESSAGE", help="the text, or - to read it from stdin")
+    send.set_defaults(handler=_send)
+
     sandbox = commands.add_parser("sandbox", parents=[common], help="run only the DingTalk emulator")
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     sandbox.add_argument("--port", type=_port_arg, default=SANDBOX_PORT,
@@ -189,6 +216,14 @@ _SANDBOX_HELP = (
     "run against the built-in DingTalk emulator; no DingTalk app needed. State is kept in sandbox.db in "
     "$EDGECRAB_HOME (default ~/.edgecrab), never in storage.url"
 )
+_SEND_DESCRIPTION = """Send a proactive message: a DM to staff ids, or a message into a group.
+
+When the config's http.port is not 0 and a gateway answers there, the message goes through that gateway's
+delivery ledger (POST /v1/send with Authorization: Bearer <http.token>; the gateway refuses it when no token
+is set). Otherwise (or with --direct) this process sends it itself, the way the gateway would: the same
+format, chunking, ordering, rate limits and retries. Exit 0 when DingTalk accepted every chunk, 1 when it
+refused one (an invalid staff id, a group the robot is not in, ...) with DingTalk's reason, 2 for a usage
+or configuration error."""
 SANDBOX_PORT = 8765
 """The emulator's default port (``edgecrab.sandbox.DEFAULT_PORT``, not imported: the CLI starts fast)."""
 
@@ -274,6 +309,24 @@ def _hooks_list(args: argparse.Namespace) -> int:
 
     print(hooks_list_text(config))
     return EXIT_OK
+
+
+def _send(args: argparse.Namespace) -> int:
+    from edgecrab.replies.proactive import SendRequest
+
+    text = sys.stdin.read() if args.message == "-" else args.message
+    request = SendRequest(
+        text=text, users=tuple(args.user or ()), group=args.group or "", at=tuple(args.at),
+        fmt=args.format or "", title=args.title, robot=args.robot,
+    )
+    problems = request.problems()
+    if problems:
+        print("edgecrab send: " + "; ".join(problems), file=sys.stderr)
+        return EXIT_USAGE
+    config = _load(args)
+    from edgecrab.ops.sendclient import run_send
+
+    return run_send(config, request, direct=args.direct, timeout_s=args.timeout)
 
 
 def _sandbox(args: argparse.Namespace) -> int:

@@ -18,6 +18,12 @@ flight gets half a second).
 * ``POST /reload``: re-read the config and hooks (:meth:`Gateway.reload <edgecrab.gateway.Gateway.reload>`);
   needs the token, and is refused (403) when none is configured. 200, or 422 with the errors (the running
   config kept).
+* ``POST /v1/send``: a proactive message (:mod:`edgecrab.replies.proactive`), JSON ``{"text", "user"
+  (a staff id or a list) | "group" (an openConversationId), "at", "format", "title", "robot"}``; needs the
+  token, and is refused (403) when none is configured. Recorded in the delivery ledger, answered 202 with
+  ``{"id"}``; 400 naming what is wrong with the request.
+* ``GET /v1/deliveries/{id}``: that delivery's state (``pending``, ``sent``, ``failed``) and each chunk's,
+  with DingTalk's error for a failed one; 404 when the ledger does not know it (or pruned it). Token as above.
 * ``POST <http.callback_path>`` in http mode: DingTalk's signed robot callbacks
   (:mod:`edgecrab.ops.callback`).
 
@@ -46,6 +52,7 @@ from edgecrab.errors import StartupError
 from edgecrab.ops.metrics import GatewayMetrics
 from edgecrab.ops.parts import GatewayParts
 from edgecrab.ops.ready import readiness
+from edgecrab.replies.proactive import SendRequest, delivery_state
 
 log = logging.getLogger("edgecrab.ops")
 
@@ -66,12 +73,14 @@ class OpsServer:
         *,
         callback: Handler | None = None,
         reload: Callable[[], Awaitable[list[str]]] | None = None,
+        send: Callable[[SendRequest], Awaitable[str]] | None = None,
     ) -> None:
         self.config = config
         self.parts = parts
         self.metrics = metrics
         self.callback = callback
         self.reload = reload
+        self.send = send
         self.host = config.host
         self.port = 0
 
@@ -87,6 +96,8 @@ class OpsServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
         app.router.add_post("/reload", self._reload)
+        app.router.add_post("/v1/send", self._send)
+        app.router.add_get("/v1/deliveries/{id}", self._delivery)
         if self.callback is not None:
             app.router.add_post(self.config.callback_path, self.callback)
         return app
@@ -159,6 +170,39 @@ class OpsServer:
         if errors:
             return _json({"reloaded": False, "errors": errors}, 422)
         return _json({"reloaded": True})
+
+    def _token_refusal(self, request: web.Request, what: str) -> web.Response | None:
+        """The answer refusing ``request`` to an endpoint that always needs the token, or None."""
+        if not self.config.token:
+            return _json({"error": f"forbidden: {what} needs http.token to be set"}, 403)
+        if not self._authorized(request):
+            return self._refuse()
+        return None
+
+    async def _send(self, request: web.Request) -> web.Response:
+        refusal = self._token_refusal(request, "POST /v1/send")
+        if refusal is not None:
+            return refusal
+        if self.send is None:
+            return _json({"error": "sending is not available"}, 404)
+        try:
+            body = await request.json()
+        except ValueError:
+            return _json({"error": "the body must be JSON"}, 400)
+        try:
+            delivery_id = await self.send(SendRequest.from_json(body))
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 400)
+        return _json({"id": delivery_id}, 202)
+
+    async def _delivery(self, request: web.Request) -> web.Response:
+        refusal = self._token_refusal(request, "GET /v1/deliveries")
+        if refusal is not None:
+            return refusal
+        state = await delivery_state(self.parts.store, request.match_info["id"])
+        if state is None:
+            return _json({"error": "no such delivery (unknown id, or pruned from the ledger)"}, 404)
+        return _json(state)
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` answers (also what chat ``/status`` draws its port line from)."""

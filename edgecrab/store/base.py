@@ -100,6 +100,17 @@ class OutboxChunk:
     session_key: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkState:
+    """Where one chunk of a reply stands in the ledger (:meth:`Store.outbox_reply`)."""
+
+    index: int
+    total: int
+    state: str
+    """``PENDING``, ``SENDING``, ``SENT``, ``UNDELIVERABLE`` or ``CANCELLED``."""
+    error: str = ""
+
+
 @dataclass(slots=True)
 class UsageDelta:
     turns: int = 0
@@ -260,6 +271,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def outbox_cancel(self, conversation_key: str, reply_id: str | None = None) -> int:
         """Mark unsent chunks (of one reply, or the whole conversation) as cancelled; returns how many."""
+
+    @abc.abstractmethod
+    async def outbox_reply(self, reply_id: str) -> list[ChunkState]:
+        """The state of each chunk of one reply, in order; empty when the ledger has none (never
+        recorded, or pruned)."""
 
     # -- small facts -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -30,6 +30,7 @@ from edgecrab.store import redis_rows as rows
 from edgecrab.store.base import (
     PROCESSING,
     SENT,
+    ChunkState,
     InboxEntry,
     OutboxChunk,
     SessionStats,
@@ -243,6 +244,27 @@ class RedisStore(Store):
                     pipe.hgetall(self._key("outbox", "chunk", chunk_id))
                 hashes = await pipe.execute()
         return [rows.chunk(h) for h in hashes if h]
+
+    async def outbox_reply(self, reply_id: str) -> list[ChunkState]:
+        fields = ["total", "state", "error"]
+
+        async def read(indexes: range) -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for index in indexes:
+                    pipe.hmget(self._key("outbox", "chunk", rows.chunk_id(reply_id, index)), fields)
+                return list(await pipe.execute())
+
+        with rows.reachable(self.url):
+            first = (await read(range(1)))[0]
+            if first[0] is None:
+                return []
+            total = int(first[0])
+            found = [first, *await read(range(1, total))]
+        return [
+            ChunkState(index, total, str(values[1]), str(values[2] or ""))
+            for index, values in enumerate(found)
+            if values[1] is not None
+        ]
 
     async def outbox_mark(self, reply_id: str, index: int, state: str, error: str = "") -> None:
         await self._run(Ops().add("mark", rows.chunk_id(reply_id, index), state, error))

@@ -27,6 +27,7 @@ from edgecrab.store.base import (
     RECEIVED,
     SENDING,
     SENT,
+    ChunkState,
     InboxEntry,
     OutboxChunk,
     SessionStats,
@@ -280,6 +281,12 @@ class SQLiteStore(SQLiteConnection, Store):
         else:
             rows = self._all(f"{_OUTBOX_SELECT} AND conversation_key = ? ORDER BY seq", (conversation_key,))
         return [chunk_from_row(row) for row in rows]
+
+    async def outbox_reply(self, reply_id: str) -> list[ChunkState]:
+        rows = self._all(
+            "SELECT idx, total, state, error FROM outbox WHERE reply_id = ? ORDER BY idx", (reply_id,)
+        )
+        return [ChunkState(int(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
 
     async def outbox_mark(self, reply_id: str, index: int, state: str, error: str = "") -> None:
         sql, params = outbox_state_update(reply_id, index, state, error)

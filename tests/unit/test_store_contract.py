@@ -521,6 +521,12 @@ async def test_outbox_mark_moves_chunks_through_their_states(store: Store) -> No
     await store.outbox_mark("r1", 1, SENDING)
     await store.outbox_mark("r1", 1, UNDELIVERABLE, error="invalidStaffIdList")
     assert ids(await store.outbox_pending("conv-1")) == [("r1", 2)]
+    assert [(c.index, c.total, c.state, c.error) for c in await store.outbox_reply("r1")] == [
+        (0, 3, SENT, ""),
+        (1, 3, UNDELIVERABLE, "invalidStaffIdList"),
+        (2, 3, PENDING, ""),
+    ]
+    assert await store.outbox_reply("nothing") == []
 
 
 async def test_outbox_cancel_one_reply_or_the_whole_conversation(store: Store) -> None:

@@ -288,6 +288,7 @@ def store_workout(store: SQLiteStore) -> Iterator[tuple[str, Any]]:
     yield "outbox_pending", store.outbox_pending("conv-1")
     yield "outbox_pending", store.outbox_pending()
     yield "outbox_mark", store.outbox_mark("r1", 0, SENT)
+    yield "outbox_reply", store.outbox_reply("r1")
     yield "outbox_cancel", store.outbox_cancel("conv-1", "r1")
     yield "outbox_cancel", store.outbox_cancel("conv-1")
     yield (
