@@ -177,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     hooks = group("hooks", "inspect hooks")
     action(hooks, "list", "load the configured hooks and list them", _hooks_list)
 
+    _add_send(commands, common)
+
+    sandbox = commands.add_parser("sandbox", parents=[common], help="run only the DingTalk emulator")
+    sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sandbox.add_argument("--port", type=_port_arg, default=SANDBOX_PORT,
+                         help=f"port to listen on (default: {SANDBOX_PORT}; 0 picks a free one)")
+    sandbox.set_defaults(handler=_sandbox)
+    return parser
+
+
+def _add_send(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     send = commands.add_parser(
         "send", parents=[common], help="send a proactive message (the robot speaks first)",
         description=_SEND_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -203,13 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="give up waiting for DingTalk's answers after this long (default: 300)")
     send.add_argument("message", metavar="MESSAGE", help="the text, or - to read it from stdin")
     send.set_defaults(handler=_send)
-
-    sandbox = commands.add_parser("sandbox", parents=[common], help="run only the DingTalk emulator")
-    sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    sandbox.add_argument("--port", type=_port_arg, default=SANDBOX_PORT,
-                         help=f"port to listen on (default: {SANDBOX_PORT}; 0 picks a free one)")
-    sandbox.set_defaults(handler=_sandbox)
-    return parser
 
 
 _SANDBOX_HELP = (

@@ -57,7 +57,8 @@ from edgecrab.ops.server import OpsServer
 from edgecrab.outbound import http_client
 from edgecrab.reload import prepare_reload
 from edgecrab.replies.delivery import Delivery
-from edgecrab.replies.proactive import DEFAULT_ROBOT, SendRequest, record
+from edgecrab.replies.proactive import SendRequest, submit
+from edgecrab.replies.proactive import send as send_proactive
 from edgecrab.store import open_store
 from edgecrab.store.base import DONE, FAILED, InboxEntry, OutboxChunk, Store
 from edgecrab.store.upkeep import housekeeping, store_upkeep
@@ -220,41 +221,14 @@ class Gateway:
             with anyio.move_on_after(0.5, shield=True):
                 await self.watch.drain()  # "stopped", as the client ended
 
-    async def send(
-        self,
-        *,
-        text: str,
-        user: str | list[str] | tuple[str, ...] = (),
-        group: str = "",
-        at: list[str] | tuple[str, ...] = (),
-        format: str = "",
-        title: str = "",
-        robot: str = DEFAULT_ROBOT,
-    ) -> str:
-        """Send a proactive message (the robot speaks first) to staff id(s) ``user`` or the group whose
-        openConversationId is ``group``: recorded in the delivery ledger and sent as replies are (in order,
-        paced, retried). Returns the delivery id (``GET /v1/deliveries/{id}``); ValueError when the request
-        cannot be sent (both or neither target, empty text, an unknown robot)."""
-        users = (user,) if isinstance(user, str) else tuple(user)
-        request = SendRequest(
-            text=text, users=users, group=group, at=tuple(at), fmt=format, title=title, robot=robot
-        )
-        return await self.send_request(request)
+    async def send(self, **fields: Any) -> str:
+        """A proactive message through this gateway's ledger, for hooks: ``gateway.send(user=... | group=...,
+        text=..., at=, format=, title=)`` (:func:`edgecrab.replies.proactive.send`); the delivery id."""
+        return await send_proactive(self.delivery, self.robot, **fields)
 
     async def send_request(self, request: SendRequest) -> str:
         """:meth:`send` for a :class:`~edgecrab.replies.proactive.SendRequest` (``POST /v1/send``)."""
-        problems = request.problems()
-        if request.fmt and request.fmt != self.delivery.format.fmt:
-            problems.append(
-                f"this gateway sends reply_format {self.delivery.format.fmt}: a {request.fmt} message cannot "
-                "go through its ledger (leave the format out, or change platforms.dingtalk.reply_format)"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return await record(self.delivery, self.delivery.format, request, self.robot)
-
-    def _ops_url(self) -> str:
-        return self.ops.url if self.ops.port else ""
+        return await submit(self.delivery, request, self.robot)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def _build(self, http: httpx.AsyncClient) -> None:
@@ -285,7 +259,7 @@ class Gateway:
             self.runner,
             self.reply,
             hooks=self.hooks,
-            connection=ConnectionInfo(self.watch.describe, ops=self._ops_url),
+            connection=ConnectionInfo(self.watch.describe, ops=lambda: self.ops.url if self.ops.port else ""),
             cancel_outbox=lambda m: (
                 self.delivery.cancel(m.route, session_key=self.runner.key(m)) if m.route else _zero()
             ),

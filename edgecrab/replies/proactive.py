@@ -156,6 +156,43 @@ async def record(
     return ".".join(p.reply_id for p in prepared)
 
 
+async def submit(delivery: Any, request: SendRequest, robot_code: str) -> str:
+    """Check ``request`` against what a running gateway's ledger can carry, then :func:`record` it; the
+    delivery id, or ValueError naming every problem."""
+    problems = request.problems()
+    if request.fmt and request.fmt != delivery.format.fmt:
+        problems.append(
+            f"this gateway sends reply_format {delivery.format.fmt}: a {request.fmt} message cannot "
+            "go through its ledger (leave the format out, or change platforms.dingtalk.reply_format)"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
+    return await record(delivery, delivery.format, request, robot_code)
+
+
+async def send(
+    delivery: Any,
+    robot_code: str,
+    *,
+    text: str,
+    user: str | list[str] | tuple[str, ...] = (),
+    group: str = "",
+    at: list[str] | tuple[str, ...] = (),
+    format: str = "",
+    title: str = "",
+    robot: str = DEFAULT_ROBOT,
+) -> str:
+    """A proactive message (the robot speaks first) to staff id(s) ``user`` or the group whose
+    openConversationId is ``group``, through ``delivery``'s ledger: sent as replies are (in order, paced,
+    retried). The delivery id (``GET /v1/deliveries/{id}``); ValueError when the request cannot be sent (both
+    or neither target, empty text, an unknown robot)."""
+    users = (user,) if isinstance(user, str) else tuple(user)
+    request = SendRequest(
+        text=text, users=users, group=group, at=tuple(at), fmt=format, title=title, robot=robot
+    )
+    return await submit(delivery, request, robot_code)
+
+
 async def delivery_state(store: Store, delivery_id: str) -> dict[str, Any] | None:
     """What ``GET /v1/deliveries/{id}`` answers: the state of the delivery (``pending`` while a chunk
     is unsent, ``failed`` when one was given up, else ``sent``) and of each chunk; None when unknown."""
