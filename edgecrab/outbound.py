@@ -12,13 +12,14 @@ so a refused connection or a hang-up is not reported to an operator as a timeout
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Literal
 
 import aiohttp
 import httpx
 from httpx_aiohttp import HttpxAiohttpClient
 
-__all__ = ["FailureKind", "failure_kind", "http_client"]
+__all__ = ["FailureKind", "failure_kind", "http_client", "is_loopback"]
 
 FailureKind = Literal["timeout", "refused", "disconnected", "network"]
 
@@ -60,3 +61,14 @@ def failure_kind(exc: BaseException) -> FailureKind:
     if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
         return "disconnected"
     return "network"
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1): where plain http stays on this
+    machine. The one definition for the SSRF guard, the clear-text warnings and the sandbox's bind check."""
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

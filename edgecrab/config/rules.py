@@ -8,7 +8,6 @@ are plain hosts. :func:`cleartext_warnings` names each URL that would carry secr
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,6 +18,7 @@ from edgecrab.config.check import BUILTIN_COMMANDS
 from edgecrab.config.source import KeyPath, format_path, line_of
 from edgecrab.dingtalk.webhook import host_entry_problem
 from edgecrab.errors import Problem
+from edgecrab.outbound import is_loopback
 
 Add = Callable[[KeyPath, str, str], None]
 
@@ -115,18 +115,10 @@ def cleartext_warnings(api_base: str, agent_type: str, base_url: str) -> list[st
             parsed = httpx.URL(url)
         except httpx.InvalidURL:
             continue
-        if parsed.scheme == "http" and not _is_loopback(parsed.host):
+        if parsed.scheme == "http" and not is_loopback(parsed.host):
             found.append(
                 f"{key} uses plain http:// to {parsed.host}, which is not this machine: {what} would "
                 "travel in clear text; use https://"
             )
     return found
 
-
-def _is_loopback(host: str) -> bool:
-    if host.rstrip(".").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

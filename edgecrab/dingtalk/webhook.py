@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from edgecrab.outbound import is_loopback
+
 DINGTALK_HOSTS = ("api.dingtalk.com", "oapi.dingtalk.com")
 
 
@@ -85,14 +87,6 @@ def expiry_seconds(value: float) -> float:
     """A webhook expiry as epoch seconds; DingTalk's own field is in milliseconds, so accept those too."""
     return value / 1000.0 if value > 1e11 else value
 
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 WEBHOOK_PATH = "/robot/sendBySession"
@@ -198,7 +192,7 @@ class WebhookGuard:
 
     def _judge(self, scheme: str, host: str, port: int | None, path: str) -> str:
         if scheme == "http":
-            if not _is_loopback(host):
+            if not is_loopback(host):
                 return "plain http is only allowed for loopback hosts"
         elif scheme != "https":
             return f"scheme {scheme or '(none)'} not allowed"

@@ -20,7 +20,6 @@ headers (DNS rebinding, cross-site pages) and non-JSON bodies are refused
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,6 +30,7 @@ import anyio
 
 from edgecrab.config import SANDBOX_APP_KEY, SANDBOX_APP_SECRET, Config
 from edgecrab.errors import StartupError
+from edgecrab.outbound import is_loopback
 from edgecrab.sandbox.webchat import WebChat
 from edgecrab.shutdown import SignalStop, leave
 from edgecrab.testing.fakedingtalk import DEFAULT_GROUP_ID, FakeApp, FakeDingTalk
@@ -155,16 +155,10 @@ async def _serve_alone(host: str, port: int) -> None:
                 f"DINGTALK_APP_SECRET={SANDBOX_APP_SECRET} edgecrab gateway start",
                 flush=True,
             )
-            if not _is_loopback(host):
+            if not is_loopback(host):
                 _say(f"warning: listening on {host} without authentication; anyone who can reach it can chat")
             await signals.wait()
 
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def run_sandbox(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> int:
