@@ -11,7 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from edgecrab.testing.fakedingtalk.cards import CardApi
-from edgecrab.testing.fakedingtalk.cardwire import DELIVER_ERROR, control, reply
+from edgecrab.testing.fakedingtalk.cardwire import DELIVER_ERROR, reply
+from edgecrab.testing.fakedingtalk.control import control
 from edgecrab.testing.fakedingtalk.models import CARD_CALLBACK_TOPIC
 
 

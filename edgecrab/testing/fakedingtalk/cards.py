@@ -69,7 +69,6 @@ from edgecrab.testing.fakedingtalk.cardwire import (
     UNKNOWN_TEMPLATE,
     UNPUBLISHED,
     error,
-    guarded,
     ok,
     param_map,
 )
@@ -77,6 +76,7 @@ from edgecrab.testing.fakedingtalk.models import FakeApp
 from edgecrab.testing.fakedingtalk.rest import (
     TOKEN_HEADER,
     Rejection,
+    guarded,
     json_body,
     new_process_query_key,
     require,

@@ -4,7 +4,6 @@ holds the endpoints). Codes marked "inferred" were not seen in the wild."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -61,24 +60,3 @@ def param_map(body: dict[str, Any], *, required: bool) -> dict[str, str] | None:
     return dict(params)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def guarded(handler: Handler) -> Handler:
-    async def run(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except Rejection as rejection:
-            return rejection.response
-
-    return run
-
-
-def control(handler: Handler) -> Handler:
-    async def run(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            return reply({"error": f"{type(exc).__name__}: {exc}"}, 400)
-
-    return run

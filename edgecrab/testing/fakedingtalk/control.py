@@ -57,7 +57,9 @@ def reply(body: Any, status: int = 200) -> web.Response:
     )
 
 
-def _guard(handler: Handler) -> Handler:
+def control(handler: Handler) -> Handler:
+    """A control-API handler whose bad input (a missing key, a wrong value) answers 400 with the reason."""
+
     async def run(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
@@ -114,7 +116,7 @@ class ControlApi:
             ("GET", "/_fake/pings", self.pings),
             ("GET", "/_fake/events", self.events),
         ]
-        return [web.route(method, path, _guard(handler)) for method, path, handler in table]
+        return [web.route(method, path, control(handler)) for method, path, handler in table]
 
     async def index(self, request: web.Request) -> web.Response:
         return reply(

@@ -102,12 +102,24 @@ def new_process_query_key() -> str:
     return base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+
+def guarded(handler: Any) -> Any:
+    """An API handler whose :class:`Rejection` becomes its DingTalk-style error answer."""
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Rejection as rejection:
+            return rejection.response
+
+    return run
+
 class RestApi:
     def __init__(self, state: FakeState, faults: FaultPlan) -> None:
         self.state, self.faults = state, faults
 
     def routes(self) -> list[web.RouteDef]:
-        wrap = self._guard
+        wrap = guarded
         return [
             web.post("/v1.0/oauth2/accessToken", wrap(self.access_token)),
             web.get("/gettoken", self.gettoken),
@@ -118,15 +130,6 @@ class RestApi:
             web.post("/media/upload", self.media_upload),
         ]
 
-    @staticmethod
-    def _guard(handler: Any) -> Any:
-        async def run(request: web.Request) -> web.StreamResponse:
-            try:
-                return await handler(request)
-            except Rejection as rejection:
-                return rejection.response
-
-        return run
 
     # tokens -----------------------------------------------------------------------------------------------
     async def access_token(self, request: web.Request) -> web.Response:
