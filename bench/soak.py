@@ -66,7 +66,7 @@ class SoakOpenAI(FakeOpenAI):
             await self._sleep(request, float("inf"))
         if mode == "garbage":
             return web.Response(body=b"data: <html>502{{{\n\n", content_type="text/event-stream")
-        return fake_openai._error(500, "soak: injected failure", "server_error")
+        return fake_openai.error_response(500, "soak: injected failure", "server_error")
 
 
 def reply_for(messages: list[dict[str, Any]]) -> str:

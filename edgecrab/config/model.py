@@ -22,7 +22,6 @@ def frozen_map(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(data or {}))
 
 
-_frozen_map = frozen_map
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ class AgentConfig:
     """argv for ``type: command``."""
     callable: str = ""
     """``package.module:function`` for ``type: python``."""
-    env: Mapping[str, str] = field(default_factory=_frozen_map)
+    env: Mapping[str, str] = field(default_factory=frozen_map)
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,7 @@ class SessionsConfig:
 
 @dataclass(frozen=True)
 class CommandsConfig:
-    aliases: Mapping[str, str] = field(default_factory=_frozen_map)
+    aliases: Mapping[str, str] = field(default_factory=frozen_map)
     forward_unknown: bool = False
 
 
@@ -139,7 +138,7 @@ class HooksConfig:
     enabled: tuple[str, ...] = ()
     """Empty: all. Otherwise only hooks with these names."""
     disabled: tuple[str, ...] = ()
-    config: Mapping[str, Mapping[str, Any]] = field(default_factory=_frozen_map)
+    config: Mapping[str, Mapping[str, Any]] = field(default_factory=frozen_map)
     on_error: str = "fail"
     """``fail`` (stop start-up) | ``skip`` (log and go on) for hook files that cannot be loaded."""
     timeout_s: float = 5.0
@@ -187,7 +186,7 @@ class Config:
     http: HttpConfig = HttpConfig()
     source: Path | None = None
     """The YAML file it came from; None for the built-in env-only default."""
-    sources: Mapping[str, str] = field(default_factory=_frozen_map, compare=False, repr=False)
+    sources: Mapping[str, str] = field(default_factory=frozen_map, compare=False, repr=False)
     """Where each key's value came from, by key path (``platforms.dingtalk.app_key``): ``file line 4``
     (plus the variables it reads), ``env DINGTALK_APP_KEY``, ``sandbox`` or ``default``; ``config show``
     prints them."""

@@ -52,7 +52,7 @@ class SelectiveOpenAI(FakeOpenAI):
             await self._sleep(request, float("inf"))
         if self.bad_mode == "garbage":
             return web.Response(body=b"data: <html>502 Bad Gateway{{{\n\n", content_type="text/event-stream")
-        return fake_openai._error(
+        return fake_openai.error_response(
             500, "The server had an error while processing your request.", "server_error"
         )
 

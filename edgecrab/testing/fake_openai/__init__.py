@@ -38,7 +38,4 @@ from edgecrab.testing.fake_openai.cli import main
 from edgecrab.testing.fake_openai.server import MODES, FakeOpenAI, ReplyFn, default_reply
 from edgecrab.testing.fake_openai.wire import error_response, split_tokens
 
-_error = error_response
-"""The name subclasses written against the single-module fake use (tests, ``bench/soak.py``)."""
-
 __all__ = ["MODES", "FakeOpenAI", "ReplyFn", "default_reply", "error_response", "main", "split_tokens"]
