@@ -17,18 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.component.test_payload_routing import FRAMES
+from tests.component.test_payload_routing import WIRING as ROUTING_WIRING
 from tests.e2e.test_day_one import clean_env, sandbox_process
 
-FRAMES = Path(__file__).parents[1] / "data" / "frames"
-# What ties a payload to a conversation and the means to answer in it: taken from the emulator.
-WIRING = (
-    "conversationId",
-    "sessionWebhook",
-    "sessionWebhookExpiredTime",
-    "robotCode",
-    "createAt",
-    "chatbotUserId",
-)
+# What ties a payload to a conversation and the means to answer in it (the routing test's list), plus the robot's
+# own id: all taken from the emulator.
+WIRING = (*ROUTING_WIRING, "chatbotUserId")
 
 pytestmark = pytest.mark.timeout(90)
 

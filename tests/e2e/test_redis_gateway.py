@@ -8,10 +8,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -27,7 +24,7 @@ import yaml
 from edgecrab.testing.fake_openai import FakeOpenAI
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from edgecrab.testing.gatewayconfig import write_gateway_config
-from tests.faults.kit import WORD, word
+from tests.faults.kit import WORD, start_gateway_process, word
 from tests.redisserver import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(90)]
@@ -56,25 +53,8 @@ def write_config(directory: Path, fake: FakeDingTalk, llm: FakeOpenAI, redis_url
 @asynccontextmanager
 async def gateway(fake: FakeDingTalk, config: Path) -> AsyncIterator[anyio.abc.Process]:
     """A gateway subprocess, connected to the fake; stopped with SIGTERM at the end."""
-    app = fake.apps[0]
-    env = dict(
-        os.environ,
-        DINGTALK_APP_KEY=app.client_id,
-        DINGTALK_APP_SECRET=app.client_secret,
-        FAKE_LLM_KEY=LLM_KEY,
-        EDGECRAB_HOME=str(config.parent),
-    )
-    env.pop("EDGECRAB_CONFIG", None)
-    opened = fake.connections_opened
-    with open(config.parent / "gateway.log", "ab") as log_file:  # noqa: ASYNC230 - a local log, once per start
-        proc = await anyio.open_process(
-            [sys.executable, "-m", "edgecrab", "--config", str(config), "gateway", "start"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    proc = await start_gateway_process(fake, config, config.parent / "gateway.log", llm_key=LLM_KEY)
     try:
-        await fake.wait_for(lambda: fake.connections_opened > opened, 15)
         yield proc
     finally:
         if proc.returncode is None:

@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx
 
 from edgecrab.agents.base import Agent
@@ -142,3 +146,29 @@ async def every(seconds: float, action: Any, count: list[int] | None = None) -> 
         await action()
         if count is not None:
             count[0] += 1
+
+
+async def start_gateway_process(
+    fake: FakeDingTalk, config: Path, log_path: Path, *, llm_key: str, options: Sequence[str] = ()
+) -> anyio.abc.Process:
+    """``edgecrab --config CONFIG [OPTIONS] gateway start`` as a subprocess with the fake's app credentials,
+    its output appended to ``log_path``; returns once it opened a Stream connection to ``fake``."""
+    app = fake.apps[0]
+    env = dict(
+        os.environ,
+        DINGTALK_APP_KEY=app.client_id,
+        DINGTALK_APP_SECRET=app.client_secret,
+        FAKE_LLM_KEY=llm_key,
+        EDGECRAB_HOME=str(config.parent),
+    )
+    env.pop("EDGECRAB_CONFIG", None)
+    opened = fake.connections_opened
+    with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - a local log file, opened once per start
+        proc = await anyio.open_process(
+            [sys.executable, "-m", "edgecrab", "--config", str(config), *options, "gateway", "start"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    await fake.wait_for(lambda: fake.connections_opened > opened, 15)
+    return proc

@@ -9,10 +9,7 @@ DingTalk's send APIs do not have (see the report for this known at-least-once wi
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,7 +25,7 @@ from edgecrab.testing.fakedingtalk import FakeDingTalk
 from edgecrab.testing.gatewayconfig import write_gateway_config
 from tests.component.gwkit import ScriptedAgent, quiescent
 from tests.faults.conftest import SecretWatch
-from tests.faults.kit import WORD, fault_config, gateway_running, tally, word, words
+from tests.faults.kit import WORD, fault_config, gateway_running, start_gateway_process, tally, word, words
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -57,35 +54,8 @@ def write_config(path: Path, fake: FakeDingTalk, llm: FakeOpenAI) -> Path:
 
 
 async def start(fake: FakeDingTalk, config: Path, log_path: Path) -> anyio.abc.Process:
-    app = fake.apps[0]
-    env = dict(
-        os.environ,
-        DINGTALK_APP_KEY=app.client_id,
-        DINGTALK_APP_SECRET=app.client_secret,
-        FAKE_LLM_KEY=LLM_KEY,
-        EDGECRAB_HOME=str(config.parent),
-    )
-    env.pop("EDGECRAB_CONFIG", None)
-    opened = fake.connections_opened
-    with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - a local log file, opened once per start
-        proc = await anyio.open_process(
-            [
-                sys.executable,
-                "-m",
-                "edgecrab",
-                "--config",
-                str(config),
-                "--log-level",
-                "debug",
-                "gateway",
-                "start",
-            ],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    await fake.wait_for(lambda: fake.connections_opened > opened, 15)
-    return proc
+    debug = ("--log-level", "debug")
+    return await start_gateway_process(fake, config, log_path, llm_key=LLM_KEY, options=debug)
 
 
 async def test_sigkill_mid_run_and_restart_answers_each_accepted_message_once(
