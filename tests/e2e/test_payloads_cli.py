@@ -21,8 +21,8 @@ from tests.component.test_payload_routing import FRAMES
 from tests.component.test_payload_routing import WIRING as ROUTING_WIRING
 from tests.e2e.test_day_one import clean_env, sandbox_process
 
-# What ties a payload to a conversation and the means to answer in it (the routing test's list), plus the robot's
-# own id: all taken from the emulator.
+# What ties a payload to a conversation and the means to answer in it (the routing test's list), plus the
+# robot's own id: all taken from the emulator.
 WIRING = (*ROUTING_WIRING, "chatbotUserId")
 
 pytestmark = pytest.mark.timeout(90)
