@@ -22,6 +22,8 @@ def frozen_map(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(data or {}))
 
 
+DEFAULT_ROBOT = "default"
+"""The name of the robot of the single-robot form (``platforms.dingtalk`` without ``robots``)."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,15 @@ class CardConfig:
 
 @dataclass(frozen=True)
 class DingTalkConfig:
+    """One robot: ``platforms.dingtalk`` (the single-robot form, a robot named ``default``), or one entry of
+    ``platforms.dingtalk.robots`` (the keys written beside ``robots`` being every entry's defaults)."""
+
     app_key: str
     app_secret: str = field(repr=False)
+    name: str = DEFAULT_ROBOT
+    """How the config, ``send --robot``, hooks (``message.robot``), metrics and ``/status`` call the robot."""
+    agent: str = ""
+    """An entry of the top-level ``agents`` map; empty: the top-level ``agent``."""
     robot_code: str = ""
     """Empty in YAML means: use ``app_key`` (resolved by the loader, so never empty here)."""
     api_base: str = "https://api.dingtalk.com"
@@ -184,6 +193,10 @@ class Config:
     hooks: HooksConfig = HooksConfig()
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
+    other_robots: tuple[DingTalkConfig, ...] = ()
+    """The robots after the first (``dingtalk``) in ``platforms.dingtalk.robots``; see :attr:`robots`."""
+    agents: Mapping[str, AgentConfig] = field(default_factory=frozen_map)
+    """The top-level ``agents`` map: named agents that robots pick with ``agent:``."""
     source: Path | None = None
     """The YAML file it came from; None for the built-in env-only default."""
     sources: Mapping[str, str] = field(default_factory=frozen_map, compare=False, repr=False)
@@ -195,3 +208,16 @@ class Config:
     ``*_KEY``, ``*_SECRET``...), wherever they are used: :func:`~edgecrab.config.redact.secret_values`
     includes them, so logs, the chat and ``config show`` hide them even inside a URL or a key whose own name
     looks harmless."""
+
+    @property
+    def robots(self) -> tuple[DingTalkConfig, ...]:
+        """Every robot, the first (``dingtalk``, which the single-robot form has alone) first."""
+        return (self.dingtalk, *self.other_robots)
+
+    def robot(self, name: str) -> DingTalkConfig | None:
+        """The robot called ``name``, or None."""
+        return next((r for r in self.robots if r.name == name), None)
+
+    def agent_for(self, robot: DingTalkConfig) -> AgentConfig:
+        """The agent answering ``robot``'s messages: its ``agents`` entry, else the top-level ``agent``."""
+        return self.agents[robot.agent] if robot.agent else self.agent
