@@ -129,12 +129,12 @@ def robot_problems(dingtalk: dict[str, Any], agents: Any, add: Add) -> None:
         elif isinstance(name, str):
             names[name] = index
         _agent_name_problem(robot.get("agent"), known, (*at, "agent"), add)
-        for key in ("app_key", "app_secret"):
-            if not robot.get(key):
+        for needed in ("app_key", "app_secret"):
+            if not robot.get(needed):
                 add(
-                    (*at, key),
-                    f"robot `{name}` has no {key}",
-                    f"write `{key}` in the entry, or beside `robots` in platforms.dingtalk for all of them",
+                    (*at, needed),
+                    f"robot `{name}` has no {needed}",
+                    f"write `{needed}` in the entry, or beside `robots` (platforms.dingtalk) for all of them",
                 )
         key, secret = robot.get("app_key"), robot.get("app_secret")
         if not isinstance(key, str) or not key:

@@ -31,6 +31,8 @@ class GatewayParts:
     store: Store
     agent: str
     """The agent's name (``echo``, ``openai``, ...)."""
+    name: str = "default"
+    """The robot's name in the config (``robot`` is its code, the metrics label)."""
     cards: CardReplies | None = None
     """The AI-card side with ``reply_mode: card``; None otherwise."""
     mode: str = "stream"
