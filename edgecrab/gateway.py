@@ -123,6 +123,7 @@ class Gateway:
                 robot.watch = owner.watch  # one connection: one state, one /status line for it
             fanout = Fanout({r.code: r.intake for r in (owner, *others)})
             for robot in (owner, *others):
+                robot.shares_store = len(self.robots) > 1
                 robot.ops_url = lambda: self.ops.url if self.ops.port else ""
                 robot.build(fanout if robot is owner else None)
         parts = []

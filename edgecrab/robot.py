@@ -74,6 +74,8 @@ class Robot:
         """The Stream connection this robot owns (the first robot of its app); None for the others."""
         self.watch = ConnectionWatch(self.code, dt, lambda: self.hooks.notify if self.hooks else None)
         self.ops_url: Callable[[], str] = lambda: ""
+        self.shares_store = False
+        """Other robots use the store too: resume only this robot's unsent chunks at start."""
 
     # -- ingest --------------------------------------------------------------------------------------
     async def _ingest(self) -> None:
@@ -206,6 +208,8 @@ class Robot:
             self.store, self.sender, reply_format(dt), chunk_interval_s=dt.chunk_interval_ms / 1000,
             notify=self._delivery_event,
         )
+        if self.shares_store:  # another robot's unsent chunks are its own (its token), not this robot's
+            self.delivery.resumes = lambda ckey: ckey.startswith(self.code + ":")
         agent = self.config.agent_for(dt)
         self.runner = Runner(
             self.config.sessions, self.store, self.agent, self.reply, system_prompt=agent.system_prompt,
