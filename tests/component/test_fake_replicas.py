@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from edgecrab.testing.fakedingtalk import FakeDingTalk
-from tests.component.fakeclient import ack, connect, recv
+from tests.component.fakeclient import ack, connect
 
 pytestmark = pytest.mark.anyio
 

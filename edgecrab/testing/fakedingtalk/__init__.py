@@ -18,8 +18,8 @@ messages point at ``{base_url}/robot/sendBySession?session=<hex>``.
 Public API of :class:`FakeDingTalk` (``fake``):
 
 - construction: ``FakeDingTalk(*, apps=None, users=None, host="127.0.0.1", port=0,
-  redeliver_after_s=60.0, max_redeliveries=3, redeliver_new_id=False, webhook_ttl_s=5400, token_ttl_s=7200, body_limit=20000,
-  ticket_ttl_s=90, disconnect_close_after_s=10, deliver_unmentioned=False, kick_older=False,
+  redeliver_after_s=60.0, max_redeliveries=3, redeliver_new_id=False, webhook_ttl_s=5400, token_ttl_s=7200,
+  body_limit=20000, ticket_ttl_s=90, disconnect_close_after_s=10, deliver_unmentioned=False, kick_older=False,
   duplicate_after_ack=0.0, media_size=2048, seed=None)``; ``await start()`` / ``await stop()`` /
   ``async with``. Defaults: one app ``ding_test_key``/``test_secret_value``; users ``manager807``
   张三 (admin), ``user1001`` 李四, ``user1002`` Alice Chen, ``user1003`` Bob Smith, and an outsider
