@@ -295,12 +295,17 @@ async def test_cancel_for_one_session_spares_another_in_the_same_group(tmp_path:
         await d.enqueue(route, _paragraphs(4), session_key="g:alice")
         await d.enqueue(route, _paragraphs(2).replace("part", "bobs"), session_key="g:bob")
         await fake.wait_for_outbound(1, route.conversation_id)
-        # Alice's part 1 may still be in flight (DingTalk has it, the ledger says "sending"): 3 or 4.
-        assert await d.cancel(route, session_key="g:alice") in (3, 4)
+        # Alice's part 1 may still be in flight (DingTalk has it, the ledger says "sending"): 4 dropped,
+        # or 3 when part 2 had already left (on a slow machine); a part cut off in flight may have arrived.
+        dropped = await d.cancel(route, session_key="g:alice")
+        assert dropped in (3, 4)
         await fake.wait_for_outbound(3, route.conversation_id)
         await _all_sent(d)
-        sent = fake.messages_for(route.conversation_id)
-        assert [r.text[:7] for r in sent] == ["part 01", "bobs 01", "bobs 02"]
+        sent = [r.text[:7] for r in fake.messages_for(route.conversation_id)]
+        expected = [["part 01", "bobs 01", "bobs 02"]]
+        if dropped == 3:  # part 2 was on the wire when cancelled: DingTalk may have it
+            expected.append(["part 01", "part 02", "bobs 01", "bobs 02"])
+        assert sent in expected
 
 
 async def test_stop_during_retry_wait_stops_retrying(tmp_path: Path) -> None:
