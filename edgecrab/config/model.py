@@ -159,6 +159,9 @@ class StorageConfig:
     url: str = "sqlite:///~/.edgecrab/state.db"
     prefix: str = "edgecrab:"
     """Redis only: the start of every key, so that several gateways (or other programs) share one Redis."""
+    lease_s: float = 15.0
+    """Redis only: a replica's session leases expire this long after it stopped renewing them (it died):
+    then the other replicas take over its sessions."""
 
     @property
     def sqlite_path(self) -> Path | None:

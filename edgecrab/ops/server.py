@@ -226,6 +226,7 @@ class OpsServer:
         return {
             "robot": p.robot,
             "name": p.name,
+            "replica": p.runner.coord.replica_id,  # which of several replicas (storage on Redis) this is
             "version": __version__,
             "agent": p.agent,
             "mode": p.mode,
