@@ -47,9 +47,11 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     """The effective configuration in the YAML layout, as plain data (secrets included)."""
     listed = any(key.startswith("platforms.dingtalk.robots") for key in config.sources)
     dingtalk = {"robots": [_plain(r) for r in config.robots]} if listed else _plain(config.dingtalk)
+    agents = {"agents": _plain(config.agents)} if config.agents else {}  # only when the file has some
     return {
         "platforms": {"dingtalk": dingtalk},
-        **{name: _plain(getattr(config, name)) for name in SECTIONS if name != "platforms"},
+        **agents,
+        **{n: _plain(getattr(config, n)) for n in SECTIONS if n not in ("platforms", "agents")},
     }
 
 

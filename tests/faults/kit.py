@@ -23,7 +23,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import httpx
 
 from edgecrab.agents.base import Agent
 from edgecrab.config import Config, SessionsConfig
@@ -115,15 +114,16 @@ class FastRetryGateway(Gateway):
 
     time_scale = 0.02
 
-    def _build(self, http: httpx.AsyncClient) -> None:
-        super()._build(http)
+    def _build(self) -> None:
+        super()._build()
         scale = self.time_scale
 
         async def sleep(seconds: float) -> None:
             await anyio.sleep(seconds * scale)
 
-        self.sender = DingTalkSender(self.config.dingtalk, client=http, sleep=sleep)
-        self.delivery.sender = self.sender
+        for robot in self.robots.values():
+            robot.sender = DingTalkSender(robot.dt, client=robot.http, sleep=sleep)
+            robot.delivery.sender = robot.sender
 
 
 @contextlib.asynccontextmanager
