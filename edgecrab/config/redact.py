@@ -46,6 +46,9 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return {
         "platforms": {"dingtalk": _plain(config.dingtalk)},
         **{name: _plain(getattr(config, name)) for name in SECTIONS if name != "platforms"},
+        # Only the keys an entry sets: empty ones would not validate when the output is read back.
+        "schedules": [{k: v for k, v in _plain(s).items() if v not in ("", [])} for s in config.schedules],
+        "schedules_catch_up_s": config.schedules_catch_up_s,
     }
 
 

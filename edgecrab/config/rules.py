@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from edgecrab.config.check import BUILTIN_COMMANDS
+from edgecrab.config.schedule_rules import schedule_problems
 from edgecrab.config.source import KeyPath, format_path, line_of
 from edgecrab.dingtalk.webhook import host_entry_problem
 from edgecrab.errors import Problem
@@ -39,6 +40,7 @@ def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> lis
     dingtalk = platforms.get("dingtalk") if isinstance(platforms, dict) else None
     if isinstance(dingtalk, dict):
         _dingtalk_problems(dingtalk, data.get("http"), add)
+    schedule_problems(data, add)
     return found
 
 
