@@ -177,7 +177,8 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """One entry of ``schedules:``: a message the robot sends on a cron schedule (:mod:`edgecrab.core.schedules`)."""
+    """One entry of ``schedules:``: a message the robot sends on a cron schedule
+    (:mod:`edgecrab.core.schedules`)."""
 
     name: str
     cron: str

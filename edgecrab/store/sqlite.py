@@ -352,7 +352,8 @@ class SQLiteStore(SQLiteConnection, Store):
 _SCHEDULE_CLAIM = (
     "INSERT INTO schedules (name, slot, outcome, at, fired_slot, fired_at) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET slot = excluded.slot, outcome = excluded.outcome, at = excluded.at,"
-    " fired_slot = coalesce(excluded.fired_slot, fired_slot), fired_at = coalesce(excluded.fired_at, fired_at)"
+    " fired_slot = coalesce(excluded.fired_slot, fired_slot),"
+    " fired_at = coalesce(excluded.fired_at, fired_at)"
     " WHERE excluded.slot > schedules.slot"
 )
 
