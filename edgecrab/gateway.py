@@ -40,6 +40,7 @@ from edgecrab.config import Config
 from edgecrab.core.commands import Commands, ConnectionInfo
 from edgecrab.core.router import cap_text, parse_command
 from edgecrab.core.runs import Runner
+from edgecrab.core.schedules import build_scheduler
 from edgecrab.dingtalk.access import AccessPolicy
 from edgecrab.dingtalk.cardreply import CARD_CALLBACK_TOPIC, card_replies
 from edgecrab.dingtalk.connwatch import ConnectionWatch
@@ -198,7 +199,7 @@ class Gateway:
         """A run's answer as ledger chunks: the runner records them with the run's end, in one write."""
         if message.route is None:
             log.error("[gateway] no reply route for message %s; reply dropped", message.id)
-            return [], _nothing
+            return [], lambda: None
         prepared = self.delivery.prepare(message.route, text, session_key=session_key, message=message)
         return prepared.chunks, lambda: self.delivery.recorded(prepared)
 
@@ -243,6 +244,7 @@ class Gateway:
             chunk_interval_s=dt.chunk_interval_ms / 1000,
             notify=self._delivery_event,
         )
+        self.schedules = build_scheduler(self.config, self.store, self.agent, self.send_request)
         self.runner = Runner(
             self.config.sessions,
             self.store,
@@ -259,7 +261,10 @@ class Gateway:
             self.runner,
             self.reply,
             hooks=self.hooks,
-            connection=ConnectionInfo(self.watch.describe, ops=lambda: self.ops.url if self.ops.port else ""),
+            connection=ConnectionInfo(
+                self.watch.describe, ops=lambda: self.ops.url if self.ops.port else "",
+                schedules=self.schedules.status_lines,
+            ),
             cancel_outbox=lambda m: (
                 self.delivery.cancel(m.route, session_key=self.runner.key(m)) if m.route else _zero()
             ),
@@ -279,7 +284,7 @@ class Gateway:
             self.robot, self.stream, self.intake, self.sender, self.delivery, self.runner, self.store,
             agent=self.agent.name,
         )
-        self.parts.mode, self.parts.cards = dt.mode, self.cards
+        self.parts.mode, self.parts.cards, self.parts.schedules = dt.mode, self.cards, self.schedules
         self.metrics = GatewayMetrics(self.parts)
         self.metrics.attach(http, self._stream_http)
         callback = callback_handler(dt.app_secret, self.intake.on_callback) if dt.mode == "http" else None
@@ -312,6 +317,7 @@ class Gateway:
                 tg.start_soon(self._ingest)
                 tg.start_soon(housekeeping, self.store, self.config.sessions.idle_expiry_s)
                 tg.start_soon(store_upkeep, self.store)
+                await tg.start(self.schedules.run)
                 if self.config.dingtalk.mode == "http":
                     log.info(
                         "[dingtalk] http mode: receiving robot callbacks at %s%s (no Stream connection)",
@@ -322,13 +328,9 @@ class Gateway:
                     tg.start_soon(self.watch.refuse_to_start)
                     await tg.start(self._serve_stream)
                 log.info("%s", self.access.posture())
-                log.info(
-                    "[gateway] started: robot %s, agent %s, busy policy %s, group scope %s",
-                    self.robot,
-                    self.agent.name,
-                    self.config.sessions.busy_policy,
-                    self.config.sessions.group_scope,
-                )
+                sessions = self.config.sessions
+                log.info("[gateway] started: robot %s, agent %s, busy policy %s, group scope %s", self.robot,
+                         self.agent.name, sessions.busy_policy, sessions.group_scope)
                 await self.hooks.notify("gateway_started", gateway=self)
                 self.started.set()
                 task_status.started()
@@ -391,10 +393,6 @@ class Gateway:
 
 async def _zero() -> int:
     return 0
-
-
-def _nothing() -> None:
-    return None
 
 
 __all__ = ["Gateway"]

@@ -17,7 +17,7 @@ hour.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -129,13 +129,13 @@ def when_text(slot: float | None, zone: tzinfo, now: float | None = None) -> str
     text = local.strftime("%Y-%m-%d %H:%M:%S" if local.second else "%Y-%m-%d %H:%M")
     text += f" {local.tzname() or ''}".rstrip()
     if now is not None:
-        delta = timedelta(seconds=round(abs(slot - now)))
-        text += f" (in {_span(delta)})" if slot >= now else f" ({_span(delta)} ago)"
+        text += f" (in {span(slot - now)})" if slot >= now else f" ({span(now - slot)} ago)"
     return text
 
 
-def _span(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
+def span(seconds: float) -> str:
+    """``42 s``, ``5 min``, ``3 h 10 min``, ``2 d 4 h``."""
+    seconds = round(abs(seconds))
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
@@ -145,4 +145,4 @@ def _span(delta: timedelta) -> str:
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
-__all__ = ["CronTimes", "cron_problem", "resolve_zone", "when_text", "zone_problem"]
+__all__ = ["CronTimes", "cron_problem", "resolve_zone", "span", "when_text", "zone_problem"]
