@@ -370,3 +370,20 @@ def test_schedules_list_table(snapshot: Any) -> None:
     table = schedules_table(config, records, now)
     assert table == snapshot
     assert "?" in schedules_table(config, None, now).splitlines()[1]
+
+
+@pytest.mark.anyio
+async def test_a_reload_names_changed_schedules_as_needing_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edgecrab.reload import prepare_reload
+
+    path = tmp_path / "edgecrab.yaml"
+    first = BAD.split("  - {name: cron")[0] + "hooks: {entry_points: false}\n"
+    path.write_text(first, encoding="utf-8")
+    running_config = load_config(path, env={})
+    path.write_text(first.replace("0 9 * * 1-5", "0 10 * * 1-5"), encoding="utf-8")
+    reloaded = await prepare_reload(running_config, sandbox=False)
+    assert not isinstance(reloaded, list)
+    assert reloaded.config.schedules == running_config.schedules  # the running schedules are kept
+    assert "reload: schedules changed but need(s) a restart" in caplog.text
