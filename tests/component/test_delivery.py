@@ -395,3 +395,39 @@ async def test_a_stop_before_the_handed_reply_starts_sends_none_of_it(tmp_path: 
         await fake.wait_for_outbound(2, route.conversation_id)
         await _all_sent(d)
         assert [r.text for r in fake.messages_for(route.conversation_id)] == ["first", "⏹ Stopped."]
+
+
+async def test_a_sender_never_reads_the_ledger_while_a_stop_is_being_recorded(tmp_path: Path) -> None:
+    """The race behind a repeated part 1 and a whole stopped reply on a busy machine: part 1 is accepted
+    while the /stop's write waits for its commit; the sender must not re-read the ledger before it."""
+    async with FakeDingTalk() as fake, delivering(fake, tmp_path / "d.db", max_chars=60) as (d, sender):
+        route = _route(fake)
+        in_send, release_send, release_cancel = anyio.Event(), anyio.Event(), anyio.Event()
+        send = sender.send
+
+        async def gated_send(route: ReplyRoute, **kw: Any) -> SendResult:
+            in_send.set()
+            await release_send.wait()
+            return await send(route, **kw)
+
+        cancel = d.store.outbox_cancel
+
+        async def slow_cancel(*args: Any) -> int:
+            await release_cancel.wait()
+            return await cancel(*args)
+
+        sender.send = gated_send  # type: ignore[method-assign]
+        d.store.outbox_cancel = slow_cancel  # type: ignore[method-assign]
+        await d.enqueue(route, _paragraphs(4))
+        await in_send.wait()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(d.cancel, route)
+            await anyio.wait_all_tasks_blocked()  # the cancel waits for its write
+            release_send.set()  # part 1 is accepted now, after the /stop
+            await fake.wait_for_outbound(1, route.conversation_id)
+            await anyio.wait_all_tasks_blocked()  # the sender, if it were to re-read, has done so
+            release_cancel.set()
+        await d.enqueue(route, "⏹ Stopped.")
+        await fake.wait_for_outbound(2, route.conversation_id)
+        await _all_sent(d)
+        assert [r.text[:7] for r in fake.messages_for(route.conversation_id)] == ["part 01", "⏹ Stopped."[:7]]
