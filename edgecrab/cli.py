@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_send(commands, common)
 
+    schedules = group("schedules", "inspect the schedules: messages the robot sends on its own")
+    action(schedules, "list", "each schedule's cron, zone, target, next run and last fired slot",
+           _schedules_list)
+
     sandbox = commands.add_parser("sandbox", parents=[common], help="run only the DingTalk emulator")
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     sandbox.add_argument("--port", type=_port_arg, default=SANDBOX_PORT,
@@ -314,6 +318,14 @@ def _hooks_list(args: argparse.Namespace) -> int:
     from edgecrab.hooks.manager import hooks_list_text
 
     print(hooks_list_text(config))
+    return EXIT_OK
+
+
+def _schedules_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from edgecrab.core.schedulelist import run_schedules_list
+
+    print(redact(run_schedules_list(config)))
     return EXIT_OK
 
 

@@ -36,7 +36,8 @@ import anyio.abc
 
 from edgecrab.agents import build_agent
 from edgecrab.agents.base import Agent
-from edgecrab.config import Config
+from edgecrab.config import AgentConfig, Config
+from edgecrab.core.schedules import build_scheduler
 from edgecrab.dingtalk.fanout import Fanout
 from edgecrab.hooks.manager import HookManager
 from edgecrab.ops.callback import callback_handler
@@ -113,8 +114,14 @@ class Gateway:
         """:meth:`send` for a :class:`~edgecrab.replies.proactive.SendRequest` (``POST /v1/send``)."""
         return await self.robot_named(request.robot).send_request(request)
 
+    def _agent_for(self, robot: str) -> tuple[Agent, AgentConfig]:
+        """A robot's agent and its configuration (for ``prompt`` schedules)."""
+        named = self.robot_named(robot)
+        return named.agent, self.config.agent_for(named.dt)
+
     # -- lifecycle -----------------------------------------------------------------------------------
     def _build(self) -> None:
+        self.schedules = build_scheduler(self.config, self.store, self._agent_for, self.send_request)
         apps: dict[str, list[Robot]] = {}
         for robot in self.robots.values():
             apps.setdefault(robot.dt.app_key, []).append(robot)
@@ -125,11 +132,14 @@ class Gateway:
             for robot in (owner, *others):
                 robot.shares_store = len(self.robots) > 1
                 robot.ops_url = lambda: self.ops.url if self.ops.port else ""
+                robot.schedule_lines = self.schedules.status_lines
                 robot.build(fanout if robot is owner else None)
         parts = []
         for owner, *others in apps.values():
             assert owner.stream is not None  # built in http mode too (not run): the ops port reads it
             parts += [r.parts_for_ops(owner.stream) for r in (owner, *others)]
+        for part in parts:
+            part.schedules = self.schedules
         self.metrics = GatewayMetrics(parts)
         for robot in self.robots.values():
             self.metrics.attach(robot.parts, robot.http, *([robot.stream_http] if robot.stream_http else []))
@@ -161,6 +171,7 @@ class Gateway:
                     await tg.start(robot.run, hook_commands)
                 tg.start_soon(housekeeping, self.store, self.config.sessions.idle_expiry_s)
                 tg.start_soon(store_upkeep, self.store)
+                await tg.start(self.schedules.run)
                 if self.first.dt.mode == "http":
                     log.info(
                         "[dingtalk] http mode: receiving robot callbacks at %s%s (no Stream connection)",

@@ -74,6 +74,8 @@ class Robot:
         """The Stream connection this robot owns (the first robot of its app); None for the others."""
         self.watch = ConnectionWatch(self.code, dt, lambda: self.hooks.notify if self.hooks else None)
         self.ops_url: Callable[[], str] = lambda: ""
+        self.schedule_lines: Callable[[], list[str]] = lambda: []
+        """The gateway's schedules for ``/status`` (set by the gateway)."""
         self.shares_store = False
         """Other robots use the store too: resume only this robot's unsent chunks at start."""
 
@@ -217,7 +219,9 @@ class Robot:
         )
         self.commands = Commands(
             self.config.commands, self.runner, self.reply, hooks=self.hooks,
-            connection=ConnectionInfo(self.watch.describe, ops=lambda: self.ops_url()),
+            connection=ConnectionInfo(
+                self.watch.describe, ops=lambda: self.ops_url(), schedules=lambda: self.schedule_lines()
+            ),
             cancel_outbox=lambda m: (
                 self.delivery.cancel(m.route, session_key=self.runner.key(m)) if m.route else _zero()
             ),

@@ -27,6 +27,7 @@ from edgecrab.config.model import (
     DingTalkConfig,
     HooksConfig,
     HttpConfig,
+    ScheduleConfig,
     SessionsConfig,
     StorageConfig,
     frozen_map,
@@ -124,6 +125,8 @@ def _check(
     for section in SECTIONS:
         if data.get(section) is None and (section in data or section == "platforms"):
             data[section] = {}  # an empty section (`agent:` with nothing under it) means all defaults
+    if "schedules" in data and data["schedules"] is None:
+        data["schedules"] = []
     platforms = data["platforms"]
     if isinstance(platforms, dict) and platforms.get("dingtalk") is None:
         platforms["dingtalk"] = {}
@@ -235,6 +238,8 @@ def _sources(
                 found[reader.format_path(path)] = where((*_DINGTALK, f.name))  # beside the list, or default
             else:
                 found[reader.format_path(path)] = where(path)
+    for key in ("schedules", "schedules_catch_up_s"):
+        found[key] = f"file line {lines[(key,)]}" if (key,) in lines else "default"
     return found
 
 
@@ -267,6 +272,8 @@ def _build(data: dict[str, Any], env: Mapping[str, str], source: Path | None) ->
         hooks=_make(HooksConfig, hooks),
         storage=_make(StorageConfig, storage),
         http=_make(HttpConfig, data.get("http", {})),
+        schedules=tuple(_make(ScheduleConfig, entry) for entry in data.get("schedules") or ()),
+        schedules_catch_up_s=float(data.get("schedules_catch_up_s", 300.0)),
         source=source.resolve() if source else None,
     )
 

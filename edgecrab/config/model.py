@@ -188,6 +188,30 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleConfig:
+    """One entry of ``schedules:``: a message the robot sends on a cron schedule
+    (:mod:`edgecrab.core.schedules`)."""
+
+    name: str
+    cron: str
+    timezone: str = ""
+    """An IANA name (``Asia/Shanghai``); empty: the host's zone."""
+    robot: str = "default"
+    users: tuple[str, ...] = ()
+    """Staff ids, each sent a DM; or ``group``."""
+    group: str = ""
+    """A group's openConversationId."""
+    at: tuple[str, ...] = ()
+    text: str = ""
+    """A fixed message; or ``prompt``."""
+    prompt: str = ""
+    """Asked of the robot's agent, in a session of the schedule's own; the answer is sent."""
+    format: str = ""
+    """``markdown`` or ``text``; empty: ``reply_format``."""
+    title: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     dingtalk: DingTalkConfig
     agent: AgentConfig = AgentConfig()
@@ -200,6 +224,9 @@ class Config:
     """The robots after the first (``dingtalk``) in ``platforms.dingtalk.robots``; see :attr:`robots`."""
     agents: Mapping[str, AgentConfig] = field(default_factory=frozen_map)
     """The top-level ``agents`` map: named agents that robots pick with ``agent:``."""
+    schedules: tuple[ScheduleConfig, ...] = ()
+    schedules_catch_up_s: float = 300.0
+    """A slot missed while the gateway was down is fired on start when it is at most this old."""
     source: Path | None = None
     """The YAML file it came from; None for the built-in env-only default."""
     sources: Mapping[str, str] = field(default_factory=frozen_map, compare=False, repr=False)

@@ -52,6 +52,9 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         "platforms": {"dingtalk": dingtalk},
         **agents,
         **{n: _plain(getattr(config, n)) for n in SECTIONS if n not in ("platforms", "agents")},
+        # Only the keys an entry sets: empty ones would not validate when the output is read back.
+        "schedules": [{k: v for k, v in _plain(s).items() if v not in ("", [])} for s in config.schedules],
+        "schedules_catch_up_s": config.schedules_catch_up_s,
     }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from edgecrab.config.check import BUILTIN_COMMANDS
+from edgecrab.config.schedule_rules import schedule_problems
 from edgecrab.config.source import KeyPath, format_path, line_of
 from edgecrab.dingtalk.webhook import host_entry_problem
 from edgecrab.errors import Problem
@@ -40,6 +41,7 @@ def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> lis
     if isinstance(dingtalk, dict):
         _dingtalk_problems(dingtalk, data.get("http"), add)
         robot_problems(dingtalk, data.get("agents"), add)
+    schedule_problems(data, add)
     return found
 
 

@@ -242,6 +242,7 @@ class OpsServer:
             "queue_depth": p.queue_depth(),
             "messages_received": p.intake.received,
             "ops": {"host": self.host, "port": self.port},
+            "schedules": p.schedules.status() if p.schedules is not None else [],
         }
 
 
