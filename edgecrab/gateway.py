@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -41,6 +40,7 @@ from edgecrab.core.commands import Commands, ConnectionInfo
 from edgecrab.core.router import cap_text, parse_command
 from edgecrab.core.runs import Runner
 from edgecrab.dingtalk.access import AccessPolicy
+from edgecrab.dingtalk.attachsend import AttachmentSender
 from edgecrab.dingtalk.cardreply import CARD_CALLBACK_TOPIC, card_replies
 from edgecrab.dingtalk.connwatch import ConnectionWatch
 from edgecrab.dingtalk.convert import FrameError, decode_payload, to_message
@@ -56,11 +56,12 @@ from edgecrab.ops.parts import GatewayParts
 from edgecrab.ops.server import OpsServer
 from edgecrab.outbound import http_client
 from edgecrab.reload import prepare_reload
+from edgecrab.replies.answers import Answers
 from edgecrab.replies.delivery import Delivery
 from edgecrab.replies.proactive import SendRequest, submit
 from edgecrab.replies.proactive import send as send_proactive
 from edgecrab.store import open_store
-from edgecrab.store.base import DONE, FAILED, InboxEntry, OutboxChunk, Store
+from edgecrab.store.base import DONE, FAILED, InboxEntry, Store
 from edgecrab.store.upkeep import housekeeping, store_upkeep
 
 log = logging.getLogger("edgecrab.gateway")
@@ -192,16 +193,6 @@ class Gateway:
             return
         await self.delivery.enqueue(message.route, text, session_key=session_key, message=message)
 
-    def _prepare_reply(
-        self, message: Message, text: str, session_key: str
-    ) -> tuple[list[OutboxChunk], Callable[[], None]]:
-        """A run's answer as ledger chunks: the runner records them with the run's end, in one write."""
-        if message.route is None:
-            log.error("[gateway] no reply route for message %s; reply dropped", message.id)
-            return [], _nothing
-        prepared = self.delivery.prepare(message.route, text, session_key=session_key, message=message)
-        return prepared.chunks, lambda: self.delivery.recorded(prepared)
-
     async def _delivery_event(self, kind: str, reply: str, error: Any, message: Message | None) -> None:
         if self.hooks is None:
             return
@@ -243,6 +234,8 @@ class Gateway:
             chunk_interval_s=dt.chunk_interval_ms / 1000,
             notify=self._delivery_event,
         )
+        self.answers = Answers.build(self.config, self.delivery, self.store)  # attachments: after the text
+        self.delivery.sender = AttachmentSender(self.sender, self.answers.spool)
         self.runner = Runner(
             self.config.sessions,
             self.store,
@@ -251,7 +244,7 @@ class Gateway:
             system_prompt=self.config.agent.system_prompt,
             agent_timeout_s=self.config.agent.timeout_s,
             hooks=self.hooks,
-            prepare=self._prepare_reply,
+            prepare=self.answers.prepare,
             live=self.cards,
         )
         self.commands = Commands(
@@ -312,6 +305,7 @@ class Gateway:
                 tg.start_soon(self._ingest)
                 tg.start_soon(housekeeping, self.store, self.config.sessions.idle_expiry_s)
                 tg.start_soon(store_upkeep, self.store)
+                tg.start_soon(self.answers.run)
                 if self.config.dingtalk.mode == "http":
                     log.info(
                         "[dingtalk] http mode: receiving robot callbacks at %s%s (no Stream connection)",
@@ -391,10 +385,6 @@ class Gateway:
 
 async def _zero() -> int:
     return 0
-
-
-def _nothing() -> None:
-    return None
 
 
 __all__ = ["Gateway"]

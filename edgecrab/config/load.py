@@ -244,6 +244,9 @@ def _build(data: dict[str, Any], env: Mapping[str, str], source: Path | None) ->
     agent = dict(data.get("agent", {}))
     if isinstance(agent.get("command"), str):
         agent["command"] = shlex.split(agent["command"])
+    if agent.get("attachment_dirs"):
+        base = source.resolve().parent if source else Path.cwd()
+        agent["attachment_dirs"] = [(base / Path(p).expanduser()).resolve() for p in agent["attachment_dirs"]]
     hooks = dict(data.get("hooks", {}))
     hooks["paths"] = _hook_paths(hooks.get("paths"), source)
     storage = dict(data.get("storage", {}))
