@@ -178,9 +178,9 @@ class AttachmentSpool:
         real = Path(os.path.realpath(raw))
         if not any(real.is_relative_to(d) for d in self.allowed):
             return "its path is outside agent.attachment_dirs", None
-        state = Path(os.path.realpath(self.folder)).parent
-        if real.is_relative_to(state):
-            return "its path is inside the gateway's state directory", None
+        spool = Path(os.path.realpath(self.folder))
+        if real.is_relative_to(spool) or real.parent == spool.parent:  # the spool; the database and its kin
+            return "its path is in the gateway's own state directory", None
         if not real.exists():
             return "the file does not exist", None
         if not real.is_file():
