@@ -16,6 +16,7 @@ import pytest
 
 from edgecrab.agents.base import Agent
 from edgecrab.config import AgentConfig
+from edgecrab.config.model import CardConfig
 from edgecrab.events import AgentRequest, AgentResult, ReplyAttachment
 from edgecrab.replies import attachments as spool_module
 from edgecrab.testing.fakedingtalk import FakeDingTalk, OutboundRecord
@@ -175,3 +176,20 @@ async def test_restart_between_text_and_attachment(tmp_path: Path) -> None:
             await quiescent(fake, gateway)
         assert len(fake.messages_for(cid)) == 2  # neither the text nor the picture twice
     assert text.text == "text first" and image.text.startswith("![chart.png](@")
+
+
+async def test_card_mode_sends_attachments_once_the_card_is_finished(tmp_path: Path) -> None:
+    agent = FilesAgent("the answer", ReplyAttachment(name="chart.png", data=PNG))
+    async with FakeDingTalk() as fake:
+        config = config_for(fake, tmp_path, reply_mode="card", card=CardConfig(update_interval_ms=100))
+        async with running_gateway(config, agent) as gateway:
+            data = fake.dm(fake.users[1], "chart")
+            await fake.push(data)
+            (image,) = await answered(fake, data["conversationId"], 1)
+            await quiescent(fake, gateway)
+        (card,) = fake.cards.cards.values()
+    assert card.status == "finished" and card.text == "the answer"
+    assert image.text.startswith("![chart.png](@")  # the card showed the text: no markdown copy of it
+    calls = [(r.method, r.path) for r in fake.requests]
+    last_card_call = max(i for i, call in enumerate(calls) if call[1].startswith("/v1.0/card/"))
+    assert calls.index(("POST", "/media/upload")) > last_card_call
