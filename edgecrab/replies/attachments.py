@@ -253,6 +253,8 @@ class AttachmentSpool:
     # -- cleaning ----------------------------------------------------------------------------------
     async def sweep(self, store: Store, now: float | None = None) -> int:
         """Delete spool files no pending ledger row names (and older than :data:`SWEEP_GRACE_S`)."""
+        if not self._ready and not self.folder.is_dir():
+            return 0  # nothing was ever spooled
         pending = await store.outbox_pending()
         wanted = {r.file for c in pending if isinstance(r := read_row(c.text), SpooledAttachment)}
         horizon = (time.time() if now is None else now) - SWEEP_GRACE_S
@@ -276,6 +278,7 @@ class AttachmentSpool:
         """:meth:`sweep` every :data:`SWEEP_EVERY_S` seconds, for as long as the gateway runs."""
         try:
             while True:
+                await anyio.sleep(SWEEP_EVERY_S)
                 try:
                     removed = await self.sweep(store)
                 except Exception:
@@ -283,7 +286,6 @@ class AttachmentSpool:
                 else:
                     if removed:
                         log.info("[attachments] %d delivered attachment file(s) deleted", removed)
-                await anyio.sleep(SWEEP_EVERY_S)
         finally:
             self.close()
 
