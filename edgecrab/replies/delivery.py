@@ -12,6 +12,11 @@ A chunk DingTalk rejects as too long (``460101``, or the OpenAPI's body-size err
 is split again and the pieces are sent in its place (:mod:`edgecrab.replies.resplit`, which also keeps the
 pieces still to send in the store, so a restart half-way through a re-split chunk repeats nothing either).
 
+A conversation whose sender has nothing left to send is *settled*: the ledger holds nothing unsent for
+it. The next reply's chunks, just recorded, then go to a new sender as they are, without reading them
+back from the store (one query a reply, in the profile of 1a). Only where this process is the store's
+sole writer (:attr:`edgecrab.store.base.Store.sole_writer`; not with Redis, where replicas share it).
+
 ``/stop`` and ``/new`` call :meth:`Delivery.cancel`: the unsent chunks are marked cancelled in the ledger
 and the conversation's epoch is bumped, so a worker that has already read them re-reads the ledger
 before its next send (and gives up waiting to retry one).
@@ -30,6 +35,7 @@ import anyio.lowlevel
 
 from edgecrab.activity import reply_line
 from edgecrab.events import Message, ReplyRoute
+from edgecrab.replies.conversations import ConversationMemory
 from edgecrab.replies.format import Format, PreparedReply, conversation_key, prepare_reply
 from edgecrab.replies.resplit import TOO_LONG_CODES, Resplits
 from edgecrab.store.base import PENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
@@ -75,17 +81,17 @@ class Delivery:
         self.store = store
         self.sender = sender
         self.format = fmt
-        self.chunk_interval_s = chunk_interval_s
         self._notify = notify
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers: dict[str, anyio.Event] = {}
         """Live workers by conversation; the event is set when new chunks arrive while one works."""
         self._epochs: dict[str, int] = {}
         """Bumped by cancel(): a worker holding an older epoch re-reads the ledger before sending."""
-        self._last_sent: dict[str, float] = {}
-        """Monotonic time of each conversation's last accepted message (the pacing reference)."""
+        self._memory = ConversationMemory(chunk_interval_s, remember_settled=store.sole_writer)
         self._replies: dict[str, tuple[str, Message | None]] = {}
         """Replies recorded by this process and not finished yet: their text and message, for hooks."""
+        self._handed: dict[str, tuple[int, list[OutboxChunk]]] = {}
+        """Chunks handed to a sender about to start, with the conversation's epoch at that moment."""
         self._resplits = Resplits(store)
         self._via: dict[str, str] = {}
         """The route the last sent chunk of each unfinished reply took (for its log line)."""
@@ -143,7 +149,10 @@ class Delivery:
         """``prepared``'s chunks are in the ledger: wake the conversation's sender."""
         if prepared.chunks:
             self._replies[prepared.reply_id] = (prepared.text, prepared.message)
-            self._wake(prepared.conversation_key)
+            ckey = prepared.conversation_key
+            if ckey not in self._workers and self._tg is not None and self._memory.take_settled(ckey):
+                self._handed[ckey] = (self._epochs.get(ckey, 0), list(prepared.chunks))
+            self._wake(ckey)
 
     async def cancel(self, route: ReplyRoute, *, session_key: str | None = None) -> int:
         """Drop unsent chunks (``/stop``, ``/new``: nothing more of that answer is sent).
@@ -199,41 +208,34 @@ class Delivery:
             return
         if self._tg is None:
             return  # run() will pick it up from the ledger
-        self._forget_old_pacing()
+        self._memory.forget_old(self._workers)
         self._workers[ckey] = anyio.Event()
         self._tg.start_soon(self._worker, ckey)
-
-    def _forget_old_pacing(self) -> None:
-        if len(self._last_sent) < 1024:
-            return
-        horizon = time.monotonic() - self.chunk_interval_s
-        self._last_sent = {k: t for k, t in self._last_sent.items() if t > horizon or k in self._workers}
 
     async def _worker(self, ckey: str) -> None:
         try:
             while True:
                 woken = self._workers[ckey] = anyio.Event()
-                pending = await self.store.outbox_pending(ckey)
+                handed = self._handed.pop(ckey, None)
+                if handed is not None:
+                    epoch, pending = handed  # a /stop since then shows as a newer epoch: re-read
+                else:
+                    epoch = self._epochs.get(ckey, 0)
+                    pending = await self.store.outbox_pending(ckey)
                 if not pending:
                     if woken.is_set():
                         continue  # chunks were added while we looked: look again
+                    self._memory.settle(ckey)
                     return
-                epoch = self._epochs.get(ckey, 0)
                 for chunk in pending:
                     if not await self._deliver(chunk, epoch):
                         break  # cancelled, or the rest of the reply was given up: re-read the ledger
                 else:
                     if not woken.is_set():
+                        self._memory.settle(ckey)
                         return  # all sent, and nothing was recorded for this conversation meanwhile
         finally:
             self._workers.pop(ckey, None)
-
-    async def _pace(self, ckey: str) -> None:
-        last = self._last_sent.get(ckey)
-        if last is not None:
-            wait = self.chunk_interval_s - (time.monotonic() - last)
-            if wait > 0:
-                await anyio.sleep(wait)
 
     def _cancelled(self, chunk: OutboxChunk, epoch: int) -> bool:
         return self._epochs.get(chunk.conversation_key, 0) != epoch
@@ -252,7 +254,7 @@ class Delivery:
             if not pieces[0].strip():
                 pieces.pop(0)
                 continue
-            await self._pace(chunk.conversation_key)
+            await self._memory.pace(chunk.conversation_key)
             if self._cancelled(chunk, epoch):
                 return False
             mention = chunk.mention and not any(p.strip() for p in pieces[1:])  # on the last piece
@@ -320,10 +322,13 @@ class Delivery:
             self.failed_in_a_row += 1
             return _FAILED, f"{type(exc).__name__}: {exc}"
         if result is None or self._cancelled(chunk, epoch):
-            return _CANCELLED, ""  # /stop, or the gateway stopped and the send did not finish in time
+            # /stop, or the gateway stopped and the send did not finish in time. DingTalk may have it:
+            # the next message to the conversation keeps its distance from this one too.
+            self._memory.sent(chunk.conversation_key)
+            return _CANCELLED, ""
         if result.ok:
             self._via[chunk.reply_id] = getattr(result, "via", "")
-            self._last_sent[chunk.conversation_key] = time.monotonic()
+            self._memory.sent(chunk.conversation_key)
             self.sent_chunks += 1
             self.failed_in_a_row = 0
             return _OK, ""

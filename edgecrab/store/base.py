@@ -147,6 +147,12 @@ class Store(abc.ABC):
         """Atomically record a callback. True if new; False if ``msg_id`` (or a non-empty
         ``stream_message_id``) was already recorded for this robot, whatever its state."""
 
+    sole_writer: bool = True
+    """True when this process is the only one that writes the store (SQLite): what it recorded and sent
+    is all there is, so the delivery may hand chunks it just recorded straight to the conversation's
+    sender instead of reading them back (:class:`edgecrab.replies.delivery.Delivery`). False for a store
+    that several replicas share (Redis)."""
+
     records_at_once: bool = False
     """True for a store that commits in microseconds (SQLite): :meth:`inbox_claim_now` works, and the
     Stream connection records each callback with it right after ``recv()`` returns the frame, without

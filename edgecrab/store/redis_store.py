@@ -62,6 +62,7 @@ class RedisStore(Store):
     """Everything the gateway persists, in Redis under ``prefix``; shared by every replica on ``url``."""
 
     records_at_once = False
+    sole_writer = False
 
     def __init__(self, url: str, prefix: str = "edgecrab:") -> None:
         self.url = url

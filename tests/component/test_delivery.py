@@ -338,3 +338,55 @@ async def test_permanent_failure_gives_up_and_reports(tmp_path: Path) -> None:
         assert d.failed_replies == 1
         assert await d.store.outbox_pending() == []
         assert [r.text for r in fake.messages_for(good.conversation_id)] == ["fine"]
+
+
+async def _sender_finished(d: Delivery) -> None:
+    with anyio.fail_after(10):
+        while d._workers:  # noqa: ASYNC110 - polling the delivery's senders
+            await anyio.sleep(0.005)
+
+
+async def test_a_settled_conversation_gets_its_next_reply_without_reading_the_ledger(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake, delivering(fake, tmp_path / "d.db") as (d, _):
+        route = _route(fake)
+        reads: list[str | None] = []
+        read = d.store.outbox_pending
+
+        async def counting(conversation_key: str | None = None) -> Any:
+            reads.append(conversation_key)
+            return await read(conversation_key)
+
+        d.store.outbox_pending = counting  # type: ignore[method-assign]
+        await d.enqueue(route, "first")
+        await fake.wait_for_outbound(1, route.conversation_id)
+        await _all_sent(d)
+        first_reads = len(reads)
+        assert first_reads >= 1  # nothing known about the conversation yet: its sender read the ledger
+        for n in range(2, 5):
+            await _sender_finished(d)  # else the next reply is simply news for the running sender
+            await d.enqueue(route, f"reply {n}")
+            await fake.wait_for_outbound(n, route.conversation_id)
+        await _all_sent(d)
+        assert [r.text for r in fake.messages_for(route.conversation_id)] == [
+            "first",
+            "reply 2",
+            "reply 3",
+            "reply 4",
+        ]
+        # Handed over: only _all_sent's own reads (conversation None) since the first reply.
+        assert [r for r in reads[first_reads:] if r is not None] == []
+
+
+async def test_a_stop_before_the_handed_reply_starts_sends_none_of_it(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake, delivering(fake, tmp_path / "d.db") as (d, _):
+        route = _route(fake)
+        await d.enqueue(route, "first")
+        await fake.wait_for_outbound(1, route.conversation_id)
+        await _all_sent(d)
+        await _sender_finished(d)  # settled
+        await d.enqueue(route, "never sent")  # handed to a sender that has not run yet
+        assert await d.cancel(route) == 1
+        await d.enqueue(route, "⏹ Stopped.")
+        await fake.wait_for_outbound(2, route.conversation_id)
+        await _all_sent(d)
+        assert [r.text for r in fake.messages_for(route.conversation_id)] == ["first", "⏹ Stopped."]
