@@ -13,7 +13,8 @@ On timeout or cancellation (``/stop``) the process (and, on POSIX, its whole pro
 children go too) gets SIGTERM, then SIGKILL 0.5 s later.
 
 The program gets only what it needs: its environment is :data:`INHERITED` taken from the gateway's (``PATH``
-to find programs, ``HOME``, locale and time zone, ``TMPDIR``) plus ``agent.env``, and nothing else, so the
+to find programs, ``HOME``, locale and time zone, ``TMPDIR``) plus ``agent.env`` and
+``EDGECRAB_ATTACHMENTS_DIR``, and nothing else, so the
 gateway's own secrets (``DINGTALK_APP_SECRET``, ``OPENAI_API_KEY``, ...) never reach it; pass one on purpose
 through ``agent.env`` (``MY_KEY: ${MY_KEY}``). Its stderr goes to the gateway's log (capped at
 :data:`STDERR_LOGGED` characters, control characters escaped by the log set-up), never to the chat: a failure
@@ -103,7 +104,10 @@ class CommandAgent(Agent):
         payload = self.build_input(request, folder)
         env = {**self._env, "EDGECRAB_ATTACHMENTS_DIR": folder}
         try:
-            process = await anyio.open_process(self.argv, env=env, start_new_session=_POSIX)
+            # Shielded: a cancel arriving while the child already runs but before it is ours to stop (the
+            # finally below) would leave it running; the cancel is taken at the next await instead.
+            with anyio.CancelScope(shield=True):
+                process = await anyio.open_process(self.argv, env=env, start_new_session=_POSIX)
         except OSError as exc:
             raise AgentError(
                 f"could not start the agent command {self.argv[0]!r} — check agent.command",
