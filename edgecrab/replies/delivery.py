@@ -31,21 +31,16 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 
 from edgecrab.activity import reply_line
 from edgecrab.events import Message, ReplyRoute
 from edgecrab.replies.conversations import ConversationMemory
 from edgecrab.replies.format import Format, PreparedReply, conversation_key, prepare_reply
 from edgecrab.replies.resplit import TOO_LONG_CODES, Resplits
+from edgecrab.replies.wire import Wire
 from edgecrab.store.base import PENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
 
 log = logging.getLogger("edgecrab.replies.delivery")
-
-STOP_GRACE_S = 0.5
-"""How long a send already on the wire may go on when the gateway stops. DingTalk may well take it, and
-only a finished send is known to be delivered: one cut off is sent again after the restart (a duplicate
-whenever DingTalk had taken it). A send that needs longer is cut off, and is sent again."""
 
 
 class SendOutcome(Protocol):
@@ -90,18 +85,15 @@ class Delivery:
         self._memory = ConversationMemory(chunk_interval_s, remember_settled=store.sole_writer)
         self._replies: dict[str, tuple[str, Message | None]] = {}
         """Replies recorded by this process and not finished yet: their text and message, for hooks."""
+        self._cancelling: dict[str, list[anyio.Event]] = {}
+        """Cancellations in progress by conversation: a sender reads the ledger only after they committed
+        (else it could read, and send, chunks a /stop had just dropped)."""
         self._handed: dict[str, tuple[int, list[OutboxChunk]]] = {}
         """Chunks handed to a sender about to start, with the conversation's epoch at that moment."""
         self._resplits = Resplits(store)
         self._via: dict[str, str] = {}
         """The route the last sent chunk of each unfinished reply took (for its log line)."""
-        self._on_the_wire: set[anyio.CancelScope] = set()
-        """The sends in progress, each shielded from the gateway's stop (see :data:`STOP_GRACE_S`)."""
-        self._sending: dict[str, tuple[str, anyio.CancelScope]] = {}
-        """By conversation: the reply whose message is being sent (retries included), and the scope that
-        ``/stop`` cancels so that a send still retrying is not waited for."""
-        self._stop_by: float | None = None
-        """Once the gateway stops: the moment (anyio's clock) by which sends in progress are cut off."""
+        self._wire = Wire()
         self.sent_chunks = 0
         """Messages DingTalk accepted (a re-split chunk counts once per piece)."""
         self.failed_replies = 0
@@ -163,6 +155,20 @@ class Delivery:
         """
         ckey = conversation_key(route)
         self._epochs[ckey] = self._epochs.get(ckey, 0) + 1
+        done = anyio.Event()
+        self._cancelling.setdefault(ckey, []).append(done)
+        try:
+            dropped = await self._drop(ckey, session_key)
+        finally:
+            done.set()
+            self._cancelling[ckey].remove(done)
+            if not self._cancelling[ckey]:
+                del self._cancelling[ckey]
+        if dropped:
+            log.info("[delivery] %d unsent chunk(s) to %s cancelled", dropped, ckey)
+        return dropped
+
+    async def _drop(self, ckey: str, session_key: str | None) -> int:
         pending = await self.store.outbox_pending(ckey)
         reply_ids = list(
             dict.fromkeys(c.reply_id for c in pending if session_key is None or c.session_key == session_key)
@@ -177,11 +183,7 @@ class Delivery:
             self._replies.pop(reply_id, None)
             self._via.pop(reply_id, None)
             self._resplits.forget(reply_id)
-        sending = self._sending.get(ckey)
-        if sending is not None and (session_key is None or sending[0] in reply_ids):
-            sending[1].cancel()
-        if dropped:
-            log.info("[delivery] %d unsent chunk(s) to %s cancelled", dropped, ckey)
+        self._wire.stop(ckey, None if session_key is None else reply_ids)
         return dropped
 
     # -- workers -----------------------------------------------------------------------------------
@@ -196,10 +198,7 @@ class Delivery:
             try:
                 await anyio.sleep_forever()
             finally:
-                # Stopping: every worker is being cancelled; the sends on the wire get a moment to finish.
-                self._stop_by = anyio.current_time() + STOP_GRACE_S
-                for scope in self._on_the_wire:
-                    scope.deadline = self._stop_by
+                self._wire.stopping()  # every worker is being cancelled; sends on the wire may finish
 
     def _wake(self, ckey: str) -> None:
         event = self._workers.get(ckey)
@@ -220,6 +219,8 @@ class Delivery:
                 if handed is not None:
                     epoch, pending = handed  # a /stop since then shows as a newer epoch: re-read
                 else:
+                    for cancelling in list(self._cancelling.get(ckey, ())):
+                        await cancelling.wait()
                     epoch = self._epochs.get(ckey, 0)
                     pending = await self.store.outbox_pending(ckey)
                 if not pending:
@@ -341,27 +342,13 @@ class Delivery:
     async def _send_once(
         self, chunk: OutboxChunk, route: ReplyRoute, text: str, mention: bool
     ) -> SendOutcome | None:
-        """One send (the sender's retries included), which a stop of the gateway does not cut off at once
-        (:data:`STOP_GRACE_S`) and ``/stop`` does. None when it was cut off."""
-        if self._stop_by is not None:
-            await anyio.lowlevel.checkpoint()  # stopping: start nothing new (this raises the stop)
-        with anyio.CancelScope(shield=True) as scope:
-            if self._stop_by is not None:
-                scope.deadline = self._stop_by
-            self._on_the_wire.add(scope)
-            try:
-                with anyio.CancelScope() as stoppable:
-                    self._sending[chunk.conversation_key] = (chunk.reply_id, stoppable)
-                    return await self.sender.send(
-                        route, text=text, title=chunk.title, mention=mention, fmt=self.format.fmt
-                    )
-                return None  # /stop cancelled it
-            finally:
-                self._sending.pop(chunk.conversation_key, None)
-                self._on_the_wire.discard(scope)
-        # Cut off at the end of the grace period: the stop itself is pending on this task.
-        await anyio.lowlevel.checkpoint()
-        return None
+        """One send on the :class:`~edgecrab.replies.wire.Wire`; None when it was cut off."""
+        fmt = self.format.fmt
+        return await self._wire.send(
+            chunk.conversation_key,
+            chunk.reply_id,
+            lambda: self.sender.send(route, text=text, title=chunk.title, mention=mention, fmt=fmt),
+        )
 
     async def _count_sent(self, chunk: OutboxChunk) -> None:
         if chunk.session_key:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgecrab.coordination import Coordination, LocalCoordination
 from edgecrab.errors import EdgecrabError
 
 # Inbox states
@@ -133,6 +134,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    def coordination(self) -> Coordination:
+        """How the session runner coordinates with other replicas sharing this store: nothing to do for
+        one process (the default); Redis: session leases, queues and signals
+        (:mod:`edgecrab.coordination`)."""
+        return LocalCoordination()
 
     async def maintain(self) -> None:
         """Periodic upkeep the gateway runs every second or so, off its event loop where it can (SQLite:

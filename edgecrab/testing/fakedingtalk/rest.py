@@ -103,7 +103,6 @@ def new_process_query_key() -> str:
     return base64.b64encode(secrets.token_bytes(24)).decode()
 
 
-
 def guarded(handler: Any) -> Any:
     """An API handler whose :class:`Rejection` becomes its DingTalk-style error answer."""
 
@@ -114,6 +113,7 @@ def guarded(handler: Any) -> Any:
             return rejection.response
 
     return run
+
 
 class RestApi:
     def __init__(self, state: FakeState, faults: FaultPlan) -> None:
@@ -131,7 +131,6 @@ class RestApi:
             web.post("/media/upload", self.media_upload),
             web.get("/_fake/media/{media_id}", uploads.serve_upload(self.state)),
         ]
-
 
     # tokens -----------------------------------------------------------------------------------------------
     async def access_token(self, request: web.Request) -> web.Response:
