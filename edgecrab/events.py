@@ -208,6 +208,23 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyAttachment:
+    """A picture or a file an agent sends with its answer: a local ``path`` or the bytes (``data``).
+
+    The gateway checks it (size, type, where the path points), keeps a copy until it is delivered and
+    sends it right after the answer's text; one it cannot send becomes a short note to the user."""
+
+    name: str = ""
+    """The file name the user sees; default: the path's last part, or ``attachment``."""
+    kind: str = ""
+    """``image`` or ``file``; empty: ``image`` for JPEG, PNG, GIF and BMP bytes, else ``file``."""
+    path: str = ""
+    data: bytes | None = None
+    error: str = ""
+    """Set by an agent that could not read it: the reason, sent to the user as a note instead."""
+
+
+@dataclass(frozen=True, slots=True)
 class AgentResult:
     text: str
     usage: Usage = Usage()
@@ -217,6 +234,8 @@ class AgentResult:
     failed: bool = False
     error: str = ""
     """A short, user-presentable reason when ``failed``."""
+    attachments: tuple[ReplyAttachment, ...] = ()
+    """Pictures and files sent after the answer, in this order (``python`` and ``command`` agents)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from edgecrab.core.commands import Commands, ConnectionInfo
 from edgecrab.core.router import cap_text, parse_command
 from edgecrab.core.runs import Runner
 from edgecrab.dingtalk.access import AccessPolicy
+from edgecrab.dingtalk.attachsend import AttachmentSender
 from edgecrab.dingtalk.cardreply import CARD_CALLBACK_TOPIC, card_replies
 from edgecrab.dingtalk.connwatch import ConnectionWatch
 from edgecrab.dingtalk.convert import FrameError, decode_payload, to_message
@@ -42,10 +43,11 @@ from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
 from edgecrab.ops.parts import GatewayParts
 from edgecrab.outbound import http_client
+from edgecrab.replies.answers import Answers
 from edgecrab.replies.delivery import Delivery
 from edgecrab.replies.proactive import SendRequest, submit
 from edgecrab.replies.proactive import send as send_proactive
-from edgecrab.store.base import DONE, FAILED, InboxEntry, OutboxChunk, Store
+from edgecrab.store.base import DONE, FAILED, InboxEntry, Store
 
 log = logging.getLogger("edgecrab.gateway")
 
@@ -173,16 +175,6 @@ class Robot:
             return
         await self.delivery.enqueue(message.route, text, session_key=session_key, message=message)
 
-    def _prepare_reply(
-        self, message: Message, text: str, session_key: str
-    ) -> tuple[list[OutboxChunk], Callable[[], None]]:
-        """A run's answer as ledger chunks: the runner records them with the run's end, in one write."""
-        if message.route is None:
-            log.error("[gateway] no reply route for message %s; reply dropped", message.id)
-            return [], _nothing
-        prepared = self.delivery.prepare(message.route, text, session_key=session_key, message=message)
-        return prepared.chunks, lambda: self.delivery.recorded(prepared)
-
     async def _delivery_event(self, kind: str, reply: str, error: Any, message: Message | None) -> None:
         if self.hooks is None:
             return
@@ -210,12 +202,15 @@ class Robot:
             self.store, self.sender, reply_format(dt), chunk_interval_s=dt.chunk_interval_ms / 1000,
             notify=self._delivery_event,
         )
+        agent = self.config.agent_for(dt)
+        # An agent's attachments go after its text (answers), through the same ledger (AttachmentSender).
+        self.answers = Answers.build(self.config, self.delivery, self.store, agent.attachment_dirs)
+        self.delivery.sender = AttachmentSender(self.sender, self.answers.spool)
         if self.shares_store:  # another robot's unsent chunks are its own (its token), not this robot's
             self.delivery.resumes = lambda ckey: ckey.startswith(self.code + ":")
-        agent = self.config.agent_for(dt)
         self.runner = Runner(
             self.config.sessions, self.store, self.agent, self.reply, system_prompt=agent.system_prompt,
-            agent_timeout_s=agent.timeout_s, hooks=self.hooks, prepare=self._prepare_reply, live=self.cards,
+            agent_timeout_s=agent.timeout_s, hooks=self.hooks, prepare=self.answers.prepare, live=self.cards,
         )
         self.commands = Commands(
             self.config.commands, self.runner, self.reply, hooks=self.hooks,
@@ -264,6 +259,7 @@ class Robot:
                 self.commands.hook_commands = hook_commands
                 self.intake.requeue(await self._unfinished())
                 tg.start_soon(self._ingest)
+                tg.start_soon(self.answers.run)
                 if self.stream is not None and self.dt.mode != "http":
                     tg.start_soon(self.watch.notify)
                     tg.start_soon(self.watch.refuse_to_start)
@@ -328,10 +324,6 @@ class Robot:
 
 async def _zero() -> int:
     return 0
-
-
-def _nothing() -> None:
-    return None
 
 
 __all__ = ["GAVE_UP_TEXT", "MAX_RUN_ATTEMPTS", "Robot"]

@@ -261,11 +261,11 @@ def _build(data: dict[str, Any], env: Mapping[str, str], source: Path | None) ->
     hooks["paths"] = _hook_paths(hooks.get("paths"), source)
     storage = dict(data.get("storage", {}))
     storage.setdefault("url", f"sqlite:///{state_dir(env)}/state.db")
-    agents = {name: _agent(value or {}) for name, value in (data.get("agents") or {}).items()}
+    agents = {name: _agent(value or {}, source) for name, value in (data.get("agents") or {}).items()}
     return Config(
         dingtalk=robots[0],
         other_robots=tuple(robots[1:]),
-        agent=_agent(data.get("agent", {})),
+        agent=_agent(data.get("agent", {}), source),
         agents=frozen_map(agents),
         sessions=_make(SessionsConfig, data.get("sessions", {})),
         commands=_make(CommandsConfig, data.get("commands", {})),
@@ -297,10 +297,13 @@ def _robot(values: Mapping[str, Any]) -> DingTalkConfig:
     return _make(DingTalkConfig, robot)  # type: ignore[no-any-return]
 
 
-def _agent(values: Mapping[str, Any]) -> AgentConfig:
+def _agent(values: Mapping[str, Any], source: Path | None) -> AgentConfig:
     agent = dict(values)
     if isinstance(agent.get("command"), str):
         agent["command"] = shlex.split(agent["command"])
+    if agent.get("attachment_dirs"):  # relative to the config file's folder
+        base = source.resolve().parent if source else Path.cwd()
+        agent["attachment_dirs"] = [(base / Path(p).expanduser()).resolve() for p in agent["attachment_dirs"]]
     return _make(AgentConfig, agent)  # type: ignore[no-any-return]
 
 

@@ -120,6 +120,9 @@ class AgentConfig:
     callable: str = ""
     """``package.module:function`` for ``type: python``."""
     env: Mapping[str, str] = field(default_factory=frozen_map)
+    attachment_dirs: tuple[Path, ...] = ()
+    """Folders a ``python`` agent's attachment paths may point into (absolute: resolved against the config
+    file's folder by the loader); empty: the system's temporary folder."""
 
 
 @dataclass(frozen=True)

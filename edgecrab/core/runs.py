@@ -35,7 +35,7 @@ from edgecrab.core.agentcall import call_agent, failure_answer, run_crashed
 from edgecrab.core.agentcall import failure_text as failure_text  # re-exported: tests and hooks read it here
 from edgecrab.core.live import LiveReplies, LiveReply, settle
 from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, expire_if_idle, retry_text, session_key
-from edgecrab.events import AgentRequest, AgentResult, Message
+from edgecrab.events import AgentRequest, AgentResult, Message, ReplyAttachment
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
 
 log = logging.getLogger("edgecrab.core.runs")
@@ -43,9 +43,10 @@ log = logging.getLogger("edgecrab.core.runs")
 Reply = Callable[[Message, str, str], Awaitable[None]]
 """reply(message, text, session_key): send text to the message's conversation."""
 
-Prepare = Callable[[Message, str, str], tuple[list[OutboxChunk], Callable[[], None]]]
-"""prepare(message, text, session_key) -> (chunks, recorded): a run's answer as ledger chunks, which the
-runner records together with the rest of the run's end (``Store.finish_turn``), then calls ``recorded()``."""
+Files = tuple[ReplyAttachment, ...]
+Prepare = Callable[[Message, str | None, str, Files], Awaitable[tuple[list[OutboxChunk], Callable[[], None]]]]
+"""prepare(message, text, session_key, files) -> (chunks, recorded): a run's answer (None: a live reply showed
+it) and files as ledger chunks, recorded with the run's end (``Store.finish_turn``); then ``recorded()``."""
 
 NO_RETRY_TEXT = "🤷 There's no earlier message to retry — just send me a new one."
 EMPTY_ANSWER_TEXT = "(the agent returned an empty answer — /retry to ask again)"
@@ -224,7 +225,8 @@ class Runner:
         failure = (
             await failure_answer(self.hooks, result.error, message) if result.failed and not stopped else None
         )
-        answer: str | None = None if stopped or failure is not None else reply or EMPTY_ANSWER_TEXT
+        empty = "" if result.attachments else EMPTY_ANSWER_TEXT  # files alone are an answer
+        answer: str | None = None if stopped or failure is not None else reply or empty
         if live is not None:
             answer = await settle(live, stopped=stopped, failure=failure, answer=answer)
             delta.extra = {"card_calls": live.calls, "card_replies": 1}
@@ -244,13 +246,15 @@ class Runner:
             return
         delta.turns, delta.messages_out = 1, 1
         turns = [user_turn, Turn("assistant", reply, message.id, time.time())]
-        await self._finish(message, key, DONE, turns=turns, usage=delta, last_user=user_turn, answer=answer)
+        files = result.attachments
+        await self._finish(
+            message, key, DONE, turns=turns, usage=delta, last_user=user_turn, answer=answer, files=files
+        )
 
     async def _begin(
         self, s: Session, item: QueuedMessage, epoch: int, now: float
     ) -> tuple[str, AgentRequest] | None:
-        """Record the turn's start and build the agent request: ``(user text, request)``, or None when
-        there is nothing to run (nothing to retry, or stopped already; the message is then done)."""
+        """Record the turn's start, build the agent request: ``(user text, request)``; None: nothing to do."""
         message, key = item.message, s.key
         await expire_if_idle(self.store, key, self.config.idle_expiry_s, now)
         await self.store.turn_started(key, robot=message.robot, msg_id=message.id, now=now)
@@ -317,15 +321,15 @@ class Runner:
         usage: UsageDelta,
         last_user: Turn,
         answer: str | None = None,
+        files: Files = (),
     ) -> None:
         """Record the run's end (history, usage, the answer's chunks, inbox state) as one store write."""
         chunks: list[OutboxChunk] = []
         recorded: Callable[[], None] | None = None
-        if answer is not None:
-            if self._prepare is not None:
-                chunks, recorded = self._prepare(message, answer, key)
-            else:
-                await self._reply(message, answer, key)
+        if self._prepare is not None and (answer is not None or files):
+            chunks, recorded = await self._prepare(message, answer, key, files)
+        elif answer is not None:
+            await self._reply(message, answer, key)
         await self.store.finish_turn(
             key,
             robot=message.robot,

@@ -92,12 +92,15 @@ def card_sandbox() -> Iterator[str]:
     yield from _sandbox(CARD_CONFIG)
 
 
-def _sandbox(config_text: str) -> Iterator[str]:
+def _sandbox(config_text: str, modules: dict[str, str] | None = None) -> Iterator[str]:
     work = Path(tempfile.mkdtemp(prefix="edgecrab-webchat-"))
     config = work / "edgecrab.yaml"
     config.write_text(config_text.format(db=work / "state.db"), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DINGTALK_", "EDGECRAB_"))}
     env["EDGECRAB_HOME"] = str(work)
+    for name, source in (modules or {}).items():  # python agents, importable by the gateway
+        (work / f"{name}.py").write_text(source, encoding="utf-8")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(work), env.get("PYTHONPATH", "")]))
     log_path = work / "gateway.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

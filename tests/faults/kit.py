@@ -26,6 +26,7 @@ import anyio.abc
 
 from edgecrab.agents.base import Agent
 from edgecrab.config import Config, SessionsConfig
+from edgecrab.dingtalk.attachsend import AttachmentSender
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.gateway import Gateway
 from edgecrab.testing.fakedingtalk import FakeDingTalk, FakeUser
@@ -123,7 +124,7 @@ class FastRetryGateway(Gateway):
 
         for robot in self.robots.values():
             robot.sender = DingTalkSender(robot.dt, client=robot.http, sleep=sleep)
-            robot.delivery.sender = robot.sender
+            robot.delivery.sender = AttachmentSender(robot.sender, robot.answers.spool)
 
 
 @contextlib.asynccontextmanager

@@ -247,9 +247,10 @@
       row.append(botAvatar());
       who.append(el("span", "", state.dir.bot.name), el("span", "tag robot", "Robot"), el("time", "", clock(item.ts)));
       const markdown = item.msgtype === "markdown" || item.msgtype === "sampleMarkdown";
-      bubble = el("div", "bubble " + (markdown ? "markdown" : "text"));
+      const media = mediaNode(item);
+      bubble = el("div", "bubble " + (media ? "media" : markdown ? "markdown" : "text"));
       const render = markdown ? DingMarkdown.render : DingMarkdown.renderText;
-      bubble.append(render(item.text, { mentions: mentionOnly(item.at_user_ids) }));
+      bubble.append(media || render(item.text, { mentions: mentionOnly(item.at_user_ids) }));
       body.append(who, bubble);
       if (item.title) body.append(el("div", "md-title", `title: ${item.title}`));
       body.lastChild.title = `sent via ${item.via}${item.msgtype ? " as " + item.msgtype : ""}`;
@@ -271,6 +272,34 @@
     }
     row.append(body);
     return row;
+  }
+
+  // A picture (sampleImageMsg) or a file (sampleFile) the bot sent through the OpenAPI: the emulator serves
+  // uploaded media at /_fake/media/<mediaId>. Anything else: null (the text is rendered).
+  function mediaNode(item) {
+    let param = {};
+    try {
+      param = JSON.parse((item.body && item.body.msgParam) || "{}") || {};
+    } catch (e) {
+      return null;
+    }
+    const url = (id) => "/_fake/media/" + encodeURIComponent(id);
+    if (item.msgtype === "sampleImageMsg" && typeof param.photoURL === "string") {
+      const img = el("img", "md-img sent-image");
+      const src = param.photoURL;
+      img.setAttribute("src", src.startsWith("@") ? url(src) : /^https?:\/\//i.test(src) ? src : "");
+      img.setAttribute("alt", "picture");
+      img.setAttribute("referrerpolicy", "no-referrer");
+      return img;
+    }
+    if (item.msgtype === "sampleFile" && typeof param.mediaId === "string") {
+      const a = el("a", "sent-file", `📎 ${param.fileName || "file"}`);
+      a.setAttribute("href", url(param.mediaId));
+      a.setAttribute("download", param.fileName || "file");
+      a.setAttribute("rel", "noopener");
+      return a;
+    }
+    return null;
   }
 
   function mentionOnly(ids) {
@@ -363,7 +392,7 @@
     if (ev.kind === "outbound") {
       if (!groupOf(ev.conversation_id) && !dmOwner(ev.conversation_id)) refreshSoon();
       addItem(ev.conversation_id, {
-        type: "bot", text: ev.text, title: ev.title, msgtype: ev.msgtype, via: ev.via,
+        type: "bot", text: ev.text, title: ev.title, msgtype: ev.msgtype, via: ev.via, body: ev.body,
         at_user_ids: ev.at_user_ids || [], ts: ev.ts,
       });
       return;

@@ -1,4 +1,5 @@
-"""The OpenAPI side: access tokens, proactive sends (batchSend, groupMessages/send), media download/upload.
+"""The OpenAPI side: access tokens, proactive sends (batchSend, groupMessages/send), media download/upload
+(the upload rules and the mediaId checks of sends: :mod:`uploads`).
 
 Every ``/v1.0/`` call but the token and gateway ones needs ``x-acs-dingtalk-access-token``: a missing, expired
 or other app's token answers ``400 InvalidAuthentication``. ``msgParam`` must be a JSON *string* whose keys
@@ -14,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edgecrab.testing.fakedingtalk import wire
+from edgecrab.testing.fakedingtalk import uploads, wire
 from edgecrab.testing.fakedingtalk.faults import FaultPlan
 from edgecrab.testing.fakedingtalk.models import FakeApp, OutboundRecord
 from edgecrab.testing.fakedingtalk.state import FakeState, MediaBlob
@@ -128,6 +129,7 @@ class RestApi:
             web.post("/v1.0/robot/messageFiles/download", wrap(self.download)),
             web.get("/files/{key}", self.serve_file),
             web.post("/media/upload", self.media_upload),
+            web.get("/_fake/media/{media_id}", uploads.serve_upload(self.state)),
         ]
 
     # tokens -----------------------------------------------------------------------------------------------
@@ -171,6 +173,12 @@ class RestApi:
             raise _invalid(message.format(limit=limit), code)
         return size
 
+    def _media_checked(self, robot: FakeApp, msg_key: str, param: dict[str, Any]) -> dict[str, Any]:
+        problem = uploads.send_media_problem(self.state, robot.client_id, msg_key, param)
+        if problem:  # code inferred
+            raise _invalid(problem, "InvalidParameter.mediaId")
+        return param
+
     # sends ------------------------------------------------------------------------------------------------
     async def batch_send(self, request: web.Request) -> web.Response:
         caller = self.caller(request)
@@ -183,7 +191,7 @@ class RestApi:
         if len(user_ids) > MAX_BATCH_USERS:
             raise _invalid(f"at most {MAX_BATCH_USERS} userIds per call", "InvalidParameter.userIds")
         size = await self._check_size(request)
-        param = parse_msg_param(msg_key, msg_param)
+        param = self._media_checked(robot, msg_key, parse_msg_param(msg_key, msg_param))
         staff = self.state.staff(robot.corp_id)
         invalid = [u for u in user_ids if u not in staff]
         throttled = [u for u in user_ids if u in staff and u in self.faults.flow_control]
@@ -225,7 +233,7 @@ class RestApi:
         cid = require(body, "openConversationId")
         msg_key, msg_param = require(body, "msgKey"), require(body, "msgParam")
         size = await self._check_size(request)
-        param = parse_msg_param(msg_key, msg_param)
+        param = self._media_checked(robot, msg_key, parse_msg_param(msg_key, msg_param))
         if cid not in self.state.groups:  # code inferred: the robot is not in that group
             raise _invalid(
                 f"openConversationId {cid!r} is not a group this robot is in",
@@ -288,6 +296,9 @@ class RestApi:
         if not isinstance(media, web.FileField):
             return wire.legacy_error(40035, "不合法的参数: missing media")
         content = media.file.read()
+        problem = uploads.upload_problem(self.state, media_type, content)
+        if problem is not None:
+            return wire.legacy_error(*problem)
         media_id = "@lA" + base64.urlsafe_b64encode(secrets.token_bytes(18)).decode()
         self.state.uploads[media_id] = MediaBlob(app.client_id, content, media.content_type, media.filename)
         self.state.counters["uploads"] += 1

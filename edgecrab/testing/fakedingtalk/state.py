@@ -41,6 +41,7 @@ class Settings:
     deliver_unmentioned: bool = False  # real DingTalk never pushes a group message that does not @ the robot
     kick_older: bool = False  # "a newer connection kicks the older one" mode (reports conflict, see 1.4)
     media_size: int = 2048  # default size of generated media bytes
+    upload_limit: int = 20 * 1024 * 1024  # media/upload: largest image, video or file (DingTalk: 20 MB)
     duplicate_after_ack: float = 0.0
     zombie: bool = False
     callback_url: str = ""  # HTTP-callback mode: robot messages are signed and POSTed here, not streamed
