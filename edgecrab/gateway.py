@@ -96,6 +96,7 @@ class Gateway:
     runner = _first("runner")
     commands = _first("commands")
     parts = _first("parts")
+    answers = _first("answers")
 
     def robot_named(self, name: str) -> Robot:
         """The robot called ``name`` (empty: the first); ValueError naming the robots there are."""
