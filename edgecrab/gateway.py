@@ -50,6 +50,7 @@ from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import StreamClient
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
+from edgecrab.media import MediaStage
 from edgecrab.ops.callback import callback_handler
 from edgecrab.ops.metrics import GatewayMetrics
 from edgecrab.ops.parts import GatewayParts
@@ -184,7 +185,7 @@ class Gateway:
             await self.reply(message, "👋 Hi! Ask me anything — or send /help to see what I can do.", key)
             await self.store.inbox_set_state(self.robot, message.id, DONE, "empty")
             return
-        await self.runner.submit(message, quiet=resumed)
+        await self.media.submit(message, quiet=resumed)
 
     async def reply(self, message: Message, text: str, session_key: str) -> None:
         if message.route is None:
@@ -243,16 +244,14 @@ class Gateway:
             chunk_interval_s=dt.chunk_interval_ms / 1000,
             notify=self._delivery_event,
         )
+        self.media = MediaStage(
+            self.config, self.sender.tokens, submit=lambda m, quiet: self.runner.submit(m, quiet=quiet),
+            key=lambda m: self.runner.key(m), merged=lambda m, first: self.store.inbox_set_state(
+                self.robot, m.id, DONE, f"merged into {first}"))
         self.runner = Runner(
-            self.config.sessions,
-            self.store,
-            self.agent,
-            self.reply,
-            system_prompt=self.config.agent.system_prompt,
-            agent_timeout_s=self.config.agent.timeout_s,
-            hooks=self.hooks,
-            prepare=self._prepare_reply,
-            live=self.cards,
+            self.config.sessions, self.store, self.agent, self.reply,
+            system_prompt=self.config.agent.system_prompt, agent_timeout_s=self.config.agent.timeout_s,
+            hooks=self.hooks, prepare=self._prepare_reply, live=self.cards, turns=self.media,
         )
         self.commands = Commands(
             self.config.commands,
@@ -307,6 +306,7 @@ class Gateway:
                 if self.cards is not None:
                     await tg.start(self.cards.run)
                 await tg.start(self.runner.run)
+                await tg.start(self.media.run)
                 self.commands.hook_commands = dict(await self.hooks.register_commands())
                 self.intake.requeue(await self._unfinished())
                 tg.start_soon(self._ingest)
@@ -322,13 +322,8 @@ class Gateway:
                     tg.start_soon(self.watch.refuse_to_start)
                     await tg.start(self._serve_stream)
                 log.info("%s", self.access.posture())
-                log.info(
-                    "[gateway] started: robot %s, agent %s, busy policy %s, group scope %s",
-                    self.robot,
-                    self.agent.name,
-                    self.config.sessions.busy_policy,
-                    self.config.sessions.group_scope,
-                )
+                log.info("[gateway] started: robot %s, agent %s, busy policy %s, group scope %s", self.robot,
+                         self.agent.name, self.config.sessions.busy_policy, self.config.sessions.group_scope)
                 await self.hooks.notify("gateway_started", gateway=self)
                 self.started.set()
                 task_status.started()

@@ -3,7 +3,12 @@
 ``agent.command`` is an argv list (no shell). The program gets one JSON object on stdin::
 
     {"messages": [{"role": "user", "content": "hi"}, ...], "system_prompt": "...",
-     "session_key": "...", "message_id": "...", "metadata": {...}}
+     "session_key": "...", "message_id": "...", "metadata": {...},
+     "attachments": [{"kind": "picture", "name": "...", "path": "/...", "mime": "image/png", "size": 1234,
+                      "note": ""}, ...]}
+
+``attachments`` are the new message's files, downloaded (:mod:`edgecrab.media`): read them at ``path``
+(they are deleted after ``media.keep_hours``); ``note`` says why one has no file.
 
 and its stdout, stripped, is the reply. When the answer is shown live (``reply_mode: card``), each line the
 program writes is shown as soon as it ends: flush stdout after each line (``print(..., flush=True)``).
@@ -75,6 +80,7 @@ class CommandAgent(Agent):
             "session_key": request.session_key,
             "message_id": request.message_id,
             "metadata": request.metadata,
+            "attachments": request.attachments,
         }
         return json.dumps(document, ensure_ascii=False, default=str).encode("utf-8") + b"\n"
 

@@ -27,6 +27,7 @@ from edgecrab.config.model import (
     DingTalkConfig,
     HooksConfig,
     HttpConfig,
+    MediaConfig,
     SessionsConfig,
     StorageConfig,
     frozen_map,
@@ -51,7 +52,7 @@ _SANDBOX_CREDENTIALS = {
     (*_DINGTALK, "app_key"): SANDBOX_APP_KEY,
     (*_DINGTALK, "app_secret"): SANDBOX_APP_SECRET,
 }
-SECTIONS = ("platforms", "agent", "sessions", "commands", "hooks", "storage", "http")
+SECTIONS = ("platforms", "agent", "sessions", "commands", "hooks", "storage", "http", "media")
 
 ENV_DEFAULTS: dict[reader.KeyPath, str] = {
     (*_DINGTALK, "app_key"): "DINGTALK_APP_KEY",
@@ -256,8 +257,18 @@ def _build(data: dict[str, Any], env: Mapping[str, str], source: Path | None) ->
         hooks=_make(HooksConfig, hooks),
         storage=_make(StorageConfig, storage),
         http=_make(HttpConfig, data.get("http", {})),
+        media=_make(MediaConfig, _media(data.get("media", {}), env)),
         source=source.resolve() if source else None,
     )
+
+
+def _media(values: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    media = dict(values)
+    if isinstance(media.get("allowed_hosts"), str):
+        media["allowed_hosts"] = [h.strip() for h in media["allowed_hosts"].split(",") if h.strip()]
+    if not media.get("directory"):
+        media["directory"] = str(Path(state_dir(env)) / "media")
+    return media
 
 
 def _hook_paths(value: list[str] | None, source: Path | None) -> tuple[Path, ...]:

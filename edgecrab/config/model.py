@@ -111,6 +111,8 @@ class AgentConfig:
     callable: str = ""
     """``package.module:function`` for ``type: python``."""
     env: Mapping[str, str] = field(default_factory=frozen_map)
+    vision: bool = False
+    """The model reads pictures: the openai agent sends them as ``image_url`` parts (else a text note)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,28 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class MediaConfig:
+    """``media``: pictures, voice, videos and files people send (:mod:`edgecrab.media`)."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    """Larger downloads are stopped and become a note to the agent."""
+    keep_hours: float = 24.0
+    """Downloaded files are deleted this long after they arrived."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Download hosts besides DingTalk's (``*.dingtalk.com``, ``*.aliyuncs.com``) and the api_base host."""
+    max_image_pixels: int = 4_000_000
+    """Pictures with more pixels are scaled down before they go to a vision model."""
+    inline_text_bytes: int = 64 * 1024
+    """Text-like files (and PDF text) up to this many bytes are given to the agent inline."""
+    merge_window_ms: int = 800
+    """Pictures one sender sends one after the other within this long are one turn; 0: off."""
+    timeout_s: float = 60.0
+    """Longest time one download may take."""
+    directory: str = ""
+    """Where files are kept; empty: ``media/`` in the state directory (``$EDGECRAB_HOME``)."""
+
+
+@dataclass(frozen=True)
 class Config:
     dingtalk: DingTalkConfig
     agent: AgentConfig = AgentConfig()
@@ -184,6 +208,7 @@ class Config:
     hooks: HooksConfig = HooksConfig()
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
+    media: MediaConfig = MediaConfig()
     source: Path | None = None
     """The YAML file it came from; None for the built-in env-only default."""
     sources: Mapping[str, str] = field(default_factory=frozen_map, compare=False, repr=False)

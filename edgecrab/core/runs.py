@@ -30,6 +30,7 @@ from edgecrab.core.agentcall import call_agent, failure_answer
 from edgecrab.core.agentcall import failure_text as failure_text  # re-exported: tests and hooks read it here
 from edgecrab.core.live import LiveReplies, LiveReply, settle
 from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, expire_if_idle, retry_text, session_key
+from edgecrab.core.turns import PlainTurns, TurnContent
 from edgecrab.events import AgentRequest, AgentResult, Message
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
 
@@ -61,15 +62,18 @@ class Runner:
         hooks: Any = None,
         prepare: Prepare | None = None,
         live: LiveReplies | None = None,
+        turns: TurnContent | None = None,
     ) -> None:
         """Without ``prepare``, a run's answer goes out through ``reply`` before the run is recorded as
-        finished (a crash in between runs the message again); with it, in the same store transaction."""
+        finished (a crash in between runs the message again); with it, in the same store transaction.
+        ``turns``: what the agent is given for a message (:mod:`edgecrab.core.turns`)."""
         self.config = config
         self.store = store
         self.agent = agent
         self._reply = reply
         self._prepare = prepare
         self.live = live
+        self.turns: TurnContent = turns or PlainTurns()
         self.system_prompt = system_prompt
         self.agent_timeout_s = agent_timeout_s
         self.hooks = hooks
@@ -177,14 +181,8 @@ class Runner:
                 del self._sessions[s.key]
 
     async def _run_crashed(self, message: Message, key: str, exc: Exception) -> None:
-        log.error(
-            "[runs] %s: run for message %s failed unexpectedly: %s: %s",
-            key,
-            message.id,
-            type(exc).__name__,
-            exc,
-            exc_info=exc,
-        )
+        log.error("[runs] %s: run for message %s failed unexpectedly: %s: %s",
+                  key, message.id, type(exc).__name__, exc, exc_info=exc)
         try:
             reason = f"internal error: {type(exc).__name__}"
             await self.store.inbox_set_state(message.robot, message.id, FAILED, reason)
@@ -195,10 +193,11 @@ class Runner:
 
     # -- one run -------------------------------------------------------------------------------------
     async def _run_one(self, s: Session, item: QueuedMessage, epoch: int, resets: int) -> None:
-        message, now = item.message, time.time()
+        now = time.time()
         begun = await self._begin(s, item, epoch, now)
         if begun is None:
             return
+        message = begun[2]  # its files downloaded
         live = await self.live.open(message, s.key) if self.live is not None else None
         try:
             outcome = await self._call_stoppably(s, epoch, begun[1], message, live)
@@ -262,33 +261,38 @@ class Runner:
 
     async def _begin(
         self, s: Session, item: QueuedMessage, epoch: int, now: float
-    ) -> tuple[str, AgentRequest] | None:
-        """Record the turn's start and build the agent request: ``(user text, request)``, or None when
-        there is nothing to run (nothing to retry, or stopped already; the message is then done)."""
+    ) -> tuple[str, AgentRequest, Message] | None:
+        """Record the turn's start and build the agent request: ``(stored user turn, request, message with
+        its files)``, or None when there is nothing to run (nothing to retry, or stopped already)."""
         message, key = item.message, s.key
         await expire_if_idle(self.store, key, self.config.idle_expiry_s, now)
         await self.store.turn_started(key, robot=message.robot, msg_id=message.id, now=now)
-        text = message.agent_text()
+        turn = await self.turns.user(message)
+        text, content, message = turn.stored, turn.content, turn.message
         if item.retry:
             text = await retry_text(self.store, key)
             if not text:
                 await self._reply(message, NO_RETRY_TEXT, key)
                 await self.store.inbox_set_state(message.robot, message.id, DONE, "nothing to retry")
                 return None
+            content = await self.turns.stored_content(text)
         if s.epoch != epoch:
             await self.store.inbox_set_state(message.robot, message.id, DONE, "stopped before it started")
             return None
         history = await self.store.history(key, self.config.history_limit)
         request = AgentRequest(
-            messages=[{"role": t.role, "content": t.content} for t in history]
-            + [{"role": "user", "content": text}],
+            messages=[
+                {"role": t.role, "content": await self.turns.stored_content(t.content) if t.role == "user"
+                 else t.content} for t in history
+            ] + [{"role": "user", "content": content}],
             system_prompt=self.system_prompt,
             session_key=key,
             message_id=message.id,
+            attachments=turn.attachments,
         )
         if self.hooks is not None:
             request = await self.hooks.pipeline("prepare_agent_request", "request", request, message=message)
-        return text, request
+        return text, request, message
 
     async def _call_stoppably(
         self, s: Session, epoch: int, request: AgentRequest, message: Message, live: LiveReply | None = None
