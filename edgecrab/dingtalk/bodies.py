@@ -161,7 +161,7 @@ def _media(content: dict[str, Any], kind: str, extra_keys: tuple[str, ...]) -> A
 
 _MEDIA_FACTS: dict[str, tuple[str, ...]] = {
     "picture": (),
-    "audio": ("duration",),
+    "audio": ("duration", "fileExtension"),
     "video": ("duration", "videoType"),
     "file": ("fileId", "spaceId"),
 }

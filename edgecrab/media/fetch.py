@@ -73,7 +73,7 @@ class MediaFetcher:
     async def fetch(self, attachment: Attachment, robot_code: str) -> Attachment:
         """``attachment`` with its file downloaded (``path``, ``mime``, ``size``), or with a ``note``."""
         self.stats.started += 1
-        name = attachment.file_name or _default_name(attachment.kind)
+        name = attachment.file_name or _default_name(attachment)
         started = time.monotonic()
         try:
             with anyio.fail_after(self.config.timeout_s):
@@ -189,8 +189,14 @@ def _download_url(response: httpx.Response) -> str:
     return url if isinstance(url, str) else ""
 
 
-def _default_name(kind: str) -> str:
-    return {"picture": "picture", "audio": "voice", "video": "video"}.get(kind, "file")
+def _default_name(attachment: Attachment) -> str:
+    """``picture``, ``voice.amr``, ``video.mp4``: DingTalk sends names only with files."""
+    extra = dict(attachment.extra)
+    if attachment.kind == "video":
+        return f"video.{extra.get('videoType') or 'mp4'}"
+    if attachment.kind == "audio":
+        return f"voice.{extra.get('fileExtension') or 'amr'}"
+    return "picture" if attachment.kind == "picture" else "file"
 
 
 def _size(n: int) -> str:
