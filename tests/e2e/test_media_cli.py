@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from aiohttp import web
 from PIL import Image
@@ -216,4 +215,3 @@ async def test_a_command_agent_gets_the_files(stack: Any) -> None:
     finally:
         code, _ = await stop_gateway(gw)
     assert code == 0, gw.log
-    await anyio.sleep(0)
