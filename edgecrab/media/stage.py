@@ -85,12 +85,14 @@ class MediaStage:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
-            await anyio.to_thread.run_sync(self.files.ensure)
+            # On the loop, not in a worker thread: a mkdir and a scan of one directory whose files live a day
+            # take well under a millisecond, and a gateway that received no media starts no thread at all.
+            self.files.ensure()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 task_status.started()
                 while True:
-                    await anyio.to_thread.run_sync(self.files.cleanup)
+                    self.files.cleanup()
                     self._forget_old()
                     await anyio.sleep(min(CLEANUP_EVERY_S, self.files.keep_s / 4))
         finally:
