@@ -18,6 +18,8 @@ when the process stops is picked up (alone) on the next start.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -72,7 +74,7 @@ class MediaStage:
         client: Any = None,
     ) -> None:
         media = config.media
-        self.files = MediaFiles(media.directory, media.keep_hours)
+        self.files = MediaFiles(media.directory or default_directory(config), media.keep_hours)
         self._client = client or http_client(timeout=media.timeout_s, max_connections=PARALLEL_DOWNLOADS)
         self.fetcher = MediaFetcher(media, config.dingtalk.api_base, tokens, self._client, self.files)
         self.renderer = Renderer(media, vision=config.agent.vision, parts=config.agent.type == "openai")
@@ -200,6 +202,15 @@ class MediaStage:
 
     async def stored_content(self, stored: str) -> str | list[dict[str, Any]]:
         return await self.renderer.stored_content(stored)
+
+
+def default_directory(config: Config) -> str:
+    """Where files go when the config (built in code, not loaded) names no directory: beside the SQLite
+    state, else a private folder in the temporary directory."""
+    db = config.storage.sqlite_path
+    if db is not None and str(db) != ":memory:":
+        return str(db.parent / "media")
+    return os.path.join(tempfile.gettempdir(), f"edgecrab-media-{os.getuid()}")
 
 
 def _media_of(message: Message) -> tuple[Attachment, ...]:
