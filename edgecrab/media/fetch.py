@@ -131,7 +131,9 @@ class MediaFetcher:
                 self.tokens.invalidate(token)
                 continue
             hint = f"; grant the app the {PERMISSION} permission" if response.status_code == 403 else ""
-            raise _Failed(f"DingTalk refused the download code: {err}{hint}")
+            log.warning("[media] messageFiles/download refused: %s", err)  # with the request id, for support
+            why = f"{err.code or f'HTTP {err.status}'}: {err.message}"
+            raise _Failed(f"DingTalk refused the download code ({why}){hint}")
         raise AssertionError("unreachable")
 
     async def _token(self) -> str:
