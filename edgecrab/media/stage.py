@@ -148,6 +148,11 @@ class MediaStage:
             first = first.replace(attachments=pictures)
         await self._submit(first, waiting.quiet)
 
+    @property
+    def waiting(self) -> int:
+        """Messages held in a merge window, not yet handed to the runner."""
+        return sum(len(w.messages) for w in self._waiting.values())
+
     # -- downloads -----------------------------------------------------------------------------------
     def _prefetch(self, message: Message) -> None:
         if self._tg is None:
