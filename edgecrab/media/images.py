@@ -12,6 +12,9 @@ import os
 
 from PIL import Image
 
+MAX_IMAGE_BYTES = 4 * 1024 * 1024
+"""A picture file larger than this is re-encoded as JPEG even when it has few enough pixels: servers cap
+the size of a request, and a photo saved as PNG can be several times its JPEG size."""
 VISION_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 """What OpenAI-compatible vision models take in a data URL."""
 
@@ -20,7 +23,8 @@ def prepare_image(path: str, mime: str, max_pixels: int) -> tuple[str, str]:
     """``(path, mime)`` of the picture to send: the original, or a smaller or converted copy."""
     with Image.open(path) as image:
         width, height = image.size
-        if mime in VISION_TYPES and width * height <= max_pixels:
+        small = os.path.getsize(path) <= MAX_IMAGE_BYTES
+        if mime in VISION_TYPES and width * height <= max_pixels and small:
             return path, mime
         scale = min(1.0, math.sqrt(max_pixels / max(width * height, 1)))
         size = (max(1, int(width * scale)), max(1, int(height * scale)))

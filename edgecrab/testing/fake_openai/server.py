@@ -216,7 +216,7 @@ class FakeOpenAI:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> FakeOpenAI:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # vision requests carry pictures
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/chat/completions", self._chat)
         app.router.add_get("/_fake/state", self._get_state)
