@@ -103,6 +103,9 @@ def start(name: str, fake: BenchFake, workdir: Path, llm_url: str = "", dingtalk
     if name == EDGECRAB:
         config = edgecrab_config(workdir / "edgecrab.yaml", fake.base_url, llm_url, dingtalk_extra)
         argv = [sys.executable, "-m", "edgecrab", "--config", str(config), "gateway", "start"]
+        if os.environ.get("BENCH_PROFILE_DIR"):  # profile the gateway (cProfile writes on exit)
+            out = Path(os.environ["BENCH_PROFILE_DIR"]) / f"edgecrab-{workdir.name}.prof"
+            argv[1:3] = ["-m", "bench.profiled", str(out)]
     elif name in (SDK, RAW):
         module = "bench.sdk_bot" if name == SDK else "bench.raw_bot"
         argv = [

@@ -22,8 +22,6 @@ def frozen_map(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(data or {}))
 
 
-
-
 @dataclass(frozen=True)
 class CardConfig:
     """``platforms.dingtalk.card``: how answers stream into DingTalk AI cards (``reply_mode: card``)."""
@@ -152,6 +150,9 @@ class StorageConfig:
     url: str = "sqlite:///~/.edgecrab/state.db"
     prefix: str = "edgecrab:"
     """Redis only: the start of every key, so that several gateways (or other programs) share one Redis."""
+    lease_s: float = 15.0
+    """Redis only: a replica's session leases expire this long after it stopped renewing them (it died):
+    then the other replicas take over its sessions."""
 
     @property
     def sqlite_path(self) -> Path | None:

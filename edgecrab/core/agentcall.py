@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
 from edgecrab.agents.base import Agent, AgentError, Deltas
 from edgecrab.events import AgentRequest, AgentResult, Message
+from edgecrab.store.base import FAILED, Store
 
 log = logging.getLogger("edgecrab.core.agentcall")
 
@@ -73,3 +75,29 @@ async def call_agent(
 
 
 __all__ = ["USER_FAILURE_TEXT", "call_agent", "failure_answer", "failure_text"]
+
+
+async def run_crashed(
+    store: Store,
+    reply: Callable[[Message, str, str], Awaitable[None]],
+    message: Message,
+    key: str,
+    exc: Exception,
+) -> None:
+    """A run that broke (a storage error, a bug): logged, the message failed, and its sender told so. One
+    broken run must never take the other sessions down."""
+    runs_log = logging.getLogger("edgecrab.core.runs")
+    runs_log.error(
+        "[runs] %s: run for message %s failed unexpectedly: %s: %s",
+        key,
+        message.id,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+    )
+    try:
+        reason = f"internal error: {type(exc).__name__}"
+        await store.inbox_set_state(message.robot, message.id, FAILED, reason)
+        await reply(message, "⚠️ Sorry — something went wrong while answering. /retry to try again.", key)
+    except Exception:
+        runs_log.exception("[runs] %s: could not report the failure of message %s", key, message.id)

@@ -96,7 +96,11 @@ def cap_text(message: Message, limit: int) -> Message:
     agent sees: a 900 KB paste would otherwise be sent to the model whole, and echoed back as 150 replies."""
     if not limit or len(message.text) <= limit:
         return message
-    log.info("[gateway] message %s: text of %d characters cut to %d (max_inbound_chars)",
-             message.id, len(message.text), limit)
+    log.info(
+        "[gateway] message %s: text of %d characters cut to %d (max_inbound_chars)",
+        message.id,
+        len(message.text),
+        limit,
+    )
     note = f"\n\n[edgecrab: the message was cut to its first {limit:,} of {len(message.text):,} characters]"
     return message.replace(text=message.text[:limit] + note, parts=())

@@ -10,7 +10,9 @@ like any other. With live replies (``reply_mode: card``, :mod:`edgecrab.core.liv
 it starts, streams the agent's text into it, and settles it as the run ends. The agent call lives in its own
 cancel scope: ``/stop``, ``/new`` and the ``interrupt`` policy cancel exactly that scope, which closes the
 backend's HTTP stream or kills its subprocess. They also bump the session's epoch, so a run stopped before
-or after its agent call sends nothing either.
+or after its agent call sends nothing either. Replicas on Redis (:mod:`edgecrab.coordination`): a session's
+messages also wait in its queue across replicas, a run needs the session's lease, and /stop, /new and
+interrupts reach the replica running it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -26,11 +29,13 @@ import anyio.abc
 from edgecrab.activity import QUEUED, REJECTED, RUN, message_event
 from edgecrab.agents.base import Agent
 from edgecrab.config import SessionsConfig
-from edgecrab.core.agentcall import call_agent, failure_answer
+from edgecrab.coordination import INTERRUPT, NEW, STOP, Coordination
+from edgecrab.core import sessions as texts
+from edgecrab.core.agentcall import call_agent, failure_answer, run_crashed
 from edgecrab.core.agentcall import failure_text as failure_text  # re-exported: tests and hooks read it here
 from edgecrab.core.live import LiveReplies, LiveReply, settle
 from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, expire_if_idle, retry_text, session_key
-from edgecrab.core.turns import PlainTurns, TurnContent
+from edgecrab.core.turns import PlainTurns, TurnContent, conversation
 from edgecrab.events import AgentRequest, AgentResult, Message
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
 
@@ -62,11 +67,12 @@ class Runner:
         hooks: Any = None,
         prepare: Prepare | None = None,
         live: LiveReplies | None = None,
+        coord: Coordination | None = None,
         turns: TurnContent | None = None,
     ) -> None:
         """Without ``prepare``, a run's answer goes out through ``reply`` before the run is recorded as
         finished (a crash in between runs the message again); with it, in the same store transaction.
-        ``turns``: what the agent is given for a message (:mod:`edgecrab.core.turns`)."""
+        ``turns``: the agent's user turns (:mod:`edgecrab.core.turns`)."""
         self.config = config
         self.store = store
         self.agent = agent
@@ -77,6 +83,8 @@ class Runner:
         self.system_prompt = system_prompt
         self.agent_timeout_s = agent_timeout_s
         self.hooks = hooks
+        self.coord = coord or store.coordination()
+        """Other replicas (Redis): the session's lease and queue across them, their /stop and /new."""
         self._sessions: dict[str, Session] = {}
         self._limiter = anyio.CapacityLimiter(config.max_concurrent_runs)
         self._tg: anyio.abc.TaskGroup | None = None
@@ -97,6 +105,7 @@ class Runner:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            await tg.start(self.coord.run, self._on_signal)
             task_status.started()
             await anyio.sleep_forever()
 
@@ -106,43 +115,27 @@ class Runner:
         message picked up again after a restart, whose notice went out before it)."""
         key = self.key(message)
         s = self._session(key)
-        busy = s.current is not None or bool(s.queue)
+        elsewhere = await self.coord.waiting(key)  # this session's messages on every replica (Redis)
+        busy = s.current is not None or bool(s.queue) or elsewhere > 0
         # Messages waiting: the queue's head is not waiting when no run is in flight (it starts next).
-        waiting = len(s.queue) - (1 if s.current is None and s.queue else 0)
+        waiting = max(len(s.queue) - (1 if s.current is None and s.queue else 0), elsewhere - 1)
         policy = self.config.busy_policy
         how = "retry" if retry else "picked up after a restart" if quiet else ""
         if busy and policy == "reject":
             message_event(message, REJECTED, "busy with the previous message")
-            await self._reply(
-                message,
-                "⏳ I'm still working on your previous message. Wait for the answer, "
-                "or send /stop to cancel it.",
-                key,
-            )
+            await self._reply(message, texts.busy_text(), key)
             await self.store.inbox_set_state(message.robot, message.id, DONE, "rejected: busy")
             return
         if busy and policy == "interrupt":
-            message_event(message, RUN, ", ".join(filter(None, (how, "interrupting the previous run"))))
-            running, dropped = s.cancel()
-            s.queue.append(QueuedMessage(message, retry))
-            self._start_worker(s)
-            await self._finish_dropped(dropped, "replaced by a newer message (interrupt)")
-            if running:
-                await self._reply(
-                    message, "⏹ Stopped the previous answer — working on your new message.", key
-                )
+            await self._interrupt(s, QueuedMessage(message, retry), how, elsewhere > 0)
             return
         limit = self.config.queue_limit
         if busy and waiting >= limit:
             message_event(message, REJECTED, f"queue full ({limit} waiting)")
-            await self._reply(
-                message,
-                f"⏳ The queue is full ({limit} message{'' if limit == 1 else 's'} waiting). "
-                "Try again when I've caught up, or send /stop to clear it.",
-                key,
-            )
+            await self._reply(message, texts.queue_full_text(limit), key)
             await self.store.inbox_set_state(message.robot, message.id, DONE, "rejected: queue full")
             return
+        await self.coord.enqueue(key, message.id)
         s.queue.append(QueuedMessage(message, retry))
         self._start_worker(s)
         if busy:
@@ -150,12 +143,21 @@ class Runner:
         else:
             message_event(message, RUN, how)
         if busy and not quiet:
-            await self._reply(
-                message,
-                f"⏳ Queued — position {waiting + 1}. I'll answer when the current "
-                "reply is done (/stop cancels).",
-                key,
-            )
+            await self._reply(message, texts.queued_text(waiting + 1), key)
+
+    async def _interrupt(self, s: Session, item: QueuedMessage, how: str, elsewhere: bool) -> None:
+        """The ``interrupt`` policy: stop the run in flight (on whichever replica), then run ``item``."""
+        message = item.message
+        message_event(message, RUN, ", ".join(filter(None, (how, "interrupting the previous run"))))
+        running, dropped = s.cancel()
+        if elsewhere:
+            await self.coord.signal(s.key, INTERRUPT)
+        await self.coord.enqueue(s.key, message.id)
+        s.queue.append(item)
+        self._start_worker(s)
+        await self._finish_dropped(dropped, "replaced by a newer message (interrupt)")
+        if running or elsewhere:
+            await self._reply(message, "⏹ Stopped the previous answer — working on your new message.", s.key)
 
     def _start_worker(self, s: Session) -> None:
         if s.worker or self._tg is None:
@@ -168,28 +170,18 @@ class Runner:
             while s.queue:
                 item = s.queue.popleft()
                 s.current, s.started, s.scope = item.message, time.monotonic(), anyio.CancelScope()
-                try:
-                    await self._run_one(s, item, s.epoch, s.resets)
-                except Exception as exc:
-                    # One broken run (a storage error, a bug) must never take the other sessions down.
-                    await self._run_crashed(item.message, s.key, exc)
+                epoch = s.epoch
+                try:  # other replicas: wait for this message's turn in the session (or a /stop meanwhile)
+                    async with self.coord.hold(s.key, item.message.id, partial(s.moved_on, epoch)):
+                        await self._run_one(s, item, epoch, s.resets)
+                except Exception as exc:  # a storage error, a bug: the other sessions go on
+                    await run_crashed(self.store, self._reply, item.message, s.key, exc)
                 finally:
                     s.current, s.scope = None, None
         finally:
             s.worker = False
             if not s.queue and self._sessions.get(s.key) is s:
                 del self._sessions[s.key]
-
-    async def _run_crashed(self, message: Message, key: str, exc: Exception) -> None:
-        log.error("[runs] %s: run for message %s failed unexpectedly: %s: %s",
-                  key, message.id, type(exc).__name__, exc, exc_info=exc)
-        try:
-            reason = f"internal error: {type(exc).__name__}"
-            await self.store.inbox_set_state(message.robot, message.id, FAILED, reason)
-            text = "⚠️ Sorry — something went wrong while answering. /retry to try again."
-            await self._reply(message, text, key)
-        except Exception:
-            log.exception("[runs] %s: could not report the failure of message %s", key, message.id)
 
     # -- one run -------------------------------------------------------------------------------------
     async def _run_one(self, s: Session, item: QueuedMessage, epoch: int, resets: int) -> None:
@@ -281,14 +273,8 @@ class Runner:
             return None
         history = await self.store.history(key, self.config.history_limit)
         request = AgentRequest(
-            messages=[
-                {"role": t.role, "content": await self.turns.stored_content(t.content) if t.role == "user"
-                 else t.content} for t in history
-            ] + [{"role": "user", "content": content}],
-            system_prompt=self.system_prompt,
-            session_key=key,
-            message_id=message.id,
-            attachments=turn.attachments,
+            await conversation(self.turns, history, content), system_prompt=self.system_prompt,
+            session_key=key, message_id=message.id, attachments=turn.attachments,
         )
         if self.hooks is not None:
             request = await self.hooks.pipeline("prepare_agent_request", "request", request, message=message)
@@ -373,18 +359,31 @@ class Runner:
         return await self._cancel(key, "/new", reset=True)
 
     async def _cancel(self, key: str, command: str, *, reset: bool) -> tuple[bool, list[Message]]:
+        elsewhere = await self.coord.waiting(key) > 0
+        if elsewhere:  # the replica running the session (maybe another) hears it and stops within 1 s
+            await self.coord.signal(key, NEW if reset else STOP)
         s = self._sessions.get(key)
         if s is None:
-            return False, []
+            return elsewhere, []
         s.resets += int(reset)
         running, dropped = s.cancel()
         await self._finish_dropped(dropped, f"dropped by {command}")
-        return running, dropped
+        return running or elsewhere, dropped
+
+    async def _on_signal(self, key: str, what: str) -> None:
+        """Another replica's /stop, /new or interrupt for a session that may run here."""
+        s = self._sessions.get(key)
+        if s is not None:
+            s.resets += int(what == NEW)
+            _running, dropped = s.cancel()
+            await self._finish_dropped(dropped, f"dropped by {what} (on another replica)")
 
     async def _finish_dropped(self, messages: list[Message], reason: str) -> None:
         """Queued messages that will never run: finished in the inbox so a restart does not revive them."""
         for m in messages:
             await self.store.inbox_set_state(m.robot, m.id, DONE, reason)
+        if messages:
+            await self.coord.drop(self.key(messages[0]), [m.id for m in messages])
 
     def status(self, key: str) -> RunStatus:
         s = self._sessions.get(key)

@@ -34,6 +34,21 @@ def session_key(message: Message, group_scope: str = "shared") -> str:
     return f"{message.robot}:group:{message.conversation.id}"
 
 
+def busy_text() -> str:
+    return "⏳ I'm still working on your previous message. Wait for the answer, or send /stop to cancel it."
+
+
+def queue_full_text(limit: int) -> str:
+    return (
+        f"⏳ The queue is full ({limit} message{'' if limit == 1 else 's'} waiting). "
+        "Try again when I've caught up, or send /stop to clear it."
+    )
+
+
+def queued_text(position: int) -> str:
+    return f"⏳ Queued — position {position}. I'll answer when the current reply is done (/stop cancels)."
+
+
 @dataclass(slots=True)
 class QueuedMessage:
     message: Message
@@ -61,6 +76,10 @@ class Session:
     """Bumped by /stop, /new and interrupt: a run that started under an older epoch sends nothing."""
     resets: int = 0
     """Bumped by /new: a run that started before it writes nothing into the fresh session."""
+
+    def moved_on(self, epoch: int) -> bool:
+        """A /stop, /new or interrupt came since ``epoch``."""
+        return self.epoch != epoch
 
     def cancel(self) -> tuple[bool, list[Message]]:
         """Stop the run in flight (whatever phase it is in) and empty the queue."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edgecrab.events import Message
+from edgecrab.store.base import Turn
 
 
 @dataclass(slots=True)
@@ -40,3 +41,15 @@ class PlainTurns:
 
     async def stored_content(self, stored: str) -> str | list[dict[str, Any]]:
         return stored
+
+
+async def conversation(
+    turns: TurnContent, history: list[Turn], content: str | list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The request's messages: the history (user turns as :meth:`TurnContent.stored_content` gives them),
+    then the new user turn's ``content``."""
+    messages = [
+        {"role": t.role, "content": await turns.stored_content(t.content) if t.role == "user" else t.content}
+        for t in history
+    ]
+    return [*messages, {"role": "user", "content": content}]

@@ -197,6 +197,11 @@ class _Collector(Collector):
         yield self._gauge("edgecrab_runs_active", "Agent runs in progress.", p.runner.active_runs)
         yield self._gauge("edgecrab_start_time_seconds", "When the gateway started (Unix time).",
                           p.started_wall)
+        replica = GaugeMetricFamily("edgecrab_replica_info", "1, labelled with this replica's id (replicas "
+                                    "share a Redis store; one process on SQLite is one replica).",
+                                    labels=["robot", "replica"])
+        replica.add_metric([p.robot, p.runner.coord.replica_id], 1.0)
+        yield replica
 
 
 __all__ = ["API_NAMES", "GatewayMetrics"]

@@ -210,6 +210,7 @@ class OpsServer:
         stream = p.stream
         return {
             "robot": p.robot,
+            "replica": p.runner.coord.replica_id,  # which of several replicas (storage on Redis) this is
             "version": __version__,
             "agent": p.agent,
             "mode": p.mode,

@@ -12,6 +12,11 @@ A chunk DingTalk rejects as too long (``460101``, or the OpenAPI's body-size err
 is split again and the pieces are sent in its place (:mod:`edgecrab.replies.resplit`, which also keeps the
 pieces still to send in the store, so a restart half-way through a re-split chunk repeats nothing either).
 
+A conversation whose sender has nothing left to send is *settled*: the ledger holds nothing unsent for
+it. The next reply's chunks, just recorded, then go to a new sender as they are, without reading them
+back from the store (one query a reply, in the profile of 1a). Only where this process is the store's
+sole writer (:attr:`edgecrab.store.base.Store.sole_writer`; not with Redis, where replicas share it).
+
 ``/stop`` and ``/new`` call :meth:`Delivery.cancel`: the unsent chunks are marked cancelled in the ledger
 and the conversation's epoch is bumped, so a worker that has already read them re-reads the ledger
 before its next send (and gives up waiting to retry one).
@@ -26,20 +31,16 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 
 from edgecrab.activity import reply_line
 from edgecrab.events import Message, ReplyRoute
+from edgecrab.replies.conversations import ConversationMemory
 from edgecrab.replies.format import Format, PreparedReply, conversation_key, prepare_reply
 from edgecrab.replies.resplit import TOO_LONG_CODES, Resplits
+from edgecrab.replies.wire import Wire
 from edgecrab.store.base import PENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
 
 log = logging.getLogger("edgecrab.replies.delivery")
-
-STOP_GRACE_S = 0.5
-"""How long a send already on the wire may go on when the gateway stops. DingTalk may well take it, and
-only a finished send is known to be delivered: one cut off is sent again after the restart (a duplicate
-whenever DingTalk had taken it). A send that needs longer is cut off, and is sent again."""
 
 
 class SendOutcome(Protocol):
@@ -75,27 +76,24 @@ class Delivery:
         self.store = store
         self.sender = sender
         self.format = fmt
-        self.chunk_interval_s = chunk_interval_s
         self._notify = notify
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers: dict[str, anyio.Event] = {}
         """Live workers by conversation; the event is set when new chunks arrive while one works."""
         self._epochs: dict[str, int] = {}
         """Bumped by cancel(): a worker holding an older epoch re-reads the ledger before sending."""
-        self._last_sent: dict[str, float] = {}
-        """Monotonic time of each conversation's last accepted message (the pacing reference)."""
+        self._memory = ConversationMemory(chunk_interval_s, remember_settled=store.sole_writer)
         self._replies: dict[str, tuple[str, Message | None]] = {}
         """Replies recorded by this process and not finished yet: their text and message, for hooks."""
+        self._cancelling: dict[str, list[anyio.Event]] = {}
+        """Cancellations in progress by conversation: a sender reads the ledger only after they committed
+        (else it could read, and send, chunks a /stop had just dropped)."""
+        self._handed: dict[str, tuple[int, list[OutboxChunk]]] = {}
+        """Chunks handed to a sender about to start, with the conversation's epoch at that moment."""
         self._resplits = Resplits(store)
         self._via: dict[str, str] = {}
         """The route the last sent chunk of each unfinished reply took (for its log line)."""
-        self._on_the_wire: set[anyio.CancelScope] = set()
-        """The sends in progress, each shielded from the gateway's stop (see :data:`STOP_GRACE_S`)."""
-        self._sending: dict[str, tuple[str, anyio.CancelScope]] = {}
-        """By conversation: the reply whose message is being sent (retries included), and the scope that
-        ``/stop`` cancels so that a send still retrying is not waited for."""
-        self._stop_by: float | None = None
-        """Once the gateway stops: the moment (anyio's clock) by which sends in progress are cut off."""
+        self._wire = Wire()
         self.sent_chunks = 0
         """Messages DingTalk accepted (a re-split chunk counts once per piece)."""
         self.failed_replies = 0
@@ -143,7 +141,10 @@ class Delivery:
         """``prepared``'s chunks are in the ledger: wake the conversation's sender."""
         if prepared.chunks:
             self._replies[prepared.reply_id] = (prepared.text, prepared.message)
-            self._wake(prepared.conversation_key)
+            ckey = prepared.conversation_key
+            if ckey not in self._workers and self._tg is not None and self._memory.take_settled(ckey):
+                self._handed[ckey] = (self._epochs.get(ckey, 0), list(prepared.chunks))
+            self._wake(ckey)
 
     async def cancel(self, route: ReplyRoute, *, session_key: str | None = None) -> int:
         """Drop unsent chunks (``/stop``, ``/new``: nothing more of that answer is sent).
@@ -154,6 +155,20 @@ class Delivery:
         """
         ckey = conversation_key(route)
         self._epochs[ckey] = self._epochs.get(ckey, 0) + 1
+        done = anyio.Event()
+        self._cancelling.setdefault(ckey, []).append(done)
+        try:
+            dropped = await self._drop(ckey, session_key)
+        finally:
+            done.set()
+            self._cancelling[ckey].remove(done)
+            if not self._cancelling[ckey]:
+                del self._cancelling[ckey]
+        if dropped:
+            log.info("[delivery] %d unsent chunk(s) to %s cancelled", dropped, ckey)
+        return dropped
+
+    async def _drop(self, ckey: str, session_key: str | None) -> int:
         pending = await self.store.outbox_pending(ckey)
         reply_ids = list(
             dict.fromkeys(c.reply_id for c in pending if session_key is None or c.session_key == session_key)
@@ -168,11 +183,7 @@ class Delivery:
             self._replies.pop(reply_id, None)
             self._via.pop(reply_id, None)
             self._resplits.forget(reply_id)
-        sending = self._sending.get(ckey)
-        if sending is not None and (session_key is None or sending[0] in reply_ids):
-            sending[1].cancel()
-        if dropped:
-            log.info("[delivery] %d unsent chunk(s) to %s cancelled", dropped, ckey)
+        self._wire.stop(ckey, None if session_key is None else reply_ids)
         return dropped
 
     # -- workers -----------------------------------------------------------------------------------
@@ -187,10 +198,7 @@ class Delivery:
             try:
                 await anyio.sleep_forever()
             finally:
-                # Stopping: every worker is being cancelled; the sends on the wire get a moment to finish.
-                self._stop_by = anyio.current_time() + STOP_GRACE_S
-                for scope in self._on_the_wire:
-                    scope.deadline = self._stop_by
+                self._wire.stopping()  # every worker is being cancelled; sends on the wire may finish
 
     def _wake(self, ckey: str) -> None:
         event = self._workers.get(ckey)
@@ -199,41 +207,36 @@ class Delivery:
             return
         if self._tg is None:
             return  # run() will pick it up from the ledger
-        self._forget_old_pacing()
+        self._memory.forget_old(self._workers)
         self._workers[ckey] = anyio.Event()
         self._tg.start_soon(self._worker, ckey)
-
-    def _forget_old_pacing(self) -> None:
-        if len(self._last_sent) < 1024:
-            return
-        horizon = time.monotonic() - self.chunk_interval_s
-        self._last_sent = {k: t for k, t in self._last_sent.items() if t > horizon or k in self._workers}
 
     async def _worker(self, ckey: str) -> None:
         try:
             while True:
                 woken = self._workers[ckey] = anyio.Event()
-                pending = await self.store.outbox_pending(ckey)
+                handed = self._handed.pop(ckey, None)
+                if handed is not None:
+                    epoch, pending = handed  # a /stop since then shows as a newer epoch: re-read
+                else:
+                    for cancelling in list(self._cancelling.get(ckey, ())):
+                        await cancelling.wait()
+                    epoch = self._epochs.get(ckey, 0)
+                    pending = await self.store.outbox_pending(ckey)
                 if not pending:
                     if woken.is_set():
                         continue  # chunks were added while we looked: look again
+                    self._memory.settle(ckey)
                     return
-                epoch = self._epochs.get(ckey, 0)
                 for chunk in pending:
                     if not await self._deliver(chunk, epoch):
                         break  # cancelled, or the rest of the reply was given up: re-read the ledger
                 else:
                     if not woken.is_set():
+                        self._memory.settle(ckey)
                         return  # all sent, and nothing was recorded for this conversation meanwhile
         finally:
             self._workers.pop(ckey, None)
-
-    async def _pace(self, ckey: str) -> None:
-        last = self._last_sent.get(ckey)
-        if last is not None:
-            wait = self.chunk_interval_s - (time.monotonic() - last)
-            if wait > 0:
-                await anyio.sleep(wait)
 
     def _cancelled(self, chunk: OutboxChunk, epoch: int) -> bool:
         return self._epochs.get(chunk.conversation_key, 0) != epoch
@@ -252,7 +255,7 @@ class Delivery:
             if not pieces[0].strip():
                 pieces.pop(0)
                 continue
-            await self._pace(chunk.conversation_key)
+            await self._memory.pace(chunk.conversation_key)
             if self._cancelled(chunk, epoch):
                 return False
             mention = chunk.mention and not any(p.strip() for p in pieces[1:])  # on the last piece
@@ -320,10 +323,13 @@ class Delivery:
             self.failed_in_a_row += 1
             return _FAILED, f"{type(exc).__name__}: {exc}"
         if result is None or self._cancelled(chunk, epoch):
-            return _CANCELLED, ""  # /stop, or the gateway stopped and the send did not finish in time
+            # /stop, or the gateway stopped and the send did not finish in time. DingTalk may have it:
+            # the next message to the conversation keeps its distance from this one too.
+            self._memory.sent(chunk.conversation_key)
+            return _CANCELLED, ""
         if result.ok:
             self._via[chunk.reply_id] = getattr(result, "via", "")
-            self._last_sent[chunk.conversation_key] = time.monotonic()
+            self._memory.sent(chunk.conversation_key)
             self.sent_chunks += 1
             self.failed_in_a_row = 0
             return _OK, ""
@@ -336,27 +342,13 @@ class Delivery:
     async def _send_once(
         self, chunk: OutboxChunk, route: ReplyRoute, text: str, mention: bool
     ) -> SendOutcome | None:
-        """One send (the sender's retries included), which a stop of the gateway does not cut off at once
-        (:data:`STOP_GRACE_S`) and ``/stop`` does. None when it was cut off."""
-        if self._stop_by is not None:
-            await anyio.lowlevel.checkpoint()  # stopping: start nothing new (this raises the stop)
-        with anyio.CancelScope(shield=True) as scope:
-            if self._stop_by is not None:
-                scope.deadline = self._stop_by
-            self._on_the_wire.add(scope)
-            try:
-                with anyio.CancelScope() as stoppable:
-                    self._sending[chunk.conversation_key] = (chunk.reply_id, stoppable)
-                    return await self.sender.send(
-                        route, text=text, title=chunk.title, mention=mention, fmt=self.format.fmt
-                    )
-                return None  # /stop cancelled it
-            finally:
-                self._sending.pop(chunk.conversation_key, None)
-                self._on_the_wire.discard(scope)
-        # Cut off at the end of the grace period: the stop itself is pending on this task.
-        await anyio.lowlevel.checkpoint()
-        return None
+        """One send on the :class:`~edgecrab.replies.wire.Wire`; None when it was cut off."""
+        fmt = self.format.fmt
+        return await self._wire.send(
+            chunk.conversation_key,
+            chunk.reply_id,
+            lambda: self.sender.send(route, text=text, title=chunk.title, mention=mention, fmt=fmt),
+        )
 
     async def _count_sent(self, chunk: OutboxChunk) -> None:
         if chunk.session_key:

@@ -61,7 +61,7 @@ def open_store(config: StorageConfig) -> Store:
     if scheme in ("redis", "rediss"):
         from edgecrab.store.redis_store import RedisStore  # redis-py is imported only when used
 
-        return RedisStore(config.url, config.prefix)
+        return RedisStore(config.url, config.prefix, lease_s=config.lease_s)
     path = config.sqlite_path
     if path is None:
         raise ValueError(f"unsupported storage.url scheme {scheme!r} (supported: {SUPPORTED})")

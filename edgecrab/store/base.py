@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgecrab.coordination import Coordination, LocalCoordination
 from edgecrab.errors import EdgecrabError
 
 # Inbox states
@@ -134,6 +135,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    def coordination(self) -> Coordination:
+        """How the session runner coordinates with other replicas sharing this store: nothing to do for
+        one process (the default); Redis: session leases, queues and signals
+        (:mod:`edgecrab.coordination`)."""
+        return LocalCoordination()
+
     async def maintain(self) -> None:
         """Periodic upkeep the gateway runs every second or so, off its event loop where it can (SQLite:
         the WAL checkpoint). Nothing by default."""
@@ -146,6 +153,12 @@ class Store(abc.ABC):
     ) -> bool:
         """Atomically record a callback. True if new; False if ``msg_id`` (or a non-empty
         ``stream_message_id``) was already recorded for this robot, whatever its state."""
+
+    sole_writer: bool = True
+    """True when this process is the only one that writes the store (SQLite): what it recorded and sent
+    is all there is, so the delivery may hand chunks it just recorded straight to the conversation's
+    sender instead of reading them back (:class:`edgecrab.replies.delivery.Delivery`). False for a store
+    that several replicas share (Redis)."""
 
     records_at_once: bool = False
     """True for a store that commits in microseconds (SQLite): :meth:`inbox_claim_now` works, and the

@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import redis.asyncio
 
+from edgecrab.coordination import Coordination, replica_id
 from edgecrab.store import redis_rows as rows
 from edgecrab.store.base import (
     PROCESSING,
@@ -38,6 +39,7 @@ from edgecrab.store.base import (
     Turn,
     UsageDelta,
 )
+from edgecrab.store.redis_coord import RedisCoordination
 from edgecrab.store.redis_lua import APPLY, SWEEP
 from edgecrab.store.redis_rows import Ops
 
@@ -62,10 +64,12 @@ class RedisStore(Store):
     """Everything the gateway persists, in Redis under ``prefix``; shared by every replica on ``url``."""
 
     records_at_once = False
+    sole_writer = False
 
-    def __init__(self, url: str, prefix: str = "edgecrab:") -> None:
+    def __init__(self, url: str, prefix: str = "edgecrab:", *, lease_s: float = 15.0) -> None:
         self.url = url
         self.prefix = prefix
+        self.lease_s = lease_s
         self._client: redis.asyncio.Redis | None = None
         self._ack_client: redis.asyncio.Redis | None = None
         self._apply: Any = None
@@ -99,6 +103,9 @@ class RedisStore(Store):
             if client is not None:
                 await client.aclose()
         self._client = self._ack_client = None
+
+    def coordination(self) -> Coordination:
+        return RedisCoordination(self, replica_id(), self.lease_s)
 
     @property
     def client(self) -> redis.asyncio.Redis:

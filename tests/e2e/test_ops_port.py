@@ -117,6 +117,7 @@ def test_health_metrics_and_status_follow_the_traffic(tmp_path: Path) -> None:
         assert status["robot"] == SANDBOX_APP_KEY and status["connection"]["state"] == "connected"
         assert status["ops"]["port"] == int(str(ops.base_url).rsplit(":", 1)[1].rstrip("/"))
         assert status["messages_received"] == 2 and status["queue_depth"] == 0
+        assert status["replica"] and value(found, "edgecrab_replica_info", replica=status["replica"]) == 1
         shown = ops.get("/status").text
         assert SECRET_TEXT not in shown and SANDBOX_APP_SECRET not in shown and USER not in shown
 

@@ -18,8 +18,8 @@ messages point at ``{base_url}/robot/sendBySession?session=<hex>``.
 Public API of :class:`FakeDingTalk` (``fake``):
 
 - construction: ``FakeDingTalk(*, apps=None, users=None, host="127.0.0.1", port=0,
-  redeliver_after_s=60.0, max_redeliveries=3, webhook_ttl_s=5400, token_ttl_s=7200, body_limit=20000,
-  ticket_ttl_s=90, disconnect_close_after_s=10, deliver_unmentioned=False, kick_older=False,
+  redeliver_after_s=60.0, max_redeliveries=3, redeliver_new_id=False, webhook_ttl_s=5400, token_ttl_s=7200,
+  body_limit=20000, ticket_ttl_s=90, disconnect_close_after_s=10, deliver_unmentioned=False, kick_older=False,
   duplicate_after_ack=0.0, media_size=2048, seed=None)``; ``await start()`` / ``await stop()`` /
   ``async with``. Defaults: one app ``ding_test_key``/``test_secret_value``; users ``manager807``
   张三 (admin), ``user1001`` 李四, ``user1002`` Alice Chen, ``user1003`` Bob Smith, and an outsider
@@ -38,7 +38,9 @@ Public API of :class:`FakeDingTalk` (``fake``):
   ``card_action(user, out_track_id, action_ids=...)`` (push it with ``topic=CARD_CALLBACK_TOPIC``),
   ``message(kind, user, text, **options)``; ``register_media(app, bytes) -> downloadCode``.
 - stream: ``await push(data, *, app=None, message_id=None, topic=CALLBACK_TOPIC) -> messageId``
-  (tracked and redelivered with the identical frame until acked 200; a group message without @robot
+  (tracked and redelivered with the identical frame until acked 200, or with a new ``headers.messageId``
+  each time under ``redeliver_new_id``; each delivery goes to one random live connection of the app,
+  random from ``seed``; a group message without @robot
   is dropped as real DingTalk does, unless ``deliver_unmentioned``);
   ``await push_event(event_type, data=None, *, app=None, corp_id=None, message_id=None)``;
   ``await push_raw(frame, *, app=None, conn=None)``; ``await inject_duplicate(message_id)``;

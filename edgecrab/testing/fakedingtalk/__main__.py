@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--redeliver-after", type=float, default=60.0, help="seconds before an unacked redelivery"
     )
     parser.add_argument("--max-redeliveries", type=int, default=3)
+    parser.add_argument(
+        "--redeliver-new-id", action="store_true", help="give each redelivery a new headers.messageId"
+    )
     parser.add_argument("--webhook-ttl", type=float, default=5400.0)
     parser.add_argument("--token-ttl", type=int, default=7200)
     parser.add_argument("--ticket-ttl", type=float, default=90.0)
@@ -63,6 +66,7 @@ def build(args: argparse.Namespace) -> FakeDingTalk:
         port=args.port,
         redeliver_after_s=args.redeliver_after,
         max_redeliveries=args.max_redeliveries,
+        redeliver_new_id=args.redeliver_new_id,
         webhook_ttl_s=args.webhook_ttl,
         token_ttl_s=args.token_ttl,
         ticket_ttl_s=args.ticket_ttl,

@@ -137,11 +137,15 @@ class FakeActions(PayloadBuilder, Observation):
             the_app.client_secret.encode(), f"{timestamp}\n{the_app.client_secret}".encode(), hashlib.sha256
         ).digest()
         body = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-        headers = {"timestamp": timestamp, "sign": base64.b64encode(digest).decode(),
-                   "Content-Type": "application/json"}
-        async with aiohttp.ClientSession() as session, session.post(
-            url or self.settings.callback_url, data=body.encode(), headers=headers
-        ) as response:
+        headers = {
+            "timestamp": timestamp,
+            "sign": base64.b64encode(digest).decode(),
+            "Content-Type": "application/json",
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url or self.settings.callback_url, data=body.encode(), headers=headers) as response,
+        ):
             status = response.status
         self.state.counters["http_callbacks"] += 1
         self.state.counters[f"http_callbacks_{status}"] += 1

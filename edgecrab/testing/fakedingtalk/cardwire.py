@@ -58,5 +58,3 @@ def param_map(body: dict[str, Any], *, required: bool) -> dict[str, str] | None:
         code, message = NOT_STRING
         raise error((code, f"{message}: {', '.join(bad)}"))
     return dict(params)
-
-

@@ -70,6 +70,17 @@ class Delivery:
     connection_ids: list[str] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
 
+    @property
+    def frame_id(self) -> str:
+        """The ``headers.messageId`` of the latest send (``message_id`` unless renewed)."""
+        return self.headers.get("messageId", self.message_id)
+
+    def renew(self, frame_id: str) -> str:
+        """Give the next send a new ``headers.messageId`` (the frame is rendered again); returns it."""
+        self.headers = dict(self.headers, messageId=frame_id)
+        self.frame_text = None
+        return frame_id
+
 
 @dataclass
 class RawFrame:

@@ -104,7 +104,6 @@ def new_process_query_key() -> str:
     return base64.b64encode(secrets.token_bytes(24)).decode()
 
 
-
 def guarded(handler: Any) -> Any:
     """An API handler whose :class:`Rejection` becomes its DingTalk-style error answer."""
 
@@ -144,7 +143,6 @@ class RestApi:
             web.get("/files/{key}", self.serve_file),
             web.post("/media/upload", self.media_upload),
         ]
-
 
     # tokens -----------------------------------------------------------------------------------------------
     async def access_token(self, request: web.Request) -> web.Response:

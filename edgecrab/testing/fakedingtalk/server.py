@@ -61,6 +61,7 @@ class FakeDingTalk(FakeActions):
 
     redeliver_after_s = _setting("redeliver_after_s")
     max_redeliveries = _setting("max_redeliveries")
+    redeliver_new_id = _setting("redeliver_new_id")
     webhook_ttl_s = _setting("webhook_ttl_s")
     token_ttl_s = _setting("token_ttl_s")
     body_limit = _setting("body_limit")
@@ -79,6 +80,7 @@ class FakeDingTalk(FakeActions):
         port: int = 0,
         redeliver_after_s: float = 60.0,
         max_redeliveries: int = 3,
+        redeliver_new_id: bool = False,
         webhook_ttl_s: float = 5400,
         token_ttl_s: int = 7200,
         body_limit: int = 20000,
@@ -94,6 +96,7 @@ class FakeDingTalk(FakeActions):
         self.settings = Settings(
             redeliver_after_s=redeliver_after_s,
             max_redeliveries=max_redeliveries,
+            redeliver_new_id=redeliver_new_id,
             webhook_ttl_s=webhook_ttl_s,
             token_ttl_s=token_ttl_s,
             body_limit=body_limit,
@@ -136,7 +139,10 @@ class FakeDingTalk(FakeActions):
             middlewares=[guard_middleware(self.hosts), self._middleware], client_max_size=16 << 20
         )
         app.add_routes(
-            self.gateway.routes() + self.rest.routes() + self.cards.routes() + self.webhooks.routes()
+            self.gateway.routes()
+            + self.rest.routes()
+            + self.cards.routes()
+            + self.webhooks.routes()
             + CardControl(self.cards).routes()
             + self.control.routes()
         )

@@ -32,6 +32,7 @@ class Settings:
 
     redeliver_after_s: float = 60.0
     max_redeliveries: int = 3
+    redeliver_new_id: bool = False  # True: each redelivery has a new headers.messageId (DingTalk's MetaQ)
     webhook_ttl_s: float = 5400.0
     token_ttl_s: int = 7200
     body_limit: int = 20000

@@ -7,7 +7,8 @@ Delivery rules (protocol reference sections 3-5):
 - the frame text is frozen at its first send; a redelivery sends the very same text (identical headers,
   data and ``connectionId`` of the first delivery) to any eligible connection, ``redeliver_after_s`` after
   the latest send, while no 200 ack (EVENT: 200 with status SUCCESS) arrived, at most ``max_redeliveries``
-  times;
+  times; with ``redeliver_new_id`` (DingTalk's MetaQ redelivery, wave2 section 5) each redelivery carries a
+  NEW ``headers.messageId`` (same ``data``), and an ack of any of a push's ids settles it;
 - after a SYSTEM disconnect the connection receives nothing more and is closed
   ``disconnect_close_after_s`` later.
 """
@@ -44,6 +45,7 @@ class StreamHub:
         self.connections: list[FakeConnection] = []
         self.all_connections: list[FakeConnection] = []
         self.deliveries: dict[str, Delivery] = {}
+        self.aliases: dict[str, Delivery] = {}  # a redelivery's new messageId -> its push
         self.queues: dict[str, deque[Delivery | RawFrame]] = {}
         self._pings: dict[str, PingRecord] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -170,13 +172,8 @@ class StreamHub:
         await self._send(
             conn,
             d.frame_text,
-            {
-                "message_id": d.message_id,
-                "type": d.frame_type,
-                "topic": d.topic,
-                "attempt": d.attempts,
-                "app": d.app,
-            },
+            {"message_id": d.message_id, "frame_id": d.frame_id, "type": d.frame_type, "topic": d.topic}
+            | {"attempt": d.attempts, "app": d.app},
         )
         if d.timer:
             d.timer.cancel()
@@ -193,7 +190,11 @@ class StreamHub:
             self.state.bus.emit("redelivery", message_id=d.message_id, attempt=d.attempts, gave_up=True)
             return
         self.state.counters["redeliveries"] += 1
-        self.state.bus.emit("redelivery", message_id=d.message_id, attempt=d.attempts + 1, gave_up=False)
+        if self.state.settings.redeliver_new_id:
+            self.aliases[d.renew(new_frame_message_id())] = d
+        self.state.bus.emit(
+            "redelivery", message_id=d.message_id, frame_id=d.frame_id, attempt=d.attempts + 1, gave_up=False
+        )
         await self._deliver(d)
 
     async def push(
@@ -331,7 +332,7 @@ class StreamHub:
             with contextlib.suppress(ValueError, RecursionError):
                 data = json.loads(data)
         code = frame.get("code")
-        d = self.deliveries.get(mid) if isinstance(mid, str) else None
+        d = (self.deliveries.get(mid) or self.aliases.get(mid)) if isinstance(mid, str) else None
         ping = self._pings.get(mid) if isinstance(mid, str) else None
         now = time.monotonic()
         sent_t = d.last_sent_t if d else (ping.sent_t if ping else None)

@@ -1,0 +1,94 @@
+"""Coordination between gateway replicas, as the session runner sees it: one run per session cluster-wide,
+the session's queue in arrival order across replicas, and ``/stop``, ``/new`` and interrupts reaching the
+replica that runs a session.
+
+The store provides it (:meth:`edgecrab.store.base.Store.coordination`): one process on SQLite gets
+:class:`LocalCoordination`, which does nothing (the runner's own per-session worker already serializes a
+session's runs); replicas on Redis get :class:`edgecrab.store.redis_coord.RedisCoordination` (a session
+lease and queue in Redis, signals over pub/sub). The core stays platform- and store-neutral.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+
+import anyio
+import anyio.abc
+
+STOP, NEW, INTERRUPT = "stop", "new", "interrupt"
+"""What a signal asks the replica running a session to do: cancel the run and drop the queue; /new also
+makes the run in flight write nothing to the session."""
+
+OnSignal = Callable[[str, str], Awaitable[None]]
+"""on_signal(session_key, what): another replica sent ``what`` for a session."""
+
+
+def replica_id() -> str:
+    """This process's name among the replicas: ``$EDGECRAB_REPLICA_ID``, or host name, pid and a random tag
+    (a restarted process is a new replica: the old one's leases expire on their own)."""
+    given = os.environ.get("EDGECRAB_REPLICA_ID", "").strip()
+    if given:
+        return given[:64].replace("|", "_")
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Coordination(Protocol):
+    replica_id: str
+
+    async def run(
+        self, on_signal: OnSignal, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Heartbeat and signal listener, until cancelled; ``on_signal`` hears other replicas' signals."""
+        ...
+
+    async def enqueue(self, key: str, msg_id: str) -> None:
+        """Put a message in the session's cluster-wide queue (in arrival order; once)."""
+
+    def hold(self, key: str, msg_id: str, given_up: Callable[[], bool]) -> AbstractAsyncContextManager[None]:
+        """``async with coord.hold(key, msg_id, given_up)``: wait until ``msg_id`` heads the session's queue
+        and this replica holds the session's lease (renewed while held), or ``given_up()`` turns true; on
+        exit the message leaves the queue and the lease is released."""
+        ...
+
+    async def waiting(self, key: str) -> int:
+        """Messages in the session's queue on every replica, the running one included (0: idle)."""
+        ...
+
+    async def drop(self, key: str, msg_ids: list[str]) -> None:
+        """Take messages that will never run (/stop, /new, interrupt) out of the session's queue."""
+
+    async def signal(self, key: str, what: str) -> None:
+        """Tell the other replicas: ``what`` (STOP, NEW, INTERRUPT) for session ``key``."""
+
+
+class LocalCoordination:
+    """One process: nothing to coordinate."""
+
+    def __init__(self, replica: str = "") -> None:
+        self.replica_id = replica or replica_id()
+
+    async def run(
+        self, on_signal: OnSignal, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+
+    async def enqueue(self, key: str, msg_id: str) -> None:
+        return None
+
+    @asynccontextmanager
+    async def hold(self, key: str, msg_id: str, given_up: Callable[[], bool]) -> AsyncIterator[None]:
+        yield
+
+    async def waiting(self, key: str) -> int:
+        return 0
+
+    async def drop(self, key: str, msg_ids: list[str]) -> None:
+        return None
+
+    async def signal(self, key: str, what: str) -> None:
+        return None

@@ -1,0 +1,231 @@
+"""Coordination of replicas on Redis (:class:`~edgecrab.coordination.Coordination`): one run per session
+across every replica, the session's queue in arrival order, and signals (/stop, /new, interrupt) over
+pub/sub to whichever replica runs the session.
+
+Keys (``P`` = ``storage.prefix``; docs/redis.md lists them all):
+
+* ``P sessq:<session>`` list: the session's messages on every replica, in arrival order, as
+  ``<replica>|<msgId>``; the head is the one running (or next). A message leaves it when its run ends.
+* ``P lease:<session>`` string: the replica running the session; expires ``storage.lease_s`` after its
+  last renewal (every third of that, while the replica lives).
+* ``P replica:<id>`` string: the replica is alive; same expiry. The head of a queue whose replica is gone
+  (SIGKILLed) is skipped once its lease expired, so the session never wedges.
+* ``P signals`` pub/sub channel: ``{"what", "key", "from"}``; ``free`` says a session's lease was released
+  (waiters try again at once instead of at their next poll).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+import redis.asyncio
+
+from edgecrab.coordination import OnSignal
+from edgecrab.store import redis_rows as rows
+
+log = logging.getLogger("edgecrab.store.redis")
+
+POLL_S = 0.25
+"""A waiting run asks again this often even when no ``free`` signal came (a missed pub/sub message)."""
+FREE = "free"
+
+ENQUEUE = """
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
+return redis.call('LLEN', KEYS[1])
+"""
+
+# KEYS: queue, lease. ARGV: entry, replica, lease ms, replica-key prefix.
+# 1: acquired; 2: skipped a dead replica's head (ask again); 0: wait.
+ACQUIRE = """
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[2] then return 0 end
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+local owner = string.match(head, '^(.*)|[^|]*$')
+if owner and owner ~= ARGV[2] and redis.call('EXISTS', ARGV[4] .. owner) == 0 then
+  redis.call('LPOP', KEYS[1])
+  return 2
+end
+return 0
+"""
+
+# KEYS: queue, lease. ARGV: entry, replica.
+RELEASE = """
+redis.call('LREM', KEYS[1], 0, ARGV[1])
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+return redis.call('LLEN', KEYS[1])
+"""
+
+# KEYS: the replica key, then the leases held. ARGV: replica, lease ms.
+RENEW = """
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+end
+return 1
+"""
+
+
+class _Opened(Protocol):
+    url: str
+    prefix: str
+
+    @property
+    def client(self) -> redis.asyncio.Redis: ...
+
+
+class RedisCoordination:
+    """Session leases, queues and signals for the replicas sharing ``store``'s Redis."""
+
+    def __init__(self, store: _Opened, replica: str, lease_s: float) -> None:
+        self.store, self.replica_id = store, replica
+        self.lease_ms = max(int(lease_s * 1000), 1000)
+        self.held: dict[str, int] = {}
+        """Sessions whose lease this replica holds (how many holds), renewed by the heartbeat."""
+        self._free: dict[str, anyio.Event] = {}
+        self.signals_received = 0
+
+    def _key(self, *parts: str) -> str:
+        return self.store.prefix + ":".join(parts)
+
+    def _entry(self, msg_id: str) -> str:
+        return f"{self.replica_id}|{msg_id}"
+
+    async def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        with rows.reachable(self.store.url):
+            return await self.store.client.eval(source, len(keys), *keys, *args)  # type: ignore[misc]
+
+    # -- the runner's calls --------------------------------------------------------------------------
+    async def enqueue(self, key: str, msg_id: str) -> None:
+        await self._script(ENQUEUE, [self._key("sessq", key)], [self._entry(msg_id)])
+
+    async def waiting(self, key: str) -> int:
+        with rows.reachable(self.store.url):
+            return int(await self.store.client.llen(self._key("sessq", key)))  # type: ignore[misc]
+
+    async def drop(self, key: str, msg_ids: list[str]) -> None:
+        queue = self._key("sessq", key)
+        with rows.reachable(self.store.url):
+            async with self.store.client.pipeline(transaction=False) as pipe:
+                for msg_id in msg_ids:
+                    pipe.lrem(queue, 0, self._entry(msg_id))
+                await pipe.execute()
+
+    @asynccontextmanager
+    async def hold(self, key: str, msg_id: str, given_up: Callable[[], bool]) -> AsyncIterator[None]:
+        queue, lease, entry = self._key("sessq", key), self._key("lease", key), self._entry(msg_id)
+        args = [entry, self.replica_id, self.lease_ms, self._key("replica", "")]
+        acquired = False
+        while not given_up():
+            got = int(await self._script(ACQUIRE, [queue, lease], args))
+            if got == 1:
+                self.held[key] = self.held.get(key, 0) + 1
+                acquired = True
+                break
+            if got == 0:
+                event = self._free.setdefault(key, anyio.Event())
+                with anyio.move_on_after(POLL_S):
+                    await event.wait()
+                if self._free.get(key) is event and event.is_set():
+                    del self._free[key]
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                if acquired:
+                    self.held[key] -= 1
+                    if not self.held[key]:
+                        del self.held[key]
+                await self._script(RELEASE, [queue, lease], [entry, self.replica_id])
+                await self._publish(FREE, key)
+
+    async def signal(self, key: str, what: str) -> None:
+        await self._publish(what, key)
+
+    async def _publish(self, what: str, key: str) -> None:
+        message = json.dumps({"what": what, "key": key, "from": self.replica_id})
+        with rows.reachable(self.store.url):
+            await self.store.client.publish(self._key("signals"), message)
+
+    # -- heartbeat and listener ----------------------------------------------------------------------
+    async def run(
+        self, on_signal: OnSignal, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self._renew()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeat)
+            await tg.start(self._listen, on_signal)
+            task_status.started()
+
+    async def _renew(self) -> None:
+        keys = [self._key("replica", self.replica_id), *(self._key("lease", k) for k in self.held)]
+        await self._script(RENEW, keys, [self.replica_id, self.lease_ms])
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(self.lease_ms / 3000)
+            try:
+                await self._renew()
+            except Exception as exc:  # Redis away: the leases may lapse; the next beat tries again
+                log.warning("[replicas] %s: could not renew leases: %s", self.replica_id, exc)
+
+    async def _listen(
+        self, on_signal: OnSignal, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Read the signals channel for as long as this runs; a broken connection is opened again."""
+        backoff, started = 0.2, False
+        while True:
+            client = rows.connect(self.store.url, rows.RETRY, connections=1, wait_s=5.0)
+            try:
+                async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self._key("signals"))
+                    if not started:
+                        task_status.started()
+                        started = True
+                    backoff = 0.2
+                    while True:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is not None:
+                            await self._heard(message.get("data"), on_signal)
+            except Exception as exc:
+                log.warning(
+                    "[replicas] %s: signal channel lost (%s); again in %.1f s", self.replica_id, exc, backoff
+                )
+                if not started:
+                    task_status.started()
+                    started = True
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    await client.aclose()
+
+    async def _heard(self, raw: Any, on_signal: OnSignal) -> None:
+        try:
+            signal = json.loads(raw)
+            what, key, sender = str(signal["what"]), str(signal["key"]), str(signal["from"])
+        except (ValueError, TypeError, KeyError):
+            log.warning("[replicas] ignored a malformed signal (%d characters)", len(str(raw)))
+            return
+        if what == FREE:
+            event = self._free.pop(key, None)
+            if event is not None:
+                event.set()
+            return
+        if sender == self.replica_id:
+            return  # this replica acted on it before sending it
+        self.signals_received += 1
+        try:
+            await on_signal(key, what)
+        except Exception:
+            log.exception("[replicas] %s: acting on %s for %s failed", self.replica_id, what, key)
