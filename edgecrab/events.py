@@ -63,6 +63,25 @@ class Attachment:
     file_name: str = ""
     extra: tuple[tuple[str, str], ...] = ()
     """Other string facts (duration, videoType, ...), as sorted pairs so the dataclass stays hashable."""
+    path: str = ""
+    """Where the downloaded file is (:mod:`edgecrab.media`), once it is; kept ``media.keep_hours``."""
+    mime: str = ""
+    """The MIME type read from the file's bytes, once downloaded."""
+    size: int = 0
+    """Bytes downloaded."""
+    note: str = ""
+    """Why there is no file (too large, the download failed), once that is known."""
+
+    def describe(self) -> dict[str, Any]:
+        """What ``command`` and ``python`` agents are given about it (the request's ``attachments``)."""
+        return {
+            "kind": self.kind,
+            "name": self.file_name,
+            "path": self.path,
+            "mime": self.mime,
+            "size": self.size,
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +104,8 @@ class Quote:
     text: str
     sender_name: str = ""
     msgtype: str = "text"
+    attachments: tuple[Attachment, ...] = field(default=(), compare=False)
+    """Pictures and files in the quoted message (their download codes), downloaded like the message's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +214,15 @@ class Command:
 class AgentRequest:
     """What a backend receives. Mutable: ``prepare_agent_request`` hooks may edit it in place."""
 
-    messages: list[dict[str, str]]
-    """OpenAI-style turns, oldest first, ending with the new user message; no system turn."""
+    messages: list[dict[str, Any]]
+    """OpenAI-style turns, oldest first, ending with the new user message; no system turn. A ``content``
+    is a string, or (a message with pictures, for the openai agent) a list of OpenAI content parts."""
     system_prompt: str = ""
     session_key: str = ""
     message_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    """The new message's files (:meth:`Attachment.describe`: kind, name, local path, MIME type, size)."""
 
 
 @dataclass(frozen=True, slots=True)

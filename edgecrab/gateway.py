@@ -97,6 +97,7 @@ class Gateway:
     commands = _first("commands")
     parts = _first("parts")
     answers = _first("answers")
+    media = _first("media")
 
     def robot_named(self, name: str) -> Robot:
         """The robot called ``name`` (empty: the first); ValueError naming the robots there are."""

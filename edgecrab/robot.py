@@ -41,6 +41,7 @@ from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import StreamClient
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
+from edgecrab.media import MediaStage
 from edgecrab.ops.parts import GatewayParts
 from edgecrab.outbound import http_client
 from edgecrab.replies.answers import Answers
@@ -167,7 +168,7 @@ class Robot:
             await self.reply(message, "👋 Hi! Ask me anything — or send /help to see what I can do.", key)
             await self.store.inbox_set_state(self.name, message.id, DONE, "empty")
             return
-        await self.runner.submit(message, quiet=resumed)
+        await self.media.submit(message, quiet=resumed)
 
     async def reply(self, message: Message, text: str, session_key: str) -> None:
         if message.route is None:
@@ -208,9 +209,16 @@ class Robot:
         self.delivery.sender = AttachmentSender(self.sender, self.answers.spool)
         if self.shares_store:  # another robot's unsent chunks are its own (its token), not this robot's
             self.delivery.resumes = lambda ckey: ckey.startswith(self.code + ":")
+        # Pictures and files people send: downloaded after the ack, before the run (the runner's turns).
+        self.media = MediaStage(
+            self.config, self.sender.tokens, submit=lambda m, quiet: self.runner.submit(m, quiet=quiet),
+            key=lambda m: self.runner.key(m), robot=dt, agent=agent,
+            merged=lambda m, first: self.store.inbox_set_state(self.name, m.id, DONE, f"merged into {first}"),
+        )
         self.runner = Runner(
             self.config.sessions, self.store, self.agent, self.reply, system_prompt=agent.system_prompt,
             agent_timeout_s=agent.timeout_s, hooks=self.hooks, prepare=self.answers.prepare, live=self.cards,
+            turns=self.media,
         )
         self.commands = Commands(
             self.config.commands, self.runner, self.reply, hooks=self.hooks,
@@ -256,6 +264,7 @@ class Robot:
                 if self.cards is not None:
                     await tg.start(self.cards.run)
                 await tg.start(self.runner.run)
+                await tg.start(self.media.run)
                 self.commands.hook_commands = hook_commands
                 self.intake.requeue(await self._unfinished())
                 tg.start_soon(self._ingest)

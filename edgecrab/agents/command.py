@@ -3,7 +3,12 @@
 ``agent.command`` is an argv list (no shell). The program gets one JSON object on stdin::
 
     {"messages": [{"role": "user", "content": "hi"}, ...], "system_prompt": "...",
-     "session_key": "...", "message_id": "...", "metadata": {...}}
+     "session_key": "...", "message_id": "...", "metadata": {...},
+     "attachments": [{"kind": "picture", "name": "...", "path": "/...", "mime": "image/png", "size": 1234,
+                      "note": ""}, ...]}
+
+``attachments`` are the new message's files, downloaded (:mod:`edgecrab.media`): read them at ``path``
+(they are deleted after ``media.keep_hours``); ``note`` says why one has no file.
 
 (plus ``"attachments_dir"``, a folder made for the run: files the program writes there are sent after its
 answer as pictures or files, :mod:`edgecrab.agents.attachments`) and its stdout, stripped, is the reply.
@@ -83,6 +88,7 @@ class CommandAgent(Agent):
             "session_key": request.session_key,
             "message_id": request.message_id,
             "metadata": request.metadata,
+            "attachments": request.attachments,
         }
         if attachments_dir:
             document["attachments_dir"] = attachments_dir

@@ -27,6 +27,7 @@ from edgecrab.config.model import (
     DingTalkConfig,
     HooksConfig,
     HttpConfig,
+    MediaConfig,
     ScheduleConfig,
     SessionsConfig,
     StorageConfig,
@@ -52,7 +53,7 @@ _SANDBOX_CREDENTIALS = {
     (*_DINGTALK, "app_key"): SANDBOX_APP_KEY,
     (*_DINGTALK, "app_secret"): SANDBOX_APP_SECRET,
 }
-SECTIONS = ("platforms", "agent", "agents", "sessions", "commands", "hooks", "storage", "http")
+SECTIONS = ("platforms", "agent", "agents", "sessions", "commands", "hooks", "storage", "http", "media")
 
 ENV_DEFAULTS: dict[reader.KeyPath, str] = {
     (*_DINGTALK, "app_key"): "DINGTALK_APP_KEY",
@@ -274,6 +275,7 @@ def _build(data: dict[str, Any], env: Mapping[str, str], source: Path | None) ->
         http=_make(HttpConfig, data.get("http", {})),
         schedules=tuple(_make(ScheduleConfig, entry) for entry in data.get("schedules") or ()),
         schedules_catch_up_s=float(data.get("schedules_catch_up_s", 300.0)),
+        media=_make(MediaConfig, _media(data.get("media", {}), env)),
         source=source.resolve() if source else None,
     )
 
@@ -305,6 +307,13 @@ def _agent(values: Mapping[str, Any], source: Path | None) -> AgentConfig:
         base = source.resolve().parent if source else Path.cwd()
         agent["attachment_dirs"] = [(base / Path(p).expanduser()).resolve() for p in agent["attachment_dirs"]]
     return _make(AgentConfig, agent)  # type: ignore[no-any-return]
+def _media(values: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    media = dict(values)
+    if isinstance(media.get("allowed_hosts"), str):
+        media["allowed_hosts"] = [h.strip() for h in media["allowed_hosts"].split(",") if h.strip()]
+    if not media.get("directory"):
+        media["directory"] = str(Path(state_dir(env)) / "media")
+    return media
 
 
 def _hook_paths(value: list[str] | None, source: Path | None) -> tuple[Path, ...]:

@@ -123,6 +123,8 @@ class AgentConfig:
     attachment_dirs: tuple[Path, ...] = ()
     """Folders a ``python`` agent's attachment paths may point into (absolute: resolved against the config
     file's folder by the loader); empty: the system's temporary folder."""
+    vision: bool = False
+    """The model reads pictures: the openai agent sends them as ``image_url`` parts (else a text note)."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,28 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class MediaConfig:
+    """``media``: pictures, voice, videos and files people send (:mod:`edgecrab.media`)."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    """Larger downloads are stopped and become a note to the agent."""
+    keep_hours: float = 24.0
+    """Downloaded files are deleted this long after they arrived."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Download hosts besides DingTalk's (``*.dingtalk.com``, ``*.aliyuncs.com``) and the api_base host."""
+    max_image_pixels: int = 4_000_000
+    """Pictures with more pixels are scaled down before they go to a vision model."""
+    inline_text_bytes: int = 64 * 1024
+    """Text-like files (and PDF text) up to this many bytes are given to the agent inline."""
+    merge_window_ms: int = 800
+    """Pictures one sender sends one after the other within this long are one turn; 0: off."""
+    timeout_s: float = 60.0
+    """Longest time one download may take."""
+    directory: str = ""
+    """Where files are kept; empty: ``media/`` in the state directory (``$EDGECRAB_HOME``)."""
+
+
+@dataclass(frozen=True)
 class Config:
     dingtalk: DingTalkConfig
     agent: AgentConfig = AgentConfig()
@@ -230,6 +254,7 @@ class Config:
     schedules: tuple[ScheduleConfig, ...] = ()
     schedules_catch_up_s: float = 300.0
     """A slot missed while the gateway was down is fired on start when it is at most this old."""
+    media: MediaConfig = MediaConfig()
     source: Path | None = None
     """The YAML file it came from; None for the built-in env-only default."""
     sources: Mapping[str, str] = field(default_factory=frozen_map, compare=False, repr=False)

@@ -1,7 +1,5 @@
 """Agent runs: one run per session at a time, the busy policy, /stop, /new and /retry.
-
-Session keys and what a session holds in memory (its queue, the run in flight, its epochs) are
-:mod:`edgecrab.core.sessions`.
+Session keys and what a session holds in memory (queue, run in flight, epochs): :mod:`edgecrab.core.sessions`.
 
 Each busy session has one worker task (in the runner's task group) that takes queued messages in order.
 A session is *busy* from the moment its worker takes a message until that run's reply is handed to
@@ -35,6 +33,7 @@ from edgecrab.core.agentcall import call_agent, failure_answer, run_crashed
 from edgecrab.core.agentcall import failure_text as failure_text  # re-exported: tests and hooks read it here
 from edgecrab.core.live import LiveReplies, LiveReply, settle
 from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, expire_if_idle, retry_text, session_key
+from edgecrab.core.turns import PlainTurns, TurnContent, conversation
 from edgecrab.events import AgentRequest, AgentResult, Message, ReplyAttachment
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
 
@@ -68,15 +67,18 @@ class Runner:
         prepare: Prepare | None = None,
         live: LiveReplies | None = None,
         coord: Coordination | None = None,
+        turns: TurnContent | None = None,
     ) -> None:
         """Without ``prepare``, a run's answer goes out through ``reply`` before the run is recorded as
-        finished (a crash in between runs the message again); with it, in the same store transaction."""
+        finished (a crash in between runs the message again); with it, in the same store transaction.
+        ``turns``: the agent's user turns (:mod:`edgecrab.core.turns`)."""
         self.config = config
         self.store = store
         self.agent = agent
         self._reply = reply
         self._prepare = prepare
         self.live = live
+        self.turns: TurnContent = turns or PlainTurns()
         self.system_prompt = system_prompt
         self.agent_timeout_s = agent_timeout_s
         self.hooks = hooks
@@ -182,10 +184,11 @@ class Runner:
 
     # -- one run -------------------------------------------------------------------------------------
     async def _run_one(self, s: Session, item: QueuedMessage, epoch: int, resets: int) -> None:
-        message, now = item.message, time.time()
+        now = time.time()
         begun = await self._begin(s, item, epoch, now)
         if begun is None:
             return
+        message = begun[2]  # its files downloaded
         live = await self.live.open(message, s.key) if self.live is not None else None
         try:
             outcome = await self._call_stoppably(s, epoch, begun[1], message, live)
@@ -246,45 +249,42 @@ class Runner:
             return
         delta.turns, delta.messages_out = 1, 1
         turns = [user_turn, Turn("assistant", reply, message.id, time.time())]
-        files = result.attachments
-        await self._finish(
-            message, key, DONE, turns=turns, usage=delta, last_user=user_turn, answer=answer, files=files
-        )
+        await self._finish(message, key, DONE, turns=turns, usage=delta, last_user=user_turn, answer=answer,
+                           files=result.attachments)
 
     async def _begin(
         self, s: Session, item: QueuedMessage, epoch: int, now: float
-    ) -> tuple[str, AgentRequest] | None:
-        """Record the turn's start, build the agent request: ``(user text, request)``; None: nothing to do."""
+    ) -> tuple[str, AgentRequest, Message] | None:
+        """Record the turn's start, build the request: ``(stored user turn, request, message with files)``;
+        None: nothing to run (nothing to retry, or stopped already)."""
         message, key = item.message, s.key
         await expire_if_idle(self.store, key, self.config.idle_expiry_s, now)
         await self.store.turn_started(key, robot=message.robot, msg_id=message.id, now=now)
-        text = message.agent_text()
+        turn = await self.turns.user(message)
+        text, content, message = turn.stored, turn.content, turn.message
         if item.retry:
             text = await retry_text(self.store, key)
             if not text:
                 await self._reply(message, NO_RETRY_TEXT, key)
                 await self.store.inbox_set_state(message.robot, message.id, DONE, "nothing to retry")
                 return None
+            content = await self.turns.stored_content(text)
         if s.epoch != epoch:
             await self.store.inbox_set_state(message.robot, message.id, DONE, "stopped before it started")
             return None
         history = await self.store.history(key, self.config.history_limit)
         request = AgentRequest(
-            messages=[{"role": t.role, "content": t.content} for t in history]
-            + [{"role": "user", "content": text}],
-            system_prompt=self.system_prompt,
-            session_key=key,
-            message_id=message.id,
+            await conversation(self.turns, history, content), system_prompt=self.system_prompt,
+            session_key=key, message_id=message.id, attachments=turn.attachments,
         )
         if self.hooks is not None:
             request = await self.hooks.pipeline("prepare_agent_request", "request", request, message=message)
-        return text, request
+        return text, request, message
 
     async def _call_stoppably(
         self, s: Session, epoch: int, request: AgentRequest, message: Message, live: LiveReply | None = None
     ) -> tuple[AgentResult, float]:
-        """The agent call in the session's cancel scope (``/stop``, ``/new``, interrupt): its result (a
-        stopped one if cancelled) and how long it took."""
+        """The agent call in the session's cancel scope (/stop, /new, interrupt): result, and its duration."""
         scope = s.scope or anyio.CancelScope()
         self.runs_started += 1
         result: AgentResult | None = None

@@ -492,6 +492,51 @@
     }
   }
 
+  // A picture, file or voice note: the bytes go to /sandbox/upload, which pushes a DingTalk media message
+  // whose download code the emulator serves (messageFiles/download), as DingTalk does.
+  async function upload(file, kind) {
+    const group = groupOf(state.active);
+    const query = new URLSearchParams({
+      kind, name: file.name || kind, user: state.me, at_bot: String(group ? state.atBot : true),
+    });
+    if (group) query.set("conversation_id", group.conversation_id);
+    if (kind === "audio") query.set("recognition", $("input").value);
+    const error = $("composer-error");
+    error.hidden = true;
+    try {
+      await getJSON(`/sandbox/upload?${query}`, {
+        method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: file,
+      });
+      if (kind === "audio") $("input").value = "";
+    } catch (err) {
+      error.textContent = `Not sent: ${err.message}`;
+      error.hidden = false;
+    }
+  }
+
+  function kindOf(file) {
+    return file.type && file.type.startsWith("image/") ? "picture" : "file";
+  }
+
+  async function uploadAll(files, kind) {
+    for (const file of Array.from(files)) await upload(file, kind || kindOf(file));
+  }
+
+  function wireUploads() {
+    $("attach").addEventListener("click", () => $("attach-file").click());
+    $("voice").addEventListener("click", () => $("voice-file").click());
+    $("attach-file").addEventListener("change", async (e) => { await uploadAll(e.target.files); e.target.value = ""; });
+    $("voice-file").addEventListener("change", async (e) => { await uploadAll(e.target.files, "audio"); e.target.value = ""; });
+    const chat = document.querySelector(".chat");
+    chat.addEventListener("dragover", (e) => { e.preventDefault(); chat.classList.add("dropping"); });
+    chat.addEventListener("dragleave", () => chat.classList.remove("dropping"));
+    chat.addEventListener("drop", async (e) => {
+      e.preventDefault();
+      chat.classList.remove("dropping");
+      if (e.dataTransfer && e.dataTransfer.files.length) await uploadAll(e.dataTransfer.files);
+    });
+  }
+
   async function setDeliverUnmentioned() {
     const box = $("deliver-unmentioned");
     try {
@@ -519,6 +564,7 @@
       renderAtToggle();
     });
     $("deliver-unmentioned").addEventListener("change", setDeliverUnmentioned);
+    wireUploads();
     SandboxWire.setup(chatName);
   }
 

@@ -9,6 +9,8 @@ match ``msgKey``. Error codes not seen in the wild are marked "inferred" in :mod
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import secrets
 from typing import Any
@@ -113,6 +115,18 @@ def guarded(handler: Any) -> Any:
             return rejection.response
 
     return run
+
+_URL_SECRET = secrets.token_bytes(16)
+
+
+def _sign(key: str, expires: float) -> str:
+    mac = hmac.new(_URL_SECRET, f"{key}\n{int(expires)}".encode(), hashlib.sha1).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def _oss_error(status: int, code: str, message: str) -> web.Response:
+    body = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    return web.Response(status=status, body=body.encode(), content_type="application/xml")
 
 
 class RestApi:
@@ -268,14 +282,32 @@ class RestApi:
         blob = self.state.media.get(require(body, "downloadCode"))
         if blob is None or blob.app != robot.client_id:  # codes belong to the robot that received them
             raise _invalid("downloadCode is invalid for this robot", "InvalidParameter.downloadCode")
-        key = secrets.token_urlsafe(18)
-        self.state.files[key] = blob
-        return wire.json_response({"downloadUrl": f"{self.state.base_url}/files/{key}"})
+        settings, key = self.state.settings, secrets.token_urlsafe(18)
+        expires = self.state.now() + settings.download_ttl_s
+        if settings.expire_downloads > 0:
+            settings.expire_downloads -= 1
+            expires = self.state.now() - 1
+        self.state.files[key] = (blob, expires)
+        self.state.counters["download_urls"] += 1
+        signature = _sign(key, expires)
+        base = settings.download_base or self.state.base_url
+        query = f"Expires={int(expires)}&OSSAccessKeyId=fake&Signature={signature}"
+        return wire.json_response({"downloadUrl": f"{base}/files/{key}?{query}"})
 
     async def serve_file(self, request: web.Request) -> web.Response:
-        blob = self.state.files.get(request.match_info["key"])
-        if blob is None:
-            return web.Response(status=404, text="NoSuchKey")
+        """An OSS pre-signed URL: the signature covers the headers, so a ``Content-Type`` breaks it."""
+        key = request.match_info["key"]
+        found = self.state.files.get(key)
+        if found is None:
+            return _oss_error(404, "NoSuchKey", "The specified key does not exist.")
+        blob, expires = found
+        if request.headers.get("Content-Type") or request.query.get("Signature") != _sign(key, expires):
+            self.state.counters["files_refused"] += 1
+            return _oss_error(403, "SignatureDoesNotMatch", "The request signature we calculated does not "
+                              "match the signature you provided.")
+        if self.state.now() > expires:
+            self.state.counters["files_refused"] += 1
+            return _oss_error(403, "AccessDenied", "Request has expired.")
         self.state.counters["files_served"] += 1
         return web.Response(
             body=blob.content,
