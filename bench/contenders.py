@@ -30,13 +30,16 @@ MAX_CONCURRENT_RUNS = 2048
 """For the 2 s agent scenarios: 1,000 simultaneous conversations need more than the default 256 runs."""
 
 
-def edgecrab_config(path: Path, base_url: str, llm_url: str, dingtalk_extra: str = "") -> Path:
-    """A config for the run: rate limits raised, storage in ``path``'s folder, echo or openai agent."""
+def edgecrab_config(
+    path: Path, base_url: str, llm_url: str, dingtalk_extra: str = "", agent_extra: str = "", extra: str = ""
+) -> Path:
+    """A config for the run: rate limits raised, storage in ``path``'s folder, echo or openai agent
+    (``agent_extra``: YAML lines added under ``agent``; ``extra``: top-level YAML added at the end)."""
     agent = (
         f"  type: openai\n  base_url: {llm_url}\n  model: fake-model\n  api_key: sk-bench\n  timeout_s: 60\n"
         if llm_url
         else "  type: echo\n"
-    )
+    ) + agent_extra
     path.write_text(
         f"""# written by bench/contenders.py for one benchmark run
 platforms:
@@ -52,7 +55,7 @@ platforms:
   max_concurrent_runs: {MAX_CONCURRENT_RUNS}
 storage:
   url: sqlite:///{path.parent / "state.db"}
-""",
+{extra}""",
         encoding="utf-8",
     )
     return path
@@ -95,13 +98,23 @@ class Running:
         return self.proc.returncode
 
 
-def start(name: str, fake: BenchFake, workdir: Path, llm_url: str = "", dingtalk_extra: str = "") -> Running:
+def start(
+    name: str,
+    fake: BenchFake,
+    workdir: Path,
+    llm_url: str = "",
+    dingtalk_extra: str = "",
+    **config_extra: str,
+) -> Running:
     """Start contender ``name`` against ``fake`` and return once its stream connection is up
-    (``dingtalk_extra``: YAML lines added under ``platforms.dingtalk`` of edgecrab's config)."""
+    (``dingtalk_extra``: YAML lines added under ``platforms.dingtalk`` of edgecrab's config;
+    ``config_extra``: ``agent_extra`` and ``extra`` of :func:`edgecrab_config`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = clean_env(DINGTALK_APP_KEY=APP_KEY, DINGTALK_APP_SECRET=APP_SECRET, EDGECRAB_HOME=str(workdir))
     if name == EDGECRAB:
-        config = edgecrab_config(workdir / "edgecrab.yaml", fake.base_url, llm_url, dingtalk_extra)
+        config = edgecrab_config(
+            workdir / "edgecrab.yaml", fake.base_url, llm_url, dingtalk_extra, **config_extra
+        )
         argv = [sys.executable, "-m", "edgecrab", "--config", str(config), "gateway", "start"]
         if os.environ.get("BENCH_PROFILE_DIR"):  # profile the gateway (cProfile writes on exit)
             out = Path(os.environ["BENCH_PROFILE_DIR"]) / f"edgecrab-{workdir.name}.prof"

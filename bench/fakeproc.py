@@ -24,6 +24,9 @@ Protocol, one JSON object per line each way:
   ``{"cmd": "closed_loop", "lanes": [[[number, user index, text], ...], ...], "concurrency", "budget"}``
   and ``{"cmd": "open_loop", "items": [[user index, text], ...], "rate", "budget"}``, whose results are
   the fields of :class:`bench.drive.LoadResult` and :class:`bench.drive.AckResult`;
+  ``{"cmd": "pictures_one_by_one", "path", "users": [user index, ...], "budget"}`` and
+  ``{"cmd": "pictures_at_once", "path", "pictures": [user index, ...], "dms": [[user index, text], ...],
+  "rate", "budget"}`` (:mod:`bench.mediadrive`), whose result is a :class:`bench.mediadrive.PictureResult`;
   ``{"cmd": "close"}`` (answered, then the process exits).
 
 The process exits when stdin closes (its orchestrator is gone), on ``close``, SIGTERM or SIGINT. Nothing
@@ -45,6 +48,7 @@ import traceback
 from collections.abc import Coroutine
 from typing import IO, Any, TypeVar
 
+from bench import mediadrive
 from bench.drive import closed_loop, open_loop
 from edgecrab.testing.fakedingtalk import FakeApp, FakeDingTalk, FakeUser
 
@@ -93,6 +97,28 @@ class Server:
             return await measured(self._closed_loop(command))
         if cmd == "open_loop":
             return await measured(self._open_loop(command))
+        if cmd == "pictures_one_by_one":
+            return dataclasses.asdict(
+                await measured(
+                    mediadrive.one_by_one(
+                        self.fake, command["path"], command["users"], float(command["budget"])
+                    )
+                )
+            )
+        if cmd == "pictures_at_once":
+            dms = [(int(index), text) for index, text in command["dms"]]
+            return dataclasses.asdict(
+                await measured(
+                    mediadrive.at_once(
+                        self.fake,
+                        command["path"],
+                        command["pictures"],
+                        dms,
+                        float(command["rate"]),
+                        float(command["budget"]),
+                    )
+                )
+            )
         raise ValueError(f"unknown command {cmd!r}")
 
     async def _closed_loop(self, command: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.drive import AckResult, ItemSpec, LaneSpec, LoadResult
+from bench.mediadrive import PictureResult
 from edgecrab.testing.fakedingtalk import FakeUser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +137,25 @@ class BenchFake:
         command = {"cmd": "open_loop", "items": items, "rate": rate, "budget": budget_s}
         return AckResult(**self._command(command, budget_s))
 
+    def pictures_one_by_one(self, path: Path, users: list[int], budget_s: float) -> PictureResult:
+        """:func:`bench.mediadrive.one_by_one`: the picture in ``path`` from each of ``users``, in turn."""
+        command = {"cmd": "pictures_one_by_one", "path": str(path), "users": users, "budget": budget_s}
+        return PictureResult(**self._command(command, budget_s))
+
+    def pictures_at_once(
+        self, path: Path, pictures: list[int], dms: list[ItemSpec], rate: float, budget_s: float
+    ) -> PictureResult:
+        """:func:`bench.mediadrive.at_once`: ``pictures`` at once, ``dms`` at ``rate`` meanwhile."""
+        command = {
+            "cmd": "pictures_at_once",
+            "path": str(path),
+            "pictures": pictures,
+            "dms": dms,
+            "rate": rate,
+            "budget": budget_s,
+        }
+        return PictureResult(**self._command(command, budget_s))
+
     def close(self, timeout: float = 5.0) -> None:
         """Ask the process to stop, then terminate it, then kill it; safe to call twice."""
         proc = self.proc
@@ -232,10 +252,18 @@ class LlmServer:
     """:mod:`bench.llm` as a subprocess: an OpenAI-compatible server that answers after ``delay_s``."""
 
     def __init__(
-        self, delay_s: float, log_path: Path, token_delay_s: float = 0.0, reply_words: int = 0
+        self,
+        delay_s: float,
+        log_path: Path,
+        token_delay_s: float = 0.0,
+        reply_words: int = 0,
+        stamps: Path | None = None,
     ) -> None:
+        """``stamps``: a file where the server notes every chat request (``bench.llm --stamps``)."""
         self._log = open(log_path, "wb")  # closed in close()
         argv = [sys.executable, "-m", "bench.llm", "--delay", str(delay_s)]
+        if stamps is not None:
+            argv += ["--stamps", str(stamps)]
         if reply_words:
             argv += ["--token-delay", str(token_delay_s), "--reply-words", str(reply_words)]
         self.proc = subprocess.Popen(

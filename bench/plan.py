@@ -21,6 +21,10 @@ CARD_FIRST_TEXT_GOAL_S = 0.300
 """Scenario 6a: first agent token -> first visible card text, p50, with the default interval (issue 17)."""
 CARD_QPS_LIMIT = 20
 """Scenario 6b/6c: the fake enforces DingTalk's 20 calls per second per API; edgecrab's ``card.qps`` is 20."""
+PICTURE_TO_AGENT_GOAL_S = 1.0
+"""Scenario 7a: a 5 MB picture reaches the agent's request within this long of its callback (issue 18)."""
+MEDIA_DM_USERS = 100
+"""Scenario 7b: the text DMs timed while the pictures download come from this many other users."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,16 @@ class Plan:
     """Seconds between the agent's tokens."""
     card_ack_messages: int
     card_ack_rate: float
+    # 7. media
+    picture_bytes: int
+    """The size the JPEG is made to (about; the run reports the real size)."""
+    picture_samples: int
+    """Scenario 7a: this many pictures, one at a time, for each of two merge windows."""
+    picture_burst: int
+    """Scenario 7b: this many pictures at once, from as many senders."""
+    picture_dm_rate: float
+    """Scenario 7b: text DMs per second, timed, while the pictures download."""
+    picture_budget_s: float
 
     @property
     def echo_messages(self) -> int:
@@ -78,6 +92,8 @@ class Plan:
             self.burst_conversations,
             self.sessions,
             self.card_streams,
+            self.picture_samples,
+            self.picture_burst + MEDIA_DM_USERS,
         )
 
 
@@ -105,6 +121,11 @@ FULL = Plan(
     card_token_s=0.1,
     card_ack_messages=1000,
     card_ack_rate=100.0,
+    picture_bytes=5 * 2**20,
+    picture_samples=10,
+    picture_burst=50,
+    picture_dm_rate=100.0,
+    picture_budget_s=120.0,
 )
 
 SMOKE = Plan(
@@ -131,4 +152,9 @@ SMOKE = Plan(
     card_token_s=0.1,
     card_ack_messages=40,
     card_ack_rate=100.0,
+    picture_bytes=2 * 2**20,
+    picture_samples=2,
+    picture_burst=5,
+    picture_dm_rate=50.0,
+    picture_budget_s=30.0,
 )

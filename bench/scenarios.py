@@ -52,14 +52,16 @@ class Context:
 
 @contextlib.contextmanager
 def run_contender(
-    ctx: Context, label: str, name: str, *, rest_delay_s: float = 0.0, llm_url: str = ""
+    ctx: Context, label: str, name: str, *, rest_delay_s: float = 0.0, llm_url: str = "", **config_extra: str
 ) -> Iterator[tuple[BenchFake, Running]]:
+    """``name`` started against a fresh fake and warmed up; ``config_extra``: see
+    :func:`bench.contenders.start`."""
     workdir = ctx.workdir / f"{label}-{name}"
     workdir.mkdir(parents=True, exist_ok=True)
     with BenchFake(
         [ctx.warm_user, *ctx.users], rest_delay_s=rest_delay_s, log_path=workdir / "fakedingtalk.log"
     ) as fake:
-        running = contenders.start(name, fake, workdir, llm_url)
+        running = contenders.start(name, fake, workdir, llm_url, **config_extra)
         try:
             warm = [[(WARM_NUMBER, fake.index(ctx.warm_user), text_for(WARM_NUMBER))]]
             result = fake.closed_loop(warm, 1, 30.0)
