@@ -24,13 +24,23 @@ from bench.plan import (
     ECHO_SLOW_VS_SDK_GOAL,
     ECHO_VS_SDK_GOAL,
     IDLE_RSS_GOAL_MB,
+    PICTURE_TO_AGENT_GOAL_S,
     SESSION_GOAL_KB,
     SMOKE,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-LINE_IDS = {"1a", "1b", "2", "3", "4a", "4b", "5", "6a", "6b", "6c"}
-SCENARIOS = {"echo_rest_instant", "echo_rest_50ms", "ack_latency", "burst", "memory", "chunking", "cards"}
+LINE_IDS = {"1a", "1b", "2", "3", "4a", "4b", "5", "6a", "6b", "6c", "7a", "7b"}
+SCENARIOS = {
+    "echo_rest_instant",
+    "echo_rest_50ms",
+    "ack_latency",
+    "burst",
+    "memory",
+    "chunking",
+    "cards",
+    "media",
+}
 CONTENDERS = {"edgecrab", "sdk", "raw"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -108,6 +118,15 @@ def test_every_contender_produced_numbers(smoke: tuple[dict[str, Any], str]) -> 
     ack = cards["ack_while_streaming"]
     assert ack["acked"] == ack["sent"] == SMOKE.card_ack_messages and positive(ack["p99_s"]), ack
     assert ack["cards_seen"] >= SMOKE.card_streams, ack
+    media = s["media"]
+    for kind in ("one_by_one", "one_by_one_no_window"):  # every picture reached the agent as a picture
+        r = media[kind]
+        assert r["seen_by_agent"] == r["answered"] == SMOKE.picture_samples, r
+        assert all(size > 0 for size in r["image_bytes_seen"]) and positive(r["to_agent_max_s"]), r
+        assert all(t > 0 for t in r["to_agent_s"]), r  # after its callback: the clocks are one
+    burst = media["burst"]
+    assert burst["answered"] == burst["seen_by_agent"] == SMOKE.picture_burst, burst
+    assert burst["dms_sent"] > 0 and burst["acked"] == burst["sent"] and positive(burst["ack_p99_s"]), burst
 
 
 def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[dict[str, Any], str]) -> None:
@@ -125,6 +144,7 @@ def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[d
     memory = contender("memory")
     many = s["cards"]["many_cards"]["edgecrab"]
     card_ack = s["cards"]["ack_while_streaming"]
+    pictures, picture_burst = s["media"]["one_by_one"], s["media"]["burst"]
     expected = {
         "1a": (f"≥ {ECHO_VS_SDK_GOAL:g}× SDK", echo["edgecrab"] >= ECHO_VS_SDK_GOAL * echo["sdk"]),
         "1b": (f"≥ {ECHO_SLOW_VS_SDK_GOAL:g}× SDK", slow["edgecrab"] >= ECHO_SLOW_VS_SDK_GOAL * slow["sdk"]),
@@ -153,6 +173,14 @@ def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[d
             f"p99 < {ACK_P99_GOAL_S * 1000:g} ms",
             card_ack["p99_s"] < ACK_P99_GOAL_S and card_ack["acked"] == card_ack["sent"],
         ),
+        "7a": (
+            f"max ≤ {PICTURE_TO_AGENT_GOAL_S * 1000:g} ms",
+            pictures["to_agent_max_s"] <= PICTURE_TO_AGENT_GOAL_S,
+        ),
+        "7b": (
+            f"p99 < {ACK_P99_GOAL_S * 1000:g} ms",
+            picture_burst["ack_p99_s"] < ACK_P99_GOAL_S and picture_burst["answered"] == SMOKE.picture_burst,
+        ),
     }
     for line_id, (goal, ok) in expected.items():
         line = lines[line_id]
@@ -162,3 +190,4 @@ def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[d
     assert "raw" not in lines["1a"]["goal"] and "% of raw" in lines["1a"]["detail"]  # reported, not judged
     assert all(f"{who} " in lines["1a"]["detail"] for who in CONTENDERS), lines["1a"]["detail"]
     assert "peer model" in lines["6b"]["detail"] and "instant first token" in lines["6a"]["detail"]
+    assert "merge_window_ms 0" in lines["7a"]["detail"] and "answered" in lines["7b"]["detail"]
