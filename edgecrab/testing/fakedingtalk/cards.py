@@ -220,6 +220,7 @@ class CardApi:
             text=card.text,
             visible=card.visible,
             conversation_ids=card.conversation_ids,
+            robot=next((d.robot_code for d in card.deliveries if d.success and not d.dropped), ""),
             stream_finalized=card.stream_finalized,
         )
 
