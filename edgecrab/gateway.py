@@ -130,12 +130,13 @@ class Gateway:
         for owner, *others in apps.values():
             for robot in others:
                 robot.watch = owner.watch  # one connection: one state, one /status line for it
-            fanout = Fanout({r.code: r.intake for r in (owner, *others)})
             for robot in (owner, *others):
                 robot.shares_store = len(self.robots) > 1
                 robot.ops_url = lambda: self.ops.url if self.ops.port else ""
                 robot.schedule_lines = self.schedules.status_lines
-                robot.build(fanout if robot is owner else None)
+                robot.build()
+            cards = [r.cards for r in (owner, *others) if r.cards is not None]
+            owner.own_stream(Fanout({r.code: r.intake for r in (owner, *others)}, cards))
         parts = []
         for owner, *others in apps.values():
             assert owner.stream is not None  # built in http mode too (not run): the ops port reads it

@@ -81,6 +81,7 @@ class Robot:
         """The gateway's schedules for ``/status`` (set by the gateway)."""
         self.shares_store = False
         """Other robots use the store too: resume only this robot's unsent chunks at start."""
+        self.stream_http: httpx.AsyncClient | None = None
 
     # -- ingest --------------------------------------------------------------------------------------
     async def _ingest(self) -> None:
@@ -192,9 +193,8 @@ class Robot:
         return await submit(self.delivery, request, self.code)
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    def build(self, fanout: Fanout | None) -> None:
-        """Make the robot's parts; ``fanout``: the robots of this robot's app when it owns their Stream
-        connection (the first robot of its app), None for the others."""
+    def build(self) -> None:
+        """Make the robot's parts (its Stream connection, when it owns one: :meth:`own_stream`)."""
         dt = self.dt
         self.http = http = http_client(timeout=dt.send_timeout_s, max_connections=_DINGTALK_CONNECTIONS)
         self.sender = DingTalkSender(dt, client=http)
@@ -229,17 +229,19 @@ class Robot:
                 self.delivery.cancel(m.route, session_key=self.runner.key(m)) if m.route else _zero()
             ),
         )
-        self.stream_http: httpx.AsyncClient | None = None
-        if fanout is not None:
-            # The Stream client's own HTTP client (open-connection has its own timeouts).
-            self.stream_http = http_client(timeout=10.0, max_connections=4)
-            topics = {CARD_CALLBACK_TOPIC: self.cards.on_callback} if self.cards is not None else None
-            self.stream = StreamClient(
-                dt, fanout.on_callback, on_state=self.watch.on_state, http=self.stream_http,
-                on_callbacks_now=fanout.on_callbacks_now if self.store.records_at_once else None,
-                topics=topics,
-            )
-            self.watch.stream = self.stream
+
+    def own_stream(self, fanout: Fanout) -> None:
+        """Open (when run) the Stream connection of this robot's app, for the robots of ``fanout`` (built
+        first: their cards take the card buttons, :meth:`Fanout.on_card_callback`)."""
+        # The Stream client's own HTTP client (open-connection has its own timeouts).
+        self.stream_http = http_client(timeout=10.0, max_connections=4)
+        topics = {CARD_CALLBACK_TOPIC: fanout.on_card_callback} if fanout.cards else None
+        self.stream = StreamClient(
+            self.dt, fanout.on_callback, on_state=self.watch.on_state, http=self.stream_http,
+            on_callbacks_now=fanout.on_callbacks_now if self.store.records_at_once else None,
+            topics=topics,
+        )
+        self.watch.stream = self.stream
 
     def parts_for_ops(self, stream: StreamClient) -> GatewayParts:
         """What the ops port reads; ``stream``: the connection this robot's messages come on."""

@@ -5,6 +5,9 @@ for, so the gateway opens one connection per app (never one per robot: a second 
 half of the first robot's messages) and tells the robots apart by the callback's ``robotCode``. A callback
 naming no robot of this gateway goes to the app's first robot, which answers with its own code and the
 app's token (the only token that can answer it).
+
+A card button's callback names no robot, only its card (``outTrackId``): it goes to the robot whose card it
+is (:meth:`Fanout.on_card_callback`), so the stop button stops the right robot's run.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 
+from edgecrab.dingtalk.cardreply import CardReplies
 from edgecrab.dingtalk.convert import Frame
 from edgecrab.dingtalk.intake import Intake
 from edgecrab.dingtalk.streamconn import AckDecision
@@ -22,9 +26,11 @@ log = logging.getLogger("edgecrab.dingtalk.fanout")
 class Fanout:
     """The intakes of one app's robots by robot code; the first one takes what names none of them."""
 
-    def __init__(self, intakes: dict[str, Intake]) -> None:
+    def __init__(self, intakes: dict[str, Intake], cards: list[CardReplies] | None = None) -> None:
+        """``cards``: the card replies of the robots of the app that answer with cards."""
         self.intakes = intakes
         self.first = next(iter(intakes.values()))
+        self.cards = list(cards or ())
 
     def pick(self, frame: Frame) -> Intake:
         if len(self.intakes) == 1:
@@ -42,6 +48,20 @@ class Fanout:
 
     async def on_callback(self, frame: Frame) -> AckDecision:
         return await self.pick(frame).on_callback(frame)
+
+    async def on_card_callback(self, frame: Frame) -> AckDecision:
+        """A card button pressed: handed to the robot that has the card open (none: acked and dropped,
+        as a robot's own cards drop a button of a card they no longer have)."""
+        if len(self.cards) == 1:
+            return await self.cards[0].on_callback(frame)
+        try:
+            card = str(json.loads(frame.data_text).get("outTrackId", ""))
+        except (ValueError, AttributeError):
+            card = ""
+        for cards in self.cards:
+            if card in cards.live:
+                return await cards.on_callback(frame)
+        return AckDecision()
 
     def on_callbacks_now(self, frames: list[Frame]) -> list[AckDecision]:
         if len(self.intakes) == 1:

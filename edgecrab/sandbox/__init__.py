@@ -40,7 +40,7 @@ from edgecrab.testing.fakedingtalk.payloads import DEFAULT_GROUP_TITLE
 if TYPE_CHECKING:
     from edgecrab.gateway import Gateway
 
-__all__ = ["DEFAULT_PORT", "GROUPS", "open_emulator", "run_sandbox", "serve_with_sandbox"]
+__all__ = ["DEFAULT_PORT", "GROUPS", "emulated_apps", "open_emulator", "run_sandbox", "serve_with_sandbox"]
 
 log = logging.getLogger("edgecrab.sandbox")
 
@@ -54,12 +54,17 @@ GROUPS = (
 
 @contextlib.asynccontextmanager
 async def open_emulator(
-    app: FakeApp | list[FakeApp], *, host: str = "127.0.0.1", port: int = DEFAULT_PORT
+    app: FakeApp | list[FakeApp],
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    robots: list[tuple[str, str]] | None = None,
 ) -> AsyncIterator[FakeDingTalk]:
     """Run the fake DingTalk with the web chat on ``host:port`` (0 picks a free port) while inside;
-    ``app``: its app, or its apps (one per robot of the gateway, the first the web chat's)."""
+    ``app``: its app, or its apps (one per app of the gateway's robots); ``robots``: (name, robot code) of
+    the robots the web chat offers (default: every robot of the apps)."""
     fake = FakeDingTalk(apps=app if isinstance(app, list) else [app], host=host, port=port)
-    chat = WebChat(fake)
+    chat = WebChat(fake, robots)
     fake.add_routes(chat.routes())
     for conversation_id, title in GROUPS:
         fake.add_group(conversation_id, title)
@@ -100,14 +105,33 @@ def _single_errors() -> Iterator[None]:
         raise
 
 
-def _on_emulator(config: Config, apps: list[FakeApp], api_base: str) -> Config:
-    """``config`` with each robot on its emulated app (``apps``, in the robots' order) at ``api_base``."""
-    robots = [
-        replace(r, app_key=a.client_id, app_secret=a.client_secret, robot_code=a.robot_code,
-                api_base=api_base)
-        for r, a in zip(config.robots, apps, strict=True)
-    ]
-    return replace(config, dingtalk=robots[0], other_robots=tuple(robots[1:]))
+def emulated_apps(config: Config) -> tuple[list[FakeApp], list[tuple[str, str]]]:
+    """The emulated apps of ``config``'s robots, one per configured app (robots sharing an app key share
+    one, with a robot code each, as in DingTalk), never with configured credentials; and (name, robot code)
+    of each robot, in the config's order."""
+    apps: dict[str, FakeApp] = {}
+    robots: list[tuple[str, str]] = []
+    for robot in config.robots:
+        app = apps.get(robot.app_key)
+        if app is None:
+            suffix = f"-{robot.name}" if apps else ""
+            app = apps[robot.app_key] = FakeApp(SANDBOX_APP_KEY + suffix, SANDBOX_APP_SECRET + suffix)
+            code = app.robot_code
+        else:
+            code = f"sandbox-robot-{robot.name}"
+            app.more_robots += (code,)
+        robots.append((robot.name, code))
+    return list(apps.values()), robots
+
+
+def _on_emulator(config: Config, fake: FakeDingTalk, robots: list[tuple[str, str]]) -> Config:
+    """``config`` with each robot on its emulated app and robot code (``robots``, in the robots' order)."""
+    emulated = []
+    for robot, (_, code) in zip(config.robots, robots, strict=True):
+        app = fake.app(code)
+        emulated.append(replace(robot, app_key=app.client_id, app_secret=app.client_secret, robot_code=code,
+                                api_base=fake.base_url))
+    return replace(config, dingtalk=emulated[0], other_robots=tuple(emulated[1:]))
 
 
 async def serve_with_sandbox(
@@ -120,20 +144,20 @@ async def serve_with_sandbox(
     """
     # The emulator never holds the configured (real) credentials: it records what it receives and serves it
     # to anyone on this machine. The gateway talks to it with the sandbox's own pair instead.
-    # Several robots: one emulated app each (never a configured one), so none reaches the real DingTalk.
-    apps = [
-        FakeApp(SANDBOX_APP_KEY + suffix, SANDBOX_APP_SECRET + suffix)
-        for suffix in ["", *(f"-{r.name}" for r in config.other_robots)]
-    ]
+    # Several robots: emulated apps (never a configured one), so none reaches the real DingTalk; the web
+    # chat offers them by name when there are several.
+    apps, robots = emulated_apps(config)
     dt = config.dingtalk
     with _single_errors(), _signals() as signals:
         async with (
-            open_emulator(apps, port=DEFAULT_PORT if port is None else port) as fake,
+            open_emulator(
+                apps, port=DEFAULT_PORT if port is None else port, robots=robots if len(robots) > 1 else None
+            ) as fake,
             anyio.create_task_group() as tg,
         ):
             from edgecrab.gateway import Gateway  # here: `edgecrab sandbox` alone never needs the gateway
 
-            gateway = Gateway(_on_emulator(config, apps, fake.base_url))
+            gateway = Gateway(_on_emulator(config, fake, robots))
             if dt.mode == "http":  # the emulator signs and POSTs each message to the callback path
                 host = "127.0.0.1" if config.http.host in ("", "0.0.0.0", "::") else config.http.host
                 fake.settings.callback_url = f"http://{host}:{config.http.port}{config.http.callback_path}"

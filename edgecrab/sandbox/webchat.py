@@ -9,17 +9,22 @@ The page (``static/``: plain HTML, CSS and JavaScript, no build step) talks to t
 
 ====================  ======================================================================================
 GET  /                 the chat page;  GET /static/<file>  its CSS and JavaScript
-GET  /sandbox/directory  the robot, people (with DM conversation ids, outsiders marked), groups, live state
-POST /sandbox/send     ``{"user","text","conversation_id"?,"at_bot"?}``: build the message with the fake's
-                       builders and push it exactly as DingTalk would (a group message without @robot is
-                       dropped unless ``deliver_unmentioned``)
+GET  /sandbox/directory  the robots (name, code, app), people (with their DM conversation id with each
+                       robot, outsiders marked), groups, live state
+POST /sandbox/send     ``{"user","text","conversation_id"?,"at_bot"?,"robot"?}``: build the message to the
+                       robot (its code; default the first robot) with the fake's builders and push it
+                       exactly as DingTalk would, on the robot's app's connection (a group message without
+                       @robot is dropped unless ``deliver_unmentioned``)
                        -> ``{"message_id","msg_id","conversation_id"}``
 GET  /sandbox/history  ``{"events": [...]}``: the chat's own ``chat`` events, every ``outbound`` event, and
                        the frame/ack/redelivery events of messages sent from the chat, in bus order
 ====================  ======================================================================================
 
 Every message sent from the page is announced on the fake's event bus as a ``chat`` event (sender, text,
-conversation, ``message_id``) before it is pushed, so the stream shows who said what before the frames.
+conversation, robot code, ``message_id``) before it is pushed, so the stream shows who said what before the
+frames. Several robots (``edgecrab gateway start --sandbox`` with ``platforms.dingtalk.robots``): the page
+has a robot picker; each robot has its own DM with each person, and every bot message (``outbound``
+events carry the robot code it went out as) shows under the robot that sent it, proactive ones included.
 """
 
 from __future__ import annotations
@@ -99,8 +104,13 @@ def _static(name: str) -> web.Response:
 class WebChat:
     """Routes for :meth:`FakeDingTalk.add_routes`, and the transcript recorder :meth:`record` (a task)."""
 
-    def __init__(self, fake: FakeDingTalk) -> None:
+    def __init__(self, fake: FakeDingTalk, robots: list[tuple[str, str]] | None = None) -> None:
+        """``robots``: (name, robot code) of each robot the page offers, the first the default; None: every
+        robot of the fake's apps, named after its app."""
         self.fake = fake
+        self.robots = robots or [
+            (app.as_robot(code).name, code) for app in fake.apps for code in app.robot_codes
+        ]
         self.transcript: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self._sent: set[str] = set()  # message ids pushed from the page
         self.instance = secrets.token_hex(8)  # lets an open page notice that the emulator restarted
@@ -135,13 +145,17 @@ class WebChat:
     # API --------------------------------------------------------------------------------------------------
     async def directory(self, request: web.Request) -> web.Response:
         fake = self.fake
-        app = fake.apps[0]
+        app = fake.app(self.robots[0][1])
+        robots = [
+            {"name": name, "code": code, "app": fake.app(code).client_id} for name, code in self.robots
+        ]
         users = [
             {
                 **user.public(),
                 "key": user.dingtalk_id,
                 "outsider": user.corp_id != app.corp_id,
                 "dm_conversation_id": fake.dm_conversation_id(user, app),
+                "dm_conversation_ids": {code: fake.dm_conversation_id(user, code) for _, code in self.robots},
             }
             for user in fake.users
         ]
@@ -150,7 +164,8 @@ class WebChat:
         ]
         return _json(
             {
-                "bot": {k: v for k, v in app.public().items() if k != "app_id"},
+                "bot": {k: v for k, v in app.public().items() if k != "app_id"} | {"name": self.robots[0][0]},
+                "robots": robots,
                 "users": users,
                 "groups": groups,
                 "deliver_unmentioned": fake.deliver_unmentioned,
@@ -171,21 +186,23 @@ class WebChat:
             if len(text) > MAX_TEXT:
                 raise ValueError(f"text is longer than {MAX_TEXT} characters")
             user = self.fake.user(str(body.get("user", "")))
+            robot = self._robot(body.get("robot"))
             at_bot = bool(body.get("at_bot", True))
             if conversation_id:
                 if conversation_id not in self.fake.state.groups:
                     raise KeyError(f"unknown group {conversation_id!r}")
-                data = self.fake.group(user, text, conversation_id=conversation_id, at_bot=at_bot)
+                data = self.fake.group(user, text, conversation_id=conversation_id, at_bot=at_bot, app=robot)
             else:
-                data = self.fake.dm(user, text)
+                data = self.fake.dm(user, text, app=robot)
         except (KeyError, ValueError) as exc:
             return _json({"error": str(exc).strip("'\"")}, 400)
         return await self._deliver(data, user, text, at_bot)
 
     async def upload(self, request: web.Request) -> web.Response:
         """A picture, file or voice note from the web chat: the raw bytes as the body; ``kind``
-        (``picture``/``file``/``audio``), ``name``, ``user``, ``conversation_id``, ``recognition`` (a voice
-        note's transcript) in the query. The emulator serves the bytes through ``messageFiles/download``."""
+        (``picture``/``file``/``audio``), ``name``, ``user``, ``conversation_id``, ``robot``, ``recognition``
+        (a voice note's transcript) in the query. The emulator serves the bytes through
+        ``messageFiles/download``."""
         try:
             query = request.query
             kind, name = query.get("kind", ""), query.get("name", "")[:200] or "file"
@@ -198,6 +215,7 @@ class WebChat:
                 raise KeyError(f"unknown group {cid!r}")
             at_bot = query.get("at_bot", "true") != "false"
             options: dict[str, Any] = {"content": content, "conversation_id": cid, "at_bot": at_bot}
+            options["app"] = self._robot(query.get("robot"))
             if kind == "audio":
                 said = query.get("recognition", "").strip()[:MAX_TEXT] or "(no transcript)"
                 data, label = self.fake.audio(user, said, **options), f"🎤 {said}"
@@ -208,6 +226,15 @@ class WebChat:
         except (KeyError, ValueError) as exc:
             return _json({"error": str(exc).strip("'\"")}, 400)
         return await self._deliver(data, user, label, at_bot)
+
+    def _robot(self, code: Any) -> str:
+        """The robot code a message goes to: ``code``, one of the page's robots (empty: the first)."""
+        if not code:
+            return self.robots[0][1]
+        codes = [c for _, c in self.robots]
+        if code not in codes:
+            raise KeyError(f"unknown robot {code!r}; the robots here: {', '.join(codes)}")
+        return str(code)
 
     async def _deliver(self, data: dict[str, Any], user: Any, text: str, at_bot: bool) -> web.Response:
         message_id = new_frame_message_id()
@@ -222,6 +249,7 @@ class WebChat:
             sender={"key": user.dingtalk_id, "nick": user.nick, "staff_id": user.staff_id},
             text=text,
             at_bot=at_bot if group else None,
+            robot=data["robotCode"],
         )
         self.transcript.append(event)
         await self.fake.push(data, message_id=message_id)

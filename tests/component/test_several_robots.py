@@ -119,3 +119,31 @@ async def test_one_robot_offline_the_other_keeps_answering(tmp_path: Path) -> No
             await fake.push(to_sales, app=SALES)
             await fake.wait_for(lambda: bool(fake.messages_for(to_sales["conversationId"])), timeout=10)
             assert fake.messages_for(to_sales["conversationId"])[0].app == SALES.client_id
+
+
+def failed_codes(fake: FakeDingTalk) -> set[str]:
+    return {r.body["robotCode"] for r in fake.requests if "/robot/" in r.path and r.status == 500}
+
+
+async def test_after_a_restart_each_robot_resends_only_its_own_unsent_chunks(tmp_path: Path) -> None:
+    """Two robots, one store: what each left unsent at stop goes out after the restart from that robot
+    alone, with its own token (a chunk resumed by the other robot would be refused: its token is of the
+    other app)."""
+    async with FakeDingTalk(apps=[SALES, HELP]) as fake:
+        config = two_robots(fake, tmp_path)
+        user = fake.user("user1001").staff_id
+        fake.faults.fail("/v1.0/robot/*", status=500, rate=1.0)  # DingTalk down: the chunks stay unsent
+        async with running_gateway(config, ScriptedAgent()) as gw:
+            await gw.send(robot="sales", user=user, text="from sales")
+            await gw.send(robot="help", user=user, text="from help")
+            await fake.wait_for(lambda: failed_codes(fake) == {SALES.robot_code, HELP.robot_code})
+            assert len(await gw.store.outbox_pending()) == 2
+        fake.faults.clear()
+        fake.reset_records()
+        async with running_gateway(config, ScriptedAgent()) as gw:
+            await fake.wait_for(lambda: len(fake.outbound) == 2)
+            await quiescent(fake, gw)
+            sent = sorted((r.text, r.app) for r in fake.outbound)
+            assert sent == [("from help", HELP.client_id), ("from sales", SALES.client_id)]
+            assert rejected_sends(fake) == []
+            assert await gw.store.outbox_pending() == []

@@ -5,6 +5,7 @@ callbacks to its robots by robotCode."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from edgecrab.errors import ConfigError
 from edgecrab.store.sqlite import SQLiteStore
 
 CONFIGS = Path(__file__).resolve().parents[1] / "data" / "configs"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_robots_take_the_keys_beside_the_list_and_their_agents() -> None:
@@ -31,6 +33,26 @@ def test_robots_take_the_keys_beside_the_list_and_their_agents() -> None:
     assert config.agent_for(sales) is config.agent
     assert config.agent_for(helpdesk).system_prompt == "You answer support questions."
     assert {"sales-secret-01", "help-secret-001"} <= set(secret_values(config))
+
+
+def test_the_readme_examples_of_several_robots_are_valid(tmp_path: Path) -> None:
+    text = README.read_text("utf-8")
+    section = text[text.index("### Several robots in one gateway") :]
+    section = section[: section.index("\n### ")]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    env = {name: name.lower() for name in set(re.findall(r"\$\{(\w+)\}", section))}
+    robots = []
+    for index, block in enumerate(blocks):
+        (tmp_path / f"{index}.yaml").write_text(block, encoding="utf-8")
+        config = load_config(tmp_path / f"{index}.yaml", env=env)
+        robots.append([(r.name, r.app_key, r.robot_code) for r in config.robots])
+    assert robots == [
+        [("sales", "sales_app_key", "sales_app_key"), ("helpdesk", "help_app_key", "help_app_key")],
+        [
+            ("sales", "dingtalk_app_key", "sales_robot_code"),
+            ("helpdesk", "dingtalk_app_key", "help_robot_code"),
+        ],
+    ]
 
 
 def test_the_single_robot_form_is_one_robot_called_default() -> None:

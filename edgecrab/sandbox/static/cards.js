@@ -37,7 +37,9 @@
   function item(ev) {
     const cid = (ev.conversation_ids || [])[0];
     if (!cid) return null; // not delivered (yet)
-    return { type: "card", cid, id: ev.out_track_id, text: ev.text || "", cardState: stateOf(ev), ts: ev.ts };
+    return {
+      type: "card", cid, id: ev.out_track_id, text: ev.text || "", cardState: stateOf(ev), robot: ev.robot, ts: ev.ts,
+    };
   }
 
   function update(it, ev) {

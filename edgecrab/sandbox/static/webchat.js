@@ -5,6 +5,10 @@
  * and redelivery events of our own messages become the status line under them; every event is a line in the
  * wire panel. /sandbox/history replays the chat after a reload; bus `seq` numbers keep anything from showing
  * twice. All text goes into the page through textContent or DingMarkdown (DOM nodes only), never innerHTML.
+ *
+ * Several robots (the directory lists them): a robot picker chooses whom you talk to. Each robot has its own
+ * DM with each person; the page's messages carry the chosen robot's code (so they reach that robot's app
+ * and robotCode), and every bot message shows under the robot its robot code names.
  */
 (function () {
   "use strict";
@@ -15,6 +19,7 @@
   const state = {
     dir: null,
     me: null, // the person chatting (their dingtalk_id "key")
+    robot: null, // the robot code chosen in the picker (the first robot's when there is one)
     active: null, // conversation id on screen
     convs: new Map(), // conversation id -> {items: [], unread: 0}
     seen: new Set(), // bus seq numbers already applied to the chat
@@ -67,14 +72,38 @@
   function groupOf(cid) {
     return state.dir.groups.find((g) => g.conversation_id === cid);
   }
+  function dmsOf(u) {
+    return u.dm_conversation_ids || { [state.dir.bot.robot_code]: u.dm_conversation_id };
+  }
   function dmOwner(cid) {
-    return state.dir.users.find((u) => u.dm_conversation_id === cid);
+    return state.dir.users.find((u) => Object.values(dmsOf(u)).includes(cid));
+  }
+  function dmRobot(cid) {
+    // The code of the robot whose DM ``cid`` is (null: not a DM the page knows).
+    for (const u of state.dir.users) {
+      for (const [code, dm] of Object.entries(dmsOf(u))) if (dm === cid) return code;
+    }
+    return null;
+  }
+  function robots() {
+    return state.dir.robots || [{ name: state.dir.bot.name, code: state.dir.bot.robot_code }];
+  }
+  function robotName(code) {
+    const found = robots().find((r) => r.code === code);
+    return found ? found.name : state.dir.bot.name;
+  }
+  function several() {
+    return robots().length > 1;
+  }
+  function myDm(code) {
+    return dmsOf(me())[code || state.robot] || me().dm_conversation_id;
   }
   function chatName(cid) {
     const g = groupOf(cid);
     if (g) return g.title;
     const owner = dmOwner(cid);
-    return owner ? `DM ${owner.nick}` : short(cid);
+    if (!owner) return short(cid);
+    return several() ? `DM ${owner.nick} · ${robotName(dmRobot(cid))}` : `DM ${owner.nick}`;
   }
 
   function mentionMap() {
@@ -149,9 +178,10 @@
       li.append(b);
       people.append(li);
     }
+    renderRobots();
     const chats = $("chats");
     chats.replaceChildren();
-    const entries = [{ cid: me().dm_conversation_id, title: state.dir.bot.name, dm: true }]
+    const entries = [{ cid: myDm(), title: robotName(state.robot), dm: true }]
       .concat(state.dir.groups.map((g, k) => ({ cid: g.conversation_id, title: g.title, alt: k % 2 === 1 })));
     for (const entry of entries) {
       const c = conv(entry.cid);
@@ -172,10 +202,31 @@
     }
   }
 
+  function renderRobots() {
+    $("robot-picker").hidden = !several();
+    const list = $("robots");
+    list.replaceChildren();
+    if (!several()) return;
+    for (const r of robots()) {
+      const b = el("button");
+      b.type = "button";
+      b.dataset.code = r.code;
+      b.setAttribute("aria-current", String(r.code === state.robot));
+      b.title = `robot code ${r.code} · app ${r.app}`;
+      b.append(botAvatar(true), el("span", "name", r.name));
+      const unread = myDm(r.code) === state.active ? 0 : conv(myDm(r.code)).unread;
+      if (unread) b.append(el("span", "badge-unread", String(unread)));
+      b.addEventListener("click", () => chooseRobot(r.code));
+      const li = el("li");
+      li.append(b);
+      list.append(li);
+    }
+  }
+
   function preview(c, dm) {
     const last = c.items[c.items.length - 1];
     if (!last) return dm ? "Direct message with the robot" : "Group chat · mention the robot with @";
-    if (last.type === "bot" || last.type === "card") return `${state.dir.bot.name}: ${last.title || last.text}`;
+    if (last.type === "bot" || last.type === "card") return `${robotName(last.robot)}: ${last.title || last.text}`;
     return `${last.sender.nick}: ${last.text}`;
   }
 
@@ -185,19 +236,21 @@
     const fresh = group ? avatar(group.title, "group") : botAvatar();
     fresh.id = "chat-avatar";
     slot.replaceWith(fresh);
-    $("chat-title").textContent = group ? group.title : state.dir.bot.name;
+    const name = robotName(state.robot);
+    const code = several() ? ` · robot code ${state.robot}` : "";
+    $("chat-title").textContent = group ? group.title : name;
     $("chat-subtitle").textContent = group
-      ? `Group · the robot ${state.dir.bot.name} is a member · you are ${me().nick}`
-      : `Robot · direct message with ${me().nick}`;
+      ? `Group · the robot ${name} is a member · you are ${me().nick}${code}`
+      : `Robot · direct message with ${me().nick}${code}`;
     $("group-tools").hidden = !group;
     $("input").placeholder = group ? `Message ${group.title} (Enter to send, Shift+Enter for a new line)`
-      : `Message ${state.dir.bot.name} (Enter to send, Shift+Enter for a new line)`;
+      : `Message ${name} (Enter to send, Shift+Enter for a new line)`;
     renderAtToggle();
   }
 
   function renderAtToggle() {
     const b = $("at-toggle");
-    b.replaceChildren(el("span", "switch"), `@${state.dir.bot.name}`);
+    b.replaceChildren(el("span", "switch"), `@${robotName(state.robot)}`);
     b.setAttribute("aria-pressed", String(state.atBot));
     b.title = state.atBot ? "The message @mentions the robot (click to send it without)" : "Click to @mention the robot";
     const hint = $("at-hint");
@@ -220,7 +273,7 @@
     if (!c.items.length) {
       const empty = el("div", "empty");
       const group = groupOf(state.active);
-      empty.append(el("strong", "", group ? group.title : `Say hi to ${state.dir.bot.name}`), el("br"),
+      empty.append(el("strong", "", group ? group.title : `Say hi to ${robotName(state.robot)}`), el("br"),
         group ? "Write with @ to ask the robot; without @ DingTalk keeps the message from it."
           : "Your message goes through the emulated DingTalk Stream to the gateway, and the reply comes back " +
             "through its sessionWebhook. Try /help.");
@@ -239,13 +292,13 @@
     if (item.type === "card") {
       row.classList.add("bot");
       row.append(botAvatar());
-      who.append(el("span", "", state.dir.bot.name), el("span", "tag robot", "AI card"), el("time", "", clock(item.ts)));
+      who.append(el("span", "", robotName(item.robot)), el("span", "tag robot", "AI card"), el("time", "", clock(item.ts)));
       row.append(SandboxCards.node(item, who));
       return row;
     }
     if (item.type === "bot") {
       row.append(botAvatar());
-      who.append(el("span", "", state.dir.bot.name), el("span", "tag robot", "Robot"), el("time", "", clock(item.ts)));
+      who.append(el("span", "", robotName(item.robot)), el("span", "tag robot", "Robot"), el("time", "", clock(item.ts)));
       const markdown = item.msgtype === "markdown" || item.msgtype === "sampleMarkdown";
       const media = mediaNode(item);
       bubble = el("div", "bubble " + (media ? "media" : markdown ? "markdown" : "text"));
@@ -261,7 +314,7 @@
       who.append(el("span", "", item.sender.nick.replace(/\s*\(external\)$/, "")), el("time", "", clock(item.ts)));
       bubble = el("div", "bubble text");
       if (item.at_bot) {
-        bubble.append(el("span", "mention", `@${state.dir.bot.name}`), " ");
+        bubble.append(el("span", "mention", `@${robotName(item.robot)}`), " ");
       }
       bubble.append(DingMarkdown.renderText(item.text, {}));
       const note = el("div", "note");
@@ -356,7 +409,7 @@
   }
 
   function visibleTo(cid) {
-    return !!groupOf(cid) || cid === me().dm_conversation_id;
+    return !!groupOf(cid) || Object.values(dmsOf(me())).includes(cid);
   }
 
   let sidebarTimer = null;
@@ -372,7 +425,9 @@
     if (state.seen.has(ev.seq)) return;
     state.seen.add(ev.seq);
     if (ev.kind === "chat") {
-      const item = { type: "user", sender: ev.sender, text: ev.text, at_bot: ev.at_bot, ts: ev.ts, status: "sending" };
+      const item = {
+        type: "user", sender: ev.sender, text: ev.text, at_bot: ev.at_bot, robot: ev.robot, ts: ev.ts, status: "sending",
+      };
       state.sent.set(ev.message_id, item);
       addItem(ev.conversation_id, item);
       return;
@@ -393,7 +448,7 @@
       if (!groupOf(ev.conversation_id) && !dmOwner(ev.conversation_id)) refreshSoon();
       addItem(ev.conversation_id, {
         type: "bot", text: ev.text, title: ev.title, msgtype: ev.msgtype, via: ev.via, body: ev.body,
-        at_user_ids: ev.at_user_ids || [], ts: ev.ts,
+        at_user_ids: ev.at_user_ids || [], robot: ev.robot, ts: ev.ts,
       });
       return;
     }
@@ -453,12 +508,21 @@
   function choosePerson(key) {
     state.me = key;
     try { localStorage.setItem("edgecrab.sandbox.me", key); } catch (err) { /* private mode */ }
-    if (!groupOf(state.active)) state.active = me().dm_conversation_id;
+    if (!groupOf(state.active)) state.active = myDm();
+    openChat(state.active);
+  }
+
+  function chooseRobot(code) {
+    state.robot = code;
+    try { localStorage.setItem("edgecrab.sandbox.robot", code); } catch (err) { /* private mode */ }
+    if (!groupOf(state.active)) state.active = myDm();
     openChat(state.active);
   }
 
   function openChat(cid) {
     state.active = cid;
+    const robot = dmRobot(cid);
+    if (robot) state.robot = robot; // a robot's DM: that robot is the one you talk to
     renderSidebar();
     renderHeader();
     renderMessages();
@@ -480,6 +544,7 @@
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({
           user: state.me, text, conversation_id: group ? group.conversation_id : null, at_bot: group ? state.atBot : true,
+          robot: state.robot,
         }),
       });
       input.value = "";
@@ -497,7 +562,7 @@
   async function upload(file, kind) {
     const group = groupOf(state.active);
     const query = new URLSearchParams({
-      kind, name: file.name || kind, user: state.me, at_bot: String(group ? state.atBot : true),
+      kind, name: file.name || kind, user: state.me, at_bot: String(group ? state.atBot : true), robot: state.robot,
     });
     if (group) query.set("conversation_id", group.conversation_id);
     if (kind === "audio") query.set("recognition", $("input").value);
@@ -574,7 +639,10 @@
     let saved = null;
     try { saved = localStorage.getItem("edgecrab.sandbox.me"); } catch (err) { /* private mode */ }
     state.me = saved && user(saved) ? saved : state.dir.users[0].key;
-    state.active = me().dm_conversation_id;
+    let robot = null;
+    try { robot = localStorage.getItem("edgecrab.sandbox.robot"); } catch (err) { /* private mode */ }
+    state.robot = robots().some((r) => r.code === robot) ? robot : robots()[0].code;
+    state.active = myDm();
     openChat(state.active);
     connectEvents(async () => {
       const history = await getJSON("/sandbox/history");

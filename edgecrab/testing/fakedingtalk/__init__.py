@@ -27,6 +27,11 @@ Public API of :class:`FakeDingTalk` (``fake``):
   (``fake.redeliver_after_s = 0.1``).
 - addresses: ``base_url``, ``ws_endpoint``, ``port``, ``apps``, ``users``, ``user(ref)``,
   ``app(ref)``, ``add_user(FakeUser)``, ``add_group(cid, title)``, ``dm_conversation_id(user, app=None)``.
+- several robots per app: ``FakeApp(..., robot_code="a", more_robots=("b",))``; ``app=`` anywhere takes a
+  robot code too (``fake.dm(user, "hi", app="b")`` carries robotCode ``b``, its own chatbotUserId and DM
+  conversation, and is pushed on the app's connections). OpenAPI sends, card delivers and media downloads
+  refuse a ``robotCode`` of no robot of the token's app, and a download code another robot received;
+  ``OutboundRecord.robot`` is the robot code each message went out as.
 - message builders return decoded ``data`` dicts exactly as DingTalk sends them; ``**overrides``
   replace top-level keys and ``DROP`` removes one; every builder takes ``app=``; media kinds take
   ``conversation_id=`` to be sent in a group (DM otherwise):

@@ -31,8 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--app",
         action="append",
         default=[],
-        metavar="KEY:SECRET[:ROBOT_CODE]",
-        help="an additional robot app (repeatable)",
+        metavar="KEY:SECRET[:ROBOT_CODE[:MORE_ROBOT_CODE...]]",
+        help="an additional robot app (repeatable); codes after the first: the app's other robots",
     )
     parser.add_argument(
         "--redeliver-after", type=float, default=60.0, help="seconds before an unacked redelivery"
@@ -59,7 +59,7 @@ def build(args: argparse.Namespace) -> FakeDingTalk:
     apps = [FakeApp(args.app_key, args.app_secret, robot_code=args.robot_code)]
     for spec in args.app:
         key, secret, *rest = spec.split(":")
-        apps.append(FakeApp(key, secret, robot_code=rest[0] if rest else ""))
+        apps.append(FakeApp(key, secret, robot_code=rest[0] if rest else "", more_robots=tuple(rest[1:])))
     return FakeDingTalk(
         apps=apps,
         host=args.host,

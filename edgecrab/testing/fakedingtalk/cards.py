@@ -220,6 +220,7 @@ class CardApi:
             text=card.text,
             visible=card.visible,
             conversation_ids=card.conversation_ids,
+            robot=next((d.robot_code for d in card.deliveries if d.success and not d.dropped), ""),
             stream_finalized=card.stream_finalized,
         )
 
@@ -279,13 +280,14 @@ class CardApi:
     def _delivery(
         self, app: FakeApp, card: FakeCard, kind: str, space_id: str, model: dict[str, Any] | None
     ) -> CardDelivery:
+        robot_code = str(model.get("robotCode") or "") if model else ""
+        robot = app.as_robot(robot_code) if robot_code in app.robot_codes else app
         if kind == "IM_GROUP":
             conversation_id = space_id
             known = space_id in self.state.groups
-        else:
-            conversation_id = self.state.dm_conversation_for_staff(app, space_id)
+        else:  # the DM of the robot named (each robot of an app has its own)
+            conversation_id = self.state.dm_conversation_for_staff(robot, space_id)
             known = bool(conversation_id)
-        robot_code = str(model.get("robotCode") or "") if model else ""
 
         def failed(message: str) -> CardDelivery:
             return CardDelivery(kind, space_id, conversation_id, robot_code, False, message)
@@ -296,7 +298,7 @@ class CardApi:
             return failed(f"card was created without {kind.lower()} space model")
         if not robot_code:  # inferred; peers that left it out in DMs report undelivered cards
             return failed("robotCode is empty")
-        if robot_code != app.robot_code:
+        if robot_code not in app.robot_codes:
             return failed(f"robot {robot_code} does not belong to this app")
         if not known:
             return failed("robot is not in this group" if kind == "IM_GROUP" else "user not found")

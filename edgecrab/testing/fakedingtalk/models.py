@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 DEFAULT_CORP_ID = "dingcorp0001"
@@ -64,7 +64,13 @@ def new_request_id() -> str:
 
 @dataclass
 class FakeApp:
-    """One robot app: its credentials, robotCode and identity inside its organisation."""
+    """One robot app: its credentials, robotCode and identity inside its organisation.
+
+    An app can have several robots (``more_robots``: the codes of the others). They share the app's
+    credentials, token and Stream connections; each has its own robotCode, chatbotUserId and DM
+    conversations. :meth:`as_robot` is the app as one of its robots: build messages with it (or pass
+    the robot code as ``app=``) and they carry that robot's code.
+    """
 
     client_id: str
     client_secret: str
@@ -73,11 +79,28 @@ class FakeApp:
     chatbot_user_id: str = ""
     name: str = "EdgeCrab"
     app_id: str = ""  # headers.appId on frames (a UUID for real apps)
+    more_robots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.robot_code = self.robot_code or self.client_id
         self.chatbot_user_id = self.chatbot_user_id or lwcp_id("bot", self.client_id)
         self.app_id = self.app_id or str(uuid.UUID(bytes=_digest("app", self.client_id, size=16)))
+        self.more_robots = tuple(self.more_robots)
+
+    @property
+    def robot_codes(self) -> tuple[str, ...]:
+        """The codes of every robot of the app, its first robot's first."""
+        return (self.robot_code, *self.more_robots)
+
+    def as_robot(self, code: str) -> FakeApp:
+        """The app as its robot ``code`` (KeyError for a code of no robot of this app)."""
+        if code == self.robot_code:
+            return self
+        if code not in self.more_robots:
+            codes = list(self.robot_codes)
+            raise KeyError(f"app {self.client_id!r} has no robot {code!r}; its robots: {codes}")
+        bot, name = lwcp_id("bot", self.client_id, code), f"{self.name} ({code})"
+        return replace(self, robot_code=code, chatbot_user_id=bot, name=name, more_robots=())
 
     def public(self) -> dict[str, Any]:
         """Everything but the secret (for the control API and the web chat)."""
@@ -137,7 +160,8 @@ class AckRecord:
 
 @dataclass
 class OutboundRecord:
-    """One bot->user message DingTalk accepted (one record per recipient of a batchSend)."""
+    """One bot->user message DingTalk accepted (one record per recipient of a batchSend); ``robot``: the
+    robot code it went out as (the sessionWebhook's robot, or the OpenAPI call's ``robotCode``)."""
 
     app: str
     via: Literal["webhook", "batchSend", "groupSend"]
@@ -154,6 +178,7 @@ class OutboundRecord:
     is_at_all: bool = False
     process_query_key: str | None = None
     body: dict[str, Any] = field(default_factory=dict)
+    robot: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

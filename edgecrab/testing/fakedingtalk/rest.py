@@ -172,6 +172,8 @@ class RestApi:
         return app
 
     def robot(self, caller: FakeApp, robot_code: str) -> FakeApp:
+        """The caller's robot ``robot_code`` (as :meth:`FakeApp.as_robot`); another app's robot refuses the
+        token, as DingTalk does."""
         robot = self.state.app_by_robot_code(robot_code)
         if robot is None:
             raise _invalid(f"robot {robot_code!r} does not exist", "resource.not.found")  # inferred
@@ -229,6 +231,7 @@ class RestApi:
                     errcode=0,
                     process_query_key=key,
                     body=body,
+                    robot=robot.robot_code,
                 )
             )
         return wire.json_response(
@@ -270,6 +273,7 @@ class RestApi:
                 errcode=0,
                 process_query_key=key,
                 body=body,
+                robot=robot.robot_code,
             )
         )
         return wire.json_response({"processQueryKey": key})
@@ -280,7 +284,8 @@ class RestApi:
         body = await json_body(request)
         robot = self.robot(caller, require(body, "robotCode"))
         blob = self.state.media.get(require(body, "downloadCode"))
-        if blob is None or blob.app != robot.client_id:  # codes belong to the robot that received them
+        # Codes belong to the robot that received them (not to another robot of its app).
+        if blob is None or blob.app != robot.client_id or blob.robot not in ("", robot.robot_code):
             raise _invalid("downloadCode is invalid for this robot", "InvalidParameter.downloadCode")
         settings, key = self.state.settings, secrets.token_urlsafe(18)
         expires = self.state.now() + settings.download_ttl_s

@@ -61,6 +61,7 @@ class WebhookSession:
     expires_ms: int
     created_t: float
     invalidated: bool = False
+    robot: str = ""  # the robot code the message went to
 
 
 @dataclass
@@ -69,6 +70,7 @@ class MediaBlob:
     content: bytes
     content_type: str
     file_name: str
+    robot: str = ""  # the robot code a received file's downloadCode belongs to ("": any robot of the app)
 
 
 @dataclass
@@ -129,21 +131,24 @@ class FakeState:
         return next(iter(self.apps.values()))
 
     def app(self, app: FakeApp | str | None) -> FakeApp:
+        """An app by client id, or by the code of one of its robots (then as that robot:
+        :meth:`FakeApp.as_robot`)."""
         if app is None:
             return self.default_app
         if isinstance(app, FakeApp):
             return app
         if app in self.apps:
             return self.apps[app]
-        for candidate in self.apps.values():
-            if candidate.robot_code == app:
-                return candidate
-        raise KeyError(f"unknown app {app!r}; known: {sorted(self.apps)}")
+        found = self.app_by_robot_code(app)
+        if found is None:
+            raise KeyError(f"unknown app {app!r}; known: {sorted(self.apps)}")
+        return found
 
     def app_by_robot_code(self, robot_code: str) -> FakeApp | None:
+        """The app one of whose robots has ``robot_code``, as that robot; None when no robot has it."""
         for candidate in self.apps.values():
-            if candidate.robot_code == robot_code:
-                return candidate
+            if robot_code in candidate.robot_codes:
+                return candidate.as_robot(robot_code)
         return None
 
     def user(self, user: FakeUser | str) -> FakeUser:
@@ -161,6 +166,10 @@ class FakeState:
         return {u.staff_id: u for u in self.users if u.staff_id and u.corp_id == corp_id}
 
     def dm_conversation_id(self, app: FakeApp, user: FakeUser) -> str:
+        """A person's DM with a robot: each robot of an app has its own."""
+        first = self.apps.get(app.client_id, app)
+        if app.robot_code != first.robot_code:
+            return conversation_id_for("dm", app.client_id, app.robot_code, user.dingtalk_id)
         return conversation_id_for("dm", app.client_id, user.dingtalk_id)
 
     def dm_conversation_for_staff(self, app: FakeApp, staff_id: str) -> str:

@@ -113,6 +113,7 @@ class WebhookApi:
                 errcode=0,
                 is_at_all=bool(at.get("isAtAll", False)),
                 body=body,
+                robot=session.robot,
             )
         )
         return wire.json_response({"errcode": 0, "errmsg": "ok"}, new_api=False)

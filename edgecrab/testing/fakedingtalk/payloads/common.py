@@ -73,9 +73,13 @@ class PayloadBase:
         content_type: str = "application/octet-stream",
         file_name: str = "file.bin",
     ) -> str:
-        """Register bytes under a new downloadCode for ``app`` and return the code."""
+        """Register bytes under a new downloadCode for ``app`` (a robot code: for that robot of its app)
+        and return the code; only that robot can download it."""
         code = "mIof" + base64.b64encode(secrets.token_bytes(18)).decode()
-        self.state.media[code] = MediaBlob(self.state.app(app).client_id, content, content_type, file_name)
+        robot = self.state.app(app)
+        self.state.media[code] = MediaBlob(
+            robot.client_id, content, content_type, file_name, robot=robot.robot_code
+        )
         return code
 
     def _common(
@@ -95,7 +99,8 @@ class PayloadBase:
         cid = conversation_id if conversation_id is not None else state.dm_conversation_id(app, user)
         expires = now + int(state.settings.webhook_ttl_s * 1000)
         state.sessions[session] = WebhookSession(
-            session, app.client_id, cid, "2" if group else "1", user.staff_id, now, expires, state.now()
+            session, app.client_id, cid, "2" if group else "1", user.staff_id, now, expires, state.now(),
+            robot=app.robot_code,
         )
         data: dict[str, Any] = {
             "conversationId": cid,
