@@ -1,6 +1,7 @@
 """Coordination between gateway replicas, as the session runner sees it: one run per session cluster-wide,
-the session's queue in arrival order across replicas, and ``/stop``, ``/new`` and interrupts reaching the
-replica that runs a session.
+the session's queue in arrival order across replicas, ``/stop``, ``/new`` and interrupts reaching the
+replica that runs a session; a conversation's chunks sent by one replica at a time (the delivery lease);
+a dead replica's unfinished messages and unsent chunks taken over by the live ones.
 
 The store provides it (:meth:`edgecrab.store.base.Store.coordination`): one process on SQLite gets
 :class:`LocalCoordination`, which does nothing (the runner's own per-session worker already serializes a
@@ -39,6 +40,9 @@ def replica_id() -> str:
 
 class Coordination(Protocol):
     replica_id: str
+    shared: bool
+    """True when other replicas share the store (Redis): the failover sweep runs
+    (:mod:`edgecrab.failover`)."""
 
     async def run(
         self, on_signal: OnSignal, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -65,9 +69,32 @@ class Coordination(Protocol):
     async def signal(self, key: str, what: str) -> None:
         """Tell the other replicas: ``what`` (STOP, NEW, INTERRUPT) for session ``key``."""
 
+    async def take_delivery(self, conversation: str) -> bool:
+        """Take the conversation's delivery lease (renewed while held): True when this replica is to send
+        its unsent chunks, in order; False when another replica holds it (and will send ours too)."""
+        ...
+
+    async def give_delivery_back(self, conversation: str, *, finished: bool = True) -> bool:
+        """Release the delivery lease. ``finished``: only if the ledger holds nothing unsent for the
+        conversation; else the lease is kept and False returned (another replica recorded chunks and left
+        them to this one: send them too). Not ``finished`` (cancelled, failed): released as it is."""
+        ...
+
+    async def adopt(self, robot: str, *, starting: bool = False) -> list[str] | None:
+        """The unfinished messages this replica takes over, exactly once across replicas: those whose
+        replica is gone (``starting``: this replica's earlier life's too). None: no other replicas, every
+        unfinished message is this process's."""
+        ...
+
+    async def orphaned_conversations(self) -> list[str]:
+        """Conversations with unsent chunks and no live replica sending them."""
+        ...
+
 
 class LocalCoordination:
     """One process: nothing to coordinate."""
+
+    shared = False
 
     def __init__(self, replica: str = "") -> None:
         self.replica_id = replica or replica_id()
@@ -92,3 +119,15 @@ class LocalCoordination:
 
     async def signal(self, key: str, what: str) -> None:
         return None
+
+    async def take_delivery(self, conversation: str) -> bool:
+        return True
+
+    async def give_delivery_back(self, conversation: str, *, finished: bool = True) -> bool:
+        return True
+
+    async def adopt(self, robot: str, *, starting: bool = False) -> list[str] | None:
+        return None if starting else []
+
+    async def orphaned_conversations(self) -> list[str]:
+        return []

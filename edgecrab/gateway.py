@@ -49,6 +49,9 @@ from edgecrab.dingtalk.markdown import reply_format
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import StreamClient
 from edgecrab.events import Message
+from edgecrab.failover import GAVE_UP_TEXT as GAVE_UP_TEXT  # re-exported: tests read them here
+from edgecrab.failover import MAX_RUN_ATTEMPTS as MAX_RUN_ATTEMPTS
+from edgecrab.failover import Failover
 from edgecrab.hooks.manager import HookManager
 from edgecrab.ops.callback import callback_handler
 from edgecrab.ops.metrics import GatewayMetrics
@@ -60,17 +63,11 @@ from edgecrab.replies.delivery import Delivery
 from edgecrab.replies.proactive import SendRequest, submit
 from edgecrab.replies.proactive import send as send_proactive
 from edgecrab.store import open_store
-from edgecrab.store.base import DONE, FAILED, InboxEntry, OutboxChunk, Store
+from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store
 from edgecrab.store.upkeep import housekeeping, store_upkeep
 
 log = logging.getLogger("edgecrab.gateway")
 
-MAX_RUN_ATTEMPTS = 3
-"""Runs of one message started (and never finished: the process stopped) before it is given up on."""
-GAVE_UP_TEXT = (
-    "⚠️ Sorry — answering this message was interrupted {attempts} times (the gateway restarted), so I've "
-    "given up on it. Send it again if you still need an answer."
-)
 _DINGTALK_CONNECTIONS = 100
 """Connections to DingTalk at once (httpx's default pool size, which the gateway used before)."""
 
@@ -275,6 +272,7 @@ class Gateway:
             topics={CARD_CALLBACK_TOPIC: self.cards.on_callback} if self.cards is not None else None,
         )
         self.watch.stream = self.stream
+        self.failover = self._failover()
         self.parts = GatewayParts(
             self.robot, self.stream, self.intake, self.sender, self.delivery, self.runner, self.store,
             agent=self.agent.name,
@@ -286,6 +284,13 @@ class Gateway:
         self.ops = OpsServer(
             self.config.http, self.parts, self.metrics, callback=callback, reload=self.reload,
             send=self.send_request,
+        )
+
+    def _failover(self) -> Failover:
+        return Failover(
+            self.store, self.runner.coord, self.robot, read=lambda e: self._read_message(e.payload, None),
+            reply=lambda m, text: self.reply(m, text, self.runner.key(m)), requeue=self.intake.requeue,
+            wake=self.delivery.wake, every_s=self.config.storage.lease_s / 3,
         )
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -308,7 +313,8 @@ class Gateway:
                     await tg.start(self.cards.run)
                 await tg.start(self.runner.run)
                 self.commands.hook_commands = dict(await self.hooks.register_commands())
-                self.intake.requeue(await self._unfinished())
+                self.intake.requeue(await self.failover.unfinished())
+                tg.start_soon(self.failover.run)
                 tg.start_soon(self._ingest)
                 tg.start_soon(housekeeping, self.store, self.config.sessions.idle_expiry_s)
                 tg.start_soon(store_upkeep, self.store)
@@ -364,29 +370,6 @@ class Gateway:
             self.commands.hook_commands = ready.hook_commands
             log.info("%s", self.access.posture())
             return []
-
-    async def _unfinished(self) -> list[InboxEntry]:
-        """Messages the last run left unfinished, to process again; those whose runs were already started
-        ``MAX_RUN_ATTEMPTS`` times are given up on (a message that crashes the process on every start
-        must not keep it from ever getting up again) and their senders told so."""
-        entries = await self.store.inbox_unfinished(self.robot)
-        again = [e for e in entries if e.attempts < MAX_RUN_ATTEMPTS]
-        if again:
-            log.info("[gateway] picking up %d message(s) left unfinished by the last run", len(again))
-        for e in entries:
-            if e.attempts >= MAX_RUN_ATTEMPTS:
-                await self._give_up(e)
-        return again
-
-    async def _give_up(self, entry: InboxEntry) -> None:
-        reason = f"gave up after {entry.attempts} interrupted runs"
-        log.error("[gateway] message %s: %s; not running it again", entry.msg_id, reason)
-        await self.store.inbox_set_state(self.robot, entry.msg_id, FAILED, reason)
-        try:
-            message = self._read_message(entry.payload, None, entry.stream_message_id)
-        except FrameError:
-            return  # unreadable: nobody to tell
-        await self.reply(message, GAVE_UP_TEXT.format(attempts=entry.attempts), self.runner.key(message))
 
 
 async def _zero() -> int:

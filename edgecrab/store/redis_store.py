@@ -70,6 +70,9 @@ class RedisStore(Store):
         self.url = url
         self.prefix = prefix
         self.lease_s = lease_s
+        self.replica = replica_id()
+        """This process among the replicas: it owns the messages it claims until it dies."""
+        self._coord: RedisCoordination | None = None
         self._client: redis.asyncio.Redis | None = None
         self._ack_client: redis.asyncio.Redis | None = None
         self._apply: Any = None
@@ -105,7 +108,10 @@ class RedisStore(Store):
         self._client = self._ack_client = None
 
     def coordination(self) -> Coordination:
-        return RedisCoordination(self, replica_id(), self.lease_s)
+        # One per store: the runner's heartbeat renews the delivery's leases too.
+        if self._coord is None:
+            self._coord = RedisCoordination(self, self.replica, self.lease_s)
+        return self._coord
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -140,7 +146,7 @@ class RedisStore(Store):
     async def inbox_claim(
         self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
     ) -> bool:
-        ops = Ops().claim(robot, msg_id, stream_message_id, payload, received_at)
+        ops = Ops().claim(robot, msg_id, stream_message_id, payload, received_at, self.replica)
         return int(await self._run(ops, script=self._claim)) == 1
 
     async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None:

@@ -150,11 +150,12 @@ async def test_a_dead_replicas_place_in_the_queue_is_skipped_once_its_lease_expi
         # A replica that died (SIGKILL) while running the session: its lease and place stay, briefly.
         await client.rpush(f"{prefix}sessq:{KEY}", "dead-replica|m-dead")
         await client.set(f"{prefix}lease:{KEY}", "dead-replica", px=400)
+        await client.set(f"{prefix}replica:dead-replica", "1", px=400)  # its heartbeat, not renewed
         started = time.monotonic()
         m = msg("after the failover")
         await a.submit(m)
         await until(lambda: a.agent.requests)
-        assert time.monotonic() - started >= 0.35  # it waited for the lease to expire
+        assert time.monotonic() - started >= 0.35  # it waited for the replica's heartbeat to expire
         await until(lambda: not a.runner._sessions)
         entry = await a.store.client.hget(f"{prefix}inbox:robotA:msg:{m.id}", "state")
         assert entry == DONE and await a.runner.coord.waiting(KEY) == 0
