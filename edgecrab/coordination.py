@@ -90,6 +90,11 @@ class Coordination(Protocol):
         """Conversations with unsent chunks and no live replica sending them."""
         ...
 
+    async def reserve(self, bucket: str, rate: float, burst: float) -> float | None:
+        """A token from the rate-limit bucket every replica shares (DingTalk limits each app): the seconds
+        to wait for it; None without replicas (:class:`edgecrab.dingtalk.ratelimit.Buckets`)."""
+        ...
+
 
 class LocalCoordination:
     """One process: nothing to coordinate."""
@@ -131,3 +136,6 @@ class LocalCoordination:
 
     async def orphaned_conversations(self) -> list[str]:
         return []
+
+    async def reserve(self, bucket: str, rate: float, burst: float) -> float | None:
+        return None

@@ -46,6 +46,7 @@ from edgecrab.dingtalk.connwatch import ConnectionWatch
 from edgecrab.dingtalk.convert import FrameError, decode_payload, to_message
 from edgecrab.dingtalk.intake import Intake
 from edgecrab.dingtalk.markdown import reply_format
+from edgecrab.dingtalk.ratelimit import share
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import StreamClient
 from edgecrab.events import Message
@@ -272,7 +273,7 @@ class Gateway:
             topics={CARD_CALLBACK_TOPIC: self.cards.on_callback} if self.cards is not None else None,
         )
         self.watch.stream = self.stream
-        self.failover = self._failover()
+        self.failover = self._replicas()
         self.parts = GatewayParts(
             self.robot, self.stream, self.intake, self.sender, self.delivery, self.runner, self.store,
             agent=self.agent.name,
@@ -286,7 +287,13 @@ class Gateway:
             send=self.send_request,
         )
 
-    def _failover(self) -> Failover:
+    def _replicas(self) -> Failover:
+        """Failover and rate limits shared by the replicas (without replicas: nothing to share or sweep)."""
+        coord = self.runner.coord
+        if coord.shared:
+            self.sender.share_limits(coord)
+            if self.cards is not None:
+                share(self.cards.client.limiter, coord, f"{self.config.dingtalk.app_key}:card")
         return Failover(
             self.store, self.runner.coord, self.robot, read=lambda e: self._read_message(e.payload, None),
             reply=lambda m, text: self.reply(m, text, self.runner.key(m)), requeue=self.intake.requeue,

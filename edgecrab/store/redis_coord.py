@@ -29,6 +29,7 @@ import anyio.abc
 import redis.asyncio
 
 from edgecrab.coordination import OnSignal
+from edgecrab.store import redis_buckets
 from edgecrab.store import redis_rows as rows
 from edgecrab.store.redis_coord_lua import (
     ACQUIRE,
@@ -151,6 +152,9 @@ class RedisCoordination:
     async def adopt(self, robot: str, *, starting: bool = False) -> list[str] | None:
         args = [self.store.prefix, robot, self.replica_id, int(starting), ADOPT_LOOKED_AT]
         return [str(m) for m in await self._script(ADOPT, [], args)]
+
+    async def reserve(self, bucket: str, rate: float, burst: float) -> float | None:
+        return await redis_buckets.reserve(self._script, self._key("rate", bucket), rate, burst)
 
     async def orphaned_conversations(self) -> list[str]:
         return [str(c) for c in await self._script(ORPHANS, [], [self.store.prefix, ORPHANS_LOOKED_AT])]

@@ -36,6 +36,7 @@ from edgecrab.store.base import (
     OutboxChunk,
     SessionStats,
     Store,
+    StoreUnavailableError,
     Turn,
     UsageDelta,
 )
@@ -65,6 +66,7 @@ class RedisStore(Store):
 
     records_at_once = False
     sole_writer = False
+    server = "redis"
 
     def __init__(self, url: str, prefix: str = "edgecrab:", *, lease_s: float = 15.0) -> None:
         self.url = url
@@ -106,6 +108,12 @@ class RedisStore(Store):
             if client is not None:
                 await client.aclose()
         self._client = self._ack_client = None
+
+    async def ping(self) -> None:
+        if self._ack_client is None:
+            raise StoreUnavailableError("[store] Redis is not connected (the store is not open)")
+        with rows.reachable(self.url):  # the ack path's client: gives up within ~0.3 s
+            await cast(Awaitable[bool], self._ack_client.ping())
 
     def coordination(self) -> Coordination:
         # One per store: the runner's heartbeat renews the delivery's leases too.
