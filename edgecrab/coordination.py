@@ -29,6 +29,15 @@ OnSignal = Callable[[str, str], Awaitable[None]]
 """on_signal(session_key, what): another replica sent ``what`` for a session."""
 
 
+class NotFirst(Exception):
+    """Raised by :meth:`Coordination.hold`: another of this replica's queued messages, ``msg_id``, comes
+    first in the session's queue (it arrived earlier, or was taken over from a dead replica)."""
+
+    def __init__(self, msg_id: str) -> None:
+        super().__init__(msg_id)
+        self.msg_id = msg_id
+
+
 def replica_id() -> str:
     """This process's name among the replicas: ``$EDGECRAB_REPLICA_ID``, or host name, pid and a random tag
     (a restarted process is a new replica: the old one's leases expire on their own)."""
@@ -53,10 +62,13 @@ class Coordination(Protocol):
     async def enqueue(self, key: str, msg_id: str) -> None:
         """Put a message in the session's cluster-wide queue (in arrival order; once)."""
 
-    def hold(self, key: str, msg_id: str, given_up: Callable[[], bool]) -> AbstractAsyncContextManager[None]:
-        """``async with coord.hold(key, msg_id, given_up)``: wait until ``msg_id`` heads the session's queue
-        and this replica holds the session's lease (renewed while held), or ``given_up()`` turns true; on
-        exit the message leaves the queue and the lease is released."""
+    def hold(
+        self, key: str, msg_id: str, given_up: Callable[[], bool], queued: Callable[[str], bool] = ...
+    ) -> AbstractAsyncContextManager[None]:
+        """``async with coord.hold(key, msg_id, given_up, queued)``: wait until ``msg_id`` heads the
+        session's queue and this replica holds the session's lease (renewed while held), or ``given_up()``
+        turns true; on exit the message leaves the queue and the lease is released. Raises
+        :class:`NotFirst` when another message this replica has queued (``queued(msg_id)``) comes first."""
         ...
 
     async def waiting(self, key: str) -> int:
@@ -96,6 +108,10 @@ class Coordination(Protocol):
         ...
 
 
+def _no(msg_id: str) -> bool:
+    return False
+
+
 class LocalCoordination:
     """One process: nothing to coordinate."""
 
@@ -113,7 +129,9 @@ class LocalCoordination:
         return None
 
     @asynccontextmanager
-    async def hold(self, key: str, msg_id: str, given_up: Callable[[], bool]) -> AsyncIterator[None]:
+    async def hold(
+        self, key: str, msg_id: str, given_up: Callable[[], bool], queued: Callable[[str], bool] = _no
+    ) -> AsyncIterator[None]:
         yield
 
     async def waiting(self, key: str) -> int:

@@ -28,7 +28,7 @@ import anyio
 import anyio.abc
 import redis.asyncio
 
-from edgecrab.coordination import OnSignal
+from edgecrab.coordination import NotFirst, OnSignal
 from edgecrab.store import redis_buckets
 from edgecrab.store import redis_rows as rows
 from edgecrab.store.redis_coord_lua import (
@@ -51,6 +51,10 @@ ADOPT_LOOKED_AT = 5000
 """Unfinished messages one sweep looks at (the oldest first) for those whose replica is gone."""
 ORPHANS_LOOKED_AT = 2000
 """Unsent chunks one failover sweep looks at (the oldest first) for conversations nobody sends."""
+
+def _none(msg_id: str) -> bool:
+    return False
+
 
 class _Opened(Protocol):
     url: str
@@ -87,8 +91,14 @@ class RedisCoordination:
             return await self.store.client.eval(source, len(keys), *keys, *args)  # type: ignore[misc]
 
     # -- the runner's calls --------------------------------------------------------------------------
+    def _inbox(self, key: str) -> str:
+        """The inbox's key prefix for session ``key``'s robot (a session key starts with the robot code:
+        :func:`edgecrab.core.sessions.session_key`)."""
+        return self._key("inbox", key.split(":", 1)[0], "msg", "")
+
     async def enqueue(self, key: str, msg_id: str) -> None:
-        await self._script(ENQUEUE, [self._key("sessq", key)], [self._entry(msg_id), f"|{msg_id}"])
+        args = [self._entry(msg_id), f"|{msg_id}", self._inbox(key), msg_id]
+        await self._script(ENQUEUE, [self._key("sessq", key)], args)
 
     async def waiting(self, key: str) -> int:
         with rows.reachable(self.store.url):
@@ -103,16 +113,24 @@ class RedisCoordination:
                 await pipe.execute()
 
     @asynccontextmanager
-    async def hold(self, key: str, msg_id: str, given_up: Callable[[], bool]) -> AsyncIterator[None]:
+    async def hold(
+        self, key: str, msg_id: str, given_up: Callable[[], bool], queued: Callable[[str], bool] = _none
+    ) -> AsyncIterator[None]:
         queue, lease, entry = self._key("sessq", key), self._key("lease", key), self._entry(msg_id)
-        args = [entry, self.replica_id, self.lease_ms, self._key("replica", "")]
+        args = [entry, self.replica_id, self.lease_ms, self._key("replica", ""), self._inbox(key)]
         acquired = False
         while not given_up():
-            got = int(await self._script(ACQUIRE, [queue, lease], args))
+            answer = await self._script(ACQUIRE, [queue, lease], args)
+            got = int(answer[0])
             if got == 1:
                 self.held[key] = self.held.get(key, 0) + 1
                 acquired = True
                 break
+            if got == 3:  # another message of ours heads the queue: that one first (or it is stale)
+                if queued(str(answer[1])):
+                    raise NotFirst(str(answer[1]))
+                await self.drop(key, [str(answer[1])])
+                continue
             if got == 0:
                 event = self._free.setdefault(key, anyio.Event())
                 with anyio.move_on_after(POLL_S):

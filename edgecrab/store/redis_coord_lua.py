@@ -5,34 +5,60 @@ every lease names the replica holding it, and a lease whose replica is gone coun
 
 from __future__ import annotations
 
-# KEYS: queue. ARGV: entry (``<replica>|<msgId>``), ``|<msgId>``.
-# A message taken over from a dead replica replaces that replica's entry (same msgId) in the queue.
+# KEYS: queue. ARGV: entry (``<replica>|<msgId>``), ``|<msgId>``, the inbox's key prefix
+# (``P inbox:<robot>:msg:``), msgId. The session's queue is in arrival order (the inbox's ``seq``, the
+# order of the claims), whichever replica enqueues first; never ahead of the head (it may be running).
+# A message taken over from a dead replica takes that replica's place (same msgId) in the queue.
 ENQUEUE = """
-local suffix = ARGV[2]
-for _, e in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if e ~= ARGV[1] and string.sub(e, -#suffix) == suffix then redis.call('LREM', KEYS[1], 0, e) end
+local queue, entry, suffix, inbox = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local list = redis.call('LRANGE', queue, 0, -1)
+for i, e in ipairs(list) do
+  if e == entry then return #list end
+  if string.sub(e, -#suffix) == suffix then
+    redis.call('LSET', queue, i - 1, entry)
+    return #list
+  end
 end
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
-return redis.call('LLEN', KEYS[1])
+local function seq(e)
+  local s = redis.call('HGET', inbox .. (string.match(e, '|([^|]*)$') or ''), 'seq')
+  return tonumber(s or '0') or 0
+end
+local pos = #list
+local mine = redis.call('HGET', inbox .. ARGV[4], 'seq')
+if mine then
+  mine = tonumber(mine)
+  while pos > 1 and seq(list[pos]) > mine do pos = pos - 1 end
+end
+if pos == #list then
+  redis.call('RPUSH', queue, entry)
+else
+  redis.call('LINSERT', queue, 'AFTER', list[pos], entry)
+end
+return #list + 1
 """
 
-# KEYS: queue, lease. ARGV: entry, replica, lease ms, replica-key prefix.
-# 1: acquired; 2: skipped a dead replica's head (ask again); 0: wait.
+# KEYS: queue, lease. ARGV: entry, replica, lease ms, replica-key prefix, the inbox's key prefix.
+# {1}: acquired; {2}: skipped a dead replica's finished head (ask again); {3, msgId}: another message of
+# this replica's heads the queue (run it first); {0}: wait. A dead replica's head whose message is
+# unfinished is waited for: a live replica takes it over (failover) in its place.
 ACQUIRE = """
 if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
 local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[2] and redis.call('EXISTS', ARGV[4] .. holder) == 1 then return 0 end
+if holder and holder ~= ARGV[2] and redis.call('EXISTS', ARGV[4] .. holder) == 1 then return {0} end
 local head = redis.call('LINDEX', KEYS[1], 0)
 if head == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-  return 1
+  return {1}
 end
-local owner = string.match(head, '^(.*)|[^|]*$')
-if owner and owner ~= ARGV[2] and redis.call('EXISTS', ARGV[4] .. owner) == 0 then
+local owner, id = string.match(head, '^(.*)|([^|]*)$')
+if owner == ARGV[2] then return {3, id} end
+if owner and redis.call('EXISTS', ARGV[4] .. owner) == 0 then
+  local state = redis.call('HGET', ARGV[5] .. id, 'state')
+  if state == 'received' or state == 'processing' then return {0} end
   redis.call('LPOP', KEYS[1])
-  return 2
+  return {2}
 end
-return 0
+return {0}
 """
 
 # KEYS: queue, lease. ARGV: entry, replica.
