@@ -40,6 +40,7 @@ from edgecrab.activity import reply_line
 from edgecrab.events import Message, ReplyRoute
 from edgecrab.replies.conversations import ConversationMemory
 from edgecrab.replies.format import Format, PreparedReply, conversation_key, prepare_reply
+from edgecrab.replies.inflight import InFlight
 from edgecrab.replies.resplit import TOO_LONG_CODES, Resplits
 from edgecrab.replies.wire import Wire
 from edgecrab.store.base import PENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
@@ -95,8 +96,8 @@ class Delivery:
         self._handed: dict[str, tuple[int, list[OutboxChunk]]] = {}
         """Chunks handed to a sender about to start, with the conversation's epoch at that moment."""
         self._resplits = Resplits(store)
-        self._coord = store.coordination()
-        """Replicas on Redis: one at a time sends a conversation's chunks (a lease)."""
+        self._coord = store.coordination()  # replicas: one at a time sends a conversation's chunks
+        self._inflight = InFlight(store)
         self._via: dict[str, str] = {}
         """The route the last sent chunk of each unfinished reply took (for its log line)."""
         self._wire = Wire()
@@ -267,6 +268,8 @@ class Delivery:
             await self._memory.pace(chunk.conversation_key)
             if self._cancelled(chunk, epoch):
                 return False
+            if await self._inflight.sent_elsewhere(chunk):  # replicas: its sender died mid-send
+                break
             mention = chunk.mention and not any(p.strip() for p in pieces[1:])  # on the last piece
             outcome, error = await self._send(chunk, route, pieces[0].rstrip(), mention, epoch)
             if outcome == _OK:

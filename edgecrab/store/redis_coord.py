@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -47,6 +48,9 @@ log = logging.getLogger("edgecrab.store.redis")
 POLL_S = 0.25
 """A waiting run asks again this often even when no ``free`` signal came (a missed pub/sub message)."""
 FREE = "free"
+STALE_S = 5.0
+"""An entry of this replica's at the head of a session's queue for a message it does not have queued is
+dropped after this long (it is being submitted meanwhile, normally for microseconds)."""
 ADOPT_LOOKED_AT = 5000
 """Unfinished messages one sweep looks at (the oldest first) for those whose replica is gone."""
 ORPHANS_LOOKED_AT = 2000
@@ -94,11 +98,12 @@ class RedisCoordination:
     def _inbox(self, key: str) -> str:
         """The inbox's key prefix for session ``key``'s robot (a session key starts with the robot code:
         :func:`edgecrab.core.sessions.session_key`)."""
-        return self._key("inbox", key.split(":", 1)[0], "msg", "")
+        return self._key("inbox", key.split(":", 1)[0], "")
 
     async def enqueue(self, key: str, msg_id: str) -> None:
-        args = [self._entry(msg_id), f"|{msg_id}", self._inbox(key), msg_id]
-        await self._script(ENQUEUE, [self._key("sessq", key)], args)
+        keys = [self._key("sessq", key), self._key("lease", key)]
+        args = [self._entry(msg_id), f"|{msg_id}", self._inbox(key), msg_id, self._key("replica", "")]
+        await self._script(ENQUEUE, keys, [*args, self.replica_id])
 
     async def waiting(self, key: str) -> int:
         with rows.reachable(self.store.url):
@@ -117,8 +122,8 @@ class RedisCoordination:
         self, key: str, msg_id: str, given_up: Callable[[], bool], queued: Callable[[str], bool] = _none
     ) -> AsyncIterator[None]:
         queue, lease, entry = self._key("sessq", key), self._key("lease", key), self._entry(msg_id)
-        args = [entry, self.replica_id, self.lease_ms, self._key("replica", ""), self._inbox(key)]
-        acquired = False
+        args = [entry, self.replica_id, self.lease_ms, self._key("replica", ""), self._inbox(key), msg_id]
+        acquired, stale = False, dict[str, float]()
         while not given_up():
             answer = await self._script(ACQUIRE, [queue, lease], args)
             got = int(answer[0])
@@ -126,12 +131,17 @@ class RedisCoordination:
                 self.held[key] = self.held.get(key, 0) + 1
                 acquired = True
                 break
-            if got == 3:  # another message of ours heads the queue: that one first (or it is stale)
-                if queued(str(answer[1])):
-                    raise NotFirst(str(answer[1]))
-                await self.drop(key, [str(answer[1])])
-                continue
-            if got == 0:
+            if got == 3:  # another message of ours heads the queue: that one first
+                first = str(answer[1])
+                if queued(first):
+                    raise NotFirst(first)
+                # Not queued here (yet: its submit is between its enqueue and its local queue). An entry
+                # that stays so is stale (a lost release): dropped after a while.
+                stale.setdefault(first, time.monotonic())
+                if time.monotonic() - stale[first] > STALE_S:
+                    await self.drop(key, [first])
+                    continue
+            if got in (0, 3):
                 event = self._free.setdefault(key, anyio.Event())
                 with anyio.move_on_after(POLL_S):
                     await event.wait()

@@ -5,12 +5,14 @@ every lease names the replica holding it, and a lease whose replica is gone coun
 
 from __future__ import annotations
 
-# KEYS: queue. ARGV: entry (``<replica>|<msgId>``), ``|<msgId>``, the inbox's key prefix
-# (``P inbox:<robot>:msg:``), msgId. The session's queue is in arrival order (the inbox's ``seq``, the
-# order of the claims), whichever replica enqueues first; never ahead of the head (it may be running).
-# A message taken over from a dead replica takes that replica's place (same msgId) in the queue.
+# KEYS: queue, lease. ARGV: entry (``<replica>|<msgId>``), ``|<msgId>``, the robot's inbox key prefix
+# (``P inbox:<robot>:``), msgId, replica-key prefix, replica. The session's queue is in arrival order (the
+# inbox's ``seq``, the order of the claims), whichever replica enqueues first; never ahead of a head that
+# holds the session's lease (it is running). A message taken over from a dead replica takes that
+# replica's place (same msgId) in the queue.
 ENQUEUE = """
 local queue, entry, suffix, inbox = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+redis.call('ZREM', inbox .. 'unrouted:' .. ARGV[6], ARGV[4])
 local list = redis.call('LRANGE', queue, 0, -1)
 for i, e in ipairs(list) do
   if e == entry then return #list end
@@ -20,40 +22,58 @@ for i, e in ipairs(list) do
   end
 end
 local function seq(e)
-  local s = redis.call('HGET', inbox .. (string.match(e, '|([^|]*)$') or ''), 'seq')
+  local s = redis.call('HGET', inbox .. 'msg:' .. (string.match(e, '|([^|]*)$') or ''), 'seq')
   return tonumber(s or '0') or 0
 end
+local holder = redis.call('GET', KEYS[2])
+local first = 1
+if holder and redis.call('EXISTS', ARGV[5] .. holder) == 1 then first = 2 end
 local pos = #list
-local mine = redis.call('HGET', inbox .. ARGV[4], 'seq')
+local mine = redis.call('HGET', inbox .. 'msg:' .. ARGV[4], 'seq')
 if mine then
   mine = tonumber(mine)
-  while pos > 1 and seq(list[pos]) > mine do pos = pos - 1 end
+  while pos >= first and seq(list[pos]) > mine do pos = pos - 1 end
 end
 if pos == #list then
   redis.call('RPUSH', queue, entry)
+elseif pos == 0 then
+  redis.call('LPUSH', queue, entry)
 else
   redis.call('LINSERT', queue, 'AFTER', list[pos], entry)
 end
 return #list + 1
 """
 
-# KEYS: queue, lease. ARGV: entry, replica, lease ms, replica-key prefix, the inbox's key prefix.
-# {1}: acquired; {2}: skipped a dead replica's finished head (ask again); {3, msgId}: another message of
-# this replica's heads the queue (run it first); {0}: wait. A dead replica's head whose message is
-# unfinished is waited for: a live replica takes it over (failover) in its place.
+# KEYS: queue, lease. ARGV: entry, replica, lease ms, replica-key prefix, the robot's inbox key prefix,
+# msgId. {1}: acquired; {2}: skipped a dead replica's finished head (ask again); {3, msgId}: another
+# message of this replica's heads the queue (run it first); {0}: wait. A dead replica's unfinished
+# message is waited for: a live replica takes it over (failover) in its place. So is any message claimed
+# before this one that is not in its session's queue yet (``unrouted``: its session is known once it is
+# read; milliseconds, or until a dead replica's messages are taken over and read again), so that no
+# conversation's answers overtake an earlier message.
 ACQUIRE = """
+local inbox, me = ARGV[5], ARGV[2]
 if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
 local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[2] and redis.call('EXISTS', ARGV[4] .. holder) == 1 then return {0} end
+if holder and holder ~= me and redis.call('EXISTS', ARGV[4] .. holder) == 1 then return {0} end
+local mine = tonumber(redis.call('HGET', inbox .. 'msg:' .. ARGV[6], 'seq') or '0') or 0
+for _, owner in ipairs(redis.call('SMEMBERS', inbox .. 'owners')) do
+  local oldest = redis.call('ZRANGE', inbox .. 'unrouted:' .. owner, 0, 0, 'WITHSCORES')
+  if #oldest == 0 then
+    if redis.call('EXISTS', ARGV[4] .. owner) == 0 then redis.call('SREM', inbox .. 'owners', owner) end
+  elseif tonumber(oldest[2]) < mine then
+    return {0}
+  end
+end
 local head = redis.call('LINDEX', KEYS[1], 0)
 if head == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], me, 'PX', ARGV[3])
   return {1}
 end
 local owner, id = string.match(head, '^(.*)|([^|]*)$')
-if owner == ARGV[2] then return {3, id} end
+if owner == me then return {3, id} end
 if owner and redis.call('EXISTS', ARGV[4] .. owner) == 0 then
-  local state = redis.call('HGET', ARGV[5] .. id, 'state')
+  local state = redis.call('HGET', inbox .. 'msg:' .. id, 'state')
   if state == 'received' or state == 'processing' then return {0} end
   redis.call('LPOP', KEYS[1])
   return {2}
@@ -111,7 +131,11 @@ for _, msg in ipairs(redis.call('ZRANGE', P .. 'inbox:' .. robot .. ':open', 0, 
     if owner == me then take = starting
     elseif not take then take = redis.call('EXISTS', P .. 'replica:' .. owner) == 0 end
     if take then
+      local unrouted = P .. 'inbox:' .. robot .. ':unrouted:'
+      if owner and owner ~= '' then redis.call('ZREM', unrouted .. owner, msg) end
       redis.call('HSET', k, 'owner', me)
+      redis.call('ZADD', unrouted .. me, redis.call('HGET', k, 'seq'), msg)
+      redis.call('SADD', P .. 'inbox:' .. robot .. ':owners', me)
       table.insert(taken, msg)
     end
   end

@@ -192,8 +192,11 @@ async def test_a_dead_replicas_unfinished_message_keeps_its_place_when_taken_ove
     async with cluster(redis_server) as (a, b, _replies):
         client, prefix = a.store.client, a.store.prefix
         dead = msg("taken over")  # claimed and running on a replica that was SIGKILLed
-        assert await a.store.inbox_claim(dead.robot, dead.id, f"s-{dead.id}", "{}", time.time())
-        await client.hset(f"{prefix}inbox:robotA:msg:{dead.id}", "owner", "dead-replica")
+        gone = RedisStore(redis_server.url, prefix)
+        gone.replica = "dead-replica"
+        await gone.open()
+        assert await gone.inbox_claim(dead.robot, dead.id, f"s-{dead.id}", "{}", time.time())
+        await gone.close()
         await client.rpush(f"{prefix}sessq:{KEY}", f"dead-replica|{dead.id}")
         later = msg("later")
         await b.submit(later)  # behind the dead replica's message, which is not finished: b waits
