@@ -29,8 +29,17 @@ from bench.plan import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-LINE_IDS = {"1a", "1b", "2", "3", "4a", "4b", "5", "6a", "6b", "6c"}
-SCENARIOS = {"echo_rest_instant", "echo_rest_50ms", "ack_latency", "burst", "memory", "chunking", "cards"}
+LINE_IDS = {"1a", "1b", "2", "3", "4a", "4b", "5", "6a", "6b", "6c", "7a", "7b", "7c"}
+SCENARIOS = {
+    "echo_rest_instant",
+    "echo_rest_50ms",
+    "ack_latency",
+    "burst",
+    "memory",
+    "chunking",
+    "cards",
+    "replicas",
+}
 CONTENDERS = {"edgecrab", "sdk", "raw"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -125,6 +134,7 @@ def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[d
     memory = contender("memory")
     many = s["cards"]["many_cards"]["edgecrab"]
     card_ack = s["cards"]["ack_while_streaming"]
+    replicas = s["replicas"]
     expected = {
         "1a": (f"≥ {ECHO_VS_SDK_GOAL:g}× SDK", echo["edgecrab"] >= ECHO_VS_SDK_GOAL * echo["sdk"]),
         "1b": (f"≥ {ECHO_SLOW_VS_SDK_GOAL:g}× SDK", slow["edgecrab"] >= ECHO_SLOW_VS_SDK_GOAL * slow["sdk"]),
@@ -153,6 +163,9 @@ def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[d
             f"p99 < {ACK_P99_GOAL_S * 1000:g} ms",
             card_ack["p99_s"] < ACK_P99_GOAL_S and card_ack["acked"] == card_ack["sent"],
         ),
+        "7a": (f"p99 < {ACK_P99_GOAL_S * 1000:g} ms", replicas["ack"]["p99_s"] < ACK_P99_GOAL_S),
+        "7b": ("every message answered", replicas["echo_1"]["complete"] and replicas["echo_3"]["complete"]),
+        "7c": ("measured", replicas["round_trips_per_message"] > 0),
     }
     for line_id, (goal, ok) in expected.items():
         line = lines[line_id]
@@ -162,3 +175,12 @@ def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[d
     assert "raw" not in lines["1a"]["goal"] and "% of raw" in lines["1a"]["detail"]  # reported, not judged
     assert all(f"{who} " in lines["1a"]["detail"] for who in CONTENDERS), lines["1a"]["detail"]
     assert "peer model" in lines["6b"]["detail"] and "instant first token" in lines["6a"]["detail"]
+
+
+def test_the_redis_scenario_measured_one_and_three_replicas(smoke: tuple[dict[str, Any], str]) -> None:
+    r = smoke[0]["scenarios"]["replicas"]
+    assert r["ack"]["acked"] == r["ack"]["sent"] == SMOKE.ack_messages and positive(r["ack"]["p99_s"]), r
+    for count in (1, 3):
+        echo = r[f"echo_{count}"]
+        assert echo["answered"] == SMOKE.echo_messages and positive(echo["messages_per_s"]), echo
+    assert positive(r["round_trips_per_message"]) and positive(r["script_commands_per_message"]), r
