@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_send(commands, common)
 
+    schedules = group("schedules", "inspect the schedules: messages the robot sends on its own")
+    action(schedules, "list", "each schedule's cron, zone, target, next run and last fired slot",
+           _schedules_list)
+
     sandbox = commands.add_parser("sandbox", parents=[common], help="run only the DingTalk emulator")
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     sandbox.add_argument("--port", type=_port_arg, default=SANDBOX_PORT,
@@ -208,8 +212,8 @@ def _add_send(
     fmt.add_argument("--text", dest="format", action="store_const", const="text", help="send as plain text")
     send.add_argument("--title", default="", help="the markdown title: what the notification shows "
                       "(default: the start of the message)")
-    send.add_argument("--robot", metavar="NAME", default="default",
-                      help="the robot to send as; only 'default' until a gateway can have several robots")
+    send.add_argument("--robot", metavar="NAME", default="",
+                      help="the robot to send as (its name in platforms.dingtalk.robots; default: the first)")
     send.add_argument("--direct", action="store_true",
                       help="send from this process even when a gateway is running (not through its ledger)")
     send.add_argument("--timeout", metavar="SECONDS", type=float, default=300.0,
@@ -317,6 +321,14 @@ def _hooks_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _schedules_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from edgecrab.core.schedulelist import run_schedules_list
+
+    print(redact(run_schedules_list(config)))
+    return EXIT_OK
+
+
 def _send(args: argparse.Namespace) -> int:
     from edgecrab.replies.proactive import SendRequest
 
@@ -331,6 +343,13 @@ def _send(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     config = _load(args)
     from edgecrab.ops.sendclient import run_send
+    from edgecrab.replies.proactive import robot_config
+
+    try:
+        robot_config(config, request.robot)
+    except ValueError as exc:
+        print(f"edgecrab send: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     return run_send(config, request, direct=args.direct, timeout_s=args.timeout)
 

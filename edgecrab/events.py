@@ -63,6 +63,25 @@ class Attachment:
     file_name: str = ""
     extra: tuple[tuple[str, str], ...] = ()
     """Other string facts (duration, videoType, ...), as sorted pairs so the dataclass stays hashable."""
+    path: str = ""
+    """Where the downloaded file is (:mod:`edgecrab.media`), once it is; kept ``media.keep_hours``."""
+    mime: str = ""
+    """The MIME type read from the file's bytes, once downloaded."""
+    size: int = 0
+    """Bytes downloaded."""
+    note: str = ""
+    """Why there is no file (too large, the download failed), once that is known."""
+
+    def describe(self) -> dict[str, Any]:
+        """What ``command`` and ``python`` agents are given about it (the request's ``attachments``)."""
+        return {
+            "kind": self.kind,
+            "name": self.file_name,
+            "path": self.path,
+            "mime": self.mime,
+            "size": self.size,
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +104,8 @@ class Quote:
     text: str
     sender_name: str = ""
     msgtype: str = "text"
+    attachments: tuple[Attachment, ...] = field(default=(), compare=False)
+    """Pictures and files in the quoted message (their download codes), downloaded like the message's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,18 +214,38 @@ class Command:
 class AgentRequest:
     """What a backend receives. Mutable: ``prepare_agent_request`` hooks may edit it in place."""
 
-    messages: list[dict[str, str]]
-    """OpenAI-style turns, oldest first, ending with the new user message; no system turn."""
+    messages: list[dict[str, Any]]
+    """OpenAI-style turns, oldest first, ending with the new user message; no system turn. A ``content``
+    is a string, or (a message with pictures, for the openai agent) a list of OpenAI content parts."""
     system_prompt: str = ""
     session_key: str = ""
     message_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    """The new message's files (:meth:`Attachment.describe`: kind, name, local path, MIME type, size)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAttachment:
+    """A picture or a file an agent sends with its answer: a local ``path`` or the bytes (``data``).
+
+    The gateway checks it (size, type, where the path points), keeps a copy until it is delivered and
+    sends it right after the answer's text; one it cannot send becomes a short note to the user."""
+
+    name: str = ""
+    """The file name the user sees; default: the path's last part, or ``attachment``."""
+    kind: str = ""
+    """``image`` or ``file``; empty: ``image`` for JPEG, PNG, GIF and BMP bytes, else ``file``."""
+    path: str = ""
+    data: bytes | None = None
+    error: str = ""
+    """Set by an agent that could not read it: the reason, sent to the user as a note instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +258,8 @@ class AgentResult:
     failed: bool = False
     error: str = ""
     """A short, user-presentable reason when ``failed``."""
+    attachments: tuple[ReplyAttachment, ...] = ()
+    """Pictures and files sent after the answer, in this order (``python`` and ``command`` agents)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,4 +72,6 @@ def _changed(running: Config, new: Config) -> list[str]:
         for f in fields(a):
             if getattr(a, f.name) != getattr(b, f.name):
                 found.append(f"{'platforms.dingtalk' if section == 'dingtalk' else section}.{f.name}")
+    top = ("schedules", "schedules_catch_up_s")
+    found += [key for key in top if getattr(running, key) != getattr(new, key)]
     return found

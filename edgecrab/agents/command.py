@@ -3,15 +3,23 @@
 ``agent.command`` is an argv list (no shell). The program gets one JSON object on stdin::
 
     {"messages": [{"role": "user", "content": "hi"}, ...], "system_prompt": "...",
-     "session_key": "...", "message_id": "...", "metadata": {...}}
+     "session_key": "...", "message_id": "...", "metadata": {...},
+     "attachments": [{"kind": "picture", "name": "...", "path": "/...", "mime": "image/png", "size": 1234,
+                      "note": ""}, ...]}
 
-and its stdout, stripped, is the reply. When the answer is shown live (``reply_mode: card``), each line the
+``attachments`` are the new message's files, downloaded (:mod:`edgecrab.media`): read them at ``path``
+(they are deleted after ``media.keep_hours``); ``note`` says why one has no file.
+
+(plus ``"attachments_dir"``, a folder made for the run: files the program writes there are sent after its
+answer as pictures or files, :mod:`edgecrab.agents.attachments`) and its stdout, stripped, is the reply.
+When the answer is shown live (``reply_mode: card``), each line the
 program writes is shown as soon as it ends: flush stdout after each line (``print(..., flush=True)``).
 On timeout or cancellation (``/stop``) the process (and, on POSIX, its whole process group, so ``sh -c``
 children go too) gets SIGTERM, then SIGKILL 0.5 s later.
 
 The program gets only what it needs: its environment is :data:`INHERITED` taken from the gateway's (``PATH``
-to find programs, ``HOME``, locale and time zone, ``TMPDIR``) plus ``agent.env``, and nothing else, so the
+to find programs, ``HOME``, locale and time zone, ``TMPDIR``) plus ``agent.env`` and
+``EDGECRAB_ATTACHMENTS_DIR``, and nothing else, so the
 gateway's own secrets (``DINGTALK_APP_SECRET``, ``OPENAI_API_KEY``, ...) never reach it; pass one on purpose
 through ``agent.env`` (``MY_KEY: ${MY_KEY}``). Its stderr goes to the gateway's log (capped at
 :data:`STDERR_LOGGED` characters, control characters escaped by the log set-up), never to the chat: a failure
@@ -21,16 +29,21 @@ tells the user only "the agent command failed (exit N)".
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
+from edgecrab.agents.attachments import from_folder
 from edgecrab.agents.base import Agent, AgentError, Deltas, ignore_deltas
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult
@@ -67,7 +80,7 @@ class CommandAgent(Agent):
         self._timeout_s = config.timeout_s
         self._system_prompt = config.system_prompt
 
-    def build_input(self, request: AgentRequest) -> bytes:
+    def build_input(self, request: AgentRequest, attachments_dir: str = "") -> bytes:
         """The JSON document written to the command's stdin."""
         document = {
             "messages": request.messages,
@@ -75,18 +88,32 @@ class CommandAgent(Agent):
             "session_key": request.session_key,
             "message_id": request.message_id,
             "metadata": request.metadata,
+            "attachments": request.attachments,
         }
+        if attachments_dir:
+            document["attachments_dir"] = attachments_dir
         return json.dumps(document, ensure_ascii=False, default=str).encode("utf-8") + b"\n"
 
     async def run(self, request: AgentRequest) -> AgentResult:
         return await self.stream(request, ignore_deltas)
 
     async def stream(self, request: AgentRequest, on_delta: Deltas) -> AgentResult:
-        """Run the command; each stdout line goes to ``on_delta`` as soon as it ends."""
+        """Run the command; each stdout line goes to ``on_delta`` as soon as it ends. The files it leaves
+        in its attachments folder are sent after its answer (:mod:`edgecrab.agents.attachments`)."""
+        with tempfile.TemporaryDirectory(prefix="edgecrab-attachments-") as folder:
+            result = await self._stream(request, on_delta, folder)
+            attachments = await anyio.to_thread.run_sync(from_folder, Path(folder))
+        return dataclasses.replace(result, attachments=attachments) if attachments else result
+
+    async def _stream(self, request: AgentRequest, on_delta: Deltas, folder: str) -> AgentResult:
         started = time.monotonic()
-        payload = self.build_input(request)
+        payload = self.build_input(request, folder)
+        env = {**self._env, "EDGECRAB_ATTACHMENTS_DIR": folder}
         try:
-            process = await anyio.open_process(self.argv, env=self._env, start_new_session=_POSIX)
+            # Shielded: a cancel arriving while the child already runs but before it is ours to stop (the
+            # finally below) would leave it running; the cancel is taken at the next await instead.
+            with anyio.CancelScope(shield=True):
+                process = await anyio.open_process(self.argv, env=env, start_new_session=_POSIX)
         except OSError as exc:
             raise AgentError(
                 f"could not start the agent command {self.argv[0]!r} — check agent.command",
@@ -112,9 +139,12 @@ class CommandAgent(Agent):
                 if not finished:
                     await _stop(process)
                 await process.aclose()
-        return self._result(process.returncode, bytes(stdout), bytes(stderr), time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        return self._result(process.returncode, bytes(stdout), bytes(stderr), elapsed, folder)
 
-    def _result(self, code: int | None, stdout: bytes, stderr: bytes, duration: float) -> AgentResult:
+    def _result(
+        self, code: int | None, stdout: bytes, stderr: bytes, duration: float, folder: str = ""
+    ) -> AgentResult:
         # stderr holds diagnostics: the log gets it (the AgentError cause is logged), the chat never.
         err_text = stderr.decode("utf-8", "replace").strip()[-STDERR_LOGGED:]
         cause = f"{self.argv[0]} exited with {code}; stderr: {err_text or '(empty)'}"
@@ -125,7 +155,7 @@ class CommandAgent(Agent):
                 what = f"the agent command failed (exit {code})"
             raise AgentError(f"{what} — the gateway's log has its error output", cause=cause)
         reply = stdout.decode("utf-8", "replace").strip()
-        if not reply:
+        if not reply and not (folder and os.listdir(folder)):  # files alone are an answer
             raise AgentError("the agent command printed no reply", cause=cause)
         if err_text:
             log.info("[agent] %s wrote to stderr: %s", self.argv[0], err_text)

@@ -5,7 +5,8 @@ message) and called with the :class:`~edgecrab.events.AgentRequest`. An ``async 
 function runs in a worker thread so it cannot block the gateway (on ``/stop`` the gateway stops waiting for
 it; a thread cannot be killed, so it finishes in the background). It returns the reply as ``str``, an
 :class:`~edgecrab.events.AgentResult`, or a ``dict`` with ``text`` and optionally ``usage``
-(``{"prompt_tokens": ..., "completion_tokens": ...}``).
+(``{"prompt_tokens": ..., "completion_tokens": ...}``) and ``attachments`` (pictures and files sent after the
+text: :mod:`edgecrab.agents.attachments`).
 
 A function that streams is an ``async def`` generator (or returns an async iterator): each string it
 yields is a piece of the answer (shown live with ``reply_mode: card``), and the answer is their
@@ -25,6 +26,7 @@ from typing import Any
 
 import anyio.to_thread
 
+from edgecrab.agents.attachments import from_python
 from edgecrab.agents.base import Agent, AgentError, Deltas, ignore_deltas
 from edgecrab.config import AgentConfig
 from edgecrab.events import AgentRequest, AgentResult, Usage
@@ -123,8 +125,11 @@ class PythonAgent(Agent):
             return value
         if isinstance(value, str):
             return AgentResult(text=value)
-        if isinstance(value, Mapping) and isinstance(value.get("text"), str):
-            return AgentResult(text=value["text"], usage=_usage(value.get("usage")))
+        if isinstance(value, Mapping):
+            text = value.get("text", "" if "attachments" in value else None)  # attachments alone will do
+            if isinstance(text, str):
+                attachments = from_python(value.get("attachments"))
+                return AgentResult(text=text, usage=_usage(value.get("usage")), attachments=attachments)
         raise AgentError(
             "the agent function returned something edgecrab could not read",
             cause=f"{self.spec} returned {type(value).__name__}; expected str, AgentResult or a dict",

@@ -22,6 +22,7 @@ from edgecrab.config.model import (
     DingTalkConfig,
     HooksConfig,
     HttpConfig,
+    MediaConfig,
     SessionsConfig,
     StorageConfig,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "DingTalkConfig",
     "HooksConfig",
     "HttpConfig",
+    "MediaConfig",
     "SessionsConfig",
     "StorageConfig",
     "config_to_dict",

@@ -82,12 +82,15 @@ def subschema(path: KeyPath, schema: Mapping[str, Any] | None = None) -> Mapping
 
 @functools.cache
 def _key_homes() -> dict[str, str]:
-    """Each key name -> the first section that defines it, for "belongs under" hints."""
+    """Each key name -> the shallowest section that defines it (``agent`` is a top-level section before it
+    is a robot's key), for "belongs under" hints."""
     homes: dict[str, str] = {}
 
     def visit(node: Mapping[str, Any], path: KeyPath) -> None:
-        for name, sub in node.get("properties", {}).items():
+        properties = node.get("properties", {})
+        for name in properties:
             homes.setdefault(name, format_path(path))
+        for name, sub in properties.items():
             visit(sub, (*path, name))
 
     visit(_schema(), ())

@@ -27,6 +27,8 @@ from edgecrab.config.model import (
     DingTalkConfig,
     HooksConfig,
     HttpConfig,
+    MediaConfig,
+    ScheduleConfig,
     SessionsConfig,
     StorageConfig,
     frozen_map,
@@ -51,7 +53,7 @@ _SANDBOX_CREDENTIALS = {
     (*_DINGTALK, "app_key"): SANDBOX_APP_KEY,
     (*_DINGTALK, "app_secret"): SANDBOX_APP_SECRET,
 }
-SECTIONS = ("platforms", "agent", "sessions", "commands", "hooks", "storage", "http")
+SECTIONS = ("platforms", "agent", "agents", "sessions", "commands", "hooks", "storage", "http", "media")
 
 ENV_DEFAULTS: dict[reader.KeyPath, str] = {
     (*_DINGTALK, "app_key"): "DINGTALK_APP_KEY",
@@ -124,6 +126,8 @@ def _check(
     for section in SECTIONS:
         if data.get(section) is None and (section in data or section == "platforms"):
             data[section] = {}  # an empty section (`agent:` with nothing under it) means all defaults
+    if "schedules" in data and data["schedules"] is None:
+        data["schedules"] = []
     platforms = data["platforms"]
     if isinstance(platforms, dict) and platforms.get("dingtalk") is None:
         platforms["dingtalk"] = {}
@@ -141,7 +145,8 @@ def _check(
     if problems:
         raise ConfigError(problems, source=label)
     config = _build(data, env, source)
-    sources = _sources(config, parsed.lines, expanded.origins, from_env, dummies, env)
+    listed = isinstance(platforms, dict) and isinstance(platforms["dingtalk"].get("robots"), list)
+    sources = _sources(config, parsed.lines, expanded.origins, from_env, dummies, env, listed=listed)
     if sandbox and config.storage.url != MEMORY_URL:
         config = replace(config, storage=StorageConfig(url=sandbox_storage_url(env)))
         sources["storage.url"] = "sandbox (apart from the gateway's own state)"
@@ -202,62 +207,113 @@ def _sources(
     from_env: Mapping[reader.KeyPath, str],
     dummies: set[reader.KeyPath],
     env: Mapping[str, str],
+    *,
+    listed: bool = False,
 ) -> dict[str, str]:
-    """Where each key of ``config`` came from; see :attr:`Config.sources`."""
+    """Where each key of ``config`` came from; see :attr:`Config.sources`. ``listed``: the robots are
+    written as ``platforms.dingtalk.robots`` (a key an entry leaves out comes from beside the list)."""
     found: dict[str, str] = {}
-    for section, value in _section_values(config):
+
+    def where(path: reader.KeyPath) -> str:
+        names = ", ".join(dict.fromkeys(_REF_NAME.findall(origins.get(path, ""))))
+        if path in dummies:
+            return "sandbox (dummy credentials)"
+        if path in from_env:
+            return f"env {from_env[path]}"
+        if path in lines:
+            return f"file line {lines[path]}" + (f" ({names})" if names else "")
+        if names:
+            return f"env {names}"  # the built-in configuration's references
+        if path == ("storage", "url") and env.get("EDGECRAB_HOME"):
+            return "default (env EDGECRAB_HOME)"
+        if path == (*_DINGTALK, "robot_code"):
+            return "default (the app key)"
+        if path == (*_DINGTALK, "allow_own_org"):
+            return "default (true when allowed_users is empty)"
+        return "default"
+
+    for section, value in _section_values(config, listed):
         for f in fields(value):
             path: reader.KeyPath = (*section, f.name)
-            names = ", ".join(dict.fromkeys(_REF_NAME.findall(origins.get(path, ""))))
-            if path in dummies:
-                where = "sandbox (dummy credentials)"
-            elif path in from_env:
-                where = f"env {from_env[path]}"
-            elif path in lines:
-                where = f"file line {lines[path]}" + (f" ({names})" if names else "")
-            elif names:
-                where = f"env {names}"  # the built-in configuration's references
-            elif path == ("storage", "url") and env.get("EDGECRAB_HOME"):
-                where = "default (env EDGECRAB_HOME)"
-            elif path == (*_DINGTALK, "robot_code"):
-                where = "default (the app key)"
-            elif path == (*_DINGTALK, "allow_own_org"):
-                where = "default (true when allowed_users is empty)"
+            if section[:3] == (*_DINGTALK, "robots") and path not in lines:
+                found[reader.format_path(path)] = where((*_DINGTALK, f.name))  # beside the list, or default
             else:
-                where = "default"
-            found[reader.format_path(path)] = where
+                found[reader.format_path(path)] = where(path)
+    for key in ("schedules", "schedules_catch_up_s"):
+        found[key] = f"file line {lines[(key,)]}" if (key,) in lines else "default"
     return found
 
 
-def _section_values(config: Config) -> list[tuple[reader.KeyPath, Any]]:
-    return [(_DINGTALK, config.dingtalk)] + [
-        ((name,), getattr(config, name)) for name in SECTIONS if name != "platforms"
-    ]
+def _section_values(config: Config, listed: bool = False) -> list[tuple[reader.KeyPath, Any]]:
+    if listed:
+        robots: list[tuple[reader.KeyPath, Any]] = [
+            ((*_DINGTALK, "robots", i), robot) for i, robot in enumerate(config.robots)
+        ]
+    else:
+        robots = [(_DINGTALK, config.dingtalk)]
+    agents: list[tuple[reader.KeyPath, Any]] = [(("agents", name), a) for name, a in config.agents.items()]
+    rest = [((name,), getattr(config, name)) for name in SECTIONS if name not in ("platforms", "agents")]
+    return robots + agents + rest
 
 
 def _build(data: dict[str, Any], env: Mapping[str, str], source: Path | None) -> Config:
-    dingtalk = dict(data["platforms"]["dingtalk"])
-    for key in ("allowed_users", "allowed_groups", "extra_allowed_hosts"):
-        if isinstance(dingtalk.get(key), str):
-            dingtalk[key] = [item.strip() for item in dingtalk[key].split(",") if item.strip()]
-    dingtalk["robot_code"] = dingtalk.get("robot_code") or dingtalk["app_key"]
-    agent = dict(data.get("agent", {}))
-    if isinstance(agent.get("command"), str):
-        agent["command"] = shlex.split(agent["command"])
+    robots = [_robot(r) for r in robot_entries(data["platforms"]["dingtalk"])]
     hooks = dict(data.get("hooks", {}))
     hooks["paths"] = _hook_paths(hooks.get("paths"), source)
     storage = dict(data.get("storage", {}))
     storage.setdefault("url", f"sqlite:///{state_dir(env)}/state.db")
+    agents = {name: _agent(value or {}, source) for name, value in (data.get("agents") or {}).items()}
     return Config(
-        dingtalk=_make(DingTalkConfig, dingtalk),
-        agent=_make(AgentConfig, agent),
+        dingtalk=robots[0],
+        other_robots=tuple(robots[1:]),
+        agent=_agent(data.get("agent", {}), source),
+        agents=frozen_map(agents),
         sessions=_make(SessionsConfig, data.get("sessions", {})),
         commands=_make(CommandsConfig, data.get("commands", {})),
         hooks=_make(HooksConfig, hooks),
         storage=_make(StorageConfig, storage),
         http=_make(HttpConfig, data.get("http", {})),
+        schedules=tuple(_make(ScheduleConfig, entry) for entry in data.get("schedules") or ()),
+        schedules_catch_up_s=float(data.get("schedules_catch_up_s", 300.0)),
+        media=_make(MediaConfig, _media(data.get("media", {}), env)),
         source=source.resolve() if source else None,
     )
+
+
+def robot_entries(dingtalk: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The robots of ``platforms.dingtalk`` as plain mappings: each ``robots`` entry over the keys written
+    beside ``robots`` (their defaults), or ``platforms.dingtalk`` itself when it has no ``robots``."""
+    shared = {k: v for k, v in dingtalk.items() if k != "robots"}
+    entries = dingtalk.get("robots")
+    if not isinstance(entries, list):
+        return [shared]
+    return [{**shared, **entry} for entry in entries if isinstance(entry, dict)]
+
+
+def _robot(values: Mapping[str, Any]) -> DingTalkConfig:
+    robot = dict(values)
+    for key in ("allowed_users", "allowed_groups", "extra_allowed_hosts"):
+        if isinstance(robot.get(key), str):
+            robot[key] = [item.strip() for item in robot[key].split(",") if item.strip()]
+    robot["robot_code"] = robot.get("robot_code") or robot["app_key"]
+    return _make(DingTalkConfig, robot)  # type: ignore[no-any-return]
+
+
+def _agent(values: Mapping[str, Any], source: Path | None) -> AgentConfig:
+    agent = dict(values)
+    if isinstance(agent.get("command"), str):
+        agent["command"] = shlex.split(agent["command"])
+    if agent.get("attachment_dirs"):  # relative to the config file's folder
+        base = source.resolve().parent if source else Path.cwd()
+        agent["attachment_dirs"] = [(base / Path(p).expanduser()).resolve() for p in agent["attachment_dirs"]]
+    return _make(AgentConfig, agent)  # type: ignore[no-any-return]
+def _media(values: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    media = dict(values)
+    if isinstance(media.get("allowed_hosts"), str):
+        media["allowed_hosts"] = [h.strip() for h in media["allowed_hosts"].split(",") if h.strip()]
+    if not media.get("directory"):
+        media["directory"] = str(Path(state_dir(env)) / "media")
+    return media
 
 
 def _hook_paths(value: list[str] | None, source: Path | None) -> tuple[Path, ...]:

@@ -22,6 +22,10 @@ def frozen_map(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(data or {}))
 
 
+DEFAULT_ROBOT = "default"
+"""The name of the robot of the single-robot form (``platforms.dingtalk`` without ``robots``)."""
+
+
 @dataclass(frozen=True)
 class CardConfig:
     """``platforms.dingtalk.card``: how answers stream into DingTalk AI cards (``reply_mode: card``)."""
@@ -41,8 +45,15 @@ class CardConfig:
 
 @dataclass(frozen=True)
 class DingTalkConfig:
+    """One robot: ``platforms.dingtalk`` (the single-robot form, a robot named ``default``), or one entry of
+    ``platforms.dingtalk.robots`` (the keys written beside ``robots`` being every entry's defaults)."""
+
     app_key: str
     app_secret: str = field(repr=False)
+    name: str = DEFAULT_ROBOT
+    """How the config, ``send --robot``, hooks (``message.robot``), metrics and ``/status`` call the robot."""
+    agent: str = ""
+    """An entry of the top-level ``agents`` map; empty: the top-level ``agent``."""
     robot_code: str = ""
     """Empty in YAML means: use ``app_key`` (resolved by the loader, so never empty here)."""
     api_base: str = "https://api.dingtalk.com"
@@ -109,6 +120,11 @@ class AgentConfig:
     callable: str = ""
     """``package.module:function`` for ``type: python``."""
     env: Mapping[str, str] = field(default_factory=frozen_map)
+    attachment_dirs: tuple[Path, ...] = ()
+    """Folders a ``python`` agent's attachment paths may point into (absolute: resolved against the config
+    file's folder by the loader); empty: the system's temporary folder."""
+    vision: bool = False
+    """The model reads pictures: the openai agent sends them as ``image_url`` parts (else a text note)."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +193,52 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleConfig:
+    """One entry of ``schedules:``: a message the robot sends on a cron schedule
+    (:mod:`edgecrab.core.schedules`)."""
+
+    name: str
+    cron: str
+    timezone: str = ""
+    """An IANA name (``Asia/Shanghai``); empty: the host's zone."""
+    robot: str = "default"
+    users: tuple[str, ...] = ()
+    """Staff ids, each sent a DM; or ``group``."""
+    group: str = ""
+    """A group's openConversationId."""
+    at: tuple[str, ...] = ()
+    text: str = ""
+    """A fixed message; or ``prompt``."""
+    prompt: str = ""
+    """Asked of the robot's agent, in a session of the schedule's own; the answer is sent."""
+    format: str = ""
+    """``markdown`` or ``text``; empty: ``reply_format``."""
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """``media``: pictures, voice, videos and files people send (:mod:`edgecrab.media`)."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    """Larger downloads are stopped and become a note to the agent."""
+    keep_hours: float = 24.0
+    """Downloaded files are deleted this long after they arrived."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Download hosts besides DingTalk's (``*.dingtalk.com``, ``*.aliyuncs.com``) and the api_base host."""
+    max_image_pixels: int = 4_000_000
+    """Pictures with more pixels are scaled down before they go to a vision model."""
+    inline_text_bytes: int = 64 * 1024
+    """Text-like files (and PDF text) up to this many bytes are given to the agent inline."""
+    merge_window_ms: int = 800
+    """Pictures one sender sends one after the other within this long are one turn; 0: off."""
+    timeout_s: float = 60.0
+    """Longest time one download may take."""
+    directory: str = ""
+    """Where files are kept; empty: ``media/`` in the state directory (``$EDGECRAB_HOME``)."""
+
+
+@dataclass(frozen=True)
 class Config:
     dingtalk: DingTalkConfig
     agent: AgentConfig = AgentConfig()
@@ -185,6 +247,14 @@ class Config:
     hooks: HooksConfig = HooksConfig()
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
+    other_robots: tuple[DingTalkConfig, ...] = ()
+    """The robots after the first (``dingtalk``) in ``platforms.dingtalk.robots``; see :attr:`robots`."""
+    agents: Mapping[str, AgentConfig] = field(default_factory=frozen_map)
+    """The top-level ``agents`` map: named agents that robots pick with ``agent:``."""
+    schedules: tuple[ScheduleConfig, ...] = ()
+    schedules_catch_up_s: float = 300.0
+    """A slot missed while the gateway was down is fired on start when it is at most this old."""
+    media: MediaConfig = MediaConfig()
     source: Path | None = None
     """The YAML file it came from; None for the built-in env-only default."""
     sources: Mapping[str, str] = field(default_factory=frozen_map, compare=False, repr=False)
@@ -196,3 +266,16 @@ class Config:
     ``*_KEY``, ``*_SECRET``...), wherever they are used: :func:`~edgecrab.config.redact.secret_values`
     includes them, so logs, the chat and ``config show`` hide them even inside a URL or a key whose own name
     looks harmless."""
+
+    @property
+    def robots(self) -> tuple[DingTalkConfig, ...]:
+        """Every robot, the first (``dingtalk``, which the single-robot form has alone) first."""
+        return (self.dingtalk, *self.other_robots)
+
+    def robot(self, name: str) -> DingTalkConfig | None:
+        """The robot called ``name``, or None."""
+        return next((r for r in self.robots if r.name == name), None)
+
+    def agent_for(self, robot: DingTalkConfig) -> AgentConfig:
+        """The agent answering ``robot``'s messages: its ``agents`` entry, else the top-level ``agent``."""
+        return self.agents[robot.agent] if robot.agent else self.agent

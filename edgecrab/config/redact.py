@@ -26,7 +26,8 @@ def is_secret_key(name: str) -> bool:
 
 def secret_values(config: Config) -> list[str]:
     """Every secret string in ``config``, longest first, for redacting logs and ``config show``."""
-    found = [config.dingtalk.app_secret, config.agent.api_key, config.http.token]
+    agents = [config.agent, *config.agents.values()]
+    found = [*(r.app_secret for r in config.robots), *(a.api_key for a in agents), config.http.token]
 
     def walk(value: Any, name: str) -> None:
         if isinstance(value, Mapping):
@@ -35,7 +36,8 @@ def secret_values(config: Config) -> list[str]:
         elif isinstance(value, str) and is_secret_key(name):
             found.append(value)
 
-    walk(config.agent.env, "")
+    for agent in agents:
+        walk(agent.env, "")
     walk(config.hooks.config, "")
     found.extend(config.secret_refs)
     return sorted({s for s in found if s}, key=len, reverse=True)
@@ -43,9 +45,16 @@ def secret_values(config: Config) -> list[str]:
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     """The effective configuration in the YAML layout, as plain data (secrets included)."""
+    listed = any(key.startswith("platforms.dingtalk.robots") for key in config.sources)
+    dingtalk = {"robots": [_plain(r) for r in config.robots]} if listed else _plain(config.dingtalk)
+    agents = {"agents": _plain(config.agents)} if config.agents else {}  # only when the file has some
     return {
-        "platforms": {"dingtalk": _plain(config.dingtalk)},
-        **{name: _plain(getattr(config, name)) for name in SECTIONS if name != "platforms"},
+        "platforms": {"dingtalk": dingtalk},
+        **agents,
+        **{n: _plain(getattr(config, n)) for n in SECTIONS if n not in ("platforms", "agents")},
+        # Only the keys an entry sets: empty ones would not validate when the output is read back.
+        "schedules": [{k: v for k, v in _plain(s).items() if v not in ("", [])} for s in config.schedules],
+        "schedules_catch_up_s": config.schedules_catch_up_s,
     }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from edgecrab.config.check import BUILTIN_COMMANDS
+from edgecrab.config.schedule_rules import schedule_problems
 from edgecrab.config.source import KeyPath, format_path, line_of
 from edgecrab.dingtalk.webhook import host_entry_problem
 from edgecrab.errors import Problem
@@ -39,6 +40,8 @@ def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> lis
     dingtalk = platforms.get("dingtalk") if isinstance(platforms, dict) else None
     if isinstance(dingtalk, dict):
         _dingtalk_problems(dingtalk, data.get("http"), add)
+        robot_problems(dingtalk, data.get("agents"), add)
+    schedule_problems(data, add)
     return found
 
 
@@ -97,6 +100,78 @@ def _dingtalk_problems(dingtalk: dict[str, Any], http: Any, add: Add) -> None:
         add(("http", "port"), "required when platforms.dingtalk.mode is `http`",
             "DingTalk POSTs messages to a URL registered in the developer console, so the port cannot "
             "be a random one: set http.port (or DINGTALK_WEBHOOK_PORT), e.g. `port: 8080`")
+
+
+_ROBOTS: KeyPath = ("platforms", "dingtalk", "robots")
+
+
+def robot_problems(dingtalk: dict[str, Any], agents: Any, add: Add) -> None:
+    """``platforms.dingtalk.robots``: names unique, agents that exist, credentials for each robot (its own or
+    the ones beside the list), one secret per app, one entry per robot of an app."""
+    entries = dingtalk.get("robots")
+    known = sorted(agents) if isinstance(agents, dict) else []
+    if not isinstance(entries, list):
+        _agent_name_problem(dingtalk.get("agent"), known, ("platforms", "dingtalk", "agent"), add)
+        return
+    names: dict[str, int] = {}
+    apps: dict[str, tuple[int, Any]] = {}
+    codes: dict[tuple[str, str], int] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        at: KeyPath = (*_ROBOTS, index)
+        robot = {**{k: v for k, v in dingtalk.items() if k != "robots"}, **entry}
+        name = entry.get("name")
+        if isinstance(name, str) and name in names:
+            add(
+                (*at, "name"),
+                f"robot name `{name}` is used twice (robots[{names[name]}] has it too)",
+                "give every robot its own name: `edgecrab send --robot NAME` and the metrics use it",
+            )
+        elif isinstance(name, str):
+            names[name] = index
+        _agent_name_problem(robot.get("agent"), known, (*at, "agent"), add)
+        for needed in ("app_key", "app_secret"):
+            if not robot.get(needed):
+                add(
+                    (*at, needed),
+                    f"robot `{name}` has no {needed}",
+                    f"write `{needed}` in the entry, or beside `robots` (platforms.dingtalk) for all of them",
+                )
+        key, secret = robot.get("app_key"), robot.get("app_secret")
+        if not isinstance(key, str) or not key:
+            continue
+        if key in apps and apps[key][1] != secret:
+            add(
+                (*at, "app_secret"),
+                f"robots[{apps[key][0]}] and robots[{index}] share app_key `{key}` but not its app_secret",
+                "an app has one secret: write the same app_secret for both",
+            )
+        apps.setdefault(key, (index, secret))
+        code = robot.get("robot_code") or key
+        if isinstance(code, str) and (key, code) in codes:
+            add(
+                (*at, "robot_code"),
+                f"robots[{codes[key, code]}] and robots[{index}] are the same robot "
+                f"(app_key `{key}`, robot_code `{code}`)",
+                "robots sharing an app need their own robot_code (the robot's code in the developer console)",
+            )
+        codes.setdefault((key, code), index)
+    if len(entries) > 1 and dingtalk.get("mode") == "http":
+        add(
+            (*_ROBOTS,),
+            "several robots need `mode: stream` (http mode serves one robot)",
+            "remove `mode: http`, or keep one robot in this gateway",
+        )
+
+
+def _agent_name_problem(name: Any, known: list[str], at: KeyPath, add: Add) -> None:
+    if not isinstance(name, str) or not name or name in known:
+        return
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"did you mean `{close[0]}`? " if close else ""
+    hint += f"the agents map has: {', '.join(known)}" if known else "define it under the top-level `agents:`"
+    add(at, f"no agent called `{name}` in `agents`", hint)
 
 
 def _is_number(value: Any) -> bool:

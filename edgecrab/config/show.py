@@ -40,6 +40,13 @@ def _emit(data: dict[str, Any], path: KeyPath, indent: int, sources: Any, rows: 
             rows.append(f"{pad}{key}:")
             _emit(value, at, indent + 2, sources, rows)
             continue
+        if value and isinstance(value, list) and all(isinstance(item, dict) for item in value):
+            rows.append(f"{pad}{key}:")  # platforms.dingtalk.robots: one block per entry, sources per key
+            for index, item in enumerate(value):
+                start = len(rows)
+                _emit(item, (*at, index), indent + 4, sources, rows)
+                rows[start] = f"{pad}  - {rows[start][indent + 4 :]}"
+            continue
         # Lists and mappings of plain values in flow style (`[a, b]`); the key itself always in block style.
         flow = None if isinstance(value, list | dict) else False
         text = yaml.safe_dump(

@@ -41,6 +41,8 @@ class ConnectionInfo:
     state: Callable[[], str]
     ops: Callable[[], str] = lambda: ""
     """The ops port's URL (``http://127.0.0.1:PORT``), shown to DingTalk admins; empty: not shown."""
+    schedules: Callable[[], list[str]] = lambda: []
+    """One line per configured schedule with its next run, shown to DingTalk admins."""
 
 
 def duration(seconds: float) -> str:
@@ -204,6 +206,8 @@ class Commands:
         ops = self.connection.ops() if message.sender.is_admin else ""
         if ops:
             lines.append(f"- Ops port (admins only): {ops} (/healthz /readyz /metrics /status)")
+        if message.sender.is_admin:
+            lines.extend(self.connection.schedules())
         return "\n".join(lines)
 
     async def _usage(self, key: str) -> str:

@@ -1,7 +1,5 @@
 """Agent runs: one run per session at a time, the busy policy, /stop, /new and /retry.
-
-Session keys and what a session holds in memory (its queue, the run in flight, its epochs) are
-:mod:`edgecrab.core.sessions`.
+Session keys and what a session holds in memory (queue, run in flight, epochs): :mod:`edgecrab.core.sessions`.
 
 Each busy session has one worker task (in the runner's task group) that takes queued messages in order.
 A session is *busy* from the moment its worker takes a message until that run's reply is handed to
@@ -10,9 +8,8 @@ like any other. With live replies (``reply_mode: card``, :mod:`edgecrab.core.liv
 it starts, streams the agent's text into it, and settles it as the run ends. The agent call lives in its own
 cancel scope: ``/stop``, ``/new`` and the ``interrupt`` policy cancel exactly that scope, which closes the
 backend's HTTP stream or kills its subprocess. They also bump the session's epoch, so a run stopped before
-or after its agent call sends nothing either. Replicas on Redis (:mod:`edgecrab.coordination`): a session's
-messages also wait in its queue across replicas, a run needs the session's lease, and /stop, /new and
-interrupts reach the replica running it.
+or after its agent call sends nothing either. Replicas (:mod:`edgecrab.coordination`): a session's messages
+wait in its queue across replicas, a run needs its lease; /stop, /new and interrupts reach its replica.
 """
 
 from __future__ import annotations
@@ -35,7 +32,8 @@ from edgecrab.core.agentcall import call_agent, failure_answer, run_crashed
 from edgecrab.core.agentcall import failure_text as failure_text  # re-exported: tests and hooks read it here
 from edgecrab.core.live import LiveReplies, LiveReply, settle
 from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, expire_if_idle, retry_text, session_key
-from edgecrab.events import AgentRequest, AgentResult, Message
+from edgecrab.core.turns import PlainTurns, TurnContent, conversation
+from edgecrab.events import AgentRequest, AgentResult, Message, ReplyAttachment
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
 
 log = logging.getLogger("edgecrab.core.runs")
@@ -43,9 +41,10 @@ log = logging.getLogger("edgecrab.core.runs")
 Reply = Callable[[Message, str, str], Awaitable[None]]
 """reply(message, text, session_key): send text to the message's conversation."""
 
-Prepare = Callable[[Message, str, str], tuple[list[OutboxChunk], Callable[[], None]]]
-"""prepare(message, text, session_key) -> (chunks, recorded): a run's answer as ledger chunks, which the
-runner records together with the rest of the run's end (``Store.finish_turn``), then calls ``recorded()``."""
+Files = tuple[ReplyAttachment, ...]
+Prepare = Callable[[Message, str | None, str, Files], Awaitable[tuple[list[OutboxChunk], Callable[[], None]]]]
+"""prepare(message, text, session_key, files) -> (chunks, recorded): a run's answer (None: a live reply showed
+it) and files as ledger chunks, recorded with the run's end (``Store.finish_turn``); then ``recorded()``."""
 
 NO_RETRY_TEXT = "🤷 There's no earlier message to retry — just send me a new one."
 EMPTY_ANSWER_TEXT = "(the agent returned an empty answer — /retry to ask again)"
@@ -67,15 +66,18 @@ class Runner:
         prepare: Prepare | None = None,
         live: LiveReplies | None = None,
         coord: Coordination | None = None,
+        turns: TurnContent | None = None,
     ) -> None:
         """Without ``prepare``, a run's answer goes out through ``reply`` before the run is recorded as
-        finished (a crash in between runs the message again); with it, in the same store transaction."""
+        finished (a crash in between runs the message again); with it, in the same store transaction.
+        ``turns``: the agent's user turns (:mod:`edgecrab.core.turns`)."""
         self.config = config
         self.store = store
         self.agent = agent
         self._reply = reply
         self._prepare = prepare
         self.live = live
+        self.turns: TurnContent = turns or PlainTurns()
         self.system_prompt = system_prompt
         self.agent_timeout_s = agent_timeout_s
         self.hooks = hooks
@@ -183,10 +185,11 @@ class Runner:
 
     # -- one run -------------------------------------------------------------------------------------
     async def _run_one(self, s: Session, item: QueuedMessage, epoch: int, resets: int) -> None:
-        message, now = item.message, time.time()
+        now = time.time()
         begun = await self._begin(s, item, epoch, now)
         if begun is None:
             return
+        message = begun[2]  # its files downloaded
         live = await self.live.open(message, s.key) if self.live is not None else None
         try:
             outcome = await self._call_stoppably(s, epoch, begun[1], message, live)
@@ -226,7 +229,8 @@ class Runner:
         failure = (
             await failure_answer(self.hooks, result.error, message) if result.failed and not stopped else None
         )
-        answer: str | None = None if stopped or failure is not None else reply or EMPTY_ANSWER_TEXT
+        empty = "" if result.attachments else EMPTY_ANSWER_TEXT  # files alone are an answer
+        answer: str | None = None if stopped or failure is not None else reply or empty
         if live is not None:
             answer = await settle(live, stopped=stopped, failure=failure, answer=answer)
             delta.extra = {"card_calls": live.calls, "card_replies": 1}
@@ -246,43 +250,42 @@ class Runner:
             return
         delta.turns, delta.messages_out = 1, 1
         turns = [user_turn, Turn("assistant", reply, message.id, time.time())]
-        await self._finish(message, key, DONE, turns=turns, usage=delta, last_user=user_turn, answer=answer)
+        await self._finish(message, key, DONE, turns=turns, usage=delta, last_user=user_turn, answer=answer,
+                           files=result.attachments)
 
     async def _begin(
         self, s: Session, item: QueuedMessage, epoch: int, now: float
-    ) -> tuple[str, AgentRequest] | None:
-        """Record the turn's start and build the agent request: ``(user text, request)``, or None when
-        there is nothing to run (nothing to retry, or stopped already; the message is then done)."""
+    ) -> tuple[str, AgentRequest, Message] | None:
+        """Record the turn's start, build the request: ``(stored user turn, request, message with files)``;
+        None: nothing to run (nothing to retry, or stopped already)."""
         message, key = item.message, s.key
         await expire_if_idle(self.store, key, self.config.idle_expiry_s, now)
         await self.store.turn_started(key, robot=message.robot, msg_id=message.id, now=now)
-        text = message.agent_text()
+        turn = await self.turns.user(message)
+        text, content, message = turn.stored, turn.content, turn.message
         if item.retry:
             text = await retry_text(self.store, key)
             if not text:
                 await self._reply(message, NO_RETRY_TEXT, key)
                 await self.store.inbox_set_state(message.robot, message.id, DONE, "nothing to retry")
                 return None
+            content = await self.turns.stored_content(text)
         if s.epoch != epoch:
             await self.store.inbox_set_state(message.robot, message.id, DONE, "stopped before it started")
             return None
         history = await self.store.history(key, self.config.history_limit)
         request = AgentRequest(
-            messages=[{"role": t.role, "content": t.content} for t in history]
-            + [{"role": "user", "content": text}],
-            system_prompt=self.system_prompt,
-            session_key=key,
-            message_id=message.id,
+            await conversation(self.turns, history, content), system_prompt=self.system_prompt,
+            session_key=key, message_id=message.id, attachments=turn.attachments,
         )
         if self.hooks is not None:
             request = await self.hooks.pipeline("prepare_agent_request", "request", request, message=message)
-        return text, request
+        return text, request, message
 
     async def _call_stoppably(
         self, s: Session, epoch: int, request: AgentRequest, message: Message, live: LiveReply | None = None
     ) -> tuple[AgentResult, float]:
-        """The agent call in the session's cancel scope (``/stop``, ``/new``, interrupt): its result (a
-        stopped one if cancelled) and how long it took."""
+        """The agent call in the session's cancel scope (/stop, /new, interrupt): result, and its duration."""
         scope = s.scope or anyio.CancelScope()
         self.runs_started += 1
         result: AgentResult | None = None
@@ -319,15 +322,15 @@ class Runner:
         usage: UsageDelta,
         last_user: Turn,
         answer: str | None = None,
+        files: Files = (),
     ) -> None:
         """Record the run's end (history, usage, the answer's chunks, inbox state) as one store write."""
         chunks: list[OutboxChunk] = []
         recorded: Callable[[], None] | None = None
-        if answer is not None:
-            if self._prepare is not None:
-                chunks, recorded = self._prepare(message, answer, key)
-            else:
-                await self._reply(message, answer, key)
+        if self._prepare is not None and (answer is not None or files):
+            chunks, recorded = await self._prepare(message, answer, key, files)
+        elif answer is not None:
+            await self._reply(message, answer, key)
         await self.store.finish_turn(
             key,
             robot=message.robot,

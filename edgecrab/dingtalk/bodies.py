@@ -122,7 +122,29 @@ def _quote(holder: dict[str, Any] | None) -> Quote | None:
         text = _quote_text(replied, kind)
     except FrameError:
         text = QUOTE_UNAVAILABLE
-    return Quote(text=text, sender_name=nick, msgtype=kind)
+    return Quote(text=text, sender_name=nick, msgtype=kind, attachments=_quoted_media(replied, kind))
+
+
+def _quoted_media(replied: dict[str, Any], kind: str) -> tuple[Attachment, ...]:
+    """The download codes in a quoted message: its picture, file, voice or video, its richText pictures."""
+    content = replied.get("content")
+    if not isinstance(content, dict):
+        return ()
+    try:
+        if kind in _MEDIA_FACTS:
+            found = _media(content, kind, ())
+            return (found,) if found else ()
+        items = content.get("richText")
+        if isinstance(items, list):
+            codes = (
+                _str(i, "downloadCode", "richText") or _str(i, "pictureDownloadCode", "richText")
+                for i in items
+                if isinstance(i, dict) and i.get("type") == "picture"
+            )
+            return tuple(Attachment(kind="picture", download_code=c) for c in codes if c)
+    except FrameError:
+        pass
+    return ()
 
 
 def _media(content: dict[str, Any], kind: str, extra_keys: tuple[str, ...]) -> Attachment | None:
@@ -139,7 +161,7 @@ def _media(content: dict[str, Any], kind: str, extra_keys: tuple[str, ...]) -> A
 
 _MEDIA_FACTS: dict[str, tuple[str, ...]] = {
     "picture": (),
-    "audio": ("duration",),
+    "audio": ("duration", "fileExtension"),
     "video": ("duration", "videoType"),
     "file": ("fileId", "spaceId"),
 }

@@ -248,6 +248,12 @@ class DingTalkSender:
     async def _send_openapi(
         self, route: ReplyRoute, text: str, title: str, mention: bool, fmt: str
     ) -> SendResult:
+        mention_name = (route.sender_name or route.sender_staff_id) if mention and route.is_group else ""
+        robot_code = route.robot_code or self.robot_code
+        return await self._openapi(route, openapi_body(route, robot_code, text, title, fmt, mention_name))
+
+    async def _openapi(self, route: ReplyRoute, body: dict[str, Any]) -> SendResult:
+        """One OpenAPI robot send of ``body`` (its recipient, ``msgKey`` and ``msgParam``), retried."""
         via = "groupSend" if route.is_group else "batchSend"
         cid = route.conversation_id
         if not route.is_group and not route.sender_staff_id:
@@ -266,9 +272,7 @@ class DingTalkSender:
             return SendResult(
                 False, via, True, QUOTA_CODE, "monthly OpenAPI quota of the organisation used up", ""
             )
-        mention_name = (route.sender_name or route.sender_staff_id) if mention and route.is_group else ""
-        robot_code = route.robot_code or self.robot_code
-        content = encode_body(openapi_body(route, robot_code, text, title, fmt, mention_name))
+        content = encode_body(body)
         path = GROUP_SEND_PATH if route.is_group else BATCH_SEND_PATH
         url = self._api_base + path
         limiter = self.limiter(path)

@@ -7,7 +7,8 @@ reason, the sender's sends by route/result/code, delivery's chunks): a custom co
 scrape time, so the ack path pays a dict increment, not a metrics call. What needs a distribution is a
 :class:`~prometheus_client.Histogram` observed at the source: ack latency, send latency, agent latency.
 
-Every series is labelled by ``robot`` (the robot code, which the logs show anyway). Other labels are
+Every series is labelled by ``robot`` (the robot code, which the logs show anyway): one registry for all the
+robots of a gateway, one series per robot. Other labels are
 bounded sets: topics (unknown ones are ``other``), reconnect reasons, send routes, DingTalk's error codes,
 API names (unknown paths are ``other``). Never a user id, a conversation id or message text.
 """
@@ -15,7 +16,7 @@ API names (unknown paths are ``other``). Never a user id, a conversation id or m
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -48,14 +49,14 @@ class GatewayMetrics:
     """One gateway's registry: the histograms observed at their source, and the collector that reads the
     rest at scrape time. :meth:`refresh` (awaited before each scrape) reads what needs the store."""
 
-    def __init__(self, parts: GatewayParts) -> None:
-        self.parts = parts
-        robot = parts.robot
+    def __init__(self, robots: list[GatewayParts]) -> None:
+        self.robots = robots
+        self.parts = robots[0]
         self.registry = CollectorRegistry()
         self._ack = Histogram(
             "edgecrab_ack_seconds", "Robot callback from recv() to its ack leaving.",
             ["robot"], registry=self.registry, buckets=ACK_BUCKETS,
-        ).labels(robot)
+        )
         self._send = Histogram(
             "edgecrab_send_seconds", "One reply message sent to DingTalk, retries included, by route.",
             ["robot", "route"], registry=self.registry, buckets=SEND_BUCKETS,
@@ -72,44 +73,48 @@ class GatewayMetrics:
             "edgecrab_dingtalk_api_calls", "Requests to DingTalk's REST APIs, by API (the monthly quota "
             "counts calls).", ["robot", "api"], registry=self.registry,
         )
-        self.backlog: tuple[int, float | None] = (0, None)
+        self.backlogs: dict[str, tuple[int, float | None]] = {}
         self.registry.register(_Collector(self))
 
     # -- wiring: what the gateway's parts call -------------------------------------------------------
-    def attach(self, *clients: httpx.AsyncClient) -> None:
-        """Observe at the sources: acks, sends, agent calls, and every request on ``clients`` (the
-        gateway's HTTP clients to DingTalk), through httpx's public ``event_hooks``."""
-        parts = self.parts
-        parts.stream.stats.on_ack = self._ack.observe
-        parts.sender.stats.on_latency = self._observe_send
-        parts.runner.on_agent_result = self._observe_agent
+    def attach(self, parts: GatewayParts, *clients: httpx.AsyncClient) -> None:
+        """Observe one robot at the sources: acks (on the connection it owns, if any), sends, agent calls,
+        and every request on ``clients`` (its HTTP clients to DingTalk), through httpx's ``event_hooks``."""
+        robot = parts.robot
+        if parts is self._owner(parts):
+            parts.stream.stats.on_ack = self._ack.labels(robot).observe
+        send = self._send
+        parts.sender.stats.on_latency = lambda route, seconds: send.labels(robot, route).observe(seconds)
+        parts.runner.on_agent_result = lambda result, seconds: self._observe_agent(robot, result, seconds)
+
+        async def count(request: httpx.Request) -> None:
+            self._api.labels(robot, API_NAMES.get(request.url.path, "other")).inc()
+
         for http in clients:
             hooks = dict(http.event_hooks)
-            hooks["request"] = [*hooks.get("request", []), self._count_request]
+            hooks["request"] = [*hooks.get("request", []), count]
             http.event_hooks = hooks
 
-    def _observe_send(self, route: str, seconds: float) -> None:
-        self._send.labels(self.parts.robot, route).observe(seconds)
+    def _owner(self, parts: GatewayParts) -> GatewayParts:
+        """The first robot on ``parts``' connection: the one its acks are counted for."""
+        return next(p for p in self.robots if p.stream is parts.stream)
 
-    def _observe_agent(self, result: AgentResult, seconds: float) -> None:
+    def _observe_agent(self, robot: str, result: AgentResult, seconds: float) -> None:
         outcome = "stopped" if result.stopped else "failed" if result.failed else "ok"
-        robot = self.parts.robot
         self._agent.labels(robot, outcome).observe(seconds)
         if result.usage.prompt_tokens:
             self._tokens.labels(robot, "prompt").inc(result.usage.prompt_tokens)
         if result.usage.completion_tokens:
             self._tokens.labels(robot, "completion").inc(result.usage.completion_tokens)
 
-    async def _count_request(self, request: httpx.Request) -> None:
-        self._api.labels(self.parts.robot, API_NAMES.get(request.url.path, "other")).inc()
-
     async def refresh(self) -> None:
-        """Read what lives in the store (the inbox backlog) before a scrape."""
-        self.backlog = await self.parts.store.inbox_backlog(self.parts.robot)
+        """Read what lives in the store (each robot's inbox backlog) before a scrape."""
+        for p in self.robots:
+            self.backlogs[p.robot] = await p.store.inbox_backlog(p.name)
 
 
 class _Collector(Collector):
-    """The counts the gateway's parts keep, read at scrape time."""
+    """The counts the gateway's parts keep, read at scrape time: one series per robot in each family."""
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self.metrics = metrics
@@ -121,87 +126,105 @@ class _Collector(Collector):
         yield from self._cards()
 
     def _cards(self) -> Iterator[Any]:
-        cards = self.metrics.parts.cards
-        if cards is None:
+        robots = [p for p in self.metrics.robots if p.cards is not None]
+        if not robots:
             return
-        yield self._counter("edgecrab_cards_opened", "AI cards opened (reply_mode: card).", cards.opened)
+
+        def cards(p: GatewayParts) -> Any:
+            return p.cards
+
+        yield self._counter("edgecrab_cards_opened", "AI cards opened (reply_mode: card).",
+                            lambda p: cards(p).opened, robots)
         yield self._counter("edgecrab_card_api_calls", "DingTalk card API calls (create, stream, finish).",
-                            cards.client.calls)
+                            lambda p: cards(p).client.calls, robots)
         yield self._counter("edgecrab_cards_recovered", "Cards left open by a crash and finished at start.",
-                            cards.recovered)
+                            lambda p: cards(p).recovered, robots)
         yield self._gauge("edgecrab_cards_markdown_fallback",
                           "1 while cards were found unavailable and replies go out as markdown.",
-                          1.0 if cards.clock() < cards.markdown_until else 0.0)
+                          lambda p: 1.0 if cards(p).clock() < cards(p).markdown_until else 0.0, robots)
 
-    def _counter(self, name: str, text: str, value: float) -> CounterMetricFamily:
+    def _counter(self, name: str, text: str, value: Value, robots: list[GatewayParts] | None = None) -> Any:
         family = CounterMetricFamily(name, text, labels=["robot"])
-        family.add_metric([self.metrics.parts.robot], value)
+        for p in self.metrics.robots if robots is None else robots:
+            family.add_metric([p.robot], value(p))
         return family
 
-    def _gauge(self, name: str, text: str, value: float) -> GaugeMetricFamily:
+    def _gauge(self, name: str, text: str, value: Value, robots: list[GatewayParts] | None = None) -> Any:
         family = GaugeMetricFamily(name, text, labels=["robot"])
-        family.add_metric([self.metrics.parts.robot], value)
+        for p in self.metrics.robots if robots is None else robots:
+            family.add_metric([p.robot], value(p))
         return family
 
-    def _by(self, name: str, text: str, labels: list[str], counts: Mapping[Any, int]) -> CounterMetricFamily:
-        """A counter family from a dict of counts keyed by one label value, or a tuple of them."""
+    def _by(self, name: str, text: str, labels: list[str], counts: Counts) -> CounterMetricFamily:
+        """A counter family from each robot's dict of counts keyed by one label value, or a tuple of them."""
         family = CounterMetricFamily(name, text, labels=["robot", *labels])
-        for key, n in sorted(counts.items()):
-            values = list(key) if isinstance(key, tuple) else [key]
-            family.add_metric([self.metrics.parts.robot, *values], n)
+        for p in self.metrics.robots:
+            for key, n in sorted(counts(p).items()):
+                values = list(key) if isinstance(key, tuple) else [key]
+                family.add_metric([p.robot, *values], n)
         return family
 
     def _stream(self) -> Iterator[Any]:
-        p = self.metrics.parts
-        stream, stats = p.stream, p.stream.stats
-        yield self._by("edgecrab_stream_frames", "Stream frames received, by topic.", ["topic"], stats.frames)
+        # Robots sharing an app's connection each show it: their series carry the same connection's numbers.
+        yield self._by("edgecrab_stream_frames", "Stream frames received, by topic.", ["topic"],
+                       lambda p: p.stream.stats.frames)
         yield self._by("edgecrab_stream_reconnects", "Stream connections lost or not made, by reason.",
-                       ["reason"], stats.reconnects)
+                       ["reason"], lambda p: p.stream.stats.reconnects)
         yield self._counter("edgecrab_stream_connections_opened", "Stream connections opened.",
-                            stream.connections_opened)
+                            lambda p: p.stream.connections_opened)
         yield self._gauge("edgecrab_stream_connected", "1 while the Stream connection is up.",
-                          1.0 if stream.state == CONNECTED else 0.0)
+                          lambda p: 1.0 if p.stream.state == CONNECTED else 0.0)
         yield self._gauge("edgecrab_stream_last_frame_age_seconds",
                           "Seconds since the last Stream frame (since the start before the first).",
-                          p.last_frame_age_s())
+                          lambda p: p.last_frame_age_s())
         yield self._counter("edgecrab_messages_received", "Robot messages recorded in the inbox (new ones).",
-                            p.intake.received)
+                            lambda p: p.intake.received)
         yield self._counter("edgecrab_duplicates", "Redeliveries recognised and not processed again.",
-                            p.intake.duplicates)
+                            lambda p: p.intake.duplicates)
 
     def _replies(self) -> Iterator[Any]:
-        p = self.metrics.parts
         yield self._by("edgecrab_sends",
                        "Reply messages sent to DingTalk, by route, result and DingTalk's code.",
-                       ["route", "result", "code"], p.sender.stats.sends)
+                       ["route", "result", "code"], lambda p: p.sender.stats.sends)
         yield self._by("edgecrab_send_throttled",
                        "Send retries DingTalk's rate limits forced (QpsLimit...), by code.",
-                       ["code"], p.sender.stats.throttled)
+                       ["code"], lambda p: p.sender.stats.throttled)
         yield self._counter("edgecrab_reply_chunks_sent", "Reply messages DingTalk accepted.",
-                            p.delivery.sent_chunks)
+                            lambda p: p.delivery.sent_chunks)
         yield self._counter("edgecrab_replies_failed", "Replies given up on (undeliverable).",
-                            p.delivery.failed_replies)
+                            lambda p: p.delivery.failed_replies)
         yield self._gauge("edgecrab_sends_failed_in_a_row",
-                          "Reply messages failed since the last one accepted.", p.delivery.failed_in_a_row)
-        yield self._counter("edgecrab_token_fetches", "Access tokens fetched.", p.sender.tokens.fetches)
+                          "Reply messages failed since the last one accepted.",
+                          lambda p: p.delivery.failed_in_a_row)
+        yield self._counter("edgecrab_token_fetches", "Access tokens fetched.",
+                            lambda p: p.sender.tokens.fetches)
 
     def _work(self) -> Iterator[Any]:
-        p = self.metrics.parts
-        depth, oldest = self.metrics.backlog
-        yield self._gauge("edgecrab_inbox_depth", "Messages recorded and not finished yet.", depth)
+        backlogs = self.metrics.backlogs
+        yield self._gauge("edgecrab_inbox_depth", "Messages recorded and not finished yet.",
+                          lambda p: backlogs.get(p.robot, (0, None))[0])
         yield self._gauge("edgecrab_inbox_oldest_age_seconds",
-                          "Age of the oldest unfinished message (0: none).",
-                          max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+                          "Age of the oldest unfinished message (0: none).", lambda p: _age(backlogs, p))
         yield self._gauge("edgecrab_queue_depth", "Messages waiting behind a run, over all sessions.",
-                          p.queue_depth())
-        yield self._gauge("edgecrab_runs_active", "Agent runs in progress.", p.runner.active_runs)
+                          lambda p: p.queue_depth())
+        yield self._gauge("edgecrab_runs_active", "Agent runs in progress.", lambda p: p.runner.active_runs)
         yield self._gauge("edgecrab_start_time_seconds", "When the gateway started (Unix time).",
-                          p.started_wall)
+                          lambda p: p.started_wall)
         replica = GaugeMetricFamily("edgecrab_replica_info", "1, labelled with this replica's id (replicas "
                                     "share a Redis store; one process on SQLite is one replica).",
                                     labels=["robot", "replica"])
-        replica.add_metric([p.robot, p.runner.coord.replica_id], 1.0)
+        for p in self.metrics.robots:
+            replica.add_metric([p.robot, p.runner.coord.replica_id], 1.0)
         yield replica
+
+
+Value = Callable[[GatewayParts], float]
+Counts = Callable[[GatewayParts], Mapping[Any, int]]
+
+
+def _age(backlogs: Mapping[str, tuple[int, float | None]], p: GatewayParts) -> float:
+    oldest = backlogs.get(p.robot, (0, None))[1]
+    return max(0.0, time.time() - oldest) if oldest is not None else 0.0
 
 
 __all__ = ["API_NAMES", "GatewayMetrics"]

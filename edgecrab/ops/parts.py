@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from edgecrab.core.runs import Runner
+from edgecrab.core.schedules import Scheduler
 from edgecrab.dingtalk.cardreply import CardReplies
 from edgecrab.dingtalk.intake import Intake
 from edgecrab.dingtalk.rest import DingTalkSender
@@ -31,8 +32,12 @@ class GatewayParts:
     store: Store
     agent: str
     """The agent's name (``echo``, ``openai``, ...)."""
+    name: str = "default"
+    """The robot's name in the config (``robot`` is its code, the metrics label)."""
     cards: CardReplies | None = None
     """The AI-card side with ``reply_mode: card``; None otherwise."""
+    schedules: Scheduler | None = None
+    """The ``schedules:`` of the config, for ``/status``."""
     mode: str = "stream"
     """``stream`` or ``http`` (``platforms.dingtalk.mode``): in http mode there is no Stream connection."""
     started_at: float = field(default_factory=time.monotonic)

@@ -74,9 +74,12 @@ class OpsServer:
         callback: Handler | None = None,
         reload: Callable[[], Awaitable[list[str]]] | None = None,
         send: Callable[[SendRequest], Awaitable[str]] | None = None,
+        robots: list[GatewayParts] | None = None,
     ) -> None:
         self.config = config
         self.parts = parts
+        self.robots = robots or [parts]
+        """Every robot of the gateway (``parts`` is the first): several get a line each."""
         self.metrics = metrics
         self.callback = callback
         self.reload = reload
@@ -144,7 +147,13 @@ class OpsServer:
     async def _readyz(self, request: web.Request) -> web.Response:
         checks = await readiness(self.parts)
         failing = sorted(name for name, result in checks.items() if result != "ok")
-        body = {"ready": not failing, "robot": self.parts.robot, "failing": failing, "checks": checks}
+        body: dict[str, Any] = {"ready": not failing, "robot": self.parts.robot, "failing": failing,
+                                "checks": checks}
+        if len(self.robots) > 1:  # ready when every robot is; each robot's checks under its name
+            robots = {p.name: await readiness(p) for p in self.robots}
+            failing = sorted(f"{name}.{check}" for name, found in robots.items()
+                             for check, result in found.items() if result != "ok")
+            body.update(ready=not failing, failing=failing, checks=robots[self.parts.name], robots=robots)
         return _json(body, 503 if failing else 200)
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -205,11 +214,18 @@ class OpsServer:
         return _json(state)
 
     def status(self) -> dict[str, Any]:
-        """What ``GET /status`` answers (also what chat ``/status`` draws its port line from)."""
-        p = self.parts
+        """What ``GET /status`` answers (also what chat ``/status`` draws its port line from): the first
+        robot's facts, and with several robots each one's under ``robots``."""
+        found = self._robot_status(self.parts)
+        if len(self.robots) > 1:
+            found["robots"] = {p.name: self._robot_status(p) for p in self.robots}
+        return found
+
+    def _robot_status(self, p: GatewayParts) -> dict[str, Any]:
         stream = p.stream
         return {
             "robot": p.robot,
+            "name": p.name,
             "replica": p.runner.coord.replica_id,  # which of several replicas (storage on Redis) this is
             "version": __version__,
             "agent": p.agent,
@@ -226,6 +242,7 @@ class OpsServer:
             "queue_depth": p.queue_depth(),
             "messages_received": p.intake.received,
             "ops": {"host": self.host, "port": self.port},
+            "schedules": p.schedules.status() if p.schedules is not None else [],
         }
 
 

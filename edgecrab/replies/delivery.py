@@ -78,9 +78,9 @@ class Delivery:
     ) -> None:
         """Each message is one ``sender.send`` call: the sender retries transient failures itself, under
         :mod:`edgecrab.retry`'s policy, and what it returns is final for that message."""
-        self.store = store
-        self.sender = sender
-        self.format = fmt
+        self.store, self.sender, self.format = store, sender, fmt
+        self.resumes: Callable[[str], bool] = lambda ckey: True
+        """Whose unsent chunks :meth:`run` resumes, by conversation key (a robot's own, on a shared store)."""
         self._notify = notify
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers: dict[str, anyio.Event] = {}
@@ -197,7 +197,7 @@ class Delivery:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            pending = await self.store.outbox_pending()
+            pending = [c for c in await self.store.outbox_pending() if self.resumes(c.conversation_key)]
             for ckey in dict.fromkeys(c.conversation_key for c in pending):
                 log.info("[delivery] resuming unsent chunks for %s", ckey)
                 self.wake(ckey)

@@ -24,14 +24,13 @@ from typing import Any
 
 import anyio
 
+from edgecrab.config.model import DEFAULT_ROBOT
 from edgecrab.events import Message, ReplyRoute
 from edgecrab.replies.format import Format, prepare_reply
 from edgecrab.store.base import CANCELLED, PENDING, SENDING, SENT, UNDELIVERABLE, Store
 
 log = logging.getLogger("edgecrab.replies.proactive")
 
-DEFAULT_ROBOT = "default"
-"""The one robot a gateway has today (several robots: issue 20)."""
 FORMATS = ("markdown", "text")
 MAX_USERS = 100
 
@@ -52,7 +51,8 @@ class SendRequest:
     """``markdown`` or ``text``; empty: the robot's ``reply_format``."""
     title: str = ""
     """The markdown title (the notification's preview); empty: from the text."""
-    robot: str = DEFAULT_ROBOT
+    robot: str = ""
+    """The robot's name (``platforms.dingtalk.robots``); empty: the first robot (``default`` with one)."""
 
     def problems(self) -> list[str]:
         """What makes this request unsendable, worded for the person who wrote it."""
@@ -69,8 +69,6 @@ class SendRequest:
             found.append("the message text is empty")
         if self.fmt and self.fmt not in FORMATS:
             found.append(f"format must be markdown or text, not {self.fmt!r}")
-        if self.robot != DEFAULT_ROBOT:
-            found.append(f"unknown robot {self.robot!r}: this gateway has one robot, {DEFAULT_ROBOT!r}")
         return found
 
     @classmethod
@@ -96,11 +94,13 @@ class SendRequest:
             lists[name] = tuple(value)
         return cls(
             text=fields["text"], users=lists["user"], group=fields["group"], at=lists["at"],
-            fmt=fields["format"], title=fields["title"], robot=fields["robot"] or DEFAULT_ROBOT,
+            fmt=fields["format"], title=fields["title"], robot=fields["robot"],
         )
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"text": self.text, "robot": self.robot}
+        body: dict[str, Any] = {"text": self.text}
+        if self.robot:
+            body["robot"] = self.robot
         if self.users:
             body["user"] = list(self.users)
         if self.group:
@@ -109,6 +109,20 @@ class SendRequest:
             if value:
                 body[name] = value
         return body
+
+
+def unknown_robot(name: str, names: list[str]) -> str:
+    """The error for a send naming a robot the configuration does not have."""
+    return f"unknown robot {name!r}: the robots here are {', '.join(repr(n) for n in names)}"
+
+
+def robot_config(config: Any, name: str) -> Any:
+    """The robot ``name`` of ``config`` (a :class:`~edgecrab.config.model.Config`; empty: its first robot);
+    ValueError if it has none of that name."""
+    robot = config.robot(name) if name else config.dingtalk
+    if robot is None:
+        raise ValueError(unknown_robot(name, [r.name for r in config.robots]))
+    return robot
 
 
 def routes(request: SendRequest, robot_code: str) -> list[ReplyRoute]:
@@ -180,7 +194,7 @@ async def send(
     at: list[str] | tuple[str, ...] = (),
     format: str = "",
     title: str = "",
-    robot: str = DEFAULT_ROBOT,
+    robot: str = "",
 ) -> str:
     """A proactive message (the robot speaks first) to staff id(s) ``user`` or the group whose
     openConversationId is ``group``, through ``delivery``'s ledger: sent as replies are (in order, paced,
@@ -225,7 +239,7 @@ async def send_direct(config: Any, request: SendRequest, *, timeout_s: float = 3
     from edgecrab.replies.delivery import Delivery
     from edgecrab.store.sqlite import SQLiteStore
 
-    dt = config.dingtalk
+    dt = robot_config(config, request.robot)
     store = SQLiteStore(":memory:")
     await store.open()
     try:
@@ -262,5 +276,6 @@ async def send_direct(config: Any, request: SendRequest, *, timeout_s: float = 3
 
 
 __all__ = [
-    "DEFAULT_ROBOT", "SendRequest", "delivery_state", "record", "request_format", "routes", "send_direct",
+    "DEFAULT_ROBOT", "SendRequest", "delivery_state", "record", "request_format", "robot_config", "routes",
+    "send_direct", "unknown_robot",
 ]

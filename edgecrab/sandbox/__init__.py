@@ -54,10 +54,11 @@ GROUPS = (
 
 @contextlib.asynccontextmanager
 async def open_emulator(
-    app: FakeApp, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT
+    app: FakeApp | list[FakeApp], *, host: str = "127.0.0.1", port: int = DEFAULT_PORT
 ) -> AsyncIterator[FakeDingTalk]:
-    """Run the fake DingTalk with the web chat on ``host:port`` (0 picks a free port) while inside."""
-    fake = FakeDingTalk(apps=[app], host=host, port=port)
+    """Run the fake DingTalk with the web chat on ``host:port`` (0 picks a free port) while inside;
+    ``app``: its app, or its apps (one per robot of the gateway, the first the web chat's)."""
+    fake = FakeDingTalk(apps=app if isinstance(app, list) else [app], host=host, port=port)
     chat = WebChat(fake)
     fake.add_routes(chat.routes())
     for conversation_id, title in GROUPS:
@@ -99,6 +100,16 @@ def _single_errors() -> Iterator[None]:
         raise
 
 
+def _on_emulator(config: Config, apps: list[FakeApp], api_base: str) -> Config:
+    """``config`` with each robot on its emulated app (``apps``, in the robots' order) at ``api_base``."""
+    robots = [
+        replace(r, app_key=a.client_id, app_secret=a.client_secret, robot_code=a.robot_code,
+                api_base=api_base)
+        for r, a in zip(config.robots, apps, strict=True)
+    ]
+    return replace(config, dingtalk=robots[0], other_robots=tuple(robots[1:]))
+
+
 async def serve_with_sandbox(
     config: Config, port: int | None, *, ready: Callable[[FakeDingTalk, Gateway], object] | None = None
 ) -> None:
@@ -109,18 +120,20 @@ async def serve_with_sandbox(
     """
     # The emulator never holds the configured (real) credentials: it records what it receives and serves it
     # to anyone on this machine. The gateway talks to it with the sandbox's own pair instead.
-    dt = replace(
-        config.dingtalk, app_key=SANDBOX_APP_KEY, app_secret=SANDBOX_APP_SECRET, robot_code=SANDBOX_APP_KEY
-    )
-    app = FakeApp(SANDBOX_APP_KEY, SANDBOX_APP_SECRET)
+    # Several robots: one emulated app each (never a configured one), so none reaches the real DingTalk.
+    apps = [
+        FakeApp(SANDBOX_APP_KEY + suffix, SANDBOX_APP_SECRET + suffix)
+        for suffix in ["", *(f"-{r.name}" for r in config.other_robots)]
+    ]
+    dt = config.dingtalk
     with _single_errors(), _signals() as signals:
         async with (
-            open_emulator(app, port=DEFAULT_PORT if port is None else port) as fake,
+            open_emulator(apps, port=DEFAULT_PORT if port is None else port) as fake,
             anyio.create_task_group() as tg,
         ):
             from edgecrab.gateway import Gateway  # here: `edgecrab sandbox` alone never needs the gateway
 
-            gateway = Gateway(replace(config, dingtalk=replace(dt, api_base=fake.base_url)))
+            gateway = Gateway(_on_emulator(config, apps, fake.base_url))
             if dt.mode == "http":  # the emulator signs and POSTs each message to the callback path
                 host = "127.0.0.1" if config.http.host in ("", "0.0.0.0", "::") else config.http.host
                 fake.settings.callback_url = f"http://{host}:{config.http.port}{config.http.callback_path}"

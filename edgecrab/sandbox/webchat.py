@@ -63,6 +63,23 @@ def _json(body: Any, status: int = 200) -> web.Response:
     )
 
 
+MAX_UPLOAD = 25 * 1024 * 1024
+"""Largest file the web chat takes (a little above the gateway's default media.max_bytes)."""
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ValueError(f"the file is larger than {limit // (1024 * 1024)} MB")
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(65536):
+        data += chunk
+        if len(data) > limit:
+            raise ValueError(f"the file is larger than {limit // (1024 * 1024)} MB")
+    if not data:
+        raise ValueError("the file is empty")
+    return bytes(data)
+
+
 def _static(name: str) -> web.Response:
     if not _STATIC_NAME.fullmatch(name):
         raise web.HTTPNotFound()
@@ -94,6 +111,7 @@ class WebChat:
             web.get("/static/{name}", self.static),
             web.get("/sandbox/directory", self.directory),
             web.post("/sandbox/send", self.send),
+            web.post("/sandbox/upload", self.upload),
             web.get("/sandbox/history", self.history),
         ]
 
@@ -162,6 +180,36 @@ class WebChat:
                 data = self.fake.dm(user, text)
         except (KeyError, ValueError) as exc:
             return _json({"error": str(exc).strip("'\"")}, 400)
+        return await self._deliver(data, user, text, at_bot)
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """A picture, file or voice note from the web chat: the raw bytes as the body; ``kind``
+        (``picture``/``file``/``audio``), ``name``, ``user``, ``conversation_id``, ``recognition`` (a voice
+        note's transcript) in the query. The emulator serves the bytes through ``messageFiles/download``."""
+        try:
+            query = request.query
+            kind, name = query.get("kind", ""), query.get("name", "")[:200] or "file"
+            if kind not in ("picture", "file", "audio"):
+                raise ValueError("kind must be picture, file or audio")
+            content = await _read_capped(request, MAX_UPLOAD)
+            user = self.fake.user(query.get("user", ""))
+            cid = query.get("conversation_id") or None
+            if cid is not None and cid not in self.fake.state.groups:
+                raise KeyError(f"unknown group {cid!r}")
+            at_bot = query.get("at_bot", "true") != "false"
+            options: dict[str, Any] = {"content": content, "conversation_id": cid, "at_bot": at_bot}
+            if kind == "audio":
+                said = query.get("recognition", "").strip()[:MAX_TEXT] or "(no transcript)"
+                data, label = self.fake.audio(user, said, **options), f"🎤 {said}"
+            elif kind == "picture":
+                data, label = self.fake.picture(user, **options), f"🖼 {name}"
+            else:
+                data, label = self.fake.file(user, name, **options), f"📎 {name}"
+        except (KeyError, ValueError) as exc:
+            return _json({"error": str(exc).strip("'\"")}, 400)
+        return await self._deliver(data, user, label, at_bot)
+
+    async def _deliver(self, data: dict[str, Any], user: Any, text: str, at_bot: bool) -> web.Response:
         message_id = new_frame_message_id()
         self._sent.add(message_id)
         group = data["conversationType"] == "2"

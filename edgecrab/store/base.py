@@ -37,6 +37,13 @@ UNDELIVERABLE = "undeliverable"
 CANCELLED = "cancelled"
 """Set by :meth:`Store.outbox_cancel` (/stop, /new): never sent."""
 
+# What became of a schedule's slot (:meth:`Store.schedule_claim`)
+ARMED = "armed"
+"""The schedule was first seen: its ``slot`` is that instant, and only later slots are due."""
+FIRED = "fired"
+SKIPPED = "skipped"
+"""Missed while the gateway was down, longer ago than ``schedules_catch_up_s``."""
+
 
 class StoreUnavailableError(EdgecrabError):
     """A network-backed store (Redis) cannot be reached: nothing was recorded, or the outcome is unknown.
@@ -110,6 +117,22 @@ class ChunkState:
     state: str
     """``PENDING``, ``SENDING``, ``SENT``, ``UNDELIVERABLE`` or ``CANCELLED``."""
     error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """Where one schedule stands (:meth:`Store.schedule_records`)."""
+
+    name: str
+    slot: float
+    """The last slot handled (epoch seconds): fired, skipped, or (``ARMED``) when it was first seen."""
+    outcome: str
+    """``ARMED``, ``FIRED`` or ``SKIPPED``."""
+    at: float
+    """When that was recorded."""
+    fired_slot: float | None = None
+    """The last slot that fired, and when (None: none yet)."""
+    fired_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -304,3 +327,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def kv_set(self, key: str, value: str) -> None: ...
+
+    # -- schedules ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def schedule_claim(self, name: str, slot: float, outcome: str, now: float) -> bool:
+        """Atomically record that schedule ``name`` handled ``slot`` (``outcome``: ``FIRED``, ``SKIPPED``
+        or ``ARMED``) at ``now``: True when this call did, because ``slot`` is later than the slot recorded
+        (or none is); False when that slot or a later one was recorded already (before a restart, or by
+        another replica sharing the store), and nothing changes. A caller sends only after a True
+        ``FIRED`` claim, so a slot is never sent twice."""
+
+    @abc.abstractmethod
+    async def schedule_records(self) -> dict[str, ScheduleRecord]:
+        """Every schedule's record, by name (a schedule never claimed has none)."""

@@ -282,3 +282,19 @@ else
 end
 return {deleted, examined}
 """
+
+SCHEDULE_CLAIM = r"""
+-- KEYS: the schedule's hash, the set of schedule names. ARGV: name, slot, outcome, now, token.
+-- Advances the schedule to slot when slot is later than the recorded one: 1 when this run did (or a retry
+-- of the run that did: same token and slot), else 0. One replica wins each slot.
+local k, name, slot, outcome, now, token = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local cur = redis.call('HMGET', k, 'slot', 'token')
+if cur[1] then
+  if cur[1] == slot and cur[2] == token then return 1 end
+  if tonumber(cur[1]) >= tonumber(slot) then return 0 end
+end
+redis.call('HSET', k, 'slot', slot, 'outcome', outcome, 'at', now, 'token', token)
+if outcome == 'fired' then redis.call('HSET', k, 'fired_slot', slot, 'fired_at', now) end
+redis.call('SADD', KEYS[2], name)
+return 1
+"""

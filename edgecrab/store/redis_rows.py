@@ -18,6 +18,7 @@ from redis.backoff import ExponentialBackoff
 from edgecrab.store.base import (
     InboxEntry,
     OutboxChunk,
+    ScheduleRecord,
     SessionStats,
     StoreUnavailableError,
     Turn,
@@ -149,6 +150,14 @@ def inbox_entry(robot: str, msg_id: str, h: Mapping[str, str]) -> InboxEntry:
         received_at=float(h["received_at"]),
         state=h["state"],
         attempts=int(h["attempts"]),
+    )
+
+
+def schedule_record(name: str, h: Mapping[str, str]) -> ScheduleRecord:
+    fired = h.get("fired_slot")
+    return ScheduleRecord(
+        name, float(h["slot"]), h["outcome"], float(h["at"]),
+        float(fired) if fired else None, float(h["fired_at"]) if fired else None,
     )
 
 

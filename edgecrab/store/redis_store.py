@@ -34,6 +34,7 @@ from edgecrab.store.base import (
     ChunkState,
     InboxEntry,
     OutboxChunk,
+    ScheduleRecord,
     SessionStats,
     Store,
     StoreUnavailableError,
@@ -41,7 +42,7 @@ from edgecrab.store.base import (
     UsageDelta,
 )
 from edgecrab.store.redis_coord import RedisCoordination
-from edgecrab.store.redis_lua import APPLY, SWEEP
+from edgecrab.store.redis_lua import APPLY, SCHEDULE_CLAIM, SWEEP
 from edgecrab.store.redis_rows import Ops
 
 log = logging.getLogger("edgecrab.store.redis")
@@ -80,6 +81,7 @@ class RedisStore(Store):
         self._apply: Any = None
         self._claim: Any = None
         self._sweep: Any = None
+        self._schedule: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -101,6 +103,7 @@ class RedisStore(Store):
         self._apply = client.register_script(APPLY)
         self._claim = ack_client.register_script(APPLY)
         self._sweep = client.register_script(SWEEP)
+        self._schedule = client.register_script(SCHEDULE_CLAIM)
         _warn_about_settings(info, rows.where(self.url))
 
     async def close(self) -> None:
@@ -313,6 +316,22 @@ class RedisStore(Store):
     async def kv_set(self, key: str, value: str) -> None:
         with rows.reachable(self.url):
             await self.client.set(self._key("kv", key), value, ex=KV_TTL_S)
+
+    # -- schedules ---------------------------------------------------------------------------------
+    async def schedule_claim(self, name: str, slot: float, outcome: str, now: float) -> bool:
+        keys = [self._key("schedule", name), self._key("schedules")]
+        args = [name, repr(float(slot)), outcome, repr(now), uuid.uuid4().hex]
+        with rows.reachable(self.url):
+            return int(await self._schedule(keys=keys, args=args)) == 1
+
+    async def schedule_records(self) -> dict[str, ScheduleRecord]:
+        with rows.reachable(self.url):
+            names = sorted(await cast(Awaitable[set[str]], self.client.smembers(self._key("schedules"))))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hgetall(self._key("schedule", name))
+                hashes = await pipe.execute()
+        return {n: rows.schedule_record(n, h) for n, h in zip(names, hashes, strict=True) if h}
 
 
 def _warn_about_settings(info: dict[str, Any], where: str) -> None:

@@ -22,6 +22,7 @@ from edgecrab.store.base import (
     CANCELLED,
     DONE,
     FAILED,
+    FIRED,
     PENDING,
     PROCESSING,
     RECEIVED,
@@ -30,6 +31,7 @@ from edgecrab.store.base import (
     ChunkState,
     InboxEntry,
     OutboxChunk,
+    ScheduleRecord,
     SessionStats,
     Store,
     Turn,
@@ -334,6 +336,26 @@ class SQLiteStore(SQLiteConnection, Store):
                 params,
             )
         )
+
+    # -- schedules ---------------------------------------------------------------------------------
+    async def schedule_claim(self, name: str, slot: float, outcome: str, now: float) -> bool:
+        fired = (slot, now) if outcome == FIRED else (None, None)
+        params = (name, slot, outcome, now, *fired)
+        # One statement: the comparison with the recorded slot and the update cannot be separated.
+        return await self._write(lambda conn: conn.execute(_SCHEDULE_CLAIM, params).rowcount == 1)
+
+    async def schedule_records(self) -> dict[str, ScheduleRecord]:
+        rows = self._all("SELECT name, slot, outcome, at, fired_slot, fired_at FROM schedules")
+        return {row[0]: ScheduleRecord(*row) for row in rows}
+
+
+_SCHEDULE_CLAIM = (
+    "INSERT INTO schedules (name, slot, outcome, at, fired_slot, fired_at) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET slot = excluded.slot, outcome = excluded.outcome, at = excluded.at,"
+    " fired_slot = coalesce(excluded.fired_slot, fired_slot),"
+    " fired_at = coalesce(excluded.fired_at, fired_at)"
+    " WHERE excluded.slot > schedules.slot"
+)
 
 
 def _stats(row: Any) -> SessionStats:

@@ -82,6 +82,17 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX outbox_finished ON outbox (updated_at)
             WHERE state NOT IN ('pending', 'sending')""",
     ),
+    (
+        # 3: schedules (Store.schedule_claim): the last slot each one handled, and the last one it fired.
+        """CREATE TABLE schedules (
+            name TEXT PRIMARY KEY,
+            slot REAL NOT NULL,
+            outcome TEXT NOT NULL,
+            at REAL NOT NULL,
+            fired_slot REAL,
+            fired_at REAL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -22,6 +22,7 @@ def write_gateway_config(
     dingtalk: dict[str, Any] | None = None,
     agent: dict[str, Any] | None = None,
     sessions: dict[str, Any] | None = None,
+    media: dict[str, Any] | None = None,
 ) -> Path:
     """Write the config to ``path`` (state in ``state.db`` beside it) and return ``path``."""
     config: dict[str, Any] = {
@@ -43,5 +44,7 @@ def write_gateway_config(
         "sessions": dict(sessions or {}),
         "storage": {"url": f"sqlite:///{path.parent / 'state.db'}"},
     }
+    if media:
+        config["media"] = dict(media)
     path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path

@@ -92,12 +92,15 @@ def card_sandbox() -> Iterator[str]:
     yield from _sandbox(CARD_CONFIG)
 
 
-def _sandbox(config_text: str) -> Iterator[str]:
+def _sandbox(config_text: str, modules: dict[str, str] | None = None) -> Iterator[str]:
     work = Path(tempfile.mkdtemp(prefix="edgecrab-webchat-"))
     config = work / "edgecrab.yaml"
     config.write_text(config_text.format(db=work / "state.db"), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DINGTALK_", "EDGECRAB_"))}
     env["EDGECRAB_HOME"] = str(work)
+    for name, source in (modules or {}).items():  # python agents, importable by the gateway
+        (work / f"{name}.py").write_text(source, encoding="utf-8")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(work), env.get("PYTHONPATH", "")]))
     log_path = work / "gateway.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -403,3 +406,21 @@ def test_a_card_grows_and_stops(card_page: Any) -> None:
     expect(wire.locator("li.k-card_callback")).to_have_count(1)
     (ROOT / "artifacts").mkdir(exist_ok=True)
     page.screenshot(path=str(ROOT / "artifacts" / "webchat-card.png"))
+
+
+def test_a_picture_attached_in_the_web_chat_reaches_the_agent(page: Any) -> None:
+    """📎 a picture: the emulator pushes a picture message, the gateway downloads it through the signed
+    URL, and the (echo) agent's answer names what it was given: the picture, as a PNG."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), "orange").save(out, "PNG")
+    from playwright.sync_api import expect
+
+    page.click("#people button:has-text('Alice Chen')")
+    shot = {"name": "shot.png", "mimeType": "image/png", "buffer": out.getvalue()}
+    page.set_input_files("#attach-file", files=[shot])
+    expect(page.locator("#messages .msg.mine .bubble").last).to_contain_text("🖼 shot.png", timeout=REPLY_S)
+    expect(_bot_bubbles(page).last).to_contain_text("[picture: picture (image/png", timeout=REPLY_S)

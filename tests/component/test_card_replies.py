@@ -120,7 +120,7 @@ async def test_card_opens_at_run_start_streams_and_ends_with_the_markdown_reply(
         await until(fake, lambda: any("API calls" in m.text for m in fake.messages_for(cid)))
         usage = next(m.text for m in fake.messages_for(cid) if "API calls" in m.text)
         assert "for 2 AI cards" in usage
-        assert await gateway.store.kv_get(f"cards.open.{gateway.robot}") == "{}"
+        assert await gateway.store.kv_get(f"cards.open.{gateway.first.code}") == "{}"
 
 
 @pytest.mark.parametrize("how", ["/stop", "button", "/new"])
@@ -296,7 +296,7 @@ async def test_cards_unavailable_mid_stream_still_finish_the_card(tmp_path: Path
         card = cards(fake)[0]
         await until(fake, lambda: card.status == "failed")  # never left "writing"
         assert card.text == f"Hello\n\n{CONTINUED_NOTICE}"
-        assert await gateway.store.kv_get(f"cards.open.{gateway.robot}") == "{}"
+        assert await gateway.store.kv_get(f"cards.open.{gateway.first.code}") == "{}"
 
 
 async def test_a_card_that_cannot_be_finished_is_kept_and_finished_later(tmp_path: Path) -> None:
@@ -305,7 +305,7 @@ async def test_a_card_that_cannot_be_finished_is_kept_and_finished_later(tmp_pat
         await unavailable_mid_stream(fake, gateway, agent, "Card.Streaming.Write", "Card.Instance.Write")
         card = cards(fake)[0]
         assert card.status == "inputting" and gateway.cards is not None and gateway.cards.unfinished == 1
-        record = json.loads(await gateway.store.kv_get(f"cards.open.{gateway.robot}") or "{}")
+        record = json.loads(await gateway.store.kv_get(f"cards.open.{gateway.first.code}") or "{}")
         assert record[card.out_track_id]["text"] == f"Hello\n\n{CONTINUED_NOTICE}"  # kept for later
         fake.cards.grant()
         assert gateway.cards is not None

@@ -217,7 +217,7 @@ async def test_media_download_only_for_the_receiving_app(http: httpx.AsyncClient
             upload = await client.post(
                 "/media/upload",
                 params={"access_token": tok_a, "type": "image"},
-                files={"media": ("a.png", b"IMG", "image/png")},
+                files={"media": ("a.png", b"\x89PNG\r\n\x1a\nIMG", "image/png")},
             )
             assert upload.json()["errcode"] == 0 and upload.json()["media_id"].startswith("@")
 

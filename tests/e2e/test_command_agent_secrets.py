@@ -96,8 +96,10 @@ async def test_the_command_agent_sees_no_gateway_secret_and_the_chat_gets_none(t
                 await proc.wait()
     log_text = log_path.read_text(errors="replace")
     env_reply, failure = (m.text for m in fake.messages_for(cid))
-    # The child: the allow-list and agent.env, nothing else; the secret only where agent.env put it.
-    assert set(seen) <= {*INHERITED, "ENV_DUMP", "ON_PURPOSE"}, sorted(set(seen) - set(INHERITED))
+    # The child: the allow-list, agent.env and its attachments folder, nothing else; the secret only where
+    # agent.env put it.
+    allowed = {*INHERITED, "EDGECRAB_ATTACHMENTS_DIR", "ENV_DUMP", "ON_PURPOSE"}
+    assert set(seen) <= allowed, sorted(set(seen) - set(INHERITED))
     assert "PATH" in seen and "DINGTALK_APP_SECRET" not in seen and "OPENAI_API_KEY" not in seen
     assert [k for k, v in seen.items() if SECRET in v or LLM_KEY in v] == ["ON_PURPOSE"]
     # The chat: the environment it printed, the secret as ***; the failure without its stderr.

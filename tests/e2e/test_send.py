@@ -152,3 +152,23 @@ def test_the_api_is_refused_without_a_configured_token(tmp_path: Path) -> None:
         direct = send(tmp_path, env, "--direct", "--user", USER, "hi")
         assert direct.returncode == 0, direct.stderr
         assert [r["text"] for r in outbound(fake)] == ["hi"]
+
+
+def test_send_robot_picks_the_robot_and_its_credentials(tmp_path: Path) -> None:
+    """Two robots: only the second is an app the emulator knows, so only ``--robot second`` can send."""
+    config = (
+        "agent:\n  type: echo\nplatforms:\n  dingtalk:\n    robots:\n"
+        "      - {name: first, app_key: unknown-app-key, app_secret: unknown-app-secret}\n"
+        f"      - {{name: second, app_key: {SANDBOX_APP_KEY}, app_secret: {SANDBOX_APP_SECRET}}}\n"
+    )
+    with fake_dingtalk(tmp_path, config) as (fake, env):
+        done = send(tmp_path, env, "--robot", "second", "--user", USER, "from the second robot")
+        assert done.returncode == 0, done.stderr
+        assert [r["text"] for r in outbound(fake)] == ["from the second robot"]
+
+        first = send(tmp_path, env, "--user", USER, "from the first robot")  # no --robot: the first
+        assert first.returncode == 1 and outbound(fake)[1:] == [], first.stderr
+
+        usage = send(tmp_path, env, "--robot", "third", "--user", USER, "hello")
+        assert usage.returncode == 2
+        assert "unknown robot 'third': the robots here are 'first', 'second'" in usage.stderr

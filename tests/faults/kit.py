@@ -23,10 +23,10 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import httpx
 
 from edgecrab.agents.base import Agent
 from edgecrab.config import Config, SessionsConfig
+from edgecrab.dingtalk.attachsend import AttachmentSender
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.gateway import Gateway
 from edgecrab.testing.fakedingtalk import FakeDingTalk, FakeUser
@@ -115,15 +115,16 @@ class FastRetryGateway(Gateway):
 
     time_scale = 0.02
 
-    def _build(self, http: httpx.AsyncClient) -> None:
-        super()._build(http)
+    def _build(self) -> None:
+        super()._build()
         scale = self.time_scale
 
         async def sleep(seconds: float) -> None:
             await anyio.sleep(seconds * scale)
 
-        self.sender = DingTalkSender(self.config.dingtalk, client=http, sleep=sleep)
-        self.delivery.sender = self.sender
+        for robot in self.robots.values():
+            robot.sender = DingTalkSender(robot.dt, client=robot.http, sleep=sleep)
+            robot.delivery.sender = AttachmentSender(robot.sender, robot.answers.spool)
 
 
 @contextlib.asynccontextmanager

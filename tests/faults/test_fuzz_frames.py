@@ -231,7 +231,8 @@ class Stack:
 
     def idle(self) -> bool:
         async def check() -> bool:
-            return self.gateway.runner.active_runs == 0 and not await self.gateway.store.outbox_pending()
+            gw = self.gateway
+            return gw.runner.active_runs == 0 and not gw.media.waiting and not await gw.store.outbox_pending()
 
         return self.portal.call(check)
 

@@ -312,13 +312,15 @@ def test_quoted_text() -> None:
     assert "> 部署失败，报错 502" in m.agent_text()
 
 
-def test_quoted_picture_and_file_are_described() -> None:
-    assert convert_sample("quoted_picture").quote == Quote(
-        text="[picture]", sender_name="张三", msgtype="picture"
-    )
-    assert convert_sample("quoted_file").quote == Quote(
-        text="[file: Q3 report.pdf]", sender_name="张三", msgtype="file"
-    )
+def test_quoted_picture_and_file_are_described_and_kept_for_download() -> None:
+    picture = convert_sample("quoted_picture").quote
+    assert picture is not None
+    assert (picture.text, picture.sender_name, picture.msgtype) == ("[picture]", "张三", "picture")
+    assert [(a.kind, a.download_code) for a in picture.attachments] == [("picture", "mIofexampleQuotedPic=")]
+    file = convert_sample("quoted_file").quote
+    assert file is not None
+    assert (file.text, file.msgtype) == ("[file: Q3 report.pdf]", "file")
+    assert [(a.kind, a.file_name) for a in file.attachments] == [("file", "Q3 report.pdf")]
 
 
 def test_quoted_card_and_opaque_text_are_unavailable() -> None:

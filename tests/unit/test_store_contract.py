@@ -16,16 +16,20 @@ from typing import Any
 import pytest
 
 from edgecrab.store import (
+    ARMED,
     DONE,
     FAILED,
+    FIRED,
     PENDING,
     PROCESSING,
     RECEIVED,
     SENDING,
     SENT,
+    SKIPPED,
     UNDELIVERABLE,
     InboxEntry,
     OutboxChunk,
+    ScheduleRecord,
     SQLiteStore,
     Store,
     Turn,
@@ -584,3 +588,42 @@ async def test_kv_get_set_overwrite(store: Store) -> None:
 
     assert await store.kv_get("denied:u1") == "200.5"
     assert await store.kv_get("denied:u2") == "7"
+
+
+# -- schedules -------------------------------------------------------------------------------------------
+
+
+async def test_a_schedule_slot_is_claimed_once(store: Store) -> None:
+    assert await store.schedule_records() == {}
+    assert await store.schedule_claim("morning", 1000.0, ARMED, now=1000.0)
+    assert await store.schedule_claim("morning", 1060.0, FIRED, now=1060.5)
+    # The same slot again (a restart, another replica) and an earlier one are refused.
+    assert not await store.schedule_claim("morning", 1060.0, FIRED, now=1061.0)
+    assert not await store.schedule_claim("morning", 1000.0, FIRED, now=1061.0)
+    assert await store.schedule_records() == {
+        "morning": ScheduleRecord("morning", 1060.0, FIRED, 1060.5, 1060.0, 1060.5)
+    }
+
+
+async def test_a_skipped_slot_advances_the_schedule_and_keeps_the_last_fired_one(store: Store) -> None:
+    assert await store.schedule_claim("digest", 1060.0, FIRED, now=1060.0)
+    assert await store.schedule_claim("digest", 90000.0, SKIPPED, now=99999.0)
+    assert not await store.schedule_claim("digest", 1120.0, FIRED, now=99999.0)
+    assert await store.schedule_claim("other", 5.0, ARMED, now=5.0)
+    records = await store.schedule_records()
+    assert records["digest"] == ScheduleRecord("digest", 90000.0, SKIPPED, 99999.0, 1060.0, 1060.0)
+    assert records["other"] == ScheduleRecord("other", 5.0, ARMED, 5.0, None, None)
+
+
+async def test_concurrent_claims_of_one_slot_have_one_winner(store: Store) -> None:
+    import anyio
+
+    wins: list[bool] = []
+
+    async def claim() -> None:
+        wins.append(await store.schedule_claim("race", 2000.0, FIRED, now=2000.0))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(claim)
+    assert sorted(wins) == [False] * 7 + [True]

@@ -127,8 +127,10 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path: Path) -
     await store.open()
     try:
         conn = store._connection()
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert version == (str(SCHEMA_VERSION),)
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'outbox_finished'").fetchone()
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'schedules'").fetchone()
         assert await store.outbox_prune(finished_before=2.0) == 1
     finally:
         await store.close()
@@ -223,7 +225,11 @@ class RecordingConnection:
 
 
 # What may read a whole table: counting every session is what session_count is for.
-FULL_SCANS_ALLOWED = {"SELECT count(*) FROM sessions"}
+FULL_SCANS_ALLOWED = {
+    "SELECT count(*) FROM sessions",
+    # One row per configured schedule, read by `edgecrab schedules list` and at start.
+    "SELECT name, slot, outcome, at, fired_slot, fired_at FROM schedules",
+}
 
 
 @pytest.mark.anyio
@@ -250,7 +256,7 @@ async def test_every_query_uses_an_index(tmp_path: Path) -> None:
     await store.close()
 
     # Walking the partial index outbox_open is not a full scan: it holds the unsent chunks only.
-    tables = {"inbox", "sessions", "history", "outbox", "kv", "meta"}
+    tables = {"inbox", "sessions", "history", "outbox", "kv", "meta", "schedules"}
     scans = {
         sql: plan
         for sql, plan in plans.items()
@@ -306,6 +312,9 @@ def store_workout(store: SQLiteStore) -> Iterator[tuple[str, Any]]:
         ),
     )
     yield "outbox_sent", store.outbox_sent("r2", 0, session_key="sess", chunks_sent=1, now=104.0)
+    yield "schedule_claim", store.schedule_claim("morning", 60.0, "armed", 60.0)
+    yield "schedule_claim", store.schedule_claim("morning", 120.0, "fired", 120.0)
+    yield "schedule_records", store.schedule_records()
     yield "outbox_prune", store.outbox_prune(1e12)
     yield "kv_set", store.kv_set("k", "v")
     yield "kv_get", store.kv_get("k")

@@ -41,6 +41,8 @@
   function safeUrl(url, image) {
     const u = decode(url).trim();
     if (/^https?:\/\//i.test(u)) return u;
+    // DingTalk shows an uploaded picture by its mediaId; the emulator serves its uploads under /_fake/media/.
+    if (image && /^@[A-Za-z0-9_\-=+/]+$/.test(u)) return "/_fake/media/" + encodeURIComponent(u);
     if (!image && /^(mailto:|dingtalk:\/\/)/i.test(u)) return u;
     return null;
   }

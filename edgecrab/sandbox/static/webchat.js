@@ -247,9 +247,10 @@
       row.append(botAvatar());
       who.append(el("span", "", state.dir.bot.name), el("span", "tag robot", "Robot"), el("time", "", clock(item.ts)));
       const markdown = item.msgtype === "markdown" || item.msgtype === "sampleMarkdown";
-      bubble = el("div", "bubble " + (markdown ? "markdown" : "text"));
+      const media = mediaNode(item);
+      bubble = el("div", "bubble " + (media ? "media" : markdown ? "markdown" : "text"));
       const render = markdown ? DingMarkdown.render : DingMarkdown.renderText;
-      bubble.append(render(item.text, { mentions: mentionOnly(item.at_user_ids) }));
+      bubble.append(media || render(item.text, { mentions: mentionOnly(item.at_user_ids) }));
       body.append(who, bubble);
       if (item.title) body.append(el("div", "md-title", `title: ${item.title}`));
       body.lastChild.title = `sent via ${item.via}${item.msgtype ? " as " + item.msgtype : ""}`;
@@ -271,6 +272,34 @@
     }
     row.append(body);
     return row;
+  }
+
+  // A picture (sampleImageMsg) or a file (sampleFile) the bot sent through the OpenAPI: the emulator serves
+  // uploaded media at /_fake/media/<mediaId>. Anything else: null (the text is rendered).
+  function mediaNode(item) {
+    let param = {};
+    try {
+      param = JSON.parse((item.body && item.body.msgParam) || "{}") || {};
+    } catch (e) {
+      return null;
+    }
+    const url = (id) => "/_fake/media/" + encodeURIComponent(id);
+    if (item.msgtype === "sampleImageMsg" && typeof param.photoURL === "string") {
+      const img = el("img", "md-img sent-image");
+      const src = param.photoURL;
+      img.setAttribute("src", src.startsWith("@") ? url(src) : /^https?:\/\//i.test(src) ? src : "");
+      img.setAttribute("alt", "picture");
+      img.setAttribute("referrerpolicy", "no-referrer");
+      return img;
+    }
+    if (item.msgtype === "sampleFile" && typeof param.mediaId === "string") {
+      const a = el("a", "sent-file", `📎 ${param.fileName || "file"}`);
+      a.setAttribute("href", url(param.mediaId));
+      a.setAttribute("download", param.fileName || "file");
+      a.setAttribute("rel", "noopener");
+      return a;
+    }
+    return null;
   }
 
   function mentionOnly(ids) {
@@ -363,7 +392,7 @@
     if (ev.kind === "outbound") {
       if (!groupOf(ev.conversation_id) && !dmOwner(ev.conversation_id)) refreshSoon();
       addItem(ev.conversation_id, {
-        type: "bot", text: ev.text, title: ev.title, msgtype: ev.msgtype, via: ev.via,
+        type: "bot", text: ev.text, title: ev.title, msgtype: ev.msgtype, via: ev.via, body: ev.body,
         at_user_ids: ev.at_user_ids || [], ts: ev.ts,
       });
       return;
@@ -463,6 +492,51 @@
     }
   }
 
+  // A picture, file or voice note: the bytes go to /sandbox/upload, which pushes a DingTalk media message
+  // whose download code the emulator serves (messageFiles/download), as DingTalk does.
+  async function upload(file, kind) {
+    const group = groupOf(state.active);
+    const query = new URLSearchParams({
+      kind, name: file.name || kind, user: state.me, at_bot: String(group ? state.atBot : true),
+    });
+    if (group) query.set("conversation_id", group.conversation_id);
+    if (kind === "audio") query.set("recognition", $("input").value);
+    const error = $("composer-error");
+    error.hidden = true;
+    try {
+      await getJSON(`/sandbox/upload?${query}`, {
+        method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: file,
+      });
+      if (kind === "audio") $("input").value = "";
+    } catch (err) {
+      error.textContent = `Not sent: ${err.message}`;
+      error.hidden = false;
+    }
+  }
+
+  function kindOf(file) {
+    return file.type && file.type.startsWith("image/") ? "picture" : "file";
+  }
+
+  async function uploadAll(files, kind) {
+    for (const file of Array.from(files)) await upload(file, kind || kindOf(file));
+  }
+
+  function wireUploads() {
+    $("attach").addEventListener("click", () => $("attach-file").click());
+    $("voice").addEventListener("click", () => $("voice-file").click());
+    $("attach-file").addEventListener("change", async (e) => { await uploadAll(e.target.files); e.target.value = ""; });
+    $("voice-file").addEventListener("change", async (e) => { await uploadAll(e.target.files, "audio"); e.target.value = ""; });
+    const chat = document.querySelector(".chat");
+    chat.addEventListener("dragover", (e) => { e.preventDefault(); chat.classList.add("dropping"); });
+    chat.addEventListener("dragleave", () => chat.classList.remove("dropping"));
+    chat.addEventListener("drop", async (e) => {
+      e.preventDefault();
+      chat.classList.remove("dropping");
+      if (e.dataTransfer && e.dataTransfer.files.length) await uploadAll(e.dataTransfer.files);
+    });
+  }
+
   async function setDeliverUnmentioned() {
     const box = $("deliver-unmentioned");
     try {
@@ -490,6 +564,7 @@
       renderAtToggle();
     });
     $("deliver-unmentioned").addEventListener("change", setDeliverUnmentioned);
+    wireUploads();
     SandboxWire.setup(chatName);
   }
 

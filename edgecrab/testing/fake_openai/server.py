@@ -7,6 +7,7 @@ the bodies.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,11 +23,35 @@ ReplyFn = Callable[[list[dict[str, Any]]], str]
 
 
 def default_reply(messages: list[dict[str, Any]]) -> str:
-    """``You said: <last user content>``."""
+    """``You said: <last user content>``; content parts: their text, and how many pictures it saw."""
     for message in reversed(messages):
         if message.get("role") == "user":
-            return f"You said: {message.get('content', '')}"
+            parts = content_parts(message.get("content", ""))
+            text = "\n\n".join(p["text"] for p in parts if p["type"] == "text")
+            pictures = sum(1 for p in parts if p["type"] == "image")
+            seen = f" (and I see {pictures} picture{'s' if pictures > 1 else ''})" if pictures else ""
+            return f"You said: {text}{seen}"
     return "You said nothing."
+
+
+def content_parts(content: Any) -> list[dict[str, Any]]:
+    """A message's content as the model sees it: text parts, and pictures as their MIME type and size
+    (``{"type": "image", "mime": "image/png", "bytes": 1234}``, decoded from the data URL)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    parts: list[dict[str, Any]] = []
+    for part in content if isinstance(content, list) else ():
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "image_url":
+            url = str((part.get("image_url") or {}).get("url", ""))
+            head, _, data = url.partition(",")
+            mime = head[5:].split(";")[0] if head.startswith("data:") else "url"
+            size = len(base64.b64decode(data, validate=False)) if head.endswith(";base64") else 0
+            parts.append({"type": "image", "mime": mime, "bytes": size})
+        else:
+            parts.append({"type": "text", "text": str(part.get("text", ""))})
+    return parts
 
 
 class _ClientGone(Exception):
@@ -66,6 +91,8 @@ class FakeOpenAI:
         self.mode = mode
         self.requests: list[dict[str, Any]] = []
         """Bodies received on ``/chat/completions``, in order (also those answered with an error)."""
+        self.user_parts: list[list[dict[str, Any]]] = []
+        """Per request: the last user turn as :func:`content_parts` (what the model saw of it)."""
         self.request_headers: list[dict[str, str]] = []
         self.peers: list[str] = []
         """``host:port`` of the client of each request (equal entries: a reused keep-alive connection)."""
@@ -106,6 +133,7 @@ class FakeOpenAI:
     def reset(self) -> None:
         """Forget received requests, usage and counters (settings stay)."""
         self.requests.clear()
+        self.user_parts.clear()
         self.request_headers.clear()
         self.peers.clear()
         self.usages.clear()
@@ -132,6 +160,7 @@ class FakeOpenAI:
             },
             "last_usage": self.usages[-1] if self.usages else None,
             "last_requests": self.requests[-10:],
+            "last_user_parts": self.user_parts[-10:],
         }
 
     def configure(self, changes: dict[str, Any]) -> None:
@@ -187,7 +216,7 @@ class FakeOpenAI:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> FakeOpenAI:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # vision requests carry pictures
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/chat/completions", self._chat)
         app.router.add_get("/_fake/state", self._get_state)
@@ -233,6 +262,8 @@ class FakeOpenAI:
         except ValueError:
             return error_response(400, "invalid JSON body", "invalid_request_error")
         self.requests.append(body)
+        users = [m for m in body.get("messages", ()) if isinstance(m, dict) and m.get("role") == "user"]
+        self.user_parts.append(content_parts(users[-1].get("content", "")) if users else [])
         self.request_headers.append(dict(request.headers))
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.peers.append(f"{peer[0]}:{peer[1]}" if peer else "?")

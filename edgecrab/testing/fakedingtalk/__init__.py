@@ -37,6 +37,10 @@ Public API of :class:`FakeDingTalk` (``fake``):
   quoted_msgtype="text", variant="text"|"content")``, ``unknown(user)``,
   ``card_action(user, out_track_id, action_ids=...)`` (push it with ``topic=CARD_CALLBACK_TOPIC``),
   ``message(kind, user, text, **options)``; ``register_media(app, bytes) -> downloadCode``.
+- outbound media: ``POST /media/upload`` checks the token, the type and DingTalk's size and format rules
+  (``Settings.upload_limit``) and keeps each upload in ``fake.state.uploads`` (mediaId -> blob, with the
+  uploading app); sends naming another app's or an unknown mediaId are refused; ``GET /_fake/media/<id>``
+  serves uploads to the web chat (:mod:`~edgecrab.testing.fakedingtalk.uploads`).
 - stream: ``await push(data, *, app=None, message_id=None, topic=CALLBACK_TOPIC) -> messageId``
   (tracked and redelivered with the identical frame until acked 200, or with a new ``headers.messageId``
   each time under ``redeliver_new_id``; each delivery goes to one random live connection of the app,

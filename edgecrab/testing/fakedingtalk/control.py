@@ -26,6 +26,7 @@ POST /_fake/clock      ``{"advance_s": n}``;  POST /_fake/reset  clear records
 GET  /_fake/outbound   ``?conversation_id=&since=``;  GET /_fake/acks  ``?since=``;  GET /_fake/requests
 GET  /_fake/unknown_routes  REST calls to a method and path the fake does not serve (``?since=``)
 GET  /_fake/connections, /_fake/open_requests, /_fake/pings
+GET  /_fake/media/<id>  an uploaded picture or file (for the web chat), by its mediaId
 GET  /_fake/events     websocket (or SSE without an upgrade) of event dicts; ``?replay=1`` sends recent ones
 ====================  ======================================================================================
 """

@@ -114,6 +114,8 @@ def guard_middleware(policy: HostPolicy) -> Middleware:
             and request.can_read_body
             and not _is_json(request.content_type)
             and request.content_type != "multipart/form-data"
+            # The web chat's file upload: raw bytes, a type no cross-site form can send without a preflight.
+            and not (request.path == "/sandbox/upload" and request.content_type == "application/octet-stream")
         ):
             return _refuse(f"send JSON with Content-Type: application/json, not {request.content_type}", 415)
         return await handler(request)

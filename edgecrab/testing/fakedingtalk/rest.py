@@ -1,4 +1,5 @@
-"""The OpenAPI side: access tokens, proactive sends (batchSend, groupMessages/send), media download/upload.
+"""The OpenAPI side: access tokens, proactive sends (batchSend, groupMessages/send), media download/upload
+(the upload rules and the mediaId checks of sends: :mod:`uploads`).
 
 Every ``/v1.0/`` call but the token and gateway ones needs ``x-acs-dingtalk-access-token``: a missing, expired
 or other app's token answers ``400 InvalidAuthentication``. ``msgParam`` must be a JSON *string* whose keys
@@ -8,13 +9,15 @@ match ``msgKey``. Error codes not seen in the wild are marked "inferred" in :mod
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import secrets
 from typing import Any
 
 from aiohttp import web
 
-from edgecrab.testing.fakedingtalk import wire
+from edgecrab.testing.fakedingtalk import uploads, wire
 from edgecrab.testing.fakedingtalk.faults import FaultPlan
 from edgecrab.testing.fakedingtalk.models import FakeApp, OutboundRecord
 from edgecrab.testing.fakedingtalk.state import FakeState, MediaBlob
@@ -113,6 +116,18 @@ def guarded(handler: Any) -> Any:
 
     return run
 
+_URL_SECRET = secrets.token_bytes(16)
+
+
+def _sign(key: str, expires: float) -> str:
+    mac = hmac.new(_URL_SECRET, f"{key}\n{int(expires)}".encode(), hashlib.sha1).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def _oss_error(status: int, code: str, message: str) -> web.Response:
+    body = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    return web.Response(status=status, body=body.encode(), content_type="application/xml")
+
 
 class RestApi:
     def __init__(self, state: FakeState, faults: FaultPlan) -> None:
@@ -128,6 +143,7 @@ class RestApi:
             web.post("/v1.0/robot/messageFiles/download", wrap(self.download)),
             web.get("/files/{key}", self.serve_file),
             web.post("/media/upload", self.media_upload),
+            web.get("/_fake/media/{media_id}", uploads.serve_upload(self.state)),
         ]
 
     # tokens -----------------------------------------------------------------------------------------------
@@ -171,6 +187,12 @@ class RestApi:
             raise _invalid(message.format(limit=limit), code)
         return size
 
+    def _media_checked(self, robot: FakeApp, msg_key: str, param: dict[str, Any]) -> dict[str, Any]:
+        problem = uploads.send_media_problem(self.state, robot.client_id, msg_key, param)
+        if problem:  # code inferred
+            raise _invalid(problem, "InvalidParameter.mediaId")
+        return param
+
     # sends ------------------------------------------------------------------------------------------------
     async def batch_send(self, request: web.Request) -> web.Response:
         caller = self.caller(request)
@@ -183,7 +205,7 @@ class RestApi:
         if len(user_ids) > MAX_BATCH_USERS:
             raise _invalid(f"at most {MAX_BATCH_USERS} userIds per call", "InvalidParameter.userIds")
         size = await self._check_size(request)
-        param = parse_msg_param(msg_key, msg_param)
+        param = self._media_checked(robot, msg_key, parse_msg_param(msg_key, msg_param))
         staff = self.state.staff(robot.corp_id)
         invalid = [u for u in user_ids if u not in staff]
         throttled = [u for u in user_ids if u in staff and u in self.faults.flow_control]
@@ -225,7 +247,7 @@ class RestApi:
         cid = require(body, "openConversationId")
         msg_key, msg_param = require(body, "msgKey"), require(body, "msgParam")
         size = await self._check_size(request)
-        param = parse_msg_param(msg_key, msg_param)
+        param = self._media_checked(robot, msg_key, parse_msg_param(msg_key, msg_param))
         if cid not in self.state.groups:  # code inferred: the robot is not in that group
             raise _invalid(
                 f"openConversationId {cid!r} is not a group this robot is in",
@@ -260,14 +282,32 @@ class RestApi:
         blob = self.state.media.get(require(body, "downloadCode"))
         if blob is None or blob.app != robot.client_id:  # codes belong to the robot that received them
             raise _invalid("downloadCode is invalid for this robot", "InvalidParameter.downloadCode")
-        key = secrets.token_urlsafe(18)
-        self.state.files[key] = blob
-        return wire.json_response({"downloadUrl": f"{self.state.base_url}/files/{key}"})
+        settings, key = self.state.settings, secrets.token_urlsafe(18)
+        expires = self.state.now() + settings.download_ttl_s
+        if settings.expire_downloads > 0:
+            settings.expire_downloads -= 1
+            expires = self.state.now() - 1
+        self.state.files[key] = (blob, expires)
+        self.state.counters["download_urls"] += 1
+        signature = _sign(key, expires)
+        base = settings.download_base or self.state.base_url
+        query = f"Expires={int(expires)}&OSSAccessKeyId=fake&Signature={signature}"
+        return wire.json_response({"downloadUrl": f"{base}/files/{key}?{query}"})
 
     async def serve_file(self, request: web.Request) -> web.Response:
-        blob = self.state.files.get(request.match_info["key"])
-        if blob is None:
-            return web.Response(status=404, text="NoSuchKey")
+        """An OSS pre-signed URL: the signature covers the headers, so a ``Content-Type`` breaks it."""
+        key = request.match_info["key"]
+        found = self.state.files.get(key)
+        if found is None:
+            return _oss_error(404, "NoSuchKey", "The specified key does not exist.")
+        blob, expires = found
+        if request.headers.get("Content-Type") or request.query.get("Signature") != _sign(key, expires):
+            self.state.counters["files_refused"] += 1
+            return _oss_error(403, "SignatureDoesNotMatch", "The request signature we calculated does not "
+                              "match the signature you provided.")
+        if self.state.now() > expires:
+            self.state.counters["files_refused"] += 1
+            return _oss_error(403, "AccessDenied", "Request has expired.")
         self.state.counters["files_served"] += 1
         return web.Response(
             body=blob.content,
@@ -288,6 +328,9 @@ class RestApi:
         if not isinstance(media, web.FileField):
             return wire.legacy_error(40035, "不合法的参数: missing media")
         content = media.file.read()
+        problem = uploads.upload_problem(self.state, media_type, content)
+        if problem is not None:
+            return wire.legacy_error(*problem)
         media_id = "@lA" + base64.urlsafe_b64encode(secrets.token_bytes(18)).decode()
         self.state.uploads[media_id] = MediaBlob(app.client_id, content, media.content_type, media.filename)
         self.state.counters["uploads"] += 1

@@ -136,7 +136,7 @@ class FakeDingTalk(FakeActions):
             raise
         self._port = sock.getsockname()[1]
         app = web.Application(
-            middlewares=[guard_middleware(self.hosts), self._middleware], client_max_size=16 << 20
+            middlewares=[guard_middleware(self.hosts), self._middleware], client_max_size=24 << 20
         )
         app.add_routes(
             self.gateway.routes()

@@ -41,9 +41,13 @@ class Settings:
     deliver_unmentioned: bool = False  # real DingTalk never pushes a group message that does not @ the robot
     kick_older: bool = False  # "a newer connection kicks the older one" mode (reports conflict, see 1.4)
     media_size: int = 2048  # default size of generated media bytes
+    upload_limit: int = 20 * 1024 * 1024  # media/upload: largest image, video or file (DingTalk: 20 MB)
     duplicate_after_ack: float = 0.0
     zombie: bool = False
     callback_url: str = ""  # HTTP-callback mode: robot messages are signed and POSTed here, not streamed
+    download_ttl_s: float = 300.0  # how long a messageFiles/download URL works
+    download_base: str = ""  # where download URLs point ("": this fake); tests point it elsewhere (a canary)
+    expire_downloads: int = 0  # the next this many download URLs are issued already expired
 
 
 @dataclass
@@ -97,7 +101,7 @@ class FakeState:
         self.clock_offset = 0.0
         self.sessions: dict[str, WebhookSession] = {}
         self.media: dict[str, MediaBlob] = {}  # downloadCode -> blob
-        self.files: dict[str, MediaBlob] = {}  # download URL key -> blob
+        self.files: dict[str, tuple[MediaBlob, float]] = {}  # download URL key -> (blob, expiry, fake clock)
         self.uploads: dict[str, MediaBlob] = {}  # media_id -> blob
         self.tokens: dict[str, TokenInfo] = {}
         self.groups: dict[str, Group] = {}

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edgecrab.testing.fakedingtalk import wire
+from edgecrab.testing.fakedingtalk import uploads, wire
 from edgecrab.testing.fakedingtalk.faults import FaultPlan
 from edgecrab.testing.fakedingtalk.models import OutboundRecord
 from edgecrab.testing.fakedingtalk.state import FakeState
@@ -90,6 +90,10 @@ class WebhookApi:
             return _bad(problem)
         msgtype = body["msgtype"]
         part = body[msgtype]
+        if msgtype == "markdown":
+            problem = uploads.markdown_media_problem(self.state, session.app, part["text"])
+            if problem:
+                return _bad(problem)  # a markdown image of an unknown or another app's mediaId; code inferred
         at = body.get("at") or {}
         dm_user = (
             [session.sender_staff_id] if session.conversation_type == "1" and session.sender_staff_id else []

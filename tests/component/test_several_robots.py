@@ -1,0 +1,121 @@
+"""Several robots in one gateway (issue 20) against the fake DingTalk over real sockets: each robot answers
+the messages sent to it with its own app's token (the fake refuses a token of another app on every send
+endpoint), hooks see the robot's name, the same person has one session per robot, ``gateway.send`` picks
+the robot, and one robot's connection going down leaves the other answering."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgecrab import hookimpl
+from edgecrab.config import Config, HooksConfig
+from edgecrab.dingtalk.stream import CONNECTED
+from edgecrab.events import Message
+from edgecrab.hooks.manager import HookManager
+from edgecrab.testing.fakedingtalk import FakeApp, FakeDingTalk
+from tests.component.gwkit import ScriptedAgent, make_config, quiescent, running_gateway
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+SALES = FakeApp("ding_sales_key", "sales_secret_value", name="Sales")
+HELP = FakeApp("ding_help_key", "help_secret_value", name="Helpdesk")
+
+
+def two_robots(fake: FakeDingTalk, tmp_path: Path, **sales: Any) -> Config:
+    """Robots ``sales`` and ``help``, each its own app; replies through the OpenAPI (a sessionWebhook's URL
+    is its own credential: only OpenAPI sends show which token a robot uses)."""
+    base = make_config(fake, tmp_path, webhook_expiry_margin_s=10**9)
+    robots = [
+        replace(base.dingtalk, name=name, app_key=app.client_id, app_secret=app.client_secret,
+                robot_code=app.robot_code)
+        for name, app in (("sales", SALES), ("help", HELP))
+    ]
+    return replace(base, dingtalk=replace(robots[0], **sales), other_robots=(robots[1],))
+
+
+def rejected_sends(fake: FakeDingTalk) -> list[Any]:
+    return [r for r in fake.requests if "/robot/" in r.path and r.status != 200]
+
+
+async def test_each_robot_answers_with_its_own_app_and_its_own_sessions(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    class Watch:
+        @hookimpl
+        async def message_received(self, message: Message) -> None:
+            seen.append(message.robot)
+
+    hooks = HookManager.load(HooksConfig(entry_points=False), builtins=[("watch", Watch())])
+    agent = ScriptedAgent()
+    async with FakeDingTalk(apps=[SALES, HELP]) as fake:
+        user = fake.user("user1001")
+        async with running_gateway(two_robots(fake, tmp_path), agent, hooks=hooks) as gw:
+            await fake.wait_for_connections(2)
+            assert sorted(c.app for c in fake.connections) == sorted([SALES.client_id, HELP.client_id])
+            to_sales = fake.dm(user, "hi sales", app=SALES)
+            to_help = fake.dm(user, "hi help", app=HELP)
+            await fake.push(to_sales, app=SALES)
+            await fake.push(to_help, app=HELP)
+            await fake.wait_for_outbound(2)
+            await quiescent(fake, gw)
+
+            [sales_reply] = fake.messages_for(to_sales["conversationId"])
+            [help_reply] = fake.messages_for(to_help["conversationId"])
+            assert (sales_reply.app, sales_reply.via, sales_reply.text) == (
+                SALES.client_id, "batchSend", "You said: hi sales")
+            assert (help_reply.app, help_reply.via, help_reply.text) == (
+                HELP.client_id, "batchSend", "You said: hi help")
+            assert rejected_sends(fake) == []
+            assert sorted(seen) == ["help", "sales"]
+            # The same person, two robots: two sessions, each robot's own.
+            keys = sorted(r.session_key for r in agent.requests)
+            assert [k.split(":")[0] for k in keys] == ["help", "sales"]
+            assert keys[0].split(":", 1)[1] == keys[1].split(":", 1)[1]
+
+            # Proactive sends go out as the robot named, with its token.
+            await gw.send(robot="help", user=user.staff_id, text="ticket closed")
+            await gw.send(user=user.staff_id, text="new offer")  # no robot: the first one
+            await quiescent(fake, gw)
+            sent = {r.text: r.app for r in fake.outbound if r.via == "batchSend"}
+            assert sent["ticket closed"] == HELP.client_id and sent["new offer"] == SALES.client_id
+            with pytest.raises(ValueError, match="unknown robot 'nope': the robots here are 'sales', 'help'"):
+                await gw.send(robot="nope", user=user.staff_id, text="x")
+            assert rejected_sends(fake) == []
+
+
+async def test_the_fake_refuses_a_token_of_another_app(tmp_path: Path) -> None:
+    """What makes the test above able to fail: the help robot's code sent with the sales app's token."""
+    async with FakeDingTalk(apps=[SALES, HELP]) as fake:
+        config = two_robots(fake, tmp_path)
+        mixed = replace(config, dingtalk=replace(config.dingtalk, robot_code=HELP.robot_code))
+        async with running_gateway(mixed, ScriptedAgent()) as gw:
+            await gw.send(user=fake.user("user1001").staff_id, text="hi")
+            await fake.wait_for(lambda: bool(rejected_sends(fake)))
+            assert rejected_sends(fake)[0].status == 400 and not fake.outbound
+
+
+async def test_one_robot_offline_the_other_keeps_answering(tmp_path: Path) -> None:
+    async with FakeDingTalk(apps=[SALES, HELP]) as fake:
+        config = two_robots(fake, tmp_path, reconnect_initial_s=1.0, reconnect_max_s=1.0)
+        user = fake.user("user1001")
+        async with running_gateway(config, ScriptedAgent()) as gw:
+            await fake.wait_for_connections(2)
+            sales = gw.robots["sales"]
+            assert sales.stream is not None
+            await fake.abort(app=SALES.client_id)
+            stream = sales.stream
+            await fake.wait_for(lambda: stream.state != CONNECTED)
+            to_help = fake.dm(user, "still there?", app=HELP)
+            await fake.push(to_help, app=HELP)
+            await fake.wait_for(lambda: bool(fake.messages_for(to_help["conversationId"])))
+            assert sales.stream.state != CONNECTED  # answered while the other robot was offline
+            assert gw.ops.status()["robots"]["sales"]["connection"]["state"] != CONNECTED
+            # It comes back and answers what was sent to it meanwhile.
+            to_sales = fake.dm(user, "back?", app=SALES)
+            await fake.push(to_sales, app=SALES)
+            await fake.wait_for(lambda: bool(fake.messages_for(to_sales["conversationId"])), timeout=10)
+            assert fake.messages_for(to_sales["conversationId"])[0].app == SALES.client_id

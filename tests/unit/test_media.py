@@ -1,0 +1,125 @@
+"""Inbound media units: the download allow-list, MIME sniffing, file names, the cleanup, the rendering."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from edgecrab.config import MediaConfig
+from edgecrab.events import Attachment, Conversation, Message, Part, Sender
+from edgecrab.media.files import MediaFiles, sniff
+from edgecrab.media.guard import DownloadGuard
+from edgecrab.media.images import prepare_image
+from edgecrab.media.render import STORED_PREFIX, Renderer
+
+GUARD = DownloadGuard("http://127.0.0.1:9000", ["files.example.com", "10.0.0.5:8443"])
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://down.dingtalk.com/x?sig=1", True),
+        ("https://bucket.oss-cn-hangzhou.aliyuncs.com/a.png", True),
+        ("http://127.0.0.1:9000/files/k", True),  # api_base
+        ("https://files.example.com/a", True),
+        ("https://10.0.0.5:8443/a", True),
+        ("http://127.0.0.1:9001/files/k", False),  # another port on loopback: the canary
+        ("http://down.dingtalk.com/x", False),  # plain http off loopback
+        ("https://dingtalk.com.evil.net/x", False),
+        ("https://evildingtalk.com/x", False),
+        ("https://down.dingtalk.com:8443/x", False),
+        ("https://169.254.169.254/latest", False),
+        ("file:///etc/passwd", False),
+        ("not a url at all", False),
+    ],
+)
+def test_download_guard(url: str, allowed: bool) -> None:
+    assert (GUARD.refusal(url) == "") is allowed
+
+
+def test_sniff_reads_bytes_not_names() -> None:
+    assert sniff(b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "notes.txt") == "image/png"
+    assert sniff(b"# title\n", "notes.md") == "text/markdown"
+    assert sniff(b'{"a": 1}', "x.json") == "application/json"
+    assert sniff(b"print(1)\n", "x.py").startswith("text/")
+    assert sniff(b"\x00\x01\x02binary", "x.txt") == "application/octet-stream"
+
+
+def test_files_are_private_and_names_cannot_escape(tmp_path: Path) -> None:
+    files = MediaFiles(str(tmp_path / "media"), keep_hours=1)
+    path, fd = files.create("../../etc/passwd")
+    os.close(fd)
+    assert path.parent == tmp_path / "media" and "/" not in path.name[13:]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+    fresh, fd = files.create("new.txt")
+    os.close(fd)
+    assert files.cleanup() == 1
+    assert not path.exists() and fresh.exists()
+
+
+def test_large_pictures_are_scaled_down(tmp_path: Path) -> None:
+    big = tmp_path / "big.bmp"
+    Image.new("RGB", (3000, 2000), "blue").save(big, "BMP")
+    path, mime = prepare_image(str(big), "image/bmp", 1_000_000)
+    assert mime == "image/jpeg" and path.endswith(".vision.jpg")
+    with Image.open(path) as image:
+        assert image.size[0] * image.size[1] <= 1_000_000
+    small = tmp_path / "small.png"
+    Image.new("RGB", (10, 10)).save(small, "PNG")
+    assert prepare_image(str(small), "image/png", 1_000_000) == (str(small), "image/png")
+
+
+def _message(tmp_path: Path) -> Message:
+    picture = tmp_path / "p.png"
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(out, "PNG")
+    picture.write_bytes(out.getvalue())
+    att = Attachment(
+        "picture", "code1", "p.png", path=str(picture), mime="image/png", size=len(out.getvalue())
+    )
+    return Message(
+        id="m1",
+        robot="r",
+        conversation=Conversation("c", False),
+        sender=Sender("u"),
+        text="before\nafter",
+        msgtype="richText",
+        attachments=(att,),
+        parts=(Part("text", "before"), Part("picture", download_code="code1"), Part("text", "after")),
+    )
+
+
+@pytest.mark.anyio
+async def test_rich_text_keeps_its_order_and_the_history_needs_no_download(tmp_path: Path) -> None:
+    renderer = Renderer(MediaConfig(), vision=True, parts=True)
+    rendered = await renderer.render(_message(tmp_path))
+    assert isinstance(rendered.content, list)
+    assert [p["type"] for p in rendered.content] == ["text", "image_url", "text"]
+    assert rendered.content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert rendered.stored.startswith(STORED_PREFIX)
+    assert await renderer.stored_content(rendered.stored) == rendered.content
+    (tmp_path / "p.png").unlink()  # deleted after keep_hours: a note takes its place
+    later = await renderer.stored_content(rendered.stored)
+    assert isinstance(later, list) and "no longer kept" in later[1]["text"]
+
+
+@pytest.mark.anyio
+async def test_without_vision_the_content_stays_a_string(tmp_path: Path) -> None:
+    rendered = await Renderer(MediaConfig(), vision=False, parts=True).render(_message(tmp_path))
+    assert (
+        rendered.content
+        == "before\n\n[picture: the user sent a picture; this agent cannot see pictures]\n\nafter"
+    )
+    assert rendered.stored == rendered.content
+    text = await Renderer(MediaConfig(), vision=True, parts=False).render(_message(tmp_path))
+    assert isinstance(text.content, str) and "[picture: p.png (image/png" in text.content
+    assert text.attachments[0]["path"].endswith("p.png")
