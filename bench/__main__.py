@@ -21,14 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import mediabench, scenarios
+from bench import mediabench, replicas, scenarios
 from bench.contenders import ALL, ROOT
 from bench.fakes import LlmServer, make_users
 from bench.plan import FULL, SMOKE
 from bench.report import MISS, Line, table, write_json
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
-KEYS = ("1a", "1b", "2", "3", "4", "5", "6", "7")
+KEYS = ("1a", "1b", "2", "3", "4", "5", "6", "7", "8")
 
 
 def machine() -> dict[str, Any]:
@@ -157,6 +157,7 @@ def run_all(ctx: scenarios.Context, only: list[str]) -> tuple[dict[str, Any], li
         ("4", "memory", lambda: scenarios.memory(ctx)),
         ("6", "cards", lambda: scenarios.cards(ctx)),
         ("7", "media", lambda: mediabench.media(ctx)),
+        ("8", "replicas", lambda: replicas.replicas(ctx, agent_url())),
     ]
     try:
         for key, name, step in steps:

@@ -1,6 +1,7 @@
 """Coordination between gateway replicas, as the session runner sees it: one run per session cluster-wide,
-the session's queue in arrival order across replicas, and ``/stop``, ``/new`` and interrupts reaching the
-replica that runs a session.
+the session's queue in arrival order across replicas, ``/stop``, ``/new`` and interrupts reaching the
+replica that runs a session; a conversation's chunks sent by one replica at a time (the delivery lease);
+a dead replica's unfinished messages and unsent chunks taken over by the live ones.
 
 The store provides it (:meth:`edgecrab.store.base.Store.coordination`): one process on SQLite gets
 :class:`LocalCoordination`, which does nothing (the runner's own per-session worker already serializes a
@@ -28,6 +29,15 @@ OnSignal = Callable[[str, str], Awaitable[None]]
 """on_signal(session_key, what): another replica sent ``what`` for a session."""
 
 
+class NotFirst(Exception):
+    """Raised by :meth:`Coordination.hold`: another of this replica's queued messages, ``msg_id``, comes
+    first in the session's queue (it arrived earlier, or was taken over from a dead replica)."""
+
+    def __init__(self, msg_id: str) -> None:
+        super().__init__(msg_id)
+        self.msg_id = msg_id
+
+
 def replica_id() -> str:
     """This process's name among the replicas: ``$EDGECRAB_REPLICA_ID``, or host name, pid and a random tag
     (a restarted process is a new replica: the old one's leases expire on their own)."""
@@ -39,6 +49,9 @@ def replica_id() -> str:
 
 class Coordination(Protocol):
     replica_id: str
+    shared: bool
+    """True when other replicas share the store (Redis): the failover sweep runs
+    (:mod:`edgecrab.failover`)."""
 
     async def run(
         self, on_signal: OnSignal, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -49,10 +62,13 @@ class Coordination(Protocol):
     async def enqueue(self, key: str, msg_id: str) -> None:
         """Put a message in the session's cluster-wide queue (in arrival order; once)."""
 
-    def hold(self, key: str, msg_id: str, given_up: Callable[[], bool]) -> AbstractAsyncContextManager[None]:
-        """``async with coord.hold(key, msg_id, given_up)``: wait until ``msg_id`` heads the session's queue
-        and this replica holds the session's lease (renewed while held), or ``given_up()`` turns true; on
-        exit the message leaves the queue and the lease is released."""
+    def hold(
+        self, key: str, msg_id: str, given_up: Callable[[], bool], queued: Callable[[str], bool] = ...
+    ) -> AbstractAsyncContextManager[None]:
+        """``async with coord.hold(key, msg_id, given_up, queued)``: wait until ``msg_id`` heads the
+        session's queue and this replica holds the session's lease (renewed while held), or ``given_up()``
+        turns true; on exit the message leaves the queue and the lease is released. Raises
+        :class:`NotFirst` when another message this replica has queued (``queued(msg_id)``) comes first."""
         ...
 
     async def waiting(self, key: str) -> int:
@@ -65,9 +81,41 @@ class Coordination(Protocol):
     async def signal(self, key: str, what: str) -> None:
         """Tell the other replicas: ``what`` (STOP, NEW, INTERRUPT) for session ``key``."""
 
+    async def take_delivery(self, conversation: str) -> bool:
+        """Take the conversation's delivery lease (renewed while held): True when this replica is to send
+        its unsent chunks, in order; False when another replica holds it (and will send ours too)."""
+        ...
+
+    async def give_delivery_back(self, conversation: str, *, finished: bool = True) -> bool:
+        """Release the delivery lease. ``finished``: only if the ledger holds nothing unsent for the
+        conversation; else the lease is kept and False returned (another replica recorded chunks and left
+        them to this one: send them too). Not ``finished`` (cancelled, failed): released as it is."""
+        ...
+
+    async def adopt(self, robot: str, *, starting: bool = False) -> list[str] | None:
+        """The unfinished messages this replica takes over, exactly once across replicas: those whose
+        replica is gone (``starting``: this replica's earlier life's too). None: no other replicas, every
+        unfinished message is this process's."""
+        ...
+
+    async def orphaned_conversations(self) -> list[str]:
+        """Conversations with unsent chunks and no live replica sending them."""
+        ...
+
+    async def reserve(self, bucket: str, rate: float, burst: float) -> float | None:
+        """A token from the rate-limit bucket every replica shares (DingTalk limits each app): the seconds
+        to wait for it; None without replicas (:class:`edgecrab.dingtalk.ratelimit.Buckets`)."""
+        ...
+
+
+def _no(msg_id: str) -> bool:
+    return False
+
 
 class LocalCoordination:
     """One process: nothing to coordinate."""
+
+    shared = False
 
     def __init__(self, replica: str = "") -> None:
         self.replica_id = replica or replica_id()
@@ -81,7 +129,9 @@ class LocalCoordination:
         return None
 
     @asynccontextmanager
-    async def hold(self, key: str, msg_id: str, given_up: Callable[[], bool]) -> AsyncIterator[None]:
+    async def hold(
+        self, key: str, msg_id: str, given_up: Callable[[], bool], queued: Callable[[str], bool] = _no
+    ) -> AsyncIterator[None]:
         yield
 
     async def waiting(self, key: str) -> int:
@@ -91,4 +141,19 @@ class LocalCoordination:
         return None
 
     async def signal(self, key: str, what: str) -> None:
+        return None
+
+    async def take_delivery(self, conversation: str) -> bool:
+        return True
+
+    async def give_delivery_back(self, conversation: str, *, finished: bool = True) -> bool:
+        return True
+
+    async def adopt(self, robot: str, *, starting: bool = False) -> list[str] | None:
+        return None if starting else []
+
+    async def orphaned_conversations(self) -> list[str]:
+        return []
+
+    async def reserve(self, bucket: str, rate: float, burst: float) -> float | None:
         return None

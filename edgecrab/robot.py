@@ -37,9 +37,13 @@ from edgecrab.dingtalk.convert import FrameError, decode_payload, to_message
 from edgecrab.dingtalk.fanout import Fanout
 from edgecrab.dingtalk.intake import Intake
 from edgecrab.dingtalk.markdown import reply_format
+from edgecrab.dingtalk.ratelimit import share
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import StreamClient
 from edgecrab.events import Message
+from edgecrab.failover import GAVE_UP_TEXT as GAVE_UP_TEXT  # re-exported: the gateway reads them here
+from edgecrab.failover import MAX_RUN_ATTEMPTS as MAX_RUN_ATTEMPTS
+from edgecrab.failover import Failover
 from edgecrab.hooks.manager import HookManager
 from edgecrab.media import MediaStage
 from edgecrab.ops.parts import GatewayParts
@@ -48,16 +52,10 @@ from edgecrab.replies.answers import Answers
 from edgecrab.replies.delivery import Delivery
 from edgecrab.replies.proactive import SendRequest, submit
 from edgecrab.replies.proactive import send as send_proactive
-from edgecrab.store.base import DONE, FAILED, InboxEntry, Store
+from edgecrab.store.base import DONE, FAILED, Store
 
 log = logging.getLogger("edgecrab.gateway")
 
-MAX_RUN_ATTEMPTS = 3
-"""Runs of one message started (and never finished: the process stopped) before it is given up on."""
-GAVE_UP_TEXT = (
-    "⚠️ Sorry — answering this message was interrupted {attempts} times (the gateway restarted), so I've "
-    "given up on it. Send it again if you still need an answer."
-)
 _DINGTALK_CONNECTIONS = 100
 """Connections to DingTalk at once, per robot (httpx's default pool size)."""
 
@@ -229,6 +227,21 @@ class Robot:
                 self.delivery.cancel(m.route, session_key=self.runner.key(m)) if m.route else _zero()
             ),
         )
+        self.failover = self._replicas()
+
+    def _replicas(self) -> Failover:
+        """Failover and rate limits shared by the replicas (without replicas: nothing to share or sweep)."""
+        coord = self.runner.coord
+        if coord.shared:
+            self.sender.share_limits(coord)
+            if self.cards is not None:
+                share(self.cards.client.limiter, coord, f"{self.dt.app_key}:card")
+        return Failover(
+            self.store, coord, self.name, read=lambda e: self._read_message(e.payload, None),
+            reply=lambda m, text: self.reply(m, text, self.runner.key(m)), requeue=self.intake.requeue,
+            wake=lambda c: self.delivery.wake(c) if self.delivery.resumes(c) else None,
+            every_s=self.config.storage.lease_s / 3,
+        )
 
     def own_stream(self, fanout: Fanout) -> None:
         """Open (when run) the Stream connection of this robot's app, for the robots of ``fanout`` (built
@@ -268,7 +281,8 @@ class Robot:
                 await tg.start(self.runner.run)
                 await tg.start(self.media.run)
                 self.commands.hook_commands = hook_commands
-                self.intake.requeue(await self._unfinished())
+                self.intake.requeue(await self.failover.unfinished())
+                tg.start_soon(self.failover.run)
                 tg.start_soon(self._ingest)
                 tg.start_soon(self.answers.run)
                 if self.stream is not None and self.dt.mode != "http":
@@ -307,30 +321,6 @@ class Robot:
         self.runner.hooks = self.commands.hooks = hooks
         self.commands.hook_commands = hook_commands
         log.info("%s", self.access.posture())
-
-    async def _unfinished(self) -> list[InboxEntry]:
-        """Messages the last run left unfinished, to process again; those whose runs were already started
-        ``MAX_RUN_ATTEMPTS`` times are given up on (a message that crashes the process on every start
-        must not keep it from ever getting up again) and their senders told so."""
-        entries = await self.store.inbox_unfinished(self.name)
-        again = [e for e in entries if e.attempts < MAX_RUN_ATTEMPTS]
-        if again:
-            log.info("[gateway] %s: picking up %d message(s) left unfinished by the last run", self.name,
-                     len(again))
-        for e in entries:
-            if e.attempts >= MAX_RUN_ATTEMPTS:
-                await self._give_up(e)
-        return again
-
-    async def _give_up(self, entry: InboxEntry) -> None:
-        reason = f"gave up after {entry.attempts} interrupted runs"
-        log.error("[gateway] message %s: %s; not running it again", entry.msg_id, reason)
-        await self.store.inbox_set_state(self.name, entry.msg_id, FAILED, reason)
-        try:
-            message = self._read_message(entry.payload, None, entry.stream_message_id)
-        except FrameError:
-            return  # unreadable: nobody to tell
-        await self.reply(message, GAVE_UP_TEXT.format(attempts=entry.attempts), self.runner.key(message))
 
 
 async def _zero() -> int:

@@ -8,9 +8,8 @@ like any other. With live replies (``reply_mode: card``, :mod:`edgecrab.core.liv
 it starts, streams the agent's text into it, and settles it as the run ends. The agent call lives in its own
 cancel scope: ``/stop``, ``/new`` and the ``interrupt`` policy cancel exactly that scope, which closes the
 backend's HTTP stream or kills its subprocess. They also bump the session's epoch, so a run stopped before
-or after its agent call sends nothing either. Replicas on Redis (:mod:`edgecrab.coordination`): a session's
-messages also wait in its queue across replicas, a run needs the session's lease, and /stop, /new and
-interrupts reach the replica running it.
+or after its agent call sends nothing either. Replicas (:mod:`edgecrab.coordination`): a session's messages
+wait in its queue across replicas, a run needs its lease; /stop, /new and interrupts reach its replica.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import anyio.abc
 from edgecrab.activity import QUEUED, REJECTED, RUN, message_event
 from edgecrab.agents.base import Agent
 from edgecrab.config import SessionsConfig
-from edgecrab.coordination import INTERRUPT, NEW, STOP, Coordination
+from edgecrab.coordination import INTERRUPT, NEW, STOP, Coordination, NotFirst
 from edgecrab.core import sessions as texts
 from edgecrab.core.agentcall import call_agent, failure_answer, run_crashed
 from edgecrab.core.agentcall import failure_text as failure_text  # re-exported: tests and hooks read it here
@@ -171,8 +170,10 @@ class Runner:
                 s.current, s.started, s.scope = item.message, time.monotonic(), anyio.CancelScope()
                 epoch = s.epoch
                 try:  # other replicas: wait for this message's turn in the session (or a /stop meanwhile)
-                    async with self.coord.hold(s.key, item.message.id, partial(s.moved_on, epoch)):
+                    async with self.coord.hold(s.key, item.message.id, partial(s.moved_on, epoch), s.queued):
                         await self._run_one(s, item, epoch, s.resets)
+                except NotFirst as first:  # another message of ours came first (cluster-wide arrival order)
+                    s.bring_forward(first.msg_id, item)
                 except Exception as exc:  # a storage error, a bug: the other sessions go on
                     await run_crashed(self.store, self._reply, item.message, s.key, exc)
                 finally:

@@ -81,6 +81,15 @@ class Session:
         """A /stop, /new or interrupt came since ``epoch``."""
         return self.epoch != epoch
 
+    def queued(self, msg_id: str) -> bool:
+        return any(i.message.id == msg_id for i in self.queue)
+
+    def bring_forward(self, msg_id: str, taken: QueuedMessage) -> None:
+        """``taken`` goes back to the front of the queue, and ``msg_id`` (queued) ahead of it."""
+        first = next(i for i in self.queue if i.message.id == msg_id)
+        self.queue.remove(first)
+        self.queue.extendleft([taken, first])
+
     def cancel(self) -> tuple[bool, list[Message]]:
         """Stop the run in flight (whatever phase it is in) and empty the queue."""
         dropped = [i.message for i in self.queue]

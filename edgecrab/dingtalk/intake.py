@@ -69,8 +69,16 @@ class Intake:
         ]
 
     def requeue(self, entries: list[InboxEntry]) -> None:
-        """Messages recorded by an earlier run, to process again (their payload is decoded later)."""
-        self._overflow.extend((e.msg_id, e.stream_message_id, e.payload, None) for e in entries)
+        """Messages recorded by an earlier run (or by a replica that died), to process again (their
+        payload is decoded later). Into the queue while it has room, so a waiting ingest task wakes."""
+        for e in entries:
+            item = (e.msg_id, e.stream_message_id, e.payload, None)
+            try:
+                if self._overflow:
+                    raise anyio.WouldBlock  # behind what already waits
+                self._send.send_nowait(item)
+            except anyio.WouldBlock:
+                self._overflow.append(item)
 
     async def get(self) -> Item:
         """The next message to process, in arrival order (the overflow once the queue is empty)."""

@@ -8,17 +8,33 @@ The bucket works by reservation: :meth:`RateLimiter.reserve` takes a token at on
 negative) and says how long the caller must wait before using it. Callers therefore leave in the order
 they arrived, without holding a lock while they sleep. Clock and sleep are injectable so tests can check
 the arithmetic without waiting.
+
+DingTalk's limits are per app, not per process: with replicas on Redis every limiter also has a
+:class:`Buckets` (the replicas' coordination, :mod:`edgecrab.store.redis_buckets`), which keeps the same
+bucket in Redis, shared by every replica (one script run per call; Redis's clock). If Redis cannot be
+reached the limiter falls back to its own bucket rather than stop sending.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import anyio
 
+log = logging.getLogger("edgecrab.dingtalk.ratelimit")
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class Buckets(Protocol):
+    async def reserve(self, bucket: str, rate: float, burst: float) -> float | None:
+        """Take one token from the shared bucket ``bucket``: the seconds to wait before acting on it, or
+        None when there are no shared buckets (one process)."""
+        ...
 
 
 class RateLimiter:
@@ -45,6 +61,10 @@ class RateLimiter:
         self._sleep = sleep
         self._tokens = self.burst
         self._updated = clock()
+        self.shared: Buckets | None = None
+        """Set with :func:`share`: the bucket lives there (every replica's calls count)."""
+        self.name = ""
+        self._shared_failing = False
 
     def _refill(self) -> None:
         now = self._clock()
@@ -64,6 +84,26 @@ class RateLimiter:
 
     async def acquire(self) -> None:
         """Wait until this caller may make one request."""
-        delay = self.reserve()
+        delay = await self._reserve_shared() if self.shared is not None and self.rate > 0 else None
+        if delay is None:
+            delay = self.reserve()
         if delay > 0:
             await self._sleep(delay)
+
+    async def _reserve_shared(self) -> float | None:
+        assert self.shared is not None
+        try:
+            delay = await self.shared.reserve(self.name, self.rate, self.burst)
+        except Exception as exc:  # Redis away: this replica's own bucket meanwhile
+            if not self._shared_failing:
+                log.warning("[dingtalk] shared rate limit %s unavailable (%s); limiting here", self.name, exc)
+            self._shared_failing = True
+            return None
+        self._shared_failing = False
+        return delay
+
+
+def share(limiter: RateLimiter, buckets: Buckets, name: str) -> RateLimiter:
+    """Keep ``limiter``'s bucket in ``buckets`` under ``name`` (the app and the API it limits)."""
+    limiter.shared, limiter.name = buckets, name
+    return limiter

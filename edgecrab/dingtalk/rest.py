@@ -32,7 +32,7 @@ import httpx
 
 from edgecrab.config import DingTalkConfig
 from edgecrab.dingtalk.outcomes import QUOTA_PAUSE_S, SendStats, log_failure
-from edgecrab.dingtalk.ratelimit import Clock, RateLimiter, Sleep
+from edgecrab.dingtalk.ratelimit import Buckets, Clock, RateLimiter, Sleep, share
 from edgecrab.dingtalk.robotapi import (
     BATCH_SEND_PATH,
     GROUP_SEND_PATH,
@@ -110,6 +110,7 @@ class DingTalkSender:
         self._timeout = config.send_timeout_s
         self._limiters: dict[str, RateLimiter] = {}
         self._webhook_limiter = RateLimiter(config.webhook_qps, clock=monotonic, sleep=sleep)
+        self._buckets: Buckets | None = None
         self._dead_webhooks: OrderedDict[str, None] = OrderedDict()
         self._quota_paused_until = 0.0
         self.backoff_policy = Backoff(config.send_retries + 1, BACKOFF_BASE_S, BACKOFF_CAP_S)
@@ -134,10 +135,18 @@ class DingTalkSender:
     def limiter(self, path: str) -> RateLimiter:
         """The shared limiter for one OpenAPI path (DingTalk counts QPS per app per API)."""
         if path not in self._limiters:
-            self._limiters[path] = RateLimiter(
-                self._config.openapi_qps, clock=self._monotonic, sleep=self._sleep
-            )
+            limiter = RateLimiter(self._config.openapi_qps, clock=self._monotonic, sleep=self._sleep)
+            if self._buckets is not None:
+                share(limiter, self._buckets, f"{self._config.app_key}:{path}")
+            self._limiters[path] = limiter
         return self._limiters[path]
+
+    def share_limits(self, buckets: Buckets) -> None:
+        """Replicas: keep every limiter's bucket in ``buckets`` (DingTalk's limits are per app)."""
+        self._buckets = buckets
+        share(self._webhook_limiter, buckets, f"{self._config.app_key}:webhook")
+        for path, limiter in self._limiters.items():
+            share(limiter, buckets, f"{self._config.app_key}:{path}")
 
     async def aclose(self) -> None:
         if self._owns_client:

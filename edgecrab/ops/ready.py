@@ -9,6 +9,8 @@
   In http mode (``platforms.dingtalk.mode: http``) there is no Stream connection and no ``stream`` check.
 * ``token``: the sender's token cache has a token or can fetch one (the cached one costs nothing).
 * ``store``: the store accepts a write (one small key/value row).
+* ``redis`` (a Redis store only): Redis answers a ``PING`` (on the ack path's connections, which give up
+  within a second); else why not (refused, timed out), without the URL's password.
 * ``sends``: fewer than :data:`FAILED_SENDS_IN_A_ROW` reply messages failed since the last one accepted.
 
 Each check is bounded by :data:`CHECK_TIMEOUT_S`; the answer never includes a secret or message text.
@@ -37,6 +39,8 @@ async def readiness(parts: GatewayParts) -> dict[str, str]:
         "store": await _bounded(_store(parts), "no write within"),
         "sends": _sends(parts),
     }
+    if parts.store.server:
+        checks[parts.store.server] = await _bounded(_ping(parts), "no answer within")
     if parts.mode == "http":  # no Stream connection: DingTalk POSTs, nothing to be deaf on
         return checks
     return {"stream": _stream(parts), **checks}
@@ -66,6 +70,14 @@ async def _store(parts: GatewayParts) -> str:
         await parts.store.kv_set(PROBE_KEY, str(time.time()))
     except Exception as exc:
         return f"write failed: {type(exc).__name__}: {exc}"
+    return "ok"
+
+
+async def _ping(parts: GatewayParts) -> str:
+    try:
+        await parts.store.ping()
+    except Exception as exc:  # StoreUnavailableError names the server without its password
+        return str(exc)  # "[store] Redis at redis://host:port is unreachable: ..."
     return "ok"
 
 

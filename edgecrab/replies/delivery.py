@@ -17,6 +17,10 @@ it. The next reply's chunks, just recorded, then go to a new sender as they are,
 back from the store (one query a reply, in the profile of 1a). Only where this process is the store's
 sole writer (:attr:`edgecrab.store.base.Store.sole_writer`; not with Redis, where replicas share it).
 
+Replicas on Redis: a sender first takes the conversation's delivery lease (:mod:`edgecrab.coordination`),
+so one replica at a time sends its chunks. A replica that finds the lease held leaves its chunks to the
+holder, which gives the lease back only when the ledger holds nothing unsent for the conversation.
+
 ``/stop`` and ``/new`` call :meth:`Delivery.cancel`: the unsent chunks are marked cancelled in the ledger
 and the conversation's epoch is bumped, so a worker that has already read them re-reads the ledger
 before its next send (and gives up waiting to retry one).
@@ -36,6 +40,7 @@ from edgecrab.activity import reply_line
 from edgecrab.events import Message, ReplyRoute
 from edgecrab.replies.conversations import ConversationMemory
 from edgecrab.replies.format import Format, PreparedReply, conversation_key, prepare_reply
+from edgecrab.replies.inflight import InFlight
 from edgecrab.replies.resplit import TOO_LONG_CODES, Resplits
 from edgecrab.replies.wire import Wire
 from edgecrab.store.base import PENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
@@ -91,6 +96,8 @@ class Delivery:
         self._handed: dict[str, tuple[int, list[OutboxChunk]]] = {}
         """Chunks handed to a sender about to start, with the conversation's epoch at that moment."""
         self._resplits = Resplits(store)
+        self._coord = store.coordination()  # replicas: one at a time sends a conversation's chunks
+        self._inflight = InFlight(store)
         self._via: dict[str, str] = {}
         """The route the last sent chunk of each unfinished reply took (for its log line)."""
         self._wire = Wire()
@@ -144,7 +151,7 @@ class Delivery:
             ckey = prepared.conversation_key
             if ckey not in self._workers and self._tg is not None and self._memory.take_settled(ckey):
                 self._handed[ckey] = (self._epochs.get(ckey, 0), list(prepared.chunks))
-            self._wake(ckey)
+            self.wake(ckey)
 
     async def cancel(self, route: ReplyRoute, *, session_key: str | None = None) -> int:
         """Drop unsent chunks (``/stop``, ``/new``: nothing more of that answer is sent).
@@ -193,14 +200,14 @@ class Delivery:
             pending = [c for c in await self.store.outbox_pending() if self.resumes(c.conversation_key)]
             for ckey in dict.fromkeys(c.conversation_key for c in pending):
                 log.info("[delivery] resuming unsent chunks for %s", ckey)
-                self._wake(ckey)
+                self.wake(ckey)
             task_status.started()
             try:
                 await anyio.sleep_forever()
             finally:
                 self._wire.stopping()  # every worker is being cancelled; sends on the wire may finish
 
-    def _wake(self, ckey: str) -> None:
+    def wake(self, ckey: str) -> None:
         event = self._workers.get(ckey)
         if event is not None:
             event.set()
@@ -212,8 +219,10 @@ class Delivery:
         self._tg.start_soon(self._worker, ckey)
 
     async def _worker(self, ckey: str) -> None:
+        held = False
         try:
-            while True:
+            held = await self._coord.take_delivery(ckey)  # False: another replica sends them, ours too
+            while held:
                 woken = self._workers[ckey] = anyio.Event()
                 handed = self._handed.pop(ckey, None)
                 if handed is not None:
@@ -223,20 +232,21 @@ class Delivery:
                         await cancelling.wait()
                     epoch = self._epochs.get(ckey, 0)
                     pending = await self.store.outbox_pending(ckey)
-                if not pending:
-                    if woken.is_set():
-                        continue  # chunks were added while we looked: look again
-                    self._memory.settle(ckey)
-                    return
+                sent_all = True
                 for chunk in pending:
                     if not await self._deliver(chunk, epoch):
+                        sent_all = False
                         break  # cancelled, or the rest of the reply was given up: re-read the ledger
-                else:
-                    if not woken.is_set():
+                # Done when nothing was recorded meanwhile (here, or by a replica that left it to us).
+                if (sent_all or not pending) and not woken.is_set():
+                    if await self._coord.give_delivery_back(ckey):
+                        held = False
                         self._memory.settle(ckey)
-                        return  # all sent, and nothing was recorded for this conversation meanwhile
         finally:
             self._workers.pop(ckey, None)
+            if held:  # cancelled or crashed: a live replica's failover sweep sends the rest
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    await self._coord.give_delivery_back(ckey, finished=False)
 
     def _cancelled(self, chunk: OutboxChunk, epoch: int) -> bool:
         return self._epochs.get(chunk.conversation_key, 0) != epoch
@@ -258,6 +268,8 @@ class Delivery:
             await self._memory.pace(chunk.conversation_key)
             if self._cancelled(chunk, epoch):
                 return False
+            if await self._inflight.sent_elsewhere(chunk):  # replicas: its sender died mid-send
+                break
             mention = chunk.mention and not any(p.strip() for p in pieces[1:])  # on the last piece
             outcome, error = await self._send(chunk, route, pieces[0].rstrip(), mention, epoch)
             if outcome == _OK:

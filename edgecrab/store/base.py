@@ -164,6 +164,14 @@ class Store(abc.ABC):
         (:mod:`edgecrab.coordination`)."""
         return LocalCoordination()
 
+    server: str = ""
+    """The server a network-backed store talks to (``redis``): ``/readyz`` has a check by that name
+    (:meth:`ping`). Empty for an embedded store."""
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailableError` (saying why) when the store's server cannot be reached."""
+        return None
+
     async def maintain(self) -> None:
         """Periodic upkeep the gateway runs every second or so, off its event loop where it can (SQLite:
         the WAL checkpoint). Nothing by default."""

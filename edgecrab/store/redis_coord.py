@@ -10,6 +10,8 @@ Keys (``P`` = ``storage.prefix``; docs/redis.md lists them all):
   last renewal (every third of that, while the replica lives).
 * ``P replica:<id>`` string: the replica is alive; same expiry. The head of a queue whose replica is gone
   (SIGKILLed) is skipped once its lease expired, so the session never wedges.
+* ``P deliver:<conversation>`` string: the replica sending the conversation's chunks (one at a time, in
+  order); same expiry. Released when the ledger holds nothing unsent for the conversation.
 * ``P signals`` pub/sub channel: ``{"what", "key", "from"}``; ``free`` says a session's lease was released
   (waiters try again at once instead of at their next poll).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -26,54 +29,35 @@ import anyio
 import anyio.abc
 import redis.asyncio
 
-from edgecrab.coordination import OnSignal
+from edgecrab.coordination import NotFirst, OnSignal
+from edgecrab.store import redis_buckets
 from edgecrab.store import redis_rows as rows
+from edgecrab.store.redis_coord_lua import (
+    ACQUIRE,
+    ADOPT,
+    ENQUEUE,
+    GIVE_DELIVERY_BACK,
+    ORPHANS,
+    RELEASE,
+    RENEW,
+    TAKE_DELIVERY,
+)
 
 log = logging.getLogger("edgecrab.store.redis")
 
 POLL_S = 0.25
 """A waiting run asks again this often even when no ``free`` signal came (a missed pub/sub message)."""
 FREE = "free"
+STALE_S = 5.0
+"""An entry of this replica's at the head of a session's queue for a message it does not have queued is
+dropped after this long (it is being submitted meanwhile, normally for microseconds)."""
+ADOPT_LOOKED_AT = 5000
+"""Unfinished messages one sweep looks at (the oldest first) for those whose replica is gone."""
+ORPHANS_LOOKED_AT = 2000
+"""Unsent chunks one failover sweep looks at (the oldest first) for conversations nobody sends."""
 
-ENQUEUE = """
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
-return redis.call('LLEN', KEYS[1])
-"""
-
-# KEYS: queue, lease. ARGV: entry, replica, lease ms, replica-key prefix.
-# 1: acquired; 2: skipped a dead replica's head (ask again); 0: wait.
-ACQUIRE = """
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[2] then return 0 end
-local head = redis.call('LINDEX', KEYS[1], 0)
-if head == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-local owner = string.match(head, '^(.*)|[^|]*$')
-if owner and owner ~= ARGV[2] and redis.call('EXISTS', ARGV[4] .. owner) == 0 then
-  redis.call('LPOP', KEYS[1])
-  return 2
-end
-return 0
-"""
-
-# KEYS: queue, lease. ARGV: entry, replica.
-RELEASE = """
-redis.call('LREM', KEYS[1], 0, ARGV[1])
-if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
-return redis.call('LLEN', KEYS[1])
-"""
-
-# KEYS: the replica key, then the leases held. ARGV: replica, lease ms.
-RENEW = """
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
-for i = 2, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
-end
-return 1
-"""
+def _none(msg_id: str) -> bool:
+    return False
 
 
 class _Opened(Protocol):
@@ -85,13 +69,18 @@ class _Opened(Protocol):
 
 
 class RedisCoordination:
-    """Session leases, queues and signals for the replicas sharing ``store``'s Redis."""
+    """Session leases, queues, signals, delivery leases and failover for the replicas sharing ``store``'s
+    Redis."""
+
+    shared = True
 
     def __init__(self, store: _Opened, replica: str, lease_s: float) -> None:
         self.store, self.replica_id = store, replica
         self.lease_ms = max(int(lease_s * 1000), 1000)
         self.held: dict[str, int] = {}
         """Sessions whose lease this replica holds (how many holds), renewed by the heartbeat."""
+        self.delivering: set[str] = set()
+        """Conversations whose delivery lease this replica holds, renewed by the heartbeat."""
         self._free: dict[str, anyio.Event] = {}
         self.signals_received = 0
 
@@ -106,8 +95,15 @@ class RedisCoordination:
             return await self.store.client.eval(source, len(keys), *keys, *args)  # type: ignore[misc]
 
     # -- the runner's calls --------------------------------------------------------------------------
+    def _inbox(self, key: str) -> str:
+        """The inbox's key prefix for session ``key``'s robot (a session key starts with the robot code:
+        :func:`edgecrab.core.sessions.session_key`)."""
+        return self._key("inbox", key.split(":", 1)[0], "")
+
     async def enqueue(self, key: str, msg_id: str) -> None:
-        await self._script(ENQUEUE, [self._key("sessq", key)], [self._entry(msg_id)])
+        keys = [self._key("sessq", key), self._key("lease", key)]
+        args = [self._entry(msg_id), f"|{msg_id}", self._inbox(key), msg_id, self._key("replica", "")]
+        await self._script(ENQUEUE, keys, [*args, self.replica_id])
 
     async def waiting(self, key: str) -> int:
         with rows.reachable(self.store.url):
@@ -122,17 +118,30 @@ class RedisCoordination:
                 await pipe.execute()
 
     @asynccontextmanager
-    async def hold(self, key: str, msg_id: str, given_up: Callable[[], bool]) -> AsyncIterator[None]:
+    async def hold(
+        self, key: str, msg_id: str, given_up: Callable[[], bool], queued: Callable[[str], bool] = _none
+    ) -> AsyncIterator[None]:
         queue, lease, entry = self._key("sessq", key), self._key("lease", key), self._entry(msg_id)
-        args = [entry, self.replica_id, self.lease_ms, self._key("replica", "")]
-        acquired = False
+        args = [entry, self.replica_id, self.lease_ms, self._key("replica", ""), self._inbox(key), msg_id]
+        acquired, stale = False, dict[str, float]()
         while not given_up():
-            got = int(await self._script(ACQUIRE, [queue, lease], args))
+            answer = await self._script(ACQUIRE, [queue, lease], args)
+            got = int(answer[0])
             if got == 1:
                 self.held[key] = self.held.get(key, 0) + 1
                 acquired = True
                 break
-            if got == 0:
+            if got == 3:  # another message of ours heads the queue: that one first
+                first = str(answer[1])
+                if queued(first):
+                    raise NotFirst(first)
+                # Not queued here (yet: its submit is between its enqueue and its local queue). An entry
+                # that stays so is stale (a lost release): dropped after a while.
+                stale.setdefault(first, time.monotonic())
+                if time.monotonic() - stale[first] > STALE_S:
+                    await self.drop(key, [first])
+                    continue
+            if got in (0, 3):
                 event = self._free.setdefault(key, anyio.Event())
                 with anyio.move_on_after(POLL_S):
                     await event.wait()
@@ -152,6 +161,32 @@ class RedisCoordination:
     async def signal(self, key: str, what: str) -> None:
         await self._publish(what, key)
 
+    # -- delivery and failover -----------------------------------------------------------------------
+    async def take_delivery(self, conversation: str) -> bool:
+        args = [self.replica_id, self.lease_ms, self._key("replica", "")]
+        if int(await self._script(TAKE_DELIVERY, [self._key("deliver", conversation)], args)) != 1:
+            return False
+        self.delivering.add(conversation)
+        return True
+
+    async def give_delivery_back(self, conversation: str, *, finished: bool = True) -> bool:
+        keys = [self._key("deliver", conversation), self._key("outbox", "conv", conversation)]
+        args = [self.replica_id, self.lease_ms, int(finished)]
+        if int(await self._script(GIVE_DELIVERY_BACK, keys, args)) != 1:
+            return False
+        self.delivering.discard(conversation)
+        return True
+
+    async def adopt(self, robot: str, *, starting: bool = False) -> list[str] | None:
+        args = [self.store.prefix, robot, self.replica_id, int(starting), ADOPT_LOOKED_AT]
+        return [str(m) for m in await self._script(ADOPT, [], args)]
+
+    async def reserve(self, bucket: str, rate: float, burst: float) -> float | None:
+        return await redis_buckets.reserve(self._script, self._key("rate", bucket), rate, burst)
+
+    async def orphaned_conversations(self) -> list[str]:
+        return [str(c) for c in await self._script(ORPHANS, [], [self.store.prefix, ORPHANS_LOOKED_AT])]
+
     async def _publish(self, what: str, key: str) -> None:
         message = json.dumps({"what": what, "key": key, "from": self.replica_id})
         with rows.reachable(self.store.url):
@@ -169,6 +204,7 @@ class RedisCoordination:
 
     async def _renew(self) -> None:
         keys = [self._key("replica", self.replica_id), *(self._key("lease", k) for k in self.held)]
+        keys += [self._key("deliver", c) for c in self.delivering]
         await self._script(RENEW, keys, [self.replica_id, self.lease_ms])
 
     async def _heartbeat(self) -> None:

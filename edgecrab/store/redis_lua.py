@@ -72,6 +72,8 @@ local function set_inbox_state(robot, msg, state, err)
     redis.call('PERSIST', k)
     if sid ~= '' then redis.call('PERSIST', sid_key(robot, sid)) end
   else
+    local owner = redis.call('HGET', k, 'owner')
+    if owner then redis.call('ZREM', P .. 'inbox:' .. robot .. ':unrouted:' .. owner, msg) end
     redis.call('ZREM', open, msg)
     redis.call('ZADD', finished, at, msg)
     redis.call('EXPIRE', k, INBOX_TTL)
@@ -107,15 +109,19 @@ end
 local OPS = {}
 
 function OPS.claim()
-  local robot, msg, sid, payload, at = take(), take(), take(), take(), take()
+  local robot, msg, sid, payload, at, owner = take(), take(), take(), take(), take(), take()
   local k = inbox_key(robot, msg)
   if redis.call('EXISTS', k) == 1 then return 0 end
   if sid ~= '' and not redis.call('SET', sid_key(robot, sid), msg, 'NX') then return 0 end
   local seq = redis.call('INCR', P .. 'inbox:seq')
   redis.call('HSET', k, 'sid', sid, 'payload', payload, 'received_at', at, 'state', 'received',
-    'attempts', 0, 'error', '', 'updated_at', NOW, 'seq', seq)
+    'attempts', 0, 'error', '', 'updated_at', NOW, 'seq', seq, 'owner', owner)
   redis.call('ZADD', P .. 'inbox:' .. robot .. ':open', at, msg)
   redis.call('SADD', P .. 'inbox:robots', robot)
+  if owner ~= '' then
+    redis.call('ZADD', P .. 'inbox:' .. robot .. ':unrouted:' .. owner, seq, msg)
+    redis.call('SADD', P .. 'inbox:' .. robot .. ':owners', owner)
+  end
   return 1
 end
 

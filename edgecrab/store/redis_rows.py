@@ -88,8 +88,10 @@ class Ops:
         self.args += [name, *(_text(v) for v in values)]
         return self
 
-    def claim(self, robot: str, msg_id: str, stream_message_id: str, payload: str, at: float) -> Ops:
-        return self.add("claim", robot, msg_id, stream_message_id, payload, at)
+    def claim(
+        self, robot: str, msg_id: str, stream_message_id: str, payload: str, at: float, owner: str
+    ) -> Ops:
+        return self.add("claim", robot, msg_id, stream_message_id, payload, at, owner)
 
     def inbox_state(self, robot: str, msg_id: str, state: str, error: str) -> Ops:
         return self.add("state", robot, msg_id, state, error)

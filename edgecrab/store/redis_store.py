@@ -37,6 +37,7 @@ from edgecrab.store.base import (
     ScheduleRecord,
     SessionStats,
     Store,
+    StoreUnavailableError,
     Turn,
     UsageDelta,
 )
@@ -66,11 +67,15 @@ class RedisStore(Store):
 
     records_at_once = False
     sole_writer = False
+    server = "redis"
 
     def __init__(self, url: str, prefix: str = "edgecrab:", *, lease_s: float = 15.0) -> None:
         self.url = url
         self.prefix = prefix
         self.lease_s = lease_s
+        self.replica = replica_id()
+        """This process among the replicas: it owns the messages it claims until it dies."""
+        self._coord: RedisCoordination | None = None
         self._client: redis.asyncio.Redis | None = None
         self._ack_client: redis.asyncio.Redis | None = None
         self._apply: Any = None
@@ -107,8 +112,17 @@ class RedisStore(Store):
                 await client.aclose()
         self._client = self._ack_client = None
 
+    async def ping(self) -> None:
+        if self._ack_client is None:
+            raise StoreUnavailableError("[store] Redis is not connected (the store is not open)")
+        with rows.reachable(self.url):  # the ack path's client: gives up within ~0.3 s
+            await cast(Awaitable[bool], self._ack_client.ping())
+
     def coordination(self) -> Coordination:
-        return RedisCoordination(self, replica_id(), self.lease_s)
+        # One per store: the runner's heartbeat renews the delivery's leases too.
+        if self._coord is None:
+            self._coord = RedisCoordination(self, self.replica, self.lease_s)
+        return self._coord
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -143,7 +157,7 @@ class RedisStore(Store):
     async def inbox_claim(
         self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
     ) -> bool:
-        ops = Ops().claim(robot, msg_id, stream_message_id, payload, received_at)
+        ops = Ops().claim(robot, msg_id, stream_message_id, payload, received_at, self.replica)
         return int(await self._run(ops, script=self._claim)) == 1
 
     async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None:

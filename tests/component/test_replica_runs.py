@@ -150,11 +150,63 @@ async def test_a_dead_replicas_place_in_the_queue_is_skipped_once_its_lease_expi
         # A replica that died (SIGKILL) while running the session: its lease and place stay, briefly.
         await client.rpush(f"{prefix}sessq:{KEY}", "dead-replica|m-dead")
         await client.set(f"{prefix}lease:{KEY}", "dead-replica", px=400)
+        await client.set(f"{prefix}replica:dead-replica", "1", px=400)  # its heartbeat, not renewed
         started = time.monotonic()
         m = msg("after the failover")
         await a.submit(m)
         await until(lambda: a.agent.requests)
-        assert time.monotonic() - started >= 0.35  # it waited for the lease to expire
+        assert time.monotonic() - started >= 0.35  # it waited for the replica's heartbeat to expire
         await until(lambda: not a.runner._sessions)
         entry = await a.store.client.hget(f"{prefix}inbox:robotA:msg:{m.id}", "state")
         assert entry == DONE and await a.runner.coord.waiting(KEY) == 0
+
+
+async def test_the_session_queue_follows_the_claims_whichever_replica_enqueues_first(
+    redis_server: RedisServer,
+) -> None:
+    async with cluster(redis_server) as (a, b, _replies):
+        a.agent.gate = gate = anyio.Event()
+        first, second, third = msg("first"), msg("second"), msg("third")
+        await a.submit(first)
+        await until(lambda: a.agent.in_flight == 1)
+        for m in (second, third):  # claimed in this order (b, then a) ...
+            assert await a.store.inbox_claim(m.robot, m.id, f"s-{m.id}", "{}", time.time())
+        await a.runner.submit(third)  # ... but a's ingest got there first
+        await b.runner.submit(second)
+        gate.set()
+        await until(lambda: len(a.agent.requests) + len(b.agent.requests) == 3)
+        asked = [r.messages[-1]["content"] for r in a.agent.requests + b.agent.requests]
+        assert b.agent.requests[0].messages[-3:-1] == [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "echo first"},
+        ]  # second ran right after first ...
+        assert a.agent.requests[1].messages[-3:-1] == [
+            {"role": "user", "content": "second"},
+            {"role": "assistant", "content": "echo second"},
+        ], asked  # ... and third after second
+
+
+async def test_a_dead_replicas_unfinished_message_keeps_its_place_when_taken_over(
+    redis_server: RedisServer,
+) -> None:
+    async with cluster(redis_server) as (a, b, _replies):
+        client, prefix = a.store.client, a.store.prefix
+        dead = msg("taken over")  # claimed and running on a replica that was SIGKILLed
+        gone = RedisStore(redis_server.url, prefix)
+        gone.replica = "dead-replica"
+        await gone.open()
+        assert await gone.inbox_claim(dead.robot, dead.id, f"s-{dead.id}", "{}", time.time())
+        await gone.close()
+        await client.rpush(f"{prefix}sessq:{KEY}", f"dead-replica|{dead.id}")
+        later = msg("later")
+        await b.submit(later)  # behind the dead replica's message, which is not finished: b waits
+        with anyio.move_on_after(0.5):
+            await until(lambda: b.agent.requests)
+        assert not b.agent.requests
+        taken = await b.runner.coord.adopt("robotA")
+        assert taken == [dead.id]
+        await b.runner.submit(dead, quiet=True)  # the failover sweep's pick-up: it takes the dead one's place
+        await until(lambda: len(b.agent.requests) == 2)
+        assert [r.messages[-1]["content"] for r in b.agent.requests] == ["taken over", "later"]
+        await until(lambda: not b.runner._sessions)
+        assert await b.runner.coord.waiting(KEY) == 0

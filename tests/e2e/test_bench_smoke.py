@@ -30,7 +30,7 @@ from bench.plan import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-LINE_IDS = {"1a", "1b", "2", "3", "4a", "4b", "5", "6a", "6b", "6c", "7a", "7b"}
+LINE_IDS = {"1a", "1b", "2", "3", "4a", "4b", "5", "6a", "6b", "6c", "7a", "7b", "8a", "8b", "8c"}
 SCENARIOS = {
     "echo_rest_instant",
     "echo_rest_50ms",
@@ -40,6 +40,7 @@ SCENARIOS = {
     "chunking",
     "cards",
     "media",
+    "replicas",
 }
 CONTENDERS = {"edgecrab", "sdk", "raw"}
 
@@ -145,6 +146,7 @@ def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[d
     many = s["cards"]["many_cards"]["edgecrab"]
     card_ack = s["cards"]["ack_while_streaming"]
     pictures, picture_burst = s["media"]["one_by_one"], s["media"]["burst"]
+    replicas = s["replicas"]
     expected = {
         "1a": (f"≥ {ECHO_VS_SDK_GOAL:g}× SDK", echo["edgecrab"] >= ECHO_VS_SDK_GOAL * echo["sdk"]),
         "1b": (f"≥ {ECHO_SLOW_VS_SDK_GOAL:g}× SDK", slow["edgecrab"] >= ECHO_SLOW_VS_SDK_GOAL * slow["sdk"]),
@@ -181,6 +183,9 @@ def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[d
             f"p99 < {ACK_P99_GOAL_S * 1000:g} ms",
             picture_burst["ack_p99_s"] < ACK_P99_GOAL_S and picture_burst["answered"] == SMOKE.picture_burst,
         ),
+        "8a": (f"p99 < {ACK_P99_GOAL_S * 1000:g} ms", replicas["ack"]["p99_s"] < ACK_P99_GOAL_S),
+        "8b": ("every message answered", replicas["echo_1"]["complete"] and replicas["echo_3"]["complete"]),
+        "8c": ("measured", replicas["round_trips_per_message"] > 0),
     }
     for line_id, (goal, ok) in expected.items():
         line = lines[line_id]
@@ -191,3 +196,12 @@ def test_goals_are_the_plans_and_verdicts_follow_from_the_numbers(smoke: tuple[d
     assert all(f"{who} " in lines["1a"]["detail"] for who in CONTENDERS), lines["1a"]["detail"]
     assert "peer model" in lines["6b"]["detail"] and "instant first token" in lines["6a"]["detail"]
     assert "merge_window_ms 0" in lines["7a"]["detail"] and "answered" in lines["7b"]["detail"]
+
+
+def test_the_redis_scenario_measured_one_and_three_replicas(smoke: tuple[dict[str, Any], str]) -> None:
+    r = smoke[0]["scenarios"]["replicas"]
+    assert r["ack"]["acked"] == r["ack"]["sent"] == SMOKE.ack_messages and positive(r["ack"]["p99_s"]), r
+    for count in (1, 3):
+        echo = r[f"echo_{count}"]
+        assert echo["answered"] == SMOKE.echo_messages and positive(echo["messages_per_s"]), echo
+    assert positive(r["round_trips_per_message"]) and positive(r["script_commands_per_message"]), r

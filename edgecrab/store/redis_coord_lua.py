@@ -1,0 +1,160 @@
+"""The Lua scripts of :class:`~edgecrab.store.redis_coord.RedisCoordination`: each is one atomic step of the
+replicas' coordination (docs/redis.md lists the keys). A replica is alive while ``P replica:<id>`` exists;
+every lease names the replica holding it, and a lease whose replica is gone counts as free.
+"""
+
+from __future__ import annotations
+
+# KEYS: queue, lease. ARGV: entry (``<replica>|<msgId>``), ``|<msgId>``, the robot's inbox key prefix
+# (``P inbox:<robot>:``), msgId, replica-key prefix, replica. The session's queue is in arrival order (the
+# inbox's ``seq``, the order of the claims), whichever replica enqueues first; never ahead of a head that
+# holds the session's lease (it is running). A message taken over from a dead replica takes that
+# replica's place (same msgId) in the queue.
+ENQUEUE = """
+local queue, entry, suffix, inbox = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+redis.call('ZREM', inbox .. 'unrouted:' .. ARGV[6], ARGV[4])
+local list = redis.call('LRANGE', queue, 0, -1)
+for i, e in ipairs(list) do
+  if e == entry then return #list end
+  if string.sub(e, -#suffix) == suffix then
+    redis.call('LSET', queue, i - 1, entry)
+    return #list
+  end
+end
+local function seq(e)
+  local s = redis.call('HGET', inbox .. 'msg:' .. (string.match(e, '|([^|]*)$') or ''), 'seq')
+  return tonumber(s or '0') or 0
+end
+local holder = redis.call('GET', KEYS[2])
+local first = 1
+if holder and redis.call('EXISTS', ARGV[5] .. holder) == 1 then first = 2 end
+local pos = #list
+local mine = redis.call('HGET', inbox .. 'msg:' .. ARGV[4], 'seq')
+if mine then
+  mine = tonumber(mine)
+  while pos >= first and seq(list[pos]) > mine do pos = pos - 1 end
+end
+if pos == #list then
+  redis.call('RPUSH', queue, entry)
+elseif pos == 0 then
+  redis.call('LPUSH', queue, entry)
+else
+  redis.call('LINSERT', queue, 'AFTER', list[pos], entry)
+end
+return #list + 1
+"""
+
+# KEYS: queue, lease. ARGV: entry, replica, lease ms, replica-key prefix, the robot's inbox key prefix,
+# msgId. {1}: acquired; {2}: skipped a dead replica's finished head (ask again); {3, msgId}: another
+# message of this replica's heads the queue (run it first); {0}: wait. A dead replica's unfinished
+# message is waited for: a live replica takes it over (failover) in its place. So is any message claimed
+# before this one that is not in its session's queue yet (``unrouted``: its session is known once it is
+# read; milliseconds, or until a dead replica's messages are taken over and read again), so that no
+# conversation's answers overtake an earlier message.
+ACQUIRE = """
+local inbox, me = ARGV[5], ARGV[2]
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= me and redis.call('EXISTS', ARGV[4] .. holder) == 1 then return {0} end
+local mine = tonumber(redis.call('HGET', inbox .. 'msg:' .. ARGV[6], 'seq') or '0') or 0
+for _, owner in ipairs(redis.call('SMEMBERS', inbox .. 'owners')) do
+  local oldest = redis.call('ZRANGE', inbox .. 'unrouted:' .. owner, 0, 0, 'WITHSCORES')
+  if #oldest == 0 then
+    if redis.call('EXISTS', ARGV[4] .. owner) == 0 then redis.call('SREM', inbox .. 'owners', owner) end
+  elseif tonumber(oldest[2]) < mine then
+    return {0}
+  end
+end
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head == ARGV[1] then
+  redis.call('SET', KEYS[2], me, 'PX', ARGV[3])
+  return {1}
+end
+local owner, id = string.match(head, '^(.*)|([^|]*)$')
+if owner == me then return {3, id} end
+if owner and redis.call('EXISTS', ARGV[4] .. owner) == 0 then
+  local state = redis.call('HGET', inbox .. 'msg:' .. id, 'state')
+  if state == 'received' or state == 'processing' then return {0} end
+  redis.call('LPOP', KEYS[1])
+  return {2}
+end
+return {0}
+"""
+
+# KEYS: queue, lease. ARGV: entry, replica.
+RELEASE = """
+redis.call('LREM', KEYS[1], 0, ARGV[1])
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+return redis.call('LLEN', KEYS[1])
+"""
+
+# KEYS: the replica key, then the leases held. ARGV: replica, lease ms.
+RENEW = """
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+end
+return 1
+"""
+
+# KEYS: the conversation's delivery lease. ARGV: replica, lease ms, replica-key prefix. 1: taken.
+TAKE_DELIVERY = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. holder) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: the delivery lease, the conversation's unsent chunks (sorted set). ARGV: replica, lease ms,
+# finished ('1': keep the lease if chunks are unsent). 1: released (or not ours); 0: kept, send the rest.
+GIVE_DELIVERY_BACK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 1 end
+if ARGV[3] == '1' and redis.call('ZCARD', KEYS[2]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 0
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# ARGV: prefix, robot, replica, starting ('1'), how many to look at. Returns the msgIds this replica
+# took over: unfinished, and owned by no live replica (or, starting, by this replica's id in an earlier life).
+ADOPT = """
+local P, robot, me, starting = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local taken = {}
+for _, msg in ipairs(redis.call('ZRANGE', P .. 'inbox:' .. robot .. ':open', 0, tonumber(ARGV[5]) - 1)) do
+  local k = P .. 'inbox:' .. robot .. ':msg:' .. msg
+  local state = redis.call('HGET', k, 'state')
+  if state == 'received' or state == 'processing' then
+    local owner = redis.call('HGET', k, 'owner')
+    local take = (not owner) or owner == ''
+    if owner == me then take = starting
+    elseif not take then take = redis.call('EXISTS', P .. 'replica:' .. owner) == 0 end
+    if take then
+      local unrouted = P .. 'inbox:' .. robot .. ':unrouted:'
+      if owner and owner ~= '' then redis.call('ZREM', unrouted .. owner, msg) end
+      redis.call('HSET', k, 'owner', me)
+      redis.call('ZADD', unrouted .. me, redis.call('HGET', k, 'seq'), msg)
+      redis.call('SADD', P .. 'inbox:' .. robot .. ':owners', me)
+      table.insert(taken, msg)
+    end
+  end
+end
+return taken
+"""
+
+# ARGV: prefix, how many unsent chunks to look at. Returns the conversations with unsent chunks whose
+# delivery lease is free or held by a dead replica.
+ORPHANS = """
+local P, limit = ARGV[1], tonumber(ARGV[2])
+local seen, out = {}, {}
+for _, id in ipairs(redis.call('ZRANGE', P .. 'outbox:open', 0, limit - 1)) do
+  local conv = redis.call('HGET', P .. 'outbox:chunk:' .. id, 'conversation_key')
+  if conv and not seen[conv] then
+    seen[conv] = true
+    local holder = redis.call('GET', P .. 'deliver:' .. conv)
+    if (not holder) or redis.call('EXISTS', P .. 'replica:' .. holder) == 0 then table.insert(out, conv) end
+  end
+end
+return out
+"""
