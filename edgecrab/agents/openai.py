@@ -32,6 +32,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.to_thread
 import httpx
 
 from edgecrab.agents.base import Agent, AgentError, Deltas, ignore_deltas
@@ -199,7 +200,10 @@ class OpenAIAgent(Agent):
     async def _attempt(self, body: dict[str, Any], on_delta: Deltas) -> Answer:
         answer = Answer(on_delta)
         try:
-            async with self._client.stream("POST", self._url, json=body) as response:
+            content = await _encoded(body)
+            async with self._client.stream(
+                "POST", self._url, content=content, headers=_JSON_HEADERS
+            ) as response:
                 if response.status_code >= 300:
                     raw = await read_some(response)
                     if response.status_code == 400 and b"stream_options" in raw and self._stream_options:
@@ -362,3 +366,16 @@ class OpenAIAgent(Agent):
     def _redact(self, text: str) -> str:
         """The api key, every registered secret and URL credentials as ``***``."""
         return redact(text, (self._api_key,))
+
+
+async def _encoded(body: dict[str, Any]) -> bytes:
+    """``body`` as JSON, as httpx's ``json=`` writes it. A request with pictures (multi-megabyte data URLs:
+    about 3 ms each to encode, 0.4 s of the event loop's time for 50 photos) is encoded in a worker thread;
+    a text-only one on the loop, where it takes microseconds."""
+    if any(isinstance(m.get("content"), list) for m in body["messages"]):
+        return await anyio.to_thread.run_sync(_dumps, body)
+    return _dumps(body)
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
