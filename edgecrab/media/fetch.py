@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import httpx
 
@@ -42,6 +43,10 @@ WRITE_BYTES = 1024 * 1024
 """Downloaded bytes are written in pieces of about this size, in a worker thread: written on the event loop,
 16 KB at a time as they arrive, 50 photos took 2 s of the loop's time (BENCHMARKS.md, media), and acks
 waited behind them."""
+STEP_BYTES = 16 * 1024
+"""A download gives the event loop back after about this many bytes. Bytes already received are read without
+waiting, so without this one task read up to a megabyte (64 of httpx-aiohttp's 16 KB chunks) in one step,
+32 downloads made a step of the loop 50-200 ms long, and acks waited for it."""
 
 
 class _Failed(Exception):
@@ -185,6 +190,8 @@ class MediaFetcher:
                 if buffered >= WRITE_BYTES:
                     await anyio.to_thread.run_sync(_write_all, fd, pending)
                     pending, buffered = [], 0
+                elif buffered % STEP_BYTES < len(chunk):
+                    await anyio.lowlevel.checkpoint()
             if pending:
                 await anyio.to_thread.run_sync(_write_all, fd, pending)
         except BaseException:
