@@ -43,7 +43,7 @@ from edgecrab.outbound import http_client
 
 log = logging.getLogger("edgecrab.media")
 
-PARALLEL_DOWNLOADS = 32
+PARALLEL_DOWNLOADS = 8
 CLEANUP_EVERY_S = 600.0
 Submit = Callable[[Message, bool], Awaitable[None]]
 """submit(message, quiet): hand a message to the runner."""
