@@ -18,6 +18,9 @@ from edgecrab.events import Attachment, Conversation, Message, Sender
 from edgecrab.media import MediaStage
 
 API = "http://127.0.0.1:9000"
+SECRET = "media-stage-test-app-secret-4f1c"
+"""Registered for redaction by TokenCache for the whole test run: a word like ``secret`` would be starred
+in other tests' text."""
 
 
 def _png() -> bytes:
@@ -50,7 +53,7 @@ async def test_a_pictures_render_work_is_done_by_the_time_its_merge_window_close
 
     monkeypatch.setattr(render, "vision_picture", counted)
     config = Config(
-        DingTalkConfig("key", "secret", robot_code="key", api_base=API),
+        DingTalkConfig("key", SECRET, robot_code="key", api_base=API),
         agent=AgentConfig(type="openai", vision=True),
         media=MediaConfig(merge_window_ms=500, directory=str(tmp_path)),
     )
@@ -68,7 +71,7 @@ async def test_a_pictures_render_work_is_done_by_the_time_its_merge_window_close
 
     stage = MediaStage(
         config,
-        TokenCache(client, API, "key", "secret"),
+        TokenCache(client, API, "key", SECRET),
         submit=submit,
         key=lambda m: m.conversation.id,
         merged=merged,
