@@ -8,7 +8,7 @@ found by download code, so a run that starts before its prefetch (a message pick
 merged one) neither downloads twice nor misses one. A downloaded picture is then prepared for the agent
 (:meth:`~edgecrab.media.render.Renderer.prepare`: scaled down, base64) in the same background task, so the
 merge window hides that work too: a lone 5 MB photo reached the agent 1,035 ms after its callback when the
-scale-down started as the 800 ms window closed, 8xx ms now (BENCHMARKS.md, media).
+scale-down started as the 800 ms window closed, 822 ms now (BENCHMARKS.md, media).
 
 **Merge window.** A message that is only a picture waits ``media.merge_window_ms`` for more pictures from
 the same sender in the same session; each new one extends the wait. Then they go to the runner as one
