@@ -43,10 +43,12 @@ from edgecrab.outbound import http_client
 
 log = logging.getLogger("edgecrab.media")
 
-PARALLEL_DOWNLOADS = 8
-"""Downloads at once, over all messages. 32 at once on loopback (bench 7b) gave the event loop 32 tasks with
-bytes to read in every step, and acks in the first seconds of a burst of 50 photos waited 20-35 ms (p50);
-with 8, 5 ms. A download from DingTalk's storage is bound by the network, not by this number."""
+PARALLEL_DOWNLOADS = 4
+"""Downloads at once, over all messages. On loopback (bench 7b, 50 photos at once) the limit is CPU, and each
+download in flight is one more task with bytes to read in every step of the event loop: with 32 the acks of
+the first seconds waited 20-35 ms (p50), with 8 the p99 was 19-41 ms, with 4 12-14 ms, and the last photo
+was answered sooner (3.9 s instead of 5.0 s). From DingTalk's storage a download is bound by the network:
+four at once still take a burst of photos at several a second."""
 CLEANUP_EVERY_S = 600.0
 Submit = Callable[[Message, bool], Awaitable[None]]
 """submit(message, quiet): hand a message to the runner."""
