@@ -227,7 +227,8 @@ class MediaConfig:
     allowed_hosts: tuple[str, ...] = ()
     """Download hosts besides DingTalk's (``*.dingtalk.com``, ``*.aliyuncs.com``) and the api_base host."""
     max_image_pixels: int = 4_000_000
-    """Pictures with more pixels are scaled down before they go to a vision model."""
+    """Pictures with more pixels are scaled down before they go to a vision model (a JPEG to between a quarter
+    of this and all of it: the scale its decoder reaches fastest)."""
     inline_text_bytes: int = 64 * 1024
     """Text-like files (and PDF text) up to this many bytes are given to the agent inline."""
     merge_window_ms: int = 800

@@ -5,7 +5,10 @@ starts their downloads at once, in this stage's task group (at most :data:`PARAL
 over all messages), so they run while the message waits in its session's queue; the run's
 :meth:`MediaStage.user` waits for them and renders the turn (:mod:`edgecrab.media.render`). Downloads are
 found by download code, so a run that starts before its prefetch (a message picked up after a restart, a
-merged one) neither downloads twice nor misses one.
+merged one) neither downloads twice nor misses one. A downloaded picture is then prepared for the agent
+(:meth:`~edgecrab.media.render.Renderer.prepare`: scaled down, base64) in the same background task, so the
+merge window hides that work too: a lone 5 MB photo reached the agent 1,035 ms after its callback when the
+scale-down started as the 800 ms window closed, 822 ms now (BENCHMARKS.md, media).
 
 **Merge window.** A message that is only a picture waits ``media.merge_window_ms`` for more pictures from
 the same sender in the same session; each new one extends the wait. Then they go to the runner as one
@@ -35,12 +38,17 @@ from edgecrab.dingtalk.tokens import TokenCache
 from edgecrab.events import Attachment, Message
 from edgecrab.media.fetch import MediaFetcher
 from edgecrab.media.files import MediaFiles
-from edgecrab.media.render import Renderer
+from edgecrab.media.render import Prepared, Renderer
 from edgecrab.outbound import http_client
 
 log = logging.getLogger("edgecrab.media")
 
-PARALLEL_DOWNLOADS = 32
+PARALLEL_DOWNLOADS = 4
+"""Downloads at once, over all messages. On loopback (bench 7b, 50 photos at once) the limit is CPU, and each
+download in flight is one more task with bytes to read in every step of the event loop: with 32 the acks of
+the first seconds waited 20-35 ms (p50), with 8 the p99 was 19-41 ms, with 4 12-14 ms, and the last photo
+was answered sooner (3.9 s instead of 5.0 s). From DingTalk's storage a download is bound by the network:
+four at once still take a burst of photos at several a second."""
 CLEANUP_EVERY_S = 600.0
 Submit = Callable[[Message, bool], Awaitable[None]]
 """submit(message, quiet): hand a message to the runner."""
@@ -52,6 +60,7 @@ Merged = Callable[[Message, str], Awaitable[None]]
 class _Download:
     done: anyio.Event = field(default_factory=anyio.Event)
     result: Attachment | None = None
+    prepared: Prepared | None = None
     at: float = field(default_factory=time.monotonic)
 
 
@@ -171,16 +180,17 @@ class MediaStage:
     async def _download(self, att: Attachment, robot: str, slot: _Download) -> None:
         try:
             async with self._limit:
-                slot.result = await self.fetcher.fetch(att, robot)
+                slot.result = result = await self.fetcher.fetch(att, robot)
+            slot.prepared = await self.renderer.prepare(result)
         finally:
             slot.done.set()
 
-    async def _resolved(self, att: Attachment, robot: str) -> Attachment:
+    async def _resolved(self, att: Attachment, robot: str) -> tuple[Attachment, Prepared | None]:
         slot = self._downloads.pop(att.download_code, None)
         if slot is None:
-            return await self.fetcher.fetch(att, robot)
+            return await self.fetcher.fetch(att, robot), None
         await slot.done.wait()
-        return slot.result or replace(att, note="the download was interrupted")
+        return slot.result or replace(att, note="the download was interrupted"), slot.prepared
 
     def _forget_old(self) -> None:
         """Downloads never asked for (their message was dropped by /stop): forget them after an hour."""
@@ -195,10 +205,13 @@ class MediaStage:
             return UserTurn(text, text, message)
         self._prefetch(message)
         results: dict[int, Attachment] = {}
+        ready: dict[str, Prepared] = {}
         every = _media_of(message)
 
         async def one(i: int, att: Attachment) -> None:
-            results[i] = await self._resolved(att, self.robot_code)
+            results[i], prepared = await self._resolved(att, self.robot_code)
+            if prepared is not None:
+                ready[results[i].path] = prepared
 
         async with anyio.create_task_group() as tg:
             for i, att in enumerate(every):
@@ -208,7 +221,7 @@ class MediaStage:
         if message.quote is not None:
             message = message.replace(quote=replace(message.quote, attachments=tuple(resolved[:quoted])))
         message = message.replace(attachments=tuple(resolved[quoted:]))
-        rendered = await self.renderer.render(message)
+        rendered = await self.renderer.render(message, ready)
         return UserTurn(rendered.stored, rendered.content, message, rendered.attachments)
 
     async def stored_content(self, stored: str) -> str | list[dict[str, Any]]:

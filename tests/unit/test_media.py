@@ -73,6 +73,11 @@ def test_large_pictures_are_scaled_down(tmp_path: Path) -> None:
     assert mime == "image/jpeg" and path.endswith(".vision.jpg")
     with Image.open(path) as image:
         assert image.size[0] * image.size[1] <= 1_000_000
+    photo = tmp_path / "photo.jpg"  # decoded at a smaller scale: between a quarter of the limit and all of it
+    Image.new("RGB", (4032, 3024), "green").save(photo, "JPEG")
+    path, mime = prepare_image(str(photo), "image/jpeg", 4_000_000)
+    with Image.open(path) as image:
+        assert mime == "image/jpeg" and 1_000_000 <= image.size[0] * image.size[1] <= 4_000_000
     small = tmp_path / "small.png"
     Image.new("RGB", (10, 10)).save(small, "PNG")
     assert prepare_image(str(small), "image/png", 1_000_000) == (str(small), "image/png")
