@@ -79,7 +79,7 @@ async def test_a_retried_run_returns_its_first_result_and_does_nothing_again(sto
     # redis-py sends a command again when the connection broke, maybe after Redis ran it: the same run
     # (same token) must answer as the first time, or a claim would report itself a duplicate.
     script = store.client.register_script(APPLY)
-    claim = ("claim", ROBOT, "m1", "s1", "{}", "5.0")
+    claim = ("claim", ROBOT, "m1", "s1", "{}", "5.0", "")  # no owner: no replica routes it
     turns = ("turns", "sess", "1", '["user", "q", "m1", 5.0]')
 
     assert int(await script(keys=[], args=run_args(store, "t1", *claim))) == 1
