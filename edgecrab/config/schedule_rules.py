@@ -80,7 +80,8 @@ def _what_problems(entry: dict[str, Any], at: KeyPath, add: Add, reply_format: s
     if "at" in entry and "group" not in entry:
         add((*at, "at"), "at is for group messages only", "remove at, or send to a group")
     fmt = entry.get("format")
-    if isinstance(fmt, str) and fmt != reply_format:
+    # An invalid reply_format is reported at its own key: comparing with it would blame the schedule.
+    if isinstance(fmt, str) and reply_format in ("markdown", "text") and fmt != reply_format:
         add(
             (*at, "format"),
             f"{fmt} differs from platforms.dingtalk.reply_format ({reply_format})",

@@ -131,6 +131,16 @@ def test_invalid_schedules_are_reported_with_their_fix(tmp_path: Path, snapshot:
     assert str(caught.value).replace(str(path), "edgecrab.yaml") == snapshot
 
 
+def test_an_invalid_reply_format_is_blamed_on_itself_not_on_a_schedule(tmp_path: Path) -> None:
+    path = tmp_path / "edgecrab.yaml"
+    text = BAD.split("  - {name: cron")[0].replace("reply_format: text", 'reply_format: ""')
+    text += '  - {name: md, cron: "@daily", users: [u1], text: hi, format: markdown}\n'
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert "reply_format" in str(caught.value) and "schedules" not in str(caught.value)
+
+
 def test_a_valid_schedule_is_loaded_with_its_defaults(tmp_path: Path) -> None:
     path = tmp_path / "edgecrab.yaml"
     path.write_text(BAD.split("  - {name: cron")[0] + "schedules_catch_up_s: 60\n", encoding="utf-8")
