@@ -203,7 +203,9 @@ def test_reloads_under_traffic_lose_and_repeat_nothing(tmp_path: Path) -> None:
             echoes = sorted(r for r in replies(fake, cid) if r.startswith("🦀 echo"))
             return echoes if len(echoes) >= len(expected) else []
 
-        assert wait_until(answered) == expected  # each once: nothing lost, nothing repeated
+        # 24 answers to one conversation, paced by the chunk interval (0.3 s): at least 7.2 s of sending,
+        # which a busy CI machine stretched past the 15 s default.
+        assert wait_until(answered, timeout=60) == expected  # each once: nothing lost, nothing repeated
         assert log.read_text(encoding="utf-8").count("[gateway] config reloaded") == 3
         stats = fake.get("/_fake/stats").json()
         assert stats["connections_opened"] == opened and stats["connections"] == 1
