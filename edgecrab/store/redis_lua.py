@@ -90,7 +90,10 @@ local function set_chunk_state(id, state, err)
   if old == 'cancelled' and open then return 0 end
   redis.call('HSET', k, 'state', state, 'error', err, 'updated_at', NOW)
   if state == 'sending' then redis.call('HINCRBY', k, 'attempts', 1) end
-  local conv = P .. 'outbox:conv:' .. redis.call('HGET', k, 'conversation_key')
+  local ckey = redis.call('HGET', k, 'conversation_key')
+  local conv = P .. 'outbox:conv:' .. ckey
+  -- When the conversation's last message went out: the next sender keeps its distance, on any replica.
+  if state == 'sent' then redis.call('SET', P .. 'lastsent:' .. ckey, NOW, 'PX', 60000) end
   if open then
     local seq = redis.call('HGET', k, 'seq')
     redis.call('ZADD', P .. 'outbox:open', seq, id)
