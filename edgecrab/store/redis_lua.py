@@ -27,6 +27,8 @@ Cluster (docs/redis.md lists the keys).
 
 from __future__ import annotations
 
+NOT_OWNED = -1
+"""What APPLY returns when its ``owned`` operation found the message taken over: nothing was written."""
 OP_MEMO_S = 300
 """How long a write's result is kept for a retry of the same run: longer than redis-py keeps retrying
 (:data:`~edgecrab.store.redis_rows.RETRY`, about a minute)."""
@@ -193,6 +195,17 @@ function OPS.chunks()
       redis.call('ZADD', P .. 'outbox:open', seq, id)
       redis.call('ZADD', P .. 'outbox:conv:' .. conv, seq, id)
     end
+  end
+  return 0
+end
+
+function OPS.owned()
+  -- The rest of the list runs only while the inbox entry is still this replica's (or nobody's).
+  local robot, msg, me = take(), take(), take()
+  local owner = redis.call('HGET', inbox_key(robot, msg), 'owner')
+  if owner and owner ~= '' and owner ~= me then
+    pos = #ARGV + 1
+    return -1
   end
   return 0
 end
