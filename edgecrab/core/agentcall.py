@@ -46,10 +46,33 @@ async def failure_answer(hooks: Any, error: str, message: Message) -> str:
 
 
 async def call_agent(
-    agent: Agent, request: AgentRequest, *, timeout_s: float, message_id: str, on_delta: Deltas | None = None
+    agent: Agent,
+    request: AgentRequest,
+    *,
+    timeout_s: float,
+    message_id: str,
+    on_delta: Deltas | None = None,
+    limiter: anyio.CapacityLimiter | None = None,
 ) -> AgentResult:
     """``agent.run(request)`` (``agent.stream`` with ``on_delta``), cut off after ``timeout_s`` plus 5 s of
-    slack."""
+    slack; with ``limiter``, once it lends a token (the runner's ``max_concurrent_runs``)."""
+    if limiter is None:
+        return await _call_agent(agent, request, timeout_s, message_id, on_delta)
+    try:
+        # A free token is taken at once: ``async with limiter`` gives the event loop a turn first even then,
+        # one more step of the loop for every run (BENCHMARKS.md 1a).
+        limiter.acquire_nowait()
+    except anyio.WouldBlock:
+        await limiter.acquire()
+    try:
+        return await _call_agent(agent, request, timeout_s, message_id, on_delta)
+    finally:
+        limiter.release()
+
+
+async def _call_agent(
+    agent: Agent, request: AgentRequest, timeout_s: float, message_id: str, on_delta: Deltas | None
+) -> AgentResult:
     started = time.monotonic()
 
     def failed(error: str) -> AgentResult:

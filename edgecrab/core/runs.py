@@ -291,15 +291,14 @@ class Runner:
         started = time.monotonic()
         try:
             with scope:
-                if s.epoch != epoch:
-                    scope.cancel()  # stopped while the request was being prepared
-                async with self._limiter:
+                if s.epoch == epoch:  # else stopped while the request was being prepared
                     result = await call_agent(
                         self.agent,
                         request,
                         timeout_s=self.agent_timeout_s,
                         message_id=message.id,
                         on_delta=live.push if live is not None else None,
+                        limiter=self._limiter,
                     )
         finally:
             self.runs_finished += 1
