@@ -272,7 +272,7 @@ class Runner:
         if s.epoch != epoch:
             await self.store.inbox_set_state(message.robot, message.id, DONE, "stopped before it started")
             return None
-        history = await self.store.history(key, self.config.history_limit)
+        history = await self.store.history(key, self.config.history_limit) if self.agent.uses_history else []
         request = AgentRequest(
             await conversation(self.turns, history, content), system_prompt=self.system_prompt,
             session_key=key, message_id=message.id, attachments=turn.attachments,

@@ -155,6 +155,34 @@ async def bench(hooks: Any = None, **sessions: Any) -> AsyncIterator[Bench]:
 
 
 @pytest.mark.anyio
+async def test_an_agent_that_uses_no_history_is_given_none_and_none_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with bench() as b:
+        await b.submit(msg("first"))
+        await b.settle()
+        reads: list[str] = []
+        history = b.store.history
+
+        async def counted(key: str, limit: int) -> Any:
+            reads.append(key)
+            return await history(key, limit)
+
+        monkeypatch.setattr(b.store, "history", counted)
+        b.agent.uses_history = False
+        await b.submit(msg("second"))
+        await b.settle()
+        assert reads == [] and [m["content"] for m in b.agent.requests[-1].messages] == ["second"]
+        b.agent.uses_history = True
+        await b.submit(msg("third"))
+        await b.settle()
+        assert reads == ["robotA:dm:u1"]
+        assert [m["content"] for m in b.agent.requests[-1].messages] == [
+            "first", "echo first", "second", "echo second", "third"
+        ]
+
+
+@pytest.mark.anyio
 async def test_stop_while_the_request_is_prepared_never_calls_the_agent() -> None:
     hooks = HoldingHooks("prepare_agent_request")
     async with bench(hooks) as b:
