@@ -479,6 +479,12 @@ def test_robot_code_fallback() -> None:
         to_message(base(robotCode=...))
 
 
+def test_robot_name_files_the_message_and_the_route_keeps_the_code() -> None:
+    message = to_message(base(), robot_name="sales")
+    assert message.robot == "sales"
+    assert message.route is not None and message.route.robot_code == ROBOT
+
+
 def test_dm_is_never_bot_mentioned() -> None:
     data = load_data("dm_text") | {"isInAtList": True, "text": {"content": "@someone hi"}}
     m = to_message(data)
