@@ -27,8 +27,8 @@ from edgecrab.dingtalk.cards import STOPPED_MARK
 from edgecrab.dingtalk.cardstream import CONTINUED_NOTICE, split_for_card
 from edgecrab.dingtalk.cardtext import to_card_markdown
 from edgecrab.events import AgentRequest, AgentResult
-from edgecrab.store import DONE
 from edgecrab.gateway import Gateway
+from edgecrab.store import DONE
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from edgecrab.testing.fakedingtalk.cardcontrol import press
 from edgecrab.testing.fakedingtalk.cardstate import FakeCard
