@@ -171,8 +171,8 @@ class LeftOpen:
                     log.warning("[cards] gave up finishing card %s: %s", card_id, err)
             else:
                 log.info("[cards] card %s left unfinished: finished now (%s)", card_id, pending.state)
-            self.pending.pop(card_id, None)
             await self.store.card_close(self.name, card_id)
+            self.pending.pop(card_id, None)
 
     async def import_legacy(self, robot_code: str) -> None:
         """Cards an edgecrab before the card records left open (kv keys per robot): recorded as a gone

@@ -45,7 +45,7 @@ import httpx
 
 from edgecrab.config.model import DingTalkConfig
 from edgecrab.dingtalk.cardrecover import INTERRUPTED_TEXT, LeftOpen, Pending, route_fields, with_notice
-from edgecrab.dingtalk.cards import CardClient, CardError, CardState, CardsUnavailable
+from edgecrab.dingtalk.cards import CardClient, CardError, CardRejected, CardState, CardsUnavailable
 from edgecrab.dingtalk.cardstream import CONTINUED_NOTICE, CardStreamer, split_for_card
 from edgecrab.dingtalk.cardtext import mention_prefix, to_card_markdown
 from edgecrab.dingtalk.frames import Frame
@@ -121,18 +121,19 @@ class LiveCard:
         if self.closed:
             return False
         self.closed = True
-        failed = False
+        error: CardError | None = None
         try:
             await self.streamer.finish(text, state)
             return True
         except CardError as err:
-            failed = True
+            error = err
             self.owner.card_failed(err)
             return False
         finally:
             self.streamer.close()
             # Cancelled before the finish was made (a shutdown): the card stays recorded as open.
-            await self.owner.forget(self, state if failed or self.streamer.handle.finalized else None)
+            ended = error is not None or self.streamer.handle.finalized
+            await self.owner.forget(self, state if ended else None, error)
 
 
 class CardReplies:
@@ -255,11 +256,12 @@ class CardReplies:
             )
         self.markdown_until = max(self.markdown_until, now + MARKDOWN_STAY_S)
 
-    async def forget(self, card: LiveCard, state: CardState | None) -> None:
+    async def forget(self, card: LiveCard, state: CardState | None, error: CardError | None = None) -> None:
         """``card`` was closed: marked done when its final state was accepted (forgotten once its run's end
-        is recorded: :meth:`recorded`); else kept for a later finish with the text it shows and ``state``;
-        with ``state`` None (the finish was cancelled: a shutdown), left recorded as open for the next
-        start or another replica."""
+        is recorded: :meth:`recorded`), or refused for good (``error``: DingTalk refused this card alone,
+        e.g. it never existed); else kept for a later finish with the text it shows and ``state``; with
+        ``state`` None (the finish was cancelled: a shutdown), left recorded as open for the next start or
+        another replica."""
         if state is None:
             return  # still in ``live``, so that what it shows is saved as the gateway stops
         card_id = card.out_track_id
@@ -267,7 +269,7 @@ class CardReplies:
         self._shown_saved.pop(card_id, None)
         handle = card.streamer.handle
         with anyio.CancelScope(shield=True):
-            if handle.finalized:
+            if handle.finalized or isinstance(error, CardRejected):
                 await self.store.card_update(self.name, card_id, state=CARD_DONE)
                 return
             shown = card.streamer.shown

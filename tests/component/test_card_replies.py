@@ -97,6 +97,13 @@ async def until(fake: FakeDingTalk, predicate: Any, timeout: float = 10.0) -> No
     await fake.wait_for(predicate, timeout)
 
 
+async def forgotten(gateway: Gateway, card_id: str) -> None:
+    """Wait until the store has no record of the card (its run's end is recorded just before)."""
+    with anyio.fail_after(5):
+        while await gateway.store.card_get(gateway.first.name, card_id) is not None:  # noqa: ASYNC110
+            await anyio.sleep(0.01)  # polling the store: no event for it
+
+
 async def test_card_opens_at_run_start_streams_and_ends_with_the_markdown_reply(tmp_path: Path) -> None:
     agent = GatedAgent()
     async with card_gateway(tmp_path, agent) as (fake, gateway):
@@ -122,7 +129,7 @@ async def test_card_opens_at_run_start_streams_and_ends_with_the_markdown_reply(
         usage = next(m.text for m in fake.messages_for(cid) if "API calls" in m.text)
         assert "for 2 AI cards" in usage
         for card in cards(fake):  # forgotten once their runs' ends were recorded
-            assert await gateway.store.card_get(gateway.first.name, card.out_track_id) is None
+            await forgotten(gateway, card.out_track_id)
 
 
 @pytest.mark.parametrize("how", ["/stop", "button", "/new"])
@@ -234,8 +241,27 @@ async def test_restart_answers_again_in_the_card_left_open(tmp_path: Path) -> No
             assert left.text == to_card_markdown("".join(REPLY)) and len(cards(fake)) == 1
             assert gateway.cards is not None and gateway.cards.recovered == 1
             await quiescent(fake, gateway)
-            assert await gateway.store.card_get(gateway.first.name, left.out_track_id) is None
+            await forgotten(gateway, left.out_track_id)
         assert fake.messages_for(fake.dm_conversation_id(user)) == []
+
+
+async def test_a_run_again_whose_card_was_never_created_answers_in_markdown(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        user = fake.users[1]
+        async with card_gateway(tmp_path, GatedAgent(), fake) as (_, _gateway):
+            await fake.push(fake.dm(user, "go"))
+            await until(fake, lambda: cards(fake) and cards(fake)[0].text == "Hello")
+        # As if the process had died while DingTalk was creating the card: recorded, never shown.
+        fake.cards.reset()
+        again = GatedAgent()
+        again.gate.set()
+        async with card_gateway(tmp_path, again, fake) as (_, gateway):
+            cid = fake.dm_conversation_id(user)
+            await until(fake, lambda: fake.messages_for(cid))  # the answer, once, as markdown
+            await quiescent(fake, gateway)
+            assert [m.text.count("Hello there.") for m in fake.messages_for(cid)] == [1]
+            assert cards(fake) == [] and again.runs == 1
+            await until(fake, lambda: gateway.cards is not None and gateway.cards.unfinished == 0)
 
 
 async def test_restart_finishes_a_card_whose_message_will_not_run_again(tmp_path: Path) -> None:
@@ -345,7 +371,7 @@ async def test_cards_unavailable_mid_stream_still_finish_the_card(tmp_path: Path
         await until(fake, lambda: card.status == "failed")  # never left "writing"
         assert card.text == f"Hello\n\n{CONTINUED_NOTICE}"
         await quiescent(fake, gateway)
-        assert await gateway.store.card_get(gateway.first.name, card.out_track_id) is None
+        await forgotten(gateway, card.out_track_id)
 
 
 async def test_a_card_that_cannot_be_finished_is_kept_and_finished_later(tmp_path: Path) -> None:
@@ -362,7 +388,7 @@ async def test_a_card_that_cannot_be_finished_is_kept_and_finished_later(tmp_pat
         await until(fake, lambda: card.status == "failed")
         assert card.text == f"Hello\n\n{CONTINUED_NOTICE}"
         await until(fake, lambda: gateway.cards is not None and gateway.cards.unfinished == 0)
-        assert await gateway.store.card_get(gateway.first.name, card.out_track_id) is None
+        await forgotten(gateway, card.out_track_id)
 
 
 def test_card_config_defaults() -> None:
