@@ -284,7 +284,7 @@ class CardReplies:
         """The end of ``card``'s run is recorded (the message is finished): forget the card, unless it is
         still to be finished."""
         if card.out_track_id not in self.left.pending and card.out_track_id not in self.live:
-            await self.store.card_close(self.name, card.out_track_id)
+            await self.store.card_close(self.name, card.out_track_id, self.replica)
 
     # -- the stop button ---------------------------------------------------------------------------
     async def has(self, card_id: str) -> bool:

@@ -86,11 +86,12 @@ class CardRecords(abc.ABC):
         state: str | None = None,
         text: str | None = None,
     ) -> None:
-        """Change the fields given of a recorded card; nothing when it is not recorded."""
+        """Change the given fields of a recorded card; nothing when it is not recorded."""
 
     @abc.abstractmethod
-    async def card_close(self, robot: str, card_id: str) -> None:
-        """Forget a card (nothing when it is not recorded)."""
+    async def card_close(self, robot: str, card_id: str, owner: str = "") -> None:
+        """Forget a card (nothing when it is not recorded); with ``owner``, only while it is that replica's
+        (a replica whose lease lapsed must not forget a card another one took over)."""
 
     @abc.abstractmethod
     async def card_get(self, robot: str, card_id: str) -> CardRecord | None: ...

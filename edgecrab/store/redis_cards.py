@@ -83,8 +83,9 @@ redis.call('EXPIRE', k, ARGV[4])
 return 1
 """
 
-# ARGV[4]: card id.
+# ARGV[4]: card id; 5: its owner ('' for any).
 CLOSE = _HEAD + """
+if ARGV[5] ~= '' and redis.call('HGET', base .. ARGV[4], 'owner') ~= ARGV[5] then return 0 end
 close(ARGV[4])
 return 1
 """
@@ -188,8 +189,8 @@ class RedisCards:
         if pairs:
             await self._cards(UPDATE, robot, "", CARD_TTL_S, card_id, *pairs)
 
-    async def card_close(self, robot: str, card_id: str) -> None:
-        await self._cards(CLOSE, robot, "", card_id)
+    async def card_close(self, robot: str, card_id: str, owner: str = "") -> None:
+        await self._cards(CLOSE, robot, "", card_id, owner)
 
     async def card_get(self, robot: str, card_id: str) -> CardRecord | None:
         with rows.reachable(self.url):

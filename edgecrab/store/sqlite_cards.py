@@ -78,9 +78,11 @@ class SQLiteCards(SQLiteConnection):
         params = (*changes.values(), robot, card_id)
         await self._write(lambda conn: conn.execute(sql, params))
 
-    async def card_close(self, robot: str, card_id: str) -> None:
-        params = (robot, card_id)
-        await self._write(lambda conn: conn.execute(_DELETE, params))
+    async def card_close(self, robot: str, card_id: str, owner: str = "") -> None:
+        sql, params = _DELETE, (robot, card_id)
+        if owner:
+            sql, params = sql + " AND owner = ?", (*params, owner)
+        await self._write(lambda conn: conn.execute(sql, params))
 
     async def card_get(self, robot: str, card_id: str) -> CardRecord | None:
         rows = self._all(f"{_SELECT} WHERE robot = ? AND card_id = ?", (robot, card_id))

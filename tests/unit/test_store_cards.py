@@ -37,7 +37,9 @@ async def test_a_card_is_recorded_updated_read_and_forgotten(store: Store) -> No
     await store.card_update(ROBOT, "c1", shown="Hello")
     await store.card_update(ROBOT, "c1", state="stopped", text="Hello ⏹")
     assert await store.card_get(ROBOT, "c1") == replace(c, shown="Hello", state="stopped", text="Hello ⏹")
-    await store.card_close(ROBOT, "c1")
+    await store.card_close(ROBOT, "c1", owner="r2")  # not r2's: kept
+    assert await store.card_get(ROBOT, "c1") is not None
+    await store.card_close(ROBOT, "c1", owner="r1")
     assert await store.card_get(ROBOT, "c1") is None
     await store.card_update(ROBOT, "c1", shown="not recorded again")  # nothing: it is forgotten
     await store.card_close(ROBOT, "c1")
