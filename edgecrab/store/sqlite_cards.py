@@ -79,9 +79,8 @@ class SQLiteCards(SQLiteConnection):
         await self._write(lambda conn: conn.execute(sql, params))
 
     async def card_close(self, robot: str, card_id: str, owner: str = "") -> None:
-        sql, params = _DELETE, (robot, card_id)
-        if owner:
-            sql, params = sql + " AND owner = ?", (*params, owner)
+        params: tuple[str, ...] = (robot, card_id, owner) if owner else (robot, card_id)
+        sql = _DELETE + " AND owner = ?" if owner else _DELETE
         await self._write(lambda conn: conn.execute(sql, params))
 
     async def card_get(self, robot: str, card_id: str) -> CardRecord | None:
