@@ -280,7 +280,7 @@ class Store(CardRecords):
         usage: UsageDelta | None = None,
         last_user: Turn | None = None,
         reply: Sequence[OutboxChunk] = (),
-    ) -> None:
+    ) -> bool:
         """The end of one message's run, all or nothing: ``turns`` appended to session ``key``'s history,
         ``usage`` added to its counters (as :meth:`usage_add`, with ``last_user`` and ``now``), the
         ``reply`` chunks recorded as :meth:`outbox_add` does, and inbox entry (``robot``, ``msg_id``) set to
@@ -288,7 +288,10 @@ class Store(CardRecords):
 
         Atomic: after a crash either none of it happened (the message is still unfinished, runs again on
         start, and nothing of it was sent) or all of it did (its reply is in the ledger and goes out, and
-        it does not run again). Never an answer in the ledger for a message that will also run again."""
+        it does not run again). Never an answer in the ledger for a message that will also run again.
+
+        Returns False, having written nothing, when the message is no longer this process's: with
+        replicas, another one took it over (this one's lease lapsed) and answers it instead."""
 
     # -- outbox (delivery ledger) ------------------------------------------------------------------
     @abc.abstractmethod

@@ -43,7 +43,7 @@ from edgecrab.store.base import (
 )
 from edgecrab.store.redis_cards import RedisCards
 from edgecrab.store.redis_coord import RedisCoordination
-from edgecrab.store.redis_lua import APPLY, SCHEDULE_CLAIM, SWEEP
+from edgecrab.store.redis_lua import APPLY, NOT_OWNED, SCHEDULE_CLAIM, SWEEP
 from edgecrab.store.redis_rows import Ops
 
 log = logging.getLogger("edgecrab.store.redis")
@@ -237,9 +237,11 @@ class RedisStore(RedisCards, Store):
         usage: UsageDelta | None = None,
         last_user: Turn | None = None,
         reply: Sequence[OutboxChunk] = (),
-    ) -> None:
+    ) -> bool:
         # One script run: after a crash either all of it happened or none (the message runs again).
-        ops = Ops()
+        # Fenced: a replica whose lease lapsed while it ran the message, and which another replica took
+        # over (ADOPT changed its owner), writes nothing: the new owner answers it, once.
+        ops = Ops().add("owned", robot, msg_id, self.replica)
         if usage is not None or last_user is not None:
             ops.usage(key, now, usage or UsageDelta(), last_user)  # makes the session if need be
         elif turns:
@@ -249,7 +251,7 @@ class RedisStore(RedisCards, Store):
         if reply:
             ops.chunks(reply)
         ops.inbox_state(robot, msg_id, state, error)
-        await self._run(ops)
+        return int(await self._run(ops) or 0) != NOT_OWNED
 
     # -- outbox (delivery ledger) ------------------------------------------------------------------
     async def outbox_add(self, chunks: list[OutboxChunk]) -> None:

@@ -237,7 +237,7 @@ class SQLiteStore(SQLiteCards, Store):
         usage: UsageDelta | None = None,
         last_user: Turn | None = None,
         reply: Sequence[OutboxChunk] = (),
-    ) -> None:
+    ) -> bool:
         # One transaction where a run's end used to take four (history, usage, outbox, inbox): fewer
         # commits, and no crash window between "answer recorded" and "message done".
         inbox = inbox_state_update(robot, msg_id, state, error)
@@ -254,6 +254,7 @@ class SQLiteStore(SQLiteCards, Store):
             conn.execute(*inbox)
 
         await self._write(finish)
+        return True  # one process: every message is its own
 
     async def sessions_expire(self, idle_before: float) -> int:
         def expire(conn: sqlite3.Connection) -> int:
