@@ -1,7 +1,7 @@
 """AI cards with replicas on one real redis-server (issue 21): a card belongs to the replica streaming it
 while that replica lives; once its heartbeat expired, exactly one live replica takes the card (a run of its
-message again, or the adoption of a card whose message is finished); and the replicas' card calls take
-their tokens from one bucket per app.
+message again, or the adoption of a card whose message is finished: the failover sweep finishes it); and
+the replicas' card calls take their tokens from one bucket per app.
 
 The end-to-end side (a SIGKILLed replica's cards, the stop button on another replica) is
 ``tests/e2e/test_replica_cards.py``."""
@@ -15,15 +15,19 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 
-from edgecrab.config import StorageConfig
+from edgecrab.config import Config, StorageConfig
 from edgecrab.config.model import CardConfig
+from edgecrab.dingtalk.cardreply import INTERRUPTED_TEXT
+from edgecrab.gateway import Gateway
 from edgecrab.store import DONE, PROCESSING, CardRecord
 from edgecrab.store.redis_coord import RedisCoordination
 from edgecrab.store.redis_store import RedisStore
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from tests.component.gwkit import ScriptedAgent, make_config, running_gateway
+from tests.component.test_card_replies import GatedAgent
 from tests.redisserver import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -120,3 +124,38 @@ async def test_replicas_take_card_calls_from_one_bucket_per_app(
             coord = gateway.first.runner.coord
             assert limiter.shared is coord and gateway.first.cards is not None
             assert gateway.first.cards.replica == coord.replica_id  # the owner of the cards it streams
+
+
+async def serve(
+    config: Config,
+    stop: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[Gateway] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """A gateway (a replica) in a task of its own, until ``stop`` is set."""
+    async with running_gateway(config, GatedAgent()) as gateway:
+        task_status.started(gateway)
+        await stop.wait()
+
+
+async def test_a_dead_replicas_card_whose_message_will_not_run_again_is_finished_by_a_live_one(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with FakeDingTalk() as fake, anyio.create_task_group() as tg:
+        config = make_config(fake, tmp_path, reply_mode="card", card=CardConfig(update_interval_ms=100))
+        storage = StorageConfig(url=redis_server.url, prefix=f"cards-{uuid.uuid4().hex[:10]}:", lease_s=3)
+        config = dataclasses.replace(config, storage=storage)
+        stop_doomed, stop_live = anyio.Event(), anyio.Event()
+        doomed = await tg.start(serve, config, stop_doomed)  # alone: the message is its
+        await fake.push(fake.dm(fake.users[1], "go"))
+        await fake.wait_for(lambda: any(c.text == "Hello" for c in fake.cards.cards.values()), 10)
+        card = next(iter(fake.cards.cards.values()))
+        live = await tg.start(serve, config, stop_live)
+        msg_id = (await doomed.store.inbox_unfinished("default"))[0].msg_id
+        stop_doomed.set()  # stopped mid-answer; its heartbeat expires within lease_s
+        await live.store.inbox_set_state("default", msg_id, DONE, "dropped")  # will not run again
+        await fake.wait_for(lambda: card.status == "failed", 10)
+        assert card.text == f"Hello\n\n{INTERRUPTED_TEXT}"  # what it showed, then the notice
+        assert live.first.cards is not None and live.first.cards.recovered == 1
+        assert await live.store.card_get("default", card.out_track_id) is None
+        stop_live.set()
