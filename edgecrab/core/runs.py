@@ -197,7 +197,10 @@ class Runner:
         except Exception:
             if live is not None:
                 await live.stopped()  # the crash is reported as ordinary text; the card must not stay open
+                await live.recorded()
             raise
+        if live is not None:
+            await live.recorded()  # after the run's end is recorded: a crash before it runs it again
 
     async def _conclude(
         self,
@@ -310,17 +313,8 @@ class Runner:
         return result, elapsed
 
     async def _finish(
-        self,
-        message: Message,
-        key: str,
-        state: str,
-        error: str = "",
-        *,
-        turns: list[Turn] | None = None,
-        usage: UsageDelta,
-        last_user: Turn,
-        answer: str | None = None,
-        files: Files = (),
+        self, message: Message, key: str, state: str, error: str = "", *, turns: list[Turn] | None = None,
+        usage: UsageDelta, last_user: Turn, answer: str | None = None, files: Files = (),
     ) -> None:
         """Record the run's end (history, usage, the answer's chunks, inbox state) as one store write."""
         chunks: list[OutboxChunk] = []

@@ -1,13 +1,14 @@
 """The storage interface. SQLite (WAL) implements it today; a Redis backend can replace it for replicas.
 
-Four things live in storage:
+Five things live in storage:
 
 * the **inbox**: every robot callback, recorded before it is acked, so a crash loses nothing and a
   redelivery (same ``msgId`` or same stream ``messageId``) is recognised, also after a restart;
 * **sessions**: per session key, the conversation history and usage stats;
 * the **outbox** (delivery ledger): each reply's chunks and their state, so a restart neither loses nor
   repeats the chunks still to send;
-* small **key/value** facts (e.g. when a denied user was last told so).
+* small **key/value** facts (e.g. when a denied user was last told so);
+* the **open AI cards** and the replica streaming each (:mod:`edgecrab.store.cardrecords`).
 
 Methods are ``async`` so that a network-backed store fits the same interface; the SQLite store does its
 short synchronous work inline (an insert in WAL mode takes well under a millisecond).
@@ -22,6 +23,7 @@ from typing import Any
 
 from edgecrab.coordination import Coordination, LocalCoordination
 from edgecrab.errors import EdgecrabError
+from edgecrab.store.cardrecords import CardRecords
 
 # Inbox states
 RECEIVED = "received"
@@ -147,8 +149,9 @@ class UsageDelta:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Store(abc.ABC):
-    """Everything the gateway persists. One instance per gateway process."""
+class Store(CardRecords):
+    """Everything the gateway persists. One instance per gateway process. The open AI cards' methods are
+    :class:`~edgecrab.store.cardrecords.CardRecords`'."""
 
     # -- lifecycle -------------------------------------------------------------------------------
     @abc.abstractmethod

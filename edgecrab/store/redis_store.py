@@ -41,6 +41,7 @@ from edgecrab.store.base import (
     Turn,
     UsageDelta,
 )
+from edgecrab.store.redis_cards import RedisCards
 from edgecrab.store.redis_coord import RedisCoordination
 from edgecrab.store.redis_lua import APPLY, NOT_OWNED, SCHEDULE_CLAIM, SWEEP
 from edgecrab.store.redis_rows import Ops
@@ -62,7 +63,7 @@ SWEEP_BATCH = 500
 # below say which one this is.
 
 
-class RedisStore(Store):
+class RedisStore(RedisCards, Store):
     """Everything the gateway persists, in Redis under ``prefix``; shared by every replica on ``url``."""
 
     records_at_once = False

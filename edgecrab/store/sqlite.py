@@ -7,7 +7,7 @@ transaction), and WAL checkpoints off the event loop. A method that must be atom
 statements to ``_write`` as one function, which runs them in one transaction.
 
 The tables and their migrations live in :mod:`edgecrab.store.sqlite_schema`, statements several methods
-share in :mod:`edgecrab.store.sqlite_rows`.
+share in :mod:`edgecrab.store.sqlite_rows`, the open AI cards' methods in :mod:`edgecrab.store.sqlite_cards`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from edgecrab.store.base import (
     Turn,
     UsageDelta,
 )
-from edgecrab.store.sqlite_conn import SQLiteConnection
+from edgecrab.store.sqlite_cards import SQLiteCards
 from edgecrab.store.sqlite_rows import (
     COUNTERS,
     add_chunks,
@@ -85,7 +85,7 @@ _CLAIM = (
 )
 
 
-class SQLiteStore(SQLiteConnection, Store):
+class SQLiteStore(SQLiteCards, Store):
     """Everything the gateway persists, in one SQLite file (or ``":memory:"`` for tests)."""
 
     # -- inbox -------------------------------------------------------------------------------------
