@@ -1,8 +1,9 @@
 """Agent runs: one run per session at a time, the busy policy, /stop, /new and /retry.
 Session keys and what a session holds in memory (queue, run in flight, epochs): :mod:`edgecrab.core.sessions`.
-Each busy session has one worker task (in the runner's task group) that takes queued messages in order. A
-session is *busy* from the moment its worker takes a message until that run's reply is handed to delivery, so
-a message arriving while the run is still preparing is queued (or rejected, or interrupts) like any other.
+Each busy session has one worker (a task of the runner's task group, reused: :mod:`edgecrab.workers`) that
+takes queued messages in order. A session is *busy* from the moment its worker takes a message until that
+run's reply is handed to delivery, so a message arriving while the run is still preparing is queued (or
+rejected, or interrupts) like any other.
 With live replies (``reply_mode: card``, :mod:`edgecrab.core.live`) the run opens one when it starts, streams
 the agent's text into it, and settles it as the run ends. The agent call lives in its own cancel scope:
 ``/stop``, ``/new`` and the ``interrupt`` policy cancel exactly that scope, which closes the backend's HTTP
@@ -34,6 +35,7 @@ from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, expire_if_
 from edgecrab.core.turns import PlainTurns, TurnContent, conversation
 from edgecrab.events import AgentRequest, AgentResult, Message, ReplyAttachment
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
+from edgecrab.workers import Workers
 
 log = logging.getLogger("edgecrab.core.runs")
 
@@ -85,6 +87,7 @@ class Runner:
         self._sessions: dict[str, Session] = {}
         self._limiter = anyio.CapacityLimiter(config.max_concurrent_runs)
         self._tg: anyio.abc.TaskGroup | None = None
+        self._workers = Workers(self._work)  # a session's queue is a job: no task made per message
         self.runs_started = 0
         self.runs_finished = 0
         self.on_agent_result: Callable[[AgentResult, float], None] | None = None
@@ -102,6 +105,7 @@ class Runner:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            self._workers.bind(tg)
             await tg.start(self.coord.run, self._on_signal)
             task_status.started()
             await anyio.sleep_forever()
@@ -160,7 +164,7 @@ class Runner:
         if s.worker or self._tg is None:
             return
         s.worker = True
-        self._tg.start_soon(self._work, s)
+        self._workers.submit(s)
 
     async def _work(self, s: Session) -> None:
         try:
