@@ -13,7 +13,7 @@ import pytest
 
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import SessionsConfig
-from edgecrab.core.agentcall import USER_FAILURE_TEXT
+from edgecrab.core.agentcall import USER_FAILURE_TEXT, call_agent
 from edgecrab.core.runs import NO_RETRY_TEXT, Runner, failure_text
 from edgecrab.core.sessions import session_key
 from edgecrab.events import AgentRequest, AgentResult, Conversation, Message, Sender, Usage
@@ -310,3 +310,22 @@ async def test_reject_and_interrupt_policies() -> None:
             "echo two",
         ]
         assert await b.store.inbox_unfinished("robotA") == []
+
+
+@pytest.mark.anyio
+async def test_the_agent_call_is_cut_off_after_its_timeout_and_a_stop_is_no_timeout() -> None:
+    class Hangs(Agent):
+        async def run(self, request: AgentRequest) -> AgentResult:
+            await anyio.sleep_forever()
+            raise AssertionError
+
+    request = AgentRequest(messages=[{"role": "user", "content": "hi"}], session_key="k", message_id="m")
+    # The bound is timeout_s plus 5 s of slack: -4.8 makes it 0.2 s.
+    limiter = anyio.CapacityLimiter(1)
+    result = await call_agent(Hangs(), request, timeout_s=-4.8, message_id="m", limiter=limiter)
+    assert result.failed and "timed out" in result.error
+    with anyio.CancelScope() as stop:  # /stop: the run's own scope, cancelled from outside the call
+        stop.cancel()
+        await call_agent(Hangs(), request, timeout_s=60, message_id="m")
+        raise AssertionError("a stopped call must not return a result")
+    assert stop.cancelled_caught
