@@ -223,7 +223,8 @@ class Delivery:
         try:
             held = await self._coord.take_delivery(ckey)  # False: another replica sends them, ours too
             while held:
-                woken = self._workers[ckey] = anyio.Event()
+                if (woken := self._workers[ckey]).is_set():  # wake() sets it from now on: unset, it serves
+                    woken = self._workers[ckey] = anyio.Event()
                 handed = self._handed.pop(ckey, None)
                 if handed is not None:
                     epoch, pending = handed  # a /stop since then shows as a newer epoch: re-read
