@@ -28,7 +28,7 @@ from edgecrab.agents.base import Agent
 from edgecrab.config import SessionsConfig
 from edgecrab.coordination import INTERRUPT, NEW, STOP, Coordination, NotFirst
 from edgecrab.core import sessions as texts
-from edgecrab.core.agentcall import call_agent, failure_answer, run_crashed
+from edgecrab.core.agentcall import call_agent, failure_answer, run_crashed, timed_out
 from edgecrab.core.agentcall import failure_text as failure_text  # re-exported: tests and hooks read it here
 from edgecrab.core.live import LiveReplies, LiveReply, settle
 from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, expire_if_idle, retry_text, session_key
@@ -300,17 +300,15 @@ class Runner:
             with scope:
                 if s.epoch == epoch:  # else stopped while the request was being prepared
                     result = await call_agent(
-                        self.agent,
-                        request,
-                        timeout_s=self.agent_timeout_s,
-                        message_id=message.id,
-                        on_delta=live.push if live is not None else None,
-                        limiter=self._limiter,
+                        self.agent, request, timeout_s=self.agent_timeout_s, message_id=message.id,
+                        on_delta=live.push if live is not None else None, limiter=self._limiter, scope=scope,
                     )
         finally:
             self.runs_finished += 1
         elapsed = time.monotonic() - started
-        if result is None:  # cancelled by /stop, /new or interrupt
+        if result is None and s.epoch == epoch and scope.cancelled_caught:  # its time limit, not a /stop
+            result = timed_out(self.agent_timeout_s, message.id, elapsed)
+        elif result is None:  # cancelled by /stop, /new or interrupt
             result = AgentResult(text="", duration_s=elapsed, stopped=True)
         if self.on_agent_result is not None:
             self.on_agent_result(result, elapsed)

@@ -329,3 +329,22 @@ async def test_the_agent_call_is_cut_off_after_its_timeout_and_a_stop_is_no_time
         await call_agent(Hangs(), request, timeout_s=60, message_id="m")
         raise AssertionError("a stopped call must not return a result")
     assert stop.cancelled_caught
+
+
+@pytest.mark.anyio
+async def test_a_run_past_its_time_limit_fails_as_timed_out_and_a_stopped_one_is_stopped() -> None:
+    async with bench() as b:
+        b.runner.agent_timeout_s = -4.8  # the limit is agent_timeout_s plus 5 s of slack: 0.2 s
+        b.agent.gate = anyio.Event()  # never set: the agent hangs
+        first = msg("slow")
+        await b.submit(first)
+        await b.settle()
+        assert b.replies == [("robotA:dm:u1", USER_FAILURE_TEXT)]
+        stats = await b.store.session_stats("robotA:dm:u1")
+        assert stats is not None and stats.messages_in == 1
+        b.runner.agent_timeout_s = 60
+        await b.submit(msg("stopped"))
+        await b.until(lambda: b.agent.in_flight == 1)
+        assert await b.runner.stop("robotA:dm:u1") == (True, [])
+        await b.settle()
+        assert b.replies == [("robotA:dm:u1", USER_FAILURE_TEXT)]  # a stop answers nothing
