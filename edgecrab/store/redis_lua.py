@@ -108,8 +108,7 @@ end
 
 local OPS = {}
 
-function OPS.claim()
-  local robot, msg, sid, payload, at, owner = take(), take(), take(), take(), take(), take()
+local function claim(robot, msg, sid, payload, at, owner)
   local k = inbox_key(robot, msg)
   if redis.call('EXISTS', k) == 1 then return 0 end
   if sid ~= '' and not redis.call('SET', sid_key(robot, sid), msg, 'NX') then return 0 end
@@ -123,6 +122,19 @@ function OPS.claim()
     redis.call('SADD', P .. 'inbox:' .. robot .. ':owners', owner)
   end
   return 1
+end
+
+function OPS.claim()
+  return claim(take(), take(), take(), take(), take(), take())
+end
+
+function OPS.claims()
+  -- Callbacks that arrived together (one batch of the ack path): '1' for each new one, '0' for each known
+  -- one, in order. A msgId twice in one batch is new only the first time.
+  local robot, at, owner, n = take(), take(), take(), tonumber(take())
+  local news = {}
+  for i = 1, n do news[i] = tostring(claim(robot, take(), take(), take(), at, owner)) end
+  return table.concat(news)
 end
 
 function OPS.state()

@@ -157,8 +157,15 @@ class RedisStore(Store):
     async def inbox_claim(
         self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
     ) -> bool:
-        ops = Ops().claim(robot, msg_id, stream_message_id, payload, received_at, self.replica)
-        return int(await self._run(ops, script=self._claim)) == 1
+        return (await self.inbox_claim_many(robot, [(msg_id, stream_message_id, payload)], received_at))[0]
+
+    async def inbox_claim_many(
+        self, robot: str, items: Sequence[tuple[str, str, str]], received_at: float
+    ) -> list[bool]:
+        # One script run for the batch: one round trip, and one step of the event loop, however many.
+        ops = Ops().claims(robot, items, received_at, self.replica)
+        news = str(await self._run(ops, script=self._claim))
+        return [c == "1" for c in news]
 
     async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None:
         await self._run(Ops().inbox_state(robot, msg_id, state, error))
