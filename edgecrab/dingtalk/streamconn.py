@@ -141,6 +141,9 @@ class StreamConnection:
         self._batch: list[tuple[Frame, float]] = []
         """Robot callbacks read and not yet recorded (with ``on_callbacks``), with when each was read."""
         self._more = anyio.Event()
+        self._drained = anyio.Event()
+        """Set while no callback is waiting for its record or ack (a ``disconnect`` waits for it)."""
+        self._drained.set()
         self._reading = True
         self.topics = topics or {}
         """Handlers of the other CALLBACK topics subscribed to (card buttons)."""
@@ -232,9 +235,12 @@ class StreamConnection:
             for (frame, read_at), decision in zip(batch, decisions, strict=True):
                 ack = ack_frame(frame.message_id, code=decision.code, message=decision.message)
                 if not await self._send(ack):
+                    self._drained.set()
                     return  # closed: DingTalk delivers the unacked frames again, the inbox knows them
                 if self.stats.on_ack is not None:
                     self.stats.on_ack(time.monotonic() - read_at)
+            if not self._batch:
+                self._drained.set()
 
     async def _record_batch(self, frames: list[Frame]) -> list[AckDecision]:
         """:meth:`_record` for a batch: the acks in order (every one 500 when the record failed)."""
@@ -308,6 +314,8 @@ class StreamConnection:
             if self.on_callbacks is not None:
                 self._batch.append((frame, self.last_frame_at))
                 self._more.set()
+                if self._drained.is_set():
+                    self._drained = anyio.Event()
                 return
             decision = await self._record(frame)
             await self._send(ack_frame(mid, code=decision.code, message=decision.message))
@@ -322,6 +330,7 @@ class StreamConnection:
             if topic == "ping":
                 await self._send(ack_frame(mid, data=frame.data_text))
             elif topic == "disconnect":
+                await self._drained.wait()  # the callbacks before it acked first, as DingTalk sent them
                 log.info(
                     "[dingtalk] conn %s: server asked to disconnect (%s); opening a new connection first",
                     self.cid,

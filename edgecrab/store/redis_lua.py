@@ -295,6 +295,17 @@ end
 return {deleted, examined}
 """
 
+PENDING = r"""
+-- KEYS: a conversation's unsent chunks (sorted set of chunk ids). ARGV: the chunk key prefix.
+-- Every one's hash (flat field/value lists), in send order: one round trip for the delivery's read.
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local h = redis.call('HGETALL', ARGV[1] .. id)
+  if #h > 0 then table.insert(out, h) end
+end
+return out
+"""
+
 SCHEDULE_CLAIM = r"""
 -- KEYS: the schedule's hash, the set of schedule names. ARGV: name, slot, outcome, now, token.
 -- Advances the schedule to slot when slot is later than the recorded one: 1 when this run did (or a retry

@@ -43,7 +43,7 @@ from edgecrab.store.base import (
     UsageDelta,
 )
 from edgecrab.store.redis_coord import RedisCoordination
-from edgecrab.store.redis_lua import APPLY, SCHEDULE_CLAIM, SWEEP
+from edgecrab.store.redis_lua import APPLY, PENDING, SCHEDULE_CLAIM, SWEEP
 from edgecrab.store.redis_pipe import Pipeliner
 from edgecrab.store.redis_rows import Ops
 
@@ -60,7 +60,7 @@ SWEEP_BATCH = 500
 """Keys deleted per script run when pruning, so that Redis never blocks long on a day of callbacks."""
 CONNECTIONS = 16
 """The pool of every call but the claim (callers share pipelines: :class:`Pipeliner`)."""
-PIPELINES_IN_FLIGHT = 4
+PIPELINES_IN_FLIGHT = 1
 """Pipelines out at once; commands issued meanwhile wait for the next, which carries them all."""
 
 
@@ -272,13 +272,14 @@ class RedisStore(Store):
             await self._run(Ops().chunks(chunks))
 
     async def outbox_pending(self, conversation_key: str | None = None) -> list[OutboxChunk]:
-        index = (
-            self._key("outbox", "open")
-            if conversation_key is None
-            else self._key("outbox", "conv", conversation_key)
-        )
-        ids = await self._call("ZRANGE", index, 0, -1)
-        hashes = await self._calls([("HGETALL", self._key("outbox", "chunk", c)) for c in ids])
+        chunks = self._key("outbox", "chunk", "")
+        if conversation_key is not None:  # a conversation's few: one script run, one round trip
+            index = self._key("outbox", "conv", conversation_key)
+            with rows.reachable(self.url):
+                found = await self.pipe.script(PENDING, [index], [chunks])
+            return [rows.chunk(dict(zip(h[::2], h[1::2], strict=True))) for h in found]
+        ids = await self._call("ZRANGE", self._key("outbox", "open"), 0, -1)  # everything: no long script
+        hashes = await self._calls([("HGETALL", chunks + c) for c in ids])
         return [rows.chunk(h) for h in hashes if h]
 
     async def outbox_reply(self, reply_id: str) -> list[ChunkState]:
