@@ -19,6 +19,7 @@ ends while Redis restarts is recorded, and answered, once it is back.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -82,6 +83,9 @@ class RedisStore(Store):
         self._ack_client: redis.asyncio.Redis | None = None
         self._pipe: Pipeliner | None = None
         self._claim: Any = None
+        self._tokens = map(f"{uuid.uuid4().hex[:16]}-{{:x}}".format, itertools.count())
+        """Idempotency tokens of script runs: unique across replicas and restarts without a ``getrandom``
+        system call each, as ``uuid4()`` makes."""
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -150,7 +154,7 @@ class RedisStore(Store):
     async def _run(self, ops: Ops, *, ack_path: bool = False) -> Any:
         """One :data:`~edgecrab.store.redis_lua.APPLY` run of ``ops``, with a fresh idempotency token
         (``ack_path``: on the claim's own client, which gives up within ~0.3 s)."""
-        args = [self.prefix, uuid.uuid4().hex, repr(time.time()), str(INBOX_TTL_S), str(OUTBOX_TTL_S)]
+        args = [self.prefix, next(self._tokens), repr(time.time()), str(INBOX_TTL_S), str(OUTBOX_TTL_S)]
         with rows.reachable(self.url):
             if ack_path:
                 if self._claim is None:
