@@ -13,7 +13,7 @@ Keys (``P`` = ``storage.prefix``; docs/redis.md lists them all):
 * ``P deliver:<conversation>`` string: the replica sending the conversation's chunks (one at a time, in
   order); same expiry. Released when the ledger holds nothing unsent for the conversation.
 * ``P signals`` pub/sub channel: ``{"what", "key", "from"}``; ``free`` says a session's lease was released
-  (waiters try again at once instead of at their next poll).
+  while messages wait for it (they try again at once instead of at their next poll).
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ KV_TTL_S = 7 * 86400
 """Small facts (a re-split chunk's pieces, when a denied user was told so) expire after a week."""
 SWEEP_BATCH = 500
 """Keys deleted per script run when pruning, so that Redis never blocks long on a day of callbacks."""
-CONNECTIONS = 16
+CONNECTIONS = 4
 """The pool of every call but the claim (callers share pipelines: :class:`Pipeliner`)."""
 PIPELINES_IN_FLIGHT = 1
 """Pipelines out at once; commands issued meanwhile wait for the next, which carries them all."""
