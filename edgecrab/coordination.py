@@ -22,6 +22,8 @@ import anyio
 import anyio.abc
 
 STOP, NEW, INTERRUPT = "stop", "new", "interrupt"
+SEND, ON_THE_WIRE, FINISHED, LEASE_LOST = "send", "on the wire", "finished", "lease lost"
+"""What :meth:`Coordination.start_sending` says of a chunk about to go out."""
 """What a signal asks the replica running a session to do: cancel the run and drop the queue; /new also
 makes the run in flight write nothing to the session."""
 
@@ -92,6 +94,17 @@ class Coordination(Protocol):
         them to this one: send them too). Not ``finished`` (cancelled, failed): released as it is."""
         ...
 
+    async def start_sending(
+        self, conversation: str, reply_id: str, index: int, interval_s: float
+    ) -> str:
+        """Just before a chunk goes out, while holding the conversation's delivery lease: ``SEND`` when it
+        is to be sent now (marked as being sent by this replica; returned once ``interval_s`` has passed
+        since the conversation's last message went out, from any replica); ``ON_THE_WIRE``: another
+        replica was sending it when it stopped; ``FINISHED``: sent, cancelled or given up meanwhile (a
+        ``/stop`` on another replica); ``LEASE_LOST``: this replica's lease lapsed and another live one
+        took it over. One atomic step: a chunk never goes out twice."""
+        ...
+
     async def adopt(self, robot: str, *, starting: bool = False) -> list[str] | None:
         """The unfinished messages this replica takes over, exactly once across replicas: those whose
         replica is gone (``starting``: this replica's earlier life's too). None: no other replicas, every
@@ -148,6 +161,11 @@ class LocalCoordination:
 
     async def give_delivery_back(self, conversation: str, *, finished: bool = True) -> bool:
         return True
+
+    async def start_sending(
+        self, conversation: str, reply_id: str, index: int, interval_s: float
+    ) -> str:
+        return SEND
 
     async def adopt(self, robot: str, *, starting: bool = False) -> list[str] | None:
         return None if starting else []

@@ -12,7 +12,9 @@ third of ``storage.lease_s``: a replica killed mid-run leaves messages received 
 heartbeat (``replica:<id>``) has expired; one live replica takes each over (a Lua script: exactly once)
 and processes it as if it had just arrived (its session's queue entry is replaced, so the busy policy
 does not count it twice). Conversations with unsent chunks whose delivery lease is free or held by a dead
-replica get a sender here (which takes the lease first, so only one replica sends them).
+replica get a sender here (which takes the lease first, so only one replica sends them). AI cards a dead
+replica left open go with their message: a run of it again streams into the same card; the sweep finishes
+those whose message will not run again (:mod:`edgecrab.dingtalk.cardrecover`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ GAVE_UP_TEXT = (
 class Failover:
     """One robot's pick-up of unfinished work. ``read`` turns an inbox entry into its message, ``reply``
     answers one (text, session key), ``requeue`` hands entries to the ingest queue, ``wake`` starts a
-    conversation's sender."""
+    conversation's sender, ``cards`` finishes the AI cards dead replicas left open
+    (:meth:`edgecrab.dingtalk.cardreply.CardReplies.take_over`)."""
 
     def __init__(
         self,
@@ -53,9 +56,11 @@ class Failover:
         requeue: Callable[[list[InboxEntry]], None],
         wake: Callable[[str], None],
         every_s: float,
+        cards: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store, self.coord, self.robot = store, coord, robot
         self._read, self._reply, self._requeue, self._wake = read, reply, requeue, wake
+        self._cards = cards
         self.every_s = max(every_s, 0.2)
         self.messages_taken_over = 0
         self.conversations_taken_over = 0
@@ -100,7 +105,7 @@ class Failover:
                 log.warning("[replicas] failover sweep failed: %s: %s", type(exc).__name__, exc)
 
     async def sweep(self) -> None:
-        """Once: take over dead replicas' unfinished messages and unsent chunks."""
+        """Once: take over dead replicas' unfinished messages, unsent chunks and open cards."""
         entries = await self.unfinished(starting=False)
         if entries:
             self.messages_taken_over += len(entries)
@@ -109,3 +114,5 @@ class Failover:
             log.info("[replicas] sending the unsent chunks of %s (their sender stopped)", conversation)
             self.conversations_taken_over += 1
             self._wake(conversation)
+        if self._cards is not None:
+            await self._cards()

@@ -40,7 +40,7 @@ from edgecrab.dingtalk.markdown import reply_format
 from edgecrab.dingtalk.ratelimit import share
 from edgecrab.dingtalk.rest import DingTalkSender
 from edgecrab.dingtalk.stream import StreamClient
-from edgecrab.events import Message
+from edgecrab.events import Message, ReplyRoute
 from edgecrab.failover import GAVE_UP_TEXT as GAVE_UP_TEXT  # re-exported: the gateway reads them here
 from edgecrab.failover import MAX_RUN_ATTEMPTS as MAX_RUN_ATTEMPTS
 from edgecrab.failover import Failover
@@ -196,7 +196,9 @@ class Robot:
         dt = self.dt
         self.http = http = http_client(timeout=dt.send_timeout_s, max_connections=_DINGTALK_CONNECTIONS)
         self.sender = DingTalkSender(dt, client=http)
-        self.cards = card_replies(dt, self.sender.tokens, http, self.store, lambda m: self.commands.stop(m))
+        self.cards = card_replies(
+            dt, self.sender.tokens, http, self.store, lambda m: self.commands.stop(m), self._stop_elsewhere
+        )
         self.delivery = Delivery(
             self.store, self.sender, reply_format(dt), chunk_interval_s=dt.chunk_interval_ms / 1000,
             notify=self._delivery_event,
@@ -231,17 +233,26 @@ class Robot:
 
     def _replicas(self) -> Failover:
         """Failover and rate limits shared by the replicas (without replicas: nothing to share or sweep)."""
-        coord = self.runner.coord
+        coord, cards = self.runner.coord, self.cards
+        if cards is not None:
+            cards.replica = coord.replica_id  # the owner of the cards it streams
+            cards.sweeps_itself = not coord.shared
         if coord.shared:
             self.sender.share_limits(coord)
-            if self.cards is not None:
-                share(self.cards.client.limiter, coord, f"{self.dt.app_key}:card")
+            if cards is not None:
+                share(cards.client.limiter, coord, f"{self.dt.app_key}:card")
         return Failover(
             self.store, coord, self.name, read=lambda e: self._read_message(e.payload, None),
             reply=lambda m, text: self.reply(m, text, self.runner.key(m)), requeue=self.intake.requeue,
             wake=lambda c: self.delivery.wake(c) if self.delivery.resumes(c) else None,
-            every_s=self.config.storage.lease_s / 3,
+            every_s=self.config.storage.lease_s / 3, cards=cards.take_over if cards is not None else None,
         )
+
+    async def _stop_elsewhere(self, key: str, route: ReplyRoute) -> None:
+        """The stop button of a card another replica streams: ``/stop`` for its session (a signal to the
+        replica running it), without an answer (the card shows that it stopped)."""
+        await self.runner.stop(key)
+        await self.delivery.cancel(route, session_key=key)
 
     def own_stream(self, fanout: Fanout) -> None:
         """Open (when run) the Stream connection of this robot's app, for the robots of ``fanout`` (built

@@ -2,8 +2,8 @@
 
 The runner opens one :class:`LiveReply` when a run starts (:meth:`LiveReplies.open`; ``None`` means
 "reply the ordinary way": markdown mode, or cards unavailable), feeds it the agent's pieces of text, and
-settles it when the run ends: stopped, failed or finished. What a live reply could not show goes out
-through the delivery ledger as ordinary markdown, so nothing is lost.
+settles it when the run ends: stopped, failed or finished, and says when the run's end is recorded. What a
+live reply could not show goes out through the delivery ledger as ordinary markdown, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ class LiveReply(Protocol):
         """The run answered ``text`` (hooks applied): show it. Returns what must still follow as ordinary
         messages ("" for nothing), or None when the live reply failed and all of ``text`` must."""
         ...
+
+    async def recorded(self) -> None:
+        """The run's end is recorded (its message finished): the live reply need not be picked up again
+        after a crash."""
 
 
 class LiveReplies(Protocol):

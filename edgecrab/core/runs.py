@@ -1,15 +1,14 @@
 """Agent runs: one run per session at a time, the busy policy, /stop, /new and /retry.
 Session keys and what a session holds in memory (queue, run in flight, epochs): :mod:`edgecrab.core.sessions`.
-
-Each busy session has one worker task (in the runner's task group) that takes queued messages in order.
-A session is *busy* from the moment its worker takes a message until that run's reply is handed to
-delivery, so a message arriving while the run is still preparing is queued (or rejected, or interrupts)
-like any other. With live replies (``reply_mode: card``, :mod:`edgecrab.core.live`) the run opens one when
-it starts, streams the agent's text into it, and settles it as the run ends. The agent call lives in its own
-cancel scope: ``/stop``, ``/new`` and the ``interrupt`` policy cancel exactly that scope, which closes the
-backend's HTTP stream or kills its subprocess. They also bump the session's epoch, so a run stopped before
-or after its agent call sends nothing either. Replicas (:mod:`edgecrab.coordination`): a session's messages
-wait in its queue across replicas, a run needs its lease; /stop, /new and interrupts reach its replica.
+Each busy session has one worker task (in the runner's task group) that takes queued messages in order. A
+session is *busy* from the moment its worker takes a message until that run's reply is handed to delivery, so
+a message arriving while the run is still preparing is queued (or rejected, or interrupts) like any other.
+With live replies (``reply_mode: card``, :mod:`edgecrab.core.live`) the run opens one when it starts, streams
+the agent's text into it, and settles it as the run ends. The agent call lives in its own cancel scope:
+``/stop``, ``/new`` and the ``interrupt`` policy cancel exactly that scope, which closes the backend's HTTP
+stream or kills its subprocess. They also bump the session's epoch, so a run stopped before or after its agent
+call sends nothing either. Replicas (:mod:`edgecrab.coordination`): a session's messages wait in its queue
+across replicas, a run needs its lease; /stop, /new and interrupts reach its replica.
 """
 
 from __future__ import annotations
@@ -198,7 +197,10 @@ class Runner:
         except Exception:
             if live is not None:
                 await live.stopped()  # the crash is reported as ordinary text; the card must not stay open
+                await live.recorded()
             raise
+        if live is not None:
+            await live.recorded()  # after the run's end is recorded: a crash before it runs it again
 
     async def _conclude(
         self,
@@ -312,17 +314,8 @@ class Runner:
         return result, elapsed
 
     async def _finish(
-        self,
-        message: Message,
-        key: str,
-        state: str,
-        error: str = "",
-        *,
-        turns: list[Turn] | None = None,
-        usage: UsageDelta,
-        last_user: Turn,
-        answer: str | None = None,
-        files: Files = (),
+        self, message: Message, key: str, state: str, error: str = "", *, turns: list[Turn] | None = None,
+        usage: UsageDelta, last_user: Turn, answer: str | None = None, files: Files = (),
     ) -> None:
         """Record the run's end (history, usage, the answer's chunks, inbox state) as one store write."""
         chunks: list[OutboxChunk] = []
@@ -331,7 +324,7 @@ class Runner:
             chunks, recorded = await self._prepare(message, answer, key, files)
         elif answer is not None:
             await self._reply(message, answer, key)
-        await self.store.finish_turn(
+        mine = await self.store.finish_turn(
             key,
             robot=message.robot,
             msg_id=message.id,
@@ -343,7 +336,9 @@ class Runner:
             last_user=last_user,
             reply=chunks,
         )
-        if recorded is not None:
+        if not mine:  # replicas: this one's lease lapsed while it ran; the one that took over answers
+            log.warning("[replicas] message %s was taken over by another replica: answer dropped", message.id)
+        elif recorded is not None:
             recorded()
 
     # -- control ---------------------------------------------------------------------------------------
@@ -395,6 +390,5 @@ class Runner:
         return sum(1 for s in self._sessions.values() if s.current is not None)
 
     @property
-    def queued_total(self) -> int:
-        """Messages waiting behind a run, over all sessions."""
+    def queued_total(self) -> int:  # messages waiting behind a run, over all sessions
         return sum(len(s.queue) for s in self._sessions.values())

@@ -8,16 +8,21 @@ far and a stop mark, or failed with the short failure notice. The card shows the
 markdown dialect (:mod:`edgecrab.dingtalk.cardtext`); in a group it starts with ``@name``, since a card
 cannot @ anyone.
 
-Never stuck "thinking":
+Never stuck "thinking", never an answer twice, also with replicas:
 
-- open cards are recorded in the store (one kv key per robot); at the next start every card left open by
-  a crash or a stop is finished with the text it showed (as last saved: at every watchdog tick, at most
-  every 30 s, and at shutdown) and :data:`INTERRUPTED_TEXT`;
-- a card is forgotten only once its final state was accepted: a card whose finish failed (cards became
-  unavailable mid-stream, QpsLimit to the end) stays recorded, and the watchdog (or the next start) finishes
-  it later, with the text it showed and :data:`~edgecrab.dingtalk.cardstream.CONTINUED_NOTICE`;
+- every card is recorded in the store before DingTalk creates it (:mod:`edgecrab.store.cardrecords`), with
+  the message it answers and this replica as its owner, and what it shows is saved at every watchdog
+  tick (at most every 30 s) and at shutdown; it is forgotten once its run's end is recorded;
+- a card whose replica died is picked up by :mod:`edgecrab.dingtalk.cardrecover`: a run of its message
+  again (restart, failover) streams its answer into that same card; a card whose message will not run
+  again is finished with what it showed and :data:`INTERRUPTED_TEXT`;
+- a card whose finish failed (cards became unavailable mid-stream, QpsLimit to the end) stays recorded,
+  and is finished later, with the text it showed and
+  :data:`~edgecrab.dingtalk.cardstream.CONTINUED_NOTICE`;
 - a watchdog finishes a card that had no new text for ``card.watchdog_s`` (10 minutes by default);
-- the card's stop button (topic :data:`CARD_CALLBACK_TOPIC`) does what ``/stop`` does (``on_stop``).
+- the card's stop button (topic :data:`CARD_CALLBACK_TOPIC`) does what ``/stop`` does (``on_stop``),
+  whichever replica DingTalk hands the button's callback to: one that does not stream the card reads the
+  session from the card's record (``on_stop_elsewhere``: a ``/stop`` signal to the replica running it).
 
 Never lost: when cards are unavailable (:class:`~edgecrab.dingtalk.cards.CardsUnavailable`: a missing
 permission, an unpublished template, 5xx that keep coming, ``unknownError``) the reply goes out as
@@ -31,22 +36,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import anyio.abc
 import httpx
 
 from edgecrab.config.model import DingTalkConfig
-from edgecrab.dingtalk.cards import (
-    CardClient,
-    CardError,
-    CardHandle,
-    CardState,
-    CardsUnavailable,
-    CardThrottled,
-)
+from edgecrab.dingtalk.cardrecover import INTERRUPTED_TEXT, LeftOpen, Pending, route_fields, with_notice
+from edgecrab.dingtalk.cards import CardClient, CardError, CardRejected, CardState, CardsUnavailable
 from edgecrab.dingtalk.cardstream import CONTINUED_NOTICE, CardStreamer, split_for_card
 from edgecrab.dingtalk.cardtext import mention_prefix, to_card_markdown
 from edgecrab.dingtalk.frames import Frame
@@ -54,24 +53,23 @@ from edgecrab.dingtalk.streamconn import AckDecision
 from edgecrab.dingtalk.tokens import TokenCache
 from edgecrab.events import Message, ReplyRoute
 from edgecrab.store.base import Store
+from edgecrab.store.cardrecords import CARD_DONE, CARD_STREAMING, CardRecord
 
 log = logging.getLogger("edgecrab.dingtalk.cardreply")
+
+__all__ = [
+    "CARD_CALLBACK_TOPIC", "INTERRUPTED_TEXT", "MARKDOWN_STAY_S", "CardReplies", "LiveCard", "card_replies"
+]
 
 CARD_CALLBACK_TOPIC = "/v1.0/card/instances/callback"
 MARKDOWN_STAY_S = 1800.0
 """After cards turned out to be unavailable, replies are markdown for this long (30 minutes)."""
-INTERRUPTED_TEXT = "⚠️ Interrupted — send your question again. (回复被中断，请重新发送你的问题)"
 WATCHDOG_TEXT = "⚠️ No answer came for {minutes:g} minutes — send your question again."
-OPEN_CARDS_KEY = "cards.open."
-"""kv key prefix (+ robot code): the cards this robot has open, as a JSON object by outTrackId."""
-SHOWN_TEXTS_KEY = "cards.shown."
-"""kv key prefix (+ robot code): the text each open card showed when last saved (a JSON object by
-outTrackId), kept apart from the records so that opening and closing cards stay small writes."""
-RETRY_FOR_S = 86400.0
-"""A card whose finish keeps failing is given up this long after it was opened (one day)."""
 
 StopHandler = Callable[[Message], Awaitable[None]]
 """on_stop(message): a card's stop button was pressed during the run answering ``message``."""
+StopElsewhere = Callable[[str, ReplyRoute], Awaitable[None]]
+"""on_stop_elsewhere(session_key, route): the stop button of a card another replica streams was pressed."""
 
 
 class LiveCard:
@@ -83,6 +81,7 @@ class LiveCard:
         """The agent's text so far."""
         self.closed = False
         self.last_push = owner.clock()
+        self.opened_at = time.time()
 
     @property
     def out_track_id(self) -> str:
@@ -109,27 +108,32 @@ class LiveCard:
             return None
         return split_for_card(text, self.streamer.max_chars)[1]
 
+    async def recorded(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.owner.recorded(self)
+
     async def expire(self, notice: str) -> None:
         """The watchdog's end: the text so far and ``notice``, in the failed state."""
-        await self._end(f"{self.text.rstrip()}\n\n{notice}" if self.text.strip() else notice, "failed")
+        await self._end(with_notice(self.text, notice), "failed")
 
     async def _end(self, text: str, state: CardState) -> bool:
         """Finish the card once (whoever comes first); False when it was finished already or failed."""
         if self.closed:
             return False
         self.closed = True
-        failed = False
+        error: CardError | None = None
         try:
             await self.streamer.finish(text, state)
             return True
         except CardError as err:
-            failed = True
+            error = err
             self.owner.card_failed(err)
             return False
         finally:
             self.streamer.close()
             # Cancelled before the finish was made (a shutdown): the card stays recorded as open.
-            await self.owner.forget(self, state if failed or self.streamer.handle.finalized else None)
+            ended = error is not None or self.streamer.handle.finalized
+            await self.owner.forget(self, state if ended else None, error)
 
 
 class CardReplies:
@@ -142,64 +146,87 @@ class CardReplies:
         store: Store,
         robot: str,
         *,
+        name: str = "",
         on_stop: StopHandler | None = None,
+        on_stop_elsewhere: StopElsewhere | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``robot``: the robot's code; ``name``: its name, as in the inbox (default: the code)."""
         self.card = config.card
         self.client, self.store, self.robot = client, store, robot
-        self.on_stop = on_stop
+        self.name = name or robot
+        self.on_stop, self.on_stop_elsewhere = on_stop, on_stop_elsewhere
         self.clock = clock
         self.watchdog_s = config.card.watchdog_s
         self.markdown_until = 0.0
         """``clock()`` time until which replies are markdown (cards were found unavailable)."""
         self.live: dict[str, LiveCard] = {}
-        self._records: dict[str, dict[str, Any]] = {}
-        self._unfinished: dict[str, CardHandle] = {}
-        """Cards closed without a final state (their record carries the text and state to finish with)."""
+        self.left = LeftOpen(
+            client, store, self.name, config.card.content_key, live=self.live, card_failed=self.card_failed
+        )
+        self.sweeps_itself = True
+        """Look for cards left open at every watchdog tick (one process); replicas: the failover sweep
+        calls :meth:`take_over` instead."""
         self._shown_saved: dict[str, str] = {}
-        self._lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
         self.opened = 0
-        self.recovered = 0
+
+    @property
+    def replica(self) -> str:
+        return self.left.replica
+
+    @replica.setter
+    def replica(self, replica: str) -> None:
+        self.left.replica = replica
+
+    @property
+    def recovered(self) -> int:
+        return self.left.recovered
+
+    @property
+    def unfinished(self) -> int:
+        """Cards closed without a final state, waiting for the watchdog (or the next start) to finish them."""
+        return len(self.left.pending)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        raw = await self.store.kv_get(OPEN_CARDS_KEY + self.robot)
-        left_open = json.loads(raw) if raw else {}
-        raw = await self.store.kv_get(SHOWN_TEXTS_KEY + self.robot)
-        shown = json.loads(raw) if raw else {}
-        for card_id, rec in left_open.items():
-            if "state" not in rec:  # open when the last run ended: what it showed, then "interrupted"
-                text = str(shown.get(card_id) or "").rstrip()
-                rec.update(text=f"{text}\n\n{INTERRUPTED_TEXT}" if text else INTERRUPTED_TEXT, state="failed")
-        self._records = dict(left_open)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 task_status.started()
-                tg.start_soon(self._recover, list(left_open.values()))
+                tg.start_soon(self._recover)
                 await self._watch()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._save_shown()  # a restart finishes the open cards with what they show now
 
-    @property
-    def unfinished(self) -> int:
-        """Cards closed without a final state, waiting for the watchdog (or the next start) to finish them."""
-        return len(self._unfinished)
+    async def take_over(self) -> None:
+        """Finish the cards left open by gone replicas whose messages will not run again (the failover
+        sweep calls it with replicas)."""
+        await self.left.take_over()
 
     # -- opening -----------------------------------------------------------------------------------
     async def open(self, message: Message, session_key: str) -> LiveCard | None:
         route = message.route
-        if self._tg is None or route is None or self.clock() < self.markdown_until:
+        if self._tg is None or route is None:
             return None
-        try:
-            handle = await self.client.open(route)
-        except CardsUnavailable as err:
-            self.card_failed(err)
+        if self.clock() < self.markdown_until:
+            await self.left.markdown_instead(message.id)
             return None
-        except CardError as err:
-            log.warning("[cards] %s; this reply goes out as markdown", err)
-            return None
+        record = CardRecord(self.name, f"edgecrab_{uuid.uuid4().hex}", message.id, session_key, self.replica,
+                            route_fields(route), self.card.content_key, time.time())
+        taken = await self.store.card_open(record)  # recorded before it exists: never a card without one
+        if taken is not None:
+            handle = self.left.resumed(taken, route)
+        else:
+            try:
+                handle = await self.client.open(route, out_track_id=record.card_id)
+            except CardError as err:
+                await self.store.card_close(self.name, record.card_id)
+                if isinstance(err, CardsUnavailable):
+                    self.card_failed(err)
+                else:
+                    log.warning("[cards] %s; this reply goes out as markdown", err)
+                return None
         prefix = mention_prefix(route.sender_name) if route.is_group else ""
         streamer = CardStreamer(
             self.client,
@@ -210,10 +237,8 @@ class CardReplies:
         )
         card = LiveCard(self, streamer, message, session_key)
         self.live[handle.out_track_id] = card
-        self._records[handle.out_track_id] = _record(handle, route)
         self.opened += 1
         self._tg.start_soon(streamer.run)
-        await self._save()
         return card
 
     def card_failed(self, err: CardError) -> None:
@@ -231,33 +256,44 @@ class CardReplies:
             )
         self.markdown_until = max(self.markdown_until, now + MARKDOWN_STAY_S)
 
-    async def forget(self, card: LiveCard, state: CardState | None) -> None:
-        """``card`` was closed: forgotten when its final state was accepted; else kept for a later finish
-        (its record then carries the text and ``state`` to finish with), or, with ``state`` None (the
-        finish was cancelled: a shutdown), left recorded as open for the next start."""
-        card_id = card.out_track_id
+    async def forget(self, card: LiveCard, state: CardState | None, error: CardError | None = None) -> None:
+        """``card`` was closed: marked done when its final state was accepted (forgotten once its run's end
+        is recorded: :meth:`recorded`), or refused for good (``error``: DingTalk refused this card alone,
+        e.g. it never existed); else kept for a later finish with the text it shows and ``state``; with
+        ``state`` None (the finish was cancelled: a shutdown), left recorded as open for the next start or
+        another replica."""
         if state is None:
             return  # still in ``live``, so that what it shows is saved as the gateway stops
+        card_id = card.out_track_id
         self.live.pop(card_id, None)
+        self._shown_saved.pop(card_id, None)
         handle = card.streamer.handle
-        if handle.finalized or card_id not in self._records:
-            self._records.pop(card_id, None)
-        else:
-            shown = card.streamer.shown.rstrip()
-            if state == "stopped":
-                text = shown
-            else:
-                state = "failed"
-                text = f"{shown}\n\n{CONTINUED_NOTICE}" if shown else CONTINUED_NOTICE
-            self._records[card_id].update(text=text, state=state)
-            self._unfinished[card_id] = handle
-            log.warning("[cards] card %s could not be finished; it is tried again later", card_id)
         with anyio.CancelScope(shield=True):
-            await self._save()
+            if handle.finalized or isinstance(error, CardRejected):
+                await self.store.card_update(self.name, card_id, state=CARD_DONE)
+                return
+            shown = card.streamer.shown
+            if state == "stopped":
+                text = shown.rstrip()
+            else:
+                state, text = "failed", with_notice(shown, CONTINUED_NOTICE)
+            await self.left.keep(card_id, Pending(handle, state, text, card.opened_at))
+            log.warning("[cards] card %s could not be finished; it is tried again later", card_id)
+
+    async def recorded(self, card: LiveCard) -> None:
+        """The end of ``card``'s run is recorded (the message is finished): forget the card, unless it is
+        still to be finished."""
+        if card.out_track_id not in self.left.pending and card.out_track_id not in self.live:
+            await self.store.card_close(self.name, card.out_track_id, self.replica)
 
     # -- the stop button ---------------------------------------------------------------------------
+    async def has(self, card_id: str) -> bool:
+        """Whether ``card_id`` is one of this robot's cards (streamed here or by another replica)."""
+        return card_id in self.live or await self.store.card_get(self.name, card_id) is not None
+
     async def on_callback(self, frame: Frame) -> AckDecision:
-        """A card button was pressed (topic :data:`CARD_CALLBACK_TOPIC`): the stop button stops the run."""
+        """A card button was pressed (topic :data:`CARD_CALLBACK_TOPIC`): the stop button stops the run,
+        here or on the replica streaming the card."""
         try:
             data = json.loads(frame.data_text or "{}")
             content = json.loads(data.get("content") or "{}")
@@ -265,23 +301,42 @@ class CardReplies:
         except (ValueError, AttributeError, TypeError):
             log.warning("[cards] unreadable card callback %s", frame.message_id)
             return AckDecision()
-        card = self.live.get(str(data.get("outTrackId", "")))
-        if card is not None and any("stop" in str(action).lower() for action in actions):
+        if not any("stop" in str(action).lower() for action in actions):
+            return AckDecision()
+        card_id = str(data.get("outTrackId", ""))
+        card = self.live.get(card_id)
+        if card is not None:
             log.info("[cards] stop button pressed on card %s (session %s)", card.out_track_id, card.key)
             if self.on_stop is not None:
                 await self.on_stop(card.message)
+            return AckDecision()
+        record = await self.store.card_get(self.name, card_id) if self.on_stop_elsewhere else None
+        if record is not None and record.state == CARD_STREAMING and self.on_stop_elsewhere is not None:
+            log.info("[cards] stop button pressed on card %s, streamed by replica %s (session %s)",
+                     card_id, record.owner, record.session_key)
+            await self.on_stop_elsewhere(record.session_key, ReplyRoute.from_dict(record.route))
         return AckDecision()
 
     # -- never stuck -------------------------------------------------------------------------------
+    async def _recover(self) -> None:
+        """At start: the cards an earlier life left open (see :mod:`edgecrab.dingtalk.cardrecover`)."""
+        await self.left.import_legacy(self.robot)
+        await self.left.take_over(starting=True)
+
     async def _watch(self) -> None:
         """Finish the cards that had no new text for ``watchdog_s``, try again to finish the cards whose
-        finish failed, and save what the open cards show."""
+        finish failed, save what the open cards show, and (one process) look for cards left open."""
         while True:
             await anyio.sleep(max(0.05, min(self.watchdog_s / 4, 30.0)))
             now = self.clock()
-            if self._unfinished and now >= self.markdown_until:
-                await self._finish_unfinished()
-            await self._save_shown()
+            try:
+                if self.left.pending and now >= self.markdown_until:
+                    await self.left.finish_pending()
+                await self._save_shown()
+                if self.sweeps_itself:
+                    await self.left.take_over()
+            except Exception as exc:  # the store away: the next tick tries again
+                log.warning("[cards] could not look after the open cards: %s: %s", type(exc).__name__, exc)
             for card in list(self.live.values()):
                 if not card.closed and now - card.last_push >= self.watchdog_s:
                     log.warning(
@@ -292,56 +347,13 @@ class CardReplies:
                     assert self._tg is not None
                     self._tg.start_soon(card.expire, WATCHDOG_TEXT.format(minutes=self.watchdog_s / 60))
 
-    async def _recover(self, left_open: list[dict[str, Any]]) -> None:
-        """Finish the cards the last run left open (a crash, a restart) with the text they showed and
-        :data:`INTERRUPTED_TEXT`, or left unfinished (their finish failed) with the text recorded."""
-        for rec in left_open:
-            route = ReplyRoute(self.robot, str(rec.get("conversation", "")), bool(rec.get("group")))
-            handle = CardHandle(str(rec["id"]), route, str(rec.get("content_key") or self.card.content_key))
-            self._unfinished[handle.out_track_id] = handle
-        if left_open:
-            await self._finish_unfinished()
-
-    async def _finish_unfinished(self) -> None:
-        """Finish the cards closed without a final state; keep those that fail for a passing reason."""
-        for card_id, handle in list(self._unfinished.items()):
-            rec = self._records.get(card_id)
-            if rec is None:
-                self._unfinished.pop(card_id, None)
-                continue
-            state: CardState = "stopped" if rec.get("state") == "stopped" else "failed"
-            try:
-                await self.client.finish(handle, str(rec.get("text") or INTERRUPTED_TEXT), state)
-            except CardError as err:
-                if handle.finalized:  # out of "writing", though its final frame failed
-                    pass
-                elif isinstance(err, CardsUnavailable | CardThrottled) and (
-                    time.time() - float(rec.get("opened_at", 0.0)) < RETRY_FOR_S
-                ):
-                    log.warning("[cards] could not finish card %s yet: %s", card_id, err)
-                    if isinstance(err, CardsUnavailable):
-                        self.card_failed(err)
-                        break
-                    continue
-                else:
-                    log.warning("[cards] gave up finishing card %s: %s", card_id, err)
-            else:
-                self.recovered += 1
-                log.info("[cards] card %s left unfinished: finished now (%s)", card_id, state)
-            self._unfinished.pop(card_id, None)
-            self._records.pop(card_id, None)
-        await self._save()
-
     async def _save_shown(self) -> None:
-        """Save what each open card shows, when it changed (one small write; none when nothing did)."""
-        shown = {card_id: card.streamer.shown for card_id, card in self.live.items() if card.streamer.shown}
-        if shown != self._shown_saved:
-            await self.store.kv_set(SHOWN_TEXTS_KEY + self.robot, json.dumps(shown))
-            self._shown_saved = shown
-
-    async def _save(self) -> None:
-        async with self._lock:
-            await self.store.kv_set(OPEN_CARDS_KEY + self.robot, json.dumps(self._records))
+        """Save what each open card shows, when it changed (a small write per card; none when nothing did)."""
+        for card_id, card in list(self.live.items()):
+            shown = card.streamer.shown
+            if shown and shown != self._shown_saved.get(card_id):
+                await self.store.card_update(self.name, card_id, shown=shown)
+                self._shown_saved[card_id] = shown
 
 
 def card_replies(
@@ -350,22 +362,14 @@ def card_replies(
     http: httpx.AsyncClient,
     store: Store,
     on_stop: StopHandler | None = None,
+    on_stop_elsewhere: StopElsewhere | None = None,
 ) -> CardReplies | None:
     """The robot's cards with ``reply_mode: card`` (sharing the sender's token cache and connections),
     else None."""
     if config.reply_mode != "card":
         return None
     client = CardClient(config, tokens=tokens, client=http)
-    return CardReplies(config, client, store, config.robot_code or config.app_key, on_stop=on_stop)
-
-
-def _record(handle: CardHandle, route: ReplyRoute) -> dict[str, Any]:
-    """What is kept of an open card, to finish it after a crash."""
-    return {
-        "id": handle.out_track_id,
-        "process_query_key": handle.process_query_key,
-        "conversation": route.conversation_id,
-        "group": route.is_group,
-        "content_key": handle.content_key,
-        "opened_at": time.time(),
-    }
+    return CardReplies(
+        config, client, store, config.robot_code or config.app_key, name=config.name,
+        on_stop=on_stop, on_stop_elsewhere=on_stop_elsewhere,
+    )

@@ -243,9 +243,10 @@ class CardClient:
 
     # -- the three steps ---------------------------------------------------------------------------
 
-    async def open(self, route: ReplyRoute) -> CardHandle:
-        """Create the card in the conversation of ``route``, "inputting" and empty."""
-        handle = CardHandle(f"edgecrab_{uuid.uuid4().hex}", route, self.card.content_key)
+    async def open(self, route: ReplyRoute, out_track_id: str = "") -> CardHandle:
+        """Create the card in the conversation of ``route``, "inputting" and empty (``out_track_id``: its id,
+        chosen by the caller so that it can record the card first; default: a new one)."""
+        handle = CardHandle(out_track_id or f"edgecrab_{uuid.uuid4().hex}", route, self.card.content_key)
         what = f"card for conversation {route.conversation_id}"
         if not route.is_group and not route.sender_staff_id:
             raise CardRejected(f"{what}: a DM card needs the sender's staff id (outside the organisation?)")

@@ -7,7 +7,8 @@ naming no robot of this gateway goes to the app's first robot, which answers wit
 app's token (the only token that can answer it).
 
 A card button's callback names no robot, only its card (``outTrackId``): it goes to the robot whose card it
-is (:meth:`Fanout.on_card_callback`), so the stop button stops the right robot's run.
+is (:meth:`Fanout.on_card_callback`; the store says so for a card another replica streams), so the stop
+button stops the right robot's run.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class Fanout:
             card = ""
         for cards in self.cards:
             if card in cards.live:
+                return await cards.on_callback(frame)
+        for cards in self.cards:  # another replica streams it: the store knows whose it is
+            if await cards.has(card):
                 return await cards.on_callback(frame)
         return AckDecision()
 

@@ -137,7 +137,8 @@ class _Collector(Collector):
                             lambda p: cards(p).opened, robots)
         yield self._counter("edgecrab_card_api_calls", "DingTalk card API calls (create, stream, finish).",
                             lambda p: cards(p).client.calls, robots)
-        yield self._counter("edgecrab_cards_recovered", "Cards left open by a crash and finished at start.",
+        yield self._counter("edgecrab_cards_recovered",
+                            "Cards left open by a crash or a dead replica: continued or finished.",
                             lambda p: cards(p).recovered, robots)
         yield self._gauge("edgecrab_cards_markdown_fallback",
                           "1 while cards were found unavailable and replies go out as markdown.",

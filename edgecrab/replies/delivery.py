@@ -17,9 +17,9 @@ it. The next reply's chunks, just recorded, then go to a new sender as they are,
 back from the store (one query a reply, in the profile of 1a). Only where this process is the store's
 sole writer (:attr:`edgecrab.store.base.Store.sole_writer`; not with Redis, where replicas share it).
 
-Replicas on Redis: a sender first takes the conversation's delivery lease (:mod:`edgecrab.coordination`),
-so one replica at a time sends its chunks. A replica that finds the lease held leaves its chunks to the
-holder, which gives the lease back only when the ledger holds nothing unsent for the conversation.
+Replicas on Redis: a sender takes the conversation's delivery lease (:mod:`edgecrab.coordination`) and
+keeps it until the ledger holds nothing unsent for it; a replica that finds it held leaves its chunks to
+the holder. Each chunk is checked and marked just before it goes out (:mod:`edgecrab.replies.inflight`).
 
 ``/stop`` and ``/new`` call :meth:`Delivery.cancel`: the unsent chunks are marked cancelled in the ledger
 and the conversation's epoch is bumped, so a worker that has already read them re-reads the ledger
@@ -40,7 +40,7 @@ from edgecrab.activity import reply_line
 from edgecrab.events import Message, ReplyRoute
 from edgecrab.replies.conversations import ConversationMemory
 from edgecrab.replies.format import Format, PreparedReply, conversation_key, prepare_reply
-from edgecrab.replies.inflight import InFlight
+from edgecrab.replies.inflight import FINISHED, ON_THE_WIRE, InFlight, LeaseLost
 from edgecrab.replies.resplit import TOO_LONG_CODES, Resplits
 from edgecrab.replies.wire import Wire
 from edgecrab.store.base import PENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
@@ -76,8 +76,7 @@ class Delivery:
         chunk_interval_s: float = 0.3,
         notify: Notifier | None = None,
     ) -> None:
-        """Each message is one ``sender.send`` call: the sender retries transient failures itself, under
-        :mod:`edgecrab.retry`'s policy, and what it returns is final for that message."""
+        """One message is one ``sender.send`` call, final for it (the sender retries: edgecrab.retry)."""
         self.store, self.sender, self.format = store, sender, fmt
         self.resumes: Callable[[str], bool] = lambda ckey: True
         """Whose unsent chunks :meth:`run` resumes, by conversation key (a robot's own, on a shared store)."""
@@ -97,12 +96,10 @@ class Delivery:
         """Chunks handed to a sender about to start, with the conversation's epoch at that moment."""
         self._resplits = Resplits(store)
         self._coord = store.coordination()  # replicas: one at a time sends a conversation's chunks
-        self._inflight = InFlight(store)
-        self._via: dict[str, str] = {}
-        """The route the last sent chunk of each unfinished reply took (for its log line)."""
+        self._inflight = InFlight(store, self._coord, chunk_interval_s)
+        self._via: dict[str, str] = {}  # the route each unfinished reply's last chunk took (its log line)
         self._wire = Wire()
-        self.sent_chunks = 0
-        """Messages DingTalk accepted (a re-split chunk counts once per piece)."""
+        self.sent_chunks = 0  # messages DingTalk accepted (a re-split chunk counts once per piece)
         self.failed_replies = 0
         self.failed_in_a_row = 0
         """Messages that failed since the last one DingTalk accepted (the ops port's readiness)."""
@@ -242,6 +239,8 @@ class Delivery:
                     if await self._coord.give_delivery_back(ckey):
                         held = False
                         self._memory.settle(ckey)
+        except LeaseLost:
+            held = False  # the replica that took the lease over sends the rest
         finally:
             self._workers.pop(ckey, None)
             if held:  # cancelled or crashed: a live replica's failover sweep sends the rest
@@ -268,8 +267,11 @@ class Delivery:
             await self._memory.pace(chunk.conversation_key)
             if self._cancelled(chunk, epoch):
                 return False
-            if await self._inflight.sent_elsewhere(chunk):  # replicas: its sender died mid-send
+            started = await self._inflight.begin(chunk)  # replicas: one atomic check-and-mark
+            if started == ON_THE_WIRE:  # its sender died mid-send
                 break
+            if started == FINISHED:  # cancelled or sent meanwhile, on another replica
+                return False
             mention = chunk.mention and not any(p.strip() for p in pieces[1:])  # on the last piece
             outcome, error = await self._send(chunk, route, pieces[0].rstrip(), mention, epoch)
             if outcome == _OK:

@@ -1,44 +1,62 @@
-"""Chunks on the wire when their replica died: never sent twice.
+"""Chunks on the wire with replicas: never sent twice, never after a ``/stop``, paced across replicas.
 
 With replicas (a store with several writers, :attr:`edgecrab.store.base.Store.sole_writer` False), the
-replica holding a conversation's delivery lease marks each chunk ``sending`` in the ledger before it goes
-out (one more write per chunk). If that replica is SIGKILLed, another one takes the conversation over
-(:mod:`edgecrab.failover`) and finds the chunk still ``sending``: DingTalk may or may not have it, and
-there is no way to ask. It is not sent again (recorded as sent, with a warning): a reply missing a chunk
-in that rare case is better than every reply in flight repeating one. A chunk this replica marked itself
-(a send it retries) is sent again as before. With one process (SQLite) nothing changes: a restart resends
-a chunk whose send was not recorded.
+replica holding a conversation's delivery lease marks each chunk ``sending`` just before it goes out,
+in one atomic step with a check of the chunk and the lease (:meth:`edgecrab.coordination.Coordination.
+start_sending`, one round trip per chunk):
+
+* If that replica is SIGKILLed, another one takes the conversation over (:mod:`edgecrab.failover`) and
+  finds the chunk still ``sending``: DingTalk may or may not have it, and there is no way to ask. It is not
+  sent again (recorded as sent, with a warning): a reply missing a chunk in that rare case is better than
+  every reply in flight repeating one. A chunk this replica marked itself (a send it retries) is sent
+  again as before.
+* A chunk cancelled meanwhile (``/stop`` or ``/new`` handled by another replica) is skipped, though this
+  sender had read it before the cancel.
+* A replica whose lease lapsed (its heartbeat could not reach Redis for ``storage.lease_s``) and was
+  taken over by another stops sending: :class:`LeaseLost`.
+* The conversation's last message may have gone out from another replica: the chunk waits until
+  ``chunk_interval_s`` has passed since then.
+
+With one process (SQLite) nothing of this happens: a restart resends a chunk whose send was not recorded.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
-from edgecrab.store.base import SENDING, OutboxChunk, Store
+from edgecrab.coordination import FINISHED, LEASE_LOST, ON_THE_WIRE, SEND, Coordination
+from edgecrab.store.base import OutboxChunk, Store
 
 log = logging.getLogger("edgecrab.replies.delivery")
 
-REMEMBERED = 10_000
-"""Chunks this process marked ``sending`` that it remembers (the oldest are long finished)."""
+__all__ = ["InFlight", "LeaseLost", "SEND", "ON_THE_WIRE", "FINISHED"]
+
+
+class LeaseLost(Exception):
+    """Another replica took over the conversation's delivery lease: this one stops sending it."""
 
 
 class InFlight:
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._mine: OrderedDict[tuple[str, int], None] = OrderedDict()
+    def __init__(self, store: Store, coord: Coordination, interval_s: float) -> None:
+        self.store, self.coord, self.interval_s = store, coord, interval_s
         self.lost = 0
         """Chunks found ``sending`` by a replica that stopped, not sent again."""
 
-    async def sent_elsewhere(self, chunk: OutboxChunk) -> bool:
-        """True if another replica (or this one's earlier life) was sending ``chunk`` when it stopped;
-        else the chunk is marked ``sending`` by this replica (with several writers)."""
+    async def begin(self, chunk: OutboxChunk) -> str:
+        """Whether ``chunk`` is to be sent now (``SEND``, once the pace across replicas allows), was
+        ``ON_THE_WIRE`` when its replica stopped, or ``FINISHED`` meanwhile. Raises :class:`LeaseLost`."""
         if self.store.sole_writer:
-            return False
-        ref = (chunk.reply_id, chunk.index)
-        if ref in self._mine:
-            return False
-        if chunk.state == SENDING:
+            return SEND
+        outcome = await self.coord.start_sending(
+            chunk.conversation_key, chunk.reply_id, chunk.index, self.interval_s
+        )
+        if outcome == LEASE_LOST:
+            log.warning(
+                "[delivery] another replica took over sending to %s (this one's lease lapsed)",
+                chunk.conversation_key,
+            )
+            raise LeaseLost(chunk.conversation_key)
+        if outcome == ON_THE_WIRE:
             self.lost += 1
             log.warning(
                 "[delivery] chunk %d/%d of reply %s was on the wire when its replica stopped: not sending "
@@ -47,9 +65,4 @@ class InFlight:
                 chunk.total,
                 chunk.reply_id,
             )
-            return True
-        self._mine[ref] = None
-        if len(self._mine) > REMEMBERED:
-            self._mine.popitem(last=False)
-        await self.store.outbox_mark(chunk.reply_id, chunk.index, SENDING)
-        return False
+        return outcome

@@ -31,11 +31,14 @@ from edgecrab.store.base import (
     Turn,
     UsageDelta,
 )
+from edgecrab.store.cardrecords import CARD_DONE, CARD_STREAMING, CardAdoption, CardRecord
 from edgecrab.store.sqlite import SQLiteStore
 
 __all__ = [
     "ARMED",
     "CANCELLED",
+    "CARD_DONE",
+    "CARD_STREAMING",
     "DONE",
     "FAILED",
     "FIRED",
@@ -46,6 +49,8 @@ __all__ = [
     "SENT",
     "SKIPPED",
     "UNDELIVERABLE",
+    "CardAdoption",
+    "CardRecord",
     "InboxEntry",
     "OutboxChunk",
     "SQLiteStore",

@@ -1,13 +1,14 @@
 """The storage interface. SQLite (WAL) implements it today; a Redis backend can replace it for replicas.
 
-Four things live in storage:
+Five things live in storage:
 
 * the **inbox**: every robot callback, recorded before it is acked, so a crash loses nothing and a
   redelivery (same ``msgId`` or same stream ``messageId``) is recognised, also after a restart;
 * **sessions**: per session key, the conversation history and usage stats;
 * the **outbox** (delivery ledger): each reply's chunks and their state, so a restart neither loses nor
   repeats the chunks still to send;
-* small **key/value** facts (e.g. when a denied user was last told so).
+* small **key/value** facts (e.g. when a denied user was last told so);
+* the **open AI cards** and the replica streaming each (:mod:`edgecrab.store.cardrecords`).
 
 Methods are ``async`` so that a network-backed store fits the same interface; the SQLite store does its
 short synchronous work inline (an insert in WAL mode takes well under a millisecond).
@@ -22,6 +23,7 @@ from typing import Any
 
 from edgecrab.coordination import Coordination, LocalCoordination
 from edgecrab.errors import EdgecrabError
+from edgecrab.store.cardrecords import CardRecords
 
 # Inbox states
 RECEIVED = "received"
@@ -147,8 +149,9 @@ class UsageDelta:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Store(abc.ABC):
-    """Everything the gateway persists. One instance per gateway process."""
+class Store(CardRecords):
+    """Everything the gateway persists. One instance per gateway process. The open AI cards' methods are
+    :class:`~edgecrab.store.cardrecords.CardRecords`'."""
 
     # -- lifecycle -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -287,7 +290,7 @@ class Store(abc.ABC):
         usage: UsageDelta | None = None,
         last_user: Turn | None = None,
         reply: Sequence[OutboxChunk] = (),
-    ) -> None:
+    ) -> bool:
         """The end of one message's run, all or nothing: ``turns`` appended to session ``key``'s history,
         ``usage`` added to its counters (as :meth:`usage_add`, with ``last_user`` and ``now``), the
         ``reply`` chunks recorded as :meth:`outbox_add` does, and inbox entry (``robot``, ``msg_id``) set to
@@ -295,7 +298,10 @@ class Store(abc.ABC):
 
         Atomic: after a crash either none of it happened (the message is still unfinished, runs again on
         start, and nothing of it was sent) or all of it did (its reply is in the ledger and goes out, and
-        it does not run again). Never an answer in the ledger for a message that will also run again."""
+        it does not run again). Never an answer in the ledger for a message that will also run again.
+
+        Returns False, having written nothing, when the message is no longer this process's: with
+        replicas, another one took it over (this one's lease lapsed) and answers it instead."""
 
     # -- outbox (delivery ledger) ------------------------------------------------------------------
     @abc.abstractmethod

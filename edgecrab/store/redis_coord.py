@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from edgecrab.coordination import NotFirst, OnSignal
+from edgecrab.coordination import FINISHED, LEASE_LOST, ON_THE_WIRE, SEND, NotFirst, OnSignal
 from edgecrab.store import redis_buckets
 from edgecrab.store import redis_rows as rows
 from edgecrab.store.redis_coord_lua import (
@@ -39,6 +39,7 @@ from edgecrab.store.redis_coord_lua import (
     ORPHANS,
     RELEASE,
     RENEW,
+    START_SEND,
     TAKE_DELIVERY,
 )
 from edgecrab.store.redis_pipe import Pipeliner
@@ -55,6 +56,11 @@ ADOPT_LOOKED_AT = 5000
 """Unfinished messages one sweep looks at (the oldest first) for those whose replica is gone."""
 ORPHANS_LOOKED_AT = 2000
 """Unsent chunks one failover sweep looks at (the oldest first) for conversations nobody sends."""
+
+_STARTS = (SEND, ON_THE_WIRE, FINISHED, LEASE_LOST)
+"""START_SEND's answers, by number; and 4: wait (the pace across replicas), then ask again."""
+_WAIT = 4
+
 
 def _none(msg_id: str) -> bool:
     return False
@@ -173,6 +179,28 @@ class RedisCoordination:
             return False
         self.delivering.discard(conversation)
         return True
+
+    async def start_sending(
+        self, conversation: str, reply_id: str, index: int, interval_s: float
+    ) -> str:
+        keys = [
+            self._key("deliver", conversation),
+            self._key("outbox", "chunk", rows.chunk_id(reply_id, index)),
+            self._key("lastsent", conversation),
+        ]
+        while True:
+            now = repr(time.time())
+            args = [self.replica_id, self.lease_ms, self._key("replica", ""), now, repr(interval_s)]
+            answer = await self._script(START_SEND, keys, args)
+            if int(answer[0]) != _WAIT:
+                break
+            await anyio.sleep(float(answer[1]))  # not marked meanwhile: a stop now loses nothing
+        outcome = _STARTS[int(answer[0])]
+        if outcome == LEASE_LOST:
+            self.delivering.discard(conversation)
+        else:
+            self.delivering.add(conversation)
+        return outcome
 
     async def adopt(self, robot: str, *, starting: bool = False) -> list[str] | None:
         args = [self.store.prefix, robot, self.replica_id, int(starting), ADOPT_LOOKED_AT]

@@ -68,6 +68,7 @@ end
 local head = redis.call('LINDEX', KEYS[1], 0)
 if head == ARGV[1] then
   redis.call('SET', KEYS[2], me, 'PX', ARGV[3])
+  redis.call('SET', ARGV[4] .. me, '1', 'PX', ARGV[3])  -- a lease holder looks alive (see TAKE_DELIVERY)
   return {1}
 end
 local owner, id = string.match(head, '^(.*)|([^|]*)$')
@@ -106,7 +107,40 @@ TAKE_DELIVERY = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. holder) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+-- A lease is never held by a replica that does not look alive (one starting sends before its first
+-- heartbeat): else another replica would find the lease free and send the same chunks.
+redis.call('SET', ARGV[3] .. ARGV[1], '1', 'PX', ARGV[2])
 return 1
+"""
+
+# KEYS: the delivery lease, the chunk's hash, the conversation's last-send time. ARGV: replica, lease ms,
+# replica-key prefix, now (s), the chunk interval (s). Marks the chunk ``sending`` by this replica just
+# before it goes out, unless that would send it twice: {0}: send it; {4, wait s}: ask again in ``wait``
+# seconds (the conversation's last message, from any replica, went out less than an interval ago);
+# {1}: another
+# replica was sending it (it stopped: on the wire, DingTalk may have it); {2}: finished meanwhile (sent,
+# cancelled by /stop on any replica, given up): skip it; {3}: another live replica holds the lease now
+# (this one's lapsed): stop sending.
+START_SEND = """
+local me = ARGV[1]
+local holder = redis.call('GET', KEYS[1])
+if holder ~= me then
+  if holder and redis.call('EXISTS', ARGV[3] .. holder) == 1 then return {3, '0'} end
+  redis.call('SET', KEYS[1], me, 'PX', ARGV[2])
+end
+redis.call('SET', ARGV[3] .. me, '1', 'PX', ARGV[2])
+local state = redis.call('HGET', KEYS[2], 'state')
+if state == 'sending' and redis.call('HGET', KEYS[2], 'sender') ~= me then return {1, '0'} end
+if state ~= 'pending' and state ~= 'sending' then return {2, '0'} end
+local last = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+local wait = tonumber(ARGV[5]) - (tonumber(ARGV[4]) - last)
+if wait > 0 then
+  if wait > tonumber(ARGV[5]) then wait = tonumber(ARGV[5]) end
+  return {4, tostring(wait)}
+end
+redis.call('HSET', KEYS[2], 'state', 'sending', 'sender', me, 'updated_at', ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+return {0, '0'}
 """
 
 # KEYS: the delivery lease, the conversation's unsent chunks (sorted set). ARGV: replica, lease ms,

@@ -27,6 +27,8 @@ Cluster (docs/redis.md lists the keys).
 
 from __future__ import annotations
 
+NOT_OWNED = -1
+"""What APPLY returns when its ``owned`` operation found the message taken over: nothing was written."""
 OP_MEMO_S = 300
 """How long a write's result is kept for a retry of the same run: longer than redis-py keeps retrying
 (:data:`~edgecrab.store.redis_rows.RETRY`, about a minute)."""
@@ -90,7 +92,10 @@ local function set_chunk_state(id, state, err)
   if old == 'cancelled' and open then return 0 end
   redis.call('HSET', k, 'state', state, 'error', err, 'updated_at', NOW)
   if state == 'sending' then redis.call('HINCRBY', k, 'attempts', 1) end
-  local conv = P .. 'outbox:conv:' .. redis.call('HGET', k, 'conversation_key')
+  local ckey = redis.call('HGET', k, 'conversation_key')
+  local conv = P .. 'outbox:conv:' .. ckey
+  -- When the conversation's last message went out: the next sender keeps its distance, on any replica.
+  if state == 'sent' then redis.call('SET', P .. 'lastsent:' .. ckey, NOW, 'PX', 60000) end
   if open then
     local seq = redis.call('HGET', k, 'seq')
     redis.call('ZADD', P .. 'outbox:open', seq, id)
@@ -202,6 +207,17 @@ function OPS.chunks()
       redis.call('ZADD', P .. 'outbox:open', seq, id)
       redis.call('ZADD', P .. 'outbox:conv:' .. conv, seq, id)
     end
+  end
+  return 0
+end
+
+function OPS.owned()
+  -- The rest of the list runs only while the inbox entry is still this replica's (or nobody's).
+  local robot, msg, me = take(), take(), take()
+  local owner = redis.call('HGET', inbox_key(robot, msg), 'owner')
+  if owner and owner ~= '' and owner ~= me then
+    pos = #ARGV + 1
+    return -1
   end
   return 0
 end

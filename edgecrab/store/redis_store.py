@@ -43,8 +43,9 @@ from edgecrab.store.base import (
     Turn,
     UsageDelta,
 )
+from edgecrab.store.redis_cards import RedisCards
 from edgecrab.store.redis_coord import RedisCoordination
-from edgecrab.store.redis_lua import APPLY, PENDING, SCHEDULE_CLAIM, SWEEP
+from edgecrab.store.redis_lua import APPLY, NOT_OWNED, PENDING, SCHEDULE_CLAIM, SWEEP
 from edgecrab.store.redis_pipe import Pipeliner
 from edgecrab.store.redis_rows import Ops
 
@@ -65,7 +66,7 @@ PIPELINES_IN_FLIGHT = 1
 """Pipelines out at once; commands issued meanwhile wait for the next, which carries them all."""
 
 
-class RedisStore(Store):
+class RedisStore(RedisCards, Store):
     """Everything the gateway persists, in Redis under ``prefix``; shared by every replica on ``url``."""
 
     records_at_once = False
@@ -256,9 +257,11 @@ class RedisStore(Store):
         usage: UsageDelta | None = None,
         last_user: Turn | None = None,
         reply: Sequence[OutboxChunk] = (),
-    ) -> None:
+    ) -> bool:
         # One script run: after a crash either all of it happened or none (the message runs again).
-        ops = Ops()
+        # Fenced: a replica whose lease lapsed while it ran the message, and which another replica took
+        # over (ADOPT changed its owner), writes nothing: the new owner answers it, once.
+        ops = Ops().add("owned", robot, msg_id, self.replica)
         if usage is not None or last_user is not None:
             ops.usage(key, now, usage or UsageDelta(), last_user)  # makes the session if need be
         elif turns:
@@ -268,7 +271,7 @@ class RedisStore(Store):
         if reply:
             ops.chunks(reply)
         ops.inbox_state(robot, msg_id, state, error)
-        await self._run(ops)
+        return int(await self._run(ops) or 0) != NOT_OWNED
 
     # -- outbox (delivery ledger) ------------------------------------------------------------------
     async def outbox_add(self, chunks: list[OutboxChunk]) -> None:

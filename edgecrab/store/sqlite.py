@@ -7,7 +7,7 @@ transaction), and WAL checkpoints off the event loop. A method that must be atom
 statements to ``_write`` as one function, which runs them in one transaction.
 
 The tables and their migrations live in :mod:`edgecrab.store.sqlite_schema`, statements several methods
-share in :mod:`edgecrab.store.sqlite_rows`.
+share in :mod:`edgecrab.store.sqlite_rows`, the open AI cards' methods in :mod:`edgecrab.store.sqlite_cards`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from edgecrab.store.base import (
     Turn,
     UsageDelta,
 )
-from edgecrab.store.sqlite_conn import SQLiteConnection
+from edgecrab.store.sqlite_cards import SQLiteCards
 from edgecrab.store.sqlite_rows import (
     COUNTERS,
     add_chunks,
@@ -85,7 +85,7 @@ _CLAIM = (
 )
 
 
-class SQLiteStore(SQLiteConnection, Store):
+class SQLiteStore(SQLiteCards, Store):
     """Everything the gateway persists, in one SQLite file (or ``":memory:"`` for tests)."""
 
     # -- inbox -------------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ class SQLiteStore(SQLiteConnection, Store):
         usage: UsageDelta | None = None,
         last_user: Turn | None = None,
         reply: Sequence[OutboxChunk] = (),
-    ) -> None:
+    ) -> bool:
         # One transaction where a run's end used to take four (history, usage, outbox, inbox): fewer
         # commits, and no crash window between "answer recorded" and "message done".
         inbox = inbox_state_update(robot, msg_id, state, error)
@@ -254,6 +254,7 @@ class SQLiteStore(SQLiteConnection, Store):
             conn.execute(*inbox)
 
         await self._write(finish)
+        return True  # one process: every message is its own
 
     async def sessions_expire(self, idle_before: float) -> int:
         def expire(conn: sqlite3.Connection) -> int:

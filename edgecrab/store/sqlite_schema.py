@@ -93,6 +93,25 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             fired_at REAL
         )""",
     ),
+    (
+        # 4: open AI cards (Store.card_open), replacing one kv key per robot: the replica streaming each, the
+        # message it answers (a run of that message again takes the card), what it showed.
+        """CREATE TABLE cards (
+            robot TEXT NOT NULL,
+            card_id TEXT NOT NULL,
+            msg_id TEXT NOT NULL DEFAULT '',
+            session_key TEXT NOT NULL DEFAULT '',
+            owner TEXT NOT NULL DEFAULT '',
+            route TEXT NOT NULL DEFAULT '{}',
+            content_key TEXT NOT NULL DEFAULT '',
+            opened_at REAL NOT NULL,
+            shown TEXT NOT NULL DEFAULT '',
+            state TEXT NOT NULL DEFAULT '',
+            text TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (robot, card_id)
+        )""",
+        "CREATE INDEX cards_msg ON cards (robot, msg_id)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -28,6 +28,7 @@ from edgecrab.dingtalk.cardstream import CONTINUED_NOTICE, split_for_card
 from edgecrab.dingtalk.cardtext import to_card_markdown
 from edgecrab.events import AgentRequest, AgentResult
 from edgecrab.gateway import Gateway
+from edgecrab.store import DONE
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from edgecrab.testing.fakedingtalk.cardcontrol import press
 from edgecrab.testing.fakedingtalk.cardstate import FakeCard
@@ -96,6 +97,13 @@ async def until(fake: FakeDingTalk, predicate: Any, timeout: float = 10.0) -> No
     await fake.wait_for(predicate, timeout)
 
 
+async def forgotten(gateway: Gateway, card_id: str) -> None:
+    """Wait until the store has no record of the card (its run's end is recorded just before)."""
+    with anyio.fail_after(5):
+        while await gateway.store.card_get(gateway.first.name, card_id) is not None:  # noqa: ASYNC110
+            await anyio.sleep(0.01)  # polling the store: no event for it
+
+
 async def test_card_opens_at_run_start_streams_and_ends_with_the_markdown_reply(tmp_path: Path) -> None:
     agent = GatedAgent()
     async with card_gateway(tmp_path, agent) as (fake, gateway):
@@ -120,7 +128,8 @@ async def test_card_opens_at_run_start_streams_and_ends_with_the_markdown_reply(
         await until(fake, lambda: any("API calls" in m.text for m in fake.messages_for(cid)))
         usage = next(m.text for m in fake.messages_for(cid) if "API calls" in m.text)
         assert "for 2 AI cards" in usage
-        assert await gateway.store.kv_get(f"cards.open.{gateway.first.code}") == "{}"
+        for card in cards(fake):  # forgotten once their runs' ends were recorded
+            await forgotten(gateway, card.out_track_id)
 
 
 @pytest.mark.parametrize("how", ["/stop", "button", "/new"])
@@ -216,7 +225,7 @@ async def test_missing_permission_falls_back_to_markdown_and_stays_there(
         assert len(fake.messages_for(cid)) == 2
 
 
-async def test_restart_finishes_a_card_left_open(tmp_path: Path) -> None:
+async def test_restart_answers_again_in_the_card_left_open(tmp_path: Path) -> None:
     async with FakeDingTalk() as fake:
         user = fake.users[1]
         async with card_gateway(tmp_path, GatedAgent(), fake) as (_, _gateway):
@@ -227,12 +236,77 @@ async def test_restart_finishes_a_card_left_open(tmp_path: Path) -> None:
         again = GatedAgent()
         again.gate.set()
         async with card_gateway(tmp_path, again, fake) as (_, gateway):
+            # The message runs again and answers in the same card: one card, one whole answer.
+            await until(fake, lambda: left.status == "finished")
+            assert left.text == to_card_markdown("".join(REPLY)) and len(cards(fake)) == 1
+            assert gateway.cards is not None and gateway.cards.recovered == 1
+            await quiescent(fake, gateway)
+            await forgotten(gateway, left.out_track_id)
+        assert fake.messages_for(fake.dm_conversation_id(user)) == []
+
+
+async def test_a_run_again_whose_card_was_never_created_answers_in_markdown(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        user = fake.users[1]
+        async with card_gateway(tmp_path, GatedAgent(), fake) as (_, _gateway):
+            await fake.push(fake.dm(user, "go"))
+            await until(fake, lambda: cards(fake) and cards(fake)[0].text == "Hello")
+        # As if the process had died while DingTalk was creating the card: recorded, never shown.
+        fake.cards.reset()
+        again = GatedAgent()
+        again.gate.set()
+        async with card_gateway(tmp_path, again, fake) as (_, gateway):
+            cid = fake.dm_conversation_id(user)
+            await until(fake, lambda: fake.messages_for(cid))  # the answer, once, as markdown
+            await quiescent(fake, gateway)
+            assert [m.text.count("Hello there.") for m in fake.messages_for(cid)] == [1]
+            assert cards(fake) == [] and again.runs == 1
+            await until(fake, lambda: gateway.cards is not None and gateway.cards.unfinished == 0)
+
+
+async def test_restart_finishes_a_card_whose_message_will_not_run_again(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        user = fake.users[1]
+        async with card_gateway(tmp_path, GatedAgent(), fake) as (_, gateway):
+            await fake.push(fake.dm(user, "go"))
+            await until(fake, lambda: cards(fake) and cards(fake)[0].text == "Hello")
+            msg_id = next(iter(gateway.cards.live.values())).message.id if gateway.cards else ""
+        left = cards(fake)[0]
+        # As if the message had been given up on (or dropped by /stop while queued) before a run again.
+        await gateway.store.open()
+        await gateway.store.inbox_set_state(gateway.first.name, msg_id, DONE, "given up")
+        await gateway.store.close()
+        again = GatedAgent()
+        async with card_gateway(tmp_path, again, fake) as (_, gateway):
             await until(fake, lambda: left.status == "failed")
             # What it showed (saved at shutdown), then the notice.
             assert left.text == f"Hello\n\n{INTERRUPTED_TEXT}"
-            # The message itself is answered again, in a new card.
-            await until(fake, lambda: len(cards(fake)) == 2 and cards(fake)[1].status == "finished")
+            assert again.runs == 0 and len(cards(fake)) == 1
             assert gateway.cards is not None and gateway.cards.recovered == 1
+
+
+async def test_cards_an_older_edgecrab_left_open_are_finished_at_start(tmp_path: Path) -> None:
+    async with FakeDingTalk() as fake:
+        user = fake.users[1]
+        async with card_gateway(tmp_path, GatedAgent(), fake) as (_, gateway):
+            await fake.push(fake.dm(user, "go"))
+            await until(fake, lambda: cards(fake) and cards(fake)[0].text == "Hello")
+            live = next(iter(gateway.cards.live.values())) if gateway.cards else None
+        assert live is not None
+        left, store, code = cards(fake)[0], gateway.store, gateway.first.code
+        # What edgecrab kept before card records: one kv key per robot, the message finished.
+        await store.open()
+        await store.inbox_set_state(gateway.first.name, live.message.id, DONE)
+        await store.card_close(gateway.first.name, left.out_track_id)
+        legacy = {"id": left.out_track_id, "conversation": fake.dm_conversation_id(user), "group": False,
+                  "content_key": "msgContent", "opened_at": time.time()}
+        await store.kv_set(f"cards.open.{code}", json.dumps({left.out_track_id: legacy}))
+        await store.kv_set(f"cards.shown.{code}", json.dumps({left.out_track_id: "Hello"}))
+        await store.close()
+        async with card_gateway(tmp_path, GatedAgent(), fake) as (_, gateway):
+            await until(fake, lambda: left.status == "failed")
+            assert left.text == f"Hello\n\n{INTERRUPTED_TEXT}"
+            assert await gateway.store.kv_get(f"cards.open.{code}") == "{}"
 
 
 async def test_watchdog_finishes_a_silent_card_and_the_reply_still_arrives(tmp_path: Path) -> None:
@@ -296,7 +370,8 @@ async def test_cards_unavailable_mid_stream_still_finish_the_card(tmp_path: Path
         card = cards(fake)[0]
         await until(fake, lambda: card.status == "failed")  # never left "writing"
         assert card.text == f"Hello\n\n{CONTINUED_NOTICE}"
-        assert await gateway.store.kv_get(f"cards.open.{gateway.first.code}") == "{}"
+        await quiescent(fake, gateway)
+        await forgotten(gateway, card.out_track_id)
 
 
 async def test_a_card_that_cannot_be_finished_is_kept_and_finished_later(tmp_path: Path) -> None:
@@ -305,14 +380,15 @@ async def test_a_card_that_cannot_be_finished_is_kept_and_finished_later(tmp_pat
         await unavailable_mid_stream(fake, gateway, agent, "Card.Streaming.Write", "Card.Instance.Write")
         card = cards(fake)[0]
         assert card.status == "inputting" and gateway.cards is not None and gateway.cards.unfinished == 1
-        record = json.loads(await gateway.store.kv_get(f"cards.open.{gateway.first.code}") or "{}")
-        assert record[card.out_track_id]["text"] == f"Hello\n\n{CONTINUED_NOTICE}"  # kept for later
+        record = await gateway.store.card_get(gateway.first.name, card.out_track_id)
+        assert record is not None and record.text == f"Hello\n\n{CONTINUED_NOTICE}"  # kept for later
         fake.cards.grant()
         assert gateway.cards is not None
         gateway.cards.markdown_until = 0.0  # the 30 minutes on markdown are over: the watchdog tries again
         await until(fake, lambda: card.status == "failed")
         assert card.text == f"Hello\n\n{CONTINUED_NOTICE}"
         await until(fake, lambda: gateway.cards is not None and gateway.cards.unfinished == 0)
+        await forgotten(gateway, card.out_track_id)
 
 
 def test_card_config_defaults() -> None:

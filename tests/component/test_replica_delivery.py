@@ -30,18 +30,21 @@ CONVERSATION = "robotA:cid-1"
 
 
 class Sender:
-    """Records (replica, text) of every message; ``gate`` holds the sends of replica ``held`` while unset."""
+    """Records (replica, text) of every message, and when it went out (``times``); ``gate`` holds this
+    replica's sends while unset."""
 
     def __init__(self, name: str, sent: list[tuple[str, str]]) -> None:
         self.name, self.sent = name, sent
         self.gate: anyio.Event | None = None
         self.waiting = anyio.Event()
+        self.times: list[float] = []
 
     async def send(self, route: ReplyRoute, *, text: str, **_: Any) -> Any:
         if self.gate is not None:
             self.waiting.set()
             await self.gate.wait()
         self.sent.append((self.name, text))
+        self.times.append(time.monotonic())
         return type("Sent", (), {"ok": True, "via": "test"})()
 
 
@@ -69,7 +72,7 @@ async def _nothing(*_: Any) -> None:
 
 @contextlib.asynccontextmanager
 async def replicas(
-    server: RedisServer, prefix: str = ""
+    server: RedisServer, prefix: str = "", interval_s: float = 0
 ) -> AsyncIterator[tuple[Replica, Replica, list[Any]]]:
     prefix = prefix or f"d-{uuid.uuid4().hex[:10]}:"
     sent: list[tuple[str, str]] = []
@@ -81,7 +84,7 @@ async def replicas(
             await store.open()
             stack.push_async_callback(store.close)
             sender = Sender(name, sent)
-            delivery = Delivery(store, sender, fmt, chunk_interval_s=0)
+            delivery = Delivery(store, sender, fmt, chunk_interval_s=interval_s)
             replica = Replica(store, delivery, sender, [])
             await tg.start(replica.coord.run, _nothing)
             await tg.start(delivery.run)
@@ -177,3 +180,77 @@ async def test_a_dead_replicas_unfinished_messages_are_taken_over_once(redis_ser
         await a.failover.sweep()
         await b.failover.sweep()
         assert len(a.requeued) + len(b.requeued) == 20  # taken over already: not again
+
+
+async def lapse(replica: Replica) -> None:
+    """``replica``'s heartbeat and delivery lease expire (its event loop stalled, or Redis was away)."""
+    prefix = replica.store.prefix
+    await replica.store.client.delete(
+        f"{prefix}replica:{replica.coord.replica_id}", f"{prefix}deliver:{CONVERSATION}"
+    )
+
+
+async def test_a_lease_taken_before_the_first_heartbeat_names_a_live_replica(
+    redis_server: RedisServer,
+) -> None:
+    """A starting replica resumes its ledger before its heartbeat runs: the lease it takes must not look
+    free to the others (they would send the same chunks)."""
+    prefix = f"d-{uuid.uuid4().hex[:10]}:"
+    first, second = (
+        RedisStore(redis_server.url, prefix, lease_s=3),
+        RedisStore(redis_server.url, prefix, lease_s=3),
+    )
+    await first.open()
+    await second.open()
+    try:
+        chunks = Delivery(first, Sender("x", []), Format("markdown", str, title_preview, 40, 20000, False))
+        await first.outbox_add(chunks.prepare(ROUTE, paragraphs("early", 2)).chunks)
+        assert await first.coordination().take_delivery(CONVERSATION)  # no heartbeat has run
+        assert await first.client.exists(f"{prefix}replica:{first.coordination().replica_id}") == 1
+        assert not await second.coordination().take_delivery(CONVERSATION)
+        assert await second.coordination().orphaned_conversations() == []
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_replica_whose_lease_lapsed_mid_reply_sends_no_chunk_twice(redis_server: RedisServer) -> None:
+    async with replicas(redis_server) as (a, b, sent):
+        a.sender.gate = gate = anyio.Event()
+        await a.delivery.enqueue(ROUTE, paragraphs("lapsed", 3))
+        await a.sender.waiting.wait()  # a is sending part 1 and has read parts 2 and 3 as unsent
+        await lapse(a)
+        await b.failover.sweep()  # b takes the conversation over: part 1 is on the wire, 2 and 3 are b's
+        await until(lambda: len(sent) == 2)
+        gate.set()  # a's send of part 1 finishes; a must not send 2 and 3 from the list it read
+        await until(lambda: len(sent) == 3)
+        await until(lambda: not a.delivery._workers and not b.delivery._workers)
+        assert sorted(t for _, t in sent) == [part("lapsed", i) for i in (1, 2, 3)]
+        assert sent[:2] == [("b", part("lapsed", 2)), ("b", part("lapsed", 3))]
+        assert b.delivery._inflight.lost == 1
+        assert not await a.store.outbox_pending(CONVERSATION)
+
+
+async def test_chunks_cancelled_on_another_replica_are_not_sent_by_the_holder(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server) as (a, b, sent):
+        a.sender.gate = gate = anyio.Event()
+        await a.delivery.enqueue(ROUTE, paragraphs("stopped", 3))
+        await a.sender.waiting.wait()  # a has read parts 2 and 3 and is sending part 1
+        assert await b.delivery.cancel(ROUTE) == 3  # /stop handled by b (part 1 is on the wire already)
+        gate.set()
+        await until(lambda: not a.delivery._workers)
+        assert [t for _, t in sent] == [part("stopped", 1)]
+
+
+async def test_the_chunk_interval_holds_when_the_next_reply_goes_out_from_another_replica(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server, interval_s=0.4) as (a, b, sent):
+        await a.delivery.enqueue(ROUTE, paragraphs("first", 1))
+        await until(lambda: len(sent) == 1 and not a.delivery._workers)
+        await b.delivery.enqueue(ROUTE, paragraphs("second", 1))  # b takes the free lease at once
+        await until(lambda: len(sent) == 2)
+        assert [who for who, _ in sent] == ["a", "b"]
+        assert b.sender.times[0] - a.sender.times[0] >= 0.35  # not the same second at DingTalk

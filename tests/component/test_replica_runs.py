@@ -169,8 +169,8 @@ async def test_the_session_queue_follows_the_claims_whichever_replica_enqueues_f
         first, second, third = msg("first"), msg("second"), msg("third")
         await a.submit(first)
         await until(lambda: a.agent.in_flight == 1)
-        for m in (second, third):  # claimed in this order (b, then a) ...
-            assert await a.store.inbox_claim(m.robot, m.id, f"s-{m.id}", "{}", time.time())
+        for m, claimer in ((second, b), (third, a)):  # claimed in this order (b, then a) ...
+            assert await claimer.store.inbox_claim(m.robot, m.id, f"s-{m.id}", "{}", time.time())
         await a.runner.submit(third)  # ... but a's ingest got there first
         await b.runner.submit(second)
         gate.set()

@@ -102,6 +102,23 @@ class Replicas:
         logs = self.config.parent.glob("replica-*.log")
         return sum(log.read_text("utf-8", errors="replace").count("was on the wire when") for log in logs)
 
+    def trace(self, fake: FakeDingTalk, words: dict[str, int]) -> str:
+        """For a failure message: every log line about the messages that asked ``words`` (by msgId), and
+        the replicas' takeover and lease lines."""
+        asked = {w.split("-")[0] for w in words}
+        ids = {
+            json.loads(d.data).get("msgId", "")
+            for d in fake.hub.deliveries.values()
+            if any(a in d.data for a in asked)
+        }
+        marks = ("on the wire", "took over", "lease lapsed", "unsent chunks", "taken over", "picking up")
+        lines = []
+        for log in sorted(self.config.parent.glob("replica-*.log")):
+            for line in log.read_text("utf-8", errors="replace").splitlines():
+                if any(i and i in line for i in ids) or any(m in line for m in marks):
+                    lines.append(f"{log.name}: {line}")
+        return "\n".join(lines[-200:])
+
     def logs(self) -> str:
         tails = []
         for log in sorted(self.config.parent.glob("replica-*.log")):
@@ -143,7 +160,7 @@ def check_answers(fake: FakeDingTalk, plan: dict[str, list[int]], group: Replica
     expected = [word(n, p) for numbers in plan.values() for n in numbers for p in (0, 1)]
     twice = {w: c for w, c in counted.items() if c > 1}
     missing = [w for w in expected if w not in counted]
-    assert not twice, (f"twice: {twice}", logs)
+    assert not twice, (f"twice: {twice}", group.trace(fake, twice), logs)
     assert len(missing) <= group.lost_on_the_wire(), (f"missing: {missing[:20]}", logs)
     for cid, numbers in plan.items():
         said = [

@@ -172,9 +172,10 @@ class KilledAfterLedger(SQLiteStore):
         await super().outbox_add(chunks)
         self._die_after(chunks)
 
-    async def finish_turn(self, *args: Any, **kwargs: Any) -> None:
-        await super().finish_turn(*args, **kwargs)  # type: ignore[misc]  # absent before the fix
+    async def finish_turn(self, *args: Any, **kwargs: Any) -> bool:
+        mine = await super().finish_turn(*args, **kwargs)  # type: ignore[misc]  # absent before the fix
         self._die_after(kwargs.get("reply", ()))
+        return bool(mine)
 
     def _run(self, sql: str, params: Any = ()) -> Any:
         if self.dead:

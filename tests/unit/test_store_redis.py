@@ -72,6 +72,32 @@ async def test_one_of_many_replicas_claiming_the_same_message_wins(redis_server:
         assert [new for g, new in results if g == group].count(True) == 1, group
 
 
+async def test_a_run_finished_by_a_replica_whose_message_was_taken_over_writes_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """A replica whose lease lapsed while it ran a message, which another replica took over, must not
+    record an answer too: the message would be answered twice."""
+    shared = prefix()
+    slow, live = RedisStore(redis_server.url, prefix=shared), RedisStore(redis_server.url, prefix=shared)
+    await slow.open()
+    await live.open()
+    try:
+        assert await slow.inbox_claim(ROBOT, "m1", "s1", "{}", 1.0)
+        # slow's heartbeat never reached Redis: its messages look abandoned, and live takes m1 over.
+        assert await live.coordination().adopt(ROBOT) == ["m1"]
+        user, answer = Turn("user", "q", "m1", 1.0), Turn("assistant", "a", "m1", 2.0)
+        finished = {"robot": ROBOT, "msg_id": "m1", "state": DONE, "now": 2.0, "turns": [user, answer]}
+        assert not await slow.finish_turn("sess", **finished, reply=[chunk("slow-reply", 0)])
+        assert await slow.history("sess", 10) == [] and await slow.outbox_pending() == []
+        assert [e.msg_id for e in await live.inbox_unfinished(ROBOT)] == ["m1"]
+        assert await live.finish_turn("sess", **finished, reply=[chunk("live-reply", 0)])
+        assert [c.reply_id for c in await live.outbox_pending()] == ["live-reply"]
+        assert await live.inbox_unfinished(ROBOT) == []
+    finally:
+        await slow.close()
+        await live.close()
+
+
 def run_args(store: RedisStore, token: str, *ops: str) -> list[str]:
     return [store.prefix, token, "5.0", "60", "60", *ops]
 

@@ -22,6 +22,7 @@ from edgecrab.store import (
     DONE,
     PENDING,
     SENT,
+    CardRecord,
     OutboxChunk,
     SQLiteStore,
     Store,
@@ -256,7 +257,7 @@ async def test_every_query_uses_an_index(tmp_path: Path) -> None:
     await store.close()
 
     # Walking the partial index outbox_open is not a full scan: it holds the unsent chunks only.
-    tables = {"inbox", "sessions", "history", "outbox", "kv", "meta", "schedules"}
+    tables = {"inbox", "sessions", "history", "outbox", "kv", "meta", "schedules", "cards"}
     scans = {
         sql: plan
         for sql, plan in plans.items()
@@ -318,6 +319,14 @@ def store_workout(store: SQLiteStore) -> Iterator[tuple[str, Any]]:
     yield "outbox_prune", store.outbox_prune(1e12)
     yield "kv_set", store.kv_set("k", "v")
     yield "kv_get", store.kv_get("k")
+    card = CardRecord(ROBOT, "c1", "m1", "sess", "earlier", {"conversation_id": "cid"}, "msgContent", 100.0)
+    yield "card_open", store.card_open(card)
+    yield "card_open", store.card_open(replace(card, card_id="c2", owner="me"))  # takes c1
+    yield "card_take", store.card_take(ROBOT, "m1", "me")
+    yield "card_update", store.card_update(ROBOT, "c1", shown="Hello", state="failed", text="Hello!")
+    yield "card_get", store.card_get(ROBOT, "c1")
+    yield "card_adopt", store.card_adopt(ROBOT, "later", mine=["c1"])
+    yield "card_close", store.card_close(ROBOT, "c1")
 
 
 # -- group commit ----------------------------------------------------------------------------------

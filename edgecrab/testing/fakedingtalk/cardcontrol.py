@@ -97,6 +97,22 @@ async def press(
     """Press a button of a delivered card: push its callback to the app (topic
     ``/v1.0/card/instances/callback``, ``content`` and ``extension`` as JSON strings, as DingTalk
     sends them). ``user`` defaults to the DM recipient, or the first user, for a group card."""
+    app, data = button_callback(api, out_track_id, user=user, action_ids=action_ids, params=params)
+    message_id = await api.hub.push(app, data, message_id=None, topic=CARD_CALLBACK_TOPIC)
+    api.state.bus.emit("card_callback", out_track_id=out_track_id, action_ids=list(action_ids))
+    return message_id, data
+
+
+def button_callback(
+    api: CardApi,
+    out_track_id: str,
+    *,
+    user: str | None = None,
+    action_ids: Sequence[str] = ("stop",),
+    params: dict[str, Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The app and the callback ``data`` of pressing a button of a delivered card (:func:`press`); a test
+    that picks the connection sends it in a frame of its own."""
     card = api.cards.get(out_track_id)
     if card is None:
         raise KeyError(f"no card {out_track_id!r}")
@@ -119,6 +135,4 @@ async def press(
         "extension": json.dumps({}),
         "content": json.dumps(private, ensure_ascii=False),
     }
-    message_id = await api.hub.push(app, data, message_id=None, topic=CARD_CALLBACK_TOPIC)
-    api.state.bus.emit("card_callback", out_track_id=out_track_id, action_ids=list(action_ids))
-    return message_id, data
+    return app, data
