@@ -67,6 +67,21 @@ class Fanout:
                 return await cards.on_callback(frame)
         return AckDecision()
 
+    async def on_callbacks(self, frames: list[Frame]) -> list[AckDecision]:
+        """Callbacks that arrived together: each robot's claimed in one call; the acks in order."""
+        if len(self.intakes) == 1:
+            return await self.first.on_callbacks(frames)
+        mine: dict[int, list[int]] = {}
+        picked = [self.pick(frame) for frame in frames]
+        for i, intake in enumerate(picked):
+            mine.setdefault(id(intake), []).append(i)
+        acks: list[AckDecision] = [AckDecision()] * len(frames)
+        for indexes in mine.values():
+            decisions = await picked[indexes[0]].on_callbacks([frames[i] for i in indexes])
+            for i, decision in zip(indexes, decisions, strict=True):
+                acks[i] = decision
+        return acks
+
     def on_callbacks_now(self, frames: list[Frame]) -> list[AckDecision]:
         if len(self.intakes) == 1:
             return self.first.on_callbacks_now(frames)

@@ -52,16 +52,23 @@ class Intake:
         is_new = await self.store.inbox_claim(self.robot, msg_id, stream_mid, frame.data_text, time.time())
         return self._claimed(frame, msg_id, data, is_new)
 
+    async def on_callbacks(self, frames: list[Frame]) -> list[AckDecision]:
+        """:meth:`on_callback` for callbacks that arrived together, claimed in one store call (Redis: one
+        script run): their acks, in order."""
+        checked = [self._check(frame) for frame in frames]
+        claims = self._claims(frames, checked)
+        news = iter(await self.store.inbox_claim_many(self.robot, claims, time.time()) if claims else ())
+        return [
+            c if isinstance(c, AckDecision) else self._claimed(f, *c, next(news))
+            for f, c in zip(frames, checked, strict=True)
+        ]
+
     def on_callbacks_now(self, frames: list[Frame]) -> list[AckDecision]:
         """:meth:`on_callback` for callbacks at once, in one step and one commit, for a store that records
         at once (:attr:`Store.records_at_once`): the Stream connection calls it with the frame ``recv()``
         just returned, then sends its ack."""
         checked = [self._check(frame) for frame in frames]
-        claims = [
-            (c[0], f.headers.get("messageId", ""), f.data_text)
-            for f, c in zip(frames, checked, strict=True)
-            if not isinstance(c, AckDecision)
-        ]
+        claims = self._claims(frames, checked)
         news = iter(self.store.inbox_claim_now(self.robot, claims, time.time()) if claims else ())
         return [
             c if isinstance(c, AckDecision) else self._claimed(f, *c, next(news))
@@ -89,6 +96,17 @@ class Intake:
     def close(self) -> None:
         self._send.close()
         self._receive.close()
+
+    @staticmethod
+    def _claims(
+        frames: list[Frame], checked: list[tuple[str, dict[str, Any]] | AckDecision]
+    ) -> list[tuple[str, str, str]]:
+        """``(msg_id, stream message id, payload)`` of the frames that passed :meth:`_check`."""
+        return [
+            (c[0], f.headers.get("messageId", ""), f.data_text)
+            for f, c in zip(frames, checked, strict=True)
+            if not isinstance(c, AckDecision)
+        ]
 
     def _check(self, frame: Frame) -> tuple[str, dict[str, Any]] | AckDecision:
         """The callback's msgId and decoded payload, or the ack refusing it."""

@@ -5,13 +5,18 @@ recorders and the idle timeout. This module does not know the client object (no 
 
 websockets is used through its public API only: :func:`open_websocket` calls
 ``websockets.asyncio.client.connect``, :meth:`StreamConnection.serve` reads with ``await ws.recv()`` and
-acks with ``await ws.send(ack)``. Each frame is handled to the end (recorded, acked) before the next
-``recv()``, so acks leave in the order the frames arrived:
+acks with ``await ws.send(ack)``. Robot callbacks are acked in the order the frames arrived:
 
 * a robot callback is recorded durably first, then acked (the durable-ack rule: never ack what a crash
   would lose). With ``on_callbacks_now`` (a store that records in microseconds without awaiting, as SQLite
-  does) the frame is recorded in one synchronous commit right after ``recv()`` returns; otherwise
-  ``on_callback`` is awaited. A recorder that raises gets a 500 ack (DingTalk delivers the frame again);
+  does) the frame is recorded in one synchronous commit right after ``recv()`` returns, and acked before
+  the next ``recv()``. With ``on_callbacks`` (a store that awaits a round trip: Redis) the reader hands
+  callbacks to a second task and reads on: the callbacks that arrive while one batch is being recorded
+  are recorded together in the next (one round trip, one script run), then acked, in order; reading one
+  frame at a time behind its own round trip acked at most one callback per pass of the event loop, which
+  under load was far fewer than arrived (BENCHMARKS.md, scenario 8). Otherwise ``on_callback`` is awaited
+  for each frame before the next ``recv()``. A recorder that raises gets a 500 ack (DingTalk delivers the
+  frame again);
 * SYSTEM ``ping`` is echoed; ``disconnect`` is acked and reported (``end_reason == "disconnect"``), and the
   manager opens the next connection before it closes this one;
 * the idle watchdog goes by the time of the last frame: no frame for ``idle_timeout_s`` ends the connection.
@@ -88,6 +93,13 @@ CallbackHandler = Callable[[Frame], Awaitable[AckDecision]]
 """Records one robot callback durably and returns its ack."""
 NowHandler = Callable[[list[Frame]], list[AckDecision]]
 """Records robot callbacks at once, without awaiting (one commit for all), and returns their acks in order."""
+BatchHandler = Callable[[list[Frame]], Awaitable[list[AckDecision]]]
+"""Records robot callbacks that arrived together durably (one round trip for all), and returns their acks
+in order."""
+
+MAX_BATCH = 128
+"""Most robot callbacks recorded by one :data:`BatchHandler` call (one Redis script run): a backlog read at
+once is recorded in a few runs that each hold Redis for a millisecond or so, not in one long one."""
 
 
 async def open_websocket(url: str) -> ClientConnection:
@@ -115,6 +127,7 @@ class StreamConnection:
         *,
         on_callback: CallbackHandler,
         on_callbacks_now: NowHandler | None = None,
+        on_callbacks: BatchHandler | None = None,
         topics: Mapping[str, CallbackHandler] | None = None,
         idle_timeout_s: float,
         stats: StreamStats | None = None,
@@ -124,6 +137,14 @@ class StreamConnection:
         self.cid = cid
         self.on_callback = on_callback
         self.on_callbacks_now = on_callbacks_now
+        self.on_callbacks = None if on_callbacks_now is not None else on_callbacks
+        self._batch: list[tuple[Frame, float]] = []
+        """Robot callbacks read and not yet recorded (with ``on_callbacks``), with when each was read."""
+        self._more = anyio.Event()
+        self._drained = anyio.Event()
+        """Set while no callback is waiting for its record or ack (a ``disconnect`` waits for it)."""
+        self._drained.set()
+        self._reading = True
         self.topics = topics or {}
         """Handlers of the other CALLBACK topics subscribed to (card buttons)."""
         self.idle_timeout_s = idle_timeout_s
@@ -140,6 +161,20 @@ class StreamConnection:
             self.ended.set()
 
     async def serve(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                if self.on_callbacks is not None:
+                    tg.start_soon(self._ack_batches)
+                try:
+                    await self._read()
+                finally:
+                    self._reading = False  # the callbacks read so far are still recorded and acked
+                    self._more.set()
+        finally:
+            await self.close()
+
+    async def _read(self) -> None:
+        """Read and handle frames until the connection ends (the reason in :attr:`end_reason`)."""
         idle = self.idle_timeout_s
         try:
             while True:
@@ -175,14 +210,48 @@ class StreamConnection:
             self._end(f"closed ({code})")
         except OSError as exc:
             self._end(f"network error: {exc}")
-        finally:
-            await self.close()
 
-    async def _send(self, text: str) -> None:
+    async def _send(self, text: str) -> bool:
         try:
             await self.ws.send(text)
         except websockets.ConnectionClosed:
             log.warning("[dingtalk] conn %s: closed before an ack could be sent", self.cid)
+            return False
+        return True
+
+    async def _ack_batches(self) -> None:
+        """With ``on_callbacks`` (a store that awaits a round trip, as Redis does): the robot callbacks
+        read while the last batch was being recorded are recorded together, in one call, then acked in
+        the order they arrived. The reader never waits for a record, so one round trip per callback, each
+        waiting its turn behind the event loop's other work, no longer limits how many callbacks a second
+        a connection can ack (BENCHMARKS.md, scenario 8)."""
+        while self._reading or self._batch:
+            if not self._batch:
+                await self._more.wait()
+                self._more = anyio.Event()
+                continue
+            batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
+            decisions = await self._record_batch([frame for frame, _ in batch])
+            for (frame, read_at), decision in zip(batch, decisions, strict=True):
+                ack = ack_frame(frame.message_id, code=decision.code, message=decision.message)
+                if not await self._send(ack):
+                    self._drained.set()
+                    return  # closed: DingTalk delivers the unacked frames again, the inbox knows them
+                if self.stats.on_ack is not None:
+                    self.stats.on_ack(time.monotonic() - read_at)
+            if not self._batch:
+                self._drained.set()
+
+    async def _record_batch(self, frames: list[Frame]) -> list[AckDecision]:
+        """:meth:`_record` for a batch: the acks in order (every one 500 when the record failed)."""
+        assert self.on_callbacks is not None
+        try:
+            return await self.on_callbacks(frames)
+        except EdgecrabError as exc:  # e.g. the store is unreachable: a known condition, one line
+            log.error("[dingtalk] conn %s: could not record %d message(s): %s", self.cid, len(frames), exc)
+        except Exception:
+            log.exception("[dingtalk] conn %s: could not record %d message(s)", self.cid, len(frames))
+        return [AckDecision(500, "internal error")] * len(frames)
 
     async def _record(self, frame: Frame) -> AckDecision:
         """Record a robot callback durably; its ack (500 when it could not be recorded: DingTalk may
@@ -242,6 +311,12 @@ class StreamConnection:
         label = topic if topic in _TOPICS else "other"
         frames[label] = frames.get(label, 0) + 1
         if frame.type == "CALLBACK" and topic == BOT_TOPIC:
+            if self.on_callbacks is not None:
+                self._batch.append((frame, self.last_frame_at))
+                self._more.set()
+                if self._drained.is_set():
+                    self._drained = anyio.Event()
+                return
             decision = await self._record(frame)
             await self._send(ack_frame(mid, code=decision.code, message=decision.message))
             if self.stats.on_ack is not None:
@@ -255,6 +330,7 @@ class StreamConnection:
             if topic == "ping":
                 await self._send(ack_frame(mid, data=frame.data_text))
             elif topic == "disconnect":
+                await self._drained.wait()  # the callbacks before it acked first, as DingTalk sent them
                 log.info(
                     "[dingtalk] conn %s: server asked to disconnect (%s); opening a new connection first",
                     self.cid,

@@ -206,6 +206,16 @@ class Store(CardRecords):
         commit and without awaiting: which were new, in order. Only when :attr:`records_at_once`."""
         raise NotImplementedError(f"{type(self).__name__} cannot record at once: await inbox_claim")
 
+    async def inbox_claim_many(
+        self, robot: str, items: Sequence[tuple[str, str, str]], received_at: float
+    ) -> list[bool]:
+        """:meth:`inbox_claim` for callbacks that arrived together (``(msg_id, stream_message_id,
+        payload)``), recorded at once where the store can (Redis: one script run, one round trip): which
+        were new, in order. A msgId twice in one call is new only the first time."""
+        if self.records_at_once:
+            return self.inbox_claim_now(robot, items, received_at)
+        return [await self.inbox_claim(robot, *item, received_at) for item in items]
+
     @abc.abstractmethod
     async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None: ...
 

@@ -21,10 +21,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio
-
 from edgecrab.store import redis_rows as rows
 from edgecrab.store.cardrecords import CardAdoption, CardRecord
+from edgecrab.store.redis_pipe import Pipeliner
 
 CARD_TTL_S = 2 * 86400
 ADOPT_LOOKED_AT = 2000
@@ -153,13 +152,12 @@ class RedisCards:
     prefix: str
 
     @property
-    def client(self) -> redis.asyncio.Redis:
+    def pipe(self) -> Pipeliner:
         raise NotImplementedError
 
     async def _cards(self, source: str, robot: str, replica: str, *args: Any) -> Any:
         with rows.reachable(self.url):
-            argv = [self.prefix, robot, replica, *args]
-            return await self.client.eval(source, 0, *argv)  # type: ignore[misc]
+            return await self.pipe.script(source, [], [self.prefix, robot, replica, *args])
 
     def _taken(self, robot: str, answer: Any) -> CardRecord | None:
         return _record(robot, str(answer[0]), answer[1]) if answer else None
@@ -194,7 +192,7 @@ class RedisCards:
 
     async def card_get(self, robot: str, card_id: str) -> CardRecord | None:
         with rows.reachable(self.url):
-            h = await self.client.hgetall(f"{self.prefix}card:{robot}:{card_id}")  # type: ignore[misc]
+            h = await self.pipe.call("HGETALL", f"{self.prefix}card:{robot}:{card_id}")
         if not h:
             return None
         return _record(robot, card_id, [x for kv in h.items() for x in kv])
@@ -208,10 +206,7 @@ class RedisCards:
         finish, waiting = _ids(answer[0]), _ids(answer[1])
         found = []
         with rows.reachable(self.url):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for card_id in finish:
-                    pipe.hgetall(f"{self.prefix}card:{robot}:{card_id}")
-                hashes = await pipe.execute()
+            hashes = await self.pipe.calls([("HGETALL", f"{self.prefix}card:{robot}:{c}") for c in finish])
         for card_id, h in zip(finish, hashes, strict=True):
             if h:
                 found.append(_record(robot, card_id, [x for kv in h.items() for x in kv]))

@@ -13,7 +13,7 @@ Keys (``P`` = ``storage.prefix``; docs/redis.md lists them all):
 * ``P deliver:<conversation>`` string: the replica sending the conversation's chunks (one at a time, in
   order); same expiry. Released when the ledger holds nothing unsent for the conversation.
 * ``P signals`` pub/sub channel: ``{"what", "key", "from"}``; ``free`` says a session's lease was released
-  (waiters try again at once instead of at their next poll).
+  while messages wait for it (they try again at once instead of at their next poll).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-import redis.asyncio
 
 from edgecrab.coordination import FINISHED, LEASE_LOST, ON_THE_WIRE, SEND, NotFirst, OnSignal
 from edgecrab.store import redis_buckets
@@ -43,6 +42,7 @@ from edgecrab.store.redis_coord_lua import (
     START_SEND,
     TAKE_DELIVERY,
 )
+from edgecrab.store.redis_pipe import Pipeliner
 
 log = logging.getLogger("edgecrab.store.redis")
 
@@ -71,7 +71,7 @@ class _Opened(Protocol):
     prefix: str
 
     @property
-    def client(self) -> redis.asyncio.Redis: ...
+    def pipe(self) -> Pipeliner: ...
 
 
 class RedisCoordination:
@@ -98,7 +98,7 @@ class RedisCoordination:
 
     async def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         with rows.reachable(self.store.url):
-            return await self.store.client.eval(source, len(keys), *keys, *args)  # type: ignore[misc]
+            return await self.store.pipe.script(source, keys, args)
 
     # -- the runner's calls --------------------------------------------------------------------------
     def _inbox(self, key: str) -> str:
@@ -113,15 +113,12 @@ class RedisCoordination:
 
     async def waiting(self, key: str) -> int:
         with rows.reachable(self.store.url):
-            return int(await self.store.client.llen(self._key("sessq", key)))  # type: ignore[misc]
+            return int(await self.store.pipe.call("LLEN", self._key("sessq", key)))
 
     async def drop(self, key: str, msg_ids: list[str]) -> None:
         queue = self._key("sessq", key)
         with rows.reachable(self.store.url):
-            async with self.store.client.pipeline(transaction=False) as pipe:
-                for msg_id in msg_ids:
-                    pipe.lrem(queue, 0, self._entry(msg_id))
-                await pipe.execute()
+            await self.store.pipe.calls([("LREM", queue, 0, self._entry(m)) for m in msg_ids])
 
     @asynccontextmanager
     async def hold(
@@ -161,8 +158,8 @@ class RedisCoordination:
                     self.held[key] -= 1
                     if not self.held[key]:
                         del self.held[key]
-                await self._script(RELEASE, [queue, lease], [entry, self.replica_id])
-                await self._publish(FREE, key)
+                free = [self._key("signals"), self._signal(FREE, key)]  # sent when others wait
+                await self._script(RELEASE, [queue, lease], [entry, self.replica_id, *free])
 
     async def signal(self, key: str, what: str) -> None:
         await self._publish(what, key)
@@ -215,10 +212,12 @@ class RedisCoordination:
     async def orphaned_conversations(self) -> list[str]:
         return [str(c) for c in await self._script(ORPHANS, [], [self.store.prefix, ORPHANS_LOOKED_AT])]
 
+    def _signal(self, what: str, key: str) -> str:
+        return json.dumps({"what": what, "key": key, "from": self.replica_id})
+
     async def _publish(self, what: str, key: str) -> None:
-        message = json.dumps({"what": what, "key": key, "from": self.replica_id})
         with rows.reachable(self.store.url):
-            await self.store.client.publish(self._key("signals"), message)
+            await self.store.pipe.call("PUBLISH", self._key("signals"), self._signal(what, key))
 
     # -- heartbeat and listener ----------------------------------------------------------------------
     async def run(

@@ -113,8 +113,7 @@ end
 
 local OPS = {}
 
-function OPS.claim()
-  local robot, msg, sid, payload, at, owner = take(), take(), take(), take(), take(), take()
+local function claim(robot, msg, sid, payload, at, owner)
   local k = inbox_key(robot, msg)
   if redis.call('EXISTS', k) == 1 then return 0 end
   if sid ~= '' and not redis.call('SET', sid_key(robot, sid), msg, 'NX') then return 0 end
@@ -128,6 +127,19 @@ function OPS.claim()
     redis.call('SADD', P .. 'inbox:' .. robot .. ':owners', owner)
   end
   return 1
+end
+
+function OPS.claim()
+  return claim(take(), take(), take(), take(), take(), take())
+end
+
+function OPS.claims()
+  -- Callbacks that arrived together (one batch of the ack path): '1' for each new one, '0' for each known
+  -- one, in order. A msgId twice in one batch is new only the first time.
+  local robot, at, owner, n = take(), take(), take(), tonumber(take())
+  local news = {}
+  for i = 1, n do news[i] = tostring(claim(robot, take(), take(), take(), at, owner)) end
+  return table.concat(news)
 end
 
 function OPS.state()
@@ -297,6 +309,17 @@ else
   end)
 end
 return {deleted, examined}
+"""
+
+PENDING = r"""
+-- KEYS: a conversation's unsent chunks (sorted set of chunk ids). ARGV: the chunk key prefix.
+-- Every one's hash (flat field/value lists), in send order: one round trip for the delivery's read.
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local h = redis.call('HGETALL', ARGV[1] .. id)
+  if #h > 0 then table.insert(out, h) end
+end
+return out
 """
 
 SCHEDULE_CLAIM = r"""

@@ -93,6 +93,10 @@ class Ops:
     ) -> Ops:
         return self.add("claim", robot, msg_id, stream_message_id, payload, at, owner)
 
+    def claims(self, robot: str, items: Sequence[tuple[str, str, str]], at: float, owner: str) -> Ops:
+        """Several claims in one run; ``items``: ``(msg_id, stream_message_id, payload)``."""
+        return self.add("claims", robot, at, owner, len(items), *(v for item in items for v in item))
+
     def inbox_state(self, robot: str, msg_id: str, state: str, error: str) -> Ops:
         return self.add("state", robot, msg_id, state, error)
 

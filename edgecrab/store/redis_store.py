@@ -3,9 +3,10 @@
 asyncio client.
 
 Every write is one run of a Lua script (:mod:`edgecrab.store.redis_lua`): atomic (one replica wins a
-``msgId``; a run's history, usage, reply and inbox state land together or not at all) and one round trip.
-Reads are plain commands, pipelined where one method reads several keys. Every key starts with
-``storage.prefix``; docs/redis.md lists them with their types and expiries.
+``msgId``; a run's history, usage, reply and inbox state land together or not at all). Reads are plain
+commands. Every call but the claim goes through a :class:`~edgecrab.store.redis_pipe.Pipeliner`: the
+commands that the gateway's tasks issue together share a pipeline (one round trip, a fraction of the CPU).
+Every key starts with ``storage.prefix``; docs/redis.md lists them with their types and expiries.
 
 The ack path awaits :meth:`RedisStore.inbox_claim` (``records_at_once`` is False): a message is acked
 only once Redis has answered that it is recorded. redis-py reconnects and retries on its own, in two
@@ -18,6 +19,7 @@ ends while Redis restarts is recorded, and answered, once it is back.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -43,7 +45,8 @@ from edgecrab.store.base import (
 )
 from edgecrab.store.redis_cards import RedisCards
 from edgecrab.store.redis_coord import RedisCoordination
-from edgecrab.store.redis_lua import APPLY, NOT_OWNED, SCHEDULE_CLAIM, SWEEP
+from edgecrab.store.redis_lua import APPLY, NOT_OWNED, PENDING, SCHEDULE_CLAIM, SWEEP
+from edgecrab.store.redis_pipe import Pipeliner
 from edgecrab.store.redis_rows import Ops
 
 log = logging.getLogger("edgecrab.store.redis")
@@ -57,10 +60,10 @@ KV_TTL_S = 7 * 86400
 """Small facts (a re-split chunk's pieces, when a denied user was told so) expire after a week."""
 SWEEP_BATCH = 500
 """Keys deleted per script run when pruning, so that Redis never blocks long on a day of callbacks."""
-
-
-# redis-py's commands are typed for its sync and asyncio clients at once (``Awaitable[T] | T``): the casts
-# below say which one this is.
+CONNECTIONS = 4
+"""The pool of every call but the claim (callers share pipelines: :class:`Pipeliner`)."""
+PIPELINES_IN_FLIGHT = 1
+"""Pipelines out at once; commands issued meanwhile wait for the next, which carries them all."""
 
 
 class RedisStore(RedisCards, Store):
@@ -79,10 +82,11 @@ class RedisStore(RedisCards, Store):
         self._coord: RedisCoordination | None = None
         self._client: redis.asyncio.Redis | None = None
         self._ack_client: redis.asyncio.Redis | None = None
-        self._apply: Any = None
+        self._pipe: Pipeliner | None = None
         self._claim: Any = None
-        self._sweep: Any = None
-        self._schedule: Any = None
+        self._tokens = map(f"{uuid.uuid4().hex[:16]}-{{:x}}".format, itertools.count())
+        """Idempotency tokens of script runs: unique across replicas and restarts without a ``getrandom``
+        system call each, as ``uuid4()`` makes."""
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -90,7 +94,7 @@ class RedisStore(RedisCards, Store):
             return
         # Two clients (two pools): the ack path's claim gives up within ~0.3 s (the callback is answered
         # 500 and DingTalk redelivers); every other call waits up to a minute for Redis to come back.
-        client = rows.connect(self.url, rows.RETRY, connections=32, wait_s=30.0)
+        client = rows.connect(self.url, rows.RETRY, connections=CONNECTIONS, wait_s=30.0)
         ack_client = rows.connect(self.url, rows.ACK_RETRY, connections=16, wait_s=rows.COMMAND_TIMEOUT_S)
         try:
             with rows.reachable(self.url):
@@ -101,10 +105,8 @@ class RedisStore(RedisCards, Store):
             await ack_client.aclose()
             raise
         self._client, self._ack_client = client, ack_client
-        self._apply = client.register_script(APPLY)
+        self._pipe = Pipeliner(client, in_flight=PIPELINES_IN_FLIGHT)
         self._claim = ack_client.register_script(APPLY)
-        self._sweep = client.register_script(SWEEP)
-        self._schedule = client.register_script(SCHEDULE_CLAIM)
         _warn_about_settings(info, rows.where(self.url))
 
     async def close(self) -> None:
@@ -112,6 +114,7 @@ class RedisStore(RedisCards, Store):
             if client is not None:
                 await client.aclose()
         self._client = self._ack_client = None
+        self._pipe = None
 
     async def ping(self) -> None:
         if self._ack_client is None:
@@ -131,24 +134,41 @@ class RedisStore(RedisCards, Store):
             raise RuntimeError("RedisStore is not open: await store.open() first")
         return self._client
 
+    @property
+    def pipe(self) -> Pipeliner:
+        """Where every call but the claim goes (shared pipelines)."""
+        if self._pipe is None:
+            raise RuntimeError("RedisStore is not open: await store.open() first")
+        return self._pipe
+
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    async def _run(self, ops: Ops, *, script: Any = None) -> Any:
-        """One :data:`~edgecrab.store.redis_lua.APPLY` run of ``ops``, with a fresh idempotency token."""
-        args = [self.prefix, uuid.uuid4().hex, repr(time.time()), str(INBOX_TTL_S), str(OUTBOX_TTL_S)]
-        script = script or self._apply
-        if script is None:
-            raise RuntimeError("RedisStore is not open: await store.open() first")
+    async def _call(self, *args: Any) -> Any:
         with rows.reachable(self.url):
-            return await script(keys=[], args=[*args, *ops.args])
+            return await self.pipe.call(*args)
+
+    async def _calls(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        with rows.reachable(self.url):
+            return await self.pipe.calls(commands)
+
+    async def _run(self, ops: Ops, *, ack_path: bool = False) -> Any:
+        """One :data:`~edgecrab.store.redis_lua.APPLY` run of ``ops``, with a fresh idempotency token
+        (``ack_path``: on the claim's own client, which gives up within ~0.3 s)."""
+        args = [self.prefix, next(self._tokens), repr(time.time()), str(INBOX_TTL_S), str(OUTBOX_TTL_S)]
+        with rows.reachable(self.url):
+            if ack_path:
+                if self._claim is None:
+                    raise RuntimeError("RedisStore is not open: await store.open() first")
+                return await self._claim(keys=[], args=[*args, *ops.args])
+            return await self.pipe.script(APPLY, [], [*args, *ops.args])
 
     async def _sweep_all(self, what: str, horizon: float) -> int:
         deleted = 0
         while True:
             with rows.reachable(self.url):
-                done, examined = await self._sweep(
-                    keys=[], args=[self.prefix, what, repr(horizon), SWEEP_BATCH]
+                done, examined = await self.pipe.script(
+                    SWEEP, [], [self.prefix, what, repr(horizon), SWEEP_BATCH]
                 )
             deleted += int(done)
             if int(examined) < SWEEP_BATCH:
@@ -158,19 +178,22 @@ class RedisStore(RedisCards, Store):
     async def inbox_claim(
         self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
     ) -> bool:
-        ops = Ops().claim(robot, msg_id, stream_message_id, payload, received_at, self.replica)
-        return int(await self._run(ops, script=self._claim)) == 1
+        return (await self.inbox_claim_many(robot, [(msg_id, stream_message_id, payload)], received_at))[0]
+
+    async def inbox_claim_many(
+        self, robot: str, items: Sequence[tuple[str, str, str]], received_at: float
+    ) -> list[bool]:
+        # One script run for the batch: one round trip, and one step of the event loop, however many.
+        ops = Ops().claims(robot, items, received_at, self.replica)
+        news = str(await self._run(ops, ack_path=True))
+        return [c == "1" for c in news]
 
     async def inbox_set_state(self, robot: str, msg_id: str, state: str, error: str = "") -> None:
         await self._run(Ops().inbox_state(robot, msg_id, state, error))
 
     async def inbox_unfinished(self, robot: str) -> list[InboxEntry]:
-        with rows.reachable(self.url):
-            msg_ids = await self.client.zrange(self._key("inbox", robot, "open"), 0, -1)
-            async with self.client.pipeline(transaction=False) as pipe:
-                for msg_id in msg_ids:
-                    pipe.hgetall(self._key("inbox", robot, "msg", msg_id))
-                hashes = await pipe.execute()
+        msg_ids = await self._call("ZRANGE", self._key("inbox", robot, "open"), 0, -1)
+        hashes = await self._calls([("HGETALL", self._key("inbox", robot, "msg", m)) for m in msg_ids])
         found = [(m, h) for m, h in zip(msg_ids, hashes, strict=True) if h]
         found.sort(key=lambda mh: (float(mh[1]["received_at"]), int(mh[1]["seq"])))
         return [rows.inbox_entry(robot, m, h) for m, h in found]
@@ -180,8 +203,7 @@ class RedisStore(RedisCards, Store):
 
     # -- sessions ----------------------------------------------------------------------------------
     async def session_stats(self, key: str) -> SessionStats | None:
-        with rows.reachable(self.url):
-            h = await cast(Awaitable[dict[str, str]], self.client.hgetall(self._key("session", key)))
+        h = await self._call("HGETALL", self._key("session", key))
         return rows.session_stats(key, h) if h else None
 
     async def session_ensure(self, key: str, now: float) -> SessionStats:
@@ -196,8 +218,7 @@ class RedisStore(RedisCards, Store):
     async def history(self, key: str, limit: int) -> list[Turn]:
         if limit <= 0:
             return []
-        with rows.reachable(self.url):
-            raw = await cast(Awaitable[list[str]], self.client.lrange(self._key("history", key), -limit, -1))
+        raw = await self._call("LRANGE", self._key("history", key), -limit, -1)
         return [rows.turn(r) for r in raw]
 
     async def history_append(self, key: str, turns: list[Turn]) -> None:
@@ -221,8 +242,7 @@ class RedisStore(RedisCards, Store):
         return await self._sweep_all("sessions", idle_before)
 
     async def session_count(self) -> int:
-        with rows.reachable(self.url):
-            return int(await self.client.zcard(self._key("sessions")))
+        return int(await self._call("ZCARD", self._key("sessions")))
 
     async def finish_turn(
         self,
@@ -259,34 +279,28 @@ class RedisStore(RedisCards, Store):
             await self._run(Ops().chunks(chunks))
 
     async def outbox_pending(self, conversation_key: str | None = None) -> list[OutboxChunk]:
-        index = (
-            self._key("outbox", "open")
-            if conversation_key is None
-            else self._key("outbox", "conv", conversation_key)
-        )
-        with rows.reachable(self.url):
-            ids = await self.client.zrange(index, 0, -1)
-            async with self.client.pipeline(transaction=False) as pipe:
-                for chunk_id in ids:
-                    pipe.hgetall(self._key("outbox", "chunk", chunk_id))
-                hashes = await pipe.execute()
+        chunks = self._key("outbox", "chunk", "")
+        if conversation_key is not None:  # a conversation's few: one script run, one round trip
+            index = self._key("outbox", "conv", conversation_key)
+            with rows.reachable(self.url):
+                found = await self.pipe.script(PENDING, [index], [chunks])
+            return [rows.chunk(dict(zip(h[::2], h[1::2], strict=True))) for h in found]
+        ids = await self._call("ZRANGE", self._key("outbox", "open"), 0, -1)  # everything: no long script
+        hashes = await self._calls([("HGETALL", chunks + c) for c in ids])
         return [rows.chunk(h) for h in hashes if h]
 
     async def outbox_reply(self, reply_id: str) -> list[ChunkState]:
         fields = ["total", "state", "error"]
 
         async def read(indexes: range) -> list[Any]:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for index in indexes:
-                    pipe.hmget(self._key("outbox", "chunk", rows.chunk_id(reply_id, index)), fields)
-                return list(await pipe.execute())
+            key = self._key("outbox", "chunk", "")
+            return await self._calls([("HMGET", key + rows.chunk_id(reply_id, i), *fields) for i in indexes])
 
-        with rows.reachable(self.url):
-            first = (await read(range(1)))[0]
-            if first[0] is None:
-                return []
-            total = int(first[0])
-            found = [first, *await read(range(1, total))]
+        first = (await read(range(1)))[0]
+        if first[0] is None:
+            return []
+        total = int(first[0])
+        found = [first, *await read(range(1, total))]
         return [
             ChunkState(index, total, str(values[1]), str(values[2] or ""))
             for index, values in enumerate(found)
@@ -312,28 +326,22 @@ class RedisStore(RedisCards, Store):
 
     # -- small facts -------------------------------------------------------------------------------
     async def kv_get(self, key: str) -> str | None:
-        with rows.reachable(self.url):
-            value = await self.client.get(self._key("kv", key))
+        value = await self._call("GET", self._key("kv", key))
         return None if value is None else str(value)
 
     async def kv_set(self, key: str, value: str) -> None:
-        with rows.reachable(self.url):
-            await self.client.set(self._key("kv", key), value, ex=KV_TTL_S)
+        await self._call("SET", self._key("kv", key), value, "EX", KV_TTL_S)
 
     # -- schedules ---------------------------------------------------------------------------------
     async def schedule_claim(self, name: str, slot: float, outcome: str, now: float) -> bool:
         keys = [self._key("schedule", name), self._key("schedules")]
         args = [name, repr(float(slot)), outcome, repr(now), uuid.uuid4().hex]
         with rows.reachable(self.url):
-            return int(await self._schedule(keys=keys, args=args)) == 1
+            return int(await self.pipe.script(SCHEDULE_CLAIM, keys, args)) == 1
 
     async def schedule_records(self) -> dict[str, ScheduleRecord]:
-        with rows.reachable(self.url):
-            names = sorted(await cast(Awaitable[set[str]], self.client.smembers(self._key("schedules"))))
-            async with self.client.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.hgetall(self._key("schedule", name))
-                hashes = await pipe.execute()
+        names = sorted(await self._call("SMEMBERS", self._key("schedules")))
+        hashes = await self._calls([("HGETALL", self._key("schedule", n)) for n in names])
         return {n: rows.schedule_record(n, h) for n, h in zip(names, hashes, strict=True) if h}
 
 

@@ -1,7 +1,8 @@
 """The Stream connection's acks over real loopback sockets: every robot callback is recorded before its ack
 is sent, acks leave in the order the frames arrived, a record that fails is never acked as OK, pings are
 echoed, a ``disconnect`` is acked and reported (make before break), and the idle watchdog goes by the last
-frame. Both recorders are covered: ``on_callbacks_now`` (synchronous, one commit) and ``on_callback``."""
+frame. Every recorder is covered: ``on_callbacks_now`` (synchronous, one commit), ``on_callbacks`` (a batch of
+callbacks per awaited record, while the connection reads on: Redis) and ``on_callback``."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from tests.component.gwkit import ScriptedAgent, make_config
 
 pytestmark = pytest.mark.anyio
 
-RECORDERS = ["now", "awaited"]
+RECORDERS = ["now", "awaited", "batched"]
 
 
 class Handlers:
@@ -35,10 +36,19 @@ class Handlers:
         self.recorder = recorder
         self.fail = fail
         self.events: list[tuple[str, str]] = []
+        self.batches: list[int] = []
+        self.record_s = 0.0
+        """How long a batched record takes (a store's round trip)."""
 
     def on_callbacks_now(self, frames: list[Frame]) -> list[AckDecision]:
         assert self.recorder == "now", "the synchronous recorder was not offered"
         return [self._record(frame, "now") for frame in frames]
+
+    async def on_callbacks(self, frames: list[Frame]) -> list[AckDecision]:
+        assert self.recorder == "batched", "the batched recorder was not offered"
+        self.batches.append(len(frames))
+        await anyio.sleep(self.record_s)  # a store that awaits its round trip
+        return [self._record(frame, "batched") for frame in frames]
 
     async def on_callback(self, frame: Frame) -> AckDecision:
         await anyio.lowlevel.checkpoint()  # a store that awaits its commit
@@ -57,7 +67,8 @@ async def stream_client(
 ) -> AsyncIterator[StreamClient]:
     config = make_config(fake, tmp_path, **dingtalk).dingtalk
     now = handlers.on_callbacks_now if handlers.recorder == "now" else None
-    client = StreamClient(config, handlers.on_callback, on_callbacks_now=now)
+    batched = handlers.on_callbacks if handlers.recorder == "batched" else None
+    client = StreamClient(config, handlers.on_callback, on_callbacks_now=now, on_callbacks=batched)
     async with anyio.create_task_group() as tg:
         await tg.start(client.run)
         await fake.wait_for(lambda: len(fake.connections) == 1 and client.current is not None, 3)
@@ -82,7 +93,7 @@ async def _acked(fake: FakeDingTalk, mids: list[str]) -> dict[str, Any]:
     return {a.message_id: a for a in fake.acks if a.message_id in mids}
 
 
-@pytest.mark.parametrize("recorder", RECORDERS)
+@pytest.mark.parametrize("recorder", ["now", "awaited"])
 async def test_each_callback_is_recorded_before_its_ack_in_arrival_order(
     tmp_path: Path, recorder: str
 ) -> None:
@@ -96,6 +107,41 @@ async def test_each_callback_is_recorded_before_its_ack_in_arrival_order(
             assert handlers.events == [(step, mid) for mid in mids for step in ("record", "ack")]
             assert [a.message_id for a in fake.acks if a.message_id in mids] == mids
             assert client.current is not None and client.current.frames >= 20
+
+
+async def test_batched_callbacks_read_during_a_record_are_recorded_together_then_acked_in_order(
+    tmp_path: Path,
+) -> None:
+    async with FakeDingTalk() as fake:
+        handlers = Handlers("batched")
+        handlers.record_s = 0.05
+        async with stream_client(fake, tmp_path, handlers) as client:
+            mids = [await fake.push(fake.dm(fake.users[0], f"m{i}")) for i in range(30)]
+            acks = await _acked(fake, mids)
+            assert {(a.code, a.message) for a in acks.values()} == {(200, "batched")}
+            for mid in mids:  # each recorded before its ack left
+                assert handlers.events.index(("record", mid)) < handlers.events.index(("ack", mid))
+            assert [a.message_id for a in fake.acks if a.message_id in mids] == mids
+            # The connection read on while a batch was being recorded: later frames came in fewer records.
+            assert sum(handlers.batches) == 30 and len(handlers.batches) < 30
+            assert max(handlers.batches) > 1
+            assert client.current is not None and client.current.frames >= 30
+
+
+async def test_batched_callbacks_still_being_recorded_are_acked_before_a_disconnect_closes(
+    tmp_path: Path,
+) -> None:
+    async with FakeDingTalk(disconnect_close_after_s=30) as fake:
+        handlers = Handlers("batched")
+        handlers.record_s = 0.3
+        async with stream_client(fake, tmp_path, handlers) as client:
+            first = client.current
+            assert first is not None
+            mid = await fake.push(fake.dm(fake.users[0], "recorded while the disconnect comes"))
+            [old_id] = await fake.disconnect()
+            await first.ended.wait()
+            acks = await _acked(fake, [mid])
+            assert acks[mid].code == 200 and acks[mid].connection_id == old_id
 
 
 @pytest.mark.parametrize("recorder", RECORDERS)

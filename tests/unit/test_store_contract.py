@@ -122,6 +122,18 @@ async def test_claim_of_a_known_stream_message_id_is_a_duplicate(store: Store) -
     assert [e.msg_id for e in await store.inbox_unfinished(ROBOT)] == ["m1"]
 
 
+async def test_claims_that_arrive_together_are_recorded_together(store: Store) -> None:
+    """The ack path's batch (one Redis script run): each claim as if alone, in order."""
+    together = [("m1", "s1", "a"), ("m2", "s2", "b"), ("m1", "s3", "m1 again"), ("m3", "s2", "s2 again")]
+    assert await store.inbox_claim_many(ROBOT, together, 100.0) == [True, True, False, False]
+    assert await store.inbox_claim_many(ROBOT, [("m2", "s9", "c"), ("m4", "", "d")], 101.0) == [False, True]
+
+    found = await store.inbox_unfinished(ROBOT)
+    assert [(e.msg_id, e.stream_message_id, e.payload) for e in found] == [
+        ("m1", "s1", "a"), ("m2", "s2", "b"), ("m4", "", "d")
+    ]
+
+
 async def test_empty_stream_message_ids_do_not_collide(store: Store) -> None:
     assert await store.inbox_claim(ROBOT, "m1", "", "a", 100.0)
     assert await store.inbox_claim(ROBOT, "m2", "", "b", 101.0)

@@ -4,6 +4,7 @@ real redis-server (tests/redisserver.py)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -217,3 +218,51 @@ async def test_open_warns_when_redis_may_lose_or_evict_state(
 
     text = caplog.text
     assert "appendonly yes" in text and "maxmemory-policy noeviction" in text and "allkeys-lru" in text
+
+
+async def test_a_batch_of_claims_is_one_script_run_and_a_retry_of_it_is_still_new(store: RedisStore) -> None:
+    """The ack path's batch: one run (one round trip), idempotent like a single claim."""
+    script = store.client.register_script(APPLY)
+    claims = ("claims", ROBOT, "5.0", "replica-a", "3", "m1", "s1", "{}", "m2", "s2", "{}", "m1", "s3", "{}")
+    assert await script(keys=[], args=run_args(store, "t1", *claims)) == "110"
+    assert await script(keys=[], args=run_args(store, "t1", *claims)) == "110"  # the retry: same answer
+    assert await script(keys=[], args=run_args(store, "t2", *claims)) == "000"  # redelivered: duplicates
+
+
+async def test_a_release_signals_free_only_when_messages_wait(redis_server: RedisServer) -> None:
+    """``free`` wakes a replica whose message waits for the session; an idle session's release sends none."""
+    shared = prefix()
+    a, b = RedisStore(redis_server.url, prefix=shared), RedisStore(redis_server.url, prefix=shared)
+    for s in (a, b):
+        await s.open()
+    pubsub = a.client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(f"{shared}signals")
+    heard: list[str] = []
+
+    async def listen() -> None:
+        while True:
+            message = await pubsub.get_message(timeout=0.05)
+            if message is not None:
+                heard.append(json.loads(message["data"])["what"])
+
+    key = f"{ROBOT}:dm:u1"
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen)
+            await a.coordination().enqueue(key, "m1")
+            async with a.coordination().hold(key, "m1", lambda: False):
+                pass
+            await anyio.sleep(0.3)
+            assert heard == []  # nobody waited
+            await a.coordination().enqueue(key, "m2")
+            await b.coordination().enqueue(key, "m3")  # another replica's message waits behind
+            async with a.coordination().hold(key, "m2", lambda: False):
+                pass
+            with anyio.fail_after(3):
+                while heard != ["free"]:  # noqa: ASYNC110 - the listener appends
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    finally:
+        await pubsub.aclose()
+        for s in (a, b):
+            await s.close()
