@@ -161,35 +161,39 @@ class StreamConnection:
             self.ended.set()
 
     async def serve(self) -> None:
+        watch = anyio.CancelScope()
         try:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_idle, watch)
                 if self.on_callbacks is not None:
                     tg.start_soon(self._ack_batches)
                 try:
                     await self._read()
                 finally:
+                    watch.cancel()
                     self._reading = False  # the callbacks read so far are still recorded and acked
                     self._more.set()
         finally:
             await self.close()
 
+    async def _watch_idle(self, scope: anyio.CancelScope) -> None:
+        """No frame for ``idle_timeout_s``: a reconnect is forced (the websocket closed, the read ends). A
+        task of its own, not a time limit on each ``recv()``: a cancel scope with a deadline per frame cost
+        about 44,000 instructions, a sixth of the ack path (BENCHMARKS.md, 1a)."""
+        idle = self.idle_timeout_s
+        with scope:
+            # A deadline that every frame moves: the reader only writes a timestamp, nothing to wake.
+            while time.monotonic() - self.last_frame_at < idle:  # noqa: ASYNC110
+                await anyio.sleep(self.last_frame_at + idle - time.monotonic())
+            log.warning("[dingtalk] conn %s: no frame for %.0f s; forcing a reconnect", self.cid, idle)
+            self._end("idle")
+            await self.close()
+
     async def _read(self) -> None:
         """Read and handle frames until the connection ends (the reason in :attr:`end_reason`)."""
-        idle = self.idle_timeout_s
         try:
             while True:
-                raw: str | bytes | None = None
-                # Cancelling recv() loses nothing (websockets documents it): the next call returns the frame.
-                with anyio.move_on_after(max(0.0, self.last_frame_at + idle - time.monotonic())):
-                    raw = await self.ws.recv()
-                if raw is None:
-                    if time.monotonic() - self.last_frame_at < idle:
-                        continue
-                    log.warning(
-                        "[dingtalk] conn %s: no frame for %.0f s; forcing a reconnect", self.cid, idle
-                    )
-                    self._end("idle")
-                    return
+                raw = await self.ws.recv()
                 self.frames += 1
                 self.last_frame_at = self.stats.last_frame_at = time.monotonic()
                 if len(raw) > MAX_FRAME_BYTES:
