@@ -42,6 +42,8 @@ def text_of(value: Any) -> str | None:
 
 def string(parent: Mapping[str, Any], key: str, where: str = "", *, required: bool = False) -> str:
     value = parent.get(key)
+    if type(value) is str and value:  # what nearly every field is: returned before any other check
+        return value
     if value is None or value == "":
         if required:
             raise FrameError(f"missing {where or key}")
