@@ -143,6 +143,14 @@ def _classify(line: str, prev: str, in_list: bool) -> str:
 
 def to_dingtalk_markdown(text: str) -> str:
     """Normalise agent markdown for a DingTalk ``markdown`` message (rules in the module docstring)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n")
+    if _MARKUP.search(lines) is None:
+        return _plain_paragraphs(lines.split("\n"))
+    return _markdown(text)
+
+
+def _markdown(text: str) -> str:
+    """:func:`to_dingtalk_markdown` by the line classes, for any text."""
     out: list[str] = []
     prev: _Line | None = None
     for item in _lines(text):
@@ -156,6 +164,25 @@ def to_dingtalk_markdown(text: str) -> str:
                 out.append(gap)
         out.extend(_render(item))
         prev = item
+    return "\n".join(out)
+
+
+_MARKUP = re.compile(r"[#>*+=_|`~<-]|^[ \t]*\d", re.M)
+"""What can make a line anything but a paragraph, or change it when rendered: without any, text is plain."""
+
+
+def _plain_paragraphs(lines: list[str]) -> str:
+    """:func:`to_dingtalk_markdown` of text without markup (:data:`_MARKUP`): every line a paragraph kept
+    as it is, a blank line put between two that touch. A reply of plain sentences takes this way, without
+    the line classes and their patterns."""
+    out: list[str] = []
+    touching = False
+    for line in lines:
+        blank = not line.strip()
+        if touching and not blank:
+            out.append("")
+        out.append(line)
+        touching = not blank
     return "\n".join(out)
 
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgecrab.dingtalk import markdown
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown, to_plain_text
 
 GOLDEN = Path(__file__).parent.parent / "data" / "markdown"
@@ -206,3 +207,18 @@ def test_a_one_megabyte_reply_is_normalised() -> None:
     out = to_dingtalk_markdown(source)
     assert significant(unescape(out)) == significant(source)
     assert to_plain_text(source).count("import sys") == source.count("import sys")
+
+
+_PLAIN_ALPHABET = "ab 1.:,()!?'\"&[]\\\t\n\r\u3000中🦀é"
+"""Letters, digits, spaces and punctuation, none of the markup characters, so most texts drawn from it are
+plain (a line starting with a digit is markup: a list item may)."""
+
+
+_LINE = st.sampled_from(["1. one", "2) two", " 3. x", "12", "a b", "", " ", "\t", "(x)", "&amp;", "[a](b)"])
+_LINES = st.lists(_LINE | st.text(alphabet=_PLAIN_ALPHABET, max_size=12), max_size=6).map("\n".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_LINES | st.text(alphabet=_PLAIN_ALPHABET, max_size=60) | st.text(max_size=40))
+def test_plain_text_takes_a_short_way_with_the_same_result(text: str) -> None:
+    assert markdown.to_dingtalk_markdown(text) == markdown._markdown(text)
