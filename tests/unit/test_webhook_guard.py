@@ -26,9 +26,9 @@ def reference_refusal(guard: WebhookGuard, url: str) -> str:
     """The guard as it was: httpx.URL and ipaddress on every call."""
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
+        host = parsed.host.rstrip(".").lower()
+    except (httpx.InvalidURL, TypeError, UnicodeError):  # UnicodeError: an "xn--" label that is not punycode
         return "not a valid URL"
-    host = parsed.host.rstrip(".").lower()
     if parsed.scheme == "http":
         loopback = host == "localhost"
         if not loopback:
@@ -244,3 +244,9 @@ def test_the_path_is_pinned() -> None:
 )
 def test_extra_host_entries_are_checked(entry: str, problem: str) -> None:
     assert host_entry_problem(entry) == problem
+
+
+@pytest.mark.parametrize("host", ["xn--0a", "xn--a-\u0300", "xn--aa"])
+def test_a_host_whose_xn_label_is_not_valid_punycode_is_refused_not_raised(host: str) -> None:
+    guard = WebhookGuard(API_BASE, EXTRA)
+    assert guard.refusal(f"https://{host}/robot/sendBySession?session=1") == "not a valid URL"
