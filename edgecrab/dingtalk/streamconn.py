@@ -178,8 +178,8 @@ class StreamConnection:
 
     async def _watch_idle(self, scope: anyio.CancelScope) -> None:
         """No frame for ``idle_timeout_s``: a reconnect is forced (the websocket closed, the read ends). A
-        task of its own, not a time limit on each ``recv()``: a cancel scope with a deadline per frame cost
-        about 44,000 instructions, a sixth of the ack path (BENCHMARKS.md, 1a)."""
+        task of its own, not a time limit on each ``recv()``: a cancel scope with a deadline cost about
+        44,000 instructions a frame (BENCHMARKS.md, 1a)."""
         idle = self.idle_timeout_s
         with scope:
             # A deadline that every frame moves: the reader only writes a timestamp, nothing to wake.
