@@ -168,8 +168,12 @@ class _Escaped:
 
 
 def _escaped(arg: Any) -> Any:
-    # Numbers stay numbers (``%d``, ``%.1f`` need them) and cannot hold a line break.
-    return arg if isinstance(arg, int | float) else _Escaped(arg)
+    # Numbers stay numbers (``%d``, ``%.1f`` need them) and cannot hold a line break. A printable string
+    # (ids, names: nearly every argument) is its own escape, its repr too: every character escape() rewrites
+    # is one str.isprintable() refuses, so it needs no wrapper (two log lines a message, BENCHMARKS.md 1a).
+    if isinstance(arg, int | float) or (type(arg) is str and arg.isprintable()):
+        return arg
+    return _Escaped(arg)
 
 
 def escape_args(args: tuple[Any, ...] | Mapping[str, Any]) -> tuple[Any, ...] | Mapping[str, Any]:

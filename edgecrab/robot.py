@@ -119,8 +119,9 @@ class Robot:
             stream_message_id=stream_mid,
             robot_code_fallback=self.code,
             scrubbed=True,
+            robot_name=self.name,
         )
-        return cap_text(message.replace(robot=self.name), self.dt.max_inbound_chars)
+        return cap_text(message, self.dt.max_inbound_chars)
 
     async def _route(self, message: Message, *, resumed: bool = False) -> None:
         decision = self.access.decide(message, time.time())

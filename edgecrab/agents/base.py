@@ -40,6 +40,9 @@ class AgentError(Exception):
 
 class Agent(abc.ABC):
     name: str = "agent"
+    uses_history: bool = True
+    """False for a backend that never reads the conversation's earlier turns (``echo``): the runner reads
+    none from the store for it, and its requests carry the new user turn alone."""
 
     @abc.abstractmethod
     async def run(self, request: AgentRequest) -> AgentResult:

@@ -24,6 +24,7 @@ _WORDS = re.compile(r"\S+\s*|\s+")
 
 class EchoAgent(Agent):
     name = "echo"
+    uses_history = False  # it repeats the new message: the history is not read for it
 
     def __init__(self, *, word_delay_s: float = WORD_DELAY_S) -> None:
         self.word_delay_s = word_delay_s
@@ -47,6 +48,4 @@ def _reply(request: AgentRequest) -> str:
         if message.get("role") == "user":
             text = message.get("content", "")
             break
-    earlier = max(len(request.messages) - 1, 0)
-    history = f" · {earlier} earlier message{'s' if earlier != 1 else ''} in this conversation"
-    return f"🦀 echo: {text}\n\n{HINT[:-1]}{history})"
+    return f"🦀 echo: {text}\n\n{HINT}"

@@ -46,32 +46,75 @@ async def failure_answer(hooks: Any, error: str, message: Message) -> str:
 
 
 async def call_agent(
-    agent: Agent, request: AgentRequest, *, timeout_s: float, message_id: str, on_delta: Deltas | None = None
+    agent: Agent,
+    request: AgentRequest,
+    *,
+    timeout_s: float,
+    message_id: str,
+    on_delta: Deltas | None = None,
+    limiter: anyio.CapacityLimiter | None = None,
+    scope: anyio.CancelScope | None = None,
 ) -> AgentResult:
     """``agent.run(request)`` (``agent.stream`` with ``on_delta``), cut off after ``timeout_s`` plus 5 s of
-    slack."""
+    slack; with ``limiter``, once it lends a token (the runner's ``max_concurrent_runs``).
+
+    ``scope``: the caller's cancel scope around this call (the run's, which ``/stop`` cancels), given the
+    time limit as its deadline instead of a scope of the call's own (a cancel scope with a deadline is about
+    44,000 instructions; one a run). The call then ends in that scope's cancellation, and the caller tells
+    it from a stop and answers with :func:`timed_out`."""
+    if limiter is None:
+        return await _call_agent(agent, request, timeout_s, message_id, on_delta, scope)
+    try:
+        # A free token is taken at once: ``async with limiter`` gives the event loop a turn first even then,
+        # one more step of the loop for every run (BENCHMARKS.md 1a).
+        limiter.acquire_nowait()
+    except anyio.WouldBlock:
+        await limiter.acquire()
+    try:
+        return await _call_agent(agent, request, timeout_s, message_id, on_delta, scope)
+    finally:
+        limiter.release()
+
+
+def timed_out(timeout_s: float, message_id: str, elapsed: float) -> AgentResult:
+    """The result of an agent call cut off at its time limit."""
+    log.warning("[runs] agent timed out for message %s", message_id)
+    error = f"the agent timed out after {timeout_s:.0f} s — /retry to try again"
+    return AgentResult("", duration_s=elapsed, failed=True, error=error)
+
+
+async def _call_agent(
+    agent: Agent,
+    request: AgentRequest,
+    timeout_s: float,
+    message_id: str,
+    on_delta: Deltas | None,
+    scope: anyio.CancelScope | None,
+) -> AgentResult:
     started = time.monotonic()
 
     def failed(error: str) -> AgentResult:
         return AgentResult("", duration_s=time.monotonic() - started, failed=True, error=error)
 
     try:
-        with anyio.fail_after(timeout_s + 5):
-            if on_delta is None:
-                result = await agent.run(request)
-            else:
-                result = await agent.stream(request, on_delta)
+        answer = agent.run(request) if on_delta is None else agent.stream(request, on_delta)
+        if scope is not None:
+            scope.deadline = min(scope.deadline, anyio.current_time() + timeout_s + 5)
+            return await answer
+        # move_on_after and the raise below, not fail_after: the same bound for two thirds of the CPU.
+        with anyio.move_on_after(timeout_s + 5):
+            return await answer
+        raise TimeoutError
     except AgentError as exc:
         detail = exc.user_message if exc.cause == exc.user_message else f"{exc.user_message} ({exc.cause})"
         log.warning("[runs] agent failed for message %s: %s", message_id, detail)
         return failed(exc.user_message)
     except TimeoutError:
-        log.warning("[runs] agent timed out for message %s", message_id)
-        return failed(f"the agent timed out after {timeout_s:.0f} s — /retry to try again")
+        return timed_out(timeout_s, message_id, time.monotonic() - started)
     except Exception as exc:
         log.exception("[runs] agent crashed for message %s", message_id)
         return failed(f"the agent failed ({type(exc).__name__}) — /retry to try again")
-    return result
+
 
 
 __all__ = ["USER_FAILURE_TEXT", "call_agent", "failure_answer", "failure_text"]

@@ -1,8 +1,9 @@
 """Agent runs: one run per session at a time, the busy policy, /stop, /new and /retry.
 Session keys and what a session holds in memory (queue, run in flight, epochs): :mod:`edgecrab.core.sessions`.
-Each busy session has one worker task (in the runner's task group) that takes queued messages in order. A
-session is *busy* from the moment its worker takes a message until that run's reply is handed to delivery, so
-a message arriving while the run is still preparing is queued (or rejected, or interrupts) like any other.
+Each busy session has one worker (a task of the runner's task group, reused: :mod:`edgecrab.workers`) that
+takes queued messages in order. A session is *busy* from the moment its worker takes a message until that
+run's reply is handed to delivery, so a message arriving while the run is still preparing is queued (or
+rejected, or interrupts) like any other.
 With live replies (``reply_mode: card``, :mod:`edgecrab.core.live`) the run opens one when it starts, streams
 the agent's text into it, and settles it as the run ends. The agent call lives in its own cancel scope:
 ``/stop``, ``/new`` and the ``interrupt`` policy cancel exactly that scope, which closes the backend's HTTP
@@ -27,13 +28,14 @@ from edgecrab.agents.base import Agent
 from edgecrab.config import SessionsConfig
 from edgecrab.coordination import INTERRUPT, NEW, STOP, Coordination, NotFirst
 from edgecrab.core import sessions as texts
-from edgecrab.core.agentcall import call_agent, failure_answer, run_crashed
+from edgecrab.core.agentcall import call_agent, failure_answer, run_crashed, timed_out
 from edgecrab.core.agentcall import failure_text as failure_text  # re-exported: tests and hooks read it here
 from edgecrab.core.live import LiveReplies, LiveReply, settle
 from edgecrab.core.sessions import QueuedMessage, RunStatus, Session, expire_if_idle, retry_text, session_key
 from edgecrab.core.turns import PlainTurns, TurnContent, conversation
 from edgecrab.events import AgentRequest, AgentResult, Message, ReplyAttachment
 from edgecrab.store.base import DONE, FAILED, OutboxChunk, Store, Turn, UsageDelta
+from edgecrab.workers import Workers
 
 log = logging.getLogger("edgecrab.core.runs")
 
@@ -85,6 +87,7 @@ class Runner:
         self._sessions: dict[str, Session] = {}
         self._limiter = anyio.CapacityLimiter(config.max_concurrent_runs)
         self._tg: anyio.abc.TaskGroup | None = None
+        self._workers = Workers(self._work)  # a session's queue is a job: no task made per message
         self.runs_started = 0
         self.runs_finished = 0
         self.on_agent_result: Callable[[AgentResult, float], None] | None = None
@@ -102,6 +105,7 @@ class Runner:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            self._workers.bind(tg)
             await tg.start(self.coord.run, self._on_signal)
             task_status.started()
             await anyio.sleep_forever()
@@ -160,7 +164,7 @@ class Runner:
         if s.worker or self._tg is None:
             return
         s.worker = True
-        self._tg.start_soon(self._work, s)
+        self._workers.submit(s)
 
     async def _work(self, s: Session) -> None:
         try:
@@ -275,7 +279,7 @@ class Runner:
         if s.epoch != epoch:
             await self.store.inbox_set_state(message.robot, message.id, DONE, "stopped before it started")
             return None
-        history = await self.store.history(key, self.config.history_limit)
+        history = await self.store.history(key, self.config.history_limit) if self.agent.uses_history else []
         request = AgentRequest(
             await conversation(self.turns, history, content), system_prompt=self.system_prompt,
             session_key=key, message_id=message.id, attachments=turn.attachments,
@@ -294,20 +298,17 @@ class Runner:
         started = time.monotonic()
         try:
             with scope:
-                if s.epoch != epoch:
-                    scope.cancel()  # stopped while the request was being prepared
-                async with self._limiter:
+                if s.epoch == epoch:  # else stopped while the request was being prepared
                     result = await call_agent(
-                        self.agent,
-                        request,
-                        timeout_s=self.agent_timeout_s,
-                        message_id=message.id,
-                        on_delta=live.push if live is not None else None,
+                        self.agent, request, timeout_s=self.agent_timeout_s, message_id=message.id,
+                        on_delta=live.push if live is not None else None, limiter=self._limiter, scope=scope,
                     )
         finally:
             self.runs_finished += 1
         elapsed = time.monotonic() - started
-        if result is None:  # cancelled by /stop, /new or interrupt
+        if result is None and s.epoch == epoch and scope.cancelled_caught:  # its time limit, not a /stop
+            result = timed_out(self.agent_timeout_s, message.id, elapsed)
+        elif result is None:  # cancelled by /stop, /new or interrupt
             result = AgentResult(text="", duration_s=elapsed, stopped=True)
         if self.on_agent_result is not None:
             self.on_agent_result(result, elapsed)

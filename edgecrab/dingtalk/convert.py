@@ -80,9 +80,12 @@ def to_message(
     stream_message_id: str = "",
     robot_code_fallback: str = "",
     scrubbed: bool = False,
+    robot_name: str = "",
 ) -> Message:
     """Convert a decoded robot callback into a :class:`Message`, or raise :class:`FrameError`.
-    ``scrubbed``: ``data`` comes from :func:`decode_payload`, its lone surrogates already replaced."""
+    ``scrubbed``: ``data`` comes from :func:`decode_payload`, its lone surrogates already replaced.
+    ``robot_name``: ``Message.robot``, the start of its session keys (the gateway's name for the robot);
+    default the callback's robot code."""
     if not isinstance(data, Mapping):
         raise FrameError("data is not an object")
     if not scrubbed:
@@ -107,7 +110,7 @@ def to_message(
     route = _route(data, robot, conversation_id, is_group, sender)
     return Message(
         id=msg_id,
-        robot=robot,
+        robot=robot_name or robot,
         conversation=Conversation(
             id=conversation_id, is_group=is_group, title=_str(data, "conversationTitle")
         ),

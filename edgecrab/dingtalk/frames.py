@@ -175,10 +175,20 @@ def ack_frame(
     data: str = ROBOT_ACK_DATA,
 ) -> str:
     """The ack for one frame; ``messageId`` is left out when the frame had none (disconnect)."""
+    if message_id is not None and code == STATUS_OK and message == "OK" and data == ROBOT_ACK_DATA:
+        return _ACK_OK_HEAD + json.dumps(message_id) + _ACK_OK_TAIL  # every callback's: encode the id only
     headers: dict[str, str] = {"contentType": CONTENT_TYPE_JSON}
     if message_id is not None:
         headers["messageId"] = message_id
     return json.dumps({"code": code, "headers": headers, "message": message, "data": data})
+
+
+_ACK_OK_HEAD, _ACK_OK_TAIL = json.dumps(
+    {"code": STATUS_OK, "headers": {"contentType": CONTENT_TYPE_JSON, "messageId": "\0"}, "message": "OK",
+     "data": ROBOT_ACK_DATA}
+).split('"\\u0000"')
+"""The usual ack (:func:`ack_frame` with its defaults) around its message id: the same text, the id encoded
+alone (one ack a callback, on the ack path)."""
 
 
 def ping_ack(frame: Frame) -> str:

@@ -174,7 +174,8 @@ class WebhookGuard:
         """:meth:`refusal`, and the URL as parsed, for the client to send to without parsing it again."""
         try:
             parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError):
+            parsed.host  # noqa: B018 - an "xn--" label that is not valid punycode raises here (idna)
+        except (httpx.InvalidURL, TypeError, UnicodeError):
             return "not a valid URL", None
         return self._verdict(parsed), parsed
 

@@ -230,12 +230,15 @@ class HookRunner:
         caller = getattr(self.pm.hook, hook, None)
         if caller is None:
             return []
+        found = caller.get_hookimpls()
+        if not found:  # no implementation (no hooks configured): nothing to sort
+            return found
 
         def key(impl: pluggy.HookImpl) -> tuple[int, int]:
             group = 0 if impl.tryfirst else 2 if impl.trylast else 1
             return group, self._source(impl).order
 
-        plain = [i for i in caller.get_hookimpls() if not (i.wrapper or i.hookwrapper)]
+        plain = [i for i in found if not (i.wrapper or i.hookwrapper)]
         return sorted(plain, key=key)
 
     async def invoke_impl(self, impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> Any:

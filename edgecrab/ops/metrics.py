@@ -83,12 +83,13 @@ class GatewayMetrics:
         robot = parts.robot
         if parts is self._owner(parts):
             parts.stream.stats.on_ack = self._ack.labels(robot).observe
-        send = self._send
-        parts.sender.stats.on_latency = lambda route, seconds: send.labels(robot, route).observe(seconds)
-        parts.runner.on_agent_result = lambda result, seconds: self._observe_agent(robot, result, seconds)
+        send, api = _children(self._send, robot), _children(self._api, robot)
+        agent, tokens = _children(self._agent, robot), _children(self._tokens, robot)
+        parts.sender.stats.on_latency = lambda route, seconds: send(route).observe(seconds)
+        parts.runner.on_agent_result = lambda result, seconds: _observe_agent(agent, tokens, result, seconds)
 
         async def count(request: httpx.Request) -> None:
-            self._api.labels(robot, API_NAMES.get(request.url.path, "other")).inc()
+            api(API_NAMES.get(request.url.path, "other")).inc()
 
         for http in clients:
             hooks = dict(http.event_hooks)
@@ -99,18 +100,34 @@ class GatewayMetrics:
         """The first robot on ``parts``' connection: the one its acks are counted for."""
         return next(p for p in self.robots if p.stream is parts.stream)
 
-    def _observe_agent(self, robot: str, result: AgentResult, seconds: float) -> None:
-        outcome = "stopped" if result.stopped else "failed" if result.failed else "ok"
-        self._agent.labels(robot, outcome).observe(seconds)
-        if result.usage.prompt_tokens:
-            self._tokens.labels(robot, "prompt").inc(result.usage.prompt_tokens)
-        if result.usage.completion_tokens:
-            self._tokens.labels(robot, "completion").inc(result.usage.completion_tokens)
-
     async def refresh(self) -> None:
         """Read what lives in the store (each robot's inbox backlog) before a scrape."""
         for p in self.robots:
             self.backlogs[p.robot] = await p.store.inbox_backlog(p.name)
+
+
+def _children(family: Any, robot: str) -> Callable[[str], Any]:
+    """``family.labels(robot, label)``, each child made once: ``labels()`` takes a lock and builds its key
+    on every call, several times a message. The labels are bounded sets (routes, outcomes, API names)."""
+    made: dict[str, Any] = {}
+
+    def child(label: str) -> Any:
+        found = made.get(label)
+        if found is None:
+            found = made[label] = family.labels(robot, label)
+        return found
+
+    return child
+
+
+def _observe_agent(
+    agent: Callable[[str], Any], tokens: Callable[[str], Any], result: AgentResult, seconds: float
+) -> None:
+    agent("stopped" if result.stopped else "failed" if result.failed else "ok").observe(seconds)
+    if result.usage.prompt_tokens:
+        tokens("prompt").inc(result.usage.prompt_tokens)
+    if result.usage.completion_tokens:
+        tokens("completion").inc(result.usage.completion_tokens)
 
 
 class _Collector(Collector):

@@ -83,9 +83,19 @@ class Chunk:
         return self.text[len(head) : len(self.text) - len(self.suffix)]
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False)
+"""``json.dumps(..., ensure_ascii=False)`` without making an encoder per call (each reply measures a few)."""
+
+
 def json_bytes(text: str) -> int:
     """UTF-8 size of ``text`` as a JSON string literal, quotes and escapes included."""
-    return len(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return len(_JSON.encode(text).encode("utf-8", "surrogatepass"))
+
+
+def _json_bytes_at_most(text: str) -> int:
+    """An upper bound of :func:`json_bytes` without encoding: a character takes at most 6 bytes (``\\u001f``;
+    UTF-8 takes at most 4), plus the quotes."""
+    return 6 * len(text) + 2
 
 
 def join_chunks(chunks: Sequence[Chunk]) -> str:
@@ -110,8 +120,9 @@ def split_text(
         raise ValueError(f"limits too small: max_chars={max_chars}, bytes left={max_bytes - overhead_bytes}")
     if not text:
         return []
-    if len(text) <= max_chars and json_bytes(text) + overhead_bytes <= max_bytes:
-        return [Chunk(text, 1, 1)]
+    room = max_bytes - overhead_bytes
+    if len(text) <= max_chars and (_json_bytes_at_most(text) <= room or json_bytes(text) <= room):
+        return [Chunk(text, 1, 1)]  # fits (most replies: without encoding them to measure)
     splitter = _Splitter(text, max_chars, max_bytes - overhead_bytes)
     if not markers:
         pieces = splitter.split(0)

@@ -44,6 +44,7 @@ from edgecrab.replies.inflight import FINISHED, ON_THE_WIRE, InFlight, LeaseLost
 from edgecrab.replies.resplit import TOO_LONG_CODES, Resplits
 from edgecrab.replies.wire import Wire
 from edgecrab.store.base import PENDING, SENT, UNDELIVERABLE, OutboxChunk, Store, UsageDelta
+from edgecrab.workers import Workers
 
 log = logging.getLogger("edgecrab.replies.delivery")
 
@@ -82,6 +83,7 @@ class Delivery:
         """Whose unsent chunks :meth:`run` resumes, by conversation key (a robot's own, on a shared store)."""
         self._notify = notify
         self._tg: anyio.abc.TaskGroup | None = None
+        self._senders = Workers(self._worker)  # a conversation's unsent chunks are a job (edgecrab.workers)
         self._workers: dict[str, anyio.Event] = {}
         """Live workers by conversation; the event is set when new chunks arrive while one works."""
         self._epochs: dict[str, int] = {}
@@ -194,6 +196,7 @@ class Delivery:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            self._senders.bind(tg)
             pending = [c for c in await self.store.outbox_pending() if self.resumes(c.conversation_key)]
             for ckey in dict.fromkeys(c.conversation_key for c in pending):
                 log.info("[delivery] resuming unsent chunks for %s", ckey)
@@ -213,14 +216,15 @@ class Delivery:
             return  # run() will pick it up from the ledger
         self._memory.forget_old(self._workers)
         self._workers[ckey] = anyio.Event()
-        self._tg.start_soon(self._worker, ckey)
+        self._senders.submit(ckey)
 
     async def _worker(self, ckey: str) -> None:
         held = False
         try:
             held = await self._coord.take_delivery(ckey)  # False: another replica sends them, ours too
             while held:
-                woken = self._workers[ckey] = anyio.Event()
+                if (woken := self._workers[ckey]).is_set():  # wake() sets it from now on: unset, it serves
+                    woken = self._workers[ckey] = anyio.Event()
                 handed = self._handed.pop(ckey, None)
                 if handed is not None:
                     epoch, pending = handed  # a /stop since then shows as a newer epoch: re-read
@@ -298,13 +302,8 @@ class Delivery:
         """What is still to send of a chunk re-split before a restart; None if it was never re-split."""
         pieces = await self._resplits.load(chunk, recorded_here=chunk.reply_id in self._replies)
         if pieces:
-            log.info(
-                "[delivery] resuming re-split chunk %d/%d of %s: %d piece(s) left",
-                chunk.index + 1,
-                chunk.total,
-                chunk.reply_id,
-                len(pieces),
-            )
+            log.info("[delivery] resuming re-split chunk %d/%d of %s: %d piece(s) left",
+                     chunk.index + 1, chunk.total, chunk.reply_id, len(pieces))
         return pieces
 
     async def _mark_sent(self, chunk: OutboxChunk, *, whole_sent: bool, split: bool) -> None:

@@ -44,18 +44,19 @@ class Wire:
         and ``/stop`` does. None when it was cut off."""
         if self._stop_by is not None:
             await anyio.lowlevel.checkpoint()  # stopping: start nothing new (this raises the stop)
+        # One scope for both: shielded from the gateway's stop (its deadline ends the grace period), and
+        # cancelled by /stop (cancelling a shielded scope still cancels what runs inside it).
         with anyio.CancelScope(shield=True) as scope:
             if self._stop_by is not None:
                 scope.deadline = self._stop_by
             self._on_the_wire.add(scope)
+            self._sending[ckey] = (reply_id, scope)
             try:
-                with anyio.CancelScope() as stoppable:
-                    self._sending[ckey] = (reply_id, stoppable)
-                    return await send()
-                return None  # /stop cancelled it
+                return await send()
             finally:
                 self._sending.pop(ckey, None)
                 self._on_the_wire.discard(scope)
-        # Cut off at the end of the grace period: the stop itself is pending on this task.
-        await anyio.lowlevel.checkpoint()
+        # Cut off: by /stop, or at the end of the grace period (the stop itself is then pending on this task).
+        if self._stop_by is not None:
+            await anyio.lowlevel.checkpoint()
         return None

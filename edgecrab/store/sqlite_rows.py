@@ -7,6 +7,7 @@ statement serves a method on its own (``usage_add``) and the combined writes (``
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -82,17 +83,24 @@ def add_usage(
         _count_usage(conn, key, delta, now, last_user)
 
 
+_COUNT = ", ".join([f"{c} = {c} + ?" for c in COUNTERS] + ["last_active_at = max(last_active_at, ?)"])
+_USAGE = f"UPDATE sessions SET {_COUNT} WHERE key = ?"
+_USAGE_LAST_USER = f"UPDATE sessions SET {_COUNT}, last_user_text = ?, last_user_msg_id = ? WHERE key = ?"
+_counters = operator.attrgetter(*COUNTERS)
+
+
 def _count_usage(
     conn: sqlite3.Connection, key: str, delta: UsageDelta, now: float, last_user: Turn | None
 ) -> bool:
     """False (and nothing done) when the session does not exist. The session nearly always exists, so
-    updating first and inserting only when that found no row saves a statement per run's end."""
-    sets = [f"{c} = {c} + ?" for c in COUNTERS] + ["last_active_at = max(last_active_at, ?)"]
-    params: list[Any] = [*(getattr(delta, c) for c in COUNTERS), now]
-    if last_user is not None:
-        sets += ["last_user_text = ?", "last_user_msg_id = ?"]
-        params += [last_user.content, last_user.msg_id]
-    if not conn.execute(f"UPDATE sessions SET {', '.join(sets)} WHERE key = ?", (*params, key)).rowcount:
+    updating first and inserting only when that found no row saves a statement per run's end. The two
+    statements are written once, not per call (twice a message)."""
+    if last_user is None:
+        cursor = conn.execute(_USAGE, (*_counters(delta), now, key))
+    else:
+        params = (*_counters(delta), now, last_user.content, last_user.msg_id, key)
+        cursor = conn.execute(_USAGE_LAST_USER, params)
+    if not cursor.rowcount:
         return False
     if delta.extra:
         (raw,) = conn.execute("SELECT extra FROM sessions WHERE key = ?", (key,)).fetchone()

@@ -4,18 +4,14 @@ attachments, uploaded by the gateway and served by the emulator), after the answ
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.browser.test_webchat import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     REPLY_S,
     _bot_bubbles,
     _page,
-    _playwright,
     _sandbox,
     _send,
 )
@@ -59,15 +55,8 @@ def media_sandbox() -> Iterator[str]:
 
 
 @pytest.fixture
-def media_page(media_sandbox: str, tmp_path: Path) -> Iterator[Any]:
-    with _playwright()() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield from _page(browser, media_sandbox)
-        finally:
-            browser.close()
+def media_page(browser: Any, media_sandbox: str) -> Iterator[Any]:
+    yield from _page(browser, media_sandbox)
 
 
 def test_the_web_chat_shows_a_picture_and_a_file_the_bot_sends(media_page: Any) -> None:

@@ -19,13 +19,10 @@ from typing import Any
 import pytest
 
 from tests.browser.test_webchat import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     REPLY_S,
     ROOT,
     _bot_bubbles,
     _page,
-    _playwright,
     _sandbox,
     _send,
 )
@@ -75,15 +72,8 @@ def robots_sandbox() -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture
-def robots_page(robots_sandbox: tuple[str, str], tmp_path: Path) -> Iterator[Any]:
-    with _playwright()() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield from _page(browser, robots_sandbox[0])
-        finally:
-            browser.close()
+def robots_page(browser: Any, robots_sandbox: tuple[str, str]) -> Iterator[Any]:
+    yield from _page(browser, robots_sandbox[0])
 
 
 def _outbound(url: str) -> list[dict[str, Any]]:

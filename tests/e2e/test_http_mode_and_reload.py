@@ -124,9 +124,9 @@ def test_http_mode_without_an_explicit_port_is_a_config_error(tmp_path: Path) ->
     assert "http.port" in done.stderr and "required when platforms.dingtalk.mode is `http`" in done.stderr
 
 
-def _config(users: str, token: str = TOKEN) -> str:
+def _config(users: str, token: str = TOKEN, chunk_interval_ms: int = 300) -> str:
     return (f"agent:\n  type: echo\nplatforms:\n  dingtalk:\n    allowed_users: [{users}]\n"
-            f"http:\n  token: {token}\n")
+            f"    chunk_interval_ms: {chunk_interval_ms}\nhttp:\n  token: {token}\n")
 
 
 def test_sighup_reloads_access_lists_on_the_same_connection_and_keeps_an_invalid_file_out(
@@ -180,10 +180,13 @@ def test_post_reload_is_refused_without_a_configured_token(tmp_path: Path) -> No
         assert re.search(r"/reload", ops.post("/reload").json()["error"])
 
 
+@pytest.mark.timeout(150)  # the wait below gives up first, with the gateway's log in its message
 def test_reloads_under_traffic_lose_and_repeat_nothing(tmp_path: Path) -> None:
     """Messages keep arriving while the config is reloaded three times: each is answered exactly once, on the
     same Stream connection."""
-    with gateway(tmp_path, _config("'*'")) as (fake, ops, proc):
+    # Answers to one conversation are paced 100 ms apart (300 ms by default): the 24 answers still take
+    # 2.4 s, so each reload lands while most of the messages before it wait their turn.
+    with gateway(tmp_path, _config("'*'", chunk_interval_ms=100)) as (fake, ops, proc):
         log = tmp_path / "gateway.log"
         opened = fake.get("/_fake/stats").json()["connections_opened"]
         sent: list[tuple[str, str]] = []
@@ -203,9 +206,15 @@ def test_reloads_under_traffic_lose_and_repeat_nothing(tmp_path: Path) -> None:
             echoes = sorted(r for r in replies(fake, cid) if r.startswith("🦀 echo"))
             return echoes if len(echoes) >= len(expected) else []
 
-        # 24 answers to one conversation, paced by the chunk interval (0.3 s): at least 7.2 s of sending,
-        # which a busy CI machine stretched past the 15 s default.
-        assert wait_until(answered, timeout=60) == expected  # each once: nothing lost, nothing repeated
+        # 24 answers to one conversation, paced by the chunk interval: at least 2.4 s of sending, which a
+        # busy CI machine may stretch past the 15 s default.
+        try:
+            got = wait_until(answered, timeout=60)
+        except AssertionError:
+            got = sorted(r for r in replies(fake, cid) if r.startswith("🦀 echo"))
+            tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
+            pytest.fail(f"{len(got)} of {len(expected)} answered: {got}\n--- gateway.log tail\n{tail}")
+        assert got == expected  # each once: nothing lost, nothing repeated
         assert log.read_text(encoding="utf-8").count("[gateway] config reloaded") == 3
         stats = fake.get("/_fake/stats").json()
         assert stats["connections_opened"] == opened and stats["connections"] == 1

@@ -78,15 +78,14 @@ async def test_echo_marks_the_reply_and_reports_no_usage() -> None:
     first_line, _, rest = result.text.partition("\n")
     assert first_line == "🦀 echo: hello 🦀"
     assert "echo agent" in rest and "agent.type" in rest
-    assert "2 earlier messages" in rest
     assert result.usage == Usage(0, 0)
     assert not result.failed
 
 
-async def test_echo_single_message() -> None:
+async def test_echo_single_message_and_no_history() -> None:
     result = await EchoAgent().run(req("hi"))
     assert result.text.startswith("🦀 echo: hi\n")
-    assert "0 earlier messages" in result.text
+    assert not EchoAgent.uses_history  # the runner reads no history for it
 
 
 # -- command ---------------------------------------------------------------------------------------

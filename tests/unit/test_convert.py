@@ -105,6 +105,10 @@ def test_robot_ack_is_the_documented_form() -> None:
         "message": "OK",
         "data": '{"response": null}',
     }
+    # The usual ack is made from a template: the same text as the generic path, whatever the id.
+    for mid in ("mid_1", "", 'quote " backslash \\ 中文 \u2028', "x" * 300):
+        generic = {"code": 200, "headers": {"contentType": "application/json", "messageId": mid}}
+        assert ack_frame(mid) == json.dumps({**generic, "message": "OK", "data": '{"response": null}'})
     not_implemented = json.loads(ack_frame("mid_2", code=404, message="not implement", data="{}"))
     assert (not_implemented["code"], not_implemented["message"], not_implemented["data"]) == (
         404,
@@ -477,6 +481,12 @@ def test_robot_code_fallback() -> None:
     assert to_message(base(), robot_code_fallback="dingFallback").robot == ROBOT
     with pytest.raises(FrameError, match="missing robotCode"):
         to_message(base(robotCode=...))
+
+
+def test_robot_name_files_the_message_and_the_route_keeps_the_code() -> None:
+    message = to_message(base(), robot_name="sales")
+    assert message.robot == "sales"
+    assert message.route is not None and message.route.robot_code == ROBOT
 
 
 def test_dm_is_never_bot_mentioned() -> None:

@@ -663,10 +663,11 @@ def _test_function_sources() -> tuple[str, ...]:
 def _iter_test_function_sources() -> Iterator[str]:
     for path in sorted((REPO / "tests").rglob("test_*.py")):
         source = path.read_text(encoding="utf-8")
+        lines = source.splitlines(keepends=True)  # not ast.get_source_segment: it splits the file every call
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_"):
                 if not node.name.startswith(("test_meta_", "test_contract_")):
-                    yield ast.get_source_segment(source, node) or ""
+                    yield "".join(lines[node.lineno - 1 : node.end_lineno])
 
 
 @pytest.mark.parametrize("name", HOOK_NAMES)

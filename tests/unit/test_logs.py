@@ -133,3 +133,14 @@ def test_url_credentials_never_reach_stderr_even_with_no_registered_secret(
     err = capsys.readouterr().err
     assert "hunter2-canary" not in err and "tok-canary-1" not in err
     assert "https://bot:***@llm.example/v1" in err and "?token=***" in err
+
+
+@pytest.mark.parametrize(
+    "arg", ["msg-1", "", "naïve 中文 🦀", "a\nb", "tab\there", "\x1b[31m", "l\u2028s", "del\x7f", "c1\x85"]
+)
+def test_escaping_an_argument_gives_what_the_wrapper_gives(arg: str) -> None:
+    # Printable strings are passed through unwrapped (the fast path); the text must be the same either way.
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "%s|%r", (arg, arg), None)
+    logs.SecretFilter().filter(record)
+    assert record.getMessage() == f"{logs.escape(arg)}|{logs.escape(repr(arg))}"
+    assert "\n" not in record.getMessage() and "\x1b" not in record.getMessage()

@@ -13,7 +13,7 @@ import pytest
 
 from edgecrab.agents.base import Agent, AgentError
 from edgecrab.config import SessionsConfig
-from edgecrab.core.agentcall import USER_FAILURE_TEXT
+from edgecrab.core.agentcall import USER_FAILURE_TEXT, call_agent
 from edgecrab.core.runs import NO_RETRY_TEXT, Runner, failure_text
 from edgecrab.core.sessions import session_key
 from edgecrab.events import AgentRequest, AgentResult, Conversation, Message, Sender, Usage
@@ -155,6 +155,34 @@ async def bench(hooks: Any = None, **sessions: Any) -> AsyncIterator[Bench]:
 
 
 @pytest.mark.anyio
+async def test_an_agent_that_uses_no_history_is_given_none_and_none_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with bench() as b:
+        await b.submit(msg("first"))
+        await b.settle()
+        reads: list[str] = []
+        history = b.store.history
+
+        async def counted(key: str, limit: int) -> Any:
+            reads.append(key)
+            return await history(key, limit)
+
+        monkeypatch.setattr(b.store, "history", counted)
+        b.agent.uses_history = False
+        await b.submit(msg("second"))
+        await b.settle()
+        assert reads == [] and [m["content"] for m in b.agent.requests[-1].messages] == ["second"]
+        b.agent.uses_history = True
+        await b.submit(msg("third"))
+        await b.settle()
+        assert reads == ["robotA:dm:u1"]
+        assert [m["content"] for m in b.agent.requests[-1].messages] == [
+            "first", "echo first", "second", "echo second", "third"
+        ]
+
+
+@pytest.mark.anyio
 async def test_stop_while_the_request_is_prepared_never_calls_the_agent() -> None:
     hooks = HoldingHooks("prepare_agent_request")
     async with bench(hooks) as b:
@@ -282,3 +310,41 @@ async def test_reject_and_interrupt_policies() -> None:
             "echo two",
         ]
         assert await b.store.inbox_unfinished("robotA") == []
+
+
+@pytest.mark.anyio
+async def test_the_agent_call_is_cut_off_after_its_timeout_and_a_stop_is_no_timeout() -> None:
+    class Hangs(Agent):
+        async def run(self, request: AgentRequest) -> AgentResult:
+            await anyio.sleep_forever()
+            raise AssertionError
+
+    request = AgentRequest(messages=[{"role": "user", "content": "hi"}], session_key="k", message_id="m")
+    # The bound is timeout_s plus 5 s of slack: -4.8 makes it 0.2 s.
+    limiter = anyio.CapacityLimiter(1)
+    result = await call_agent(Hangs(), request, timeout_s=-4.8, message_id="m", limiter=limiter)
+    assert result.failed and "timed out" in result.error
+    with anyio.CancelScope() as stop:  # /stop: the run's own scope, cancelled from outside the call
+        stop.cancel()
+        await call_agent(Hangs(), request, timeout_s=60, message_id="m")
+        raise AssertionError("a stopped call must not return a result")
+    assert stop.cancelled_caught
+
+
+@pytest.mark.anyio
+async def test_a_run_past_its_time_limit_fails_as_timed_out_and_a_stopped_one_is_stopped() -> None:
+    async with bench() as b:
+        b.runner.agent_timeout_s = -4.8  # the limit is agent_timeout_s plus 5 s of slack: 0.2 s
+        b.agent.gate = anyio.Event()  # never set: the agent hangs
+        first = msg("slow")
+        await b.submit(first)
+        await b.settle()
+        assert b.replies == [("robotA:dm:u1", USER_FAILURE_TEXT)]
+        stats = await b.store.session_stats("robotA:dm:u1")
+        assert stats is not None and stats.messages_in == 1
+        b.runner.agent_timeout_s = 60
+        await b.submit(msg("stopped"))
+        await b.until(lambda: b.agent.in_flight == 1)
+        assert await b.runner.stop("robotA:dm:u1") == (True, [])
+        await b.settle()
+        assert b.replies == [("robotA:dm:u1", USER_FAILURE_TEXT)]  # a stop answers nothing

@@ -9,6 +9,7 @@ client would be an SSRF hole, and so would a remembered verdict given to the wro
 from __future__ import annotations
 
 import ipaddress
+import string
 
 import httpx
 import pytest
@@ -25,9 +26,9 @@ def reference_refusal(guard: WebhookGuard, url: str) -> str:
     """The guard as it was: httpx.URL and ipaddress on every call."""
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
+        host = parsed.host.rstrip(".").lower()
+    except (httpx.InvalidURL, TypeError, UnicodeError):  # UnicodeError: an "xn--" label that is not punycode
         return "not a valid URL"
-    host = parsed.host.rstrip(".").lower()
     if parsed.scheme == "http":
         loopback = host == "localhost"
         if not loopback:
@@ -152,15 +153,30 @@ def test_verdicts_are_remembered_per_host_and_the_memory_is_bounded(monkeypatch:
 
 _ALPHABET = "aZ09.-_~:/?#@[]%\\ \t&=+;!$'()*,üé"
 _pieces = st.text(alphabet=_ALPHABET, max_size=12)
+# The regular languages below (each regex in a comment) are drawn as text over an alphabet, not with
+# st.from_regex: the same strings, and the 3,000 examples take 4.8 s of CPU instead of 7.5 s.
+_ALNUM = string.ascii_letters + string.digits
+
+
+def _joined(part: st.SearchStrategy[str], sep: str, low: int, high: int) -> st.SearchStrategy[str]:
+    return st.lists(part, min_size=low, max_size=high).map(sep.join)
+
+
+def _digits(most: int) -> st.SearchStrategy[str]:
+    return st.text(alphabet=string.digits, min_size=1, max_size=most)
+
+
 # Near misses of plain URLs: plain pieces, now and then one odd character or case.
 _plain = st.builds(
     lambda scheme, host, port, path, query: f"{scheme}://{host}{port}{path}{query}",
     st.sampled_from(["http", "https"]),
-    st.from_regex(r"[a-zA-Z0-9.-]{1,16}", fullmatch=True)
-    | st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,3}){3}\.?", fullmatch=True),
+    st.text(alphabet=_ALNUM + ".-", min_size=1, max_size=16)  # [a-zA-Z0-9.-]{1,16}
+    | st.builds(  # [0-9]{1,3}(\.[0-9]{1,3}){3}\.?
+        str.__add__, _joined(_digits(3), ".", 4, 4), st.sampled_from(["", "."])
+    ),
     st.sampled_from(["", ":443", ":80", ":8080", ":0", ":65535", ":65536", ":08080"]),
-    st.from_regex(r"(/[a-zA-Z0-9._~%-]{0,5}){1,4}", fullmatch=True),
-    st.from_regex(r"(\?[a-zA-Z0-9._~=&%+-]{0,10})?", fullmatch=True),
+    _joined(st.text(alphabet=_ALNUM + "._~%-", max_size=5).map("/".__add__), "", 1, 4),  # (/[...]{0,5}){1,4}
+    st.just("") | st.text(alphabet=_ALNUM + "._~=&%+-", max_size=10).map("?".__add__),  # (\?[...]{0,10})?
 )
 _chaotic = st.builds(
     lambda scheme, sep, userinfo, host, port, path, query: (
@@ -172,8 +188,8 @@ _chaotic = st.builds(
     st.sampled_from(
         ["oapi.dingtalk.com", "api.dingtalk.com.", "127.0.0.1", "localhost", "10.1.2.3", "hooks.example.org"]
     )
-    | st.from_regex(r"[a-z0-9.-]{1,20}", fullmatch=True)
-    | st.from_regex(r"[0-9]{1,4}(\.[0-9]{1,4}){1,4}", fullmatch=True)
+    | st.text(alphabet=string.ascii_lowercase + string.digits + ".-", min_size=1, max_size=20)
+    | _joined(_digits(4), ".", 2, 5)  # [0-9]{1,4}(\.[0-9]{1,4}){1,4}
     | _pieces,
     st.sampled_from(["", ":443", ":80", ":8080", ":9000", ":8443", ":0", ":65536", ":08080"]) | _pieces,
     st.sampled_from(["/", "/robot/sendBySession", "/a/./b", "/a/../b", "//x", ""])
@@ -228,3 +244,9 @@ def test_the_path_is_pinned() -> None:
 )
 def test_extra_host_entries_are_checked(entry: str, problem: str) -> None:
     assert host_entry_problem(entry) == problem
+
+
+@pytest.mark.parametrize("host", ["xn--0a", "xn--a-\u0300", "xn--aa"])
+def test_a_host_whose_xn_label_is_not_valid_punycode_is_refused_not_raised(host: str) -> None:
+    guard = WebhookGuard(API_BASE, EXTRA)
+    assert guard.refusal(f"https://{host}/robot/sendBySession?session=1") == "not a valid URL"
