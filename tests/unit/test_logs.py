@@ -144,3 +144,15 @@ def test_escaping_an_argument_gives_what_the_wrapper_gives(arg: str) -> None:
     logs.SecretFilter().filter(record)
     assert record.getMessage() == f"{logs.escape(arg)}|{logs.escape(repr(arg))}"
     assert "\n" not in record.getMessage() and "\x1b" not in record.getMessage()
+
+
+def test_text_formatter_writes_what_the_standard_formatter_writes() -> None:
+    """The time's text is made once a second: the line stays the standard one, to the millisecond."""
+    from edgecrab.logs import FORMAT, TextFormatter
+
+    ours, standard = TextFormatter(), logging.Formatter(FORMAT)
+    for created in (0.0, 1.9995, 1_780_000_000.0, 1_780_000_000.25, 1_780_000_000.999, 1_780_000_001.5,
+                    1_780_000_000.75, 1_900_000_000.001):
+        record = logging.LogRecord("edgecrab.x", logging.INFO, __file__, 1, "[x] %s", ("a",), None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        assert ours.format(record) == standard.format(record)
