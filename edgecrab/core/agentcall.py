@@ -52,11 +52,13 @@ async def call_agent(
     timeout_s: float,
     message_id: str,
     on_delta: Deltas | None = None,
-    limiter: anyio.CapacityLimiter | None = None,
+    limiter: anyio.Semaphore | None = None,
     scope: anyio.CancelScope | None = None,
 ) -> AgentResult:
     """``agent.run(request)`` (``agent.stream`` with ``on_delta``), cut off after ``timeout_s`` plus 5 s of
-    slack; with ``limiter``, once it lends a token (the runner's ``max_concurrent_runs``).
+    slack; with ``limiter``, once it lends a token (the runner's ``max_concurrent_runs``: a semaphore, not a
+    ``CapacityLimiter``, which looks up the current task to take a token and to give it back, two system
+    calls a run on CPython 3.11).
 
     ``scope``: the caller's cancel scope around this call (the run's, which ``/stop`` cancels), given the
     time limit as its deadline instead of a scope of the call's own (a cancel scope with a deadline is about

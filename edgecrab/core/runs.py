@@ -85,7 +85,8 @@ class Runner:
         self.coord = coord or store.coordination()
         """Other replicas (Redis): the session's lease and queue across them, their /stop and /new."""
         self._sessions: dict[str, Session] = {}
-        self._limiter = anyio.CapacityLimiter(config.max_concurrent_runs)
+        runs = config.max_concurrent_runs
+        self._limiter = anyio.Semaphore(runs, max_value=runs)  # see call_agent
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers = Workers(self._work)  # a session's queue is a job: no task made per message
         self.runs_started = 0

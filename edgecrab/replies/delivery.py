@@ -84,8 +84,9 @@ class Delivery:
         self._notify = notify
         self._tg: anyio.abc.TaskGroup | None = None
         self._senders = Workers(self._worker)  # a conversation's unsent chunks are a job (edgecrab.workers)
-        self._workers: dict[str, anyio.Event] = {}
-        """Live workers by conversation; the event is set when new chunks arrive while one works."""
+        self._workers: dict[str, list[bool]] = {}
+        """Live workers by conversation, each with a flag :meth:`wake` raises when new chunks arrive while it
+        works (a flag: nothing waits on it; an ``anyio.Event`` cost a system call a reply)."""
         self._epochs: dict[str, int] = {}
         """Bumped by cancel(): a worker holding an older epoch re-reads the ledger before sending."""
         self._memory = ConversationMemory(chunk_interval_s, remember_settled=store.sole_writer)
@@ -208,14 +209,14 @@ class Delivery:
                 self._wire.stopping()  # every worker is being cancelled; sends on the wire may finish
 
     def wake(self, ckey: str) -> None:
-        event = self._workers.get(ckey)
-        if event is not None:
-            event.set()
+        woken = self._workers.get(ckey)
+        if woken is not None:
+            woken[0] = True
             return
         if self._tg is None:
             return  # run() will pick it up from the ledger
         self._memory.forget_old(self._workers)
-        self._workers[ckey] = anyio.Event()
+        self._workers[ckey] = [True]
         self._senders.submit(ckey)
 
     async def _worker(self, ckey: str) -> None:
@@ -223,8 +224,8 @@ class Delivery:
         try:
             held = await self._coord.take_delivery(ckey)  # False: another replica sends them, ours too
             while held:
-                if (woken := self._workers[ckey]).is_set():  # wake() sets it from now on: unset, it serves
-                    woken = self._workers[ckey] = anyio.Event()
+                woken = self._workers[ckey]
+                woken[0] = False  # wake() raises it again for chunks recorded from now on
                 handed = self._handed.pop(ckey, None)
                 if handed is not None:
                     epoch, pending = handed  # a /stop since then shows as a newer epoch: re-read
@@ -239,7 +240,7 @@ class Delivery:
                         sent_all = False
                         break  # cancelled, or the rest of the reply was given up: re-read the ledger
                 # Done when nothing was recorded meanwhile (here, or by a replica that left it to us).
-                if (sent_all or not pending) and not woken.is_set():
+                if (sent_all or not pending) and not woken[0]:
                     if await self._coord.give_delivery_back(ckey):
                         held = False
                         self._memory.settle(ckey)
