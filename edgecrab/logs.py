@@ -274,7 +274,13 @@ def parse_format(name: str) -> str:
 
 def setup_logging(level: str | int = "info", fmt: str = "text") -> None:
     """Send log records of ``level`` and above to stderr as ``time LEVEL message`` (``fmt="json"``: one JSON
-    object per line), secrets redacted."""
+    object per line), secrets redacted.
+
+    Records no longer carry the process id and name (``logging.logProcesses`` and ``logMultiprocessing``
+    off, the logging module's own switches for this): neither format prints them, and each record asked
+    the kernel for the pid (CPython 3.11), two records a message (BENCHMARKS.md, sixth session)."""
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     numeric = parse_level(level) if isinstance(level, str) else level
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _EdgecrabHandler)]:
