@@ -1,7 +1,8 @@
 """The rules of ``schedules:`` that JSON Schema cannot say clearly (the schema checks types and keys).
 
 Each entry needs a valid cron expression and time zone, exactly one of ``text`` and ``prompt``, exactly one
-target (``users`` or ``group``), ``at`` only with a group, a robot the configuration has, a format the
+target (``users`` or ``group``), ``at`` only with a group, a robot the configuration has (left out: the
+first robot, as for ``edgecrab send``), a format the
 gateway's ledger sends, and a name no other entry has.
 """
 
@@ -47,7 +48,7 @@ def schedule_problems(data: dict[str, Any], add: Add) -> None:
             seen.add(name)
         _when_problems(entry, at, add)
         _what_problems(entry, at, add, reply_format)
-        robot = entry.get("robot", DEFAULT_ROBOT)
+        robot = entry.get("robot", robots[0] if robots else DEFAULT_ROBOT)  # left out: the first robot
         if isinstance(robot, str) and robot not in robots:
             close = difflib.get_close_matches(robot, robots, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
