@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from edgecrab import hookimpl
-from edgecrab.config import Config, HooksConfig
+from edgecrab.config import Config, HooksConfig, load_config
 from edgecrab.dingtalk.stream import CONNECTED
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
@@ -147,3 +147,51 @@ async def test_after_a_restart_each_robot_resends_only_its_own_unsent_chunks(tmp
             assert sent == [("from help", HELP.client_id), ("from sales", SALES.client_id)]
             assert rejected_sends(fake) == []
             assert await gw.store.outbox_pending() == []
+
+
+RELOADABLE = """
+platforms:
+  dingtalk:
+    api_base: {base}
+    chunk_interval_ms: 20
+    webhook_expiry_margin_s: 1000000000
+    robots:
+      - {{name: sales, app_key: {sales.client_id}, app_secret: {sales.client_secret}, agent: seller}}
+      - name: help
+        app_key: {help.client_id}
+        app_secret: {help.client_secret}
+        allowed_users: [{allowed}]
+agents:
+  seller: {{type: echo, system_prompt: {prompt}}}
+storage:
+  url: sqlite:///{db}
+"""
+
+
+async def test_a_reload_applies_each_robots_access_rules_and_agent_prompt(tmp_path: Path) -> None:
+    """The second robot's allowed_users and a named agent's prompt are reloaded too (a reload applied
+    only the first robot's keys and the top-level agent's)."""
+    path = tmp_path / "edgecrab.yaml"
+
+    def write(allowed: str, prompt: str) -> None:
+        path.write_text(RELOADABLE.format(
+            base=fake.base_url, sales=SALES, help=HELP, allowed=allowed, prompt=prompt, db=tmp_path / "s.db"
+        ), encoding="utf-8")
+
+    async with FakeDingTalk(apps=[SALES, HELP]) as fake:
+        user = fake.user("user1001")
+        write("someone-else", "Sell.")
+        async with running_gateway(load_config(path, env={}), ScriptedAgent()) as gw:
+            await fake.wait_for_connections(2)
+            help_robot, sales = gw.robots["help"], gw.robots["sales"]
+            denied = fake.dm(user, "let me in", app=HELP)
+            await fake.push(denied, app=HELP)
+            await fake.wait_for(lambda: bool(fake.messages_for(denied["conversationId"])))
+            assert not fake.messages_for(denied["conversationId"])[0].text.startswith("You said")
+            write(f"someone-else, {user.staff_id}", "Sell more.")
+            assert await gw.reload() == []
+            assert help_robot.dt.allowed_users == ("someone-else", user.staff_id)
+            assert sales.runner.system_prompt == "Sell more."
+            await fake.push(fake.dm(user, "now?", app=HELP), app=HELP)
+            await fake.wait_for(lambda: len(fake.messages_for(denied["conversationId"])) == 2)
+            assert fake.messages_for(denied["conversationId"])[1].text == "You said: now?"
