@@ -195,3 +195,36 @@ async def test_a_reload_applies_each_robots_access_rules_and_agent_prompt(tmp_pa
             await fake.push(fake.dm(user, "now?", app=HELP), app=HELP)
             await fake.wait_for(lambda: len(fake.messages_for(denied["conversationId"])) == 2)
             assert fake.messages_for(denied["conversationId"])[1].text == "You said: now?"
+
+
+async def test_help_hooks_and_status_are_each_robots_own(tmp_path: Path, snapshot: Any) -> None:
+    """A hook command registered for one robot (``robots=``) is that robot's alone: /help and /hooks list
+    it there only, and the other robot does not know it; /status names the robot answering."""
+
+    class Commands:
+        @hookimpl
+        def register_commands(self, register: Any) -> None:
+            register("/ticket", lambda: "ticket opened", help="Open a ticket", robots=["help"])
+            register("/ping", lambda: "pong", help="Check the gateway")
+
+    hooks = HookManager.load(HooksConfig(entry_points=False), builtins=[("commands", Commands())])
+    async with FakeDingTalk(apps=[SALES, HELP]) as fake:
+        user = fake.user("user1001")
+        async with running_gateway(two_robots(fake, tmp_path), ScriptedAgent(), hooks=hooks) as gw:
+            await fake.wait_for_connections(2)
+            answers: dict[str, list[str]] = {}
+            for app, name in ((SALES, "sales"), (HELP, "help")):
+                for text in ("/help", "/hooks", "/status", "/ticket"):
+                    sent = fake.dm(user, text, app=app)
+                    await fake.push(sent, app=app)
+                    count = len(answers.get(name, [])) + 1
+                    cid = sent["conversationId"]
+                    await fake.wait_for(lambda c=cid, n=count: len(fake.messages_for(c)) == n)
+                    answers[name] = [m.text for m in fake.messages_for(sent["conversationId"])]
+            await quiescent(fake, gw)
+            assert answers["sales"][3] == "❓ Unknown command `/ticket` — try /help"
+            assert answers["help"][3] == "ticket opened"
+            status = {name: [line for line in texts[2].splitlines() if "Robot" in line]
+                      for name, texts in answers.items()}
+            assert status == {"sales": ["- Robot: sales"], "help": ["- Robot: help"]}
+            assert {name: texts[:2] for name, texts in answers.items()} == snapshot
