@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from edgecrab import hookimpl
 from edgecrab.config import Config, HooksConfig, load_config
+from edgecrab.config.model import CardConfig
 from edgecrab.dingtalk.stream import CONNECTED
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
@@ -228,3 +230,29 @@ async def test_help_hooks_and_status_are_each_robots_own(tmp_path: Path, snapsho
                       for name, texts in answers.items()}
             assert status == {"sales": ["- Robot: sales"], "help": ["- Robot: help"]}
             assert {name: texts[:2] for name, texts in answers.items()} == snapshot
+
+
+async def test_each_robot_has_its_own_token_cache_rate_limits_card_budget_and_metrics(tmp_path: Path) -> None:
+    """Per robot, as configured for it: the token cache, the OpenAPI limiters, the cards' call budget; and
+    one metrics series per robot."""
+    card = CardConfig(qps=4.0)
+    async with FakeDingTalk(apps=[SALES, HELP]) as fake:
+        config = two_robots(fake, tmp_path, openapi_qps=2.0, reply_mode="card", card=card)
+        config = replace(config, other_robots=(replace(config.other_robots[0], reply_mode="card"),))
+        user = fake.user("user1001")
+        async with running_gateway(config, ScriptedAgent()) as gw:
+            await fake.wait_for_connections(2)
+            sales, help_ = gw.robots["sales"], gw.robots["help"]
+            assert sales.sender.tokens is not help_.sender.tokens
+            batch = "/v1.0/robot/oToMessages/batchSend"
+            assert (sales.sender.limiter(batch).rate, help_.sender.limiter(batch).rate) == (2.0, 20.0)
+            assert sales.cards is not None and help_.cards is not None
+            assert sales.cards.client.limiter is not help_.cards.client.limiter
+            assert sales.cards.client.limiter.rate < 4.0 < help_.cards.client.limiter.rate
+            for app in (SALES, HELP):
+                await fake.push(fake.dm(user, "hi", app=app), app=app)
+            await fake.wait_for(lambda: len(fake.cards.cards) == 2)
+            await quiescent(fake, gw)
+            metrics = generate_latest(gw.metrics.registry).decode()
+            for app in (SALES, HELP):
+                assert f'edgecrab_ack_seconds_count{{robot="{app.robot_code}"}} 1.0' in metrics
