@@ -45,12 +45,9 @@ _Queued = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
 class Pipeliner:
     """Commands of one client's callers, sent a pipeline at a time (at most ``in_flight`` at once)."""
 
-    def __init__(self, client: redis.asyncio.Redis, *, in_flight: int = 8, window_s: float = 0.0) -> None:
+    def __init__(self, client: redis.asyncio.Redis, *, in_flight: int = 8) -> None:
         self.client = client
         self.in_flight = max(in_flight, 1)
-        self.window_s = window_s
-        """A sender waits until this long after its last pipeline left before it sends one that is not
-        full: at most one pipeline per window (and per sender), each carrying what queued meanwhile."""
         self._queue: list[_Queued] = []
         self._senders = 0
         """Sender tasks alive (started, not finished)."""
@@ -97,21 +94,14 @@ class Pipeliner:
         return futures
 
     async def _send(self) -> None:
-        loop, window, last = asyncio.get_running_loop(), self.window_s, 0.0
+        self._starting = False
         try:
             while self._queue:
-                if window and len(self._queue) < MAX_BATCH:
-                    wait = (last or loop.time()) + window - loop.time()
-                    if wait > 0:
-                        await asyncio.sleep(wait)  # what is issued meanwhile goes too
-                    last = loop.time()
-                self._starting = False
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 batch = [(args, future) for args, future in batch if not future.done()]  # cancelled
                 if batch:
                     await self._execute(batch)
         finally:
-            self._starting = False
             self._senders -= 1
 
     async def _execute(self, batch: list[_Queued]) -> None:

@@ -64,11 +64,6 @@ CONNECTIONS = 4
 """The pool of every call but the claim (callers share pipelines: :class:`Pipeliner`)."""
 PIPELINES_IN_FLIGHT = 1
 """Pipelines out at once; commands issued meanwhile wait for the next, which carries them all."""
-PIPELINE_WINDOW_S = 0.002
-"""At most one pipeline per window unless one fills up (:attr:`Pipeliner.window_s`): under 8a's load
-a pipeline carried 3-4 commands, and each one sent cost the gateway about 80 us of CPU (a loopback write
-that wakes ``redis-server``, the pool, a read) besides 17 us per command; see BENCHMARKS.md, scenario 8.
-Callers wait up to this much longer; the claim (the ack path) never waits for a window."""
 
 
 class RedisStore(RedisCards, Store):
@@ -110,7 +105,7 @@ class RedisStore(RedisCards, Store):
             await ack_client.aclose()
             raise
         self._client, self._ack_client = client, ack_client
-        self._pipe = Pipeliner(client, in_flight=PIPELINES_IN_FLIGHT, window_s=PIPELINE_WINDOW_S)
+        self._pipe = Pipeliner(client, in_flight=PIPELINES_IN_FLIGHT)
         self._claim = ack_client.register_script(APPLY)
         _warn_about_settings(info, rows.where(self.url))
 

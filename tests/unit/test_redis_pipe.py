@@ -119,23 +119,3 @@ async def test_when_redis_is_gone_every_caller_of_the_pipeline_gets_the_error() 
         await c.aclose()
     assert len(failed) == 5
 
-
-async def test_a_window_gathers_commands_issued_apart_into_one_pipeline(client: redis.asyncio.Redis) -> None:
-    pipe = Pipeliner(client, in_flight=1, window_s=0.2)
-    k = key()
-    answers: list[int] = []
-
-    async def incr_after(delay: float) -> None:
-        await anyio.sleep(delay)
-        answers.append(int(await pipe.call("INCR", k)))
-
-    started = anyio.current_time()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(incr_after, 0.0)
-        tg.start_soon(incr_after, 0.05)  # within the first command's window: the same pipeline
-    assert sorted(answers) == [1, 2]
-    assert pipe.pipelines == 1
-    assert anyio.current_time() - started >= 0.2  # the first waited for its window
-    await pipe.call("INCR", k)
-    await pipe.call("INCR", k)
-    assert pipe.pipelines == 3  # one after the other: a pipeline each, a window apart
