@@ -118,4 +118,3 @@ async def test_when_redis_is_gone_every_caller_of_the_pipeline_gets_the_error() 
     finally:
         await c.aclose()
     assert len(failed) == 5
-
