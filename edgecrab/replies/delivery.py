@@ -85,8 +85,7 @@ class Delivery:
         self._tg: anyio.abc.TaskGroup | None = None
         self._senders = Workers(self._worker)  # a conversation's unsent chunks are a job (edgecrab.workers)
         self._workers: dict[str, list[bool]] = {}
-        """Live workers by conversation, each with a flag :meth:`wake` raises when new chunks arrive while it
-        works (a flag: nothing waits on it; an ``anyio.Event`` cost a system call a reply)."""
+        """Live workers by conversation, each with a flag wake() raises for chunks recorded while it works."""
         self._epochs: dict[str, int] = {}
         """Bumped by cancel(): a worker holding an older epoch re-reads the ledger before sending."""
         self._memory = ConversationMemory(chunk_interval_s, remember_settled=store.sole_writer)
