@@ -289,6 +289,17 @@ def to_plain_text(text: str) -> str:
     return "\n".join(_plain_lines(text))
 
 
+def _has_markup(text: str) -> bool:
+    """Whether :func:`_plain_lines` could give anything but the lines as they are: :data:`_MARKUP`, or
+    what the plain rendering of a segment reads (links, escapes, entities). A reply of plain sentences (the
+    echo agent's) has its title made without the line classes (BENCHMARKS.md, sixth session)."""
+    return _MARKUP.search(text) is not None or "](" in text or "\\" in text or "&" in text
+
+
+def _split_lines(text: str) -> list[str]:
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def _plain_lines(text: str) -> Iterator[str]:
     for item in _lines(text):
         if item.kind == "fence":
@@ -344,7 +355,7 @@ def title_preview(text: str, limit: int = 20) -> str:
     characters, whitespace collapsed, cut with ``…``; ``"Reply"`` when the text has no visible line."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    for line in _plain_lines(text):
+    for line in _plain_lines(text) if _has_markup(text) else _split_lines(text):
         words = _TITLE_NOISE.sub("", line).replace("|", " ").split()
         if words:
             preview = " ".join(words)

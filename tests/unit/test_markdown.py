@@ -222,3 +222,25 @@ _LINES = st.lists(_LINE | st.text(alphabet=_PLAIN_ALPHABET, max_size=12), max_si
 @given(_LINES | st.text(alphabet=_PLAIN_ALPHABET, max_size=60) | st.text(max_size=40))
 def test_plain_text_takes_a_short_way_with_the_same_result(text: str) -> None:
     assert markdown.to_dingtalk_markdown(text) == markdown._markdown(text)
+
+
+_PLAIN_CHARS = "ab 1.\t\n\r()[];:!?,🦀é\u00a0\u2028"
+_MARKUP_CHARS = _PLAIN_CHARS + "#>*+=_|`~<-\\&"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list(_PLAIN_CHARS)), max_size=40)
+       | st.text(alphabet=st.sampled_from(list(_MARKUP_CHARS)), max_size=40))
+def test_title_preview_of_text_without_markup_is_the_line_classes_one(text: str) -> None:
+    """Text without markup takes a way without the line classes: the title is the same."""
+
+    def by_classes(text: str) -> str:
+        for line in markdown._plain_lines(text):
+            words = markdown._TITLE_NOISE.sub("", line).replace("|", " ").split()
+            if words:
+                return " ".join(words)
+        return "Reply"
+
+    expected = by_classes(text)
+    got = title_preview(text, limit=1000)
+    assert got == expected
