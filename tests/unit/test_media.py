@@ -128,3 +128,50 @@ async def test_without_vision_the_content_stays_a_string(tmp_path: Path) -> None
     text = await Renderer(MediaConfig(), vision=True, parts=False).render(_message(tmp_path))
     assert isinstance(text.content, str) and "[picture: p.png (image/png" in text.content
     assert text.attachments[0]["path"].endswith("p.png")
+
+
+def _file(tmp_path: Path, name: str, data: bytes, kind: str = "file") -> Attachment:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return Attachment(kind, f"code-{name}", name, path=str(path), mime=sniff(data, name), size=len(data))
+
+
+def _with(*attachments: Attachment, text: str = "") -> Message:
+    return Message(
+        id="m2",
+        robot="r",
+        conversation=Conversation("c", False),
+        sender=Sender("u"),
+        text=text,
+        msgtype="file",
+        attachments=attachments,
+    )
+
+
+@pytest.mark.anyio
+async def test_files_are_inlined_up_to_inline_text_bytes_with_their_name(tmp_path: Path) -> None:
+    from tests.mediafiles import pdf
+
+    report = _file(tmp_path, "report.pdf", pdf("Quarterly revenue 42 million", "Costs went down"))
+    long = _file(tmp_path, "long.csv", b"a,b\n" + b"1,2\n" * 100)
+    clip = _file(tmp_path, "clip.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 50, kind="video")
+    blob = _file(tmp_path, "data.bin", b"\x00\x01\x02" * 10)
+    gone = Attachment("file", "code-x", "big.iso", note="the file is larger than media.max_bytes (20.0 MB)")
+    renderer = Renderer(MediaConfig(inline_text_bytes=100), vision=True, parts=True)
+    content = (await renderer.render(_with(report, long, clip, blob, gone, text="see these"))).content
+    assert isinstance(content, str)  # no picture: one string, for servers without vision too
+    first_100 = ("a,b\n" + "1,2\n" * 100)[:100]
+    assert content == "\n\n".join(
+        [
+            f"[file: report.pdf (application/pdf, {report.size} bytes)]\n```\n"
+            "Quarterly revenue 42 million\n\nCosts went down\n```",
+            f"[file: long.csv (text/csv, 404 bytes)]\n```\n{first_100}\n```\n"
+            "(only the first 100 bytes are shown)",
+            "[video: clip.mp4 (video/mp4, 62 bytes)]",
+            "[file: data.bin (application/octet-stream, 30 bytes)]",
+            "[file big.iso could not be downloaded: the file is larger than media.max_bytes (20.0 MB)]",
+            "see these",
+        ]
+    )
+    off = Renderer(MediaConfig(inline_text_bytes=0), vision=True, parts=True)
+    assert (await off.render(_with(long))).content == "[file: long.csv (text/csv, 404 bytes)]"
