@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,25 @@ async def test_files_are_inlined_up_to_inline_text_bytes_with_their_name(tmp_pat
     )
     off = Renderer(MediaConfig(inline_text_bytes=0), vision=True, parts=True)
     assert (await off.render(_with(long))).content == "[file: long.csv (text/csv, 404 bytes)]"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("duration", "said"), [("4", ", 4 s"), ("4000", ", 4 s"), ("59500", ", 60 s"), ("", "")]
+)
+async def test_a_voice_note_is_its_transcript_with_its_length_in_seconds(
+    tmp_path: Path, duration: str, said: str
+) -> None:
+    voice = _file(tmp_path, "voice.amr", b"#!AMR\n" + bytes(20), kind="audio")
+    voice = replace(voice, extra=(("duration", duration),) if duration else ())
+    message = replace(_with(voice, text="明天开会吗"), msgtype="audio")
+    rendered = await Renderer(MediaConfig(), vision=True, parts=True).render(message)
+    assert rendered.content == f"[voice message{said}; DingTalk's transcript is the text]\n\n明天开会吗"
+    assert rendered.attachments[0]["path"] == voice.path and rendered.attachments[0]["mime"] == "audio/amr"
+
+
+@pytest.mark.anyio
+async def test_a_picture_pillow_cannot_read_is_a_note(tmp_path: Path) -> None:
+    broken = _file(tmp_path, "broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, kind="picture")
+    rendered = await Renderer(MediaConfig(), vision=True, parts=True).render(_with(broken))
+    assert rendered.content == "[picture: could not be read as an image (image/png)]"
