@@ -20,6 +20,7 @@ from edgecrab.testing.fake_openai import FakeOpenAI
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from edgecrab.testing.gatewayconfig import write_gateway_config
 from tests.e2e.test_gateway_cli import start_gateway, stop_gateway
+from tests.mediafiles import pdf
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -87,6 +88,13 @@ async def test_every_inbound_type_reaches_a_vision_model(stack: Any) -> None:
         assert (
             f"[file: plan.md (text/markdown, {len(notes)} bytes)]" in seen[0]["text"]
             and "- ship media" in seen[0]["text"]
+        )
+
+        report = pdf("Quarterly revenue 42 million")
+        seen = await answered(fake, llm, fake.file(user, "report.pdf", content=report))
+        assert seen[0]["text"] == (
+            f"[file: report.pdf (application/pdf, {len(report)} bytes)]\n"
+            "```\nQuarterly revenue 42 million\n```"
         )
 
         zip_seen = await answered(fake, llm, fake.file(user, "archive.zip"))

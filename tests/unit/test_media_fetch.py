@@ -174,3 +174,16 @@ async def test_a_media_directory_that_cannot_be_made_stops_the_start_with_its_ke
     assert caught.value.exit_code == 2
     expected = f"media.directory {blocker / 'media'} cannot be used (Not a directory)"
     assert str(caught.value).startswith(expected)
+
+
+async def test_a_download_that_hangs_ends_at_timeout_s(tmp_path: Path) -> None:
+    async def hang(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            await anyio.sleep_forever()
+        return Script(lambda r: httpx.Response(404))(request)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(hang))
+    files = MediaFiles(str(tmp_path / "media"), keep_hours=1)
+    f = MediaFetcher(MediaConfig(timeout_s=0.2), API, TokenCache(client, API, "key", SECRET), client, files)
+    att = await fetch(f)
+    assert att.note == "the download took longer than 0.2 s" and f.stats.failed == 1
