@@ -406,7 +406,9 @@ def test_a_picture_attached_in_the_web_chat_reaches_the_agent(page: Any) -> None
 
     page.click("#people button:has-text('Alice Chen')")
     shot = {"name": "shot.png", "mimeType": "image/png", "buffer": out.getvalue()}
-    page.set_input_files("#attach-file", files=[shot])
+    with page.expect_file_chooser() as chooser:
+        page.click("#attach")
+    chooser.value.set_files(files=[shot])
     expect(page.locator("#messages .msg.mine .bubble").last).to_contain_text("🖼 shot.png", timeout=REPLY_S)
     expect(_bot_bubbles(page).last).to_contain_text("[picture: picture (image/png", timeout=REPLY_S)
 
