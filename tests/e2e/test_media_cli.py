@@ -223,6 +223,11 @@ async def test_downloads_run_after_the_ack_and_redirects_stay_on_allowed_hosts(s
         await canary_runner.cleanup()
         code, _ = await stop_gateway(gw)
     assert code == 0, gw.log
+    log = gw.log
+    assert "[media] picture" in log
+    assert "[media] file not downloaded: the download link was not followed" in log
+    for secret in ("Signature=", fake.apps[0].client_secret, *fake.state.tokens):  # signed URLs, secrets
+        assert secret not in log, secret
 
 
 async def test_pictures_sent_one_after_the_other_are_one_turn(stack: Any) -> None:
