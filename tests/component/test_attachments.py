@@ -123,6 +123,20 @@ async def test_a_picture_the_webhook_refuses_goes_through_the_openapi(tmp_path: 
     assert [r.fault for r in tried] == ["session_gone"]  # the webhook was tried first and refused it
 
 
+async def test_a_throttled_upload_waits_and_is_sent(tmp_path: Path) -> None:
+    """DingTalk's QPS limit on the upload is met like on a text send: wait, try again, deliver."""
+    agent = FilesAgent("Here.", ReplyAttachment(name="a.png", data=PNG))
+    async with FakeDingTalk() as fake, running_gateway(config_for(fake, tmp_path), agent) as gateway:
+        fake.faults.fail("/media/upload", kinds=["qps"], times=1)
+        data = fake.dm(fake.users[1], "a picture")
+        await fake.push(data)
+        text, image = await answered(fake, data["conversationId"], 2)
+        await quiescent(fake, gateway)
+    assert text.text == "Here." and image.text.startswith("![a.png](@")
+    uploads = [r for r in fake.requests if r.path == "/media/upload"]
+    assert [r.fault for r in uploads] == ["qps", None]
+
+
 async def test_what_cannot_be_sent_becomes_notes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spool_module, "MAX_BYTES", 100)
     outside = Path(spool_module.__file__)  # readable, but not in agent.attachment_dirs
