@@ -95,6 +95,7 @@ class MediaStage:
         self.fetcher = MediaFetcher(media, robot.api_base, tokens, self._client, self.files)
         self.renderer = Renderer(media, vision=agent.vision, parts=agent.type == "openai")
         self.window_s = media.merge_window_ms / 1000
+        self.max_files = media.max_files
         self._submit, self._key, self._merged = submit, key, merged
         self._downloads: dict[str, _Download] = {}
         self._waiting: dict[tuple[str, str], _Waiting] = {}
@@ -184,7 +185,7 @@ class MediaStage:
     def _prefetch(self, message: Message) -> None:
         if self._tg is None:
             return
-        for att in _media_of(message):
+        for att in _media_of(message)[: self.max_files]:
             if att.download_code and att.download_code not in self._downloads:
                 slot = self._downloads[att.download_code] = _Download()
                 self._tg.start_soon(self._download, att, self.robot_code, slot)
@@ -223,8 +224,18 @@ class MediaStage:
         results: dict[int, Attachment] = {}
         ready: dict[str, Prepared] = {}
         every = _media_of(message)
+        if len(every) > self.max_files:
+            log.warning(
+                "[media] message %s carries %d files; the first %d are downloaded (media.max_files)",
+                message.id,
+                len(every),
+                self.max_files,
+            )
 
         async def one(i: int, att: Attachment) -> None:
+            if i >= self.max_files:
+                results[i] = replace(att, note=f"not downloaded: a turn takes at most {self.max_files} files")
+                return
             results[i], prepared = await self._resolved(att, self.robot_code)
             if prepared is not None:
                 ready[results[i].path] = prepared

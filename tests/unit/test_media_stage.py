@@ -184,3 +184,42 @@ async def test_a_merge_window_of_0_hands_each_picture_on_at_once(tmp_path: Path)
             await stage.submit(_picture("p2", "u", "c2"))
             assert released == ["p1", "p2"] and stage.waiting == 0
             tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_turn_downloads_at_most_max_files_and_notes_the_rest(tmp_path: Path) -> None:
+    downloads: list[str] = []
+
+    def dingtalk(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1.0/robot/messageFiles/download":
+            downloads.append(request.content.decode())
+        return _dingtalk(request)
+
+    config = Config(
+        DingTalkConfig("key", SECRET, robot_code="key", api_base=API),
+        agent=AgentConfig(type="openai", vision=True),
+        media=MediaConfig(merge_window_ms=0, max_files=2, directory=str(tmp_path)),
+    )
+    client = httpx.AsyncClient(transport=httpx.MockTransport(dingtalk))
+
+    async def submit(message: Message, quiet: bool) -> None:
+        pass
+
+    async def merged(message: Message, into: str) -> None:
+        pass
+
+    stage = MediaStage(
+        config, TokenCache(client, API, "key", SECRET), submit=submit,
+        key=lambda m: m.conversation.id, merged=merged, client=client,
+    )
+    rich = Message(
+        id="m1", robot="default", conversation=Conversation("c", False), sender=Sender("u"), text="look",
+        msgtype="richText", attachments=tuple(Attachment("picture", f"code{i}") for i in range(3)),
+    )
+    with anyio.fail_after(10):
+        turn = await stage.user(rich)
+    assert len(downloads) == 2 and not any("code2" in d for d in downloads)
+    assert isinstance(turn.content, list)
+    assert sum(part["type"] == "image_url" for part in turn.content) == 2
+    text = " ".join(part.get("text", "") for part in turn.content)
+    assert "not downloaded: a turn takes at most 2 files" in text
