@@ -234,6 +234,9 @@ class MediaConfig:
     """Text-like files (and PDF text) up to this many bytes are given to the agent inline."""
     merge_window_ms: int = 800
     """Pictures one sender sends one after the other within this long are one turn; 0: off."""
+    max_files: int = 20
+    """Files downloaded for one turn (a rich text's pictures, a quote's, pictures merged in a window); the
+    ones after these become a note to the agent."""
     timeout_s: float = 60.0
     """Longest time one download may take."""
     directory: str = ""
