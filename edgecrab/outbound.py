@@ -83,34 +83,14 @@ def http_client(
         **kwargs,
     )
     if transport is not None:  # a given transport serves every URL too (httpx then reads no proxy variables)
-        _direct[client] = _Direct(transport)
+        _transports[client] = transport
     return client
 
 
-class _Direct:
-    """The transport of a client :func:`http_client` made that sends every request through one, and the
-    headers of its requests (the client's, then the caller's) by the caller's headers."""
-
-    __slots__ = ("headers", "transport")
-
-    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
-        self.transport = transport
-        self.headers: dict[tuple[Any, ...], httpx.Headers] = {}
-
-    def merged(self, client: httpx.AsyncClient, headers: Mapping[str, str]) -> httpx.Headers:
-        """What the client's ``_merge_headers`` makes, made once for each set of headers (a request copies
-        it). Few sets: JSON headers, and the access token, which changes every two hours."""
-        key = (*client.headers.raw, *headers.items())
-        merged = self.headers.get(key)
-        if merged is None:
-            if len(self.headers) >= 16:
-                self.headers.clear()
-            merged = self.headers[key] = httpx.Headers(client.headers)
-            merged.update(headers)
-        return merged
-
-
-_direct: weakref.WeakKeyDictionary[httpx.AsyncClient, _Direct] = weakref.WeakKeyDictionary()
+_transports: weakref.WeakKeyDictionary[httpx.AsyncClient, httpx.AsyncBaseTransport] = (
+    weakref.WeakKeyDictionary()
+)
+"""The transport of each client :func:`http_client` made that sends every request through one."""
 
 _httpx_log = logging.getLogger("httpx")
 
@@ -144,10 +124,11 @@ async def post(
     """``client.post(url, content=..., headers=..., timeout=step_timeout_s, follow_redirects=False)``, its
     body read: the same request, headers (the client's, then ``headers``) and answer, straight through the
     client's transport when nothing the client would add applies (see the module docstring)."""
-    direct = _direct.get(client)
-    if direct is None or client.is_closed or client.auth is not None or client.params or client.cookies:
+    transport = _transports.get(client)
+    if transport is None or client.is_closed or client.auth is not None or client.params or client.cookies:
         return await _client_post(client, url, content, headers, step_timeout_s)
-    merged = direct.merged(client, headers)
+    merged = httpx.Headers(client.headers)
+    merged.update(headers)
     request = httpx.Request(
         "POST", url, content=content, headers=merged, extensions={"timeout": _timeouts(step_timeout_s)}
     )
@@ -157,7 +138,7 @@ async def post(
     for hook in hooks["request"]:
         await hook(request)
     try:
-        response = await direct.transport.handle_async_request(request)
+        response = await transport.handle_async_request(request)
     except httpx.RequestError as exc:  # as the client's request_context() does
         exc.request = request
         raise
