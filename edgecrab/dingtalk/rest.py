@@ -59,7 +59,7 @@ from edgecrab.dingtalk.webhook import (
     webhook_body,
 )
 from edgecrab.events import ReplyRoute
-from edgecrab.outbound import http_client, post
+from edgecrab.outbound import http_client
 from edgecrab.retry import Backoff, retrying
 
 __all__ = [
@@ -225,8 +225,8 @@ class DingTalkSender:
             # move_on_after and the raise below, not fail_after: the same bound for two thirds of the CPU
             # (fail_after wraps the cancel scope in a generator-based context manager; one per send).
             with anyio.move_on_after(self._timeout):
-                return await post(
-                    self._client, url, content=content, headers=headers, step_timeout_s=self._timeout
+                return await self._client.post(
+                    url, content=content, headers=headers, timeout=self._timeout, follow_redirects=False
                 )
         except (TimeoutError, httpx.RequestError) as exc:
             raise transport_error(exc, what) from None
