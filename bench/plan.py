@@ -35,6 +35,9 @@ class Plan:
     echo_per_conversation: int
     echo_budget_s: float
     """Time allowed for one contender's throughput run."""
+    echo_rounds: int
+    """Scenario 1a runs the contenders in turn this many times (rounds); each contender's figures are its
+    median round's, the verdict the median of the rounds' ratios (one pair swung 0.7-1.7x on this VM)."""
     sdk_slow_budget_s: float
     """The SDK bot at 50 ms per REST call needs minutes: it gets this long, and its rate is extrapolated."""
     rest_delay_s: float
@@ -102,6 +105,7 @@ FULL = Plan(
     echo_conversations=500,
     echo_per_conversation=10,
     echo_budget_s=120.0,
+    echo_rounds=3,
     sdk_slow_budget_s=20.0,
     rest_delay_s=0.050,
     agent_delay_s=2.0,
@@ -133,6 +137,7 @@ SMOKE = Plan(
     echo_conversations=20,
     echo_per_conversation=5,
     echo_budget_s=30.0,
+    echo_rounds=1,
     sdk_slow_budget_s=2.0,
     rest_delay_s=0.050,
     agent_delay_s=0.5,

@@ -12,6 +12,7 @@ sends the plan (message numbers, user indices, texts) and reads the result.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -114,20 +115,16 @@ def echo_throughput(ctx: Context, slow: bool) -> tuple[dict[str, Any], list[Line
     plan = ctx.plan
     delay = plan.rest_delay_s if slow else 0.0
     key = "echo_rest_50ms" if slow else "echo_rest_instant"
-    users = ctx.users[: plan.echo_conversations]
-    results: dict[str, dict[str, Any]] = {}
-    for name in ctx.contenders:
-        ctx.progress(f"[bench] 1{'b' if slow else 'a'} echo, REST {delay * 1000:.0f} ms: {name}")
-        budget = plan.sdk_slow_budget_s if (slow and name == SDK) else plan.echo_budget_s
-        with run_contender(ctx, key, name, rest_delay_s=delay) as (fake, running):
-            lanes = lanes_for(fake, users, plan.echo_per_conversation)
-            cpu = running.cpu_s()
-            res = fake.closed_loop(lanes, len(lanes), budget)
-            cpu = running.cpu_s() - cpu
-        results[name] = load_summary(res)
-        results[name]["cpu_s"] = cpu
-        results[name]["cpu_ms_per_message"] = 1000 * cpu / max(res.replied, 1)
+    rounds = 1 if slow else plan.echo_rounds
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ctx.contenders}
+    for round_ in range(rounds):  # contenders in turn, so a drift of the machine touches each alike
+        for name in ctx.contenders:
+            which = f" (round {round_ + 1} of {rounds})" if rounds > 1 else ""
+            ctx.progress(f"[bench] 1{'b' if slow else 'a'} echo, REST {delay * 1000:.0f} ms: {name}{which}")
+            runs[name].append(_echo_run(ctx, key, name, slow))
+    results = {name: _median_run(r) for name, r in runs.items()}
     rate = {name: r["messages_per_s"] for name, r in results.items()}
+    ratios = _round_ratios(runs)
     title = (
         f"echo, {plan.echo_messages:,} DMs over {plan.echo_conversations:,} conversations, "
         f"REST {'%g ms' % (delay * 1000) if slow else 'instant'}"
@@ -139,9 +136,12 @@ def echo_throughput(ctx: Context, slow: bool) -> tuple[dict[str, Any], list[Line
         detail = f"{ec / sdk:.1f}× SDK" if sdk else "SDK bot not measured"
     else:
         # Judged against the SDK bot only; the raw limit is reported beside it (issue 14).
-        ok = bool(sdk) and ec >= ECHO_VS_SDK_GOAL * sdk
+        ratio = statistics.median(ratios) if ratios else (ec / sdk if sdk else 0.0)
+        ok = bool(sdk) and ratio >= ECHO_VS_SDK_GOAL
         goal = f"edgecrab ≥ {ECHO_VS_SDK_GOAL:g}× SDK bot"
-        detail = f"{ec / sdk:.2f}× SDK" if sdk else "SDK bot not measured"
+        detail = f"{ratio:.2f}× SDK" if sdk else "SDK bot not measured"
+        if len(ratios) > 1:
+            detail += f" (median of {len(ratios)} rounds: {', '.join(f'{r:.2f}×' for r in ratios)})"
         detail += f", {100 * ec / raw:.0f} % of raw (reported, not judged)" if raw else ", raw not measured"
         cpu = ", ".join(f"{n} {r['cpu_ms_per_message']:.2f}" for n, r in results.items())
         detail += f"; CPU ms/msg: {cpu}"
@@ -155,7 +155,35 @@ def echo_throughput(ctx: Context, slow: bool) -> tuple[dict[str, Any], list[Line
         detail,
         {n: r for n, r in results.items()},
     )
-    return {"rest_delay_s": delay, "contenders": results}, [line]
+    return {"rest_delay_s": delay, "contenders": results, "rounds": runs, "round_ratios": ratios}, [line]
+
+
+def _echo_run(ctx: Context, key: str, name: str, slow: bool) -> dict[str, Any]:
+    plan = ctx.plan
+    delay = plan.rest_delay_s if slow else 0.0
+    budget = plan.sdk_slow_budget_s if (slow and name == SDK) else plan.echo_budget_s
+    with run_contender(ctx, key, name, rest_delay_s=delay) as (fake, running):
+        lanes = lanes_for(fake, ctx.users[: plan.echo_conversations], plan.echo_per_conversation)
+        cpu = running.cpu_s()
+        res = fake.closed_loop(lanes, len(lanes), budget)
+        cpu = running.cpu_s() - cpu
+    summary = load_summary(res)
+    summary["cpu_s"] = cpu
+    summary["cpu_ms_per_message"] = 1000 * cpu / max(res.replied, 1)
+    return summary
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median messages/s (the lower middle one of an even number)."""
+    ordered = sorted(runs, key=lambda r: r["messages_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _round_ratios(runs: dict[str, list[dict[str, Any]]]) -> list[float]:
+    """edgecrab's messages/s over the SDK bot's, round by round (each pair ran minutes apart at most)."""
+    mine, theirs = runs.get(EDGECRAB, []), runs.get(SDK, [])
+    pairs = zip(mine, theirs, strict=False)  # one of them may be missing (--contenders)
+    return [a["messages_per_s"] / b["messages_per_s"] for a, b in pairs if b["messages_per_s"]]
 
 
 # -- 2. ack latency under a slow agent --------------------------------------------------------------------
