@@ -13,6 +13,12 @@ replica died (SIGKILL, a crash, a restart) is picked up in one of two ways, exac
   ``/stop`` or ``/new`` while queued): :meth:`LeftOpen.take_over` adopts it and finishes it with the text
   it showed when last saved and :data:`INTERRUPTED_TEXT`.
 
+A card whose create's answer never came (its replica killed meanwhile, the answer lost on the wire) is
+known by the ``outTrackId`` we chose: taken over when DingTalk has it; when DingTalk does not know it
+(never created, or not yet), its answer goes out as markdown and :meth:`LeftOpen.absent` keeps it until
+its create could no longer land (:attr:`CardClient.create_settle_s`), to finish it with
+:data:`SENT_AS_MESSAGES` if it appears.
+
 A card whose finish failed (cards became unavailable, QpsLimit to the end) is :attr:`LeftOpen.pending`:
 its record keeps the text and state to finish it with, and it is tried again (the watchdog's ticks, the
 next start, or another replica once this one is gone), for up to :data:`RETRY_FOR_S`.
