@@ -116,11 +116,11 @@ async def test_chunks_recorded_by_two_replicas_go_out_by_the_lease_holder_in_ord
         await a.delivery.enqueue(ROUTE, paragraphs("first", 3))
         await a.sender.waiting.wait()  # a holds the conversation's lease, mid-send
         await b.delivery.enqueue(ROUTE, paragraphs("second", 2))
-        await until(lambda: CONVERSATION not in b.delivery._workers)  # b left them to a
+        await until(lambda: CONVERSATION not in b.delivery.sending)  # b left them to a
         assert await b.store.client.get(f"{b.store.prefix}deliver:{CONVERSATION}") == a.coord.replica_id
         gate.set()
         await until(lambda: len(sent) == 5)
-        await until(lambda: CONVERSATION not in a.delivery._workers)
+        await until(lambda: CONVERSATION not in a.delivery.sending)
         texts = [t for _, t in sent]
         assert texts == [part("first", i) for i in (1, 2, 3)] + [part("second", i) for i in (1, 2)]
         assert {who for who, _ in sent} == {"a"}
@@ -143,7 +143,7 @@ async def test_a_dead_replicas_unsent_chunks_are_sent_once_by_a_live_replica(
     finally:
         await dead.close()
     async with replicas(redis_server, prefix) as (a, b, sent):
-        await until(lambda: not a.delivery._workers and not b.delivery._workers)
+        await until(lambda: not a.delivery.sending and not b.delivery.sending)
         assert sent == []  # the lease names a live replica: nobody else sends
         assert await a.coord.orphaned_conversations() == []
         await a.store.client.delete(f"{prefix}replica:gone-replica")  # its heartbeat expires
@@ -152,7 +152,7 @@ async def test_a_dead_replicas_unsent_chunks_are_sent_once_by_a_live_replica(
             tg.start_soon(a.failover.sweep)
             tg.start_soon(b.failover.sweep)
         await until(lambda: len(sent) == 2)
-        await until(lambda: not a.delivery._workers and not b.delivery._workers)
+        await until(lambda: not a.delivery.sending and not b.delivery.sending)
         assert [t for _, t in sent] == [part("orphan", 1), part("orphan", 2)]
         assert len({who for who, _ in sent}) == 1
         assert await a.coord.orphaned_conversations() == []
@@ -224,7 +224,7 @@ async def test_a_replica_whose_lease_lapsed_mid_reply_sends_no_chunk_twice(redis
         await until(lambda: len(sent) == 2)
         gate.set()  # a's send of part 1 finishes; a must not send 2 and 3 from the list it read
         await until(lambda: len(sent) == 3)
-        await until(lambda: not a.delivery._workers and not b.delivery._workers)
+        await until(lambda: not a.delivery.sending and not b.delivery.sending)
         assert sorted(t for _, t in sent) == [part("lapsed", i) for i in (1, 2, 3)]
         assert sent[:2] == [("b", part("lapsed", 2)), ("b", part("lapsed", 3))]
         assert b.delivery._inflight.lost == 1
@@ -240,7 +240,7 @@ async def test_chunks_cancelled_on_another_replica_are_not_sent_by_the_holder(
         await a.sender.waiting.wait()  # a has read parts 2 and 3 and is sending part 1
         assert await b.delivery.cancel(ROUTE) == 3  # /stop handled by b (part 1 is on the wire already)
         gate.set()
-        await until(lambda: not a.delivery._workers)
+        await until(lambda: not a.delivery.sending)
         assert [t for _, t in sent] == [part("stopped", 1)]
 
 
@@ -249,7 +249,7 @@ async def test_the_chunk_interval_holds_when_the_next_reply_goes_out_from_anothe
 ) -> None:
     async with replicas(redis_server, interval_s=0.4) as (a, b, sent):
         await a.delivery.enqueue(ROUTE, paragraphs("first", 1))
-        await until(lambda: len(sent) == 1 and not a.delivery._workers)
+        await until(lambda: len(sent) == 1 and not a.delivery.sending)
         await b.delivery.enqueue(ROUTE, paragraphs("second", 1))  # b takes the free lease at once
         await until(lambda: len(sent) == 2)
         assert [who for who, _ in sent] == ["a", "b"]

@@ -30,8 +30,7 @@ from edgecrab.testing.fake_openai import FakeOpenAI
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from edgecrab.testing.fakedingtalk.cardcontrol import button_callback
 from edgecrab.testing.fakedingtalk.cardstate import FakeCard
-from edgecrab.testing.gatewayconfig import write_gateway_config
-from tests.e2e.test_replicas import LLM_KEY, Replicas
+from tests.e2e.replicakit import LLM_KEY, Replicas, write_replica_config
 from tests.faults.kit import WORD, word
 from tests.redisserver import RedisServer
 
@@ -49,22 +48,9 @@ def answer(messages: list[dict[str, Any]]) -> str:
 
 
 def write_config(directory: Path, fake: FakeDingTalk, llm: FakeOpenAI, url: str, lease_s: float) -> Path:
-    path = write_gateway_config(
-        directory / "edgecrab.yaml",
-        api_base=fake.base_url,
-        llm_base_url=llm.base_url,
-        dingtalk={
-            "reconnect_initial_s": 0.1,
-            "reconnect_max_s": 0.5,
-            "reply_mode": "card",
-            "card": {"update_interval_ms": 200, "stop_button": True},
-        },
-        agent={"timeout_s": 60},
-    )
-    config = yaml.safe_load(path.read_text("utf-8"))
-    config["storage"] = {"url": url, "prefix": f"rc-{uuid.uuid4().hex[:8]}:", "lease_s": lease_s}
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
+    dingtalk = {"reply_mode": "card", "card": {"update_interval_ms": 200, "stop_button": True}}
+    agent = {"timeout_s": 60}
+    return write_replica_config(directory, fake, llm, url, lease_s, dingtalk=dingtalk, agent=agent)
 
 
 class Named(Replicas):
