@@ -44,13 +44,7 @@ import anyio.abc
 import httpx
 
 from edgecrab.config.model import DingTalkConfig
-from edgecrab.dingtalk.cardrecover import (
-    INTERRUPTED_TEXT,
-    LeftOpen,
-    Pending,
-    route_fields,
-    with_notice,
-)
+from edgecrab.dingtalk.cardrecover import INTERRUPTED_TEXT, LeftOpen, Pending, route_fields, with_notice
 from edgecrab.dingtalk.cards import CardClient, CardError, CardRejected, CardState, CardsUnavailable
 from edgecrab.dingtalk.cardstream import CONTINUED_NOTICE, CardStreamer, split_for_card
 from edgecrab.dingtalk.cardtext import mention_prefix, to_card_markdown

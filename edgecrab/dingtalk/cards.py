@@ -27,8 +27,11 @@ What a failure means for the caller (each is a :class:`~edgecrab.dingtalk.tokens
                            sender without staff id, a parameter DingTalk refused): markdown for this reply.
 
 ``open`` and ``finish`` retry transient failures under :mod:`edgecrab.retry`'s policy (a QpsLimit waits at
-least a second); ``update`` tries once, because a later update carries newer text anyway: pacing and
-coalescing are :class:`~edgecrab.dingtalk.cardstream.CardStreamer`'s job. A streaming retry always carries
+least a second). A create whose answer was lost (a timeout, a reset, 5xx) may have been done: we chose the
+``outTrackId``, so a retry's ``param.outTrackIdExist`` is that card, and ``open`` returns it; a failed
+open after such an attempt says :attr:`CardError.may_exist`. ``update`` tries once, because a later
+update carries newer text anyway: pacing and coalescing are
+:class:`~edgecrab.dingtalk.cardstream.CardStreamer`'s job. A streaming retry always carries
 a new ``guid`` (DingTalk refuses a repeated one).
 """
 
