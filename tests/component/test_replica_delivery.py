@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
+from edgecrab.coordination import ON_THE_WIRE, SEND
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown
 from edgecrab.events import ReplyRoute
 from edgecrab.failover import Failover
@@ -254,3 +255,26 @@ async def test_the_chunk_interval_holds_when_the_next_reply_goes_out_from_anothe
         await until(lambda: len(sent) == 2)
         assert [who for who, _ in sent] == ["a", "b"]
         assert b.sender.times[0] - a.sender.times[0] >= 0.35  # not the same second at DingTalk
+
+
+async def test_a_chunk_on_the_wire_when_its_replica_died_is_not_sent_again_by_its_next_life(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica restarted under the same ``EDGECRAB_REPLICA_ID`` (docs/deploy.md's ``%H-%i``, a pod's
+    name) within ``lease_s`` is another life: a chunk the earlier life had on the wire is not sent
+    again (DingTalk may have it); the same life retrying its own send does send it."""
+    monkeypatch.setenv("EDGECRAB_REPLICA_ID", "node-1")
+    prefix = f"d-{uuid.uuid4().hex[:10]}:"
+    async with contextlib.AsyncExitStack() as stack:
+        lives = [RedisStore(redis_server.url, prefix, lease_s=3) for _ in range(2)]
+        for store in lives:
+            await store.open()
+            stack.push_async_callback(store.close)
+        first, again = (store.coordination() for store in lives)
+        fmt = Format("markdown", str, title_preview, 40, 20000, False)
+        chunk = Delivery(lives[0], Sender("x", []), fmt).prepare(ROUTE, paragraphs("wire", 2)).chunks[0]
+        await lives[0].outbox_add([chunk])
+        start = (chunk.conversation_key, chunk.reply_id, chunk.index, 0.0)
+        assert await first.start_sending(*start) == SEND  # marked sending; then SIGKILL, and a restart
+        assert await again.start_sending(*start) == ON_THE_WIRE
+        assert await first.start_sending(*start) == SEND  # (the first life's own retry)
