@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -47,23 +48,29 @@ async def serve(config: Config, *, ready: Any = None) -> None:
     _prepare_fds()
     gateway = Gateway(config)
     _tune_gc()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_collections)
-        await tg.start(gateway.run)
-        if ready is not None:
-            ready(gateway)
-        tg.start_soon(_reload_on_hangup, gateway)
-        with SignalStop() as signals:
-            await signals.wait()
-        tg.cancel_scope.cancel()
+    # The signals are ours before the gateway starts (and logs "started"): a SIGTERM during start-up
+    # stops it, and a SIGHUP that follows "started" at once waits for the start instead of killing the
+    # process with the default action.
+    with SignalStop() as signals, anyio.open_signal_receiver(signal.SIGHUP) as hangups:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, signals, tg.cancel_scope)
+            tg.start_soon(_collections)
+            await tg.start(gateway.run)
+            if ready is not None:
+                ready(gateway)
+            tg.start_soon(_reload_on_hangup, gateway, hangups)
 
 
-async def _reload_on_hangup(gateway: Gateway) -> None:
+async def _stop_on_signal(signals: SignalStop, scope: anyio.CancelScope) -> None:
+    await signals.wait()
+    scope.cancel()
+
+
+async def _reload_on_hangup(gateway: Gateway, hangups: AsyncIterator[signal.Signals]) -> None:
     """SIGHUP: :meth:`Gateway.reload` (the config file and hooks again; errors logged, old config kept)."""
-    with anyio.open_signal_receiver(signal.SIGHUP) as hangups:
-        async for _ in hangups:
-            log.info("[gateway] SIGHUP received; reloading the config")
-            await gateway.reload()
+    async for _ in hangups:
+        log.info("[gateway] SIGHUP received; reloading the config")
+        await gateway.reload()
 
 
 def _prepare_fds(reserve: int = FD_RESERVE) -> int:

@@ -80,8 +80,10 @@ def _what_problems(entry: dict[str, Any], at: KeyPath, add: Add, reply_format: s
     if "at" in entry and "group" not in entry:
         add((*at, "at"), "at is for group messages only", "remove at, or send to a group")
     fmt = entry.get("format")
-    # An invalid reply_format is reported at its own key: comparing with it would blame the schedule.
-    if isinstance(fmt, str) and reply_format in ("markdown", "text") and fmt != reply_format:
+    # An invalid format (the schedule's or reply_format) is reported at its own key by the schema:
+    # comparing with it would add a second, meaningless problem.
+    valid = ("markdown", "text")
+    if fmt in valid and reply_format in valid and fmt != reply_format:
         add(
             (*at, "format"),
             f"{fmt} differs from platforms.dingtalk.reply_format ({reply_format})",

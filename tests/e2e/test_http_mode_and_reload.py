@@ -232,3 +232,41 @@ def test_the_sandbox_runs_in_http_mode_too(tmp_path: Path) -> None:
         assert chat(base, "signed and posted").startswith("🦀 echo: signed and posted")
         stats = httpx.get(f"{base}/_fake/stats", timeout=5).json()
         assert stats["http_callbacks"] >= 1 and stats["connections_opened"] == 0
+
+
+SLOW_HOOK = """\
+import pathlib, time
+here = pathlib.Path(__file__).parent
+(here / "loading").write_text("x")
+deadline = time.monotonic() + 20
+while not (here / "go").exists() and time.monotonic() < deadline:  # the test lets start-up go on
+    time.sleep(0.01)
+"""
+
+
+def test_signals_during_start_up_are_handled_not_fatal(tmp_path: Path) -> None:
+    """A SIGHUP while the gateway starts (its hooks load) is kept for after "started" instead of killing the
+    process; a SIGTERM then stops it cleanly (exit 0)."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "slow_to_load.py").write_text(SLOW_HOOK, encoding="utf-8")
+    config = tmp_path / "edgecrab.yaml"
+    config.write_text(f"agent:\n  type: echo\nhooks:\n  paths: [{hooks}]\n", encoding="utf-8")
+    with emulator(tmp_path) as api_base:
+        env = clean_env(
+            tmp_path, DINGTALK_APP_KEY=SANDBOX_APP_KEY, DINGTALK_APP_SECRET=SANDBOX_APP_SECRET,
+            DINGTALK_API_BASE=api_base,
+        )
+        log = tmp_path / "gateway.log"
+        with process(["--config", str(config), "gateway", "start"], tmp_path, env, "gateway.log") as proc:
+            deadline = time.monotonic() + 15
+            while not (hooks / "loading").exists():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text(encoding="utf-8")
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGHUP)  # the hooks are loading: the gateway has not started yet
+            (hooks / "go").write_text("x")
+            wait_for_text(log, "[gateway] started")
+            wait_for_text(log, "[gateway] config reloaded")
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0, log.read_text(encoding="utf-8")

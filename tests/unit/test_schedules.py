@@ -141,6 +141,19 @@ def test_an_invalid_reply_format_is_blamed_on_itself_not_on_a_schedule(tmp_path:
     assert "reply_format" in str(caught.value) and "schedules" not in str(caught.value)
 
 
+@pytest.mark.parametrize("value", ['""', "html", '"${EDGECRAB_TEST_UNSET}"'])
+def test_an_invalid_schedule_format_is_reported_once_at_its_key(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "edgecrab.yaml"
+    text = BAD.split("  - {name: cron")[0]
+    text += '  - {name: f, cron: "@daily", users: [u1], text: hi, format: ' + value + "}\n"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    problems = [line for line in str(caught.value).splitlines() if line.startswith("  - ")]
+    assert len(problems) == 1, problems
+    assert "schedules[1].format" in problems[0] and "differs" not in problems[0]
+
+
 def test_a_valid_schedule_is_loaded_with_its_defaults(tmp_path: Path) -> None:
     path = tmp_path / "edgecrab.yaml"
     path.write_text(BAD.split("  - {name: cron")[0] + "schedules_catch_up_s: 60\n", encoding="utf-8")
