@@ -83,10 +83,10 @@ async def test_a_create_that_never_answered_finishes_the_card_dingtalk_made_anyw
     async with FakeDingTalk() as fake:
         user, agent, cid = fake.users[1], GatedAgent(), fake.dm_conversation_id(fake.users[1])
         agent.gate.set()
-        # Every attempt times out (1 s) while DingTalk still creates the card (2 s after the first began).
-        quick = {"send_timeout_s": 1.0, "send_retries": 1}
+        # Both attempts time out (2 s) while DingTalk still creates the card (4 s after the first began).
+        quick = {"send_timeout_s": 2.0, "send_retries": 1}
         async with card_gateway(tmp_path, agent, fake, dingtalk=quick, watchdog_s=1.0) as (_, gateway):
-            fake.faults.delay(CREATE_AND_DELIVER_PATH, 2.0, times=2)
+            fake.faults.delay(CREATE_AND_DELIVER_PATH, 4.0, times=2)
             await fake.push(fake.dm(user, "go"))
             await until(fake, lambda: fake.messages_for(cid))  # the answer, as markdown
             await until(fake, lambda: cards(fake) and cards(fake)[0].status == "failed")
