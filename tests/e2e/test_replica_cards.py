@@ -221,6 +221,7 @@ async def test_the_stop_button_pressed_on_another_replica_stops_the_run_within_a
         assert fake.messages_for(cid) == []  # the card says it stopped; no other answer
 
 
+@pytest.mark.timeout(180)  # three replicas start, two are killed, a create is held 10 s
 async def test_a_replica_killed_while_dingtalk_creates_its_card_leaves_no_card_open(
     tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
