@@ -216,10 +216,21 @@ def _add_send(
                       help="the robot to send as (its name in platforms.dingtalk.robots; default: the first)")
     send.add_argument("--direct", action="store_true",
                       help="send from this process even when a gateway is running (not through its ledger)")
-    send.add_argument("--timeout", metavar="SECONDS", type=float, default=300.0,
+    send.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=300.0,
                       help="give up waiting for DingTalk's answers after this long (default: 300)")
     send.add_argument("message", metavar="MESSAGE", help="the text, or - to read it from stdin")
     send.set_defaults(handler=_send)
+
+
+def _seconds(value: str) -> float:
+    """``--timeout``: a number of seconds above 0."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:  # nan too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {value!r}")
+    return seconds
 
 
 _SANDBOX_HELP = (
@@ -332,6 +343,9 @@ def _schedules_list(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace) -> int:
     from edgecrab.replies.proactive import SendRequest
 
+    if args.group is not None and not args.group.strip():
+        print("edgecrab send: --group is empty: give the group's openConversationId", file=sys.stderr)
+        return EXIT_USAGE
     text = sys.stdin.read() if args.message == "-" else args.message
     request = SendRequest(
         text=text, users=tuple(args.user or ()), group=args.group or "", at=tuple(args.at),

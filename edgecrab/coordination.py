@@ -61,8 +61,12 @@ class Coordination(Protocol):
         """Heartbeat and signal listener, until cancelled; ``on_signal`` hears other replicas' signals."""
         ...
 
-    async def enqueue(self, key: str, msg_id: str) -> None:
-        """Put a message in the session's cluster-wide queue (in arrival order; once)."""
+    async def enqueue(self, key: str, msg_id: str, *, at_most: int | None = None) -> int | None:
+        """Put a message in the session's cluster-wide queue (in arrival order; once), unless it holds
+        more than ``at_most`` messages already (None: however many). How many it held before (every
+        replica's, as :meth:`waiting` counts them), or None when the message was not enqueued: the busy
+        policy's count and decision in one step (one round trip on Redis)."""
+        ...
 
     def hold(
         self, key: str, msg_id: str, given_up: Callable[[], bool], queued: Callable[[str], bool] = ...
@@ -141,8 +145,8 @@ class LocalCoordination:
     ) -> None:
         task_status.started()
 
-    async def enqueue(self, key: str, msg_id: str) -> None:
-        return None
+    async def enqueue(self, key: str, msg_id: str, *, at_most: int | None = None) -> int | None:
+        return 0
 
     def hold(
         self, key: str, msg_id: str, given_up: Callable[[], bool], queued: Callable[[str], bool] = _no

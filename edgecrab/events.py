@@ -146,7 +146,8 @@ class Message:
     id: str
     """DingTalk ``msgId``: the primary dedup key."""
     robot: str
-    """Robot code of the bot that received it; part of every session key."""
+    """The name of the robot that received it (``default`` in the single-robot form; hooks see it as
+    ``message.robot``); the start of every session key. Its code is ``route.robot_code``."""
     conversation: Conversation
     sender: Sender
     text: str

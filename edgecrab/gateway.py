@@ -170,6 +170,7 @@ class Gateway:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.ops.run)  # first: /healthz answers while the rest starts
                 hook_commands = dict(await self.hooks.register_commands())
+                _unknown_command_robots(hook_commands, list(self.robots))
                 for robot in self.robots.values():
                     await tg.start(robot.run, hook_commands)
                 tg.start_soon(housekeeping, self.store, self.config.sessions.idle_expiry_s)
@@ -213,9 +214,21 @@ class Gateway:
                 return ready
             self.config = ready.config
             self.hooks = ready.hooks
+            _unknown_command_robots(ready.hook_commands, list(self.robots))
             for robot in self.robots.values():
                 robot.reload(ready.config, ready.hooks, ready.hook_commands)
             return []
+
+
+def _unknown_command_robots(hook_commands: dict[str, Any], robots: list[str]) -> None:
+    """Log each hook command registered for a robot this gateway does not have (a typo: no robot has it)."""
+    for command in hook_commands.values():
+        unknown = [r for r in command.robots if r not in robots]
+        if unknown:
+            log.warning(
+                "[hooks] %s: %s is registered for robot(s) %s, which this gateway does not have (its robots: "
+                "%s)", command.plugin, command.name, ", ".join(unknown), ", ".join(robots),
+            )
 
 
 __all__ = ["GAVE_UP_TEXT", "MAX_RUN_ATTEMPTS", "Gateway"]

@@ -224,7 +224,8 @@ class Robot:
         self.commands = Commands(
             self.config.commands, self.runner, self.reply, hooks=self.hooks,
             connection=ConnectionInfo(
-                self.watch.describe, ops=lambda: self.ops_url(), schedules=lambda: self.schedule_lines()
+                self.watch.describe, ops=lambda: self.ops_url(), schedules=lambda: self.schedule_lines(),
+                robot=self.name if len(self.config.robots) > 1 else "",
             ),
             cancel_outbox=lambda m: (
                 self.delivery.cancel(m.route, session_key=self.runner.key(m)) if m.route else _zero()
@@ -293,7 +294,7 @@ class Robot:
                     await tg.start(self.cards.run)
                 await tg.start(self.runner.run)
                 await tg.start(self.media.run)
-                self.commands.hook_commands = hook_commands
+                self.commands.hook_commands = self._own(hook_commands)
                 self.intake.requeue(await self.failover.unfinished())
                 tg.start_soon(self.failover.run)
                 tg.start_soon(self._ingest)
@@ -322,6 +323,10 @@ class Robot:
             with anyio.move_on_after(0.5, shield=True):
                 await self.watch.drain()  # "stopped", as the client ended
 
+    def _own(self, hook_commands: dict[str, Any]) -> dict[str, Any]:
+        """The hook commands this robot has (``register(..., robots=[...])``: /help and /hooks show them)."""
+        return {n: c for n, c in hook_commands.items() if not c.robots or self.name in c.robots}
+
     def reload(self, config: Config, hooks: HookManager, hook_commands: dict[str, Any]) -> None:
         """Apply what can change in place (:meth:`edgecrab.gateway.Gateway.reload`)."""
         dt = config.robot(self.name) or self.dt
@@ -332,7 +337,7 @@ class Robot:
         self.runner.system_prompt = agent.system_prompt
         self.runner.agent_timeout_s = agent.timeout_s
         self.runner.hooks = self.commands.hooks = hooks
-        self.commands.hook_commands = hook_commands
+        self.commands.hook_commands = self._own(hook_commands)
         log.info("%s", self.access.posture())
 
 

@@ -241,6 +241,11 @@ def _sources(
                 found[reader.format_path(path)] = where(path)
     for key in ("schedules", "schedules_catch_up_s"):
         found[key] = f"file line {lines[(key,)]}" if (key,) in lines else "default"
+    for index, schedule in enumerate(config.schedules):
+        for f in fields(schedule):
+            path = ("schedules", index, f.name)
+            first = f.name == "robot" and path not in lines
+            found[reader.format_path(path)] = "default (the first robot)" if first else where(path)
     return found
 
 
@@ -273,7 +278,10 @@ def _build(data: dict[str, Any], env: Mapping[str, str], source: Path | None) ->
         hooks=_make(HooksConfig, hooks),
         storage=_make(StorageConfig, storage),
         http=_make(HttpConfig, data.get("http", {})),
-        schedules=tuple(_make(ScheduleConfig, entry) for entry in data.get("schedules") or ()),
+        schedules=tuple(
+            # A schedule without `robot` is the first robot's, as an `edgecrab send` without --robot.
+            _make(ScheduleConfig, {"robot": robots[0].name, **entry}) for entry in data.get("schedules") or ()
+        ),
         schedules_catch_up_s=float(data.get("schedules_catch_up_s", 300.0)),
         media=_make(MediaConfig, _media(data.get("media", {}), env)),
         source=source.resolve() if source else None,

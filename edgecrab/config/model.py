@@ -202,6 +202,7 @@ class ScheduleConfig:
     timezone: str = ""
     """An IANA name (``Asia/Shanghai``); empty: the host's zone."""
     robot: str = "default"
+    """The robot that sends it (its name); an entry that leaves it out gets the first robot."""
     users: tuple[str, ...] = ()
     """Staff ids, each sent a DM; or ``group``."""
     group: str = ""

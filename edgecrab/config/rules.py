@@ -1,8 +1,9 @@
 """Configuration rules that JSON Schema cannot say clearly, and the warnings ``config validate`` prints.
 
 :func:`semantic_problems` runs after the schema (each rule guards its own types, the schema reports those):
-alias targets, what each agent type needs, reconnect delays in order, ``extra_allowed_hosts`` entries that
-are plain hosts. :func:`cleartext_warnings` names each URL that would carry secrets over plain http.
+alias targets, what each agent type needs, reconnect delays in order, ``extra_allowed_hosts`` and
+``media.allowed_hosts`` entries that are plain hosts. :func:`cleartext_warnings` names each URL that would
+carry secrets over plain http.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def semantic_problems(data: dict[str, Any], lines: Mapping[KeyPath, int]) -> lis
         _dingtalk_problems(dingtalk, data.get("http"), add)
         robot_problems(dingtalk, data.get("agents"), add)
     schedule_problems(data, add)
+    media = data.get("media")
+    if isinstance(media, dict):
+        _host_list_problems(media.get("allowed_hosts"), ("media", "allowed_hosts"), add)
     return found
 
 
@@ -84,22 +88,26 @@ def _dingtalk_problems(dingtalk: dict[str, Any], http: Any, add: Add) -> None:
         add(("platforms", "dingtalk", "reconnect_max_s"),
             f"must be at least reconnect_initial_s ({first}), got {most}",
             "the longest delay cannot be shorter than the first one")
-    hosts = dingtalk.get("extra_allowed_hosts")
+    _host_list_problems(dingtalk.get("extra_allowed_hosts"), ("platforms", "dingtalk", "extra_allowed_hosts"),
+                        add)
+    port = http.get("port", 0) if isinstance(http, dict) else 0
+    if dingtalk.get("mode") == "http" and port == 0:
+        add(("http", "port"), "required when platforms.dingtalk.mode is `http`",
+            "DingTalk POSTs messages to a URL registered in the developer console, so the port cannot "
+            "be a random one: set http.port (or DINGTALK_WEBHOOK_PORT), e.g. `port: 8080`")
+
+
+def _host_list_problems(hosts: Any, at: KeyPath, add: Add) -> None:
+    """A list of hosts (``extra_allowed_hosts``, ``media.allowed_hosts``): each a plain host, or host:port."""
     entries: list[tuple[int | None, Any]] = list(enumerate(hosts)) if isinstance(hosts, list) else []
     if isinstance(hosts, str):  # comma-separated (from the environment): the key itself is the path
         entries = [(None, item) for item in hosts.split(",") if item.strip()]
     for index, entry in entries:
         problem = host_entry_problem(entry) if isinstance(entry, str) else ""
         if problem:
-            hosts_at: KeyPath = ("platforms", "dingtalk", "extra_allowed_hosts")
-            add(hosts_at if index is None else (*hosts_at, index), f"`{entry}`: {problem}",
+            add(at if index is None else (*at, index), f"`{entry}`: {problem}",
                 "list plain host names or IP addresses, each optionally with :port, e.g. "
                 "[hooks.example.com, 10.0.0.5:8443]")
-    port = http.get("port", 0) if isinstance(http, dict) else 0
-    if dingtalk.get("mode") == "http" and port == 0:
-        add(("http", "port"), "required when platforms.dingtalk.mode is `http`",
-            "DingTalk POSTs messages to a URL registered in the developer console, so the port cannot "
-            "be a random one: set http.port (or DINGTALK_WEBHOOK_PORT), e.g. `port: 8080`")
 
 
 _ROBOTS: KeyPath = ("platforms", "dingtalk", "robots")

@@ -1,8 +1,9 @@
 """The rules of ``schedules:`` that JSON Schema cannot say clearly (the schema checks types and keys).
 
 Each entry needs a valid cron expression and time zone, exactly one of ``text`` and ``prompt``, exactly one
-target (``users`` or ``group``), ``at`` only with a group, a robot the configuration has, a format the
-gateway's ledger sends, and a name no other entry has.
+target (``users`` or ``group``), ``at`` only with a group, a robot the configuration has (left out: the
+first robot, as for ``edgecrab send``), and a name no other entry has. (``format`` may differ from the
+robot's ``reply_format``: the ledger records it with the message.)
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ def schedule_problems(data: dict[str, Any], add: Add) -> None:
     if not isinstance(entries, list):
         return
     robots = robot_names(data)
-    reply_format = _reply_format(data)
     seen: set[str] = set()
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
@@ -46,8 +46,8 @@ def schedule_problems(data: dict[str, Any], add: Add) -> None:
                 add((*at, "name"), f"two schedules are named {name!r}", "give each schedule its own name")
             seen.add(name)
         _when_problems(entry, at, add)
-        _what_problems(entry, at, add, reply_format)
-        robot = entry.get("robot", DEFAULT_ROBOT)
+        _what_problems(entry, at, add)
+        robot = entry.get("robot", robots[0] if robots else DEFAULT_ROBOT)  # left out: the first robot
         if isinstance(robot, str) and robot not in robots:
             close = difflib.get_close_matches(robot, robots, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -64,7 +64,7 @@ def _when_problems(entry: dict[str, Any], at: KeyPath, add: Add) -> None:
         add((*at, "timezone"), zone_problem(zone), "an IANA name such as Asia/Shanghai or Europe/Berlin")
 
 
-def _what_problems(entry: dict[str, Any], at: KeyPath, add: Add, reply_format: str) -> None:
+def _what_problems(entry: dict[str, Any], at: KeyPath, add: Add) -> None:
     if ("text" in entry) == ("prompt" in entry):
         add(
             at,
@@ -79,27 +79,10 @@ def _what_problems(entry: dict[str, Any], at: KeyPath, add: Add, reply_format: s
         )
     if "at" in entry and "group" not in entry:
         add((*at, "at"), "at is for group messages only", "remove at, or send to a group")
-    fmt = entry.get("format")
-    # An invalid format (the schedule's or reply_format) is reported at its own key by the schema:
-    # comparing with it would add a second, meaningless problem.
-    valid = ("markdown", "text")
-    if fmt in valid and reply_format in valid and fmt != reply_format:
-        add(
-            (*at, "format"),
-            f"{fmt} differs from platforms.dingtalk.reply_format ({reply_format})",
-            "the gateway's ledger sends one format: leave format out, or change reply_format",
-        )
 
 
 def _both_or_neither(entry: dict[str, Any], one: str, other: str) -> str:
     return f"has both {one} and {other}" if one in entry else f"has neither {one} nor {other}"
-
-
-def _reply_format(data: dict[str, Any]) -> str:
-    platforms = data.get("platforms")
-    dingtalk = platforms.get("dingtalk") if isinstance(platforms, dict) else None
-    value = dingtalk.get("reply_format") if isinstance(dingtalk, dict) else None
-    return value if isinstance(value, str) else "markdown"
 
 
 __all__ = ["robot_names", "schedule_problems"]

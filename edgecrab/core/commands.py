@@ -43,6 +43,8 @@ class ConnectionInfo:
     """The ops port's URL (``http://127.0.0.1:PORT``), shown to DingTalk admins; empty: not shown."""
     schedules: Callable[[], list[str]] = lambda: []
     """One line per configured schedule with its next run, shown to DingTalk admins."""
+    robot: str = ""
+    """The robot's name when the gateway has several: /status, /help and /hooks name it."""
 
 
 def duration(seconds: float) -> str:
@@ -106,7 +108,10 @@ class Commands:
 
     def help(self) -> str:
         extra = [HelpEntry(c.name, c.help) for c in self.hook_commands.values()]
-        return help_text(dict(self.config.aliases), extra, forward_unknown=self.config.forward_unknown)
+        return help_text(
+            dict(self.config.aliases), extra, forward_unknown=self.config.forward_unknown,
+            robot=self.connection.robot,
+        )
 
     def is_known(self, command: Command) -> bool:
         resolved = resolve_alias(command, self.config.aliases)
@@ -199,6 +204,7 @@ class Commands:
         lines = [
             head,
             "",
+            *([f"- Robot: {self.connection.robot}"] if self.connection.robot else []),
             f"- Queue: {_plural(st.queued, 'message')} waiting",
             f"- DingTalk: {self.connection.state()}",
             f"- Session: {self._scope(message)}",
@@ -259,5 +265,6 @@ class Commands:
                     line += f", {_plural(info.timeouts, 'timeout')}"
             lines.append(line)
         if self.hook_commands:
-            lines += ["", "Commands added by hooks: " + ", ".join(sorted(self.hook_commands)) + "."]
+            robot = f" (robot {self.connection.robot})" if self.connection.robot else ""
+            lines += ["", f"Commands added by hooks{robot}: " + ", ".join(sorted(self.hook_commands)) + "."]
         return "\n".join(lines)

@@ -65,9 +65,11 @@ def help_text(
     extra: list[HelpEntry] | None = None,
     *,
     forward_unknown: bool = False,
+    robot: str = "",
 ) -> str:
-    """The /help reply, generated from the same table the dispatcher uses."""
-    lines = ["**Gateway commands**", ""]
+    """The /help reply, generated from the same table the dispatcher uses; ``robot``: the name of the
+    robot answering, when the gateway has several."""
+    lines = ["**Gateway commands**" + (f" (robot {robot})" if robot else ""), ""]
     for name, desc in BUILTIN_COMMANDS.items():
         lines.append(f"- `{name}` — {desc}")
     if extra:

@@ -116,27 +116,29 @@ class Runner:
         message picked up again after a restart, whose notice went out before it)."""
         key = self.key(message)
         s = self._session(key)
-        elsewhere = await self.coord.waiting(key)  # this session's messages on every replica (Redis)
-        busy = s.current is not None or bool(s.queue) or elsewhere > 0
+        here = s.current is not None or bool(s.queue)
         # Messages waiting: the queue's head is not waiting when no run is in flight (it starts next).
-        waiting = max(len(s.queue) - (1 if s.current is None and s.queue else 0), elsewhere - 1)
-        policy = self.config.busy_policy
+        waiting_here = len(s.queue) - (1 if s.current is None and s.queue else 0)
+        policy, limit = self.config.busy_policy, self.config.queue_limit
         how = "retry" if retry else "picked up after a restart" if quiet else ""
-        if busy and policy == "reject":
-            message_event(message, REJECTED, "busy with the previous message")
-            await self._reply(message, texts.busy_text(), key)
-            await self.store.inbox_set_state(message.robot, message.id, DONE, "rejected: busy")
+        turned_away = here and (policy == "reject" or (policy == "queue" and waiting_here >= limit))
+        # One step (Redis: one script run): this session's messages on every replica counted, and this
+        # one queued unless the policy turns it away with that count.
+        most = None if policy == "interrupt" else 0 if policy == "reject" else limit
+        elsewhere = None if turned_away else await self.coord.enqueue(key, message.id, at_most=most)
+        if elsewhere is None:
+            busy_now = policy == "reject"
+            why = "busy with the previous message" if busy_now else f"queue full ({limit} waiting)"
+            message_event(message, REJECTED, why)
+            await self._reply(message, texts.busy_text() if busy_now else texts.queue_full_text(limit), key)
+            state = "rejected: busy" if busy_now else "rejected: queue full"
+            await self.store.inbox_set_state(message.robot, message.id, DONE, state)
             return
+        busy = here or elsewhere > 0
         if busy and policy == "interrupt":
             await self._interrupt(s, QueuedMessage(message, retry), how, elsewhere > 0)
             return
-        limit = self.config.queue_limit
-        if busy and waiting >= limit:
-            message_event(message, REJECTED, f"queue full ({limit} waiting)")
-            await self._reply(message, texts.queue_full_text(limit), key)
-            await self.store.inbox_set_state(message.robot, message.id, DONE, "rejected: queue full")
-            return
-        await self.coord.enqueue(key, message.id)
+        waiting = max(waiting_here, elsewhere - 1)
         s.queue.append(QueuedMessage(message, retry))
         self._start_worker(s)
         if busy:
@@ -147,13 +149,13 @@ class Runner:
             await self._reply(message, texts.queued_text(waiting + 1), key)
 
     async def _interrupt(self, s: Session, item: QueuedMessage, how: str, elsewhere: bool) -> None:
-        """The ``interrupt`` policy: stop the run in flight (on whichever replica), then run ``item``."""
+        """The ``interrupt`` policy: stop the run in flight (on whichever replica), then run ``item`` (in
+        the session's queue already)."""
         message = item.message
         message_event(message, RUN, ", ".join(filter(None, (how, "interrupting the previous run"))))
         running, dropped = s.cancel()
         if elsewhere:
             await self.coord.signal(s.key, INTERRUPT)
-        await self.coord.enqueue(s.key, message.id)
         s.queue.append(item)
         self._start_worker(s)
         await self._finish_dropped(dropped, "replaced by a newer message (interrupt)")

@@ -99,6 +99,8 @@ class HookCommand:
     plugin: str
     """The file (or module) that registered it."""
     _invoke: Callable[[Command, Message], Any] = field(repr=False, compare=False)
+    robots: tuple[str, ...] = ()
+    """The robots (names) that have it; empty: every robot."""
 
     async def call(self, command: Command, message: Message) -> str:
         """Run the handler (isolated, with the hook timeout) and return the reply text.
@@ -183,10 +185,12 @@ class HookRunner:
             source = self._source(impl)
 
             def register(
-                name: str, handler: Callable[..., Any], help: str = "", *, _source: HookSource = source
+                name: str, handler: Callable[..., Any], help: str = "", *, robots: Any = (),
+                _source: HookSource = source,
             ) -> None:
                 problem = ""
                 command = normalise_command(name) if isinstance(name, str) else ""
+                robots = (robots,) if isinstance(robots, str) else robots
                 if not open_:
                     problem = f"register({name!r}) called after start-up; ignored"
                 elif not _COMMAND_NAME.match(command):
@@ -197,6 +201,8 @@ class HookRunner:
                     problem = f"handler for {command} is not callable; not registered"
                 elif command in builtin:
                     problem = f"{command} is a built-in command; not registered"
+                elif not isinstance(robots, list | tuple) or not all(isinstance(r, str) for r in robots):
+                    problem = f"robots for {command} must be a robot name or a list of them; not registered"
                 elif command in commands:
                     problem = f"{command} is already registered by {commands[command].plugin}; not registered"
                 if problem:
@@ -210,6 +216,7 @@ class HookRunner:
                     help=str(help or ""),
                     plugin=_source.label,
                     _invoke=functools.partial(self._call_handler, command, handler, _source),
+                    robots=tuple(robots),
                 )
 
             await self.invoke_impl(impl, {"register": register})

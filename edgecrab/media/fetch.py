@@ -93,7 +93,13 @@ class MediaFetcher:
             return self._failed(attachment, f"the download took longer than {self.config.timeout_s:g} s")
         except _Failed as exc:
             return self._failed(attachment, str(exc))
-        mime = sniff(self.files.head(path), name)
+        except OSError as exc:  # the media directory: gone, full, not writable
+            reason = exc.strerror or type(exc).__name__
+            return self._failed(attachment, f"the file could not be saved on the gateway ({reason})")
+        try:
+            mime = sniff(self.files.head(path), name)
+        except OSError as exc:  # deleted meanwhile (by hand: the cleanup keeps a file for hours)
+            return self._failed(attachment, f"the file could not be read back ({exc.strerror})")
         self.stats.stored += 1
         self.stats.bytes += size
         log.info(

@@ -28,8 +28,12 @@ def host_port(entry: str) -> tuple[str, int | None]:
 
 class DownloadGuard:
     def __init__(self, api_base: str, extra_hosts: Iterable[str] = ()) -> None:
-        allowed = {host_port(api_base)}
-        allowed.update(host_port(entry) for entry in extra_hosts if entry.strip())
+        allowed: set[tuple[str, int | None]] = set()
+        for entry in (api_base, *(e for e in extra_hosts if e.strip())):
+            try:
+                allowed.add(host_port(entry))
+            except httpx.InvalidURL:  # `config validate` names it; here it allows nothing
+                continue
         self.allowed = frozenset(allowed)
 
     def refusal(self, url: str) -> str:

@@ -227,8 +227,13 @@ def _name(att: Attachment) -> str:
 
 
 def _duration(att: Attachment) -> str:
-    seconds = dict(att.extra).get("duration", "")
-    return f", {seconds} s" if seconds.isdigit() else ""
+    """``, 4 s``. DingTalk's ``duration`` is in seconds in its documentation's samples and in milliseconds
+    in its SDKs (``4000``); a voice note lasts at most 60 s, so a value above 600 is milliseconds."""
+    value = dict(att.extra).get("duration", "")
+    if not value.isdigit():
+        return ""
+    seconds = int(value)
+    return f", {round(seconds / 1000) if seconds > 600 else seconds} s"
 
 
 __all__ = ["STORED_PREFIX", "Prepared", "Rendered", "Renderer"]

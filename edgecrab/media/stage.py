@@ -35,6 +35,7 @@ import anyio.to_thread
 from edgecrab.config import AgentConfig, Config, DingTalkConfig
 from edgecrab.core.turns import UserTurn
 from edgecrab.dingtalk.tokens import TokenCache
+from edgecrab.errors import StartupError
 from edgecrab.events import Attachment, Message
 from edgecrab.media.fetch import MediaFetcher
 from edgecrab.media.files import MediaFiles
@@ -104,7 +105,7 @@ class MediaStage:
         try:
             # On the loop, not in a worker thread: a mkdir and a scan of one directory whose files live a day
             # take well under a millisecond, and a gateway that received no media starts no thread at all.
-            self.files.ensure()
+            self._ensure_directory()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 task_status.started()
@@ -116,6 +117,17 @@ class MediaStage:
             self._tg = None
             with anyio.move_on_after(0.5, shield=True):
                 await self._client.aclose()
+
+    def _ensure_directory(self) -> None:
+        try:
+            self.files.ensure()
+        except OSError as exc:
+            raise StartupError(
+                f"media.directory {self.files.directory} cannot be used ({exc.strerror or exc}): set it "
+                "to a folder this user may create and write, or leave it empty for media/ in the state "
+                "directory",
+                exit_code=2,
+            ) from None
 
     # -- intake --------------------------------------------------------------------------------------
     async def submit(self, message: Message, *, quiet: bool = False) -> None:
@@ -178,10 +190,14 @@ class MediaStage:
                 self._tg.start_soon(self._download, att, self.robot_code, slot)
 
     async def _download(self, att: Attachment, robot: str, slot: _Download) -> None:
+        # In the stage's task group: an exception here would stop the stage, and the gateway with it.
         try:
             async with self._limit:
                 slot.result = result = await self.fetcher.fetch(att, robot)
             slot.prepared = await self.renderer.prepare(result)
+        except Exception as exc:
+            log.exception("[media] %s download failed unexpectedly", att.kind)
+            slot.result = slot.result or replace(att, note=f"the download failed ({type(exc).__name__})")
         finally:
             slot.done.set()
 

@@ -39,7 +39,7 @@ import anyio.abc
 from edgecrab.activity import reply_line
 from edgecrab.events import Message, ReplyRoute
 from edgecrab.replies.conversations import ConversationMemory
-from edgecrab.replies.format import Format, PreparedReply, conversation_key, prepare_reply
+from edgecrab.replies.format import ROUTE_FORMAT, Format, PreparedReply, conversation_key, prepare_reply
 from edgecrab.replies.inflight import FINISHED, ON_THE_WIRE, InFlight, LeaseLost
 from edgecrab.replies.resplit import TOO_LONG_CODES, Resplits
 from edgecrab.replies.wire import Wire
@@ -360,8 +360,8 @@ class Delivery:
     async def _send_once(
         self, chunk: OutboxChunk, route: ReplyRoute, text: str, mention: bool
     ) -> SendOutcome | None:
-        """One send on the :class:`~edgecrab.replies.wire.Wire`; None when it was cut off."""
-        fmt = self.format.fmt
+        """One send on the Wire, as its route's :data:`ROUTE_FORMAT` if any; None when it was cut off."""
+        fmt = chunk.route.get(ROUTE_FORMAT) or self.format.fmt
         return await self._wire.send(
             chunk.conversation_key,
             chunk.reply_id,
@@ -374,8 +374,9 @@ class Delivery:
 
     async def _give_up(self, chunk: OutboxChunk, error: str) -> None:
         log.error("[delivery] giving up on reply %s to %s: %s", chunk.reply_id, chunk.conversation_key, error)
-        await self.store.outbox_cancel(chunk.conversation_key, chunk.reply_id)
+        # The reason first: a reader between the two writes sees the reply failed, and why.
         await self.store.outbox_mark(chunk.reply_id, chunk.index, UNDELIVERABLE, error)
+        await self.store.outbox_cancel(chunk.conversation_key, chunk.reply_id)
         self.failed_replies += 1
         await self._finished(chunk, error or "undeliverable")
 

@@ -40,6 +40,12 @@ class Format:
     "answer truncated" note at the end of the last one. 0: no limit."""
 
 
+ROUTE_FORMAT = "format"
+"""The key of a ledger chunk's route (:attr:`~edgecrab.store.base.OutboxChunk.route`) naming the message
+type it is sent as (``markdown``/``text``) when not the robot's ``reply_format``: a proactive message's
+(``edgecrab send --text``, a schedule's ``format``); :meth:`ReplyRoute.from_dict` ignores it."""
+
+
 def conversation_key(route: ReplyRoute) -> str:
     return f"{route.robot_code}:{route.conversation_id}"
 

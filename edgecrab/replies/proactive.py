@@ -26,7 +26,7 @@ import anyio
 
 from edgecrab.config.model import DEFAULT_ROBOT
 from edgecrab.events import Message, ReplyRoute
-from edgecrab.replies.format import Format, prepare_reply
+from edgecrab.replies.format import ROUTE_FORMAT, Format, prepare_reply
 from edgecrab.store.base import CANCELLED, PENDING, SENDING, SENT, UNDELIVERABLE, Store
 
 log = logging.getLogger("edgecrab.replies.proactive")
@@ -63,6 +63,10 @@ class SendRequest:
             found.append(f"at most {MAX_USERS} users per send")
         if any(not u.strip() for u in self.users):
             found.append("a user staff id is empty")
+        if self.group and not self.group.strip():
+            found.append("the group's openConversationId is empty")
+        if any(not a.strip() for a in self.at):
+            found.append("an at staff id is empty")
         if self.at and not self.group:
             found.append("at is for group messages only")
         if not self.text.strip():
@@ -84,6 +88,8 @@ class SendRequest:
             value = data.get(name, "")
             if not isinstance(value, str):
                 raise ValueError(f"{name} must be a string")
+            if name == "group" and name in data and not value.strip():
+                raise ValueError("group is empty: give the group's openConversationId")
             fields[name] = value
         lists: dict[str, tuple[str, ...]] = {}
         for name in ("user", "at"):
@@ -164,6 +170,13 @@ async def record(
         prepare_reply(fmt, route, text, mention=False, message=message)
         for route in routes(request, robot_code)
     ]
+    if request.fmt:  # the ledger sends the robot's reply_format unless the chunk's route says otherwise
+        prepared = [
+            dataclasses.replace(p, chunks=[
+                dataclasses.replace(c, route={**c.route, ROUTE_FORMAT: request.fmt}) for c in p.chunks
+            ])
+            for p in prepared
+        ]
     await delivery.store.outbox_add([chunk for p in prepared for chunk in p.chunks])
     for p in prepared:
         delivery.recorded(p)
@@ -171,14 +184,9 @@ async def record(
 
 
 async def submit(delivery: Any, request: SendRequest, robot_code: str) -> str:
-    """Check ``request`` against what a running gateway's ledger can carry, then :func:`record` it; the
-    delivery id, or ValueError naming every problem."""
+    """Check ``request``, then :func:`record` it in a running gateway's ledger; the delivery id, or
+    ValueError naming every problem."""
     problems = request.problems()
-    if request.fmt and request.fmt != delivery.format.fmt:
-        problems.append(
-            f"this gateway sends reply_format {delivery.format.fmt}: a {request.fmt} message cannot "
-            "go through its ledger (leave the format out, or change platforms.dingtalk.reply_format)"
-        )
     if problems:
         raise ValueError("; ".join(problems))
     return await record(delivery, delivery.format, request, robot_code)

@@ -110,10 +110,12 @@ class RedisCoordination:
         :func:`edgecrab.core.sessions.session_key`)."""
         return self._key("inbox", key.split(":", 1)[0], "")
 
-    async def enqueue(self, key: str, msg_id: str) -> None:
+    async def enqueue(self, key: str, msg_id: str, *, at_most: int | None = None) -> int | None:
         keys = [self._key("sessq", key), self._key("lease", key)]
         args = [self._entry(msg_id), f"|{msg_id}", self._inbox(key), msg_id, self._key("replica", "")]
-        await self._script(ENQUEUE, keys, [*args, self.replica_id])
+        most = "" if at_most is None else str(at_most)
+        before, queued = await self._script(ENQUEUE, keys, [*args, self.replica_id, most])
+        return int(before) if int(queued) else None
 
     async def waiting(self, key: str) -> int:
         with rows.reachable(self.store.url):

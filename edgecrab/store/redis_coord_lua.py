@@ -6,19 +6,23 @@ every lease names the replica holding it, and a lease whose replica is gone coun
 from __future__ import annotations
 
 # KEYS: queue, lease. ARGV: entry (``<replica>|<msgId>``), ``|<msgId>``, the robot's inbox key prefix
-# (``P inbox:<robot>:``), msgId, replica-key prefix, replica. The session's queue is in arrival order (the
-# inbox's ``seq``, the order of the claims), whichever replica enqueues first; never ahead of a head that
-# holds the session's lease (it is running). A message taken over from a dead replica takes that
-# replica's place (same msgId) in the queue.
+# (``P inbox:<robot>:``), msgId, replica-key prefix, replica, and the most messages the queue may hold for
+# this one to join it (``''``: any number). The session's queue is in arrival order (the inbox's ``seq``,
+# the order of the claims), whichever replica enqueues first; never ahead of a head that holds the
+# session's lease (it is running). A message taken over from a dead replica takes that replica's place
+# (same msgId) in the queue. Returns {messages in the queue before, 1 if enqueued}: the busy policy's
+# count and its decision in one step (the message is routed either way: a rejected one never runs).
 ENQUEUE = """
 local queue, entry, suffix, inbox = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 redis.call('ZREM', inbox .. 'unrouted:' .. ARGV[6], ARGV[4])
 local list = redis.call('LRANGE', queue, 0, -1)
+local most = tonumber(ARGV[7] or '')
+if most and #list > most then return {#list, 0} end
 for i, e in ipairs(list) do
-  if e == entry then return #list end
+  if e == entry then return {#list, 1} end
   if string.sub(e, -#suffix) == suffix then
     redis.call('LSET', queue, i - 1, entry)
-    return #list
+    return {#list, 1}
   end
 end
 local function seq(e)
@@ -41,7 +45,7 @@ elseif pos == 0 then
 else
   redis.call('LINSERT', queue, 'AFTER', list[pos], entry)
 end
-return #list + 1
+return {#list, 1}
 """
 
 # KEYS: queue, lease. ARGV: entry, replica, lease ms, replica-key prefix, the robot's inbox key prefix,

@@ -406,6 +406,39 @@ def test_a_picture_attached_in_the_web_chat_reaches_the_agent(page: Any) -> None
 
     page.click("#people button:has-text('Alice Chen')")
     shot = {"name": "shot.png", "mimeType": "image/png", "buffer": out.getvalue()}
-    page.set_input_files("#attach-file", files=[shot])
+    with page.expect_file_chooser() as chooser:
+        page.click("#attach")
+    chooser.value.set_files(files=[shot])
     expect(page.locator("#messages .msg.mine .bubble").last).to_contain_text("🖼 shot.png", timeout=REPLY_S)
     expect(_bot_bubbles(page).last).to_contain_text("[picture: picture (image/png", timeout=REPLY_S)
+
+
+def test_a_voice_note_and_a_dropped_file_reach_the_agent(page: Any) -> None:
+    """🎤 sends an audio file with the text box as DingTalk's transcript (the agent reads the transcript);
+    a file dropped on the chat is sent like 📎 (a markdown file: the agent reads it inline)."""
+    from playwright.sync_api import expect
+
+    page.click("#people button:has-text('Alice Chen')")
+    page.fill("#input", "明天开会吗")
+    with page.expect_file_chooser() as chooser:
+        page.click("#voice")
+    voice = {"name": "note.amr", "mimeType": "audio/amr", "buffer": b"#!AMR\n" + bytes(64)}
+    chooser.value.set_files(files=[voice])
+    mine = page.locator("#messages .msg.mine .bubble")
+    expect(mine.last).to_contain_text("🎤 明天开会吗", timeout=REPLY_S)
+    expect(page.locator("#input")).to_have_value("")
+    expect(_bot_bubbles(page).last).to_contain_text("voice message", timeout=REPLY_S)
+    expect(_bot_bubbles(page).last).to_contain_text("明天开会吗")
+
+    dropped = page.evaluate_handle(
+        """() => {
+            const data = new DataTransfer();
+            const text = "# Plan\\n- ship the media work\\n";
+            data.items.add(new File([text], "plan.md", {type: "text/markdown"}));
+            return data;
+        }"""
+    )
+    page.dispatch_event(".chat", "drop", {"dataTransfer": dropped})
+    expect(mine.last).to_contain_text("📎 plan.md", timeout=REPLY_S)
+    expect(_bot_bubbles(page).last).to_contain_text("[file: plan.md (text/markdown", timeout=REPLY_S)
+    expect(_bot_bubbles(page).last).to_contain_text("ship the media work")

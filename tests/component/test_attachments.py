@@ -1,7 +1,8 @@
 """Issue 18, outbound: pictures and files an agent returns reach DingTalk after its text, through the ledger.
 
 A whole gateway against the fake DingTalk over loopback sockets: upload then send (picture through the
-sessionWebhook as a markdown image of its mediaId, OpenAPI ``sampleImageMsg`` when the webhook is gone; file
+sessionWebhook as a markdown image of its mediaId, OpenAPI ``sampleImageMsg`` when the webhook is gone or
+refuses it; file
 as ``sampleFile``), order after the text, notes for what cannot be sent, and a restart between the text and
 the attachment that neither loses nor repeats anything.
 """
@@ -105,6 +106,35 @@ async def test_group_picture_without_webhook_goes_as_sample_image(tmp_path: Path
     assert len(fake.messages_for(data["conversationId"])) == 1
     assert (image.via, image.msgtype) == ("groupSend", "sampleImageMsg")
     assert param(image)["photoURL"] in fake.state.uploads
+
+
+async def test_a_picture_the_webhook_refuses_goes_through_the_openapi(tmp_path: Path) -> None:
+    agent = FilesAgent("", ReplyAttachment(name="a.png", data=PNG))
+    async with FakeDingTalk() as fake, running_gateway(config_for(fake, tmp_path), agent) as gateway:
+        fake.faults.fail("/robot/sendBySession", kinds=["session_gone"], times=1)
+        data = fake.dm(fake.users[1], "a picture")
+        await fake.push(data)
+        (image,) = await answered(fake, data["conversationId"], 1)
+        await quiescent(fake, gateway)
+    assert len(fake.messages_for(data["conversationId"])) == 1
+    assert (image.via, image.msgtype) == ("batchSend", "sampleImageMsg")
+    assert param(image)["photoURL"] in fake.state.uploads
+    tried = [r for r in fake.requests if r.path == "/robot/sendBySession"]
+    assert [r.fault for r in tried] == ["session_gone"]  # the webhook was tried first and refused it
+
+
+async def test_a_throttled_upload_waits_and_is_sent(tmp_path: Path) -> None:
+    """DingTalk's QPS limit on the upload is met like on a text send: wait, try again, deliver."""
+    agent = FilesAgent("Here.", ReplyAttachment(name="a.png", data=PNG))
+    async with FakeDingTalk() as fake, running_gateway(config_for(fake, tmp_path), agent) as gateway:
+        fake.faults.fail("/media/upload", kinds=["qps"], times=1)
+        data = fake.dm(fake.users[1], "a picture")
+        await fake.push(data)
+        text, image = await answered(fake, data["conversationId"], 2)
+        await quiescent(fake, gateway)
+    assert text.text == "Here." and image.text.startswith("![a.png](@")
+    uploads = [r for r in fake.requests if r.path == "/media/upload"]
+    assert [r.fault for r in uploads] == ["qps", None]
 
 
 async def test_what_cannot_be_sent_becomes_notes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ from edgecrab.dingtalk.rest import DingTalkSender, SendResult
 from edgecrab.events import ReplyRoute
 from edgecrab.replies.delivery import Delivery
 from edgecrab.replies.format import Format
+from edgecrab.replies.proactive import delivery_state
 from edgecrab.retry import Backoff
 from edgecrab.store import SENT, SQLiteStore
 from edgecrab.testing.fakedingtalk import FakeDingTalk, OutboundRecord
@@ -343,6 +344,35 @@ async def test_permanent_failure_gives_up_and_reports(tmp_path: Path) -> None:
         assert d.failed_replies == 1
         assert await d.store.outbox_pending() == []
         assert [r.text for r in fake.messages_for(good.conversation_id)] == ["fine"]
+
+
+async def test_a_given_up_reply_never_reads_as_failed_without_its_reason(tmp_path: Path) -> None:
+    """Giving up writes the failing chunk's reason before cancelling the rest: a ``GET /v1/deliveries``
+    read between the two writes (another commit) said "failed" with no reason, and ``edgecrab send``
+    then "DingTalk did not accept the message: no reason given" instead of DingTalk's reason."""
+    seen: list[dict[str, Any]] = []
+    async with (
+        FakeDingTalk() as fake,
+        delivering(fake, tmp_path / "d.db", max_chars=60) as (d, _),
+    ):
+        store = d.store
+        for name in ("outbox_cancel", "outbox_mark"):
+
+            def after(write: Any) -> Any:
+                async def write_then_read(*args: Any) -> Any:
+                    result = await write(*args)
+                    seen.append(await delivery_state(store, reply_ids[0]) or {})
+                    return result
+
+                return write_then_read
+
+            setattr(store, name, after(getattr(store, name)))
+        reply_ids: list[str] = []
+        lost = _route(fake, session_webhook="", sender_staff_id="")  # no webhook, no staff id: undeliverable
+        reply_ids.append(await d.enqueue(lost, _paragraphs(3)))
+        await fake.wait_for(lambda: d.failed_replies == 1, 5)
+        failed = [state for state in seen if state.get("state") == "failed"]
+        assert failed and all(state["errors"] for state in failed), seen
 
 
 async def _sender_finished(d: Delivery) -> None:

@@ -222,6 +222,36 @@ async def test_media_download_only_for_the_receiving_app(http: httpx.AsyncClient
             assert upload.json()["errcode"] == 0 and upload.json()["media_id"].startswith("@")
 
 
+async def test_download_urls_are_signed_expire_and_refuse_a_content_type(
+    fake: FakeDingTalk, http: httpx.AsyncClient
+) -> None:
+    """Like DingTalk's pre-signed OSS URLs: the signature covers the headers (a ``Content-Type`` breaks it),
+    the query, and the time; each refusal is an OSS XML error, and nothing leaks the file."""
+    code = fake.file("user1001", "a.txt", content=b"hello")["content"]["downloadCode"]
+    headers = {TOKEN: await token(http)}
+    body = {"robotCode": DEFAULT_APP_KEY, "downloadCode": code}
+    exchanged = await http.post("/v1.0/robot/messageFiles/download", headers=headers, json=body)
+    url = exchanged.json()["downloadUrl"]
+    assert "Expires=" in url and "Signature=" in url
+    typed = await http.get(url, headers={"Content-Type": "application/octet-stream"})
+    assert typed.status_code == 403 and b"<Code>SignatureDoesNotMatch</Code>" in typed.content
+    forged = await http.get(url.replace("Signature=", "Signature=x"))
+    assert forged.status_code == 403 and b"hello" not in forged.content
+    unknown = await http.get(url.replace("/files/", "/files/x"))
+    assert unknown.status_code == 404 and b"<Code>NoSuchKey</Code>" in unknown.content
+    plain = await http.get(url)
+    assert plain.status_code == 200 and plain.content == b"hello"
+    assert "attachment" in plain.headers["content-disposition"]
+    fake.advance_clock(fake.settings.download_ttl_s + 1)
+    late = await http.get(url)
+    assert late.status_code == 403 and b"Request has expired" in late.content
+    assert fake.state.counters["files_refused"] == 3 and fake.state.counters["files_served"] == 1
+    bad = await http.post(
+        "/v1.0/robot/messageFiles/download", headers=headers, json={**body, "downloadCode": "nope"}
+    )
+    assert bad.status_code == 400 and "downloadCode" in bad.json()["message"]
+
+
 async def test_fault_injection(fake: FakeDingTalk, http: httpx.AsyncClient) -> None:
     fake.faults.fail("/v1.0/oauth2/accessToken", 503, times=2)
     statuses = [

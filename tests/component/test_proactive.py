@@ -46,6 +46,10 @@ async def test_a_hook_sends_a_dm_and_a_group_message(tmp_path: Path) -> None:
                 await gw.send(text="to nobody")
             with pytest.raises(ValueError, match="the message text is empty"):
                 await gw.send(user=staff_id, text="  ")
-            with pytest.raises(ValueError, match="cannot go through its ledger"):
-                await gw.send(user=staff_id, text="plain", format="text")
+            # Another message type than the robot's reply_format (markdown) goes through its ledger too.
+            plain = await gw.send(user=staff_id, text="**plain** text", format="text", title="Note")
+            await fake.wait_for_outbound(3)
+            await quiescent(fake, gw)
+            assert (fake.outbound[2].msgtype, fake.outbound[2].text) == ("sampleText", "plain text")
+            assert (await delivery_state(gw.store, plain) or {}).get("state") == "sent"
             assert await delivery_state(gw.store, "not-a-delivery") is None

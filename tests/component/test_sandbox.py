@@ -193,6 +193,26 @@ async def test_send_rejects_bad_input(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("query", "body", "error"),
+    [
+        ({"kind": "sticker", "user": "user1002"}, b"x", "kind must be picture, file or audio"),
+        ({"kind": "file", "name": "a.txt", "user": "user1002"}, b"", "the file is empty"),
+        ({"kind": "file", "name": "a.txt", "user": "nobody"}, b"x", "unknown user"),
+        ({"kind": "picture", "user": "user1002", "conversation_id": "cidNope"}, b"x", "unknown group"),
+        ({"kind": "audio", "user": "user1002", "robot": "nope"}, b"x", "unknown robot"),
+    ],
+)
+async def test_upload_rejects_bad_input(
+    emulator: tuple[FakeDingTalk, httpx.AsyncClient], query: dict[str, str], body: bytes, error: str
+) -> None:
+    fake, http = emulator
+    response = await http.post("/sandbox/upload", params=query, content=body)
+    assert response.status_code == 400 and error in response.json()["error"]
+    assert fake.stats()["pushes"] == 0
+
+
+@pytest.mark.anyio
 async def test_a_busy_port_is_a_startup_error_with_a_hint() -> None:
     from edgecrab.errors import StartupError
 

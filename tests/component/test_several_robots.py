@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from edgecrab import hookimpl
-from edgecrab.config import Config, HooksConfig
+from edgecrab.config import Config, HooksConfig, load_config
+from edgecrab.config.model import CardConfig
 from edgecrab.dingtalk.stream import CONNECTED
 from edgecrab.events import Message
 from edgecrab.hooks.manager import HookManager
@@ -147,3 +149,110 @@ async def test_after_a_restart_each_robot_resends_only_its_own_unsent_chunks(tmp
             assert sent == [("from help", HELP.client_id), ("from sales", SALES.client_id)]
             assert rejected_sends(fake) == []
             assert await gw.store.outbox_pending() == []
+
+
+RELOADABLE = """
+platforms:
+  dingtalk:
+    api_base: {base}
+    chunk_interval_ms: 20
+    webhook_expiry_margin_s: 1000000000
+    robots:
+      - {{name: sales, app_key: {sales.client_id}, app_secret: {sales.client_secret}, agent: seller}}
+      - name: help
+        app_key: {help.client_id}
+        app_secret: {help.client_secret}
+        allowed_users: [{allowed}]
+agents:
+  seller: {{type: echo, system_prompt: {prompt}}}
+storage:
+  url: sqlite:///{db}
+"""
+
+
+async def test_a_reload_applies_each_robots_access_rules_and_agent_prompt(tmp_path: Path) -> None:
+    """The second robot's allowed_users and a named agent's prompt are reloaded too (a reload applied
+    only the first robot's keys and the top-level agent's)."""
+    path = tmp_path / "edgecrab.yaml"
+
+    def write(allowed: str, prompt: str) -> None:
+        path.write_text(RELOADABLE.format(
+            base=fake.base_url, sales=SALES, help=HELP, allowed=allowed, prompt=prompt, db=tmp_path / "s.db"
+        ), encoding="utf-8")
+
+    async with FakeDingTalk(apps=[SALES, HELP]) as fake:
+        user = fake.user("user1001")
+        write("someone-else", "Sell.")
+        async with running_gateway(load_config(path, env={}), ScriptedAgent()) as gw:
+            await fake.wait_for_connections(2)
+            help_robot, sales = gw.robots["help"], gw.robots["sales"]
+            denied = fake.dm(user, "let me in", app=HELP)
+            await fake.push(denied, app=HELP)
+            await fake.wait_for(lambda: bool(fake.messages_for(denied["conversationId"])))
+            assert not fake.messages_for(denied["conversationId"])[0].text.startswith("You said")
+            write(f"someone-else, {user.staff_id}", "Sell more.")
+            assert await gw.reload() == []
+            assert help_robot.dt.allowed_users == ("someone-else", user.staff_id)
+            assert sales.runner.system_prompt == "Sell more."
+            await fake.push(fake.dm(user, "now?", app=HELP), app=HELP)
+            await fake.wait_for(lambda: len(fake.messages_for(denied["conversationId"])) == 2)
+            assert fake.messages_for(denied["conversationId"])[1].text == "You said: now?"
+
+
+async def test_help_hooks_and_status_are_each_robots_own(tmp_path: Path, snapshot: Any) -> None:
+    """A hook command registered for one robot (``robots=``) is that robot's alone: /help and /hooks list
+    it there only, and the other robot does not know it; /status names the robot answering."""
+
+    class Commands:
+        @hookimpl
+        def register_commands(self, register: Any) -> None:
+            register("/ticket", lambda: "ticket opened", help="Open a ticket", robots=["help"])
+            register("/ping", lambda: "pong", help="Check the gateway")
+
+    hooks = HookManager.load(HooksConfig(entry_points=False), builtins=[("commands", Commands())])
+    async with FakeDingTalk(apps=[SALES, HELP]) as fake:
+        user = fake.user("user1001")
+        async with running_gateway(two_robots(fake, tmp_path), ScriptedAgent(), hooks=hooks) as gw:
+            await fake.wait_for_connections(2)
+            answers: dict[str, list[str]] = {}
+            for app, name in ((SALES, "sales"), (HELP, "help")):
+                for text in ("/help", "/hooks", "/status", "/ticket"):
+                    sent = fake.dm(user, text, app=app)
+                    await fake.push(sent, app=app)
+                    count = len(answers.get(name, [])) + 1
+                    cid = sent["conversationId"]
+                    await fake.wait_for(lambda c=cid, n=count: len(fake.messages_for(c)) == n)
+                    answers[name] = [m.text for m in fake.messages_for(sent["conversationId"])]
+            await quiescent(fake, gw)
+            assert answers["sales"][3] == "❓ Unknown command `/ticket` — try /help"
+            assert answers["help"][3] == "ticket opened"
+            status = {name: [line for line in texts[2].splitlines() if "Robot" in line]
+                      for name, texts in answers.items()}
+            assert status == {"sales": ["- Robot: sales"], "help": ["- Robot: help"]}
+            assert {name: texts[:2] for name, texts in answers.items()} == snapshot
+
+
+async def test_each_robot_has_its_own_token_cache_rate_limits_card_budget_and_metrics(tmp_path: Path) -> None:
+    """Per robot, as configured for it: the token cache, the OpenAPI limiters, the cards' call budget; and
+    one metrics series per robot."""
+    card = CardConfig(qps=4.0)
+    async with FakeDingTalk(apps=[SALES, HELP]) as fake:
+        config = two_robots(fake, tmp_path, openapi_qps=2.0, reply_mode="card", card=card)
+        config = replace(config, other_robots=(replace(config.other_robots[0], reply_mode="card"),))
+        user = fake.user("user1001")
+        async with running_gateway(config, ScriptedAgent()) as gw:
+            await fake.wait_for_connections(2)
+            sales, help_ = gw.robots["sales"], gw.robots["help"]
+            assert sales.sender.tokens is not help_.sender.tokens
+            batch = "/v1.0/robot/oToMessages/batchSend"
+            assert (sales.sender.limiter(batch).rate, help_.sender.limiter(batch).rate) == (2.0, 20.0)
+            assert sales.cards is not None and help_.cards is not None
+            assert sales.cards.client.limiter is not help_.cards.client.limiter
+            assert sales.cards.client.limiter.rate < 4.0 < help_.cards.client.limiter.rate
+            for app in (SALES, HELP):
+                await fake.push(fake.dm(user, "hi", app=app), app=app)
+            await fake.wait_for(lambda: len(fake.cards.cards) == 2)
+            await quiescent(fake, gw)
+            metrics = generate_latest(gw.metrics.registry).decode()
+            for app in (SALES, HELP):
+                assert f'edgecrab_ack_seconds_count{{robot="{app.robot_code}"}} 1.0' in metrics

@@ -1,6 +1,7 @@
 """Issue 18, outbound, end to end: ``edgecrab gateway start`` against the emulator (``edgecrab sandbox``),
 with a ``python`` agent returning a picture and a file next to its text, and a ``command`` agent writing
-them into its attachments folder. Both arrive after the text, in order, and the emulator serves them."""
+them into its attachments folder. Both arrive after the text, in order, and the emulator serves them; a
+markdown image with a public https URL in the text stays as it is."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import pathlib
 
 def answer(request):
     return {{
-        "text": "Here you are.",
+        "text": "Here you are.\\n\\n![logo](https://example.com/logo.png)",
         "attachments": [
             {{"data": {PNG!r}, "name": "chart.png"}},
             str(pathlib.Path(__file__).parent / "files" / "report.pdf"),
@@ -68,7 +69,9 @@ def test_python_agent_picture_and_file_after_its_text(tmp_path: Path) -> None:
     config = "agent:\n  type: python\n  callable: filebot:answer\n  attachment_dirs: [files]\n"
     with fake_dingtalk(tmp_path, config) as (fake, env), running_gateway(tmp_path, env):
         records = delivered(fake, 3)
-        check(fake, records, "Here you are.", "chart.png", "report.pdf")
+        # A markdown image with a public https URL in the text stays a markdown image.
+        text = "Here you are.\n\n![logo](https://example.com/logo.png)"
+        check(fake, records, text, "chart.png", "report.pdf")
         assert fake.get(f"/_fake/media/{json.loads(records[2]['body']['msgParam'])['mediaId']}").content == (
             b"%PDF-1.4 a report"
         )

@@ -1,6 +1,7 @@
-"""What ``edgecrab config validate`` says about trust settings (issue 16), through the CLI as a subprocess:
-``extra_allowed_hosts`` entries that are not plain hosts are errors naming the key; plain ``http://`` to a
-host off this machine for ``api_base`` or ``agent.base_url`` is warned about."""
+"""What ``edgecrab config validate`` says about trust settings (issues 16, 18), through the CLI as a
+subprocess: ``extra_allowed_hosts`` and ``media.allowed_hosts`` entries that are not plain hosts are errors
+naming the key; plain ``http://`` to a host off this machine for ``api_base`` or ``agent.base_url`` is
+warned about."""
 
 from __future__ import annotations
 
@@ -36,6 +37,19 @@ def test_extra_allowed_hosts_that_are_not_hosts_are_errors_with_the_key_and_a_hi
     assert "extra_allowed_hosts[3] (line 9): `https://relay.example.org/robot`: a URL" in err
     assert "hint: list plain host names or IP addresses" in err
     assert "extra_allowed_hosts[0]" not in err
+
+
+def test_media_allowed_hosts_that_are_not_hosts_are_errors_not_a_crash_at_start(tmp_path: Path) -> None:
+    done = validate(
+        tmp_path,
+        HEAD + "media:\n  allowed_hosts:\n    - files.example.org:8443\n    - 'files:abc'\n"
+        "    - '*.example.org'\n",
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    err = done.stderr
+    assert "media.allowed_hosts[1] (line 8): `files:abc`: port `abc` is not a port number" in err, err
+    assert "media.allowed_hosts[2] (line 9): `*.example.org`: wildcards are not supported" in err
+    assert "allowed_hosts[0]" not in err
 
 
 def test_plain_http_off_this_machine_is_warned_about_by_validate(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ saw (:func:`edgecrab.testing.fake_openai.content_parts`)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import stat
@@ -19,6 +20,7 @@ from edgecrab.testing.fake_openai import FakeOpenAI
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from edgecrab.testing.gatewayconfig import write_gateway_config
 from tests.e2e.test_gateway_cli import start_gateway, stop_gateway
+from tests.mediafiles import pdf
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -74,7 +76,7 @@ async def test_every_inbound_type_reaches_a_vision_model(stack: Any) -> None:
         seen = await answered(fake, llm, fake.audio(user, "明天开会吗", duration=4000))
         assert (
             seen[0]["type"] == "text"
-            and "voice message" in seen[0]["text"]
+            and "[voice message, 4 s; DingTalk's transcript is the text]" in seen[0]["text"]
             and "明天开会吗" in seen[0]["text"]
         )
 
@@ -86,6 +88,13 @@ async def test_every_inbound_type_reaches_a_vision_model(stack: Any) -> None:
         assert (
             f"[file: plan.md (text/markdown, {len(notes)} bytes)]" in seen[0]["text"]
             and "- ship media" in seen[0]["text"]
+        )
+
+        report = pdf("Quarterly revenue 42 million")
+        seen = await answered(fake, llm, fake.file(user, "report.pdf", content=report))
+        assert seen[0]["text"] == (
+            f"[file: report.pdf (application/pdf, {len(report)} bytes)]\n"
+            "```\nQuarterly revenue 42 million\n```"
         )
 
         zip_seen = await answered(fake, llm, fake.file(user, "archive.zip"))
@@ -161,6 +170,64 @@ async def test_without_vision_a_note_and_the_limits_hold(stack: Any) -> None:
         await runner.cleanup()
         code, _ = await stop_gateway(gw)
     assert code == 0, gw.log
+
+
+async def relay(fake: FakeDingTalk, canary_url: str) -> tuple[web.AppRunner, dict[str, Any], str]:
+    """A download host on loopback (allowed by ``media.allowed_hosts``) that redirects: ``hold`` waits for
+    ``release`` and then sends the GET on to the fake's own URL (api_base: allowed), ``off`` to the canary."""
+    state: dict[str, Any] = {"mode": "hold", "hits": [], "release": asyncio.Event()}
+
+    async def handle(request: web.Request) -> web.Response:
+        state["hits"].append(request.path)
+        if state["mode"] == "hold":
+            await state["release"].wait()
+            raise web.HTTPFound(fake.base_url + request.path_qs)
+        raise web.HTTPFound(canary_url + request.path_qs)
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, state, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def test_downloads_run_after_the_ack_and_redirects_stay_on_allowed_hosts(stack: Any) -> None:
+    fake, llm, tmp = stack
+    canary_runner, hits, canary_url = await canary()
+    relay_runner, state, relay_url = await relay(fake, canary_url)
+    allowed = [relay_url.removeprefix("http://")]
+    gw = await start_gateway(fake, config(tmp, fake, llm, vision=True, allowed_hosts=allowed))
+    try:
+        fake.settings.download_base = relay_url
+        user = fake.users[0]
+        picture = fake.picture(user, content=png(color="purple"))
+        cid = picture["conversationId"]
+        message_id = await fake.push(picture)
+        # Acked while its download is held at the relay: the download is not on the ack path.
+        await fake.wait_for_ack(message_id, timeout=15)
+        await fake.wait_for(lambda: state["hits"], 15)
+        assert fake.messages_for(cid) == [] and llm.user_parts == []
+        state["release"].set()
+        await fake.wait_for(lambda: len(fake.messages_for(cid)) == 1, 15)
+        purple = len(png(color="purple"))
+        assert llm.user_parts[-1] == [{"type": "image", "mime": "image/png", "bytes": purple}]
+
+        state["mode"] = "off"  # the allowed relay now redirects to a host that is not allowed
+        seen = await answered(fake, llm, fake.file(user, "notes.txt", content=b"hello"))
+        assert "not a DingTalk download host" in seen[0]["text"]
+        assert len(state["hits"]) == 2 and hits == []
+    finally:
+        await relay_runner.cleanup()
+        await canary_runner.cleanup()
+        code, _ = await stop_gateway(gw)
+    assert code == 0, gw.log
+    log = gw.log
+    assert "[media] picture" in log
+    assert "[media] file not downloaded: the download link was not followed" in log
+    for secret in ("Signature=", fake.apps[0].client_secret, *fake.state.tokens):  # signed URLs, secrets
+        assert secret not in log, secret
 
 
 async def test_pictures_sent_one_after_the_other_are_one_turn(stack: Any) -> None:

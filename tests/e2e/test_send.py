@@ -99,6 +99,14 @@ def test_an_invalid_staff_id_fails_with_dingtalks_reason(tmp_path: Path) -> None
         usage = send(tmp_path, env, "--user", USER, "--robot", "second", "hello")
         assert usage.returncode == 2
         assert "unknown robot 'second'" in usage.stderr
+        # Usage errors say what is wrong with the argument, before anything is sent.
+        usage = send(tmp_path, env, "--user", USER, "--timeout", "-1", "hello")
+        assert usage.returncode == 2
+        assert "--timeout: must be a number of seconds above 0, not '-1'" in usage.stderr
+        usage = send(tmp_path, env, "--group", " ", "hello")
+        assert usage.returncode == 2
+        assert "--group is empty: give the group's openConversationId" in usage.stderr
+        assert len(outbound(fake)) == 1
 
 
 def test_send_through_a_running_gateway_and_its_api(tmp_path: Path) -> None:
@@ -109,6 +117,11 @@ def test_send_through_a_running_gateway_and_its_api(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert f"through the gateway at http://127.0.0.1:{port}" in done.stdout
         assert [r["text"] for r in outbound(fake)] == ["from the ledger"]
+        # Plain text through a gateway whose reply_format is markdown: the ledger records the type.
+        done = send(tmp_path, env, "--user", USER, "--text", "**not bold**")
+        assert done.returncode == 0, done.stderr
+        assert f"through the gateway at http://127.0.0.1:{port}" in done.stdout
+        assert [(r["msgtype"], r["text"]) for r in outbound(fake)[1:]] == [("sampleText", "not bold")]
 
         bad = send(tmp_path, env, "--user", "nobody-here-42", "hello")
         assert bad.returncode == 1
@@ -124,6 +137,13 @@ def test_send_through_a_running_gateway_and_its_api(tmp_path: Path) -> None:
             refused = ops.post("/v1/send", json={"text": "to nobody"}, headers=auth)
             assert refused.status_code == 400
             assert "either user" in refused.json()["error"]
+            for bad, error in (
+                ({**body, "robot": "nope"}, "unknown robot 'nope': the robots here are 'default'"),
+                ({"group": "", "text": "x"}, "group is empty: give the group's openConversationId"),
+                ({**body, "format": "html"}, "format must be markdown or text, not 'html'"),
+            ):
+                refused = ops.post("/v1/send", json=bad, headers=auth)
+                assert (refused.status_code, refused.json()["error"]) == (400, error), bad
             answer = ops.post("/v1/send", json=body, headers=auth)
             assert answer.status_code == 202
             delivery = answer.json()["id"]
@@ -137,6 +157,7 @@ def test_send_through_a_running_gateway_and_its_api(tmp_path: Path) -> None:
             assert state["state"] == "sent"
             assert state["replies"][0]["chunks"] == [{"index": 0, "state": "sent", "error": ""}]
         assert outbound(fake)[-1]["text"] == "over the API"
+        assert len(outbound(fake)) == 3  # nothing of the refused requests
 
 
 def test_the_api_is_refused_without_a_configured_token(tmp_path: Path) -> None:

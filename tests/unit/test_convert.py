@@ -283,6 +283,18 @@ def test_picture() -> None:
     assert m.attachments == (Attachment(kind="picture", download_code="mIofexampleJE0E"),)
 
 
+def test_a_picture_with_only_a_picture_download_code_is_downloaded_by_it() -> None:
+    """``pictureDownloadCode`` can come instead of ``downloadCode`` (a picture, a richText picture)."""
+    data = load_data("picture")
+    data["content"] = {"pictureDownloadCode": "pWjAonly=="}
+    assert to_message(data).attachments == (Attachment(kind="picture", download_code="pWjAonly=="),)
+    rich = load_data("rich_text")
+    rich["content"]["richText"][1] = {"pictureDownloadCode": "pWjArich==", "type": "picture"}
+    m = to_message(rich)
+    assert m.attachments == (Attachment(kind="picture", download_code="pWjArich=="),)
+    assert [(p.kind, p.download_code) for p in m.parts][1] == ("picture", "pWjArich==")
+
+
 def test_audio_uses_dingtalk_recognition_as_text() -> None:
     m = convert_sample("audio")
     assert m.text == "钉钉PaaS开放中心，致力为企业……"

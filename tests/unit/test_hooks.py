@@ -756,3 +756,23 @@ def test_contract_sync_hooks_run_off_the_event_loop_thread(tmp_path: Path) -> No
 
     loop_thread = anyio.run(main)
     assert manager.plugin("10_thread").SEEN and manager.plugin("10_thread").SEEN[0] != loop_thread
+
+
+@pytest.mark.anyio
+async def test_a_command_can_be_registered_for_some_robots_and_a_bad_robots_value_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Commands:
+        @hookimpl
+        def register_commands(self, register: Any) -> None:
+            register("/ticket", lambda: "ok", robots="help")
+            register("/both", lambda: "ok", robots=["sales", "help"])
+            register("/bad", lambda: "ok", robots=5)
+
+    manager = HookManager.load(HooksConfig(entry_points=False), builtins=[("commands", Commands())])
+    with caplog.at_level(logging.ERROR, logger="edgecrab.hooks"):
+        commands = await manager.register_commands()
+    assert {name: c.robots for name, c in commands.items()} == {
+        "/ticket": ("help",), "/both": ("sales", "help")
+    }
+    assert "robots for /bad must be a robot name or a list of them; not registered" in caplog.text

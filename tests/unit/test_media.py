@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,72 @@ async def test_without_vision_the_content_stays_a_string(tmp_path: Path) -> None
     text = await Renderer(MediaConfig(), vision=True, parts=False).render(_message(tmp_path))
     assert isinstance(text.content, str) and "[picture: p.png (image/png" in text.content
     assert text.attachments[0]["path"].endswith("p.png")
+
+
+def _file(tmp_path: Path, name: str, data: bytes, kind: str = "file") -> Attachment:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return Attachment(kind, f"code-{name}", name, path=str(path), mime=sniff(data, name), size=len(data))
+
+
+def _with(*attachments: Attachment, text: str = "") -> Message:
+    return Message(
+        id="m2",
+        robot="r",
+        conversation=Conversation("c", False),
+        sender=Sender("u"),
+        text=text,
+        msgtype="file",
+        attachments=attachments,
+    )
+
+
+@pytest.mark.anyio
+async def test_files_are_inlined_up_to_inline_text_bytes_with_their_name(tmp_path: Path) -> None:
+    from tests.mediafiles import pdf
+
+    report = _file(tmp_path, "report.pdf", pdf("Quarterly revenue 42 million", "Costs went down"))
+    long = _file(tmp_path, "long.csv", b"a,b\n" + b"1,2\n" * 100)
+    clip = _file(tmp_path, "clip.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 50, kind="video")
+    blob = _file(tmp_path, "data.bin", b"\x00\x01\x02" * 10)
+    gone = Attachment("file", "code-x", "big.iso", note="the file is larger than media.max_bytes (20.0 MB)")
+    renderer = Renderer(MediaConfig(inline_text_bytes=100), vision=True, parts=True)
+    content = (await renderer.render(_with(report, long, clip, blob, gone, text="see these"))).content
+    assert isinstance(content, str)  # no picture: one string, for servers without vision too
+    first_100 = ("a,b\n" + "1,2\n" * 100)[:100]
+    assert content == "\n\n".join(
+        [
+            f"[file: report.pdf (application/pdf, {report.size} bytes)]\n```\n"
+            "Quarterly revenue 42 million\n\nCosts went down\n```",
+            f"[file: long.csv (text/csv, 404 bytes)]\n```\n{first_100}\n```\n"
+            "(only the first 100 bytes are shown)",
+            "[video: clip.mp4 (video/mp4, 62 bytes)]",
+            "[file: data.bin (application/octet-stream, 30 bytes)]",
+            "[file big.iso could not be downloaded: the file is larger than media.max_bytes (20.0 MB)]",
+            "see these",
+        ]
+    )
+    off = Renderer(MediaConfig(inline_text_bytes=0), vision=True, parts=True)
+    assert (await off.render(_with(long))).content == "[file: long.csv (text/csv, 404 bytes)]"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("duration", "said"), [("4", ", 4 s"), ("4000", ", 4 s"), ("59500", ", 60 s"), ("", "")]
+)
+async def test_a_voice_note_is_its_transcript_with_its_length_in_seconds(
+    tmp_path: Path, duration: str, said: str
+) -> None:
+    voice = _file(tmp_path, "voice.amr", b"#!AMR\n" + bytes(20), kind="audio")
+    voice = replace(voice, extra=(("duration", duration),) if duration else ())
+    message = replace(_with(voice, text="明天开会吗"), msgtype="audio")
+    rendered = await Renderer(MediaConfig(), vision=True, parts=True).render(message)
+    assert rendered.content == f"[voice message{said}; DingTalk's transcript is the text]\n\n明天开会吗"
+    assert rendered.attachments[0]["path"] == voice.path and rendered.attachments[0]["mime"] == "audio/amr"
+
+
+@pytest.mark.anyio
+async def test_a_picture_pillow_cannot_read_is_a_note(tmp_path: Path) -> None:
+    broken = _file(tmp_path, "broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, kind="picture")
+    rendered = await Renderer(MediaConfig(), vision=True, parts=True).render(_with(broken))
+    assert rendered.content == "[picture: could not be read as an image (image/png)]"

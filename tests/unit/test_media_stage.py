@@ -98,3 +98,89 @@ async def test_a_pictures_render_work_is_done_by_the_time_its_merge_window_close
     assert isinstance(turn.content, list)
     assert turn.content[-1]["image_url"]["url"].startswith("data:image/png;base64,")
     assert '"url"' not in turn.stored  # the data URL is not kept in the history, the file's path is
+
+
+def _picture(msg_id: str, sender: str, code: str) -> Message:
+    return Message(
+        id=msg_id,
+        robot="default",
+        conversation=Conversation("c", False),
+        sender=Sender(sender),
+        text="",
+        msgtype="picture",
+        attachments=(Attachment("picture", code),),
+    )
+
+
+@pytest.mark.anyio
+async def test_the_merge_window_is_per_sender_and_another_kind_of_message_ends_it(tmp_path: Path) -> None:
+    """One sender's pictures are one turn, another sender's are not part of it, and a text from the first
+    sender ends the wait so the pictures are answered before it, in the order they were sent."""
+    config = Config(
+        DingTalkConfig("key", SECRET, robot_code="key", api_base=API),
+        agent=AgentConfig(type="openai", vision=True),
+        media=MediaConfig(merge_window_ms=600_000, directory=str(tmp_path)),  # only a message ends it
+    )
+    client = httpx.AsyncClient(transport=httpx.MockTransport(_dingtalk))
+    released: list[tuple[str, tuple[str, ...]]] = []
+    merged: list[tuple[str, str]] = []
+    two = anyio.Event()
+
+    async def submit(message: Message, quiet: bool) -> None:
+        released.append((message.id, tuple(a.download_code for a in message.attachments)))
+        if len(released) == 2:
+            two.set()
+
+    async def on_merged(message: Message, into: str) -> None:
+        merged.append((message.id, into))
+
+    stage = MediaStage(
+        config,
+        TokenCache(client, API, "key", SECRET),
+        submit=submit,
+        key=lambda m: m.conversation.id,
+        merged=on_merged,
+        client=client,
+    )
+    text = Message(id="t1", robot="default", conversation=Conversation("c", False), sender=Sender("u"),
+                   text="what are these?")
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stage.run)
+            await stage.submit(_picture("p1", "u", "c1"))
+            await stage.submit(_picture("q1", "someone-else", "c9"))
+            await stage.submit(_picture("p2", "u", "c2"))
+            assert released == [] and stage.waiting == 3
+            await stage.submit(text)
+            await two.wait()
+            assert released == [("p1", ("c1", "c2")), ("t1", ())]
+            assert merged == [("p2", "p1")] and stage.waiting == 1  # someone else's picture still waits
+            tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_merge_window_of_0_hands_each_picture_on_at_once(tmp_path: Path) -> None:
+    config = Config(
+        DingTalkConfig("key", SECRET, robot_code="key", api_base=API),
+        media=MediaConfig(merge_window_ms=0, directory=str(tmp_path)),
+    )
+    client = httpx.AsyncClient(transport=httpx.MockTransport(_dingtalk))
+    released: list[str] = []
+
+    async def submit(message: Message, quiet: bool) -> None:
+        released.append(message.id)
+
+    async def on_merged(message: Message, into: str) -> None:
+        raise AssertionError("nothing is merged with the window off")
+
+    stage = MediaStage(
+        config, TokenCache(client, API, "key", SECRET), submit=submit, key=lambda m: m.conversation.id,
+        merged=on_merged, client=client,
+    )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(stage.run)
+            await stage.submit(_picture("p1", "u", "c1"))
+            await stage.submit(_picture("p2", "u", "c2"))
+            assert released == ["p1", "p2"] and stage.waiting == 0
+            tg.cancel_scope.cancel()

@@ -71,6 +71,40 @@ def test_config_show_lists_each_robot_with_its_sources() -> None:
     assert lines["system_prompt: You answer support questions."] == "file line 17"
 
 
+SCHEDULES = """
+schedules:
+  - {name: offers, cron: "@daily", users: [u1], text: hi}
+  - name: tickets
+    cron: "@hourly"
+    robot: helpdesk
+    group: cid1
+    text: open tickets
+"""
+
+
+def test_a_schedule_without_robot_is_the_first_robots_and_config_show_says_where_keys_came_from(
+    tmp_path: Path,
+) -> None:
+    """As ``edgecrab send`` without --robot: the first robot, not a robot called ``default`` the list
+    lacks (which refused every such schedule of a robots list)."""
+    path = tmp_path / "robots.yaml"
+    path.write_text((CONFIGS / "valid" / "two_robots.yaml").read_text("utf-8") + SCHEDULES, "utf-8")
+    config = load_config(path, env={})
+    assert [(s.name, s.robot) for s in config.schedules] == [("offers", "sales"), ("tickets", "helpdesk")]
+    shown = effective_yaml(config).splitlines()
+    at = shown.index(next(line for line in shown if line.startswith("schedules:")))
+    rows = [(line.split("#")[0].strip(), line.split("#")[-1].strip()) for line in shown[at + 1 :]]
+    assert ("- name: offers", "file line 20") in rows
+    assert ("robot: sales", "default (the first robot)") in rows
+    assert ("robot: helpdesk", "file line 23") in rows and ("text: open tickets", "file line 25") in rows
+    path.write_text(path.read_text("utf-8").replace("robot: helpdesk", "robot: helpdsk"), "utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    [problem] = caught.value.problems
+    assert (problem.path, problem.message) == ("schedules[1].robot", "unknown robot 'helpdsk'")
+    assert "did you mean 'helpdesk'?" in problem.hint
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [

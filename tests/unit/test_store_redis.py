@@ -266,3 +266,22 @@ async def test_a_release_signals_free_only_when_messages_wait(redis_server: Redi
         await pubsub.aclose()
         for s in (a, b):
             await s.close()
+
+
+async def test_enqueue_counts_the_queue_and_turns_a_message_away_in_one_step(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore(redis_server.url, prefix=f"t-{uuid.uuid4().hex[:8]}:")
+    await store.open()
+    coord = store.coordination()
+    key = f"{ROBOT}:dm:u1"
+    try:
+        assert await coord.enqueue(key, "m1") == 0
+        assert await coord.enqueue(key, "m2", at_most=1) == 1
+        assert await coord.enqueue(key, "m3", at_most=1) is None  # two waiting: turned away, not queued
+        assert await coord.waiting(key) == 2
+        assert await coord.enqueue(key, "m3", at_most=2) == 2
+        assert await coord.enqueue(key, "m3") == 3  # once: already in the queue
+        assert await coord.waiting(key) == 3
+    finally:
+        await store.close()
