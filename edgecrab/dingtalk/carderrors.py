@@ -12,12 +12,24 @@ INSTANCE_SCOPE = "Card.Instance.Write"
 STREAMING_SCOPE = "Card.Streaming.Write"
 UNKNOWN_ERROR = "unknownError"
 """500 on streaming when the template does not stream the key sent (a template/key mismatch)."""
+NO_SUCH_CARD = "param.cardNotExist"
+"""DingTalk does not know the ``outTrackId`` (inferred: the fake's code; a real answer may differ)."""
+CARD_EXISTS = "param.outTrackIdExist"
+"""createAndDeliver with an ``outTrackId`` DingTalk already has (inferred, as the fake)."""
 
 
 class CardError(DingTalkError):
     """A card call failed. ``out_track_id`` names the card ("" before it existed)."""
 
     out_track_id: str = ""
+    may_exist: bool = False
+    """From an open: an attempt's answer was lost (the network, a timeout, 5xx), so DingTalk may have
+    created the card all the same."""
+
+    @property
+    def unknown_card(self) -> bool:
+        """DingTalk does not know the card: never created, or not yet (its create is still on its way)."""
+        return self.code == NO_SUCH_CARD
 
     @classmethod
     def wrap(cls, err: DingTalkError, message: str, out_track_id: str = "") -> CardError:

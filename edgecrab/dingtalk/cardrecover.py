@@ -13,6 +13,12 @@ replica died (SIGKILL, a crash, a restart) is picked up in one of two ways, exac
   ``/stop`` or ``/new`` while queued): :meth:`LeftOpen.take_over` adopts it and finishes it with the text
   it showed when last saved and :data:`INTERRUPTED_TEXT`.
 
+A card whose create's answer never came (its replica killed meanwhile, the answer lost on the wire) is
+known by the ``outTrackId`` we chose: taken over when DingTalk has it; when DingTalk does not know it
+(never created, or not yet), its answer goes out as markdown and :meth:`LeftOpen.absent` keeps it until
+its create could no longer land (:attr:`CardClient.create_settle_s`), to finish it with
+:data:`SENT_AS_MESSAGES` if it appears.
+
 A card whose finish failed (cards became unavailable, QpsLimit to the end) is :attr:`LeftOpen.pending`:
 its record keeps the text and state to finish it with, and it is tried again (the watchdog's ticks, the
 next start, or another replica once this one is gone), for up to :data:`RETRY_FOR_S`.
@@ -46,6 +52,8 @@ from edgecrab.store.cardrecords import CardRecord
 log = logging.getLogger("edgecrab.dingtalk.cardreply")
 
 INTERRUPTED_TEXT = "⚠️ Interrupted — send your question again. (回复被中断，请重新发送你的问题)"
+SENT_AS_MESSAGES = "⚠️ This answer was sent as messages. (回复已以消息形式发送)"
+"""Finishes a card DingTalk did not know (yet) when its answer was ready: the answer went out as markdown."""
 RETRY_FOR_S = 86400.0
 """A card whose finish keeps failing is given up this long after it was opened (one day)."""
 LEGACY_OPEN_KEY = "cards.open."
@@ -62,6 +70,8 @@ class Pending:
     state: CardState
     text: str
     opened_at: float
+    absent: bool = False
+    """DingTalk did not know the card at the last try (its create may still land)."""
 
 
 def route_fields(route: ReplyRoute) -> dict[str, Any]:
@@ -122,6 +132,15 @@ class LeftOpen:
         await self.store.card_update(self.name, card_id, state=pending.state, text=pending.text)
         self.pending[card_id] = pending
 
+    async def absent(self, handle: CardHandle, state: CardState, opened_at: float) -> None:
+        """DingTalk does not know the card (never created, or not yet: a dead run's create on its way), or
+        may have it (an open whose answer was lost); its answer goes out as markdown. Kept: finished when
+        it appears before its create could no longer land (:meth:`finish_pending`), else forgotten."""
+        stopped = state == "stopped"
+        pending = Pending(handle, "stopped" if stopped else "failed", "" if stopped else SENT_AS_MESSAGES,
+                          opened_at)
+        await self.keep(handle.out_track_id, pending)
+
     async def markdown_instead(self, msg_id: str) -> None:
         """A run of ``msg_id`` answers in markdown: a card an earlier run left open says so."""
         record = await self.store.card_take(self.name, msg_id, self.replica)
@@ -157,16 +176,23 @@ class LeftOpen:
             try:
                 await self.client.finish(pending.handle, pending.text, pending.state)
             except CardError as err:
+                age = time.time() - pending.opened_at
                 if pending.handle.finalized:  # out of "writing", though its final frame failed
                     pass
-                elif isinstance(err, CardsUnavailable | CardThrottled) and (
-                    time.time() - pending.opened_at < RETRY_FOR_S
-                ):
+                elif err.unknown_card and age < self.client.create_settle_s:
+                    if not pending.absent:
+                        log.info("[cards] DingTalk does not know card %s yet (its create may still land): "
+                                 "tried again for %.0f s", card_id, self.client.create_settle_s - age)
+                    pending.absent = True
+                    continue
+                elif isinstance(err, CardsUnavailable | CardThrottled) and age < RETRY_FOR_S:
                     log.warning("[cards] could not finish card %s yet: %s", card_id, err)
                     if isinstance(err, CardsUnavailable):
                         self.card_failed(err)
                         break
                     continue
+                elif err.unknown_card:
+                    log.info("[cards] card %s was never created at DingTalk: nothing to finish", card_id)
                 else:
                     log.warning("[cards] gave up finishing card %s: %s", card_id, err)
             else:

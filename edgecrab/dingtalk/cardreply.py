@@ -221,7 +221,10 @@ class CardReplies:
             try:
                 handle = await self.client.open(route, out_track_id=record.card_id)
             except CardError as err:
-                await self.store.card_close(self.name, record.card_id)
+                if err.may_exist:  # an answer was lost: DingTalk may have the card
+                    await self.left.absent(self.left.handle(record, route), "failed", record.opened_at)
+                else:
+                    await self.store.card_close(self.name, record.card_id)
                 if isinstance(err, CardsUnavailable):
                     self.card_failed(err)
                 else:
@@ -236,6 +239,7 @@ class CardReplies:
             render=lambda text: prefix + to_card_markdown(text),
         )
         card = LiveCard(self, streamer, message, session_key)
+        card.opened_at = (taken or record).opened_at  # when it was recorded: its create began after
         self.live[handle.out_track_id] = card
         self.opened += 1
         self._tg.start_soon(streamer.run)
@@ -269,6 +273,9 @@ class CardReplies:
         self._shown_saved.pop(card_id, None)
         handle = card.streamer.handle
         with anyio.CancelScope(shield=True):
+            if error is not None and error.unknown_card and not handle.finalized:
+                await self.left.absent(handle, state, card.opened_at)  # never created, or not yet
+                return
             if handle.finalized or isinstance(error, CardRejected):
                 await self.store.card_update(self.name, card_id, state=CARD_DONE)
                 return

@@ -27,13 +27,17 @@ What a failure means for the caller (each is a :class:`~edgecrab.dingtalk.tokens
                            sender without staff id, a parameter DingTalk refused): markdown for this reply.
 
 ``open`` and ``finish`` retry transient failures under :mod:`edgecrab.retry`'s policy (a QpsLimit waits at
-least a second); ``update`` tries once, because a later update carries newer text anyway: pacing and
-coalescing are :class:`~edgecrab.dingtalk.cardstream.CardStreamer`'s job. A streaming retry always carries
+least a second). A create whose answer was lost (a timeout, a reset, 5xx) may have been done: we chose the
+``outTrackId``, so a retry's ``param.outTrackIdExist`` is that card, and ``open`` returns it; a failed
+open after such an attempt says :attr:`CardError.may_exist`. ``update`` tries once, because a later
+update carries newer text anyway: pacing and coalescing are
+:class:`~edgecrab.dingtalk.cardstream.CardStreamer`'s job. A streaming retry always carries
 a new ``guid`` (DingTalk refuses a repeated one).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -46,8 +50,16 @@ from typing import Any, Literal
 import anyio
 import httpx
 
-from edgecrab.config.model import CardConfig, DingTalkConfig
+from edgecrab.config.model import DingTalkConfig
+from edgecrab.dingtalk.cardbodies import (
+    FLOW_FAILED,
+    FLOW_FINISHED,
+    failed_deliveries,
+    open_body,
+    streaming_body,
+)
 from edgecrab.dingtalk.carderrors import (
+    CARD_EXISTS,
     INSTANCE_SCOPE,
     PUBLIC_AI_TEMPLATE,
     STREAMING_SCOPE,
@@ -66,7 +78,7 @@ from edgecrab.dingtalk.tokens import (
     transport_error,
 )
 from edgecrab.events import ReplyRoute
-from edgecrab.outbound import http_client
+from edgecrab.outbound import failure_kind, http_client
 from edgecrab.retry import Backoff, RetryNotice, retrying
 
 log = logging.getLogger(__name__)
@@ -91,9 +103,6 @@ INSTANCES_PATH = "/v1.0/card/instances"
 STREAMING_PATH = "/v1.0/card/streaming"
 TOKEN_HEADER = "x-acs-dingtalk-access-token"
 
-FLOW_INPUTTING = "2"
-FLOW_FINISHED = "3"
-FLOW_FAILED = "5"
 STOPPED_MARK = "⏹️ 已停止 (stopped)"
 """Appended to the text of a card whose run was stopped."""
 BACKOFF_FIRST_S = 0.5
@@ -117,6 +126,8 @@ class CardHandle:
     process_query_key: str = ""
     calls: int = 0
     """Card API requests made for this card, retries included."""
+    unsure: bool = False
+    """An open attempt's answer was lost (the network, a timeout, 5xx): DingTalk may have the card."""
     state: str = "open"
     """``open``, then the :data:`CardState` it was finished in: set once the card's final state was
     accepted, so a card whose finish failed is still ``open`` (someone must finish it later)."""
@@ -124,68 +135,6 @@ class CardHandle:
     @property
     def finalized(self) -> bool:
         return self.state != "open"
-
-
-def space_id(route: ReplyRoute) -> str:
-    """The card ``openSpaceId`` of a conversation: the group, or the DM keyed by the sender's staff id."""
-    if route.is_group:
-        return f"dtv1.card//IM_GROUP.{route.conversation_id}"
-    return f"dtv1.card//IM_ROBOT.{route.sender_staff_id}"
-
-
-def open_body(card: CardConfig, route: ReplyRoute, out_track_id: str, robot_code: str) -> dict[str, Any]:
-    """The createAndDeliver body (wave2.md 1.2): created "inputting", delivered with the robot's code."""
-    params = {"config": '{"autoLayout":true}', card.content_key: "", "flowStatus": FLOW_INPUTTING}
-    if card.template_id == PUBLIC_AI_TEMPLATE:
-        params["sys_full_json_obj"] = json.dumps({"order": [card.content_key]})
-    if card.stop_button:
-        params.update(hasAction="true", stop_action="true")
-    body: dict[str, Any] = {
-        "cardTemplateId": card.template_id,
-        "outTrackId": out_track_id,
-        "cardData": {"cardParamMap": params},
-        "callbackType": "STREAM",
-        "imGroupOpenSpaceModel": {"supportForward": True},
-        "imRobotOpenSpaceModel": {"supportForward": True},
-        "openSpaceId": space_id(route),
-        "userIdType": 1,
-    }
-    extension = {"dynamicSummary": "true"}
-    if route.is_group:
-        body["imGroupOpenDeliverModel"] = {"robotCode": robot_code, "extension": extension}
-    else:  # the Deliver model, not the Space one, and with robotCode (peers that omit it fail in DMs)
-        body["imRobotOpenDeliverModel"] = {
-            "spaceType": "IM_ROBOT",
-            "robotCode": robot_code,
-            "extension": extension,
-        }
-    return body
-
-
-def streaming_body(handle: CardHandle, text: str, *, final: bool) -> dict[str, Any]:
-    """One streaming frame carrying the full text, with a fresh guid."""
-    return {
-        "outTrackId": handle.out_track_id,
-        "guid": uuid.uuid4().hex,
-        "key": handle.content_key,
-        "content": text if final else text.rstrip("\n"),
-        "isFull": True,
-        "isFinalize": final,
-        "isError": False,
-    }
-
-
-def failed_deliveries(data: Any) -> list[str]:
-    """``errorMsg`` of each ``success: false`` deliver result in a 200 answer (createAndDeliver, deliver)."""
-    result = data.get("result") if isinstance(data, dict) else None
-    results = result.get("deliverResults") if isinstance(result, dict) else result
-    if not isinstance(results, list):
-        return []
-    return [
-        str(r.get("errorMsg") or "delivery failed")
-        for r in results
-        if isinstance(r, dict) and r.get("success") is False
-    ]
 
 
 class CardClient:
@@ -228,6 +177,14 @@ class CardClient:
         """Card API requests made by this client, all cards together."""
 
     @property
+    def create_settle_s(self) -> float:
+        """How long after an open began DingTalk may still create its card: every attempt's timeout and the
+        waits between them, and one more timeout for a request DingTalk took in just before its sender
+        gave up. A card DingTalk does not know this long after it was recorded was never created."""
+        policy = self.backoff_policy
+        return (max(policy.attempts, 1) + 1) * self._timeout + policy.worst_case_wait_s()
+
+    @property
     def robot_code(self) -> str:
         return self.config.robot_code or self.config.app_key
 
@@ -251,7 +208,14 @@ class CardClient:
         if not route.is_group and not route.sender_staff_id:
             raise CardRejected(f"{what}: a DM card needs the sender's staff id (outside the organisation?)")
         body = open_body(self.card, route, handle.out_track_id, route.robot_code or self.robot_code)
-        data = await self._call("POST", CREATE_AND_DELIVER_PATH, lambda: body, handle, what, retry=True)
+        try:
+            data = await self._call("POST", CREATE_AND_DELIVER_PATH, lambda: body, handle, what, retry=True)
+        except CardError as err:
+            if handle.unsure and err.code == CARD_EXISTS:  # we chose the id: an attempt of ours made it
+                log.info("[cards] card %s: made by an attempt whose answer was lost", handle.out_track_id)
+                return handle
+            err.may_exist = handle.unsure
+            raise
         failures = failed_deliveries(data)
         if failures:
             handle.state = "failed"
@@ -266,9 +230,8 @@ class CardClient:
     async def update(self, handle: CardHandle, text: str) -> None:
         """Show ``text`` (the full text so far) on the card: one try, plus one with a renewed token."""
         what = f"update of card {handle.out_track_id}"
-        await self._call(
-            "PUT", STREAMING_PATH, lambda: streaming_body(handle, text, final=False), handle, what
-        )
+        frame = functools.partial(streaming_body, handle.out_track_id, handle.content_key, text, final=False)
+        await self._call("PUT", STREAMING_PATH, frame, handle, what)
 
     async def finish(self, handle: CardHandle, text: str, state: CardState) -> None:
         """The final frame, then the card's final state. Both are tried even when the first fails, so a
@@ -281,7 +244,7 @@ class CardClient:
             await self._call(
                 "PUT",
                 STREAMING_PATH,
-                lambda: streaming_body(handle, text, final=True),
+                lambda: streaming_body(handle.out_track_id, handle.content_key, text, final=True),
                 handle,
                 what,
                 retry=True,
@@ -379,8 +342,11 @@ class CardClient:
                     follow_redirects=False,
                 )
         except (TimeoutError, httpx.RequestError) as exc:
+            sent = failure_kind(exc) != "refused"  # else it may have reached DingTalk
+            handle.unsure = handle.unsure or (path == CREATE_AND_DELIVER_PATH and sent)
             raise transport_error(exc, what) from None
         if not response.is_success:
+            handle.unsure = handle.unsure or (path == CREATE_AND_DELIVER_PATH and response.status_code >= 500)
             raise error_from_response(response, what)
         try:
             data = json.loads(response.content)

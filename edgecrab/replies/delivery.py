@@ -107,6 +107,11 @@ class Delivery:
         """Messages that failed since the last one DingTalk accepted (the ops port's readiness)."""
 
     @property
+    def sending(self) -> frozenset[str]:
+        """The conversations (keys) a sender of this process is working on now; empty when it is idle."""
+        return frozenset(self._workers)
+
+    @property
     def resplits(self) -> int:
         """Chunks (or pieces) DingTalk refused as too long and that were split again."""
         return self._resplits.count
@@ -379,22 +384,11 @@ class Delivery:
         reply_id = chunk.reply_id
         text, message = self._replies.pop(reply_id, ("", None))
         self._resplits.forget(reply_id)
-        reply_line(
-            reply_id,
-            message,
-            conversation=chunk.route.get("conversation_id", ""),
-            group=bool(chunk.route.get("is_group")),
-            chunks=chunk.total,
-            via=self._via.pop(reply_id, ""),
-            error=error,
-            text=text,
-        )
-        if self._notify is None:
-            return
-        if error is None:
-            await self._notify("reply_sent", text, None, message)
-        else:
-            await self._notify("send_failed", text, error, message)
+        conversation, group = chunk.route.get("conversation_id", ""), bool(chunk.route.get("is_group"))
+        reply_line(reply_id, message, conversation=conversation, group=group, chunks=chunk.total,
+                   via=self._via.pop(reply_id, ""), error=error, text=text)
+        if self._notify is not None:
+            await self._notify("reply_sent" if error is None else "send_failed", text, error, message)
 
 
 __all__ = ["Delivery", "Format", "ChunkSender", "TOO_LONG_CODES", "conversation_key", "SENT", "PENDING"]

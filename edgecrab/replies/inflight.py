@@ -8,7 +8,8 @@ start_sending`, one round trip per chunk):
 * If that replica is SIGKILLed, another one takes the conversation over (:mod:`edgecrab.failover`) and
   finds the chunk still ``sending``: DingTalk may or may not have it, and there is no way to ask. It is not
   sent again (recorded as sent, with a warning): a reply missing a chunk in that rare case is better than
-  every reply in flight repeating one. A chunk this replica marked itself (a send it retries) is sent
+  every reply in flight repeating one. So is a chunk an earlier life of this replica marked (restarted
+  under the same ``EDGECRAB_REPLICA_ID``); a chunk this process marked itself (a send it retries) is sent
   again as before.
 * A chunk cancelled meanwhile (``/stop`` or ``/new`` handled by another replica) is skipped, though this
   sender had read it before the cancel.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -82,6 +83,9 @@ class RedisCoordination:
 
     def __init__(self, store: _Opened, replica: str, lease_s: float) -> None:
         self.store, self.replica_id = store, replica
+        self.life = f"{replica}#{secrets.token_hex(4)}"
+        """This process among the lives of ``replica``: a replica restarted under the same id (a stable
+        ``EDGECRAB_REPLICA_ID``) must not take a chunk its earlier life had on the wire for its own."""
         self.lease_ms = max(int(lease_s * 1000), 1000)
         self.held: dict[str, int] = {}
         """Sessions whose lease this replica holds (how many holds), renewed by the heartbeat."""
@@ -191,8 +195,8 @@ class RedisCoordination:
             self._key("lastsent", conversation),
         ]
         while True:
-            now = repr(time.time())
-            args = [self.replica_id, self.lease_ms, self._key("replica", ""), now, repr(interval_s)]
+            now, replicas = repr(time.time()), self._key("replica", "")
+            args = [self.replica_id, self.lease_ms, replicas, now, repr(interval_s), self.life]
             answer = await self._script(START_SEND, keys, args)
             if int(answer[0]) != _WAIT:
                 break

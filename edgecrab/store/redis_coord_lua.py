@@ -118,11 +118,12 @@ return 1
 """
 
 # KEYS: the delivery lease, the chunk's hash, the conversation's last-send time. ARGV: replica, lease ms,
-# replica-key prefix, now (s), the chunk interval (s). Marks the chunk ``sending`` by this replica just
-# before it goes out, unless that would send it twice: {0}: send it; {4, wait s}: ask again in ``wait``
-# seconds (the conversation's last message, from any replica, went out less than an interval ago);
-# {1}: another
-# replica was sending it (it stopped: on the wire, DingTalk may have it); {2}: finished meanwhile (sent,
+# replica-key prefix, now (s), the chunk interval (s), this process's life (the replica and a token made at
+# its start: a replica restarted under the same id is another life). Marks the chunk ``sending`` by this
+# life just before it goes out, unless that would send it twice: {0}: send it; {4, wait s}: ask again in
+# ``wait`` seconds (the conversation's last message, from any replica, went out less than an interval ago);
+# {1}: another replica, or an earlier life of this one, was sending it (it stopped: on the wire, DingTalk
+# may have it); {2}: finished meanwhile (sent,
 # cancelled by /stop on any replica, given up): skip it; {3}: another live replica holds the lease now
 # (this one's lapsed): stop sending.
 START_SEND = """
@@ -134,7 +135,7 @@ if holder ~= me then
 end
 redis.call('SET', ARGV[3] .. me, '1', 'PX', ARGV[2])
 local state = redis.call('HGET', KEYS[2], 'state')
-if state == 'sending' and redis.call('HGET', KEYS[2], 'sender') ~= me then return {1, '0'} end
+if state == 'sending' and redis.call('HGET', KEYS[2], 'sender') ~= ARGV[6] then return {1, '0'} end
 if state ~= 'pending' and state ~= 'sending' then return {2, '0'} end
 local last = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
 local wait = tonumber(ARGV[5]) - (tonumber(ARGV[4]) - last)
@@ -142,7 +143,7 @@ if wait > 0 then
   if wait > tonumber(ARGV[5]) then wait = tonumber(ARGV[5]) end
   return {4, tostring(wait)}
 end
-redis.call('HSET', KEYS[2], 'state', 'sending', 'sender', me, 'updated_at', ARGV[4])
+redis.call('HSET', KEYS[2], 'state', 'sending', 'sender', ARGV[6], 'updated_at', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 return {0, '0'}
 """

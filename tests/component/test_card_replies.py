@@ -87,13 +87,15 @@ async def card_gateway(
     agent: Agent,
     fake: FakeDingTalk | None = None,
     sessions: SessionsConfig | None = None,
+    dingtalk: dict[str, Any] | None = None,
     **card: Any,
 ) -> AsyncIterator[tuple[FakeDingTalk, Gateway]]:
+    """A gateway in card mode (``card``: CardConfig fields; ``dingtalk``: other DingTalkConfig fields)."""
     async with contextlib.AsyncExitStack() as stack:
         if fake is None:
             fake = await stack.enter_async_context(FakeDingTalk())
         settings = CardConfig(**{"update_interval_ms": 100, **card})
-        config = make_config(fake, tmp_path, reply_mode="card", card=settings)
+        config = make_config(fake, tmp_path, reply_mode="card", card=settings, **(dingtalk or {}))
         if sessions is not None:
             config = dataclasses.replace(config, sessions=sessions)
         gateway = await stack.enter_async_context(running_gateway(config, agent))
@@ -257,16 +259,18 @@ async def test_restart_answers_again_in_the_card_left_open(tmp_path: Path) -> No
 
 
 async def test_a_run_again_whose_card_was_never_created_answers_in_markdown(tmp_path: Path) -> None:
+    # Short timeouts: a create could no longer land a second after the card was recorded.
+    quick = {"send_timeout_s": 0.5, "send_retries": 0}
     async with FakeDingTalk() as fake:
         user = fake.users[1]
-        async with card_gateway(tmp_path, GatedAgent(), fake) as (_, _gateway):
+        async with card_gateway(tmp_path, GatedAgent(), fake, dingtalk=quick) as (_, _gateway):
             await fake.push(fake.dm(user, "go"))
             await until(fake, lambda: cards(fake) and cards(fake)[0].text == "Hello")
         # As if the process had died while DingTalk was creating the card: recorded, never shown.
         fake.cards.reset()
         again = GatedAgent()
         again.gate.set()
-        async with card_gateway(tmp_path, again, fake) as (_, gateway):
+        async with card_gateway(tmp_path, again, fake, dingtalk=quick, watchdog_s=1.0) as (_, gateway):
             cid = fake.dm_conversation_id(user)
             await until(fake, lambda: fake.messages_for(cid))  # the answer, once, as markdown
             await quiescent(fake, gateway)

@@ -214,7 +214,7 @@ async def test_too_long_over_openapi_with_a_code_fence(tmp_path: Path) -> None:
         fake.add_group(route.conversation_id)
         code = "\n".join(f"print('line {i:02d}')  # {'y' * 20}" for i in range(40))
         await d.enqueue(route, f"Here:\n\n```python\n{code}\n```\n\nDone.")
-        await fake.wait_for(lambda: d.sent_chunks >= 2 and not d._workers, 10)
+        await fake.wait_for(lambda: d.sent_chunks >= 2 and not d.sending, 10)
         sent = fake.messages_for(route.conversation_id)
         assert {r.via for r in sent} == {"groupSend"}
         assert d.failed_replies == 0 and d.resplits >= 1
@@ -260,7 +260,7 @@ async def test_restart_in_the_middle_of_a_resplit_chunk(tmp_path: Path) -> None:
         first = [r.text for r in fake.messages_for(route.conversation_id)]
         assert len(first) == 2
         async with delivering(fake, db) as (d, _):
-            await fake.wait_for(lambda: not d._workers and d.sent_chunks > 0, 10)
+            await fake.wait_for(lambda: not d.sending and d.sent_chunks > 0, 10)
             assert await d.store.outbox_pending() == []
         texts = [r.text for r in fake.messages_for(route.conversation_id)]
         assert len(texts) == len(set(texts))  # nothing repeated
@@ -377,7 +377,7 @@ async def test_a_given_up_reply_never_reads_as_failed_without_its_reason(tmp_pat
 
 async def _sender_finished(d: Delivery) -> None:
     with anyio.fail_after(10):
-        while d._workers:  # noqa: ASYNC110 - polling the delivery's senders
+        while d.sending:  # noqa: ASYNC110 - polling Delivery.sending (no event for it)
             await anyio.sleep(0.005)
 
 

@@ -252,3 +252,18 @@ async def test_settings_through_the_control_api(fake: FakeDingTalk, http: httpx.
     assert denied.json()["accessdenieddetail"]["requiredScopes"] == ["Card.Instance.Write"]
     shown = (await http.post("/_fake/cards/settings", json={"grant": "all", "qps_limit": None})).json()
     assert shown["revoked"] == [] and shown["qps_limit"] is None
+
+
+async def test_a_lost_answer_leaves_the_card_made_and_a_retry_finds_its_id_taken(
+    fake: FakeDingTalk, http: httpx.AsyncClient
+) -> None:
+    body = {**create_body("lost"), **dm_deliver("lost")}
+    fake.faults.configure({"lose": [{"path": BOTH}]})  # the control API's spelling of lose_answer()
+    with pytest.raises(httpx.RemoteProtocolError):  # done, and the connection dropped without an answer
+        await http.post(BOTH, json=body)
+    assert fake.cards.card("lost").status == "inputting"
+    again = await http.post(BOTH, json=body)
+    assert (again.status_code, again.json()["code"]) == (400, "param.outTrackIdExist")
+    unknown = await http.put(STREAM, json=frame("never-made", "hi"))  # an id DingTalk never made
+    assert (unknown.status_code, unknown.json()["code"]) == (400, "param.cardNotExist")
+    assert [r.fault for r in fake.requests if r.path == BOTH] == ["lost", None]

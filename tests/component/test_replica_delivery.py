@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
+from edgecrab.coordination import ON_THE_WIRE, SEND
 from edgecrab.dingtalk.markdown import title_preview, to_dingtalk_markdown
 from edgecrab.events import ReplyRoute
 from edgecrab.failover import Failover
@@ -116,11 +117,11 @@ async def test_chunks_recorded_by_two_replicas_go_out_by_the_lease_holder_in_ord
         await a.delivery.enqueue(ROUTE, paragraphs("first", 3))
         await a.sender.waiting.wait()  # a holds the conversation's lease, mid-send
         await b.delivery.enqueue(ROUTE, paragraphs("second", 2))
-        await until(lambda: CONVERSATION not in b.delivery._workers)  # b left them to a
+        await until(lambda: CONVERSATION not in b.delivery.sending)  # b left them to a
         assert await b.store.client.get(f"{b.store.prefix}deliver:{CONVERSATION}") == a.coord.replica_id
         gate.set()
         await until(lambda: len(sent) == 5)
-        await until(lambda: CONVERSATION not in a.delivery._workers)
+        await until(lambda: CONVERSATION not in a.delivery.sending)
         texts = [t for _, t in sent]
         assert texts == [part("first", i) for i in (1, 2, 3)] + [part("second", i) for i in (1, 2)]
         assert {who for who, _ in sent} == {"a"}
@@ -143,7 +144,7 @@ async def test_a_dead_replicas_unsent_chunks_are_sent_once_by_a_live_replica(
     finally:
         await dead.close()
     async with replicas(redis_server, prefix) as (a, b, sent):
-        await until(lambda: not a.delivery._workers and not b.delivery._workers)
+        await until(lambda: not a.delivery.sending and not b.delivery.sending)
         assert sent == []  # the lease names a live replica: nobody else sends
         assert await a.coord.orphaned_conversations() == []
         await a.store.client.delete(f"{prefix}replica:gone-replica")  # its heartbeat expires
@@ -152,7 +153,7 @@ async def test_a_dead_replicas_unsent_chunks_are_sent_once_by_a_live_replica(
             tg.start_soon(a.failover.sweep)
             tg.start_soon(b.failover.sweep)
         await until(lambda: len(sent) == 2)
-        await until(lambda: not a.delivery._workers and not b.delivery._workers)
+        await until(lambda: not a.delivery.sending and not b.delivery.sending)
         assert [t for _, t in sent] == [part("orphan", 1), part("orphan", 2)]
         assert len({who for who, _ in sent}) == 1
         assert await a.coord.orphaned_conversations() == []
@@ -224,7 +225,7 @@ async def test_a_replica_whose_lease_lapsed_mid_reply_sends_no_chunk_twice(redis
         await until(lambda: len(sent) == 2)
         gate.set()  # a's send of part 1 finishes; a must not send 2 and 3 from the list it read
         await until(lambda: len(sent) == 3)
-        await until(lambda: not a.delivery._workers and not b.delivery._workers)
+        await until(lambda: not a.delivery.sending and not b.delivery.sending)
         assert sorted(t for _, t in sent) == [part("lapsed", i) for i in (1, 2, 3)]
         assert sent[:2] == [("b", part("lapsed", 2)), ("b", part("lapsed", 3))]
         assert b.delivery._inflight.lost == 1
@@ -240,7 +241,7 @@ async def test_chunks_cancelled_on_another_replica_are_not_sent_by_the_holder(
         await a.sender.waiting.wait()  # a has read parts 2 and 3 and is sending part 1
         assert await b.delivery.cancel(ROUTE) == 3  # /stop handled by b (part 1 is on the wire already)
         gate.set()
-        await until(lambda: not a.delivery._workers)
+        await until(lambda: not a.delivery.sending)
         assert [t for _, t in sent] == [part("stopped", 1)]
 
 
@@ -249,8 +250,31 @@ async def test_the_chunk_interval_holds_when_the_next_reply_goes_out_from_anothe
 ) -> None:
     async with replicas(redis_server, interval_s=0.4) as (a, b, sent):
         await a.delivery.enqueue(ROUTE, paragraphs("first", 1))
-        await until(lambda: len(sent) == 1 and not a.delivery._workers)
+        await until(lambda: len(sent) == 1 and not a.delivery.sending)
         await b.delivery.enqueue(ROUTE, paragraphs("second", 1))  # b takes the free lease at once
         await until(lambda: len(sent) == 2)
         assert [who for who, _ in sent] == ["a", "b"]
         assert b.sender.times[0] - a.sender.times[0] >= 0.35  # not the same second at DingTalk
+
+
+async def test_a_chunk_on_the_wire_when_its_replica_died_is_not_sent_again_by_its_next_life(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica restarted under the same ``EDGECRAB_REPLICA_ID`` (docs/deploy.md's ``%H-%i``, a pod's
+    name) within ``lease_s`` is another life: a chunk the earlier life had on the wire is not sent
+    again (DingTalk may have it); the same life retrying its own send does send it."""
+    monkeypatch.setenv("EDGECRAB_REPLICA_ID", "node-1")
+    prefix = f"d-{uuid.uuid4().hex[:10]}:"
+    async with contextlib.AsyncExitStack() as stack:
+        lives = [RedisStore(redis_server.url, prefix, lease_s=3) for _ in range(2)]
+        for store in lives:
+            await store.open()
+            stack.push_async_callback(store.close)
+        first, again = (store.coordination() for store in lives)
+        fmt = Format("markdown", str, title_preview, 40, 20000, False)
+        chunk = Delivery(lives[0], Sender("x", []), fmt).prepare(ROUTE, paragraphs("wire", 2)).chunks[0]
+        await lives[0].outbox_add([chunk])
+        start = (chunk.conversation_key, chunk.reply_id, chunk.index, 0.0)
+        assert await first.start_sending(*start) == SEND  # marked sending; then SIGKILL, and a restart
+        assert await again.start_sending(*start) == ON_THE_WIRE
+        assert await first.start_sending(*start) == SEND  # (the first life's own retry)

@@ -7,6 +7,8 @@ OpenAI server streaming slowly (issue 21).
   (no second card, no markdown copy).
 * A card's stop button pressed on a replica that does not stream the card stops the run on the one that
   does within a second, and the card ends stopped.
+* A replica killed while DingTalk creates its card, the card made or not yet: answered once, in that card
+  or in markdown, and the card that appears late is finished.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ import pytest
 import redis.asyncio
 import yaml
 
+from edgecrab.dingtalk.cardrecover import SENT_AS_MESSAGES
 from edgecrab.dingtalk.cardreply import CARD_CALLBACK_TOPIC, INTERRUPTED_TEXT
-from edgecrab.dingtalk.cards import STOPPED_MARK
+from edgecrab.dingtalk.cards import CREATE_AND_DELIVER_PATH, STOPPED_MARK
 from edgecrab.testing.fake_openai import FakeOpenAI
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from edgecrab.testing.fakedingtalk.cardcontrol import button_callback
 from edgecrab.testing.fakedingtalk.cardstate import FakeCard
-from edgecrab.testing.gatewayconfig import write_gateway_config
-from tests.e2e.test_replicas import LLM_KEY, Replicas
+from tests.e2e.replicakit import LLM_KEY, Replicas, write_replica_config
 from tests.faults.kit import WORD, word
 from tests.redisserver import RedisServer
 
@@ -49,22 +51,9 @@ def answer(messages: list[dict[str, Any]]) -> str:
 
 
 def write_config(directory: Path, fake: FakeDingTalk, llm: FakeOpenAI, url: str, lease_s: float) -> Path:
-    path = write_gateway_config(
-        directory / "edgecrab.yaml",
-        api_base=fake.base_url,
-        llm_base_url=llm.base_url,
-        dingtalk={
-            "reconnect_initial_s": 0.1,
-            "reconnect_max_s": 0.5,
-            "reply_mode": "card",
-            "card": {"update_interval_ms": 200, "stop_button": True},
-        },
-        agent={"timeout_s": 60},
-    )
-    config = yaml.safe_load(path.read_text("utf-8"))
-    config["storage"] = {"url": url, "prefix": f"rc-{uuid.uuid4().hex[:8]}:", "lease_s": lease_s}
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
+    dingtalk = {"reply_mode": "card", "card": {"update_interval_ms": 200, "stop_button": True}}
+    agent = {"timeout_s": 60}
+    return write_replica_config(directory, fake, llm, url, lease_s, dingtalk=dingtalk, agent=agent)
 
 
 class Named(Replicas):
@@ -230,3 +219,44 @@ async def test_the_stop_button_pressed_on_another_replica_stops_the_run_within_a
         assert card.text.endswith(STOPPED_MARK) and word(1, 1) not in card.text, logs
         assert f"streamed by replica {owner}" in logs
         assert fake.messages_for(cid) == []  # the card says it stopped; no other answer
+
+
+@pytest.mark.timeout(180)  # three replicas start, two are killed, a create is held 10 s
+async def test_a_replica_killed_while_dingtalk_creates_its_card_leaves_no_card_open(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed with the create's answer held (DingTalk made the card): the run again goes on in it.
+    Killed before DingTalk made it (the create lands after the run again answered in markdown): the card
+    that appears is finished with the notice. Each message answered once, no card left "thinking"."""
+    async with (
+        FakeDingTalk(redeliver_after_s=1.0, redeliver_new_id=True, seed=23) as fake,
+        FakeOpenAI(reply=answer, api_key=LLM_KEY, token_delay_s=0.02) as llm,
+    ):
+        config = write_config(tmp_path, fake, llm, redis_server.url, lease_s=3)
+        records = Records(redis_server.url, config)
+        made, late = fake.add_group("cid-made", "made"), fake.add_group("cid-late", "late")
+        async with named_replicas(fake, config, 3, monkeypatch) as group:
+
+            async def kill_mid_create(cid: str, n: int, rule: Any) -> None:
+                data = fake.group(fake.users[1], f"question {word(n)}", conversation_id=cid)
+                await fake.push(data)
+                await fake.wait_for(lambda: rule.hits == 1, 15)  # the create is at DingTalk
+                owner = await records.owner(data["msgId"])
+                await group.kill(int(str(owner).removeprefix("rep-")))
+
+            held = fake.faults.lose_answer(CREATE_AND_DELIVER_PATH, hold_s=60)  # made, never answered
+            await kill_mid_create(made, 1, held)
+            card = fake.cards.in_conversation(made)[0]
+            await fake.wait_for(lambda: card.status == "finished", 30)  # the run again went on in it
+            slow = fake.faults.delay(CREATE_AND_DELIVER_PATH, 10.0, times=1)  # made 10 s later
+            await kill_mid_create(late, 2, slow)
+            await fake.wait_for(lambda: any(word(2, 1) in m.text for m in fake.messages_for(late)), 30)
+            assert fake.cards.in_conversation(late) == [], "the run again must answer before the create lands"
+            landed = fake.cards.in_conversation
+            await fake.wait_for(lambda: [c.status for c in landed(late)] == ["failed"], 30)
+            logs = group.logs()
+        await records.client.aclose()
+        assert word(1, 1) in card.text and fake.messages_for(made) == [], logs
+        assert [c.text for c in fake.cards.in_conversation(late)] == [SENT_AS_MESSAGES], logs
+        assert [m.text.count(word(2, 1)) for m in fake.messages_for(late)] == [1], logs
+        assert all(c.status != "inputting" for c in fake.cards.cards.values()), logs

@@ -171,5 +171,6 @@ async def start_gateway_process(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    await fake.wait_for(lambda: fake.connections_opened > opened, 15)
+    # A Python process's start (its imports) took over 15 s on a 2-core machine at load 12-18.
+    await fake.wait_for(lambda: fake.connections_opened > opened, 60)
     return proc

@@ -4,6 +4,10 @@ Named kinds (``fail(..., kinds=[...])`` picks one at random per failure), each a
 path (new API ``{"code","message","requestid"}`` or legacy ``{"errcode","errmsg"}``):
 ``500 502 503 504 429 qps qps_api count token too_fast session_gone reset``. ``reset`` aborts the TCP
 connection without an answer. A rule's path pattern is a shell glob on the URL path (``/v1.0/robot/*``).
+
+:meth:`FaultPlan.lose_answer` is the other half of an ambiguous failure: the request is *done* (a card
+created, a message sent), then its answer is held and the connection aborted, so the client cannot tell
+whether DingTalk did it (a timeout or a reset after the server committed).
 """
 
 from __future__ import annotations
@@ -135,12 +139,29 @@ class DelayRule:
 
 
 @dataclass
+class LoseRule:
+    """Do matching requests, then lose their answers: held ``hold_s`` seconds, then the connection aborted."""
+
+    pattern: str
+    times: int | None = 1
+    hold_s: float = 0.0
+    method: str | None = None
+    hits: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.times is not None and self.hits >= self.times:
+            return False
+        return fnmatch.fnmatchcase(path, self.pattern) and (self.method is None or self.method == method)
+
+
+@dataclass
 class FaultPlan:
     """What goes wrong, and when. Attributes may be changed at any time; ``clear()`` resets everything."""
 
     state: FakeState = field(repr=False)
     rules: list[FailRule] = field(default_factory=list)
     delays: list[DelayRule] = field(default_factory=list)
+    losses: list[LoseRule] = field(default_factory=list)
     reject_credentials: bool = False  # open-connection answers 401 authFailed even to the right secret
     qps_limit: int | None = None  # per app, per API path, per second (real standard tier: 20)
     api_count_limit: int | None = None  # per organisation; token endpoints excluded
@@ -183,9 +204,27 @@ class FaultPlan:
         self.delays.append(rule)
         return rule
 
+    def lose_answer(
+        self, path_pattern: str, *, times: int | None = 1, hold_s: float = 0.0, method: str | None = None
+    ) -> LoseRule:
+        """Do the next ``times`` matching requests (``None``: all), then lose each answer: held ``hold_s``
+        seconds (longer than the client's timeout: it gives up first), then the connection aborted."""
+        rule = LoseRule(path_pattern, times, hold_s, method)
+        self.losses.append(rule)
+        return rule
+
+    def loses(self, method: str, path: str) -> LoseRule | None:
+        """The rule that loses this request's answer (counted as used), if any."""
+        for rule in self.losses:
+            if rule.matches(method, path):
+                rule.hits += 1
+                return rule
+        return None
+
     def clear(self) -> None:
         self.rules.clear()
         self.delays.clear()
+        self.losses.clear()
         self.reject_credentials = False
         self.qps_limit = self.api_count_limit = self.webhook_dies_after_s = self.webhook_per_minute = None
         self.flow_control.clear()
@@ -213,6 +252,7 @@ class FaultPlan:
         return {
             "rules": [asdict(r) for r in self.rules],
             "delays": [asdict(d) for d in self.delays],
+            "losses": [asdict(r) for r in self.losses],
             "reject_credentials": self.reject_credentials,
             "qps_limit": self.qps_limit,
             "api_count_limit": self.api_count_limit,
@@ -286,6 +326,13 @@ class FaultPlan:
                 float(item["seconds"]),
                 times=item.get("times"),
                 rate=item.get("rate"),
+                method=item.get("method"),
+            )
+        for item in spec.get("lose", []):
+            self.lose_answer(
+                item["path"],
+                times=item.get("times", 1),
+                hold_s=float(item.get("hold_s", 0.0)),
                 method=item.get("method"),
             )
         for key in (

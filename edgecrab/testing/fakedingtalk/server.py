@@ -7,11 +7,11 @@ settings and the REST middleware.
 
 HTTP and websocket share one loopback port. :mod:`~edgecrab.testing.fakedingtalk.guard` refuses foreign
 ``Host``/``Origin`` headers and non-JSON bodies before anything else, and scrubs credentials from records.
-Every REST call (accepted or not) passes a middleware that applies faults first and records a
-:class:`RestRecord` after; ``/_fake/`` control calls and the ``/connect`` websocket
-are not recorded there. A method and path the fake does not serve gets DingTalk's "no such API" answer
-(:func:`wire.unknown_route`) and is recorded in ``unknown_routes`` too, so a test can assert that a client
-(the official SDK in ``tests/e2e/test_sdk_oracle.py``) called nothing the fake does not know.
+Every REST call (accepted or not) passes a middleware that applies faults first (a lost answer after the
+handler) and records a :class:`RestRecord` after; ``/_fake/`` control calls and the ``/connect``
+websocket are not recorded there. A method and path the fake does not serve gets DingTalk's "no such API"
+answer (:func:`wire.unknown_route`) and is recorded in ``unknown_routes`` too, so a test can assert that a
+client (the official SDK in ``tests/e2e/test_sdk_oracle.py``) called nothing the fake does not know.
 """
 
 from __future__ import annotations
@@ -228,6 +228,13 @@ class FakeDingTalk(FakeActions):
             raise asyncio.CancelledError from None
         if response is None:
             response = wire.unknown_route(request.path) if unknown else await handler(request)
+            lost = None if unknown else self.faults.loses(request.method, request.path)
+            if lost is not None:  # done, and the answer never reaches the client
+                self._record(request, body, 0, None, "lost")
+                await asyncio.sleep(lost.hold_s)
+                if request.transport is not None:
+                    request.transport.abort()
+                raise asyncio.CancelledError
         if not isinstance(response, web.WebSocketResponse):  # a rejected handshake is recorded too
             answer: Any = None
             if isinstance(response, web.Response) and response.body is not None:
