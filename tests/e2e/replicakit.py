@@ -108,8 +108,12 @@ class Replicas:
 
 
 @asynccontextmanager
-async def replicas(fake: FakeDingTalk, config: Path, count: int = 3) -> AsyncIterator[Replicas]:
-    group = Replicas(fake, config)
+async def replicas(
+    fake: FakeDingTalk, config: Path, count: int = 3, group: Replicas | None = None
+) -> AsyncIterator[Replicas]:
+    """``count`` replicas started (of ``group``, a :class:`Replicas` or a subclass; default a new one),
+    every one stopped afterwards."""
+    group = group or Replicas(fake, config)
     try:
         for _ in range(count):
             await group.start()

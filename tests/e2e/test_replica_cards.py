@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from edgecrab.testing.fake_openai import FakeOpenAI
 from edgecrab.testing.fakedingtalk import FakeDingTalk
 from edgecrab.testing.fakedingtalk.cardcontrol import button_callback
 from edgecrab.testing.fakedingtalk.cardstate import FakeCard
-from tests.e2e.replicakit import LLM_KEY, Replicas, write_replica_config
+from tests.e2e.replicakit import LLM_KEY, Replicas, replicas, write_replica_config
 from tests.faults.kit import WORD, word
 from tests.redisserver import RedisServer
 
@@ -75,17 +74,10 @@ class Named(Replicas):
         self.connection[f"rep-{n}"] = opened
 
 
-@asynccontextmanager
-async def named_replicas(
+def named_replicas(
     fake: FakeDingTalk, config: Path, count: int, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Named]:
-    group = Named(fake, config, monkeypatch)
-    try:
-        for _ in range(count):
-            await group.start()
-        yield group
-    finally:
-        await group.stop_all()
+) -> AbstractAsyncContextManager[Replicas]:
+    return replicas(fake, config, count, Named(fake, config, monkeypatch))
 
 
 class Records:

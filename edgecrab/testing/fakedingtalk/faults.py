@@ -79,6 +79,13 @@ def kind_response(kind: str, path: str) -> web.Response:
     raise ValueError(f"unknown fault kind {kind!r}; known: {FAULT_KINDS}")
 
 
+def _matches(rule: FailRule | DelayRule | LoseRule, method: str, path: str) -> bool:
+    """A rule with uses left (``times``) whose pattern and method fit the request."""
+    if rule.times is not None and rule.hits >= rule.times:
+        return False
+    return fnmatch.fnmatchcase(path, rule.pattern) and (rule.method is None or rule.method == method)
+
+
 @dataclass
 class FailRule:
     """Fail matching requests: the next ``times`` ones, or each with probability ``rate``.
@@ -103,9 +110,7 @@ class FailRule:
                 raise ValueError(f"unknown fault kind {kind!r}; known: {FAULT_KINDS}")
 
     def matches(self, method: str, path: str) -> bool:
-        if self.times is not None and self.hits >= self.times:
-            return False
-        return fnmatch.fnmatchcase(path, self.pattern) and (self.method is None or self.method == method)
+        return _matches(self, method, path)
 
     def answer(self, path: str, pick: str | None) -> web.Response:
         if pick is not None:
@@ -133,9 +138,7 @@ class DelayRule:
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
-        if self.times is not None and self.hits >= self.times:
-            return False
-        return fnmatch.fnmatchcase(path, self.pattern) and (self.method is None or self.method == method)
+        return _matches(self, method, path)
 
 
 @dataclass
@@ -149,9 +152,7 @@ class LoseRule:
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
-        if self.times is not None and self.hits >= self.times:
-            return False
-        return fnmatch.fnmatchcase(path, self.pattern) and (self.method is None or self.method == method)
+        return _matches(self, method, path)
 
 
 @dataclass
