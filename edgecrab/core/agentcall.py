@@ -118,7 +118,6 @@ async def _call_agent(
         return failed(f"the agent failed ({type(exc).__name__}) — /retry to try again")
 
 
-
 __all__ = ["USER_FAILURE_TEXT", "call_agent", "failure_answer", "failure_text"]
 
 

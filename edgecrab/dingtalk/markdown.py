@@ -81,7 +81,7 @@ class _Line:
 
 def _lines(text: str) -> Iterator[_Line]:
     """Classify lines outside fences; gather each fence with its code into one item."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = _split_lines(text)
     i, prev, table, in_list = 0, "blank", "", False
     while i < len(lines):
         line = lines[i]
@@ -143,10 +143,10 @@ def _classify(line: str, prev: str, in_list: bool) -> str:
 
 def to_dingtalk_markdown(text: str) -> str:
     """Normalise agent markdown for a DingTalk ``markdown`` message (rules in the module docstring)."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n")
-    if _MARKUP.search(lines) is None:
-        return _plain_paragraphs(lines.split("\n"))
-    return _markdown(text)
+    normal = _newlines(text)
+    if _MARKUP.search(normal) is None:
+        return _plain_paragraphs(normal.split("\n"))
+    return _markdown(normal)
 
 
 def _markdown(text: str) -> str:
@@ -296,8 +296,13 @@ def _has_markup(text: str) -> bool:
     return _MARKUP.search(text) is not None or "](" in text or "\\" in text or "&" in text
 
 
+def _newlines(text: str) -> str:
+    """``text`` with every line ending (CRLF, CR) made ``\\n``."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _split_lines(text: str) -> list[str]:
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return _newlines(text).split("\n")
 
 
 def _plain_lines(text: str) -> Iterator[str]:

@@ -84,8 +84,10 @@ class Delivery:
         self._notify = notify
         self._tg: anyio.abc.TaskGroup | None = None
         self._senders = Workers(self._worker)  # a conversation's unsent chunks are a job (edgecrab.workers)
-        self._workers: dict[str, list[bool]] = {}
-        """Live workers by conversation, each with a flag wake() raises for chunks recorded while it works."""
+        self._workers: set[str] = set()
+        """The conversations a worker (sender) is live for."""
+        self._woken: set[str] = set()
+        """Of those, the ones wake() was called for since their worker last read the ledger."""
         self._epochs: dict[str, int] = {}
         """Bumped by cancel(): a worker holding an older epoch re-reads the ledger before sending."""
         self._memory = ConversationMemory(chunk_interval_s, remember_settled=store.sole_writer)
@@ -213,14 +215,13 @@ class Delivery:
                 self._wire.stopping()  # every worker is being cancelled; sends on the wire may finish
 
     def wake(self, ckey: str) -> None:
-        woken = self._workers.get(ckey)
-        if woken is not None:
-            woken[0] = True
+        if ckey in self._workers:
+            self._woken.add(ckey)
             return
         if self._tg is None:
             return  # run() will pick it up from the ledger
         self._memory.forget_old(self._workers)
-        self._workers[ckey] = [True]
+        self._workers.add(ckey)
         self._senders.submit(ckey)
 
     async def _worker(self, ckey: str) -> None:
@@ -228,8 +229,7 @@ class Delivery:
         try:
             held = await self._coord.take_delivery(ckey)  # False: another replica sends them, ours too
             while held:
-                woken = self._workers[ckey]
-                woken[0] = False  # wake() raises it again for chunks recorded from now on
+                self._woken.discard(ckey)  # wake() adds it again for chunks recorded from now on
                 handed = self._handed.pop(ckey, None)
                 if handed is not None:
                     epoch, pending = handed  # a /stop since then shows as a newer epoch: re-read
@@ -244,14 +244,15 @@ class Delivery:
                         sent_all = False
                         break  # cancelled, or the rest of the reply was given up: re-read the ledger
                 # Done when nothing was recorded meanwhile (here, or by a replica that left it to us).
-                if (sent_all or not pending) and not woken[0]:
+                if (sent_all or not pending) and ckey not in self._woken:
                     if await self._coord.give_delivery_back(ckey):
                         held = False
                         self._memory.settle(ckey)
         except LeaseLost:
             held = False  # the replica that took the lease over sends the rest
         finally:
-            self._workers.pop(ckey, None)
+            self._workers.discard(ckey)
+            self._woken.discard(ckey)
             if held:  # cancelled or crashed: a live replica's failover sweep sends the rest
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                     await self._coord.give_delivery_back(ckey, finished=False)

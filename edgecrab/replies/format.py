@@ -80,9 +80,12 @@ def prepare_reply(
     session_key: str = "",
     message: Message | None = None,
     mention: bool | None = None,
+    sent_as: str = "",
 ) -> PreparedReply:
     """``text`` formatted with ``fmt`` and split into ledger chunks for ``route``, not yet recorded.
-    ``mention`` (default: in groups) @-mentions the sender in the last chunk.
+    ``mention`` (default: in groups) @-mentions the sender in the last chunk. ``sent_as``: the message type
+    (``markdown``/``text``) recorded in each chunk's route (:data:`ROUTE_FORMAT`) when it is not the robot's
+    ``reply_format`` the ledger sends by default (a proactive message's own format).
 
     Every reply, notice and error text bound for DingTalk passes here, so this is where the secrets the logs
     hide (:func:`edgecrab.logs.redact`: the app secret, API keys, access tokens) are hidden from the chat too:
@@ -99,13 +102,14 @@ def prepare_reply(
     ckey = conversation_key(route)
     now = time.time()
     total = len(chunks)
+    route_row = route.to_dict() | ({ROUTE_FORMAT: sent_as} if sent_as else {})
     rows = [
         OutboxChunk(
             reply_id=reply_id,
             index=i,
             total=total,
             conversation_key=ckey,
-            route=route.to_dict(),
+            route=dict(route_row),
             text=c.text,
             mention=bool(mention and i == total - 1),
             title=title if total == 1 else f"{title} ({i + 1}/{total})",

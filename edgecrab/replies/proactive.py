@@ -26,7 +26,7 @@ import anyio
 
 from edgecrab.config.model import DEFAULT_ROBOT
 from edgecrab.events import Message, ReplyRoute
-from edgecrab.replies.format import ROUTE_FORMAT, Format, prepare_reply
+from edgecrab.replies.format import Format, prepare_reply
 from edgecrab.store.base import CANCELLED, PENDING, SENDING, SENT, UNDELIVERABLE, Store
 
 log = logging.getLogger("edgecrab.replies.proactive")
@@ -167,16 +167,9 @@ async def record(
     fmt = request_format(fmt, request)
     text = _text(request, fmt.fmt)
     prepared = [
-        prepare_reply(fmt, route, text, mention=False, message=message)
+        prepare_reply(fmt, route, text, mention=False, message=message, sent_as=request.fmt)
         for route in routes(request, robot_code)
     ]
-    if request.fmt:  # the ledger sends the robot's reply_format unless the chunk's route says otherwise
-        prepared = [
-            dataclasses.replace(p, chunks=[
-                dataclasses.replace(c, route={**c.route, ROUTE_FORMAT: request.fmt}) for c in p.chunks
-            ])
-            for p in prepared
-        ]
     await delivery.store.outbox_add([chunk for p in prepared for chunk in p.chunks])
     for p in prepared:
         delivery.recorded(p)

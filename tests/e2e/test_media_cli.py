@@ -136,14 +136,19 @@ async def canary() -> tuple[web.AppRunner, list[str], str]:
         hits.append(request.path)
         return web.Response(body=png())
 
+    runner, url = await on_loopback("*", record)
+    return runner, hits, url
+
+
+async def on_loopback(method: str, handler: Any) -> tuple[web.AppRunner, str]:
+    """An aiohttp server on 127.0.0.1 and a free port answering every path with ``handler``: its runner
+    (to clean up) and base URL."""
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", record)
+    app.router.add_route(method, "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, hits, f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 async def test_without_vision_a_note_and_the_limits_hold(stack: Any) -> None:
@@ -184,13 +189,8 @@ async def relay(fake: FakeDingTalk, canary_url: str) -> tuple[web.AppRunner, dic
             raise web.HTTPFound(fake.base_url + request.path_qs)
         raise web.HTTPFound(canary_url + request.path_qs)
 
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, state, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, url = await on_loopback("GET", handle)
+    return runner, state, url
 
 
 async def test_downloads_run_after_the_ack_and_redirects_stay_on_allowed_hosts(stack: Any) -> None:

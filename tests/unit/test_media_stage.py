@@ -4,6 +4,7 @@ window, so its turn only collects the result."""
 from __future__ import annotations
 
 import io
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -69,14 +70,7 @@ async def test_a_pictures_render_work_is_done_by_the_time_its_merge_window_close
     async def merged(message: Message, into: str) -> None:
         raise AssertionError("one picture merges with nothing")
 
-    stage = MediaStage(
-        config,
-        TokenCache(client, API, "key", SECRET),
-        submit=submit,
-        key=lambda m: m.conversation.id,
-        merged=merged,
-        client=client,
-    )
+    stage = _stage(config, client, submit, merged)
     picture = Message(
         id="m1",
         robot="default",
@@ -98,6 +92,19 @@ async def test_a_pictures_render_work_is_done_by_the_time_its_merge_window_close
     assert isinstance(turn.content, list)
     assert turn.content[-1]["image_url"]["url"].startswith("data:image/png;base64,")
     assert '"url"' not in turn.stored  # the data URL is not kept in the history, the file's path is
+
+
+def _stage(
+    config: Config,
+    client: httpx.AsyncClient,
+    submit: Callable[[Message, bool], Awaitable[None]],
+    merged: Callable[[Message, str], Awaitable[None]],
+) -> MediaStage:
+    """The stage of ``config``'s robot, downloading through ``client``, keyed by conversation."""
+    tokens = TokenCache(client, API, "key", SECRET)
+    return MediaStage(
+        config, tokens, submit=submit, key=lambda m: m.conversation.id, merged=merged, client=client
+    )
 
 
 def _picture(msg_id: str, sender: str, code: str) -> Message:
@@ -134,14 +141,7 @@ async def test_the_merge_window_is_per_sender_and_another_kind_of_message_ends_i
     async def on_merged(message: Message, into: str) -> None:
         merged.append((message.id, into))
 
-    stage = MediaStage(
-        config,
-        TokenCache(client, API, "key", SECRET),
-        submit=submit,
-        key=lambda m: m.conversation.id,
-        merged=on_merged,
-        client=client,
-    )
+    stage = _stage(config, client, submit, on_merged)
     text = Message(id="t1", robot="default", conversation=Conversation("c", False), sender=Sender("u"),
                    text="what are these?")
     with anyio.fail_after(10):
@@ -173,10 +173,7 @@ async def test_a_merge_window_of_0_hands_each_picture_on_at_once(tmp_path: Path)
     async def on_merged(message: Message, into: str) -> None:
         raise AssertionError("nothing is merged with the window off")
 
-    stage = MediaStage(
-        config, TokenCache(client, API, "key", SECRET), submit=submit, key=lambda m: m.conversation.id,
-        merged=on_merged, client=client,
-    )
+    stage = _stage(config, client, submit, on_merged)
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             await tg.start(stage.run)
@@ -208,10 +205,7 @@ async def test_a_turn_downloads_at_most_max_files_and_notes_the_rest(tmp_path: P
     async def merged(message: Message, into: str) -> None:
         pass
 
-    stage = MediaStage(
-        config, TokenCache(client, API, "key", SECRET), submit=submit,
-        key=lambda m: m.conversation.id, merged=merged, client=client,
-    )
+    stage = _stage(config, client, submit, merged)
     rich = Message(
         id="m1", robot="default", conversation=Conversation("c", False), sender=Sender("u"), text="look",
         msgtype="richText", attachments=tuple(Attachment("picture", f"code{i}") for i in range(3)),
