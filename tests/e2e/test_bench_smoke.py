@@ -103,7 +103,7 @@ def test_every_contender_produced_numbers(smoke: tuple[dict[str, Any], str]) -> 
     edgecrab = s["burst"]["contenders"]["edgecrab"]
     assert edgecrab["complete"] and positive(edgecrab["wall_s"]), edgecrab
     for contender, r in s["memory"]["contenders"].items():
-        assert positive(r["idle_rss_kb"]), f"{contender}: {r}"
+        assert positive(r["idle_rss_kb"]) and 0 <= r["idle_cpu_percent"] <= 200, f"{contender}: {r}"
     edgecrab = s["memory"]["contenders"]["edgecrab"]
     assert edgecrab["complete"] and edgecrab["sessions"] == SMOKE.sessions, edgecrab
     assert isinstance(edgecrab["per_session_bytes"], int | float), edgecrab

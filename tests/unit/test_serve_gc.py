@@ -57,3 +57,15 @@ async def test_a_full_collection_comes_every_period(
     with anyio.move_on_after(0.5):
         await serve._collections()
     assert gc.get_stats()[2]["collections"] >= full + 3
+
+
+def test_the_collections_come_every_10_ms_under_work_and_back_off_when_quiet() -> None:
+    young, quiet = serve.YOUNG_COLLECTION_EVERY_S, serve.QUIET_COLLECTION_EVERY_S
+    assert serve._next_wait(young, young) == young  # busy: every 10 ms
+    assert serve._next_wait(young, young / 10) == young  # a tenth busy still counts as work
+    waits = [young]
+    for _ in range(10):  # idle: twice as long each time, up to the quiet interval
+        waits.append(serve._next_wait(waits[-1], 0.0))
+    assert waits[:4] == [young, 2 * young, 4 * young, 8 * young]
+    assert waits[-1] == quiet and max(waits) == quiet
+    assert serve._next_wait(quiet, quiet / 5) == young  # work again: back to 10 ms at once
