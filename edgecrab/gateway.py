@@ -13,11 +13,11 @@ one app share its Stream connection (:class:`~edgecrab.dingtalk.fanout.Fanout` r
 The store, the hooks and the ops port are the gateway's.
 
 Everything runs on one event loop. The ack path (read a frame, record it, ack it) does no more than that:
-the Stream connection's reader hands each frame ``recv()`` returns to its acking task, which records the
-frames read meanwhile together (:meth:`~edgecrab.dingtalk.intake.Intake.on_callbacks`, one commit) and
-then sends their acks; the message then waits in the ingest queue. The store commits the other writes in
-groups (2 ms windows), which keeps the loop's steps, and so the wait of a frame that arrives during one,
-short.
+the Stream connection records the frame as soon as ``recv()`` returns it
+(:meth:`~edgecrab.dingtalk.intake.Intake.on_callbacks_now`, one synchronous commit) and then sends its ack;
+the message then waits in the ingest queue. The store
+commits the other writes in groups (2 ms windows), which keeps the loop's steps, and so the wait of a frame
+that arrives during one, short.
 (The ack path ran in a thread of its own for a while: under load the two threads queued for the GIL, which
 cost a fifth of the throughput and, once the main loop became cheaper, made acks slower, not faster:
 BENCHMARKS.md, fix 6.)

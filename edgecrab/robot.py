@@ -264,6 +264,7 @@ class Robot:
         topics = {CARD_CALLBACK_TOPIC: fanout.on_card_callback} if fanout.cards else None
         self.stream = StreamClient(
             self.dt, fanout.on_callback, on_state=self.watch.on_state, http=self.stream_http,
+            on_callbacks_now=fanout.on_callbacks_now if self.store.records_at_once else None,
             on_callbacks=fanout.on_callbacks,
             topics=topics,
         )

@@ -82,5 +82,10 @@ class Fanout:
                 acks[i] = decision
         return acks
 
+    def on_callbacks_now(self, frames: list[Frame]) -> list[AckDecision]:
+        if len(self.intakes) == 1:
+            return self.first.on_callbacks_now(frames)
+        return [self.pick(frame).on_callbacks_now([frame])[0] for frame in frames]
+
 
 __all__ = ["Fanout"]

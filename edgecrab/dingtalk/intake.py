@@ -53,11 +53,23 @@ class Intake:
         return self._claimed(frame, msg_id, data, is_new)
 
     async def on_callbacks(self, frames: list[Frame]) -> list[AckDecision]:
-        """:meth:`on_callback` for callbacks that arrived together, claimed in one store call (SQLite: one
-        commit; Redis: one script run): their acks, in order."""
+        """:meth:`on_callback` for callbacks that arrived together, claimed in one store call (Redis: one
+        script run): their acks, in order."""
         checked = [self._check(frame) for frame in frames]
         claims = self._claims(frames, checked)
         news = iter(await self.store.inbox_claim_many(self.robot, claims, time.time()) if claims else ())
+        return [
+            c if isinstance(c, AckDecision) else self._claimed(f, *c, next(news))
+            for f, c in zip(frames, checked, strict=True)
+        ]
+
+    def on_callbacks_now(self, frames: list[Frame]) -> list[AckDecision]:
+        """:meth:`on_callback` for callbacks at once, in one step and one commit, for a store that records
+        at once (:attr:`Store.records_at_once`): the Stream connection calls it with the frame ``recv()``
+        just returned, then sends its ack."""
+        checked = [self._check(frame) for frame in frames]
+        claims = self._claims(frames, checked)
+        news = iter(self.store.inbox_claim_now(self.robot, claims, time.time()) if claims else ())
         return [
             c if isinstance(c, AckDecision) else self._claimed(f, *c, next(news))
             for f, c in zip(frames, checked, strict=True)

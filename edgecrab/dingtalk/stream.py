@@ -10,9 +10,10 @@ blocks the event loop in its open-connection call, swallows cancellation and lea
   acks through websockets' public ``connect()`` / ``recv()`` / ``send()``);
 * SYSTEM ``ping`` is echoed; SYSTEM ``disconnect`` means "this connection will be dropped": we open the
   next connection **before** closing this one (make before break), so nothing is lost in between;
-* robot callbacks are recorded durably before their ack leaves: ``on_callbacks`` (the callbacks that
-  arrive together recorded in one commit or round trip, while the connection reads on) or else the
-  awaited ``on_callback``. The agent never runs
+* robot callbacks are recorded durably before their ack leaves: ``on_callbacks_now`` (a store that records
+  at once, as SQLite does: one synchronous commit right after ``recv()`` returns the frame),
+  ``on_callbacks`` (a store that awaits a round trip, as Redis does: the callbacks that arrive together
+  recorded in one, while the connection reads on) or else the awaited ``on_callback``. The agent never runs
   here: the ack leaves within milliseconds.
 
 This module hands each connection only what it needs (the websocket, the recorders, the idle timeout);
@@ -50,6 +51,7 @@ from edgecrab.dingtalk.streamconn import (
     AckDecision,
     BatchHandler,
     CallbackHandler,
+    NowHandler,
     StreamConnection,
     StreamStats,
     open_websocket,
@@ -101,6 +103,7 @@ class StreamClient:
         *,
         on_state: StateHandler | None = None,
         http: httpx.AsyncClient | None = None,
+        on_callbacks_now: NowHandler | None = None,
         topics: Mapping[str, CallbackHandler] | None = None,
         on_callbacks: BatchHandler | None = None,
     ) -> None:
@@ -108,6 +111,7 @@ class StreamClient:
         (the card buttons' ``/v1.0/card/instances/callback``)."""
         self.config = config
         self.on_callback = on_callback
+        self.on_callbacks_now = on_callbacks_now
         self.on_callbacks = on_callbacks
         self.topics = dict(topics or {})
         self._on_state = on_state
@@ -185,6 +189,7 @@ class StreamClient:
             ws,
             uuid.uuid4().hex[:8],
             on_callback=self.on_callback,
+            on_callbacks_now=self.on_callbacks_now,
             on_callbacks=self.on_callbacks,
             topics=self.topics,
             idle_timeout_s=self.config.idle_timeout_s,

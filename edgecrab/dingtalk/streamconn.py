@@ -8,15 +8,15 @@ websockets is used through its public API only: :func:`open_websocket` calls
 acks with ``await ws.send(ack)``. Robot callbacks are acked in the order the frames arrived:
 
 * a robot callback is recorded durably first, then acked (the durable-ack rule: never ack what a crash
-  would lose). With ``on_callbacks`` (the gateway's, on either store) the reader hands callbacks to a
-  second task and reads on: the callbacks read in one pass of the event loop, or while the last batch was
-  being recorded, are recorded together (SQLite: one commit; Redis: one round trip, one script run), then
-  acked, in order. On Redis, reading one frame at a time behind its own round trip acked at most one
-  callback per pass of the event loop, far fewer than arrived under load (BENCHMARKS.md, scenario 8); on
-  SQLite, a commit per callback cost about a twentieth of the CPU of a message in bench 1a (its pages
-  written to the WAL, then checkpointed, once per callback instead of once per batch: BENCHMARKS.md,
-  eighth session). Otherwise ``on_callback`` is awaited for each frame before the next ``recv()``. A
-  recorder that raises gets a 500 ack (DingTalk delivers the frame again);
+  would lose). With ``on_callbacks_now`` (a store that records in microseconds without awaiting, as SQLite
+  does) the frame is recorded in one synchronous commit right after ``recv()`` returns, and acked before
+  the next ``recv()``. With ``on_callbacks`` (a store that awaits a round trip: Redis) the reader hands
+  callbacks to a second task and reads on: the callbacks that arrive while one batch is being recorded
+  are recorded together in the next (one round trip, one script run), then acked, in order; reading one
+  frame at a time behind its own round trip acked at most one callback per pass of the event loop, which
+  under load was far fewer than arrived (BENCHMARKS.md, scenario 8). Otherwise ``on_callback`` is awaited
+  for each frame before the next ``recv()``. A recorder that raises gets a 500 ack (DingTalk delivers the
+  frame again);
 * SYSTEM ``ping`` is echoed; ``disconnect`` is acked and reported (``end_reason == "disconnect"``), and the
   manager opens the next connection before it closes this one;
 * the idle watchdog goes by the time of the last frame: no frame for ``idle_timeout_s`` ends the connection.
@@ -91,6 +91,8 @@ class AckDecision:
 
 CallbackHandler = Callable[[Frame], Awaitable[AckDecision]]
 """Records one robot callback durably and returns its ack."""
+NowHandler = Callable[[list[Frame]], list[AckDecision]]
+"""Records robot callbacks at once, without awaiting (one commit for all), and returns their acks in order."""
 BatchHandler = Callable[[list[Frame]], Awaitable[list[AckDecision]]]
 """Records robot callbacks that arrived together durably (one round trip for all), and returns their acks
 in order."""
@@ -124,6 +126,7 @@ class StreamConnection:
         cid: str,
         *,
         on_callback: CallbackHandler,
+        on_callbacks_now: NowHandler | None = None,
         on_callbacks: BatchHandler | None = None,
         topics: Mapping[str, CallbackHandler] | None = None,
         idle_timeout_s: float,
@@ -133,7 +136,8 @@ class StreamConnection:
         self.stats = stats if stats is not None else StreamStats()
         self.cid = cid
         self.on_callback = on_callback
-        self.on_callbacks = on_callbacks
+        self.on_callbacks_now = on_callbacks_now
+        self.on_callbacks = None if on_callbacks_now is not None else on_callbacks
         self._batch: list[tuple[Frame, float]] = []
         """Robot callbacks read and not yet recorded (with ``on_callbacks``), with when each was read."""
         self._more = anyio.Event()
@@ -257,6 +261,8 @@ class StreamConnection:
         """Record a robot callback durably; its ack (500 when it could not be recorded: DingTalk may
         deliver it again)."""
         try:
+            if self.on_callbacks_now is not None:
+                return self.on_callbacks_now([frame])[0]
             return await self.on_callback(frame)
         except EdgecrabError as exc:  # e.g. the store is unreachable: a known condition, one line
             log.error("[dingtalk] conn %s: could not record message %s: %s", self.cid, frame.message_id, exc)

@@ -194,12 +194,26 @@ class Store(CardRecords):
     sender instead of reading them back (:class:`edgecrab.replies.delivery.Delivery`). False for a store
     that several replicas share (Redis)."""
 
+    records_at_once: bool = False
+    """True for a store that commits in microseconds (SQLite): :meth:`inbox_claim_now` works, and the
+    Stream connection records each callback with it right after ``recv()`` returns the frame, without
+    awaiting, then acks it."""
+
+    def inbox_claim_now(
+        self, robot: str, items: Sequence[tuple[str, str, str]], received_at: float
+    ) -> list[bool]:
+        """:meth:`inbox_claim` for several callbacks (``(msg_id, stream_message_id, payload)``) in one
+        commit and without awaiting: which were new, in order. Only when :attr:`records_at_once`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot record at once: await inbox_claim")
+
     async def inbox_claim_many(
         self, robot: str, items: Sequence[tuple[str, str, str]], received_at: float
     ) -> list[bool]:
         """:meth:`inbox_claim` for callbacks that arrived together (``(msg_id, stream_message_id,
-        payload)``), recorded at once where the store can (SQLite: one commit; Redis: one script run, one
-        round trip): which were new, in order. A msgId twice in one call is new only the first time."""
+        payload)``), recorded at once where the store can (Redis: one script run, one round trip): which
+        were new, in order. A msgId twice in one call is new only the first time."""
+        if self.records_at_once:
+            return self.inbox_claim_now(robot, items, received_at)
         return [await self.inbox_claim(robot, *item, received_at) for item in items]
 
     @abc.abstractmethod

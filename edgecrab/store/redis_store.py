@@ -8,8 +8,8 @@ commands. Every call but the claim goes through a :class:`~edgecrab.store.redis_
 commands that the gateway's tasks issue together share a pipeline (one round trip, a fraction of the CPU).
 Every key starts with ``storage.prefix``; docs/redis.md lists them with their types and expiries.
 
-The ack path awaits :meth:`RedisStore.inbox_claim_many`: a message is acked only once Redis has answered
-that it is recorded. redis-py reconnects and retries on its own, in two
+The ack path awaits :meth:`RedisStore.inbox_claim` (``records_at_once`` is False): a message is acked
+only once Redis has answered that it is recorded. redis-py reconnects and retries on its own, in two
 pools: the claim gives up after ~0.3 s (:data:`~edgecrab.store.redis_rows.ACK_RETRY`) and raises
 :class:`~edgecrab.store.base.StoreUnavailableError`, so the Stream connection answers that callback
 with a 500 and DingTalk delivers it again later: nothing is acked that was not recorded. Every other call
@@ -69,6 +69,7 @@ PIPELINES_IN_FLIGHT = 1
 class RedisStore(RedisCards, Store):
     """Everything the gateway persists, in Redis under ``prefix``; shared by every replica on ``url``."""
 
+    records_at_once = False
     sole_writer = False
     server = "redis"
 

@@ -89,19 +89,16 @@ class SQLiteStore(SQLiteCards, Store):
     """Everything the gateway persists, in one SQLite file (or ``":memory:"`` for tests)."""
 
     # -- inbox -------------------------------------------------------------------------------------
+    records_at_once = True
+
     async def inbox_claim(
         self, robot: str, msg_id: str, stream_message_id: str, payload: str, received_at: float
     ) -> bool:
-        return self._claim(robot, [(msg_id, stream_message_id, payload)], received_at)[0]
+        return self.inbox_claim_now(robot, [(msg_id, stream_message_id, payload)], received_at)[0]
 
-    async def inbox_claim_many(
+    def inbox_claim_now(
         self, robot: str, items: Sequence[tuple[str, str, str]], received_at: float
     ) -> list[bool]:
-        return self._claim(robot, items, received_at)
-
-    def _claim(self, robot: str, items: Sequence[tuple[str, str, str]], received_at: float) -> list[bool]:
-        """The claims, committed before this returns (no await: nothing else runs between the claims and
-        their commit)."""
         # One statement a claim: the uniqueness check and the insert cannot be separated by another
         # claim. DO NOTHING without a target covers both the primary key and the stream-id index. Several
         # claims share one transaction (one commit); a msgId twice in one read is new only the first time.

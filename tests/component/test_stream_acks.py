@@ -1,8 +1,8 @@
 """The Stream connection's acks over real loopback sockets: every robot callback is recorded before its ack
 is sent, acks leave in the order the frames arrived, a record that fails is never acked as OK, pings are
 echoed, a ``disconnect`` is acked and reported (make before break), and the idle watchdog goes by the last
-frame. Both recorders are covered: ``on_callbacks`` (a batch of callbacks per awaited record, while the
-connection reads on: the gateway's, on SQLite and Redis) and ``on_callback``."""
+frame. Every recorder is covered: ``on_callbacks_now`` (synchronous, one commit), ``on_callbacks`` (a batch of
+callbacks per awaited record, while the connection reads on: Redis) and ``on_callback``."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from tests.component.gwkit import ScriptedAgent, make_config
 
 pytestmark = pytest.mark.anyio
 
-RECORDERS = ["awaited", "batched"]
+RECORDERS = ["now", "awaited", "batched"]
 
 
 class Handlers:
@@ -39,6 +39,10 @@ class Handlers:
         self.batches: list[int] = []
         self.record_s = 0.0
         """How long a batched record takes (a store's round trip)."""
+
+    def on_callbacks_now(self, frames: list[Frame]) -> list[AckDecision]:
+        assert self.recorder == "now", "the synchronous recorder was not offered"
+        return [self._record(frame, "now") for frame in frames]
 
     async def on_callbacks(self, frames: list[Frame]) -> list[AckDecision]:
         assert self.recorder == "batched", "the batched recorder was not offered"
@@ -62,8 +66,9 @@ async def stream_client(
     fake: FakeDingTalk, tmp_path: Path, handlers: Handlers, **dingtalk: Any
 ) -> AsyncIterator[StreamClient]:
     config = make_config(fake, tmp_path, **dingtalk).dingtalk
+    now = handlers.on_callbacks_now if handlers.recorder == "now" else None
     batched = handlers.on_callbacks if handlers.recorder == "batched" else None
-    client = StreamClient(config, handlers.on_callback, on_callbacks=batched)
+    client = StreamClient(config, handlers.on_callback, on_callbacks_now=now, on_callbacks=batched)
     async with anyio.create_task_group() as tg:
         await tg.start(client.run)
         await fake.wait_for(lambda: len(fake.connections) == 1 and client.current is not None, 3)
@@ -88,8 +93,10 @@ async def _acked(fake: FakeDingTalk, mids: list[str]) -> dict[str, Any]:
     return {a.message_id: a for a in fake.acks if a.message_id in mids}
 
 
-async def test_each_awaited_callback_is_recorded_before_its_ack_in_arrival_order(tmp_path: Path) -> None:
-    recorder = "awaited"
+@pytest.mark.parametrize("recorder", ["now", "awaited"])
+async def test_each_callback_is_recorded_before_its_ack_in_arrival_order(
+    tmp_path: Path, recorder: str
+) -> None:
     async with FakeDingTalk() as fake:
         handlers = Handlers(recorder)
         async with stream_client(fake, tmp_path, handlers) as client:
@@ -231,7 +238,7 @@ async def test_the_idle_watchdog_goes_by_the_last_frame(tmp_path: Path) -> None:
             await fake.wait_for(lambda: fake.connections_opened >= 2, 3)
 
 
-async def test_the_gateway_records_callbacks_read_together_in_one_commit(tmp_path: Path) -> None:
+async def test_the_gateway_records_callbacks_at_once_in_one_commit(tmp_path: Path) -> None:
     async with FakeDingTalk() as fake:
         config = make_config(fake, tmp_path)
         store = SQLiteStore(tmp_path / "one-commit.db")
@@ -247,7 +254,7 @@ async def test_the_gateway_records_callbacks_read_together_in_one_commit(tmp_pat
             no_msg_id = {k: v for k, v in a.items() if k != "msgId"}
             frames = [frame(a, "f1"), frame(no_msg_id, "f2"), frame(b, "f3"), frame(a, "f4")]
             commits = store.commits
-            decisions = await gateway.intake.on_callbacks(frames)
+            decisions = gateway.intake.on_callbacks_now(frames)
             assert [d.code for d in decisions] == [200, 400, 200, 200]  # f4: a duplicate, acked
             assert store.commits == commits + 1
             assert (gateway.intake.received, gateway.intake.duplicates) == (2, 1)

@@ -133,8 +133,7 @@ async def test_fanout_hands_each_callback_to_the_robot_its_code_names() -> None:
         sales, helpdesk = Intake(store, "sales"), Intake(store, "helpdesk")
         fanout = Fanout({"codeSales": sales, "codeHelp": helpdesk})
         await fanout.on_callback(_frame("codeHelp", "m1"))
-        later = [_frame("codeSales", "m2"), _frame("codeHelp", "m3"), _frame("other", "m4")]
-        await fanout.on_callbacks(later)
+        fanout.on_callbacks_now([_frame("codeSales", "m2"), _frame("codeHelp", "m3"), _frame("other", "m4")])
         assert [e.msg_id for e in await store.inbox_unfinished("helpdesk")] == ["m1", "m3"]
         assert [e.msg_id for e in await store.inbox_unfinished("sales")] == ["m2", "m4"]  # unknown: first
         sales.close()

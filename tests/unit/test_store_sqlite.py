@@ -674,16 +674,21 @@ def test_open_store_needs_a_path() -> None:
 
 
 @pytest.mark.anyio
-async def test_claims_of_one_batch_are_one_commit(tmp_path: Path) -> None:
+async def test_claim_now_records_several_in_one_commit_and_the_base_store_cannot(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "s.db")
     await store.open()
     try:
+        assert store.records_at_once
         commits = store.commits
-        assert await store.inbox_claim_many(ROBOT, [("m1", "s1", "{}")], 1.0) == [True]
+        assert store.inbox_claim_now(ROBOT, [("m1", "s1", "{}")], 1.0) == [True]
         items = [("m2", "s2", "{}"), ("m1", "s9", "{}"), ("m3", "s1", "{}"), ("m2", "s8", "{}")]
-        assert await store.inbox_claim_many(ROBOT, items, 1.0) == [True, False, False, False]
+        assert store.inbox_claim_now(ROBOT, items, 1.0) == [True, False, False, False]
         assert store.commits == commits + 2
         assert not await store.inbox_claim(ROBOT, "m2", "", "{}", 2.0)
         assert [e.msg_id for e in await store.inbox_unfinished(ROBOT)] == ["m1", "m2"]
     finally:
         await store.close()
+    # A store that cannot record at once (a networked one) says so; the gateway then awaits inbox_claim.
+    assert not Store.records_at_once
+    with pytest.raises(NotImplementedError, match="await inbox_claim"):
+        Store.inbox_claim_now(store, ROBOT, [("m3", "", "{}")], 1.0)
