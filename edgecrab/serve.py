@@ -27,8 +27,12 @@ log = logging.getLogger("edgecrab.serve")
 
 FULL_COLLECTION_EVERY_S = 60.0
 YOUNG_COLLECTION_EVERY_S = 0.01
-QUIET_COLLECTION_EVERY_S = 0.25
+QUIET_COLLECTION_EVERY_S = 0.1
 """The longest wait between young collections, reached when the process is quiet (see :func:`_next_wait`)."""
+QUIET_CPU_SHARE = 0.05
+"""Below this share of a core over a wait, the process is quiet (the collections themselves: about 2.5 %)."""
+QUIET_NEW_OBJECTS = 1000
+"""Below this many new objects (allocations less deallocations) since the last collection, it is quiet."""
 FD_RESERVE = 4096
 """File descriptors the process makes room for at start (see :func:`_prepare_fds`)."""
 
@@ -139,22 +143,27 @@ async def _collections() -> None:
     while True:
         cpu = time.process_time()
         await anyio.sleep(wait)
+        new_objects = gc.get_count()[0]
         if time.monotonic() >= next_full:
             gc.collect()
             next_full = time.monotonic() + FULL_COLLECTION_EVERY_S
         else:
             gc.collect(1)
-        wait = _next_wait(wait, time.process_time() - cpu)
+        wait = _next_wait(wait, time.process_time() - cpu, new_objects)
 
 
-def _next_wait(wait: float, cpu_s: float) -> float:
+def _next_wait(wait: float, cpu_s: float, new_objects: int) -> float:
     """The wait before the next young collection, after one of ``wait`` seconds in which the process used
-    ``cpu_s`` of CPU. The young generations grow with the work done, not with the time: a process that
-    used a tenth of the wait or more is collected every :data:`YOUNG_COLLECTION_EVERY_S` again; a quieter
-    one waits twice as long each time, up to :data:`QUIET_COLLECTION_EVERY_S`. An idle gateway woke a
-    hundred times a second for nothing, 2.5 % of a core (bench 4a); at most a quarter of a second of work
-    goes by before the first collection of a burst (about 5 ms to collect)."""
-    if cpu_s >= wait / 10:
+    ``cpu_s`` of CPU and made ``new_objects`` (CPython's count: allocations less deallocations).
+
+    A collection's pause grows with the objects made since the last one, so the wait stays
+    :data:`YOUNG_COLLECTION_EVERY_S` while the process works: :data:`QUIET_CPU_SHARE` of a core or more
+    (the count alone misses work that frees old objects as fast as it makes new ones), or
+    :data:`QUIET_NEW_OBJECTS` or more (acks alone, every message's objects alive until its agent answers,
+    use little CPU). A quiet process waits twice as long each time, up to :data:`QUIET_COLLECTION_EVERY_S`:
+    an idle gateway woke a hundred times a second for nothing, 2.5 % of a core. The first collection of a
+    burst comes at most a tenth of a second into it."""
+    if cpu_s >= wait * QUIET_CPU_SHARE or new_objects >= QUIET_NEW_OBJECTS:
         return YOUNG_COLLECTION_EVERY_S
     return min(wait * 2, QUIET_COLLECTION_EVERY_S)
 

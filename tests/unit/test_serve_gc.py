@@ -61,11 +61,14 @@ async def test_a_full_collection_comes_every_period(
 
 def test_the_collections_come_every_10_ms_under_work_and_back_off_when_quiet() -> None:
     young, quiet = serve.YOUNG_COLLECTION_EVERY_S, serve.QUIET_COLLECTION_EVERY_S
-    assert serve._next_wait(young, young) == young  # busy: every 10 ms
-    assert serve._next_wait(young, young / 10) == young  # a tenth busy still counts as work
+    few, many = serve.QUIET_NEW_OBJECTS - 1, serve.QUIET_NEW_OBJECTS
+    assert serve._next_wait(young, young, few) == young  # busy: every 10 ms
+    assert serve._next_wait(young, young * serve.QUIET_CPU_SHARE, 0) == young  # the share still counts
+    assert serve._next_wait(young, 0.0, many) == young  # little CPU, but objects pile up (acks alone)
     waits = [young]
     for _ in range(10):  # idle: twice as long each time, up to the quiet interval
-        waits.append(serve._next_wait(waits[-1], 0.0))
+        waits.append(serve._next_wait(waits[-1], 0.0, few))
     assert waits[:4] == [young, 2 * young, 4 * young, 8 * young]
     assert waits[-1] == quiet and max(waits) == quiet
-    assert serve._next_wait(quiet, quiet / 5) == young  # work again: back to 10 ms at once
+    assert serve._next_wait(quiet, quiet / 5, 0) == young  # work again: back to 10 ms at once
+    assert serve._next_wait(quiet, 0.0, many) == young
