@@ -124,9 +124,10 @@ def test_http_mode_without_an_explicit_port_is_a_config_error(tmp_path: Path) ->
     assert "http.port" in done.stderr and "required when platforms.dingtalk.mode is `http`" in done.stderr
 
 
-def _config(users: str, token: str = TOKEN, chunk_interval_ms: int = 300) -> str:
+def _config(users: str, token: str = TOKEN, chunk_interval_ms: int = 300, queue_limit: int = 10) -> str:
     return (f"agent:\n  type: echo\nplatforms:\n  dingtalk:\n    allowed_users: [{users}]\n"
-            f"    chunk_interval_ms: {chunk_interval_ms}\nhttp:\n  token: {token}\n")
+            f"    chunk_interval_ms: {chunk_interval_ms}\nhttp:\n  token: {token}\n"
+            f"sessions:\n  queue_limit: {queue_limit}\n")
 
 
 def test_sighup_reloads_access_lists_on_the_same_connection_and_keeps_an_invalid_file_out(
@@ -181,43 +182,54 @@ def test_post_reload_is_refused_without_a_configured_token(tmp_path: Path) -> No
 
 
 @pytest.mark.timeout(150)  # the wait below gives up first, with the gateway's log in its message
+@contextlib.contextmanager
+def _log_tail_on_failure(log: Path, fake: httpx.Client) -> Iterator[None]:
+    """A failed assertion inside says what the gateway logged last and what the fake counted (a flake on a
+    busy machine is otherwise a bare "still 0 after 15 s")."""
+    try:
+        yield
+    except AssertionError as exc:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
+        stats = fake.get("/_fake/stats").json()
+        pytest.fail(f"{exc}\n--- fake stats: {stats}\n--- gateway.log tail\n{tail}")
+
+
 def test_reloads_under_traffic_lose_and_repeat_nothing(tmp_path: Path) -> None:
     """Messages keep arriving while the config is reloaded three times: each is answered exactly once, on the
     same Stream connection."""
     # Answers to one conversation are paced 100 ms apart (300 ms by default): the 24 answers still take
-    # 2.4 s, so each reload lands while most of the messages before it wait their turn.
-    with gateway(tmp_path, _config("'*'", chunk_interval_ms=100)) as (fake, ops, proc):
+    # 2.4 s, so each reload lands while most of the messages before it wait their turn. The 24 messages
+    # arrive within a tenth of a second, faster than their runs end: with the default queue_limit (10) one
+    # was now and then refused as "queue full" (a flake: 23 echoes of 24), so the queue holds them all.
+    config = _config("'*'", chunk_interval_ms=100, queue_limit=30)
+    with gateway(tmp_path, config) as (fake, ops, proc):
         log = tmp_path / "gateway.log"
-        opened = fake.get("/_fake/stats").json()["connections_opened"]
-        sent: list[tuple[str, str]] = []
-        for round_ in range(3):
-            for i in range(8):
-                text = f"round {round_} message {i}"
-                body = {"kind": "dm", "user": USER, "text": text}
-                data = fake.post("/_fake/push", json=body).json()["data"]
-                sent.append((str(data["conversationId"]), text))
-                if i == 3:  # mid-round: the reload lands among messages queued and running
-                    proc.send_signal(signal.SIGHUP)
-            wait_until(lambda r=round_: log.read_text(encoding="utf-8").count("config reloaded") == r + 1)
-        cid = sent[0][0]
-        expected = sorted(f"🦀 echo: {text}" for _, text in sent)
+        with _log_tail_on_failure(log, fake):
+            opened = fake.get("/_fake/stats").json()["connections_opened"]
+            sent: list[tuple[str, str]] = []
+            for round_ in range(3):
+                for i in range(8):
+                    text = f"round {round_} message {i}"
+                    body = {"kind": "dm", "user": USER, "text": text}
+                    data = fake.post("/_fake/push", json=body).json()["data"]
+                    sent.append((str(data["conversationId"]), text))
+                    if i == 3:  # mid-round: the reload lands among messages queued and running
+                        proc.send_signal(signal.SIGHUP)
+                wait_until(lambda r=round_: log.read_text(encoding="utf-8").count("config reloaded") == r + 1)
+            cid = sent[0][0]
+            expected = sorted(f"🦀 echo: {text}" for _, text in sent)
 
-        def answered() -> list[str]:
-            echoes = sorted(r for r in replies(fake, cid) if r.startswith("🦀 echo"))
-            return echoes if len(echoes) >= len(expected) else []
+            def answered() -> list[str]:
+                echoes = sorted(r for r in replies(fake, cid) if r.startswith("🦀 echo"))
+                return echoes if len(echoes) >= len(expected) else []
 
-        # 24 answers to one conversation, paced by the chunk interval: at least 2.4 s of sending, which a
-        # busy CI machine may stretch past the 15 s default.
-        try:
-            got = wait_until(answered, timeout=60)
-        except AssertionError:
-            got = sorted(r for r in replies(fake, cid) if r.startswith("🦀 echo"))
-            tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
-            pytest.fail(f"{len(got)} of {len(expected)} answered: {got}\n--- gateway.log tail\n{tail}")
-        assert got == expected  # each once: nothing lost, nothing repeated
-        assert log.read_text(encoding="utf-8").count("[gateway] config reloaded") == 3
-        stats = fake.get("/_fake/stats").json()
-        assert stats["connections_opened"] == opened and stats["connections"] == 1
+            # 24 answers to one conversation, paced by the chunk interval: at least 2.4 s of sending, which a
+            # busy CI machine may stretch past the 15 s default (and the test as a whole has 60 s).
+            got = wait_until(answered, timeout=30)
+            assert got == expected  # each once: nothing lost, nothing repeated
+            assert log.read_text(encoding="utf-8").count("[gateway] config reloaded") == 3
+            stats = fake.get("/_fake/stats").json()
+            assert stats["connections_opened"] == opened and stats["connections"] == 1
 
 
 def test_the_sandbox_runs_in_http_mode_too(tmp_path: Path) -> None:
