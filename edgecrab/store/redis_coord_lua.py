@@ -123,9 +123,8 @@ return 1
 # life just before it goes out, unless that would send it twice: {0}: send it; {4, wait s}: ask again in
 # ``wait`` seconds (the conversation's last message, from any replica, went out less than an interval ago);
 # {1}: another replica, or an earlier life of this one, was sending it (it stopped: on the wire, DingTalk
-# may have it); {2}: finished meanwhile (sent,
-# cancelled by /stop on any replica, given up): skip it; {3}: another live replica holds the lease now
-# (this one's lapsed): stop sending.
+# may have it); {2}: finished meanwhile (sent, cancelled by /stop on any replica, given up): skip it;
+# {3}: another live replica holds the lease now (this one's lapsed): stop sending.
 START_SEND = """
 local me = ARGV[1]
 local holder = redis.call('GET', KEYS[1])

@@ -72,3 +72,14 @@ def test_the_collections_come_every_10_ms_under_work_and_back_off_when_quiet() -
     assert waits[-1] == quiet and max(waits) == quiet
     assert serve._next_wait(quiet, quiet / 5, 0) == young  # work again: back to 10 ms at once
     assert serve._next_wait(quiet, 0.0, many) == young
+
+
+@pytest.mark.anyio
+async def test_a_quiet_process_is_collected_less_often_than_every_10_ms(restored_gc: None) -> None:
+    serve._tune_gc()
+    young = gc.get_stats()[1]["collections"]
+    with anyio.move_on_after(0.6):
+        await serve._collections()  # nothing else runs: the process is quiet
+    made = gc.get_stats()[1]["collections"] - young
+    # Every 10 ms would be about 60 in 0.6 s; backing off (10, 20, 40, 80, then 100 ms) makes about 9.
+    assert 1 <= made <= 20, made
