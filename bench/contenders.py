@@ -116,9 +116,11 @@ def start(
             workdir / "edgecrab.yaml", fake.base_url, llm_url, dingtalk_extra, **config_extra
         )
         argv = [sys.executable, "-m", "edgecrab", "--config", str(config), "gateway", "start"]
-        if os.environ.get("BENCH_PROFILE_DIR"):  # profile the gateway (cProfile writes on exit)
-            out = Path(os.environ["BENCH_PROFILE_DIR"]) / f"edgecrab-{workdir.name}.prof"
-            argv[1:3] = ["-m", "bench.profiled", str(out)]
+        if os.environ.get("BENCH_PROFILE_DIR"):  # profile the gateway (written on exit)
+            sampled = os.environ.get("BENCH_PROFILE_MODE") == "sample"
+            suffix = "samples.txt" if sampled else "prof"
+            out = Path(os.environ["BENCH_PROFILE_DIR"]) / f"edgecrab-{workdir.name}.{suffix}"
+            argv[1:3] = ["-m", "bench.sampled" if sampled else "bench.profiled", str(out)]
     elif name in (SDK, RAW):
         module = "bench.sdk_bot" if name == SDK else "bench.raw_bot"
         argv = [
