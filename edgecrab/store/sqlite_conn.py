@@ -49,11 +49,14 @@ BATCH_MAX = 32
 behind (32 of the largest, a run's end with its reply, take about 2 ms). A full batch commits at the next
 step, without waiting the window out."""
 
-BATCH_WINDOW_S = 0.002
+BATCH_WINDOW_S = 0.005
 """How long a batch stays open for more writes after its first. Committing at the next step of the loop
 instead put one or two messages' writes in a commit under load, and each commit wrote the same table and
 index pages again: with 2 ms, commits cost 0.11 ms per message of the echo benchmark instead of 0.20
-(BENCHMARKS.md, fix 12). Callers wait at most this much longer; the ack path never waits for a batch."""
+(BENCHMARKS.md, fix 12); with 5 ms a batch holds about twice the writes (22 against 11 in 1a) and the
+gateway used about a tenth less CPU a message (BENCHMARKS.md, ninth session); 10 ms gained nothing more.
+Callers wait at most this much longer (a reply's two or three awaited writes: some 10 ms of its latency
+at most); the ack path never waits for a batch."""
 
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the WAL file is cut back to when SQLite starts it over after a complete checkpoint, and the size
