@@ -108,6 +108,10 @@ class DingTalkSender:
         self._random = rand
         self._api_base = config.api_base.rstrip("/")
         self._timeout = config.send_timeout_s
+        # Each step bounded by the send timeout except the read, which the whole exchange's bound (_post)
+        # covers already: with a read timeout aiohttp arms, re-arms and cancels a timer for every answer
+        # (two timer handles a send). Made once: httpx builds a Timeout from a number on every call.
+        self._step_timeouts = httpx.Timeout(self._timeout, read=None)
         self._limiters: dict[str, RateLimiter] = {}
         self._webhook_limiter = RateLimiter(config.webhook_qps, clock=monotonic, sleep=sleep)
         self._buckets: Buckets | None = None
@@ -226,7 +230,7 @@ class DingTalkSender:
             # (fail_after wraps the cancel scope in a generator-based context manager; one per send).
             with anyio.move_on_after(self._timeout):
                 return await self._client.post(
-                    url, content=content, headers=headers, timeout=self._timeout, follow_redirects=False
+                    url, content=content, headers=headers, timeout=self._step_timeouts, follow_redirects=False
                 )
         except (TimeoutError, httpx.RequestError) as exc:
             raise transport_error(exc, what) from None
