@@ -24,11 +24,12 @@ INTERVAL_S = 0.001
 def main() -> None:
     out, args = sys.argv[1], sys.argv[2:]
     stacks: collections.Counter[tuple[tuple[str, int, str], ...]] = collections.Counter()
-    last = [time.thread_time_ns()]
+    last = time.thread_time_ns()
 
     def sample(signum: int, frame: FrameType | None) -> None:
+        nonlocal last
         now = time.thread_time_ns()
-        spent, last[0] = now - last[0], now
+        spent, last = now - last, now
         keys = []
         while frame is not None:
             code = frame.f_code
@@ -47,9 +48,9 @@ def main() -> None:
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0, 0)
         with open(out, "w", encoding="utf-8") as f:
-            for keys, count in stacks.items():
+            for keys, micros in stacks.items():
                 line = ";".join(f"{name} ({path}:{lineno})" for path, lineno, name in reversed(keys))
-                f.write(f"{line} {count}\n")
+                f.write(f"{line} {micros}\n")
 
 
 if __name__ == "__main__":

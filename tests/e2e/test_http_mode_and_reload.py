@@ -181,7 +181,6 @@ def test_post_reload_is_refused_without_a_configured_token(tmp_path: Path) -> No
         assert re.search(r"/reload", ops.post("/reload").json()["error"])
 
 
-@pytest.mark.timeout(150)  # the wait below gives up first, with the gateway's log in its message
 @contextlib.contextmanager
 def _log_tail_on_failure(log: Path, fake: httpx.Client) -> Iterator[None]:
     """A failed assertion inside says what the gateway logged last and what the fake counted (a flake on a
